@@ -1,0 +1,18 @@
+//! hookway: a self-hosted tunnel that gives a local server a public URL so it can
+//! receive webhooks.
+//!
+//! The crate is layered so that the protocol can be tested, fuzzed and benchmarked
+//! without any IO:
+//! * [`wire`]: the frame protocol, sans IO;
+//! * [`quic`]: QUIC endpoints, TLS, and frames over QUIC streams;
+//! * [`store`]: durable state (SQLite by default) behind a small trait;
+//! * [`server`]: the HTTP edge, the REST API and the tunnel sessions;
+//! * [`client`]: the tunnel client and the REST API client used by the CLI.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod quic;
+pub mod server;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,107 @@
+//! Frames over QUIC streams: the IO edge of [`crate::wire`].
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
+
+use crate::wire::{self, DecodeError, Frame};
+
+/// Reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    /// The stream failed (reset by the peer, connection lost).
+    #[error("stream read failed: {0}")]
+    Read(#[from] quinn::ReadError),
+    /// The peer sent bytes that are not a valid frame.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+}
+
+/// Reads frames from a QUIC receive stream.
+pub struct FrameReader {
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+impl FrameReader {
+    /// Wraps a receive stream.
+    pub fn new(recv: RecvStream) -> Self {
+        Self { recv, buf: BytesMut::with_capacity(16 * 1024) }
+    }
+
+    /// The next frame; `Ok(None)` when the peer finished the stream cleanly
+    /// between frames.
+    ///
+    /// Cancel safety: safe. Bytes already read stay in the buffer.
+    pub async fn next(&mut self) -> Result<Option<Frame>, ReadFrameError> {
+        loop {
+            if let Some(frame) = wire::decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            match self.recv.read_chunk(wire::MAX_FRAME_LEN, true).await? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(ReadFrameError::Truncated),
+            }
+        }
+    }
+
+    /// Asks the peer to stop sending (used when the reader gives up early).
+    pub fn stop(&mut self, code: quinn::VarInt) {
+        let _ = self.recv.stop(code);
+    }
+}
+
+/// Writes frames to a QUIC send stream.
+pub struct FrameWriter {
+    send: SendStream,
+    buf: BytesMut,
+}
+
+impl FrameWriter {
+    /// Wraps a send stream.
+    pub fn new(send: SendStream) -> Self {
+        Self { send, buf: BytesMut::new() }
+    }
+
+    /// Encodes and writes one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), quinn::WriteError> {
+        wire::encode(frame, &mut self.buf);
+        let bytes = self.buf.split().freeze();
+        self.send.write_chunk(bytes).await
+    }
+
+    /// Encodes several frames and writes them at once (one packet for a small
+    /// request: head, body, end).
+    pub async fn send_frames(&mut self, frames: &[Frame]) -> Result<(), quinn::WriteError> {
+        for frame in frames {
+            wire::encode(frame, &mut self.buf);
+        }
+        let bytes = self.buf.split().freeze();
+        self.send.write_chunk(bytes).await
+    }
+
+    /// Writes a body, split into frames of at most [`wire::MAX_BODY_CHUNK`].
+    pub async fn send_body(&mut self, mut data: Bytes) -> Result<(), quinn::WriteError> {
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(wire::MAX_BODY_CHUNK));
+            // Header and body go out as two buffers: the body is never copied.
+            wire::codec::encode_body_header(piece.len(), &mut self.buf);
+            let header = self.buf.split().freeze();
+            self.send.write_all_chunks(&mut [header, piece]).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream after everything written.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Abandons the stream with an error code.
+    pub fn reset(&mut self, code: quinn::VarInt) {
+        let _ = self.send.reset(code);
+    }
+}

@@ -1,0 +1,330 @@
+//! The Tunnels REST API, shaped exactly as seed 001 (paths, bodies, wrappers,
+//! field names); anything extra is an addition, never a change.
+//!
+//! Every error is `{"error": "…"}` with 400/401/404/405/409/413, mapped here in
+//! one place; a tunnel of another organization is indistinguishable from a
+//! missing one (404).
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::State;
+use super::http::{Body, json as json_response, json_error};
+use super::names;
+use super::registry::Tunnel;
+use crate::quic::close;
+use crate::store::{StoreError, TunnelRecord};
+
+/// Largest JSON body the API reads.
+pub const MAX_API_BODY: usize = 64 * 1024;
+/// Longest tunnel name accepted.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// An API failure, rendered as `{"error": …}`.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+    fn not_found() -> Self {
+        Self(StatusCode::NOT_FOUND, "tunnel not found".into())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(what) => Self(StatusCode::CONFLICT, what),
+            StoreError::Database(e) => {
+                tracing::error!(err = %e, "store failure in API");
+                Self(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; try again".into())
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response<Body>, ApiError>;
+
+/// The tunnel object of seed 001.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TunnelJson {
+    id: String,
+    name: String,
+    subdomain: String,
+    status: &'static str,
+    total_requests: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_connected_at: Option<String>,
+    created_at: String,
+}
+
+fn tunnel_json(state: &State, t: &Tunnel) -> Value {
+    let meta = t.meta();
+    serde_json::to_value(TunnelJson {
+        id: t.id.clone(),
+        name: meta.name,
+        subdomain: t.subdomain.clone(),
+        status: status_of(state, t),
+        total_requests: t.total_requests.load(std::sync::atomic::Ordering::Relaxed),
+        last_connected_at: meta.last_connected_at,
+        created_at: t.created_at.clone(),
+    })
+    .unwrap_or(Value::Null)
+}
+
+fn status_of(state: &State, t: &Tunnel) -> &'static str {
+    if state.registry.session_of(t).is_some() { "connected" } else { "disconnected" }
+}
+
+/// Handles `/api/...`.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    match route(&state, req).await {
+        Ok(resp) => resp,
+        Err(ApiError(status, msg)) => {
+            let mut resp = json_error(status, msg);
+            if status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+    }
+}
+
+async fn route(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.split('/').skip(2).collect();
+    let method = req.method().clone();
+    if segments == ["info"] {
+        return match method {
+            Method::GET => Ok(info(state)),
+            _ => Err(not_allowed()),
+        };
+    }
+    let org = authenticate(state, &req).await?;
+    match (segments.as_slice(), method) {
+        (["tunnels"], Method::GET) => Ok(list(state, &org)),
+        (["tunnels"], Method::POST) => create(state, &org, read_json(req).await?).await,
+        (["tunnels", id], Method::GET) => {
+            let t = owned(state, &org, id)?;
+            Ok(ok(json!({ "tunnel": tunnel_json(state, &t) })))
+        }
+        (["tunnels", id], Method::PATCH) => update(state, &org, id, read_json(req).await?).await,
+        (["tunnels", id], Method::DELETE) => delete(state, &org, id).await,
+        (["tunnels", id, "status"], Method::GET) => Ok(live_status(state, &*owned(state, &org, id)?)),
+        (["tunnels", id, "regenerate-token"], Method::POST) => regenerate(state, &org, id).await,
+        (["tunnels", id, "disconnect"], Method::POST) => {
+            let t = owned(state, &org, id)?;
+            if let Some(session) = state.registry.take_session(&t) {
+                session.close(close::DISCONNECTED, "disconnected through the API");
+            }
+            Ok(ok(json!({ "success": true })))
+        }
+        (["tunnels"] | ["tunnels", _] | ["tunnels", _, "status" | "regenerate-token" | "disconnect"], _) => {
+            Err(not_allowed())
+        }
+        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no API route for {path}"))),
+    }
+}
+
+fn ok(value: Value) -> Response<Body> {
+    json_response(StatusCode::OK, &value)
+}
+
+fn not_allowed() -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path".into())
+}
+
+async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'"))?;
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| unauthorized("Authorization must be 'Bearer <api key>'"))?;
+    state.org_for_key(key).await?.ok_or_else(|| unauthorized("invalid API key"))
+}
+
+/// The tunnel `id` if it belongs to `org`; 404 otherwise, whoever owns it.
+fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, ApiError> {
+    state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(ApiError::not_found)
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = Limited::new(req.into_body(), MAX_API_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_API_BODY} bytes"))
+            } else {
+                ApiError::bad(format!("could not read request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad("request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("request body is not valid JSON: {e}"))),
+    }
+}
+
+fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad(format!("'{field}' must be a string"))),
+    }
+}
+
+fn valid_name(name: String) -> Result<String, ApiError> {
+    let name = name.trim().to_owned();
+    if name.is_empty() {
+        return Err(ApiError::bad("'name' must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(ApiError::bad(format!("'name' must be at most {MAX_NAME_LEN} characters")));
+    }
+    Ok(name)
+}
+
+fn info(state: &State) -> Response<Body> {
+    let c = &state.config;
+    ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocolVersion": crate::wire::PROTOCOL_VERSION,
+        "publicUrl": c.public_url,
+        "domain": c.domain,
+        "quicPort": c.quic_port,
+        "quicAddr": c.quic_public_addr,
+        "certFingerprint": c.fingerprint,
+    }))
+}
+
+fn list(state: &State, org: &str) -> Response<Body> {
+    let tunnels: Vec<Value> = state.registry.list(org).iter().map(|t| tunnel_json(state, t)).collect();
+    ok(json!({ "tunnels": tunnels }))
+}
+
+async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Value>) -> ApiResult {
+    let name = valid_name(string_field(&body, "name")?.ok_or_else(|| ApiError::bad("'name' is required"))?)?;
+    let subdomain = match string_field(&body, "subdomain")? {
+        Some(s) => {
+            names::validate_subdomain(&s).map_err(ApiError::bad)?;
+            if state.registry.subdomain_exists(&s) {
+                return Err(conflict(&s));
+            }
+            s
+        }
+        None => (0..32)
+            .map(|_| names::generated_subdomain())
+            .find(|s| !state.registry.subdomain_exists(s))
+            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain".into()))?,
+    };
+    let token = names::auth_token();
+    let record = TunnelRecord {
+        id: names::tunnel_id(),
+        org_id: org.to_owned(),
+        name,
+        subdomain: subdomain.clone(),
+        token_hash: names::hash_secret(&token),
+        total_requests: 0,
+        last_connected_at: None,
+        created_at: super::clock::now_rfc3339(),
+    };
+    let stored = record.clone();
+    state.store.run(move |s| s.insert_tunnel(&stored)).await.map_err(|e| match e {
+        StoreError::Conflict(_) => conflict(&subdomain),
+        other => other.into(),
+    })?;
+    let tunnel = Arc::new(Tunnel::from_record(record));
+    state.registry.insert(tunnel.clone());
+    let mut resp = json!({
+        "tunnel": tunnel_json(state, &tunnel),
+        "tunnelUrl": state.tunnel_url(&tunnel.subdomain),
+        "wsUrl": state.ws_url(&tunnel.subdomain, &tunnel.id, &token),
+        "authToken": token,
+    });
+    if let Some(host_url) = state.host_url(&tunnel.subdomain) {
+        resp["hostUrl"] = Value::String(host_url);
+    }
+    Ok(json_response(StatusCode::CREATED, &resp))
+}
+
+fn conflict(subdomain: &str) -> ApiError {
+    ApiError(StatusCode::CONFLICT, format!("subdomain '{subdomain}' is already taken"))
+}
+
+async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<String, Value>) -> ApiResult {
+    let tunnel = owned(state, org, id)?;
+    if body.contains_key("subdomain") {
+        return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
+    }
+    let Some(name) = string_field(&body, "name")? else {
+        return Err(ApiError::bad("nothing to update: send {\"name\": \"…\"}"));
+    };
+    let name = valid_name(name)?;
+    let (tid, stored) = (tunnel.id.clone(), name.clone());
+    state.store.run(move |s| s.rename_tunnel(&tid, &stored)).await?;
+    tunnel.update_meta(|m| m.name = name);
+    Ok(ok(json!({ "tunnel": tunnel_json(state, &tunnel) })))
+}
+
+async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
+    let tunnel = owned(state, org, id)?;
+    let tid = tunnel.id.clone();
+    state.store.run(move |s| s.delete_tunnel(&tid)).await?;
+    if let Some(session) = state.registry.remove(&tunnel.id) {
+        session.close(close::TUNNEL_DELETED, "tunnel deleted");
+    }
+    Ok(ok(json!({ "success": true })))
+}
+
+fn live_status(state: &State, t: &Tunnel) -> Response<Body> {
+    let session = state.registry.session_of(t);
+    let live = match &session {
+        Some(s) => json!({
+            "connected": true,
+            "connectedAt": s.connected_at,
+            "clientIp": s.client_ip.to_string(),
+            "requestsInSession": s.requests.load(std::sync::atomic::Ordering::Relaxed),
+        }),
+        None => json!({ "connected": false, "connectedAt": null, "clientIp": null, "requestsInSession": 0 }),
+    };
+    ok(json!({
+        "tunnel": { "id": t.id, "name": t.meta().name, "status": status_of(state, t) },
+        "liveStatus": live,
+    }))
+}
+
+async fn regenerate(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
+    let tunnel = owned(state, org, id)?;
+    let token = names::auth_token();
+    let hash = names::hash_secret(&token);
+    let tid = tunnel.id.clone();
+    state.store.run(move |s| s.set_token_hash(&tid, &hash)).await?;
+    tunnel.update_meta(|m| m.token_hash = hash);
+    if let Some(session) = state.registry.take_session(&tunnel) {
+        session.close(close::TOKEN_REVOKED, "auth token regenerated");
+    }
+    Ok(ok(json!({
+        "tunnel": { "id": tunnel.id, "name": tunnel.meta().name, "subdomain": tunnel.subdomain },
+        "authToken": token,
+        "wsUrl": state.ws_url(&tunnel.subdomain, &tunnel.id, &token),
+    })))
+}

@@ -1,0 +1,216 @@
+//! Forwarding a public HTTP request through a tunnel and streaming the answer back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Frame as BodyFrame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use super::State;
+use super::http::{Body, BoxError, edge_error};
+use super::registry::{Session, Transport};
+use crate::quic::{FrameReader, FrameWriter, close};
+use crate::wire::frame::{headers_from_map, headers_to_map};
+use crate::wire::{Frame, RequestHead, StreamErrorCode};
+
+/// Bodies up to this size are read before the request is sent, so head, body and
+/// end go out in one write; larger or unsized bodies stream from a task.
+const INLINE_BODY: u64 = 64 * 1024;
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// Forwards `req` to the tunnel named `subdomain`, as `target` (path and query).
+pub async fn forward(
+    state: Arc<State>,
+    subdomain: &str,
+    target: Bytes,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let Some(session) = state.registry.route(subdomain) else {
+        return if state.registry.subdomain_exists(subdomain) {
+            edge_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tunnel-offline",
+                format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
+            )
+        } else {
+            edge_error(StatusCode::NOT_FOUND, "tunnel-not-found", format_args!("no tunnel named '{subdomain}'"))
+        };
+    };
+    session.count_request();
+    let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
+    let Transport::Quic(conn) = &session.transport;
+    let conn = conn.clone();
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    add_forwarded(&mut headers, &state, peer);
+    let head = Frame::RequestHead(RequestHead {
+        method: parts.method,
+        target,
+        headers: headers_from_map(&headers),
+        client_ip: Some(peer.ip()),
+    });
+
+    let exchange = async {
+        let (send, recv) = conn.open_bi().await.map_err(|_| offline(&session))?;
+        send_request(FrameWriter::new(send), head, body).await;
+        let mut reader = FrameReader::new(recv);
+        match reader.next().await {
+            Ok(Some(Frame::ResponseHead(head))) => Ok(response(head.status, &head.headers, reader)),
+            Ok(Some(Frame::Error(err))) => Err(local_error(err.code, &err.message)),
+            Ok(_) | Err(_) => Err(edge_error(
+                StatusCode::BAD_GATEWAY,
+                "tunnel-error",
+                "the tunnel client ended the request without a response",
+            )),
+        }
+    };
+    match tokio::time::timeout(state.config.request_timeout, exchange.instrument(span)).await {
+        Ok(Ok(resp)) | Ok(Err(resp)) => resp,
+        Err(_) => edge_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format_args!("the local app did not answer within {:?}", state.config.request_timeout),
+        ),
+    }
+}
+
+fn offline(session: &Session) -> Response<Body> {
+    edge_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "tunnel-offline",
+        format_args!("tunnel '{}' lost its client connection", session.tunnel.subdomain),
+    )
+}
+
+fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {
+    match code {
+        StreamErrorCode::LocalUnreachable => edge_error(StatusCode::BAD_GATEWAY, "local-unreachable", message),
+        StreamErrorCode::LocalTimeout => edge_error(StatusCode::GATEWAY_TIMEOUT, "local-timeout", message),
+        _ => edge_error(StatusCode::BAD_GATEWAY, "local-error", message),
+    }
+}
+
+fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(state.config.scheme));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Sends the head and the body: small sized bodies are read first so head, body
+/// and end leave in one write; larger or unsized ones stream from a task, so the
+/// response can start while a large upload is still going.
+async fn send_request(mut writer: FrameWriter, head: Frame, mut body: Incoming) {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        if writer.send_frames(&[head, Frame::End]).await.is_ok() {
+            writer.finish();
+        }
+        return;
+    }
+    if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
+        match body.collect().await {
+            Ok(collected) => {
+                let data = collected.to_bytes();
+                if writer.send_frames(&[head, Frame::Body(data), Frame::End]).await.is_ok() {
+                    writer.finish();
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, "caller's request body failed");
+                writer.reset(close::STREAM_CANCELLED);
+            }
+        }
+        return;
+    }
+    if writer.send(&head).await.is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if writer.send_body(data).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(%err, "caller's request body failed");
+                    writer.reset(close::STREAM_CANCELLED);
+                    return;
+                }
+                None => {
+                    if writer.send(&Frame::End).await.is_ok() {
+                        writer.finish();
+                    }
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// Builds the public response, its body streamed from the tunnel.
+fn response(status: StatusCode, headers: &[crate::wire::Header], reader: FrameReader) -> Response<Body> {
+    let mut map = headers_to_map(headers);
+    strip_hop_by_hop(&mut map);
+    let frames = stream::unfold(Some(reader), |state| async move {
+        let mut reader = state?;
+        match reader.next().await {
+            Ok(Some(Frame::Body(data))) => Some((Ok(BodyFrame::data(data)), Some(reader))),
+            Ok(Some(Frame::End)) => None,
+            Ok(Some(Frame::Error(err))) => Some((Err(BoxError::from(format!("local app: {}", err.message))), None)),
+            Ok(Some(other)) => Some((Err(BoxError::from(format!("unexpected frame {other:?}"))), None)),
+            Ok(None) => Some((Err(BoxError::from("response body ended early")), None)),
+            Err(err) => Some((Err(BoxError::from(err)), None)),
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = map;
+    resp
+}

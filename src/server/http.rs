@@ -1,0 +1,126 @@
+//! The public HTTP listener: one hyper server for the tunnel edge (path- and
+//! host-based), the REST API and health checks, with graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{State, api, edge};
+
+/// Boxed error carried by streaming bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type of every handler.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The API's error shape: `{"error": "…"}`.
+pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message.into() }))
+}
+
+/// A one-line plain-text error from the edge, with a machine-readable kind in
+/// `x-hookway-error` so callers can tell our errors from the local app's.
+pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt::Display) -> Response<Body> {
+    let mut resp = Response::new(full(format!("hookway: {message}\n")));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("x-hookway-error", HeaderValue::from_static(kind));
+    resp
+}
+
+/// Routes one request.
+async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if let Some(sub) = state.host_subdomain(&req) {
+        let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        return edge::forward(state, &sub, Bytes::from(target), req, peer).await;
+    }
+    let path = req.uri().path();
+    if let Some(rest) = path.strip_prefix("/t/") {
+        let (sub, tail) = rest.split_once('/').map_or((rest, ""), |(s, t)| (s, t));
+        let mut target = String::with_capacity(tail.len() + 16);
+        target.push('/');
+        target.push_str(tail);
+        if let Some(q) = req.uri().query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let sub = sub.to_owned();
+        return edge::forward(state, &sub, Bytes::from(target), req, peer).await;
+    }
+    if path == "/api" || path.starts_with("/api/") {
+        return api::handle(state, req).await;
+    }
+    match path {
+        "/healthz" => Response::new(full("ok\n")),
+        "/" => Response::new(full(format!(
+            "hookway {}\nREST API: {}/api/tunnels\nTunnels: {}/t/{{subdomain}}\n",
+            env!("CARGO_PKG_VERSION"),
+            state.config.public_url,
+            state.config.public_url
+        ))),
+        _ => json_error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown`, then lets in-flight requests
+/// finish for up to `grace`.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, ?peer, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("in-flight requests still running after {grace:?}; closing them");
+    }
+}

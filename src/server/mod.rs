@@ -1,0 +1,402 @@
+//! The hookway server: HTTP edge + REST API on TCP, tunnel clients on QUIC.
+//!
+//! [`Server::bind`] opens the store, loads the tunnel table, binds both
+//! listeners and prepares TLS; [`Server::run`] serves until the shutdown token
+//! fires, then stops accepting, lets in-flight requests finish under a deadline,
+//! closes tunnel sessions with a "reconnect later" code and flushes counters.
+
+pub mod api;
+pub mod clock;
+pub mod edge;
+pub mod http;
+pub mod names;
+pub mod registry;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::quic::{self, close, tls};
+use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
+use registry::{Registry, Tunnel};
+
+/// Default time the edge waits for the local app's response head.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time in-flight requests get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often request counters are written to the store.
+pub const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Name of the organization that bootstrap keys belong to.
+pub const DEFAULT_ORG: &str = "default";
+
+/// Where the QUIC certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// Generate (once) a self-signed certificate in the data directory.
+    SelfSigned,
+    /// Use these PEM files.
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TCP address of the HTTP edge and API.
+    pub http_addr: SocketAddr,
+    /// UDP address of the QUIC listener.
+    pub quic_addr: SocketAddr,
+    /// Directory for the database and the generated certificate.
+    pub data_dir: PathBuf,
+    /// Public base URL; defaults to `http://{http_addr}`.
+    pub public_url: Option<String>,
+    /// Domain for host-based routing (`{subdomain}.{domain}`).
+    pub domain: Option<String>,
+    /// QUIC address clients should dial, when it differs from `{public host}:{quic port}`.
+    pub quic_public_addr: Option<String>,
+    /// TLS material.
+    pub tls: TlsSource,
+    /// How long the edge waits for a response head.
+    pub request_timeout: Duration,
+    /// How long in-flight requests may run after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// An API key to accept (created in the default organization if unknown).
+    pub api_key: Option<String>,
+}
+
+impl ServerConfig {
+    /// Defaults for a first try on one machine, storing data in `data_dir`.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".parse().expect("literal"),
+            quic_addr: "127.0.0.1:4443".parse().expect("literal"),
+            data_dir: data_dir.into(),
+            public_url: None,
+            domain: None,
+            quic_public_addr: None,
+            tls: TlsSource::SelfSigned,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            api_key: None,
+        }
+    }
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// QUIC endpoint error.
+    #[error(transparent)]
+    Endpoint(#[from] quic::EndpointError),
+    /// TLS material error.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Store error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Values derived from the configuration once, used on every request.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Public base URL without trailing slash.
+    pub public_url: String,
+    /// `http` or `https`, from the public URL.
+    pub scheme: &'static str,
+    /// Lowercased domain for host-based routing.
+    pub domain: Option<String>,
+    /// Response-head timeout.
+    pub request_timeout: Duration,
+    /// Bound QUIC port.
+    pub quic_port: u16,
+    /// Explicit QUIC address for clients.
+    pub quic_public_addr: Option<String>,
+    /// SHA-256 of a self-signed certificate, for clients to pin.
+    pub fingerprint: Option<String>,
+}
+
+/// State shared by every task of the server.
+pub struct State {
+    /// Derived configuration.
+    pub config: RuntimeConfig,
+    /// Durable storage.
+    pub store: StoreHandle,
+    /// Tunnels and live sessions.
+    pub registry: Registry,
+    /// Verified API keys: hash → organization. Keys are never deleted, so a
+    /// cached entry cannot go stale.
+    api_keys: DashMap<[u8; 32], String>,
+}
+
+impl State {
+    /// The subdomain addressed by a host-based request, if any.
+    pub fn host_subdomain<B>(&self, req: &::http::Request<B>) -> Option<String> {
+        let domain = self.config.domain.as_deref()?;
+        let host = req.headers().get(::http::header::HOST)?.to_str().ok()?;
+        let host = host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+        let sub = host.strip_suffix(domain)?.strip_suffix('.')?;
+        (!sub.is_empty() && !sub.contains('.')).then(|| sub.to_ascii_lowercase())
+    }
+
+    /// `{public-url}/t/{subdomain}`.
+    pub fn tunnel_url(&self, subdomain: &str) -> String {
+        format!("{}/t/{subdomain}", self.config.public_url)
+    }
+
+    /// `{scheme}://{subdomain}.{domain}`, with the public URL's port if any.
+    pub fn host_url(&self, subdomain: &str) -> Option<String> {
+        let domain = self.config.domain.as_deref()?;
+        let after_scheme = self.config.public_url.split_once("://").map_or("", |(_, r)| r);
+        let port = after_scheme.rsplit_once(':').map(|(_, p)| p).filter(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        Some(match port {
+            Some(p) => format!("{}://{subdomain}.{domain}:{p}", self.config.scheme),
+            None => format!("{}://{subdomain}.{domain}", self.config.scheme),
+        })
+    }
+
+    /// `ws(s)://{host}/tunnels/{subdomain}/ws?tunnelId=…&token=…` (seed 001).
+    pub fn ws_url(&self, subdomain: &str, tunnel_id: &str, token: &str) -> String {
+        let rest = self.config.public_url.split_once("://").map_or(self.config.public_url.as_str(), |(_, r)| r);
+        let scheme = if self.config.scheme == "https" { "wss" } else { "ws" };
+        format!("{scheme}://{rest}/tunnels/{subdomain}/ws?tunnelId={tunnel_id}&token={token}")
+    }
+
+    /// Records a handshake: in memory now, in the store off the hot path.
+    pub fn record_connected(&self, tunnel: &Arc<Tunnel>, at: &str) {
+        tunnel.update_meta(|m| m.last_connected_at = Some(at.to_owned()));
+        let (id, at) = (tunnel.id.clone(), at.to_owned());
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.run(move |s| s.set_last_connected(&id, &at)).await {
+                tracing::warn!(%err, "could not persist connection time");
+            }
+        });
+    }
+
+    /// The organization of a presented API key, if valid.
+    pub async fn org_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let hash = names::hash_secret(key);
+        if let Some(org) = self.api_keys.get(&hash) {
+            return Ok(Some(org.clone()));
+        }
+        let found = self.store.run(move |s| s.find_api_key(&hash)).await?;
+        Ok(found.map(|k| {
+            self.api_keys.insert(k.key_hash, k.org_id.clone());
+            k.org_id
+        }))
+    }
+
+    /// Writes dirty counters to the store.
+    async fn flush_counters(&self) {
+        let updates = self.registry.dirty_counters();
+        if updates.is_empty() {
+            return;
+        }
+        let batch = updates.clone();
+        match self.store.run(move |s| s.save_counters(&batch)).await {
+            Ok(()) => self.registry.mark_persisted(&updates),
+            Err(err) => tracing::warn!(%err, "could not persist request counters; will retry"),
+        }
+    }
+}
+
+/// Creates an API key in `org` and returns the secret (shown once).
+pub fn create_api_key(store: &StoreHandle, org: &str) -> Result<String, StoreError> {
+    let store = store.blocking();
+    let org_id = store.ensure_org(org)?;
+    let key = names::api_key();
+    store.insert_api_key(&ApiKeyRecord {
+        id: names::api_key_id(),
+        org_id,
+        key_hash: names::hash_secret(&key),
+        prefix: key[..8].to_owned(),
+    })?;
+    Ok(key)
+}
+
+/// A bound, ready-to-run server.
+pub struct Server {
+    state: Arc<State>,
+    http: TcpListener,
+    quic: quinn::Endpoint,
+    http_addr: SocketAddr,
+    quic_addr: SocketAddr,
+    grace: Duration,
+    generated_key: Option<String>,
+}
+
+impl Server {
+    /// Opens the store, prepares TLS and binds both listeners.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let store = StoreHandle::new(SqliteStore::open_in(&config.data_dir)?);
+        let generated_key = bootstrap_key(&store, config.api_key.as_deref())?;
+        let registry = Registry::default();
+        for record in store.blocking().load_tunnels()? {
+            registry.insert(Arc::new(Tunnel::from_record(record)));
+        }
+
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let http_addr = http.local_addr().map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
+        let public_url = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host =
+                    if http_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { http_addr.ip().to_string() };
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                format!("http://{host}:{}", http_addr.port())
+            }
+        };
+        let scheme = match public_url.split_once("://") {
+            Some(("https", _)) => "https",
+            Some(("http", _)) => "http",
+            _ => {
+                return Err(ServerError::Config(format!(
+                    "public URL must start with http:// or https://: {public_url}"
+                )));
+            }
+        };
+        let domain = config.domain.as_ref().map(|d| d.trim_matches('.').to_ascii_lowercase());
+
+        let identity = match &config.tls {
+            TlsSource::SelfSigned => {
+                let mut names: Vec<String> = domain.iter().cloned().collect();
+                if let Some(host) = public_url.split_once("://").and_then(|(_, r)| r.split(['/', ':']).next()) {
+                    names.push(host.to_owned());
+                }
+                tls::Identity::self_signed_in(&config.data_dir.join("tls"), &names)?
+            }
+            TlsSource::Files { cert, key } => tls::Identity::from_pem_files(cert, key)?,
+        };
+        let quic = quic::server_endpoint(config.quic_addr, &identity)?;
+        let quic_addr = quic.local_addr().map_err(|source| ServerError::Bind { addr: config.quic_addr, source })?;
+
+        let state = Arc::new(State {
+            config: RuntimeConfig {
+                public_url,
+                scheme,
+                domain,
+                request_timeout: config.request_timeout,
+                quic_port: quic_addr.port(),
+                quic_public_addr: config.quic_public_addr.clone(),
+                fingerprint: identity.self_signed.then(|| identity.fingerprint()),
+            },
+            store,
+            registry,
+            api_keys: DashMap::new(),
+        });
+        Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, generated_key })
+    }
+
+    /// Bound HTTP address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Bound QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// Public base URL.
+    pub fn public_url(&self) -> &str {
+        &self.state.config.public_url
+    }
+
+    /// Fingerprint of the self-signed certificate, if one is in use.
+    pub fn fingerprint(&self) -> Option<&str> {
+        self.state.config.fingerprint.as_deref()
+    }
+
+    /// The API key generated on first start, to show once.
+    pub fn generated_api_key(&self) -> Option<&str> {
+        self.generated_key.as_deref()
+    }
+
+    /// The store, e.g. to create API keys for other organizations.
+    pub fn store(&self) -> StoreHandle {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then shuts down gracefully.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Server { state, http, quic, grace, .. } = self;
+        let tracker = TaskTracker::new();
+        tracker.spawn(session::accept_loop(quic.clone(), state.clone(), shutdown.clone(), tracker.clone()));
+        let flusher = {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(COUNTER_FLUSH_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+                    state.flush_counters().await;
+                }
+            })
+        };
+        http::serve(http, state.clone(), shutdown.clone(), grace).await;
+
+        // In-flight requests are done (or out of time): end the sessions.
+        for session in state.registry.sessions() {
+            session.close(close::SERVER_SHUTDOWN, "server shutting down");
+        }
+        quic.close(close::SERVER_SHUTDOWN, b"server shutting down");
+        tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            tracker.wait().await;
+            quic.wait_idle().await;
+        })
+        .await;
+        let _ = flusher.await;
+        state.flush_counters().await;
+        tracing::info!("server stopped");
+    }
+}
+
+/// Makes sure the server has an API key: the configured one, or on a first start
+/// a generated one (returned so it can be shown once).
+fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option<String>, StoreError> {
+    let s = store.blocking();
+    if let Some(key) = configured {
+        let hash = names::hash_secret(key);
+        if s.find_api_key(&hash)?.is_none() {
+            let org_id = s.ensure_org(DEFAULT_ORG)?;
+            s.insert_api_key(&ApiKeyRecord {
+                id: names::api_key_id(),
+                org_id,
+                key_hash: hash,
+                prefix: key.chars().take(8).collect(),
+            })?;
+        }
+        return Ok(None);
+    }
+    if s.count_api_keys()? == 0 {
+        return create_api_key(store, DEFAULT_ORG).map(Some);
+    }
+    Ok(None)
+}

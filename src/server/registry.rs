@@ -1,0 +1,214 @@
+//! The in-memory tunnel table and the live-session routing map.
+//!
+//! Routing a public request is one `DashMap` lookup (subdomain → live session)
+//! and an `Arc` clone; no lock is held across an `.await`. The table mirrors the
+//! store: the API writes the store first, then this table, so what the API
+//! answers has been persisted. Request counters live here as atomics and are
+//! flushed to the store in batches by a background task.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+
+use crate::store::{CounterUpdate, TunnelRecord};
+
+/// Mutable tunnel fields, changed only through the API or a handshake.
+#[derive(Debug, Clone)]
+pub struct TunnelMeta {
+    /// Display name.
+    pub name: String,
+    /// SHA-256 of the current auth token.
+    pub token_hash: [u8; 32],
+    /// Last handshake time.
+    pub last_connected_at: Option<String>,
+}
+
+/// A tunnel known to the server.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// `tun_…`.
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Routing name.
+    pub subdomain: String,
+    /// Creation time.
+    pub created_at: String,
+    meta: Mutex<TunnelMeta>,
+    /// Requests forwarded over the tunnel's lifetime.
+    pub total_requests: AtomicU64,
+    persisted_requests: AtomicU64,
+}
+
+impl Tunnel {
+    /// From a stored record.
+    pub fn from_record(r: TunnelRecord) -> Self {
+        Self {
+            id: r.id,
+            org_id: r.org_id,
+            subdomain: r.subdomain,
+            created_at: r.created_at,
+            meta: Mutex::new(TunnelMeta {
+                name: r.name,
+                token_hash: r.token_hash,
+                last_connected_at: r.last_connected_at,
+            }),
+            total_requests: AtomicU64::new(r.total_requests),
+            persisted_requests: AtomicU64::new(r.total_requests),
+        }
+    }
+
+    /// A snapshot of the mutable fields.
+    pub fn meta(&self) -> TunnelMeta {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Changes the mutable fields.
+    pub fn update_meta(&self, f: impl FnOnce(&mut TunnelMeta)) {
+        f(&mut self.meta.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+}
+
+/// What carries requests to a connected client.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// A QUIC connection: one bidirectional stream per request.
+    Quic(quinn::Connection),
+}
+
+/// One connected client serving a tunnel.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session, to tell a stale session from its replacement.
+    pub id: u64,
+    /// The tunnel served.
+    pub tunnel: Arc<Tunnel>,
+    /// How requests reach the client.
+    pub transport: Transport,
+    /// Handshake time.
+    pub connected_at: String,
+    /// The client's address.
+    pub client_ip: IpAddr,
+    /// Requests forwarded in this session.
+    pub requests: AtomicU64,
+}
+
+impl Session {
+    /// Ends the session with an application close code the client understands.
+    pub fn close(&self, code: quinn::VarInt, reason: &str) {
+        match &self.transport {
+            Transport::Quic(conn) => conn.close(code, reason.as_bytes()),
+        }
+    }
+
+    /// Counts one forwarded request.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.tunnel.total_requests.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// All tunnels, indexed by id and subdomain, plus the live sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_id: DashMap<String, Arc<Tunnel>>,
+    by_subdomain: DashMap<String, Arc<Tunnel>>,
+    live: DashMap<String, Arc<Session>>,
+    next_session: AtomicU64,
+}
+
+impl Registry {
+    /// Adds (or replaces) a tunnel.
+    pub fn insert(&self, tunnel: Arc<Tunnel>) {
+        self.by_subdomain.insert(tunnel.subdomain.clone(), tunnel.clone());
+        self.by_id.insert(tunnel.id.clone(), tunnel);
+    }
+
+    /// Removes a tunnel and returns its live session, if any.
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let (_, tunnel) = self.by_id.remove(id)?;
+        self.by_subdomain.remove(&tunnel.subdomain);
+        self.live.remove(&tunnel.subdomain).map(|(_, s)| s)
+    }
+
+    /// A tunnel by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Tunnel>> {
+        self.by_id.get(id).map(|t| t.clone())
+    }
+
+    /// Whether a subdomain is taken.
+    pub fn subdomain_exists(&self, subdomain: &str) -> bool {
+        self.by_subdomain.contains_key(subdomain)
+    }
+
+    /// All tunnels of an organization, oldest first.
+    pub fn list(&self, org_id: &str) -> Vec<Arc<Tunnel>> {
+        let mut v: Vec<_> = self.by_id.iter().filter(|t| t.org_id == org_id).map(|t| t.clone()).collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        v
+    }
+
+    /// The hot-path lookup: the live session serving `subdomain`.
+    pub fn route(&self, subdomain: &str) -> Option<Arc<Session>> {
+        self.live.get(subdomain).map(|s| s.clone())
+    }
+
+    /// The live session of a tunnel.
+    pub fn session_of(&self, tunnel: &Tunnel) -> Option<Arc<Session>> {
+        self.route(&tunnel.subdomain)
+    }
+
+    /// Makes `session` the one serving its tunnel; returns the one it replaced.
+    pub fn attach(&self, session: Arc<Session>) -> Option<Arc<Session>> {
+        self.live.insert(session.tunnel.subdomain.clone(), session)
+    }
+
+    /// Removes `session` if it is still the one serving its tunnel.
+    pub fn detach(&self, session: &Session) -> bool {
+        self.live.remove_if(&session.tunnel.subdomain, |_, s| s.id == session.id).is_some()
+    }
+
+    /// Removes and returns whatever session serves the tunnel.
+    pub fn take_session(&self, tunnel: &Tunnel) -> Option<Arc<Session>> {
+        self.live.remove(&tunnel.subdomain).map(|(_, s)| s)
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Every live session (for shutdown).
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        self.live.iter().map(|s| s.clone()).collect()
+    }
+
+    /// Number of live sessions.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Counters changed since the last call; call [`Registry::mark_persisted`]
+    /// once they are stored.
+    pub fn dirty_counters(&self) -> Vec<CounterUpdate> {
+        self.by_id
+            .iter()
+            .filter_map(|t| {
+                let total = t.total_requests.load(Ordering::Relaxed);
+                (total != t.persisted_requests.load(Ordering::Relaxed))
+                    .then(|| CounterUpdate { tunnel_id: t.id.clone(), total_requests: total })
+            })
+            .collect()
+    }
+
+    /// Records that these counters reached the store.
+    pub fn mark_persisted(&self, updates: &[CounterUpdate]) {
+        for u in updates {
+            if let Some(t) = self.by_id.get(&u.tunnel_id) {
+                t.persisted_requests.store(u.total_requests, Ordering::Relaxed);
+            }
+        }
+    }
+}

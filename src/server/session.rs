@@ -1,0 +1,153 @@
+//! Accepting tunnel clients over QUIC: handshake on the control stream, then a
+//! live session in the routing map until the connection ends.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::State;
+use super::names::secret_matches;
+use super::registry::{Session, Transport, Tunnel};
+use crate::quic::{FrameReader, FrameWriter, close};
+use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, Rejected, ServerHello};
+
+/// Time allowed for the QUIC and hookway handshakes together.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval at which clients are asked to ping.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `shutdown`; each runs as a task on `tracker`.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let span = tracing::info_span!("quic", remote = ?incoming.remote_address());
+        tracker.spawn(handle(incoming, state.clone()).instrument(span));
+    }
+}
+
+async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
+    let handshake = async {
+        let conn = incoming.await.map_err(|e| tracing::debug!(err = %e, "QUIC handshake failed"))?;
+        let (send, recv) = conn.accept_bi().await.map_err(|e| tracing::debug!(err = %e, "no control stream"))?;
+        let mut reader = FrameReader::new(recv);
+        match reader.next().await {
+            Ok(Some(Frame::ClientHello(hello))) => Ok((conn, reader, FrameWriter::new(send), hello)),
+            other => {
+                tracing::debug!(?other, "first frame was not a ClientHello");
+                conn.close(close::PROTOCOL_ERROR, b"expected ClientHello");
+                Err(())
+            }
+        }
+    };
+    let Ok(Ok((conn, reader, mut writer, hello))) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
+        return;
+    };
+    let tunnel = match authenticate(&state, &hello) {
+        Ok(tunnel) => tunnel,
+        Err(rejected) => {
+            tracing::info!(tunnel_id = %hello.tunnel_id, reason = %rejected.message, "client refused");
+            let _ = writer.send(&Frame::Rejected(rejected)).await;
+            writer.finish();
+            // Let the client read the reason and close; then close regardless.
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close(close::REJECTED, b"rejected");
+            return;
+        }
+    };
+    let session = Arc::new(Session {
+        id: state.registry.next_session_id(),
+        tunnel: tunnel.clone(),
+        transport: Transport::Quic(conn.clone()),
+        connected_at: super::clock::now_rfc3339(),
+        client_ip: conn.remote_address().ip(),
+        requests: AtomicU64::new(0),
+    });
+    if let Some(old) = state.registry.attach(session.clone()) {
+        tracing::info!(tunnel_id = %tunnel.id, "a new client took over the tunnel");
+        old.close(close::REPLACED, "another client connected to this tunnel");
+    }
+    // The token may have been regenerated between the check and the attach.
+    if !secret_matches(&hello.auth_token, &tunnel.meta().token_hash) {
+        state.registry.detach(&session);
+        conn.close(close::TOKEN_REVOKED, b"token regenerated");
+        return;
+    }
+    state.record_connected(&tunnel, &session.connected_at);
+    let hello = ServerHello {
+        tunnel_id: tunnel.id.clone(),
+        name: tunnel.meta().name,
+        subdomain: tunnel.subdomain.clone(),
+        tunnel_url: state.tunnel_url(&tunnel.subdomain),
+        host_url: state.host_url(&tunnel.subdomain),
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
+    };
+    if writer.send(&Frame::ServerHello(hello)).await.is_err() {
+        state.registry.detach(&session);
+        return;
+    }
+    tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, "tunnel connected");
+    let reason = heartbeats(&conn, reader, writer).await;
+    if state.registry.detach(&session) {
+        conn.close(close::NORMAL, b"session ended");
+    }
+    tracing::info!(tunnel_id = %tunnel.id, %reason, "tunnel disconnected");
+}
+
+/// Answers pings on the control stream until it or the connection ends.
+async fn heartbeats(conn: &quinn::Connection, mut reader: FrameReader, mut writer: FrameWriter) -> String {
+    loop {
+        tokio::select! {
+            err = conn.closed() => return err.to_string(),
+            frame = reader.next() => match frame {
+                Ok(Some(Frame::Ping(seq))) => {
+                    if writer.send(&Frame::Pong(seq)).await.is_err() {
+                        return "control stream closed".into();
+                    }
+                }
+                Ok(Some(Frame::Pong(_))) => {}
+                Ok(Some(other)) => {
+                    tracing::debug!(?other, "unexpected frame on the control stream");
+                    conn.close(close::PROTOCOL_ERROR, b"unexpected frame on control stream");
+                    return "protocol error".into();
+                }
+                Ok(None) => return "client closed the control stream".into(),
+                Err(err) => return err.to_string(),
+            },
+        }
+    }
+}
+
+fn authenticate(state: &State, hello: &ClientHello) -> Result<Arc<Tunnel>, Rejected> {
+    let reject = |code, message: &str| Rejected { code, message: message.to_owned() };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(reject(
+            RejectCode::UnsupportedVersion,
+            &format!(
+                "protocol version {} is not supported (server speaks {PROTOCOL_VERSION}); upgrade hookway",
+                hello.protocol_version
+            ),
+        ));
+    }
+    let Some(tunnel) = state.registry.get(&hello.tunnel_id) else {
+        return Err(reject(RejectCode::UnknownTunnel, "no such tunnel (was it deleted?)"));
+    };
+    if !secret_matches(&hello.auth_token, &tunnel.meta().token_hash) {
+        return Err(reject(RejectCode::BadToken, "invalid auth token for this tunnel (was it regenerated?)"));
+    }
+    Ok(tunnel)
+}

@@ -1,0 +1,123 @@
+//! Durable state: organizations, API keys, tunnels and their counters.
+//!
+//! The [`Store`] trait is deliberately small and synchronous; [`StoreHandle`] runs
+//! its calls on tokio's blocking pool so no SQLite call ever blocks the runtime.
+//! SQLite ([`sqlite::SqliteStore`]) is the embedded default; a networked backend
+//! for multi-node deployments only has to implement the same trait.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+pub use sqlite::SqliteStore;
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value (subdomain, key) is already taken.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+/// A tunnel as persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRecord {
+    /// `tun_…`.
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Unique subdomain.
+    pub subdomain: String,
+    /// SHA-256 of the current auth token.
+    pub token_hash: [u8; 32],
+    /// Requests forwarded, as last persisted.
+    pub total_requests: u64,
+    /// RFC 3339, seconds precision.
+    pub last_connected_at: Option<String>,
+    /// RFC 3339, seconds precision.
+    pub created_at: String,
+}
+
+/// An API key as persisted (its hash only; the key itself is shown once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// `key_…`.
+    pub id: String,
+    /// The organization whose tunnels the key sees.
+    pub org_id: String,
+    /// SHA-256 of the key.
+    pub key_hash: [u8; 32],
+    /// The key's first characters, to recognise it in listings.
+    pub prefix: String,
+}
+
+/// A counter update written by the background flusher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterUpdate {
+    /// Tunnel id.
+    pub tunnel_id: String,
+    /// New absolute request count.
+    pub total_requests: u64,
+}
+
+/// The storage interface. Implementations must be safe to call from several
+/// threads; calls may block (callers use [`StoreHandle`]).
+pub trait Store: Send + Sync + 'static {
+    /// Every tunnel, for the server's in-memory table at start-up.
+    fn load_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError>;
+    /// Adds a tunnel; [`StoreError::Conflict`] when the subdomain is taken.
+    fn insert_tunnel(&self, tunnel: &TunnelRecord) -> Result<(), StoreError>;
+    /// Renames a tunnel.
+    fn rename_tunnel(&self, id: &str, name: &str) -> Result<(), StoreError>;
+    /// Replaces a tunnel's token hash.
+    fn set_token_hash(&self, id: &str, hash: &[u8; 32]) -> Result<(), StoreError>;
+    /// Records a connection time.
+    fn set_last_connected(&self, id: &str, at: &str) -> Result<(), StoreError>;
+    /// Removes a tunnel.
+    fn delete_tunnel(&self, id: &str) -> Result<(), StoreError>;
+    /// Persists request counters, all in one transaction.
+    fn save_counters(&self, updates: &[CounterUpdate]) -> Result<(), StoreError>;
+    /// The id of the organization named `name`, creating it if needed.
+    fn ensure_org(&self, name: &str) -> Result<String, StoreError>;
+    /// Adds an API key.
+    fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Looks an API key up by its hash.
+    fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// How many API keys exist.
+    fn count_api_keys(&self) -> Result<u64, StoreError>;
+}
+
+/// Shared, async-friendly access to a [`Store`].
+#[derive(Clone)]
+pub struct StoreHandle {
+    inner: Arc<dyn Store>,
+}
+
+impl StoreHandle {
+    /// Wraps a store.
+    pub fn new(store: impl Store) -> Self {
+        Self { inner: Arc::new(store) }
+    }
+
+    /// Runs `f` against the store on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    /// Direct, blocking access: for start-up and offline commands only.
+    pub fn blocking(&self) -> &dyn Store {
+        self.inner.as_ref()
+    }
+}

@@ -1,0 +1,254 @@
+//! The embedded SQLite store.
+//!
+//! WAL mode with `synchronous=NORMAL`: a committed transaction survives a process
+//! crash, and writers never block readers. One connection behind a mutex is
+//! plenty: callers are the API (rare), handshakes (rare) and the counter flusher
+//! (one batched transaction per interval).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{ApiKeyRecord, CounterUpdate, Store, StoreError, TunnelRecord};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS orgs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    key_hash BLOB NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tunnels (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    subdomain TEXT NOT NULL UNIQUE,
+    token_hash BLOB NOT NULL,
+    total_requests INTEGER NOT NULL DEFAULT 0,
+    last_connected_at TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
+";
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    if let rusqlite::Error::SqliteFailure(err, msg) = &e {
+        if err.code == rusqlite::ErrorCode::ConstraintViolation {
+            return StoreError::Conflict(msg.clone().unwrap_or_else(|| "constraint".into()));
+        }
+    }
+    StoreError::Database(e.to_string())
+}
+
+fn hash_from(blob: Vec<u8>) -> Result<[u8; 32], rusqlite::Error> {
+    <[u8; 32]>::try_from(blob.as_slice()).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, "hash is not 32 bytes".into())
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `hookway.db` in `dir`.
+    pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+        Self::open(&dir.join("hookway.db"))
+    }
+
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (the
+        // transaction rolls back), so a poisoned lock is safe to reuse.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(db)
+    }
+}
+
+fn now() -> String {
+    crate::server::clock::now_rfc3339()
+}
+
+impl Store for SqliteStore {
+    fn load_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at
+                 FROM tunnels ORDER BY created_at, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(TunnelRecord {
+                    id: r.get(0)?,
+                    org_id: r.get(1)?,
+                    name: r.get(2)?,
+                    subdomain: r.get(3)?,
+                    token_hash: hash_from(r.get(4)?)?,
+                    total_requests: r.get::<_, i64>(5)?.max(0) as u64,
+                    last_connected_at: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn insert_tunnel(&self, t: &TunnelRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at],
+            )
+            .map(drop)
+        })
+    }
+
+    fn rename_tunnel(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        self.with(|c| c.execute("UPDATE tunnels SET name = ?2 WHERE id = ?1", params![id, name]).map(drop))
+    }
+
+    fn set_token_hash(&self, id: &str, hash: &[u8; 32]) -> Result<(), StoreError> {
+        self.with(|c| c.execute("UPDATE tunnels SET token_hash = ?2 WHERE id = ?1", params![id, &hash[..]]).map(drop))
+    }
+
+    fn set_last_connected(&self, id: &str, at: &str) -> Result<(), StoreError> {
+        self.with(|c| c.execute("UPDATE tunnels SET last_connected_at = ?2 WHERE id = ?1", params![id, at]).map(drop))
+    }
+
+    fn delete_tunnel(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| c.execute("DELETE FROM tunnels WHERE id = ?1", params![id]).map(drop))
+    }
+
+    fn save_counters(&self, updates: &[CounterUpdate]) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("UPDATE tunnels SET total_requests = ?2 WHERE id = ?1")?;
+                for u in updates {
+                    stmt.execute(params![u.tunnel_id, u.total_requests as i64])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    fn ensure_org(&self, name: &str) -> Result<String, StoreError> {
+        self.with(|c| {
+            let existing: Option<String> =
+                c.query_row("SELECT id FROM orgs WHERE name = ?1", params![name], |r| r.get(0)).optional()?;
+            if let Some(id) = existing {
+                return Ok(id);
+            }
+            let id = crate::server::names::org_id();
+            c.execute("INSERT INTO orgs (id, name, created_at) VALUES (?1, ?2, ?3)", params![id, name, now()])?;
+            Ok(id)
+        })
+    }
+
+    fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO api_keys (id, org_id, key_hash, prefix, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.id, k.org_id, &k.key_hash[..], k.prefix, now()],
+            )
+            .map(drop)
+        })
+    }
+
+    fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, org_id, key_hash, prefix FROM api_keys WHERE key_hash = ?1",
+                params![&hash[..]],
+                |r| {
+                    Ok(ApiKeyRecord {
+                        id: r.get(0)?,
+                        org_id: r.get(1)?,
+                        key_hash: hash_from(r.get(2)?)?,
+                        prefix: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    fn count_api_keys(&self) -> Result<u64, StoreError> {
+        self.with(|c| c.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel(id: &str, sub: &str, org: &str) -> TunnelRecord {
+        TunnelRecord {
+            id: id.into(),
+            org_id: org.into(),
+            name: "Dev".into(),
+            subdomain: sub.into(),
+            token_hash: [7; 32],
+            total_requests: 0,
+            last_connected_at: None,
+            created_at: "2024-01-20T15:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn tunnels_survive_reopen_and_subdomains_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("default").unwrap();
+        assert_eq!(store.ensure_org("default").unwrap(), org);
+        store.insert_tunnel(&tunnel("tun_a", "alpha", &org)).unwrap();
+        let dup = store.insert_tunnel(&tunnel("tun_b", "alpha", &org));
+        assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
+        store.save_counters(&[CounterUpdate { tunnel_id: "tun_a".into(), total_requests: 42 }]).unwrap();
+        store.rename_tunnel("tun_a", "Renamed").unwrap();
+        store.set_token_hash("tun_a", &[9; 32]).unwrap();
+        drop(store);
+
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let all = store.load_tunnels().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].total_requests, 42);
+        assert_eq!(all[0].name, "Renamed");
+        assert_eq!(all[0].token_hash, [9; 32]);
+        store.delete_tunnel("tun_a").unwrap();
+        assert!(store.load_tunnels().unwrap().is_empty());
+    }
+
+    #[test]
+    fn api_keys_are_found_by_hash_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("acme").unwrap();
+        let key =
+            ApiKeyRecord { id: "key_1".into(), org_id: org.clone(), key_hash: [1; 32], prefix: "hwk_abcd".into() };
+        store.insert_api_key(&key).unwrap();
+        assert_eq!(store.find_api_key(&[1; 32]).unwrap(), Some(key));
+        assert_eq!(store.find_api_key(&[2; 32]).unwrap(), None);
+        assert_eq!(store.count_api_keys().unwrap(), 1);
+    }
+}

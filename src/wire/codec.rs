@@ -1,0 +1,230 @@
+//! Length-delimited framing: a 4-byte big-endian length, then one protobuf `Frame`.
+//!
+//! A fixed-width prefix keeps "need more bytes" trivially distinct from "malformed":
+//! with fewer than four bytes, or fewer than the announced length, decoding answers
+//! `Ok(None)` and consumes nothing. The length is checked against [`MAX_FRAME_LEN`]
+//! before any buffer is reserved, so a peer cannot make us allocate what it claims.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use super::frame::{Frame, InvalidFrame};
+use super::pb;
+
+/// Hard maximum size of one encoded frame (without its length prefix).
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Size of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// Why a buffer could not be decoded. All variants are the peer's fault and final:
+/// the stream they arrived on should be reset.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
+    /// The bytes are not a protobuf `Frame`.
+    #[error("malformed frame: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The protobuf is well-formed but its content is not acceptable.
+    #[error("invalid frame: {0}")]
+    Invalid(#[from] InvalidFrame),
+}
+
+/// Decodes one frame from the front of `src`.
+///
+/// Returns `Ok(None)` (consuming nothing) when `src` does not yet hold a whole
+/// frame; on success the frame's bytes are split off `src`, and `Bytes` fields of
+/// the frame share that allocation instead of copying it.
+pub fn decode(src: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    let Some(len) = peek_len(src)? else {
+        return Ok(None);
+    };
+    if src.len() < LEN_PREFIX + len {
+        // Reserve for the rest of this frame only: `len` is already bounded.
+        src.reserve(LEN_PREFIX + len - src.len());
+        return Ok(None);
+    }
+    src.advance(LEN_PREFIX);
+    let body = src.split_to(len).freeze();
+    decode_body(body).map(Some)
+}
+
+/// Reads and checks the length prefix without consuming it.
+fn peek_len(src: &[u8]) -> Result<Option<usize>, DecodeError> {
+    let Some(prefix) = src.get(..LEN_PREFIX) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > MAX_FRAME_LEN {
+        return Err(DecodeError::TooLarge(len));
+    }
+    Ok(Some(len))
+}
+
+/// Decodes a frame body (the bytes after the prefix).
+fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
+    let raw = pb::Frame::decode(body)?;
+    Ok(Frame::try_from(raw)?)
+}
+
+/// Appends `frame`, length-prefixed, to `dst`.
+///
+/// # Panics
+/// Never for frames built by this crate: heads are bounded by the HTTP layer and
+/// bodies by [`super::MAX_BODY_CHUNK`]. A frame over [`MAX_FRAME_LEN`] is a bug in
+/// the caller, caught by a debug assertion; in release it is still written and the
+/// peer rejects it.
+pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    let raw = pb::Frame::from(frame);
+    let len = raw.encoded_len();
+    debug_assert!(len <= MAX_FRAME_LEN, "encoding an oversized frame ({len} bytes)");
+    dst.reserve(LEN_PREFIX + len);
+    dst.put_u32(len as u32);
+    raw.encode_raw(dst);
+}
+
+/// Writes the prefix and protobuf field header of a [`Frame::Body`] of `len`
+/// bytes, so the body itself can be sent as its own buffer without a copy.
+/// `header + body` is byte-for-byte what [`encode`] produces for the same frame.
+pub fn encode_body_header(len: usize, dst: &mut BytesMut) {
+    // Field 8 (`body`), wire type 2 (length-delimited).
+    const BODY_KEY: u64 = (8 << 3) | 2;
+    let frame_len =
+        prost::encoding::encoded_len_varint(BODY_KEY) + prost::encoding::encoded_len_varint(len as u64) + len;
+    dst.put_u32(frame_len as u32);
+    prost::encoding::encode_varint(BODY_KEY, dst);
+    prost::encoding::encode_varint(len as u64, dst);
+}
+
+/// Encodes one frame into a fresh buffer.
+pub fn encode_to_bytes(frame: &Frame) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode(frame, &mut buf);
+    buf.freeze()
+}
+
+/// Incremental decoder over a byte buffer fed from any source.
+///
+/// Holds at most one partial frame plus whatever the caller pushed; bounded by
+/// [`MAX_FRAME_LEN`] as long as the caller drains frames before pushing more.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    /// A decoder with an empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The buffer to read into; call [`FrameDecoder::next_frame`] after each read.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, if the buffer holds one.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        decode(&mut self.buf)
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::{Header, RequestHead};
+    use http::Method;
+
+    fn head() -> Frame {
+        Frame::RequestHead(RequestHead {
+            method: Method::POST,
+            target: Bytes::from_static(b"/hooks/github?delivery=1"),
+            headers: vec![
+                Header::new(Bytes::from_static(b"content-type"), Bytes::from_static(b"application/json")).unwrap(),
+                Header::new(Bytes::from_static(b"x-github-event"), Bytes::from_static(b"push")).unwrap(),
+            ],
+            client_ip: Some("203.0.113.7".parse().unwrap()),
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        let frames = [head(), Frame::Body(Bytes::from_static(b"{}")), Frame::End, Frame::Ping(7)];
+        let mut buf = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut buf);
+        }
+        for f in &frames {
+            assert_eq!(decode(&mut buf).unwrap().as_ref(), Some(f));
+        }
+        assert!(buf.is_empty());
+        assert_eq!(decode(&mut buf).unwrap(), None);
+    }
+
+    #[test]
+    fn body_header_matches_full_encoding() {
+        for len in [0usize, 1, 127, 128, 16_383, 16_384, super::super::MAX_BODY_CHUNK] {
+            let body = Bytes::from(vec![7u8; len]);
+            let mut split = BytesMut::new();
+            encode_body_header(len, &mut split);
+            split.extend_from_slice(&body);
+            assert_eq!(split.freeze(), encode_to_bytes(&Frame::Body(body)), "len {len}");
+        }
+    }
+
+    #[test]
+    fn every_truncation_needs_more_bytes() {
+        let bytes = encode_to_bytes(&head());
+        for cut in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            assert_eq!(decode(&mut buf).unwrap(), None, "cut at {cut}");
+            assert_eq!(buf.len(), cut, "nothing consumed at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_length_is_rejected_before_allocating() {
+        let mut buf = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
+        assert_eq!(decode(&mut buf), Err(DecodeError::TooLarge(u32::MAX as usize)));
+        assert!(buf.capacity() < 1024, "no allocation sized by the peer");
+        let mut buf = BytesMut::from(&((MAX_FRAME_LEN + 1) as u32).to_be_bytes()[..]);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::Protobuf(_))));
+        // An empty Frame (no oneof set) is well-formed protobuf but not a frame.
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn invalid_header_is_rejected() {
+        let raw = pb::Frame {
+            kind: Some(pb::frame::Kind::RequestHead(pb::RequestHead {
+                method: Bytes::from_static(b"GET"),
+                target: Bytes::from_static(b"/"),
+                headers: vec![pb::Header { name: Bytes::from_static(b"bad name"), value: Bytes::new() }],
+                client_ip: Bytes::new(),
+            })),
+        };
+        let mut buf = BytesMut::new();
+        buf.put_u32(raw.encoded_len() as u32);
+        raw.encode_raw(&mut buf);
+        assert!(matches!(decode(&mut buf), Err(DecodeError::Invalid(_))));
+    }
+}

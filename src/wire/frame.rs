@@ -1,0 +1,391 @@
+//! Validated domain frames and their conversion from and to the protobuf types.
+//!
+//! Validation here is cheap and allocation-free: header names and values are
+//! checked byte by byte against the HTTP grammar and kept as `Bytes` slices of the
+//! receive buffer. Building an `http::HeaderMap` is left to the HTTP layer, which
+//! has to build one anyway.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::pb;
+use super::pb::frame::Kind;
+
+/// One message on a tunnel stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client → server, first on the control stream.
+    ClientHello(ClientHello),
+    /// Server → client: handshake accepted.
+    ServerHello(ServerHello),
+    /// Server → client: handshake refused.
+    Rejected(Rejected),
+    /// Heartbeat request, answered by [`Frame::Pong`] with the same sequence number.
+    Ping(u64),
+    /// Heartbeat answer.
+    Pong(u64),
+    /// Server → client: start of a forwarded HTTP request.
+    RequestHead(RequestHead),
+    /// Client → server: start of the local app's response.
+    ResponseHead(ResponseHead),
+    /// A piece of a request or response body.
+    Body(Bytes),
+    /// The body is complete.
+    End,
+    /// The exchange failed; no more frames follow on this stream.
+    Error(StreamError),
+}
+
+/// Why a well-formed protobuf is not an acceptable frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidFrame {
+    /// The `Frame` had no variant set (or one this build does not know).
+    #[error("frame has no known kind")]
+    Empty,
+    /// The HTTP method is not a valid token.
+    #[error("invalid HTTP method")]
+    Method,
+    /// The request target is not an origin-form path and query.
+    #[error("invalid request target")]
+    Target,
+    /// A header name or value breaks the HTTP grammar.
+    #[error("invalid header")]
+    Header,
+    /// The status code is outside 100..=999.
+    #[error("invalid status code {0}")]
+    Status(u32),
+    /// The client address is neither 4 nor 16 bytes.
+    #[error("invalid client address")]
+    ClientIp,
+}
+
+/// Handshake opening: which tunnel, and the token that proves the right to serve it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    /// The tunnel's id (`tun_…`).
+    pub tunnel_id: String,
+    /// The tunnel's auth token, as returned at creation or regeneration.
+    pub auth_token: String,
+    /// [`super::PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// Client software version, for the server's logs.
+    pub client_version: String,
+}
+
+impl std::fmt::Debug for ClientHello {
+    // The token is a secret: never let it reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHello")
+            .field("tunnel_id", &self.tunnel_id)
+            .field("auth_token", &"<redacted>")
+            .field("protocol_version", &self.protocol_version)
+            .field("client_version", &self.client_version)
+            .finish()
+    }
+}
+
+/// Handshake answer: where the tunnel is now reachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The tunnel's id.
+    pub tunnel_id: String,
+    /// Display name.
+    pub name: String,
+    /// The tunnel's subdomain.
+    pub subdomain: String,
+    /// Path-based URL, `{public-url}/t/{subdomain}`.
+    pub tunnel_url: String,
+    /// Host-based URL, when the server has a domain.
+    pub host_url: Option<String>,
+    /// How often the client should ping, in milliseconds.
+    pub heartbeat_interval_ms: u32,
+}
+
+/// Why the server refused a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    /// Unknown or unspecified reason.
+    Unspecified,
+    /// Wrong or revoked token.
+    BadToken,
+    /// No such tunnel.
+    UnknownTunnel,
+    /// The client speaks a protocol version the server does not.
+    UnsupportedVersion,
+    /// The server failed; retrying later may help.
+    Internal,
+}
+
+/// A refused handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Machine-readable reason.
+    pub code: RejectCode,
+    /// Human-readable explanation, shown to the user.
+    pub message: String,
+}
+
+/// A header whose name and value have been checked against the HTTP grammar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    name: Bytes,
+    value: Bytes,
+}
+
+impl Header {
+    /// Validates a raw name and value.
+    pub fn new(name: Bytes, value: Bytes) -> Result<Self, InvalidFrame> {
+        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+            return Err(InvalidFrame::Header);
+        }
+        if !value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
+            return Err(InvalidFrame::Header);
+        }
+        Ok(Self { name, value })
+    }
+
+    /// From an already-valid `http` pair.
+    pub fn from_http(name: &HeaderName, value: &HeaderValue) -> Self {
+        Self { name: Bytes::copy_from_slice(name.as_str().as_bytes()), value: Bytes::copy_from_slice(value.as_bytes()) }
+    }
+
+    /// The name, as sent.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// The value, as sent.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// Converts into `http` types; names are lowercased by `HeaderName`.
+    pub fn to_http(&self) -> Option<(HeaderName, HeaderValue)> {
+        let name = HeaderName::from_bytes(&self.name).ok()?;
+        let value = HeaderValue::from_maybe_shared(self.value.clone()).ok()?;
+        Some((name, value))
+    }
+}
+
+/// Builds a validated header list from a `HeaderMap`.
+pub fn headers_from_map(map: &HeaderMap) -> Vec<Header> {
+    map.iter().map(|(n, v)| Header::from_http(n, v)).collect()
+}
+
+/// Builds a `HeaderMap` from a validated header list.
+pub fn headers_to_map(headers: &[Header]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        if let Some((n, v)) = h.to_http() {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// `tchar` from RFC 9110 §5.6.2.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The start of a forwarded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// HTTP method.
+    pub method: Method,
+    /// Origin-form path and query (`/a/b?c=d`).
+    pub target: Bytes,
+    /// Request headers, hop-by-hop ones already removed by the edge.
+    pub headers: Vec<Header>,
+    /// The public caller's address.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The start of the local app's response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: Vec<Header>,
+}
+
+/// Why an exchange was aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamErrorCode {
+    /// Unknown reason.
+    Unspecified,
+    /// The local app refused the connection.
+    LocalUnreachable,
+    /// The local app did not answer in time.
+    LocalTimeout,
+    /// The local app's answer was not valid HTTP.
+    LocalProtocol,
+    /// The sender gave up.
+    Cancelled,
+    /// The peer broke the protocol.
+    Protocol,
+}
+
+/// An aborted exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamError {
+    /// Machine-readable reason.
+    pub code: StreamErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl TryFrom<pb::Frame> for Frame {
+    type Error = InvalidFrame;
+
+    fn try_from(raw: pb::Frame) -> Result<Self, InvalidFrame> {
+        Ok(match raw.kind.ok_or(InvalidFrame::Empty)? {
+            Kind::ClientHello(h) => Frame::ClientHello(ClientHello {
+                tunnel_id: h.tunnel_id,
+                auth_token: h.auth_token,
+                protocol_version: h.protocol_version,
+                client_version: h.client_version,
+            }),
+            Kind::ServerHello(h) => Frame::ServerHello(ServerHello {
+                tunnel_id: h.tunnel_id,
+                name: h.name,
+                subdomain: h.subdomain,
+                tunnel_url: h.tunnel_url,
+                host_url: Some(h.host_url).filter(|u| !u.is_empty()),
+                heartbeat_interval_ms: h.heartbeat_interval_ms,
+            }),
+            Kind::Rejected(r) => Frame::Rejected(Rejected { code: reject_code_from(r.code), message: r.message }),
+            Kind::Ping(h) => Frame::Ping(h.seq),
+            Kind::Pong(h) => Frame::Pong(h.seq),
+            Kind::RequestHead(h) => Frame::RequestHead(request_head_from(h)?),
+            Kind::ResponseHead(h) => Frame::ResponseHead(ResponseHead {
+                status: u16::try_from(h.status)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .ok_or(InvalidFrame::Status(h.status))?,
+                headers: headers_from_pb(h.headers)?,
+            }),
+            Kind::Body(b) => Frame::Body(b),
+            Kind::End(_) => Frame::End,
+            Kind::Error(e) => Frame::Error(StreamError { code: stream_code_from(e.code), message: e.message }),
+        })
+    }
+}
+
+fn request_head_from(h: pb::RequestHead) -> Result<RequestHead, InvalidFrame> {
+    let method = Method::from_bytes(&h.method).map_err(|_| InvalidFrame::Method)?;
+    let target_ok = h.target.first() == Some(&b'/') && h.target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#');
+    if !target_ok {
+        return Err(InvalidFrame::Target);
+    }
+    let client_ip = match h.client_ip.len() {
+        0 => None,
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(&h.client_ip[..]).expect("len 4"))),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(&h.client_ip[..]).expect("len 16"))),
+        _ => return Err(InvalidFrame::ClientIp),
+    };
+    Ok(RequestHead { method, target: h.target, headers: headers_from_pb(h.headers)?, client_ip })
+}
+
+fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Vec<Header>, InvalidFrame> {
+    raw.into_iter().map(|h| Header::new(h.name, h.value)).collect()
+}
+
+fn headers_to_pb(headers: &[Header]) -> Vec<pb::Header> {
+    headers.iter().map(|h| pb::Header { name: h.name.clone(), value: h.value.clone() }).collect()
+}
+
+fn reject_code_from(code: i32) -> RejectCode {
+    match pb::RejectCode::try_from(code) {
+        Ok(pb::RejectCode::BadToken) => RejectCode::BadToken,
+        Ok(pb::RejectCode::UnknownTunnel) => RejectCode::UnknownTunnel,
+        Ok(pb::RejectCode::UnsupportedVersion) => RejectCode::UnsupportedVersion,
+        Ok(pb::RejectCode::Internal) => RejectCode::Internal,
+        _ => RejectCode::Unspecified,
+    }
+}
+
+fn reject_code_to(code: RejectCode) -> pb::RejectCode {
+    match code {
+        RejectCode::Unspecified => pb::RejectCode::Unspecified,
+        RejectCode::BadToken => pb::RejectCode::BadToken,
+        RejectCode::UnknownTunnel => pb::RejectCode::UnknownTunnel,
+        RejectCode::UnsupportedVersion => pb::RejectCode::UnsupportedVersion,
+        RejectCode::Internal => pb::RejectCode::Internal,
+    }
+}
+
+fn stream_code_from(code: i32) -> StreamErrorCode {
+    match pb::StreamErrorCode::try_from(code) {
+        Ok(pb::StreamErrorCode::LocalUnreachable) => StreamErrorCode::LocalUnreachable,
+        Ok(pb::StreamErrorCode::LocalTimeout) => StreamErrorCode::LocalTimeout,
+        Ok(pb::StreamErrorCode::LocalProtocol) => StreamErrorCode::LocalProtocol,
+        Ok(pb::StreamErrorCode::Cancelled) => StreamErrorCode::Cancelled,
+        Ok(pb::StreamErrorCode::Protocol) => StreamErrorCode::Protocol,
+        _ => StreamErrorCode::Unspecified,
+    }
+}
+
+fn stream_code_to(code: StreamErrorCode) -> pb::StreamErrorCode {
+    match code {
+        StreamErrorCode::Unspecified => pb::StreamErrorCode::Unspecified,
+        StreamErrorCode::LocalUnreachable => pb::StreamErrorCode::LocalUnreachable,
+        StreamErrorCode::LocalTimeout => pb::StreamErrorCode::LocalTimeout,
+        StreamErrorCode::LocalProtocol => pb::StreamErrorCode::LocalProtocol,
+        StreamErrorCode::Cancelled => pb::StreamErrorCode::Cancelled,
+        StreamErrorCode::Protocol => pb::StreamErrorCode::Protocol,
+    }
+}
+
+fn ip_bytes(ip: Option<IpAddr>) -> Bytes {
+    match ip {
+        None => Bytes::new(),
+        Some(IpAddr::V4(v4)) => Bytes::copy_from_slice(&v4.octets()),
+        Some(IpAddr::V6(v6)) => Bytes::copy_from_slice(&v6.octets()),
+    }
+}
+
+impl From<&Frame> for pb::Frame {
+    fn from(frame: &Frame) -> Self {
+        let kind = match frame {
+            Frame::ClientHello(h) => Kind::ClientHello(pb::ClientHello {
+                tunnel_id: h.tunnel_id.clone(),
+                auth_token: h.auth_token.clone(),
+                protocol_version: h.protocol_version,
+                client_version: h.client_version.clone(),
+            }),
+            Frame::ServerHello(h) => Kind::ServerHello(pb::ServerHello {
+                tunnel_id: h.tunnel_id.clone(),
+                name: h.name.clone(),
+                subdomain: h.subdomain.clone(),
+                tunnel_url: h.tunnel_url.clone(),
+                host_url: h.host_url.clone().unwrap_or_default(),
+                heartbeat_interval_ms: h.heartbeat_interval_ms,
+            }),
+            Frame::Rejected(r) => {
+                Kind::Rejected(pb::Rejected { code: reject_code_to(r.code) as i32, message: r.message.clone() })
+            }
+            Frame::Ping(seq) => Kind::Ping(pb::Heartbeat { seq: *seq }),
+            Frame::Pong(seq) => Kind::Pong(pb::Heartbeat { seq: *seq }),
+            Frame::RequestHead(h) => Kind::RequestHead(pb::RequestHead {
+                method: Bytes::copy_from_slice(h.method.as_str().as_bytes()),
+                target: h.target.clone(),
+                headers: headers_to_pb(&h.headers),
+                client_ip: ip_bytes(h.client_ip),
+            }),
+            Frame::ResponseHead(h) => Kind::ResponseHead(pb::ResponseHead {
+                status: u32::from(h.status.as_u16()),
+                headers: headers_to_pb(&h.headers),
+            }),
+            Frame::Body(b) => Kind::Body(b.clone()),
+            Frame::End => Kind::End(pb::End {}),
+            Frame::Error(e) => {
+                Kind::Error(pb::StreamError { code: stream_code_to(e.code) as i32, message: e.message.clone() })
+            }
+        };
+        pb::Frame { kind: Some(kind) }
+    }
+}
