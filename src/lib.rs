@@ -12,6 +12,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
+pub mod headers;
 pub mod quic;
 pub mod server;
 pub mod store;

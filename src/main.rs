@@ -1,1 +1,460 @@
-fn main() {}
+//! The `hookway` command: server, one-command tunnel, and API verbs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use hookway::client::{self, ApiClient, ClientConfig, Event};
+use hookway::server::{self, Server, ServerConfig, TlsSource};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "hookway",
+    version,
+    about = "Give a local server a public URL so it can receive webhooks.",
+    long_about = "hookway exposes a local HTTP server through a public URL, over one QUIC connection.\n\n\
+        Run `hookway server` on a machine with a public address (or locally to try it), then\n\
+        `hookway start 3000` where your app listens on port 3000: webhooks sent to the printed\n\
+        URL reach your app."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the tunnel server (HTTP edge + REST API on TCP, tunnel clients on QUIC/UDP).
+    Server(ServerArgs),
+    /// Create a tunnel and forward it to a local port, in one step.
+    Start(StartArgs),
+    /// Manage tunnels through the REST API.
+    #[command(subcommand)]
+    Tunnels(TunnelsCommand),
+    /// Manage API keys directly in the server's data directory (run on the server machine).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TCP address for public HTTP traffic and the REST API.
+    #[arg(long, env = "HOOKWAY_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// UDP address for tunnel clients (QUIC).
+    #[arg(long, env = "HOOKWAY_QUIC", default_value = "127.0.0.1:4443")]
+    quic: SocketAddr,
+    /// Where the database and the generated certificate live.
+    #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
+    data_dir: PathBuf,
+    /// Public base URL of the HTTP listener, as callers reach it (default: http://<http addr>).
+    #[arg(long, env = "HOOKWAY_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Domain for host-based URLs: <subdomain>.<domain> routes to that tunnel.
+    #[arg(long, env = "HOOKWAY_DOMAIN")]
+    domain: Option<String>,
+    /// QUIC address clients should dial, if not <public host>:<quic port> (e.g. behind NAT).
+    #[arg(long, env = "HOOKWAY_QUIC_PUBLIC_ADDR")]
+    quic_public_addr: Option<String>,
+    /// PEM certificate chain for QUIC; without it a self-signed one is generated and pinned by clients.
+    #[arg(long, env = "HOOKWAY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "HOOKWAY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds to wait for the local app's response before answering 504.
+    #[arg(long, env = "HOOKWAY_REQUEST_TIMEOUT", default_value_t = 30)]
+    request_timeout: u64,
+    /// Seconds in-flight requests get to finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// Base URL of the hookway server.
+    #[arg(long, env = "HOOKWAY_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    /// API key (printed by the server on its first start).
+    #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct ConnectArgs {
+    /// Host of the local app.
+    #[arg(long, default_value = "127.0.0.1")]
+    local_host: String,
+    /// Pin this SHA-256 certificate fingerprint instead of the one the server announces.
+    #[arg(long, env = "HOOKWAY_FINGERPRINT")]
+    fingerprint: Option<String>,
+    /// QUIC address to dial instead of the one the server announces.
+    #[arg(long, env = "HOOKWAY_QUIC_ADDR")]
+    quic_addr: Option<String>,
+}
+
+#[derive(Args)]
+struct StartArgs {
+    /// Local port to expose.
+    port: u16,
+    /// Tunnel name (default: "localhost:<port>").
+    #[arg(long)]
+    name: Option<String>,
+    /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter).
+    #[arg(long)]
+    subdomain: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum TunnelsCommand {
+    /// List the organization's tunnels.
+    List(ClientOnly),
+    /// Show one tunnel.
+    Get(IdArg),
+    /// Create a tunnel (prints its auth token once).
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Custom subdomain.
+        #[arg(long)]
+        subdomain: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rename a tunnel.
+    Update {
+        /// Tunnel id.
+        id: String,
+        /// New display name.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a tunnel (ends its session).
+    Delete(IdArg),
+    /// Live status of a tunnel.
+    Status(IdArg),
+    /// Issue a new auth token; the old one stops working and its session ends.
+    RegenerateToken(IdArg),
+    /// End the tunnel's live session.
+    Disconnect(IdArg),
+    /// Serve an existing tunnel from a local port.
+    Connect {
+        /// Tunnel id.
+        id: String,
+        /// Local port.
+        port: u16,
+        /// The tunnel's auth token; without it a new one is issued (ending any other client's session).
+        #[arg(long, env = "HOOKWAY_TUNNEL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClientOnly {
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct IdArg {
+    /// Tunnel id (tun_…).
+    id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create an API key for an organization (created if new); the key is printed once.
+    Create {
+        /// Organization name.
+        #[arg(long, default_value = server::DEFAULT_ORG)]
+        org: String,
+        /// The server's data directory.
+        #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Server(_)) { "hookway=info" } else { "hookway=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Server(args) => run_server(args).await,
+        Command::Start(args) => start(args).await,
+        Command::Tunnels(cmd) => tunnels(cmd).await,
+        Command::Keys(KeysCommand::Create { org, data_dir }) => {
+            let store = hookway::store::StoreHandle::new(hookway::store::SqliteStore::open_in(&data_dir)?);
+            let key = server::create_api_key(&store, &org)?;
+            println!("{key}");
+            eprintln!("API key for organization '{org}' (shown once; store it now).");
+            Ok(())
+        }
+    }
+}
+
+/// Cancels on ctrl-c or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        t.cancel();
+    });
+    token
+}
+
+async fn run_server(args: ServerArgs) -> Result<()> {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+        _ => TlsSource::SelfSigned,
+    };
+    let config = ServerConfig {
+        http_addr: args.http,
+        quic_addr: args.quic,
+        data_dir: args.data_dir.clone(),
+        public_url: args.public_url,
+        domain: args.domain,
+        quic_public_addr: args.quic_public_addr,
+        tls,
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
+    };
+    let server = Server::bind(config).await.context("cannot start the server")?;
+    println!("hookway server {}", env!("CARGO_PKG_VERSION"));
+    println!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)", server.public_url());
+    println!("  HTTP listen:   {}", server.http_addr());
+    println!("  QUIC listen:   udp {}", server.quic_addr());
+    match server.fingerprint() {
+        Some(fp) => println!("  Certificate:   self-signed, SHA-256 {fp} (clients pin it through /api/info)"),
+        None => println!("  Certificate:   from --tls-cert (clients verify it against system roots)"),
+    }
+    println!("  Data:          {}", args.data_dir.display());
+    match server.generated_api_key() {
+        Some(key) => {
+            println!("\n  API key (shown only this once; store it now): {key}");
+            println!("\n  Expose a local port:  HOOKWAY_API_KEY={key} hookway start 3000");
+        }
+        None => println!("\n  Expose a local port:  HOOKWAY_API_KEY=<your key> hookway start 3000"),
+    }
+    println!();
+    server.run(shutdown_on_signal()).await;
+    Ok(())
+}
+
+fn api(client: &ClientArgs) -> Result<ApiClient> {
+    if client.api_key.is_none() {
+        bail!("no API key: pass --api-key or set HOOKWAY_API_KEY (the server prints one on its first start)");
+    }
+    Ok(ApiClient::new(&client.server, client.api_key.clone()))
+}
+
+async fn start(args: StartArgs) -> Result<()> {
+    let api = api(&args.client)?;
+    let name = args.name.unwrap_or_else(|| format!("localhost:{}", args.port));
+    let created = api.create_tunnel(&name, args.subdomain.as_deref()).await?;
+    if !args.client.json {
+        println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
+    }
+    serve(&args.client, args.connect, created.tunnel.id, created.auth_token, args.port).await
+}
+
+async fn serve(client: &ClientArgs, connect: ConnectArgs, id: String, token: String, port: u16) -> Result<()> {
+    let config = ClientConfig {
+        server: client.server.clone(),
+        tunnel_id: id,
+        token,
+        local_host: connect.local_host.clone(),
+        local_port: port,
+        fingerprint: connect.fingerprint,
+        quic_addr: connect.quic_addr,
+    };
+    let json = client.json;
+    let local = format!("http://{}:{port}", connect.local_host);
+    let on_event = move |event: Event| print_event(&event, json, &local);
+    match client::run(config, on_event, shutdown_on_signal()).await {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            if json {
+                println!("{}", json!({ "event": "ended", "reason": err.to_string() }));
+            }
+            bail!("{err}")
+        }
+    }
+}
+
+fn print_event(event: &Event, json: bool, local: &str) {
+    match (event, json) {
+        (Event::Connected { hello, reconnected }, true) => println!(
+            "{}",
+            json!({ "event": if *reconnected { "reconnected" } else { "connected" }, "tunnelId": hello.tunnel_id,
+                    "subdomain": hello.subdomain, "tunnelUrl": hello.tunnel_url, "hostUrl": hello.host_url })
+        ),
+        (Event::Connected { hello, reconnected: true }, false) => {
+            println!("Reconnected: {} → {local}", hello.tunnel_url)
+        }
+        (Event::Connected { hello, .. }, false) => {
+            println!("Tunnel is live. Forwarding to {local}");
+            println!("  Public URL:  {}", hello.tunnel_url);
+            if let Some(host) = &hello.host_url {
+                println!("  Host URL:    {host}");
+            }
+            println!("Press ctrl-c to stop.\n");
+        }
+        (Event::Request(log), true) => println!(
+            "{}",
+            json!({ "event": "request", "method": log.method, "path": log.path, "status": log.status,
+                    "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error })
+        ),
+        (Event::Request(log), false) => {
+            let status = log.status.map_or_else(|| "ERR".to_string(), |s| s.to_string());
+            let ms = log.duration.as_secs_f64() * 1000.0;
+            match &log.error {
+                Some(err) => println!("{:<7} {:<40} {status}  {ms:.1}ms  {err}", log.method, log.path),
+                None => println!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path),
+            }
+        }
+        (Event::Reconnecting { reason, retry_in }, true) => println!(
+            "{}",
+            json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 })
+        ),
+        (Event::Reconnecting { reason, retry_in }, false) => {
+            eprintln!("Connection lost ({reason}); reconnecting in {:.1}s…", retry_in.as_secs_f64())
+        }
+    }
+}
+
+async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
+    match cmd {
+        TunnelsCommand::List(ClientOnly { client }) => {
+            let v = api(&client)?.call(Method::GET, "/api/tunnels", None).await?;
+            if client.json {
+                println!("{v}");
+            } else {
+                println!("{:<22} {:<28} {:<14} {:>8}  NAME", "ID", "SUBDOMAIN", "STATUS", "REQUESTS");
+                for t in v["tunnels"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<22} {:<28} {:<14} {:>8}  {}",
+                        t["id"].as_str().unwrap_or(""),
+                        t["subdomain"].as_str().unwrap_or(""),
+                        t["status"].as_str().unwrap_or(""),
+                        t["totalRequests"],
+                        t["name"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        TunnelsCommand::Get(IdArg { id, client }) => {
+            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}"), None).await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::Create { name, subdomain, client } => {
+            let mut body = json!({ "name": name });
+            if let Some(s) = subdomain {
+                body["subdomain"] = Value::String(s);
+            }
+            let v = api(&client)?.call(Method::POST, "/api/tunnels", Some(&body)).await?;
+            print_value(&v, client.json);
+            if !client.json {
+                eprintln!(
+                    "\nThe auth token is shown only now. Connect with: hookway tunnels connect {} <port> --token <authToken>",
+                    v["tunnel"]["id"].as_str().unwrap_or("")
+                );
+            }
+        }
+        TunnelsCommand::Update { id, name, client } => {
+            let v = api(&client)?
+                .call(Method::PATCH, &format!("/api/tunnels/{id}"), Some(&json!({ "name": name })))
+                .await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::Delete(IdArg { id, client }) => {
+            let v = api(&client)?.call(Method::DELETE, &format!("/api/tunnels/{id}"), None).await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::Status(IdArg { id, client }) => {
+            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
+            let v = api(&client)?.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::Disconnect(IdArg { id, client }) => {
+            let v = api(&client)?.call(Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
+            print_value(&v, client.json);
+        }
+        TunnelsCommand::Connect { id, port, token, connect, client } => {
+            let token = match token {
+                Some(t) => t,
+                None => {
+                    let t = api(&client)?.regenerate_token(&id).await?;
+                    if !client.json {
+                        eprintln!(
+                            "No --token given: issued a new auth token for {id} (the previous one no longer works)."
+                        );
+                    }
+                    t
+                }
+            };
+            serve(&client, connect, id, token, port).await?;
+        }
+    }
+    Ok(())
+}
+
+fn print_value(v: &Value, json: bool) {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}

@@ -95,6 +95,12 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// Resolves when the peer no longer wants what we send (it stopped reading,
+    /// or the connection is gone).
+    pub async fn stopped(&self) {
+        let _ = self.send.stopped().await;
+    }
+
     /// Ends the stream after everything written.
     pub fn finish(&mut self) {
         let _ = self.send.finish();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::State;
 use super::http::{Body, BoxError, edge_error};
 use super::registry::{Session, Transport};
+use crate::headers::strip_hop_by_hop;
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
@@ -21,33 +22,6 @@ use crate::wire::{Frame, RequestHead, StreamErrorCode};
 /// Bodies up to this size are read before the request is sent, so head, body and
 /// end go out in one write; larger or unsized bodies stream from a task.
 const INLINE_BODY: u64 = 64 * 1024;
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
 
 /// Forwards `req` to the tunnel named `subdomain`, as `target` (path and query).
 pub async fn forward(

@@ -1,0 +1,151 @@
+//! A typed client for the REST API, used by the CLI and the tests.
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Errors talking to the API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The server could not be reached.
+    #[error("cannot reach the hookway server at {url}: {source}")]
+    Unreachable {
+        /// Base URL used.
+        url: String,
+        /// Underlying error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("{message} (HTTP {status})")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The `error` field of the answer, or its body.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+/// `GET /api/info`: how to reach the QUIC listener and whom to trust.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerInfo {
+    /// Server version.
+    pub version: String,
+    /// Frame protocol version.
+    pub protocol_version: u32,
+    /// Public base URL.
+    pub public_url: String,
+    /// Host-routing domain.
+    pub domain: Option<String>,
+    /// QUIC port.
+    pub quic_port: u16,
+    /// Explicit QUIC address, if configured.
+    pub quic_addr: Option<String>,
+    /// SHA-256 of a self-signed certificate, to pin.
+    pub cert_fingerprint: Option<String>,
+}
+
+/// `POST /api/tunnels` answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTunnel {
+    /// The tunnel object.
+    pub tunnel: TunnelSummary,
+    /// Path-based public URL.
+    pub tunnel_url: String,
+    /// WebSocket URL for legacy clients.
+    pub ws_url: String,
+    /// The auth token (shown once).
+    pub auth_token: String,
+    /// Host-based URL, when the server has a domain.
+    pub host_url: Option<String>,
+}
+
+/// The fields of a tunnel object the client needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TunnelSummary {
+    /// `tun_…`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Subdomain.
+    pub subdomain: String,
+}
+
+/// REST API client.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl ApiClient {
+    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, key: Option<String>) -> Self {
+        crate::quic::tls::install_default_provider();
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("reqwest client builds with the installed provider");
+        Self { http, base: base.trim_end_matches('/').to_owned(), key }
+    }
+
+    /// The server base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the JSON answer.
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|source| ApiError::Unreachable { url: self.base.clone(), source })?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|source| ApiError::Unreachable { url: self.base.clone(), source })?;
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+            return Err(ApiError::Status { status: status.as_u16(), message });
+        }
+        if value.is_null() {
+            return Err(ApiError::Decode(format!("{path}: answer is not JSON")));
+        }
+        Ok(value)
+    }
+
+    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+        serde_json::from_value(value).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// `GET /api/info`.
+    pub async fn info(&self) -> Result<ServerInfo, ApiError> {
+        Self::typed(self.call(Method::GET, "/api/info", None).await?)
+    }
+
+    /// `POST /api/tunnels`.
+    pub async fn create_tunnel(&self, name: &str, subdomain: Option<&str>) -> Result<CreatedTunnel, ApiError> {
+        let mut body = serde_json::json!({ "name": name });
+        if let Some(s) = subdomain {
+            body["subdomain"] = Value::String(s.to_owned());
+        }
+        Self::typed(self.call(Method::POST, "/api/tunnels", Some(&body)).await?)
+    }
+
+    /// `POST /api/tunnels/{id}/regenerate-token`, returning the new token.
+    pub async fn regenerate_token(&self, id: &str) -> Result<String, ApiError> {
+        let v = self.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
+        v["authToken"].as_str().map(str::to_owned).ok_or_else(|| ApiError::Decode("no authToken".into()))
+    }
+}

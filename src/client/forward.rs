@@ -1,0 +1,223 @@
+//! Serving one request stream: read the request from the tunnel, send it to the
+//! local app, stream the response back.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use http::{Request, Uri};
+use http_body::Frame as BodyFrame;
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::headers::strip_hop_by_hop;
+use crate::quic::{FrameReader, FrameWriter, close};
+use crate::wire::frame::{headers_from_map, headers_to_map};
+use crate::wire::{Frame, ResponseHead, StreamError, StreamErrorCode};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Responses whose body is complete and at most this large go back in one write.
+const INLINE_BODY: u64 = 64 * 1024;
+
+/// One forwarded exchange, as reported to the user.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    /// HTTP method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Status returned, or `None` when the local app failed.
+    pub status: Option<u16>,
+    /// Time to the response head.
+    pub duration: Duration,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+}
+
+/// The local app requests are forwarded to.
+#[derive(Clone)]
+pub struct LocalApp {
+    client: Client<HttpConnector, Body>,
+    authority: String,
+}
+
+impl LocalApp {
+    /// The app at `host:port`, over a pooled HTTP/1.1 client.
+    pub fn new(host: &str, port: u16) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
+        Self { client, authority: format!("{host}:{port}") }
+    }
+
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+/// Serves one stream opened by the server; returns what happened, for the log.
+pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &LocalApp) -> Option<RequestLog> {
+    let started = Instant::now();
+    let mut reader = FrameReader::new(recv);
+    let mut writer = FrameWriter::new(send);
+    let head = match reader.next().await {
+        Ok(Some(Frame::RequestHead(head))) => head,
+        _ => {
+            writer.reset(close::STREAM_CANCELLED);
+            return None;
+        }
+    };
+    let mut log = RequestLog {
+        method: head.method.to_string(),
+        path: String::from_utf8_lossy(&head.target).into_owned(),
+        status: None,
+        duration: Duration::ZERO,
+        error: None,
+    };
+    let body = match request_body(reader).await {
+        Ok(body) => body,
+        Err(()) => {
+            writer.reset(close::STREAM_CANCELLED);
+            log.error = Some("request body failed".into());
+            return Some(log);
+        }
+    };
+    let uri: Uri = match format!("http://{}{}", app.authority, log.path).parse() {
+        Ok(uri) => uri,
+        Err(_) => {
+            let _ = writer.send(&error_frame(StreamErrorCode::Protocol, "invalid request target")).await;
+            writer.finish();
+            return Some(log);
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers_to_map(&head.headers);
+
+    let result = tokio::select! {
+        r = app.client.request(req) => r,
+        _ = writer.stopped() => {
+            log.error = Some("the caller went away".into());
+            return Some(log);
+        }
+    };
+    log.duration = started.elapsed();
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            let (code, msg) = if err.is_connect() {
+                (
+                    StreamErrorCode::LocalUnreachable,
+                    format!("the local app at {} refused the connection or is not running", app.authority),
+                )
+            } else {
+                (StreamErrorCode::LocalProtocol, format!("the local app at {} failed: {err}", app.authority))
+            };
+            log.error = Some(msg.clone());
+            let _ = writer.send(&error_frame(code, &msg)).await;
+            writer.finish();
+            return Some(log);
+        }
+    };
+    log.status = Some(resp.status().as_u16());
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers_from_map(&headers) });
+    send_response(writer, head, body).await;
+    Some(log)
+}
+
+fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
+    Frame::Error(StreamError { code, message: message.to_owned() })
+}
+
+/// Builds the request body. The common small cases (no body; one chunk then
+/// end) become complete bodies, so hyper can send them with a known length;
+/// anything else streams from the tunnel as it arrives.
+async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
+    let first = match reader.next().await {
+        Ok(Some(Frame::End)) => return Ok(Empty::new().map_err(|never| match never {}).boxed_unsync()),
+        Ok(Some(Frame::Body(data))) => data,
+        _ => return Err(()),
+    };
+    let second = match reader.next().await {
+        Ok(Some(Frame::End)) => return Ok(Full::new(first).map_err(|never| match never {}).boxed_unsync()),
+        Ok(Some(Frame::Body(data))) => data,
+        _ => return Err(()),
+    };
+    let rest = stream::unfold(Some(reader), |state| async move {
+        let mut reader = state?;
+        match reader.next().await {
+            Ok(Some(Frame::Body(data))) => Some((Ok(BodyFrame::data(data)), Some(reader))),
+            Ok(Some(Frame::End)) => None,
+            Ok(other) => Some((Err(BoxError::from(format!("request body aborted: {other:?}"))), None)),
+            Err(err) => Some((Err(BoxError::from(err)), None)),
+        }
+    });
+    let prefix = stream::iter([Ok(BodyFrame::data(first)), Ok(BodyFrame::data(second))]);
+    Ok(StreamBody::new(prefix.chain(rest)).boxed_unsync())
+}
+
+/// Sends the response head and body; small complete bodies in one write.
+async fn send_response(mut writer: FrameWriter, head: Frame, mut body: hyper::body::Incoming) {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        if writer.send_frames(&[head, Frame::End]).await.is_ok() {
+            writer.finish();
+        }
+        return;
+    }
+    if body.size_hint().exact().is_some_and(|n| n <= INLINE_BODY) {
+        match body.collect().await {
+            Ok(collected) => {
+                let frames = [head, Frame::Body(collected.to_bytes()), Frame::End];
+                if writer.send_frames(&frames).await.is_ok() {
+                    writer.finish();
+                }
+            }
+            Err(err) => {
+                let _ =
+                    writer.send_frames(&[head, error_frame(StreamErrorCode::LocalProtocol, &err.to_string())]).await;
+                writer.finish();
+            }
+        }
+        return;
+    }
+    if writer.send(&head).await.is_err() {
+        return;
+    }
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if writer.send_body(data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(Err(err)) => {
+                let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &err.to_string())).await;
+                writer.finish();
+                return;
+            }
+            None => {
+                if writer.send(&Frame::End).await.is_ok() {
+                    writer.finish();
+                }
+                return;
+            }
+        }
+    }
+}

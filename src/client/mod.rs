@@ -1,0 +1,276 @@
+//! The tunnel client: one QUIC connection per tunnel, one stream per forwarded
+//! request, and automatic reconnection to the same tunnel.
+
+pub mod api;
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::ConnectionError;
+use tokio_util::sync::CancellationToken;
+
+use crate::quic::{self, FrameReader, FrameWriter, close, tls};
+use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, ServerHello};
+pub use api::{ApiClient, ApiError, ServerInfo};
+pub use forward::{LocalApp, RequestLog};
+
+/// First reconnection delay; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Time allowed to connect and complete the handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client needs to serve a tunnel.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server base URL (`http://host:port`), for `/api/info`.
+    pub server: String,
+    /// Tunnel to serve.
+    pub tunnel_id: String,
+    /// Its auth token.
+    pub token: String,
+    /// Local app host (default `127.0.0.1`).
+    pub local_host: String,
+    /// Local app port.
+    pub local_port: u16,
+    /// Certificate fingerprint to pin instead of the one the server announces.
+    pub fingerprint: Option<String>,
+    /// QUIC address to dial instead of the one derived from the server URL.
+    pub quic_addr: Option<String>,
+}
+
+/// Things worth telling the user about.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The tunnel is live (again, when `reconnected`).
+    Connected {
+        /// The server's handshake answer.
+        hello: ServerHello,
+        /// False on the first connection.
+        reconnected: bool,
+    },
+    /// A request went through (or failed at the local app).
+    Request(RequestLog),
+    /// The connection dropped; the client retries after `retry_in`.
+    Reconnecting {
+        /// Why it dropped or failed.
+        reason: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// Why the client stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server ended the session on purpose (disconnect, new token, deleted,
+    /// replaced by another client).
+    #[error("{0}")]
+    Ended(String),
+    /// The server refused the handshake.
+    #[error("the server refused this tunnel: {0}")]
+    Rejected(String),
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// An attempt failed; whether to retry.
+enum Attempt {
+    Retry(String),
+    Fatal(ClientError),
+}
+
+/// Serves the tunnel until `shutdown` (returns `Ok`) or the server ends it.
+pub async fn run(
+    config: ClientConfig,
+    on_event: impl Fn(Event) + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);
+    let app = LocalApp::new(&config.local_host, config.local_port);
+    let api = ApiClient::new(&config.server, None);
+    let mut backoff = MIN_BACKOFF;
+    let mut connected_before = false;
+    loop {
+        let attempt = async {
+            let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect(&api, &config))
+                .await
+                .map_err(|_| Attempt::Retry("timed out connecting".into()))??;
+            let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, &config))
+                .await
+                .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
+            Ok::<_, Attempt>((conn, hello, control))
+        };
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            outcome = attempt => outcome,
+        };
+        let reason = match outcome {
+            Ok((conn, hello, control)) => {
+                backoff = MIN_BACKOFF;
+                on_event(Event::Connected { hello: hello.clone(), reconnected: connected_before });
+                connected_before = true;
+                let end = tokio::select! {
+                    end = serve(&conn, control, &app, &on_event, hello.heartbeat_interval_ms) => end,
+                    _ = shutdown.cancelled() => {
+                        conn.close(close::NORMAL, b"client shutting down");
+                        return Ok(());
+                    }
+                };
+                match end {
+                    Attempt::Fatal(err) => return Err(err),
+                    Attempt::Retry(reason) => reason,
+                }
+            }
+            Err(Attempt::Fatal(err)) => return Err(err),
+            Err(Attempt::Retry(reason)) => reason,
+        };
+        let delay = jitter(backoff);
+        on_event(Event::Reconnecting { reason, retry_in: delay });
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Learns the QUIC address and certificate from the API, then connects.
+async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<quinn::Connection, Attempt> {
+    let info = api.info().await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    let base_host = host_of(&config.server)
+        .ok_or_else(|| Attempt::Fatal(ClientError::Config(format!("cannot find a host in '{}'", config.server))))?;
+    let target = match config.quic_addr.clone().or(info.quic_addr.clone()) {
+        Some(addr) => addr,
+        None if base_host.contains(':') => format!("[{base_host}]:{}", info.quic_port),
+        None => format!("{base_host}:{}", info.quic_port),
+    };
+    let addr: SocketAddr = tokio::net::lookup_host(&target)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| Attempt::Retry(format!("cannot resolve QUIC address {target}")))?;
+    let trust = match config.fingerprint.as_deref().or(info.cert_fingerprint.as_deref()) {
+        Some(fp) => tls::Trust::pinned(fp).map_err(|e| Attempt::Fatal(ClientError::Config(e.to_string())))?,
+        None => tls::Trust::SystemRoots,
+    };
+    let server_name = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    let endpoint = quic::client_endpoint(addr, &trust).map_err(|e| Attempt::Retry(e.to_string()))?;
+    let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
+    connecting.await.map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))
+}
+
+/// The host part of a URL like `http://host:port/…`.
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// Opens the control stream and authenticates.
+async fn handshake(
+    conn: &quinn::Connection,
+    config: &ClientConfig,
+) -> Result<(ServerHello, (FrameReader, FrameWriter)), Attempt> {
+    let (send, recv) = conn.open_bi().await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    let mut writer = FrameWriter::new(send);
+    let mut reader = FrameReader::new(recv);
+    let hello = Frame::ClientHello(ClientHello {
+        tunnel_id: config.tunnel_id.clone(),
+        auth_token: config.token.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        client_version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    writer.send(&hello).await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    match reader.next().await {
+        Ok(Some(Frame::ServerHello(hello))) => Ok((hello, (reader, writer))),
+        Ok(Some(Frame::Rejected(r))) => {
+            conn.close(close::NORMAL, b"rejected");
+            match r.code {
+                RejectCode::Internal => Err(Attempt::Retry(r.message)),
+                _ => Err(Attempt::Fatal(ClientError::Rejected(r.message))),
+            }
+        }
+        Ok(_) => Err(Attempt::Retry("unexpected handshake answer".into())),
+        Err(_) => Err(ended(conn.close_reason())),
+    }
+}
+
+/// Classifies a connection end.
+fn ended(reason: Option<ConnectionError>) -> Attempt {
+    match reason {
+        Some(ConnectionError::ApplicationClosed(close)) if close::is_final(close.error_code) => {
+            Attempt::Fatal(ClientError::Ended(close::describe(close.error_code).to_owned()))
+        }
+        Some(ConnectionError::ApplicationClosed(close)) => Attempt::Retry(close::describe(close.error_code).to_owned()),
+        Some(other) => Attempt::Retry(other.to_string()),
+        None => Attempt::Retry("connection lost".into()),
+    }
+}
+
+/// Serves request streams and heartbeats until the connection ends.
+async fn serve(
+    conn: &quinn::Connection,
+    (mut reader, mut writer): (FrameReader, FrameWriter),
+    app: &LocalApp,
+    on_event: &Arc<dyn Fn(Event) + Send + Sync>,
+    heartbeat_ms: u32,
+) -> Attempt {
+    let mut ping = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms.max(1000))));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    let app = app.clone();
+                    let on_event = on_event.clone();
+                    tokio::spawn(async move {
+                        if let Some(log) = forward::serve(send, recv, &app).await {
+                            on_event(Event::Request(log));
+                        }
+                    });
+                }
+                Err(err) => return ended(Some(err)),
+            },
+            _ = ping.tick() => {
+                seq += 1;
+                if writer.send(&Frame::Ping(seq)).await.is_err() {
+                    return ended(conn.close_reason());
+                }
+            }
+            frame = reader.next() => match frame {
+                Ok(Some(Frame::Pong(_) | Frame::Ping(_))) => {}
+                Ok(_) | Err(_) => {
+                    // The control stream ended: the connection is going away.
+                    return ended(Some(conn.closed().await));
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn host_of_urls() {
+        assert_eq!(super::host_of("http://127.0.0.1:8080").as_deref(), Some("127.0.0.1"));
+        assert_eq!(super::host_of("https://tunnel.example.com/x").as_deref(), Some("tunnel.example.com"));
+        assert_eq!(super::host_of("http://[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(super::host_of("http://").as_deref(), None);
+    }
+}
