@@ -1,0 +1,332 @@
+//! Test harness: a real server on 127.0.0.1:0 with a SQLite file in a temp dir,
+//! a real local app (hyper) on 127.0.0.1:0, and real tunnel clients over QUIC.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use hookway::client::{self, ApiClient, ClientConfig, ClientError, Event};
+use hookway::server::{Server, ServerConfig};
+use hookway::store::StoreHandle;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const API_KEY: &str = "hwk_test_key_for_integration_tests";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A running server.
+pub struct TestServer {
+    pub dir: Arc<tempfile::TempDir>,
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub url: String,
+    pub store: StoreHandle,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(dir, tweak).await
+    }
+
+    /// Starts a server on an existing data dir (restarts keep the dir alive).
+    pub async fn start_in(dir: Arc<tempfile::TempDir>, tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        let mut config = ServerConfig::local(dir.path().to_path_buf());
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.quic_addr = "127.0.0.1:0".parse().unwrap();
+        config.api_key = Some(API_KEY.into());
+        config.shutdown_grace = Duration::from_secs(2);
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("server binds");
+        let (http, quic) = (server.http_addr(), server.quic_addr());
+        let url = server.public_url().to_owned();
+        let store = server.store();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Self { dir, http, quic, url, store, shutdown, task }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) -> Arc<tempfile::TempDir> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("server stops in time").unwrap();
+        self.dir
+    }
+
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(&self.url, Some(API_KEY.into()))
+    }
+
+    pub fn api_with(&self, key: &str) -> ApiClient {
+        ApiClient::new(&self.url, Some(key.into()))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+/// A tunnel client running in a task, with its events.
+pub struct TestClient {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), ClientError>>,
+    pub tunnel_url: String,
+    pub host_url: Option<String>,
+}
+
+impl TestClient {
+    /// Connects `tunnel_id` to the local `port` and waits until it is live.
+    pub async fn connect(server: &TestServer, tunnel_id: &str, token: &str, port: u16) -> Self {
+        let mut client = Self::spawn(server, tunnel_id, token, port);
+        let hello = client.wait_connected().await;
+        client.tunnel_url = hello.0;
+        client.host_url = hello.1;
+        client
+    }
+
+    pub fn spawn(server: &TestServer, tunnel_id: &str, token: &str, port: u16) -> Self {
+        let (tx, events) = mpsc::unbounded_channel();
+        let config = ClientConfig {
+            server: server.url.clone(),
+            tunnel_id: tunnel_id.into(),
+            token: token.into(),
+            local_host: "127.0.0.1".into(),
+            local_port: port,
+            fingerprint: None,
+            quic_addr: None,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+        Self { events, shutdown, task, tunnel_url: String::new(), host_url: None }
+    }
+
+    /// Waits for the next `Connected` event; returns (tunnel URL, host URL).
+    pub async fn wait_connected(&mut self) -> (String, Option<String>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("client connects within 20 s")
+                .expect("client still running");
+            if let Event::Connected { hello, .. } = event {
+                return (hello.tunnel_url, hello.host_url);
+            }
+        }
+    }
+
+    /// Waits for the client to stop and returns its result.
+    pub async fn finished(self, within: Duration) -> Result<(), ClientError> {
+        tokio::time::timeout(within, self.task).await.expect("client stops in time").unwrap()
+    }
+}
+
+/// Creates a tunnel through the API; returns (id, token, subdomain).
+pub async fn create_tunnel(server: &TestServer, subdomain: Option<&str>) -> (String, String, String) {
+    let created = server.api().create_tunnel("test tunnel", subdomain).await.expect("create tunnel");
+    (created.tunnel.id, created.auth_token, created.tunnel.subdomain)
+}
+
+/// A server, a local app and a connected tunnel, ready for requests.
+pub struct Setup {
+    pub server: TestServer,
+    pub app: SocketAddr,
+    pub client: TestClient,
+    pub tunnel_id: String,
+    pub token: String,
+    pub subdomain: String,
+}
+
+impl Setup {
+    pub async fn new() -> Self {
+        Self::with_server(TestServer::start().await).await
+    }
+
+    pub async fn with_server(server: TestServer) -> Self {
+        let app = spawn_app().await;
+        let (tunnel_id, token, subdomain) = create_tunnel(&server, None).await;
+        let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+        Self { server, app, client, tunnel_id, token, subdomain }
+    }
+
+    /// `{tunnel url}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.client.tunnel_url)
+    }
+}
+
+/// A plain HTTP client (no pool surprises between tests).
+pub fn http() -> reqwest::Client {
+    hookway::quic::tls::install_default_provider();
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Raw JSON call with an arbitrary Authorization header.
+pub async fn raw_api(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = http().request(method, format!("{}{path}", server.url));
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body.to_owned());
+    }
+    let resp = req.send().await.unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+pub fn bearer() -> String {
+    format!("Bearer {API_KEY}")
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The local app. Routes:
+/// * `/echo…`: JSON of what arrived (method, path with query, headers, body as
+///   lossy text, body length), status from `?status=`, header `x-app: echo`.
+/// * `/upload`: streams the body, answers `{"bytes": n, "sum": wrapping sum}`.
+/// * `/download?n=N`: N bytes of a known pattern, streamed in 64 KiB chunks.
+/// * `/sse`: three events 300 ms apart.
+/// * `/slow?ms=N`: answers after N ms.
+pub async fn spawn_app() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(app(req).await) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.to_owned())
+    })
+}
+
+/// Byte `i` of the download pattern.
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+async fn app(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        p if p.starts_with("/echo") => {
+            let status = query_param(&req, "status").and_then(|s| s.parse().ok()).unwrap_or(200u16);
+            let method = req.method().to_string();
+            let target = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let mut headers = serde_json::Map::new();
+            for (k, v) in req.headers() {
+                headers.insert(k.to_string(), Value::String(String::from_utf8_lossy(v.as_bytes()).into()));
+            }
+            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let json = json!({
+                "method": method, "path": target, "headers": headers,
+                "body": String::from_utf8_lossy(&body), "bodyLen": body.len(),
+            });
+            let mut resp = Response::new(full(serde_json::to_vec(&json).unwrap()));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            resp.headers_mut().insert("x-app", "echo".parse().unwrap());
+            resp.headers_mut().append("set-cookie", "a=1".parse().unwrap());
+            resp.headers_mut().append("set-cookie", "b=2".parse().unwrap());
+            resp
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let (mut n, mut sum) = (0u64, 0u64);
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                if let Ok(data) = frame.into_data() {
+                    for b in data.iter() {
+                        sum = sum.wrapping_mul(31).wrapping_add(u64::from(*b));
+                    }
+                    n += data.len() as u64;
+                }
+            }
+            Response::new(full(json!({ "bytes": n, "sum": sum }).to_string()))
+        }
+        "/download" => {
+            let n: u64 = query_param(&req, "n").and_then(|s| s.parse().ok()).unwrap_or(0);
+            const CHUNK: u64 = 64 * 1024;
+            let chunks = stream::unfold(0u64, move |off| async move {
+                (off < n).then(|| {
+                    let len = CHUNK.min(n - off);
+                    let data: Vec<u8> = (off..off + len).map(pattern).collect();
+                    (Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(data))), off + len)
+                })
+            });
+            let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
+            resp.headers_mut().insert("content-length", n.to_string().parse().unwrap());
+            resp
+        }
+        "/sse" => {
+            let events = stream::unfold(0u32, |i| async move {
+                if i >= 3 {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let data = Bytes::from(format!("data: event {i}\n\n"));
+                Some((Ok::<_, BoxError>(http_body::Frame::data(data)), i + 1))
+            });
+            let mut resp = Response::new(StreamBody::new(events).boxed_unsync());
+            resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+            resp
+        }
+        "/slow" => {
+            let ms: u64 = query_param(&req, "ms").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full("slow done"))
+        }
+        _ => {
+            let mut resp = Response::new(full("not found"));
+            *resp.status_mut() = StatusCode::NOT_FOUND;
+            resp
+        }
+    }
+}
+
+/// A local port with nothing listening.
+pub async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}

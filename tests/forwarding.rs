@@ -1,0 +1,174 @@
+//! Requests through a real tunnel: fidelity, routing, streaming, concurrency and
+//! the edge's own error answers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+#[tokio::test]
+async fn method_path_query_headers_status_and_body_pass_through() {
+    let s = Setup::new().await;
+    let resp = http()
+        .patch(s.url("/echo/deep/path?status=201&x=a%20b&y="))
+        .header("x-custom", "value-1")
+        .header("x-signature", "sha256=abc")
+        .header("content-type", "application/json")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "must not pass")
+        .body(r#"{"event":"push"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-app"], "echo");
+    let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated response headers keep their order");
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["path"], "/echo/deep/path?status=201&x=a%20b&y=");
+    assert_eq!(seen["body"], r#"{"event":"push"}"#);
+    let h = &seen["headers"];
+    assert_eq!(h["x-custom"], "value-1");
+    assert_eq!(h["x-signature"], "sha256=abc");
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], s.server.http.to_string());
+    assert!(h.get("x-hop").is_none(), "headers named in Connection are hop-by-hop: {h}");
+}
+
+#[tokio::test]
+async fn tunnel_root_and_bodiless_methods() {
+    let s = Setup::new().await;
+    // `/t/{subdomain}` alone forwards `/`; the app answers 404 for it, which must pass through.
+    let resp = http().get(&s.client.tunnel_url).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.text().await.unwrap(), "not found");
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE, reqwest::Method::OPTIONS] {
+        let seen: Value = http().request(method.clone(), s.url("/echo")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(seen["method"], method.as_str());
+        assert_eq!(seen["bodyLen"], 0);
+    }
+    let head = http().head(s.url("/echo")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+}
+
+#[tokio::test]
+async fn binary_bodies_are_byte_exact() {
+    let s = Setup::new().await;
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let resp = http().post(s.url("/upload")).body(body.clone()).send().await.unwrap();
+    let got: Value = resp.json().await.unwrap();
+    let sum = body.iter().fold(0u64, |acc, b| acc.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    assert_eq!(got["bytes"], body.len());
+    assert_eq!(got["sum"], sum);
+}
+
+#[tokio::test]
+async fn host_based_routing() {
+    let server = TestServer::start_with(|c| c.domain = Some("tunnel.test".into())).await;
+    let s = Setup::with_server(server).await;
+    let host_url = s.client.host_url.clone().expect("host URL announced when a domain is set");
+    assert_eq!(host_url, format!("http://{}.tunnel.test:{}", s.subdomain, s.server.http.port()));
+    let resp = http()
+        .post(format!("http://{}/echo/by-host?q=1", s.server.http))
+        .header("host", format!("{}.tunnel.test:{}", s.subdomain, s.server.http.port()))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/echo/by-host?q=1", "host-based URLs forward the whole path");
+    assert_eq!(seen["body"], "hi");
+    let unknown =
+        http().get(format!("http://{}/", s.server.http)).header("host", "nobody.tunnel.test").send().await.unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_chunk_by_chunk() {
+    let s = Setup::new().await;
+    let started = Instant::now();
+    let resp = http().get(s.url("/sse")).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut chunks = resp.bytes_stream();
+    let first = chunks.next().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert_eq!(&first[..], b"data: event 0\n\n");
+    let mut rest = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let total = started.elapsed();
+    assert_eq!(rest, b"data: event 1\n\ndata: event 2\n\n");
+    // The app spends 600 ms between its first and last event: the first must
+    // reach the caller long before the response ends.
+    assert!(total >= Duration::from_millis(600), "{total:?}");
+    assert!(first_at + Duration::from_millis(400) < total, "first chunk at {first_at:?}, end at {total:?}");
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_requests() {
+    let s = Setup::new().await;
+    let client = http();
+    let requests = (0..500).map(|i| {
+        let client = client.clone();
+        let url = s.url(&format!("/echo/{i}?i={i}"));
+        async move {
+            let resp = client.post(url).body(format!("body-{i}")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["path"], format!("/echo/{i}?i={i}"));
+            assert_eq!(v["body"], format!("body-{i}"));
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), futures_util::future::join_all(requests)).await.unwrap();
+    let status = s.server.api().call(reqwest::Method::GET, &format!("/api/tunnels/{}/status", s.tunnel_id), None).await;
+    assert_eq!(status.unwrap()["liveStatus"]["requestsInSession"], 500);
+}
+
+#[tokio::test]
+async fn unknown_and_offline_tunnels() {
+    let server = TestServer::start().await;
+    let resp = http().get(format!("{}/t/no-such-tunnel/x", server.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found");
+    let (_, _, sub) = create_tunnel(&server, Some("offline-one")).await;
+    let resp = http().get(format!("{}/t/{sub}/x", server.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-hookway-error"], "tunnel-offline");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("offline") && text.lines().count() == 1, "{text}");
+}
+
+#[tokio::test]
+async fn local_app_refusing_connections_is_a_502_saying_so() {
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let port = closed_port().await;
+    let client = TestClient::connect(&server, &id, &token, port).await;
+    let resp = http().post(format!("{}/hook", client.tunnel_url)).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "local-unreachable");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("refused") && text.contains(&port.to_string()), "{text}");
+}
+
+#[tokio::test]
+async fn slow_local_app_times_out_with_504() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(500)).await;
+    let s = Setup::with_server(server).await;
+    let started = Instant::now();
+    let resp = http().get(s.url("/slow?ms=3000")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-hookway-error"], "timeout");
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    // The tunnel still works afterwards.
+    let ok = http().get(s.url("/slow?ms=10")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
