@@ -1,0 +1,164 @@
+//! Session lifecycle: token regeneration, disconnect, takeover, a killed client,
+//! and a server restart that brings the same URL back.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hookway::client::ClientError;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+async fn status(server: &TestServer, id: &str) -> Value {
+    server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap()
+}
+
+#[tokio::test]
+async fn regenerating_the_token_ends_the_session_and_invalidates_the_old_token() {
+    let s = Setup::new().await;
+    let new_token = s.server.api().regenerate_token(&s.tunnel_id).await.unwrap();
+    assert_ne!(new_token, s.token);
+    let end = s.client.finished(Duration::from_secs(10)).await;
+    match end {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("regenerated"), "{msg}"),
+        other => panic!("client should stop for good, got {other:?}"),
+    }
+    // The old token is refused at the handshake, with a reason.
+    let old = TestClient::spawn(&s.server, &s.tunnel_id, &s.token, s.app.port());
+    match old.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Rejected(msg)) => assert!(msg.contains("token"), "{msg}"),
+        other => panic!("old token must be rejected, got {other:?}"),
+    }
+    // The new one works.
+    let client = TestClient::connect(&s.server, &s.tunnel_id, &new_token, s.app.port()).await;
+    let resp = http().get(format!("{}/echo", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn disconnect_ends_the_session_and_the_tunnel_goes_offline() {
+    let s = Setup::new().await;
+    assert_eq!(status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"], true);
+    let v = s.server.api().call(Method::POST, &format!("/api/tunnels/{}/disconnect", s.tunnel_id), None).await;
+    assert_eq!(v.unwrap(), serde_json::json!({ "success": true }));
+    match s.client.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("disconnected"), "{msg}"),
+        other => panic!("client should stop for good, got {other:?}"),
+    }
+    let st = status(&s.server, &s.tunnel_id).await;
+    assert_eq!(st["tunnel"]["status"], "disconnected");
+    assert_eq!(st["liveStatus"]["connected"], false);
+    let resp = http().get(format!("{}/t/{}/echo", s.server.url, s.subdomain)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+#[tokio::test]
+async fn a_second_client_takes_over_and_the_first_is_told() {
+    let s = Setup::new().await;
+    let app2 = spawn_app().await;
+    let second = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app2.port()).await;
+    match s.client.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("another client"), "{msg}"),
+        other => panic!("first client should stop for good, got {other:?}"),
+    }
+    let resp = http().get(format!("{}/echo", second.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"], true);
+}
+
+#[tokio::test]
+async fn deleting_a_tunnel_ends_its_session() {
+    let s = Setup::new().await;
+    s.server.api().call(Method::DELETE, &format!("/api/tunnels/{}", s.tunnel_id), None).await.unwrap();
+    match s.client.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("deleted"), "{msg}"),
+        other => panic!("client should stop for good, got {other:?}"),
+    }
+    let resp = http().get(format!("{}/t/{}/", s.server.url, s.subdomain)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn client_dropping_mid_request_fails_the_request_and_frees_the_tunnel() {
+    let s = Setup::new().await;
+    let url = s.url("/slow?ms=5000");
+    let pending = tokio::spawn(async move { http().get(url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.client.task.abort();
+    let code = tokio::time::timeout(Duration::from_secs(15), pending).await.unwrap().unwrap().unwrap();
+    assert!(code == 502 || code == 503, "got {code}");
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"] == true {
+        assert!(Instant::now() < deadline, "tunnel still marked connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the real binary as a client; returns the child and its public URL.
+async fn spawn_cli_client(server: &TestServer, id: &str, token: &str, port: u16) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "connect", id, &port.to_string(), "--json", "--server", &server.url, "--token", token])
+        .env_remove("HOOKWAY_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["event"], "connected", "{line}");
+    (child, v["tunnelUrl"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn killed_client_process_is_noticed_within_ten_seconds() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let (mut child, url) = spawn_cli_client(&server, &id, &token, app.port()).await;
+    let ok = http().get(format!("{url}/echo")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let pending = tokio::spawn(async move { http().get(format!("{url}/slow?ms=30000")).send().await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.start_kill().unwrap(); // SIGKILL: no goodbye reaches the server.
+    child.wait().await.unwrap();
+    let killed_at = Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(15), pending).await.unwrap().unwrap().unwrap();
+    assert!(resp.status() == 502 || resp.status() == 503, "{}", resp.status());
+    loop {
+        if status(&server, &id).await["liveStatus"]["connected"] == false {
+            break;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(10), "dead client not noticed within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn server_restart_brings_the_same_url_back() {
+    let server = TestServer::start().await;
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let s = Setup::with_server(server).await;
+    let url = s.client.tunnel_url.clone();
+    for _ in 0..3 {
+        assert_eq!(http().get(s.url("/echo")).send().await.unwrap().status(), 200);
+    }
+    let Setup { server, mut client, tunnel_id, .. } = s;
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, |c| {
+        c.http_addr = http_addr;
+        c.quic_addr = quic_addr;
+    })
+    .await;
+    let (again, _) = client.wait_connected().await;
+    assert_eq!(again, url, "same tunnel, same URL after a restart");
+    let resp = http().post(format!("{url}/echo")).body("after restart").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let t = server.api().call(Method::GET, &format!("/api/tunnels/{tunnel_id}"), None).await.unwrap();
+    assert_eq!(t["tunnel"]["totalRequests"], 4, "counters survive the restart: {t}");
+    assert_eq!(t["tunnel"]["status"], "connected");
+}
