@@ -1,0 +1,230 @@
+//! The Tunnels REST API against seed 001: shapes, field names, and every error.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn create_get_list_update_delete_shapes_match_seed_001() {
+    let server = TestServer::start().await;
+    let auth = bearer();
+    let (status, created) =
+        raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(r#"{"name":"Dev Server"}"#)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(keys(&created), ["authToken", "tunnel", "tunnelUrl", "wsUrl"]);
+    let t = &created["tunnel"];
+    assert_eq!(keys(t), ["createdAt", "id", "name", "status", "subdomain", "totalRequests"]);
+    let id = t["id"].as_str().unwrap();
+    let sub = t["subdomain"].as_str().unwrap();
+    assert!(id.starts_with("tun_"), "{id}");
+    let parts: Vec<&str> = sub.split('-').collect();
+    assert_eq!(parts.len(), 3, "generated subdomains look like cool-sunset-x7kf: {sub}");
+    assert_eq!(t["name"], "Dev Server");
+    assert_eq!(t["status"], "disconnected");
+    assert_eq!(t["totalRequests"], 0);
+    let created_at = t["createdAt"].as_str().unwrap();
+    assert!(created_at.len() == 20 && created_at.ends_with('Z'), "{created_at}");
+    assert_eq!(created["tunnelUrl"], format!("{}/t/{sub}", server.url));
+    let token = created["authToken"].as_str().unwrap();
+    let host = server.url.strip_prefix("http://").unwrap();
+    assert_eq!(created["wsUrl"], format!("ws://{host}/tunnels/{sub}/ws?tunnelId={id}&token={token}"));
+
+    let (status, got) = raw_api(&server, Method::GET, &format!("/api/tunnels/{id}"), Some(&auth), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(got, json!({ "tunnel": t }));
+
+    let (status, list) = raw_api(&server, Method::GET, "/api/tunnels", Some(&auth), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list, json!({ "tunnels": [t] }));
+
+    let (status, updated) = raw_api(
+        &server,
+        Method::PATCH,
+        &format!("/api/tunnels/{id}"),
+        Some(&auth),
+        Some(r#"{"name":"Updated Name"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(updated["tunnel"]["name"], "Updated Name");
+    assert_eq!(updated["tunnel"]["subdomain"], sub);
+
+    let (status, st) = raw_api(&server, Method::GET, &format!("/api/tunnels/{id}/status"), Some(&auth), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        st,
+        json!({
+            "tunnel": { "id": id, "name": "Updated Name", "status": "disconnected" },
+            "liveStatus": { "connected": false, "connectedAt": null, "clientIp": null, "requestsInSession": 0 }
+        })
+    );
+
+    let (status, regen) =
+        raw_api(&server, Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), Some(&auth), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(keys(&regen), ["authToken", "tunnel", "wsUrl"]);
+    assert_eq!(regen["tunnel"], json!({ "id": id, "name": "Updated Name", "subdomain": sub }));
+    assert_ne!(regen["authToken"], token);
+
+    let (status, del) = raw_api(&server, Method::DELETE, &format!("/api/tunnels/{id}"), Some(&auth), None).await;
+    assert_eq!((status.as_u16(), del), (200, json!({ "success": true })));
+    let (status, _) = raw_api(&server, Method::GET, &format!("/api/tunnels/{id}"), Some(&auth), None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn live_status_of_a_connected_tunnel() {
+    let s = Setup::new().await;
+    for _ in 0..3 {
+        http().get(s.url("/echo")).send().await.unwrap();
+    }
+    let (status, st) =
+        raw_api(&s.server, Method::GET, &format!("/api/tunnels/{}/status", s.tunnel_id), Some(&bearer()), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(st["tunnel"]["status"], "connected");
+    let live = &st["liveStatus"];
+    assert_eq!(live["connected"], true);
+    assert_eq!(live["clientIp"], "127.0.0.1");
+    assert_eq!(live["requestsInSession"], 3);
+    assert!(live["connectedAt"].as_str().unwrap().ends_with('Z'));
+    let (_, t) = raw_api(&s.server, Method::GET, &format!("/api/tunnels/{}", s.tunnel_id), Some(&bearer()), None).await;
+    assert_eq!(t["tunnel"]["totalRequests"], 3);
+    assert_eq!(t["tunnel"]["lastConnectedAt"], live["connectedAt"]);
+}
+
+#[tokio::test]
+async fn custom_subdomains_follow_the_rules_and_are_unique() {
+    let server = TestServer::start().await;
+    let auth = bearer();
+    let create = |body: String| {
+        let server = &server;
+        let auth = auth.clone();
+        async move { raw_api(server, Method::POST, "/api/tunnels", Some(&auth), Some(&body)).await }
+    };
+    let (status, ok) = create(r#"{"name":"P","subdomain":"my-custom-subdomain"}"#.into()).await;
+    assert_eq!(status, 201, "{ok}");
+    assert_eq!(ok["tunnelUrl"], format!("{}/t/my-custom-subdomain", server.url));
+    let (status, dup) = create(r#"{"name":"Q","subdomain":"my-custom-subdomain"}"#.into()).await;
+    assert_eq!(status, 409, "{dup}");
+    assert!(dup["error"].as_str().unwrap().contains("taken"));
+    let long = "a".repeat(64);
+    for bad in ["ab", "1abc", "-abc", "Upper", "under_score", "dot.ted", long.as_str()] {
+        let (status, err) = create(format!(r#"{{"name":"X","subdomain":"{bad}"}}"#)).await;
+        assert_eq!(status, 400, "{bad}: {err}");
+        assert!(err["error"].is_string(), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn every_error_is_json_with_the_right_status() {
+    let server = TestServer::start().await;
+    let auth = bearer();
+    let (id, _, _) = create_tunnel(&server, None).await;
+    let cases: Vec<(Method, String, Option<&str>, Option<&str>, u16)> = vec![
+        (Method::GET, "/api/tunnels".into(), None, None, 401),
+        (Method::GET, "/api/tunnels".into(), Some("Bearer wrong-key"), None, 401),
+        (Method::GET, "/api/tunnels".into(), Some("Basic abc"), None, 401),
+        (Method::GET, "/api/tunnels".into(), Some("Bearer "), None, 401),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some("{not json"), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some("[1,2]"), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some("{}"), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": 5}"#), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "   "}"#), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name":"a","subdomain":7}"#), 400),
+        (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some("{}"), 400),
+        (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"subdomain":"other"}"#), 400),
+        (Method::GET, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), None, 404),
+        (Method::PATCH, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), Some(r#"{"name":"x"}"#), 404),
+        (Method::DELETE, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), None, 404),
+        (Method::GET, "/api/tunnels/tun_doesnotexist/status".into(), Some(&auth), None, 404),
+        (Method::POST, "/api/tunnels/tun_doesnotexist/regenerate-token".into(), Some(&auth), None, 404),
+        (Method::POST, "/api/tunnels/tun_doesnotexist/disconnect".into(), Some(&auth), None, 404),
+        (Method::PUT, "/api/tunnels".into(), Some(&auth), None, 405),
+        (Method::GET, format!("/api/tunnels/{id}/disconnect"), Some(&auth), None, 405),
+        (Method::GET, "/api/nothing-here".into(), Some(&auth), None, 404),
+    ];
+    for (method, path, authz, body, want) in cases {
+        let (status, v) = raw_api(&server, method.clone(), &path, authz, body).await;
+        assert_eq!(status.as_u16(), want, "{method} {path} {body:?}: {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {v}");
+    }
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(100_000));
+    let (status, v) = raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(&big)).await;
+    assert_eq!(status, 413, "{v}");
+    let long_name = format!(r#"{{"name":"{}"}}"#, "x".repeat(201));
+    let (status, _) = raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(&long_name)).await;
+    assert_eq!(status, 400);
+    // Nothing above created a tunnel.
+    let (_, list) = raw_api(&server, Method::GET, "/api/tunnels", Some(&auth), None).await;
+    assert_eq!(list["tunnels"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn organizations_see_only_their_own_tunnels() {
+    let server = TestServer::start().await;
+    let (id, _, sub) = create_tunnel(&server, Some("acme-private")).await;
+    let other_key = hookway::server::create_api_key(&server.store, "other-org").unwrap();
+    assert!(other_key.starts_with("hwk_"));
+    let other = format!("Bearer {other_key}");
+    let (status, list) = raw_api(&server, Method::GET, "/api/tunnels", Some(&other), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list, json!({ "tunnels": [] }));
+    for (method, path, body) in [
+        (Method::GET, format!("/api/tunnels/{id}"), None),
+        (Method::PATCH, format!("/api/tunnels/{id}"), Some(r#"{"name":"stolen"}"#)),
+        (Method::GET, format!("/api/tunnels/{id}/status"), None),
+        (Method::POST, format!("/api/tunnels/{id}/regenerate-token"), None),
+        (Method::POST, format!("/api/tunnels/{id}/disconnect"), None),
+        (Method::DELETE, format!("/api/tunnels/{id}"), None),
+    ] {
+        let (status, v) = raw_api(&server, method.clone(), &path, Some(&other), body).await;
+        assert_eq!(status, 404, "{method} {path}: {v}");
+    }
+    // Subdomains are unique across organizations.
+    let (status, _) =
+        raw_api(&server, Method::POST, "/api/tunnels", Some(&other), Some(r#"{"name":"x","subdomain":"acme-private"}"#))
+            .await;
+    assert_eq!(status, 409);
+    // The owner still sees it, untouched.
+    let (_, t) = raw_api(&server, Method::GET, &format!("/api/tunnels/{id}"), Some(&bearer()), None).await;
+    assert_eq!(t["tunnel"]["name"], "test tunnel");
+    assert_eq!(t["tunnel"]["subdomain"], sub);
+}
+
+#[tokio::test]
+async fn first_start_generates_a_key_once_and_stores_only_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hookway::server::ServerConfig::local(dir.path());
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.quic_addr = "127.0.0.1:0".parse().unwrap();
+    let server = hookway::server::Server::bind(config.clone()).await.unwrap();
+    let key = server.generated_api_key().expect("a key on first start").to_owned();
+    drop(server);
+    let again = hookway::server::Server::bind(config).await.unwrap();
+    assert!(again.generated_api_key().is_none(), "shown once only");
+    drop(again);
+    let db = std::fs::read(dir.path().join("hookway.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("hookway.db-wal")).unwrap_or_default();
+    let needle = key.as_bytes();
+    for file in [&db, &wal] {
+        assert!(!file.windows(needle.len()).any(|w| w == needle), "the key is stored in clear");
+    }
+}
+
+#[tokio::test]
+async fn info_endpoint_tells_clients_how_to_connect() {
+    let server = TestServer::start().await;
+    let (status, info) = raw_api(&server, Method::GET, "/api/info", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["quicPort"], server.quic.port());
+    assert_eq!(info["publicUrl"], server.url);
+    assert_eq!(info["certFingerprint"].as_str().unwrap().len(), 64);
+}
