@@ -45,14 +45,9 @@ async fn create_get_list_update_delete_shapes_match_seed_001() {
     assert_eq!(status, 200);
     assert_eq!(list, json!({ "tunnels": [t] }));
 
-    let (status, updated) = raw_api(
-        &server,
-        Method::PATCH,
-        &format!("/api/tunnels/{id}"),
-        Some(&auth),
-        Some(r#"{"name":"Updated Name"}"#),
-    )
-    .await;
+    let (status, updated) =
+        raw_api(&server, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"name":"Updated Name"}"#))
+            .await;
     assert_eq!(status, 200);
     assert_eq!(updated["tunnel"]["name"], "Updated Name");
     assert_eq!(updated["tunnel"]["subdomain"], sub);
@@ -128,7 +123,9 @@ async fn every_error_is_json_with_the_right_status() {
     let server = TestServer::start().await;
     let auth = bearer();
     let (id, _, _) = create_tunnel(&server, None).await;
-    let cases: Vec<(Method, String, Option<&str>, Option<&str>, u16)> = vec![
+    /// (method, path, Authorization, body, expected status)
+    type Case<'a> = (Method, String, Option<&'a str>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
         (Method::GET, "/api/tunnels".into(), None, None, 401),
         (Method::GET, "/api/tunnels".into(), Some("Bearer wrong-key"), None, 401),
         (Method::GET, "/api/tunnels".into(), Some("Basic abc"), None, 401),
@@ -189,9 +186,14 @@ async fn organizations_see_only_their_own_tunnels() {
         assert_eq!(status, 404, "{method} {path}: {v}");
     }
     // Subdomains are unique across organizations.
-    let (status, _) =
-        raw_api(&server, Method::POST, "/api/tunnels", Some(&other), Some(r#"{"name":"x","subdomain":"acme-private"}"#))
-            .await;
+    let (status, _) = raw_api(
+        &server,
+        Method::POST,
+        "/api/tunnels",
+        Some(&other),
+        Some(r#"{"name":"x","subdomain":"acme-private"}"#),
+    )
+    .await;
     assert_eq!(status, 409);
     // The owner still sees it, untouched.
     let (_, t) = raw_api(&server, Method::GET, &format!("/api/tunnels/{id}"), Some(&bearer()), None).await;

@@ -67,7 +67,8 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
         other => panic!("must not connect: {other:?}"),
     }
     // The right pin (with colons, as people paste them): connected.
-    let pretty = fingerprint.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
+    let pretty =
+        fingerprint.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
     match first_event(config(Some(pretty))).await {
         Event::Connected { hello, .. } => assert_eq!(hello.tunnel_id, id),
         other => panic!("should connect: {other:?}"),
