@@ -1,0 +1,115 @@
+//! The decode loop shared by the `decode` fuzz target and `tests/fuzz_corpus.rs`
+//! (which includes this file by path, so it may only use `hookway` and `bytes`).
+//!
+//! Properties checked on any input:
+//! * decoding never panics;
+//! * `Ok(None)` consumes and alters nothing, and only happens when the buffer
+//!   really is short of the announced frame;
+//! * `Ok(Some(_))` consumes exactly the prefix plus the announced length;
+//! * `Err(TooLarge)` consumes nothing and is only raised above `MAX_FRAME_LEN`;
+//! * every decoded frame re-encodes to bytes that decode to an equal frame, and
+//!   re-encoding that is byte-for-byte stable;
+//! * feeding the same bytes one at a time through `FrameDecoder` gives the same
+//!   frames and the same final outcome.
+
+use bytes::BytesMut;
+use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
+
+/// How a decode loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The rest of the input is an incomplete frame (possibly empty).
+    NeedMore,
+    /// The decoder rejected the input.
+    Error(DecodeError),
+}
+
+/// Frames decoded from one input, and how decoding stopped.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Frames decoded, in order.
+    pub frames: Vec<Frame>,
+    /// How the loop ended.
+    pub end: End,
+}
+
+/// The announced length of the frame at the front of `rest`, if it has a prefix.
+fn announced_len(rest: &[u8]) -> Option<usize> {
+    let prefix: [u8; LEN_PREFIX] = rest.get(..LEN_PREFIX)?.try_into().ok()?;
+    Some(u32::from_be_bytes(prefix) as usize)
+}
+
+/// Decodes `data` with repeated `wire::decode` calls until `Ok(None)` or an
+/// error, checking every property listed in the module docs.
+pub fn check(data: &[u8]) -> Outcome {
+    let outcome = decode_all(data);
+    let incremental = decode_incrementally(data);
+    assert_eq!(outcome.frames, incremental.frames, "byte-at-a-time decoding disagrees");
+    assert_eq!(outcome.end, incremental.end, "byte-at-a-time decoding ends differently");
+    outcome
+}
+
+fn decode_all(data: &[u8]) -> Outcome {
+    let mut buf = BytesMut::from(data);
+    let mut frames = Vec::new();
+    loop {
+        let rest = &data[data.len() - buf.len()..];
+        match wire::decode(&mut buf) {
+            Ok(None) => {
+                assert_eq!(&buf[..], rest, "Ok(None) consumed or altered bytes");
+                if let Some(len) = announced_len(rest) {
+                    assert!(rest.len() < LEN_PREFIX + len, "Ok(None) with a whole frame buffered");
+                }
+                return Outcome { frames, end: End::NeedMore };
+            }
+            Ok(Some(frame)) => {
+                let len = announced_len(rest).expect("a frame without a length prefix");
+                assert!(len <= MAX_FRAME_LEN, "decoded a frame over MAX_FRAME_LEN");
+                assert_eq!(buf.len(), rest.len() - LEN_PREFIX - len, "decode consumed the wrong amount");
+                assert_eq!(&buf[..], &rest[LEN_PREFIX + len..], "decode altered the remaining bytes");
+                check_reencode(&frame);
+                frames.push(frame);
+            }
+            Err(err) => {
+                if let DecodeError::TooLarge(len) = err {
+                    assert!(len > MAX_FRAME_LEN, "TooLarge({len}) within the limit");
+                    assert_eq!(announced_len(rest), Some(len), "TooLarge reports the wrong length");
+                    assert_eq!(&buf[..], rest, "TooLarge consumed bytes");
+                }
+                return Outcome { frames, end: End::Error(err) };
+            }
+        }
+    }
+}
+
+/// The same input pushed one byte at a time into a `FrameDecoder`, draining it
+/// after every push.
+fn decode_incrementally(data: &[u8]) -> Outcome {
+    let mut decoder = FrameDecoder::new();
+    let mut frames = Vec::new();
+    for &byte in data {
+        decoder.push(&[byte]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) => break,
+                Err(err) => return Outcome { frames, end: End::Error(err) },
+            }
+        }
+    }
+    Outcome { frames, end: End::NeedMore }
+}
+
+/// Asserts that `frame` survives encode → decode unchanged, and that encoding is
+/// deterministic.
+pub fn check_reencode(frame: &Frame) {
+    let bytes = wire::encode_to_bytes(frame);
+    let mut buf = BytesMut::from(&bytes[..]);
+    let again = match wire::decode(&mut buf) {
+        Ok(Some(again)) => again,
+        other => panic!("re-encoded {frame:?} does not decode: {other:?}"),
+    };
+    assert_eq!(&again, frame, "frame changed through encode/decode");
+    assert!(buf.is_empty(), "re-encoded frame left {} trailing bytes", buf.len());
+    assert_eq!(wire::encode_to_bytes(&again), bytes, "encoding is not deterministic");
+}

@@ -1,0 +1,8 @@
+//! Shared code for hookway's fuzz targets.
+//!
+//! * [`decode_loop`]: raw bytes through the decoder (also run over the corpus by
+//!   the main crate's `tests/fuzz_corpus.rs`, which includes that file by path);
+//! * [`structured`]: `Arbitrary` frames for the round-trip target.
+
+pub mod decode_loop;
+pub mod structured;

@@ -1,0 +1,300 @@
+//! Structured input for the `roundtrip` target: an `Arbitrary` mirror of
+//! `hookway::wire::Frame`, converted into real frames through the public
+//! constructors only (`Header::new`, `Method::from_bytes`, `StatusCode::from_u16`).
+//! Values those constructors refuse are skipped, not forced into shape.
+
+use std::net::IpAddr;
+
+use arbitrary::Arbitrary;
+use bytes::{Bytes, BytesMut};
+use hookway::wire::codec::encode_body_header;
+use hookway::wire::frame::InvalidFrame;
+use hookway::wire::{
+    self, ClientHello, DecodeError, Frame, FrameDecoder, Header, RejectCode, Rejected, RequestHead, ResponseHead,
+    ServerHello, StreamError, StreamErrorCode,
+};
+use http::{Method, StatusCode};
+
+/// One fuzz case: a sequence of frames, and the sizes of the pieces in which their
+/// concatenated encoding is fed to a `FrameDecoder` (cycled; 0 is a valid empty push).
+#[derive(Arbitrary, Debug)]
+pub struct RoundtripInput {
+    /// Frames to encode back to back.
+    pub frames: Vec<FuzzFrame>,
+    /// Piece sizes for the incremental decoder.
+    pub pieces: Vec<u8>,
+}
+
+/// Mirror of `Frame` with raw, possibly invalid, field values.
+#[allow(missing_docs)]
+#[derive(Arbitrary, Debug)]
+pub enum FuzzFrame {
+    ClientHello {
+        tunnel_id: String,
+        auth_token: String,
+        protocol_version: u32,
+        client_version: String,
+    },
+    ServerHello {
+        tunnel_id: String,
+        name: String,
+        subdomain: String,
+        tunnel_url: String,
+        host_url: Option<String>,
+        heartbeat_interval_ms: u32,
+    },
+    Rejected {
+        code: FuzzRejectCode,
+        message: String,
+    },
+    Ping(u64),
+    Pong(u64),
+    RequestHead {
+        method: FuzzMethod,
+        target: Vec<u8>,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        client_ip: Option<FuzzIp>,
+    },
+    ResponseHead {
+        status: u16,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Body(Vec<u8>),
+    End,
+    Error {
+        code: FuzzStreamErrorCode,
+        message: String,
+    },
+}
+
+/// Either a standard method or arbitrary bytes for `Method::from_bytes`.
+#[allow(missing_docs)]
+#[derive(Arbitrary, Debug)]
+pub enum FuzzMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+    Options,
+    Raw(Vec<u8>),
+}
+
+#[allow(missing_docs)]
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum FuzzIp {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+#[allow(missing_docs)]
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum FuzzRejectCode {
+    Unspecified,
+    BadToken,
+    UnknownTunnel,
+    UnsupportedVersion,
+    Internal,
+}
+
+#[allow(missing_docs)]
+#[derive(Arbitrary, Debug, Clone, Copy)]
+pub enum FuzzStreamErrorCode {
+    Unspecified,
+    LocalUnreachable,
+    LocalTimeout,
+    LocalProtocol,
+    Cancelled,
+    Protocol,
+}
+
+/// What a mirror frame turned into.
+#[derive(Debug)]
+pub enum Built {
+    /// A frame that must round-trip exactly.
+    Valid(Frame),
+    /// A `RequestHead` whose target is not origin-form: `RequestHead` has no
+    /// validating constructor for it, so the decoder must be the one to refuse it.
+    BadTarget(Frame),
+}
+
+/// The request target rule from the protocol: origin-form, i.e. starts with `/`,
+/// no controls, spaces, DEL or fragment.
+pub fn target_is_valid(target: &[u8]) -> bool {
+    target.first() == Some(&b'/') && target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#')
+}
+
+fn headers(raw: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<Header>> {
+    raw.iter().map(|(n, v)| Header::new(Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)).ok()).collect()
+}
+
+impl FuzzFrame {
+    /// Converts into a real frame, or `None` when a public constructor refuses a
+    /// field (the input is then skipped).
+    pub fn build(&self) -> Option<Built> {
+        Some(Built::Valid(match self {
+            FuzzFrame::ClientHello { tunnel_id, auth_token, protocol_version, client_version } => {
+                Frame::ClientHello(ClientHello {
+                    tunnel_id: tunnel_id.clone(),
+                    auth_token: auth_token.clone(),
+                    protocol_version: *protocol_version,
+                    client_version: client_version.clone(),
+                })
+            }
+            FuzzFrame::ServerHello { tunnel_id, name, subdomain, tunnel_url, host_url, heartbeat_interval_ms } => {
+                // The wire encodes "no host URL" as an empty string, so `Some("")`
+                // cannot survive a round trip: it is not a meaningful value.
+                if host_url.as_deref() == Some("") {
+                    return None;
+                }
+                Frame::ServerHello(ServerHello {
+                    tunnel_id: tunnel_id.clone(),
+                    name: name.clone(),
+                    subdomain: subdomain.clone(),
+                    tunnel_url: tunnel_url.clone(),
+                    host_url: host_url.clone(),
+                    heartbeat_interval_ms: *heartbeat_interval_ms,
+                })
+            }
+            FuzzFrame::Rejected { code, message } => {
+                Frame::Rejected(Rejected { code: reject_code(*code), message: message.clone() })
+            }
+            FuzzFrame::Ping(seq) => Frame::Ping(*seq),
+            FuzzFrame::Pong(seq) => Frame::Pong(*seq),
+            FuzzFrame::RequestHead { method, target, headers: raw_headers, client_ip } => {
+                let method = match method {
+                    FuzzMethod::Get => Method::GET,
+                    FuzzMethod::Post => Method::POST,
+                    FuzzMethod::Put => Method::PUT,
+                    FuzzMethod::Patch => Method::PATCH,
+                    FuzzMethod::Delete => Method::DELETE,
+                    FuzzMethod::Head => Method::HEAD,
+                    FuzzMethod::Options => Method::OPTIONS,
+                    FuzzMethod::Raw(raw) => Method::from_bytes(raw).ok()?,
+                };
+                let head = RequestHead {
+                    method,
+                    target: Bytes::copy_from_slice(target),
+                    headers: headers(raw_headers)?,
+                    client_ip: client_ip.map(|ip| match ip {
+                        FuzzIp::V4(o) => IpAddr::from(o),
+                        FuzzIp::V6(o) => IpAddr::from(o),
+                    }),
+                };
+                if !target_is_valid(target) {
+                    return Some(Built::BadTarget(Frame::RequestHead(head)));
+                }
+                Frame::RequestHead(head)
+            }
+            FuzzFrame::ResponseHead { status, headers: raw_headers } => Frame::ResponseHead(ResponseHead {
+                status: StatusCode::from_u16(*status).ok()?,
+                headers: headers(raw_headers)?,
+            }),
+            FuzzFrame::Body(body) => Frame::Body(Bytes::copy_from_slice(body)),
+            FuzzFrame::End => Frame::End,
+            FuzzFrame::Error { code, message } => {
+                Frame::Error(StreamError { code: stream_error_code(*code), message: message.clone() })
+            }
+        }))
+    }
+}
+
+fn reject_code(code: FuzzRejectCode) -> RejectCode {
+    match code {
+        FuzzRejectCode::Unspecified => RejectCode::Unspecified,
+        FuzzRejectCode::BadToken => RejectCode::BadToken,
+        FuzzRejectCode::UnknownTunnel => RejectCode::UnknownTunnel,
+        FuzzRejectCode::UnsupportedVersion => RejectCode::UnsupportedVersion,
+        FuzzRejectCode::Internal => RejectCode::Internal,
+    }
+}
+
+fn stream_error_code(code: FuzzStreamErrorCode) -> StreamErrorCode {
+    match code {
+        FuzzStreamErrorCode::Unspecified => StreamErrorCode::Unspecified,
+        FuzzStreamErrorCode::LocalUnreachable => StreamErrorCode::LocalUnreachable,
+        FuzzStreamErrorCode::LocalTimeout => StreamErrorCode::LocalTimeout,
+        FuzzStreamErrorCode::LocalProtocol => StreamErrorCode::LocalProtocol,
+        FuzzStreamErrorCode::Cancelled => StreamErrorCode::Cancelled,
+        FuzzStreamErrorCode::Protocol => StreamErrorCode::Protocol,
+    }
+}
+
+/// Builds every frame of `input`; `None` if any of them is skipped.
+pub fn build_all(input: &RoundtripInput) -> Option<Vec<Built>> {
+    input.frames.iter().map(FuzzFrame::build).collect()
+}
+
+/// The `roundtrip` target's body.
+pub fn check(input: &RoundtripInput) {
+    let Some(built) = build_all(input) else { return };
+
+    // A non-origin-form target must be refused by the decoder, on its own.
+    for b in &built {
+        if let Built::BadTarget(frame) = b {
+            let mut buf = BytesMut::from(&wire::encode_to_bytes(frame)[..]);
+            assert_eq!(
+                wire::decode(&mut buf),
+                Err(DecodeError::Invalid(InvalidFrame::Target)),
+                "a request target the protocol forbids was accepted"
+            );
+        }
+    }
+    let frames: Vec<Frame> = built
+        .into_iter()
+        .filter_map(|b| match b {
+            Built::Valid(frame) => Some(frame),
+            Built::BadTarget(_) => None,
+        })
+        .collect();
+
+    // One frame at a time, and `encode_body_header` agrees with `encode`.
+    let mut all = BytesMut::new();
+    for frame in &frames {
+        let bytes = wire::encode_to_bytes(frame);
+        if let Frame::Body(body) = frame {
+            let mut split = BytesMut::new();
+            encode_body_header(body.len(), &mut split);
+            split.extend_from_slice(body);
+            assert_eq!(split, bytes, "encode_body_header disagrees with encode");
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(wire::decode(&mut buf), Ok(Some(frame.clone())), "single frame round trip");
+        assert!(buf.is_empty(), "single frame left trailing bytes");
+        let before = all.len();
+        wire::encode(frame, &mut all);
+        assert_eq!(&all[before..], &bytes[..], "encode and encode_to_bytes disagree");
+    }
+
+    // All frames back to back, through `decode`.
+    let encoded = all.freeze();
+    let mut buf = BytesMut::from(&encoded[..]);
+    for frame in &frames {
+        assert_eq!(wire::decode(&mut buf), Ok(Some(frame.clone())), "sequence round trip");
+    }
+    assert_eq!(wire::decode(&mut buf), Ok(None));
+    assert!(buf.is_empty());
+
+    // And through `FrameDecoder`, in fuzzer-chosen pieces.
+    let mut decoder = FrameDecoder::new();
+    let mut decoded = Vec::with_capacity(frames.len());
+    let mut rest = &encoded[..];
+    // All-zero sizes would never make progress: then push everything at once.
+    let pieces: &[u8] = if input.pieces.iter().all(|&p| p == 0) { &[] } else { &input.pieces };
+    let mut sizes = pieces.iter().copied().cycle();
+    while !rest.is_empty() {
+        let size = match sizes.next() {
+            Some(size) => usize::from(size).min(rest.len()),
+            None => rest.len(),
+        };
+        let (piece, tail) = rest.split_at(size);
+        decoder.push(piece);
+        rest = tail;
+        while let Some(frame) = decoder.next_frame().expect("valid encoding rejected by FrameDecoder") {
+            decoded.push(frame);
+        }
+    }
+    assert_eq!(decoded, frames, "FrameDecoder produced different frames");
+    assert_eq!(decoder.pending(), 0, "FrameDecoder kept bytes after the last frame");
+}
