@@ -13,15 +13,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::headers::strip_hop_by_hop;
+use crate::quic::framed::{SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, ResponseHead, StreamError, StreamErrorCode};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Responses whose body is complete and at most this large go back in one write.
-const INLINE_BODY: u64 = 64 * 1024;
 
 /// One forwarded exchange, as reported to the user.
 #[derive(Debug, Clone)]
@@ -170,54 +168,14 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
     Ok(StreamBody::new(prefix.chain(rest)).boxed_unsync())
 }
 
-/// Sends the response head and body; small complete bodies in one write.
-async fn send_response(mut writer: FrameWriter, head: Frame, mut body: hyper::body::Incoming) {
-    use http_body::Body as _;
-    if body.is_end_stream() {
-        if writer.send_frames(&[head, Frame::End]).await.is_ok() {
+/// Sends the response; a body that fails midway becomes an `Error` frame.
+async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming) {
+    match send_message(&mut writer, head, body).await {
+        SendOutcome::Sent => writer.finish(),
+        SendOutcome::PeerGone => {}
+        SendOutcome::BodyFailed(err) => {
+            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &err)).await;
             writer.finish();
-        }
-        return;
-    }
-    if body.size_hint().exact().is_some_and(|n| n <= INLINE_BODY) {
-        match body.collect().await {
-            Ok(collected) => {
-                let frames = [head, Frame::Body(collected.to_bytes()), Frame::End];
-                if writer.send_frames(&frames).await.is_ok() {
-                    writer.finish();
-                }
-            }
-            Err(err) => {
-                let _ =
-                    writer.send_frames(&[head, error_frame(StreamErrorCode::LocalProtocol, &err.to_string())]).await;
-                writer.finish();
-            }
-        }
-        return;
-    }
-    if writer.send(&head).await.is_err() {
-        return;
-    }
-    loop {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if writer.send_body(data).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Some(Err(err)) => {
-                let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &err.to_string())).await;
-                writer.finish();
-                return;
-            }
-            None => {
-                if writer.send(&Frame::End).await.is_ok() {
-                    writer.finish();
-                }
-                return;
-            }
         }
     }
 }

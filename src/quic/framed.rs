@@ -5,6 +5,58 @@ use quinn::{RecvStream, SendStream};
 
 use crate::wire::{self, DecodeError, Frame};
 
+/// Bodies whose size is known to be at most this are read whole and sent in the
+/// same write as their head and end: one packet for a typical webhook.
+pub const INLINE_BODY: u64 = 64 * 1024;
+
+/// How sending a message (head, body, end) ended.
+#[derive(Debug)]
+pub enum SendOutcome {
+    /// Everything, including `End`, was written; the caller may finish the stream.
+    Sent,
+    /// The peer stopped reading or the connection is gone.
+    PeerGone,
+    /// The HTTP body failed before its end; the caller decides how to signal it.
+    BodyFailed(String),
+}
+
+/// Sends `head`, then `body` as `Body` frames, then `End`. Small sized bodies go
+/// out with the head in one write; others stream chunk by chunk under flow
+/// control, so memory stays bounded by the windows.
+pub async fn send_message<B>(writer: &mut FrameWriter, head: Frame, mut body: B) -> SendOutcome
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    let sent = |r: Result<(), quinn::WriteError>| if r.is_ok() { SendOutcome::Sent } else { SendOutcome::PeerGone };
+    if body.is_end_stream() {
+        return sent(writer.send_frames(&[head, Frame::End]).await);
+    }
+    if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
+        return match body.collect().await {
+            Ok(all) => sent(writer.send_frames(&[head, Frame::Body(all.to_bytes()), Frame::End]).await),
+            Err(err) => SendOutcome::BodyFailed(err.to_string()),
+        };
+    }
+    if writer.send(&head).await.is_err() {
+        return SendOutcome::PeerGone;
+    }
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if writer.send_body(data).await.is_err() {
+                        return SendOutcome::PeerGone;
+                    }
+                }
+            }
+            Some(Err(err)) => return SendOutcome::BodyFailed(err.to_string()),
+            None => return sent(writer.send(&Frame::End).await),
+        }
+    }
+}
+
 /// Reading a frame failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadFrameError {

@@ -15,13 +15,10 @@ use super::State;
 use super::http::{Body, BoxError, edge_error};
 use super::registry::{Session, Transport};
 use crate::headers::strip_hop_by_hop;
+use crate::quic::framed::{INLINE_BODY, SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
-
-/// Bodies up to this size are read before the request is sent, so head, body and
-/// end go out in one write; larger or unsized bodies stream from a task.
-const INLINE_BODY: u64 = 64 * 1024;
 
 /// Forwards `req` to the tunnel named `subdomain`, as `target` (path and query).
 pub async fn forward(
@@ -113,59 +110,26 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
     }
 }
 
-/// Sends the head and the body: small sized bodies are read first so head, body
-/// and end leave in one write; larger or unsized ones stream from a task, so the
-/// response can start while a large upload is still going.
-async fn send_request(mut writer: FrameWriter, head: Frame, mut body: Incoming) {
+/// Sends the request: inline when small (the response is awaited right after),
+/// from a task otherwise, so the response can start while a large upload goes on.
+async fn send_request(mut writer: FrameWriter, head: Frame, body: Incoming) {
     use http_body::Body as _;
-    if body.is_end_stream() {
-        if writer.send_frames(&[head, Frame::End]).await.is_ok() {
-            writer.finish();
-        }
-        return;
-    }
-    if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
-        match body.collect().await {
-            Ok(collected) => {
-                let data = collected.to_bytes();
-                if writer.send_frames(&[head, Frame::Body(data), Frame::End]).await.is_ok() {
-                    writer.finish();
-                }
-            }
-            Err(err) => {
+    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY);
+    let send = async move {
+        match send_message(&mut writer, head, body).await {
+            SendOutcome::Sent => writer.finish(),
+            SendOutcome::PeerGone => {}
+            SendOutcome::BodyFailed(err) => {
                 tracing::debug!(%err, "caller's request body failed");
                 writer.reset(close::STREAM_CANCELLED);
             }
         }
-        return;
+    };
+    if small {
+        send.await;
+    } else {
+        tokio::spawn(send);
     }
-    if writer.send(&head).await.is_err() {
-        return;
-    }
-    tokio::spawn(async move {
-        loop {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        if writer.send_body(data).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                Some(Err(err)) => {
-                    tracing::debug!(%err, "caller's request body failed");
-                    writer.reset(close::STREAM_CANCELLED);
-                    return;
-                }
-                None => {
-                    if writer.send(&Frame::End).await.is_ok() {
-                        writer.finish();
-                    }
-                    return;
-                }
-            }
-        }
-    });
 }
 
 /// Builds the public response, its body streamed from the tunnel.
