@@ -235,14 +235,20 @@ fn us(d: Duration) -> f64 {
 fn main() {
     // `cargo bench` passes `--bench`; any other filter argument is ignored.
     let secs: f64 = std::env::var("HOOKWAY_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // The bench's own runtime (load generator + app) is fixed, so that
+    // `TOKIO_WORKER_THREADS`, if set, only changes the hookway processes.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let app = spawn_app().await;
         let tunnel = start_tunnel(app.port()).await;
         let direct = format!("http://{app}");
         println!("hookway e2e benchmark: {secs} s per measurement, loopback, 1 KiB POST");
         println!("{:<12} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
-        for c in [1usize, 16, 64] {
+        let levels: Vec<usize> = std::env::var("HOOKWAY_BENCH_CONCURRENCY")
+            .ok()
+            .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 16, 64]);
+        for c in levels {
             let d = load(&format!("{direct}/hook"), c, secs).await;
             let t = load(&format!("{}/hook", tunnel.url), c, secs).await;
             println!("{:<12} {:>5} {:>12.0} {:>10.0} {:>10.0}", "direct", c, d.rps, us(d.p50), us(d.p99));
@@ -253,6 +259,9 @@ fn main() {
                 us(t.p50) - us(d.p50),
                 us(t.p99) - us(d.p99)
             );
+        }
+        if std::env::var("HOOKWAY_BENCH_SKIP_BODIES").is_ok() {
+            return;
         }
         println!("\n{:<30} {:>12} {:>12} {:>8}", "bodies", "direct MiB/s", "tunnel MiB/s", "ratio");
         for (label, upload, size, conc) in [
