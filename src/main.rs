@@ -12,8 +12,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc: per-request allocations (streams, frames, headers) dominated glibc
-/// malloc's profile under load.
+/// Opt-in (`--features mimalloc`): measured ~10% more requests/s under load, but
+/// ~40 MiB more resident memory for 1,000 idle tunnels than glibc's malloc.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,0 +1,92 @@
+//! Memory cost of idle tunnels: the real server binary with N connected, idle
+//! tunnel clients (default 1,000), its resident memory read from /proc before
+//! and after. Run: `cargo bench --bench idle` (`HOOKWAY_IDLE_TUNNELS` sets N).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use hookway::client::{self, ApiClient, ClientConfig, Event};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+const API_KEY: &str = "hwk_bench_key";
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn main() {
+    let n: usize = std::env::var("HOOKWAY_IDLE_TUNNELS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+            .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = server.id().unwrap();
+        let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
+        let http = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), out.next_line()).await.unwrap().unwrap().unwrap();
+            if let Some(addr) = line.trim().strip_prefix("HTTP listen:") {
+                break addr.trim().to_owned();
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        let base = format!("http://{http}");
+        let api = ApiClient::new(&base, Some(API_KEY.into()));
+        let mut tunnels = Vec::with_capacity(n);
+        for i in 0..n {
+            tunnels.push(api.create_tunnel(&format!("idle-{i}"), None).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss_mib(pid);
+
+        let shutdown = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for t in &tunnels {
+            let config = ClientConfig {
+                server: base.clone(),
+                tunnel_id: t.tunnel.id.clone(),
+                token: t.auth_token.clone(),
+                local_host: "127.0.0.1".into(),
+                local_port: 9, // never called: the tunnels stay idle
+                fingerprint: None,
+                quic_addr: None,
+            };
+            let tx = tx.clone();
+            tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+        }
+        let mut connected = 0;
+        while connected < n {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+                Ok(Some(Event::Connected { .. })) => connected += 1,
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        // Let keep-alives and heartbeats run for a while: steady idle state.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let after = rss_mib(pid);
+        println!("idle tunnels: {connected}/{n} connected");
+        println!("server RSS: {before:.1} MiB with {n} tunnels defined, {after:.1} MiB with {connected} connected");
+        println!(
+            "cost of the connections: {:.1} MiB in all, {:.1} KiB per idle tunnel",
+            after - before,
+            (after - before) * 1024.0 / connected.max(1) as f64
+        );
+        shutdown.cancel();
+        let _ = server.start_kill();
+    });
+}
