@@ -210,14 +210,19 @@ async fn first_start_generates_a_key_once_and_stores_only_its_hash() {
     let server = hookway::server::Server::bind(config.clone()).await.unwrap();
     let key = server.generated_api_key().expect("a key on first start").to_owned();
     drop(server);
-    let again = hookway::server::Server::bind(config).await.unwrap();
+    let again = hookway::server::Server::bind(config.clone()).await.unwrap();
     assert!(again.generated_api_key().is_none(), "shown once only");
     drop(again);
+    // A key chosen through the environment is stored as a hash only, even a short one.
+    let mut chosen = config.clone();
+    chosen.api_key = Some("k1-short".into());
+    drop(hookway::server::Server::bind(chosen).await.unwrap());
     let db = std::fs::read(dir.path().join("hookway.db")).unwrap();
     let wal = std::fs::read(dir.path().join("hookway.db-wal")).unwrap_or_default();
-    let needle = key.as_bytes();
-    for file in [&db, &wal] {
-        assert!(!file.windows(needle.len()).any(|w| w == needle), "the key is stored in clear");
+    for needle in [key.as_bytes(), b"k1-short".as_slice(), b"k1-s".as_slice()] {
+        for file in [&db, &wal] {
+            assert!(!file.windows(needle.len()).any(|w| w == needle), "a key is stored in clear");
+        }
     }
 }
 

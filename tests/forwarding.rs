@@ -88,6 +88,16 @@ async fn host_based_routing() {
     let unknown =
         http().get(format!("http://{}/", s.server.http)).header("host", "nobody.tunnel.test").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
+    // Reserved names are never tunnels: `api.<domain>` serves the API.
+    let api = http()
+        .get(format!("http://{}/api/info", s.server.http))
+        .header("host", "api.tunnel.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 200);
+    let info: Value = api.json().await.unwrap();
+    assert_eq!(info["domain"], "tunnel.test");
 }
 
 #[tokio::test]

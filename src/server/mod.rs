@@ -158,8 +158,9 @@ impl State {
         let host = host
             .rsplit_once(':')
             .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-        let sub = host.strip_suffix(domain)?.strip_suffix('.')?;
-        (!sub.is_empty() && !sub.contains('.')).then(|| sub.to_ascii_lowercase())
+        let sub = host.strip_suffix(domain)?.strip_suffix('.')?.to_ascii_lowercase();
+        // Reserved names (`api.`, `www.`) are never tunnels: they reach the API.
+        names::validate_subdomain(&sub).ok().map(|()| sub)
     }
 
     /// `{public-url}/t/{subdomain}`.
@@ -390,7 +391,8 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option
                 id: names::api_key_id(),
                 org_id,
                 key_hash: hash,
-                prefix: key.chars().take(8).collect(),
+                // A chosen key may be short: keep none of it in clear.
+                prefix: "env".into(),
             })?;
         }
         return Ok(None);
