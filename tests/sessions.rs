@@ -162,3 +162,33 @@ async fn server_restart_brings_the_same_url_back() {
     assert_eq!(t["tunnel"]["totalRequests"], 4, "counters survive the restart: {t}");
     assert_eq!(t["tunnel"]["status"], "connected");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests_and_clients_wait_to_reconnect() {
+    let s = Setup::new().await;
+    let url = s.url("/slow?ms=800");
+    let in_flight = tokio::spawn(async move {
+        let resp = http().get(url).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let Setup { server, mut client, .. } = s;
+    let http_addr = server.http;
+    server.shutdown.cancel();
+    // The request that was already running completes normally.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), in_flight).await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow done"));
+    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap();
+    // New connections are refused once it has stopped.
+    assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
+    // The client was told the server is going away: it retries instead of exiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, client.events.recv()).await.unwrap().unwrap();
+        if let hookway::client::Event::Reconnecting { reason, .. } = event {
+            assert!(reason.contains("shutting down") || reason.contains("cannot reach"), "{reason}");
+            break;
+        }
+    }
+    assert!(!client.task.is_finished(), "a server shutdown is not a reason to give up");
+}
