@@ -1,0 +1,126 @@
+//! The `hookway` binary as a user meets it: help, clear errors, and the
+//! `tunnels` verbs against a real server.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(args).env_remove("HOOKWAY_API_KEY").env_remove("HOOKWAY_SERVER");
+    if let Some(s) = server {
+        cmd.env("HOOKWAY_SERVER", &s.url);
+    }
+    if let Some(k) = key {
+        cmd.env("HOOKWAY_API_KEY", k);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn help_explains_every_command() {
+    let (code, out, _) = hookway(&["--help"], None, None).await;
+    assert_eq!(code, 0);
+    for word in ["server", "start", "tunnels", "keys"] {
+        assert!(out.contains(word), "{out}");
+    }
+    let (code, out, _) = hookway(&["server", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    for flag in ["--http", "--quic", "--data-dir", "--public-url", "--domain", "--tls-cert", "--tls-key"] {
+        assert!(out.contains(flag), "{flag} missing from server --help");
+    }
+    let (code, out, _) = hookway(&["tunnels", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    for verb in ["list", "get", "create", "update", "delete", "status", "regenerate-token", "disconnect", "connect"] {
+        assert!(out.contains(verb), "{verb} missing from tunnels --help");
+    }
+}
+
+#[tokio::test]
+async fn missing_key_and_unreachable_server_are_explained() {
+    let (code, _, err) = hookway(&["tunnels", "list"], None, None).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("HOOKWAY_API_KEY"), "{err}");
+    let port = closed_port().await;
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = hookway(&["tunnels", "list", "--server", &url], None, Some("k")).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test]
+async fn tunnel_verbs_round_trip_through_the_api() {
+    let server = TestServer::start().await;
+    let (code, out, err) = hookway(
+        &["tunnels", "create", "--name", "CLI", "--subdomain", "cli-made", "--json"],
+        Some(&server),
+        Some(API_KEY),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = created["tunnel"]["id"].as_str().unwrap().to_owned();
+    assert!(created["authToken"].as_str().unwrap().starts_with("hwt_"));
+
+    let (code, out, _) = hookway(&["tunnels", "list"], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("cli-made") && out.contains("disconnected"), "{out}");
+
+    let (code, out, _) =
+        hookway(&["tunnels", "update", &id, "--name", "Renamed", "--json"], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["tunnel"]["name"], "Renamed");
+
+    let (code, out, _) = hookway(&["tunnels", "status", &id, "--json"], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["liveStatus"]["connected"], false);
+
+    // API errors surface with the server's reason and a failing exit code.
+    let (code, _, err) =
+        hookway(&["tunnels", "create", "--name", "Dup", "--subdomain", "cli-made"], Some(&server), Some(API_KEY)).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("already taken") && err.contains("409"), "{err}");
+    let (code, _, err) = hookway(&["tunnels", "get", "tun_nope"], Some(&server), Some(API_KEY)).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+
+    let (code, out, _) = hookway(&["tunnels", "delete", &id, "--json"], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), r#"{"success":true}"#);
+}
+
+#[tokio::test]
+async fn start_exposes_a_port_in_one_command() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["start", &app.port().to_string(), "--json"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let connected: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(connected["event"], "connected");
+    let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
+    assert!(url.starts_with(&format!("{}/t/", server.url)), "{url}");
+    let resp = http().post(format!("{url}/echo/hook?a=1")).body("payload").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // One log line per forwarded request: method, path, status, duration.
+    let logged: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(logged["event"], "request");
+    assert_eq!(logged["method"], "POST");
+    assert_eq!(logged["path"], "/echo/hook?a=1");
+    assert_eq!(logged["status"], 200);
+    assert!(logged["durationMs"].as_f64().unwrap() > 0.0);
+}
