@@ -62,6 +62,9 @@ fn transport(max_incoming_bidi: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_incoming_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // hookway never reads unreliable datagrams: refuse them, so a peer cannot
+        // fill a buffer nobody drains.
+        .datagram_receive_buffer_size(None)
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
         .send_window(u64::from(CONNECTION_WINDOW))
