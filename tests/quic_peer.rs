@@ -1,0 +1,68 @@
+//! A hostile or broken peer on the QUIC listener: garbage, oversized frames and
+//! wrong versions get a clear refusal and never disturb the server.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hookway::quic::{self, FrameReader, FrameWriter, close, tls};
+use hookway::wire::{ClientHello, Frame, RejectCode};
+
+async fn raw_connection(server: &TestServer) -> quinn::Connection {
+    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let endpoint = quic::client_endpoint(server.quic, &tls::Trust::pinned(&fp).unwrap()).unwrap();
+    endpoint.connect(server.quic, "localhost").unwrap().await.unwrap()
+}
+
+async fn closed_with(conn: &quinn::Connection) -> quinn::VarInt {
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap() {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code,
+        other => panic!("expected an application close, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_frames_close_the_connection_with_a_protocol_error() {
+    let server = TestServer::start().await;
+    for bytes in [vec![0, 0, 0, 3, 0xff, 0xff, 0xff], u32::MAX.to_be_bytes().to_vec(), vec![0, 0, 0, 0]] {
+        let conn = raw_connection(&server).await;
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        assert_eq!(closed_with(&conn).await, close::PROTOCOL_ERROR, "{bytes:?}");
+    }
+    // A frame that is valid but not a hello is refused the same way.
+    let conn = raw_connection(&server).await;
+    let (send, _recv) = conn.open_bi().await.unwrap();
+    FrameWriter::new(send).send(&Frame::Ping(1)).await.unwrap();
+    assert_eq!(closed_with(&conn).await, close::PROTOCOL_ERROR);
+    // The server is unharmed.
+    assert_eq!(http().get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn wrong_version_and_unknown_tunnel_are_rejected_with_a_reason() {
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    for (tunnel_id, version, want) in [
+        (id.as_str(), 99, RejectCode::UnsupportedVersion),
+        ("tun_unknown", hookway::wire::PROTOCOL_VERSION, RejectCode::UnknownTunnel),
+    ] {
+        let conn = raw_connection(&server).await;
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let hello = ClientHello {
+            tunnel_id: tunnel_id.into(),
+            auth_token: token.clone(),
+            protocol_version: version,
+            client_version: "test".into(),
+        };
+        FrameWriter::new(send).send(&Frame::ClientHello(hello)).await.unwrap();
+        match FrameReader::new(recv).next().await.unwrap() {
+            Some(Frame::Rejected(r)) => {
+                assert_eq!(r.code, want);
+                assert!(!r.message.is_empty());
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+}
