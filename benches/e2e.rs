@@ -21,10 +21,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod support;
+use support::{API_KEY, ServerProcess, spawn_server, wait_line};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-const API_KEY: &str = "hwk_bench_key";
 const MAX_REQUESTS: usize = 500_000;
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -79,49 +81,18 @@ async fn spawn_app() -> SocketAddr {
     addr
 }
 
-/// Reads lines from a child's stdout until `pick` finds what it wants.
-async fn wait_line<R: tokio::io::AsyncRead + Unpin>(
-    lines: &mut tokio::io::Lines<BufReader<R>>,
-    pick: impl Fn(&str) -> Option<String>,
-) -> String {
-    loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("child answered in time")
-            .unwrap()
-            .expect("child still running");
-        if let Some(found) = pick(&line) {
-            return found;
-        }
-    }
-}
-
 struct Tunnel {
-    _server: tokio::process::Child,
+    _server: ServerProcess,
     _client: tokio::process::Child,
-    _dir: tempfile::TempDir,
     url: String,
 }
 
 async fn start_tunnel(app_port: u16) -> Tunnel {
-    let exe = env!("CARGO_BIN_EXE_hookway");
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = tokio::process::Command::new(exe)
-        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-    let http = wait_line(&mut out, |l| l.trim().strip_prefix("HTTP listen:").map(|a| a.trim().to_owned())).await;
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    let base = format!("http://{http}");
+    let server = spawn_server().await;
+    let base = server.base.clone();
     let api = hookway::client::ApiClient::new(&base, Some(API_KEY.into()));
     let created = api.create_tunnel("bench", None).await.unwrap();
-    let mut client = tokio::process::Command::new(exe)
+    let mut client = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
         .args(["tunnels", "connect", &created.tunnel.id, &app_port.to_string(), "--json", "--server", &base])
         .args(["--token", &created.auth_token])
         .stdout(Stdio::piped())
@@ -136,7 +107,7 @@ async fn start_tunnel(app_port: u16) -> Tunnel {
     .await;
     // Drain the per-request log lines so the client never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Tunnel { _server: server, _client: client, _dir: dir, url }
+    Tunnel { _server: server, _client: client, url }
 }
 
 fn http_client() -> Client<HttpConnector, Body> {

@@ -2,14 +2,13 @@
 //! tunnel clients (default 1,000), its resident memory read from /proc before
 //! and after. Run: `cargo bench --bench idle` (`HOOKWAY_IDLE_TUNNELS` sets N).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use hookway::client::{self, ApiClient, ClientConfig, Event};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-const API_KEY: &str = "hwk_bench_key";
+mod support;
+use support::{API_KEY, spawn_server};
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -25,26 +24,9 @@ fn main() {
     let n: usize = std::env::var("HOOKWAY_IDLE_TUNNELS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-            .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .env("HOOKWAY_API_KEY", API_KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let pid = server.id().unwrap();
-        let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-        let http = loop {
-            let line = tokio::time::timeout(Duration::from_secs(30), out.next_line()).await.unwrap().unwrap().unwrap();
-            if let Some(addr) = line.trim().strip_prefix("HTTP listen:") {
-                break addr.trim().to_owned();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-        let base = format!("http://{http}");
+        let mut server = spawn_server().await;
+        let pid = server.child.id().unwrap();
+        let base = server.base.clone();
         let api = ApiClient::new(&base, Some(API_KEY.into()));
         let mut tunnels = Vec::with_capacity(n);
         for i in 0..n {
@@ -87,6 +69,6 @@ fn main() {
             (after - before) * 1024.0 / connected.max(1) as f64
         );
         shutdown.cancel();
-        let _ = server.start_kill();
+        let _ = server.child.start_kill();
     });
 }
