@@ -7,8 +7,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use hookway::wire::Frame;
-
 #[path = "../fuzz/src/decode_loop.rs"]
 mod decode_loop;
 
@@ -22,21 +20,6 @@ fn corpus_files(name: &str) -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "{} is empty: the corpus test would pass vacuously", dir.display());
     files
-}
-
-fn kind(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::ClientHello(_) => "client_hello",
-        Frame::ServerHello(_) => "server_hello",
-        Frame::Rejected(_) => "rejected",
-        Frame::Ping(_) => "ping",
-        Frame::Pong(_) => "pong",
-        Frame::RequestHead(_) => "request_head",
-        Frame::ResponseHead(_) => "response_head",
-        Frame::Body(_) => "body",
-        Frame::End => "end",
-        Frame::Error(_) => "error",
-    }
 }
 
 /// Runs the decode loop over every file of a corpus; returns the kinds of frame seen.
@@ -57,7 +40,7 @@ fn replay(name: &str) -> BTreeSet<&'static str> {
                 decode_loop::End::Error(_) => errors += 1,
             }
             frames += outcome.frames.len();
-            kinds.extend(outcome.frames.iter().map(kind));
+            kinds.extend(outcome.frames.iter().map(decode_loop::kind));
         }
     }
     println!("corpus {name}: {frames} frame(s) decoded, {errors} input(s) rejected, {needs_more} ending short");
@@ -68,19 +51,7 @@ fn replay(name: &str) -> BTreeSet<&'static str> {
 fn decode_corpus_replays_cleanly() {
     let kinds = replay("decode");
     // The seeds hold a valid encoding of every kind: make sure they still decode.
-    let all = [
-        "client_hello",
-        "server_hello",
-        "rejected",
-        "ping",
-        "pong",
-        "request_head",
-        "response_head",
-        "body",
-        "end",
-        "error",
-    ];
-    let missing: Vec<_> = all.iter().filter(|k| !kinds.contains(*k)).collect();
+    let missing: Vec<_> = decode_loop::KINDS.iter().filter(|k| !kinds.contains(*k)).collect();
     assert!(missing.is_empty(), "no frame of kind {missing:?} decoded from fuzz/corpus/decode");
 }
 

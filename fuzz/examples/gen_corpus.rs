@@ -17,36 +17,9 @@ use hookway::wire::{
     ClientHello, Frame, Header, MAX_FRAME_LEN, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello,
     StreamError, StreamErrorCode, encode_to_bytes,
 };
+use hookway_fuzz::decode_loop::{KINDS, kind};
 use hookway_fuzz::structured::{Built, RoundtripInput, build_all};
 use http::{Method, StatusCode};
-
-fn kind(frame: &Frame) -> &'static str {
-    match frame {
-        Frame::ClientHello(_) => "client_hello",
-        Frame::ServerHello(_) => "server_hello",
-        Frame::Rejected(_) => "rejected",
-        Frame::Ping(_) => "ping",
-        Frame::Pong(_) => "pong",
-        Frame::RequestHead(_) => "request_head",
-        Frame::ResponseHead(_) => "response_head",
-        Frame::Body(_) => "body",
-        Frame::End => "end",
-        Frame::Error(_) => "error",
-    }
-}
-
-const KINDS: [&str; 10] = [
-    "client_hello",
-    "server_hello",
-    "rejected",
-    "ping",
-    "pong",
-    "request_head",
-    "response_head",
-    "body",
-    "end",
-    "error",
-];
 
 fn header(name: &'static str, value: &'static str) -> Header {
     Header::new(Bytes::from_static(name.as_bytes()), Bytes::from_static(value.as_bytes())).expect("valid header")

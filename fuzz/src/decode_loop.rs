@@ -15,6 +15,36 @@
 use bytes::BytesMut;
 use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
 
+/// Every frame kind, named as the corpus files and reports name them.
+pub const KINDS: [&str; 10] = [
+    "client_hello",
+    "server_hello",
+    "rejected",
+    "ping",
+    "pong",
+    "request_head",
+    "response_head",
+    "body",
+    "end",
+    "error",
+];
+
+/// The name of a frame's kind, one of [`KINDS`].
+pub fn kind(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::ClientHello(_) => "client_hello",
+        Frame::ServerHello(_) => "server_hello",
+        Frame::Rejected(_) => "rejected",
+        Frame::Ping(_) => "ping",
+        Frame::Pong(_) => "pong",
+        Frame::RequestHead(_) => "request_head",
+        Frame::ResponseHead(_) => "response_head",
+        Frame::Body(_) => "body",
+        Frame::End => "end",
+        Frame::Error(_) => "error",
+    }
+}
+
 /// How a decode loop ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
