@@ -406,16 +406,14 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             }
         }
         TunnelsCommand::Get(IdArg { id, client }) => {
-            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}"), None).await?;
-            print_value(&v, client.json);
+            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None).await?;
         }
         TunnelsCommand::Create { name, subdomain, client } => {
             let mut body = json!({ "name": name });
             if let Some(s) = subdomain {
                 body["subdomain"] = Value::String(s);
             }
-            let v = api(&client)?.call(Method::POST, "/api/tunnels", Some(&body)).await?;
-            print_value(&v, client.json);
+            let v = show(&client, Method::POST, "/api/tunnels", Some(&body)).await?;
             if !client.json {
                 eprintln!(
                     "\nThe auth token is shown only now. Connect with: hookway tunnels connect {} <port> --token <authToken>",
@@ -424,26 +422,19 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             }
         }
         TunnelsCommand::Update { id, name, client } => {
-            let v = api(&client)?
-                .call(Method::PATCH, &format!("/api/tunnels/{id}"), Some(&json!({ "name": name })))
-                .await?;
-            print_value(&v, client.json);
+            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&json!({ "name": name }))).await?;
         }
         TunnelsCommand::Delete(IdArg { id, client }) => {
-            let v = api(&client)?.call(Method::DELETE, &format!("/api/tunnels/{id}"), None).await?;
-            print_value(&v, client.json);
+            show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None).await?;
         }
         TunnelsCommand::Status(IdArg { id, client }) => {
-            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await?;
-            print_value(&v, client.json);
+            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None).await?;
         }
         TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
-            let v = api(&client)?.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
-            print_value(&v, client.json);
+            show(&client, Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
         }
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
-            let v = api(&client)?.call(Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
-            print_value(&v, client.json);
+            show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
         }
         TunnelsCommand::Connect { id, port, token, connect, client } => {
             let token = match token {
@@ -464,10 +455,14 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_value(v: &Value, json: bool) {
-    if json {
+/// Calls the API and prints its answer: one line of JSON with `--json`, else
+/// pretty-printed. Returns the answer for commands that add a hint.
+async fn show(client: &ClientArgs, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+    let v = api(client)?.call(method, path, body).await?;
+    if client.json {
         println!("{v}");
     } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
+    Ok(v)
 }
