@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 
-use crate::wire::{self, DecodeError, Frame};
+use crate::wire::{self, DecodeError, Frame, FrameDecoder};
 
 /// Bodies whose size is known to be at most this are read whole and sent in the
 /// same write as their head and end: one packet for a typical webhook.
@@ -74,15 +74,16 @@ pub enum ReadFrameError {
 /// Reads frames from a QUIC receive stream.
 pub struct FrameReader {
     recv: RecvStream,
-    buf: BytesMut,
+    decoder: FrameDecoder,
 }
 
 impl FrameReader {
     /// Wraps a receive stream.
     pub fn new(recv: RecvStream) -> Self {
-        // Grown on demand: most streams carry a few hundred bytes, and a large
-        // eager buffer per stream showed up as malloc consolidation in profiles.
-        Self { recv, buf: BytesMut::new() }
+        // The decoder's buffer grows on demand: most streams carry a few hundred
+        // bytes, and a large eager buffer per stream showed up as malloc
+        // consolidation in profiles.
+        Self { recv, decoder: FrameDecoder::new() }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly
@@ -91,12 +92,12 @@ impl FrameReader {
     /// Cancel safety: safe. Bytes already read stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadFrameError> {
         loop {
-            if let Some(frame) = wire::decode(&mut self.buf)? {
+            if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(Some(frame));
             }
             match self.recv.read_chunk(wire::MAX_FRAME_LEN, true).await? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(None),
+                Some(chunk) => self.decoder.push(&chunk.bytes),
+                None if self.decoder.pending() == 0 => return Ok(None),
                 None => return Err(ReadFrameError::Truncated),
             }
         }

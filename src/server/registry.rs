@@ -185,11 +185,6 @@ impl Registry {
         self.live.iter().map(|s| s.clone()).collect()
     }
 
-    /// Number of live sessions.
-    pub fn live_count(&self) -> usize {
-        self.live.len()
-    }
-
     /// Counters changed since the last call; call [`Registry::mark_persisted`]
     /// once they are stored.
     pub fn dirty_counters(&self) -> Vec<CounterUpdate> {

@@ -105,7 +105,8 @@ pub fn encode_to_bytes(frame: &Frame) -> Bytes {
     buf.freeze()
 }
 
-/// Incremental decoder over a byte buffer fed from any source.
+/// Incremental decoder over a byte buffer fed from any source (the QUIC
+/// [`crate::quic::FrameReader`] feeds it stream chunks).
 ///
 /// Holds at most one partial frame plus whatever the caller pushed; bounded by
 /// [`MAX_FRAME_LEN`] as long as the caller drains frames before pushing more.
@@ -118,11 +119,6 @@ impl FrameDecoder {
     /// A decoder with an empty buffer.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The buffer to read into; call [`FrameDecoder::next_frame`] after each read.
-    pub fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.buf
     }
 
     /// Appends received bytes.
