@@ -296,7 +296,10 @@ async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
 }
 
 fn live_status(state: &State, t: &Tunnel) -> Response<Body> {
+    // One lookup for both fields, so they cannot disagree if the session ends
+    // while the answer is being built.
     let session = state.registry.session_of(t);
+    let status = if session.is_some() { "connected" } else { "disconnected" };
     let live = match &session {
         Some(s) => json!({
             "connected": true,
@@ -307,7 +310,7 @@ fn live_status(state: &State, t: &Tunnel) -> Response<Body> {
         None => json!({ "connected": false, "connectedAt": null, "clientIp": null, "requestsInSession": 0 }),
     };
     ok(json!({
-        "tunnel": { "id": t.id, "name": t.meta().name, "status": status_of(state, t) },
+        "tunnel": { "id": t.id, "name": t.meta().name, "status": status },
         "liveStatus": live,
     }))
 }
