@@ -125,6 +125,10 @@ pub struct RuntimeConfig {
     pub public_url: String,
     /// `http` or `https`, from the public URL.
     pub scheme: &'static str,
+    /// Explicit port of the public URL, kept on host-based URLs.
+    pub public_port: Option<u16>,
+    /// `ws(s)://` + the public URL after its scheme, for `wsUrl`.
+    pub ws_base: String,
     /// Lowercased domain for host-based routing.
     pub domain: Option<String>,
     /// Response-head timeout.
@@ -171,9 +175,7 @@ impl State {
     /// `{scheme}://{subdomain}.{domain}`, with the public URL's port if any.
     pub fn host_url(&self, subdomain: &str) -> Option<String> {
         let domain = self.config.domain.as_deref()?;
-        let after_scheme = self.config.public_url.split_once("://").map_or("", |(_, r)| r);
-        let port = after_scheme.rsplit_once(':').map(|(_, p)| p).filter(|p| p.bytes().all(|b| b.is_ascii_digit()));
-        Some(match port {
+        Some(match self.config.public_port {
             Some(p) => format!("{}://{subdomain}.{domain}:{p}", self.config.scheme),
             None => format!("{}://{subdomain}.{domain}", self.config.scheme),
         })
@@ -181,9 +183,7 @@ impl State {
 
     /// `ws(s)://{host}/tunnels/{subdomain}/ws?tunnelId=…&token=…` (seed 001).
     pub fn ws_url(&self, subdomain: &str, tunnel_id: &str, token: &str) -> String {
-        let rest = self.config.public_url.split_once("://").map_or(self.config.public_url.as_str(), |(_, r)| r);
-        let scheme = if self.config.scheme == "https" { "wss" } else { "ws" };
-        format!("{scheme}://{rest}/tunnels/{subdomain}/ws?tunnelId={tunnel_id}&token={token}")
+        format!("{}/tunnels/{subdomain}/ws?tunnelId={tunnel_id}&token={token}", self.config.ws_base)
     }
 
     /// Records a handshake: in memory now, in the store off the hot path.
@@ -273,23 +273,13 @@ impl Server {
                 format!("http://{host}:{}", http_addr.port())
             }
         };
-        let scheme = match public_url.split_once("://") {
-            Some(("https", _)) => "https",
-            Some(("http", _)) => "http",
-            _ => {
-                return Err(ServerError::Config(format!(
-                    "public URL must start with http:// or https://: {public_url}"
-                )));
-            }
-        };
+        let public = PublicUrl::parse(&public_url)?;
         let domain = config.domain.as_ref().map(|d| d.trim_matches('.').to_ascii_lowercase());
 
         let identity = match &config.tls {
             TlsSource::SelfSigned => {
                 let mut names: Vec<String> = domain.iter().cloned().collect();
-                if let Some(host) = public_url.split_once("://").and_then(|(_, r)| r.split(['/', ':']).next()) {
-                    names.push(host.to_owned());
-                }
+                names.push(public.host.clone());
                 tls::Identity::self_signed_in(&config.data_dir.join("tls"), &names)?
             }
             TlsSource::Files { cert, key } => tls::Identity::from_pem_files(cert, key)?,
@@ -300,7 +290,9 @@ impl Server {
         let state = Arc::new(State {
             config: RuntimeConfig {
                 public_url,
-                scheme,
+                scheme: public.scheme,
+                public_port: public.port,
+                ws_base: public.ws_base,
                 domain,
                 request_timeout: config.request_timeout,
                 quic_port: quic_addr.port(),
@@ -379,6 +371,35 @@ impl Server {
     }
 }
 
+/// What the server derives from its public URL, parsed once at start-up.
+#[derive(Debug, PartialEq, Eq)]
+struct PublicUrl {
+    scheme: &'static str,
+    host: String,
+    port: Option<u16>,
+    ws_base: String,
+}
+
+impl PublicUrl {
+    fn parse(url: &str) -> Result<Self, ServerError> {
+        let bad = |why: &str| ServerError::Config(format!("public URL {url:?} {why}"));
+        let uri: ::http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
+        let (scheme, ws) = match uri.scheme_str() {
+            Some("https") => ("https", "wss"),
+            Some("http") => ("http", "ws"),
+            _ => return Err(bad("must start with http:// or https://")),
+        };
+        let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("has no host"))?;
+        let rest = &url[scheme.len() + "://".len()..];
+        Ok(Self {
+            scheme,
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port: uri.port_u16(),
+            ws_base: format!("{ws}://{rest}"),
+        })
+    }
+}
+
 /// Makes sure the server has an API key: the configured one, or on a first start
 /// a generated one (returned so it can be shown once).
 fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option<String>, StoreError> {
@@ -401,4 +422,23 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option
         return create_api_key(store, DEFAULT_ORG).map(Some);
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PublicUrl;
+
+    #[test]
+    fn public_url_parts() {
+        let p = PublicUrl::parse("https://tunnels.example.com").unwrap();
+        assert_eq!((p.scheme, p.host.as_str(), p.port), ("https", "tunnels.example.com", None));
+        assert_eq!(p.ws_base, "wss://tunnels.example.com");
+        let p = PublicUrl::parse("http://h.test:8080/prefix").unwrap();
+        assert_eq!((p.port, p.ws_base.as_str()), (Some(8080), "ws://h.test:8080/prefix"));
+        let p = PublicUrl::parse("http://[::1]:9000").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("::1", Some(9000)));
+        for bad in ["ftp://x", "tunnels.example.com", "http://", "not a url"] {
+            assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 }
