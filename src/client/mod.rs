@@ -169,15 +169,10 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<quinn::Connec
     connecting.await.map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))
 }
 
-/// The host part of a URL like `http://host:port/…`.
+/// The host part of a URL like `http://host:port/…`, without IPv6 brackets.
 fn host_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
-    };
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.trim_matches(['[', ']']);
     (!host.is_empty()).then(|| host.to_owned())
 }
 
