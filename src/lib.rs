@@ -4,6 +4,7 @@
 //! The crate is layered so that the protocol can be tested, fuzzed and benchmarked
 //! without any IO:
 //! * [`wire`]: the frame protocol, sans IO;
+//! * [`wsjson`]: seed 001's WebSocket-JSON messages for legacy clients, sans IO;
 //! * [`quic`]: QUIC endpoints, TLS, and frames over QUIC streams;
 //! * [`store`]: durable state (SQLite by default) behind a small trait;
 //! * [`server`]: the HTTP edge, the REST API and the tunnel sessions;
@@ -18,3 +19,4 @@ pub mod quic;
 pub mod server;
 pub mod store;
 pub mod wire;
+pub mod wsjson;

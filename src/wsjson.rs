@@ -1,0 +1,550 @@
+//! Seed 001's WebSocket-JSON tunnel protocol, sans IO.
+//!
+//! Legacy clients connect to `/tunnels/{subdomain}/ws` and exchange text
+//! messages:
+//!
+//! ```text
+//! server → client  {"type":"request","id":"req_1","method":"POST","path":"/hook?x=1","headers":{…},"body":"…"}
+//! client → server  {"type":"response","id":"req_1","status":200,"headers":{…},"body":"…"}
+//! either way       {"type":"ping"} → {"type":"pong"}
+//! server → client  {"type":"error","message":"…"}
+//! ```
+//!
+//! Additions, all optional for a legacy client: a body that is not UTF-8
+//! travels base64-encoded with `"bodyEncoding":"base64"` (both directions); a
+//! response header value may be an array of strings (for several
+//! `set-cookie`s, which cannot be folded); a client may answer a request with
+//! `{"type":"error","id":…,"message":…}` to fail it with a 502.
+//!
+//! Parsing is deliberately lenient where legacy clients differ (numbers as
+//! header values, a JSON object as a body) and precise in its errors where they
+//! cannot be understood, so the server can answer with a useful `error` message.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::Value;
+
+/// The `bodyEncoding` value for base64 bodies.
+pub const BASE64: &str = "base64";
+
+/// Why a message could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct MessageError {
+    /// The message's `id`, when it had a readable one: the request it was
+    /// meant to answer can then be failed instead of left to time out.
+    pub id: Option<String>,
+    /// What was wrong, in words fit for the peer.
+    pub reason: String,
+}
+
+impl MessageError {
+    fn new(id: Option<&str>, reason: impl Into<String>) -> Self {
+        Self { id: id.map(str::to_owned), reason: reason.into() }
+    }
+}
+
+/// A message from a tunnel client to the server.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// The answer to a request.
+    Response(Response),
+    /// The client failed a request (an addition to seed 001).
+    Error {
+        /// The request, if the client named one.
+        id: Option<String>,
+        /// Its explanation.
+        message: String,
+    },
+    /// `{"type":"ping"}`: answer with [`pong`].
+    Ping,
+    /// `{"type":"pong"}`.
+    Pong,
+}
+
+/// A response as sent by a tunnel client.
+#[derive(Debug)]
+pub struct Response {
+    /// The request answered.
+    pub id: String,
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Headers, multi-valued where the client sent arrays.
+    pub headers: HeaderMap,
+    /// Decoded body.
+    pub body: Bytes,
+}
+
+/// A message from the server to a tunnel client.
+#[derive(Debug)]
+pub enum ServerMessage {
+    /// A request to forward to the local app.
+    Request(Request),
+    /// `{"type":"ping"}`.
+    Ping,
+    /// `{"type":"pong"}`.
+    Pong,
+    /// The server could not understand something the client sent.
+    Error(String),
+}
+
+/// A request as sent by the server.
+#[derive(Debug)]
+pub struct Request {
+    /// Correlates the response.
+    pub id: String,
+    /// HTTP method.
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    /// Headers (folded values stay folded).
+    pub headers: HeaderMap,
+    /// Decoded body.
+    pub body: Bytes,
+}
+
+/// The fields any message may carry; each is checked by the parser that needs
+/// it, so an error can name the field (and the id, when it is readable).
+#[derive(serde::Deserialize)]
+struct Raw {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    id: Option<Value>,
+    method: Option<Value>,
+    path: Option<Value>,
+    status: Option<Value>,
+    headers: Option<Value>,
+    body: Option<Value>,
+    #[serde(rename = "bodyEncoding")]
+    body_encoding: Option<Value>,
+    message: Option<Value>,
+}
+
+fn parse_raw(text: &[u8]) -> Result<Raw, MessageError> {
+    let raw: Raw = serde_json::from_slice(text).map_err(|e| {
+        if e.is_data() {
+            MessageError::new(None, "a message must be a JSON object with a \"type\" field")
+        } else {
+            MessageError::new(None, format!("malformed JSON: {e}"))
+        }
+    })?;
+    Ok(raw)
+}
+
+fn kind(raw: &mut Raw) -> Result<String, MessageError> {
+    match raw.kind.take() {
+        Some(Value::String(k)) => Ok(k),
+        Some(_) => Err(MessageError::new(None, "\"type\" must be a string")),
+        None => Err(MessageError::new(None, "missing \"type\" field")),
+    }
+}
+
+fn id(raw: &mut Raw) -> Result<Option<String>, MessageError> {
+    match raw.id.take() {
+        Some(Value::String(id)) => Ok(Some(id)),
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => Err(MessageError::new(None, "\"id\" must be a string")),
+    }
+}
+
+/// Parses a message from a client.
+pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, MessageError> {
+    let mut raw = parse_raw(text)?;
+    let kind = kind(&mut raw)?;
+    let id = id(&mut raw)?;
+    let id = id.as_deref();
+    match kind.as_str() {
+        "response" => {
+            let Some(id) = id else { return Err(MessageError::new(None, "a response needs an \"id\"")) };
+            let status = match &raw.status {
+                Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                None => return Err(MessageError::new(Some(id), "a response needs a \"status\"")),
+                Some(_) => None,
+            }
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .filter(|s| !s.is_informational())
+            .ok_or_else(|| MessageError::new(Some(id), "\"status\" must be a number from 200 to 999"))?;
+            let headers = headers_from_json(raw.headers.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            let body =
+                body_from_json(raw.body, raw.body_encoding.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            Ok(ClientMessage::Response(Response { id: id.to_owned(), status, headers, body }))
+        }
+        "error" => Ok(ClientMessage::Error {
+            id: id.map(str::to_owned),
+            message: match raw.message {
+                Some(Value::String(m)) => m,
+                Some(other) => other.to_string(),
+                None => "no message".to_owned(),
+            },
+        }),
+        "ping" => Ok(ClientMessage::Ping),
+        "pong" => Ok(ClientMessage::Pong),
+        other => Err(MessageError::new(
+            id,
+            format!("unknown message type {other:?} (expected \"response\", \"ping\", \"pong\" or \"error\")"),
+        )),
+    }
+}
+
+/// Parses a message from the server.
+pub fn parse_server_message(text: &[u8]) -> Result<ServerMessage, MessageError> {
+    let mut raw = parse_raw(text)?;
+    let kind = kind(&mut raw)?;
+    let id = id(&mut raw)?;
+    let id = id.as_deref();
+    match kind.as_str() {
+        "request" => {
+            let Some(id) = id else { return Err(MessageError::new(None, "a request needs an \"id\"")) };
+            let field = |v: &Option<Value>, name: &str| match v {
+                Some(Value::String(s)) => Ok(s.clone()),
+                _ => Err(MessageError::new(Some(id), format!("a request needs a string \"{name}\""))),
+            };
+            let method = Method::from_bytes(field(&raw.method, "method")?.as_bytes())
+                .map_err(|_| MessageError::new(Some(id), "invalid \"method\""))?;
+            let path = field(&raw.path, "path")?;
+            if !path.starts_with('/') {
+                return Err(MessageError::new(Some(id), "\"path\" must start with '/'"));
+            }
+            let headers = headers_from_json(raw.headers.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            let body =
+                body_from_json(raw.body, raw.body_encoding.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            Ok(ServerMessage::Request(Request { id: id.to_owned(), method, path, headers, body }))
+        }
+        "ping" => Ok(ServerMessage::Ping),
+        "pong" => Ok(ServerMessage::Pong),
+        "error" => Ok(ServerMessage::Error(match raw.message {
+            Some(Value::String(m)) => m,
+            other => other.map(|v| v.to_string()).unwrap_or_default(),
+        })),
+        other => Err(MessageError::new(id, format!("unknown message type {other:?}"))),
+    }
+}
+
+/// Headers from a JSON object: values are strings, numbers or booleans
+/// (stringified), or arrays of those (one header line each).
+fn headers_from_json(value: Option<&Value>) -> Result<HeaderMap, String> {
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(HeaderMap::new()),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err("\"headers\" must be an object".into()),
+    };
+    let mut map = HeaderMap::with_capacity(obj.len());
+    for (name, value) in obj {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let mut add = |v: &Value| -> Result<(), String> {
+            let text = match v {
+                Value::String(s) => HeaderValue::from_str(s),
+                Value::Number(n) => HeaderValue::from_str(&n.to_string()),
+                Value::Bool(b) => HeaderValue::from_str(if *b { "true" } else { "false" }),
+                _ => return Err(format!("header {name:?} must be a string or an array of strings")),
+            };
+            map.append(header.clone(), text.map_err(|_| format!("invalid value for header {name:?}"))?);
+            Ok(())
+        };
+        match value {
+            Value::Array(items) => items.iter().try_for_each(&mut add)?,
+            Value::Null => {}
+            other => add(other)?,
+        }
+    }
+    Ok(map)
+}
+
+/// A body from its JSON value: a string (base64 when `bodyEncoding` says so),
+/// absent or null (empty), or any other JSON value (sent as its JSON text).
+fn body_from_json(body: Option<Value>, encoding: Option<&Value>) -> Result<Bytes, String> {
+    let base64 = match encoding {
+        None | Some(Value::Null) => false,
+        Some(Value::String(e)) if e == BASE64 => true,
+        Some(Value::String(e)) if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => false,
+        Some(_) => return Err("\"bodyEncoding\" must be \"base64\" (or absent for UTF-8 text)".into()),
+    };
+    match body {
+        None | Some(Value::Null) => Ok(Bytes::new()),
+        Some(Value::String(s)) if base64 => {
+            B64.decode(s.as_bytes()).map(Bytes::from).map_err(|e| format!("\"body\" is not valid base64: {e}"))
+        }
+        Some(Value::String(s)) => Ok(Bytes::from(s)),
+        Some(_) if base64 => Err("a base64 \"body\" must be a string".into()),
+        Some(other) => Ok(Bytes::from(other.to_string())),
+    }
+}
+
+/// Headers as a JSON object of lowercase names. Repeated headers are folded
+/// into one value as HTTP allows (`, `; `; ` for `cookie`), except
+/// `set-cookie`, which cannot be folded and becomes an array when repeated.
+struct JsonHeaders<'a>(&'a HeaderMap);
+
+impl Serialize for JsonHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.keys_len()))?;
+        for name in self.0.keys() {
+            let mut values = self.0.get_all(name).iter();
+            let first = values.next().map(lossy).unwrap_or_default();
+            let second = values.next();
+            match second {
+                None => map.serialize_entry(name.as_str(), &first)?,
+                Some(second) if name == header::SET_COOKIE => {
+                    let all: Vec<String> = [first, lossy(second)].into_iter().chain(values.map(lossy)).collect();
+                    map.serialize_entry(name.as_str(), &all)?;
+                }
+                Some(second) => {
+                    let sep = if name == header::COOKIE { "; " } else { ", " };
+                    let mut folded = first;
+                    for v in std::iter::once(second).chain(values) {
+                        folded.push_str(sep);
+                        folded.push_str(&lossy(v));
+                    }
+                    map.serialize_entry(name.as_str(), &folded)?;
+                }
+            }
+        }
+        map.end()
+    }
+}
+
+fn lossy(v: &HeaderValue) -> String {
+    match v.to_str() {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    }
+}
+
+/// The body as a JSON string: itself when UTF-8, else base64 (and the encoding
+/// to announce).
+fn json_body(body: &[u8]) -> (std::borrow::Cow<'_, str>, Option<&'static str>) {
+    match std::str::from_utf8(body) {
+        Ok(text) => (text.into(), None),
+        Err(_) => (B64.encode(body).into(), Some(BASE64)),
+    }
+}
+
+#[derive(Serialize)]
+struct RequestOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    headers: JsonHeaders<'a>,
+    body: &'a str,
+    #[serde(rename = "bodyEncoding", skip_serializing_if = "Option::is_none")]
+    body_encoding: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    status: u16,
+    headers: JsonHeaders<'a>,
+    body: &'a str,
+    #[serde(rename = "bodyEncoding", skip_serializing_if = "Option::is_none")]
+    body_encoding: Option<&'static str>,
+}
+
+fn to_json(value: &impl Serialize, capacity: usize) -> String {
+    let mut out = Vec::with_capacity(capacity);
+    // Serializing these types to memory cannot fail: every key is a string.
+    serde_json::to_writer(&mut out, value).expect("JSON serialization to memory");
+    // serde_json only writes valid UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// `{"type":"request",…}` for the server to send.
+pub fn request(id: &str, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> String {
+    let (text, body_encoding) = json_body(body);
+    let msg = RequestOut {
+        kind: "request",
+        id,
+        method: method.as_str(),
+        path,
+        headers: JsonHeaders(headers),
+        body: &text,
+        body_encoding,
+    };
+    to_json(&msg, 128 + path.len() + headers.len() * 48 + text.len() * 11 / 10)
+}
+
+/// `{"type":"response",…}` for a client to send.
+pub fn response(id: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> String {
+    let (text, body_encoding) = json_body(body);
+    let msg = ResponseOut {
+        kind: "response",
+        id,
+        status: status.as_u16(),
+        headers: JsonHeaders(headers),
+        body: &text,
+        body_encoding,
+    };
+    to_json(&msg, 96 + headers.len() * 48 + text.len() * 11 / 10)
+}
+
+/// `{"type":"error","message":…}`, with the request's id when there is one.
+pub fn error(id: Option<&str>, message: &str) -> String {
+    let mut v = serde_json::json!({ "type": "error", "message": message });
+    if let Some(id) = id {
+        v["id"] = Value::String(id.to_owned());
+    }
+    v.to_string()
+}
+
+/// `{"type":"ping"}`.
+pub fn ping() -> &'static str {
+    r#"{"type":"ping"}"#
+}
+
+/// `{"type":"pong"}`.
+pub fn pong() -> &'static str {
+    r#"{"type":"pong"}"#
+}
+
+/// The largest encoded message a body of `max_body` bytes can produce: base64
+/// growth (4/3) plus room for the head.
+pub fn max_message_for(max_body: usize) -> usize {
+    max_body.div_ceil(3) * 4 + HEAD_ALLOWANCE
+}
+
+/// Room for the id, status, headers and JSON escaping overhead of the head.
+const HEAD_ALLOWANCE: usize = 1 << 20;
+
+/// The request id the server issues for its `n`th request on a socket.
+pub fn request_id(n: u64) -> String {
+    let mut s = String::with_capacity(24);
+    let _ = write!(s, "req_{n}");
+    s
+}
+
+/// The counter behind an id made by [`request_id`].
+pub fn request_number(id: &str) -> Option<u64> {
+    id.strip_prefix("req_")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn request_matches_seed_001_shape() {
+        let headers = h(&[("content-type", "application/json")]);
+        let text = request("req_123", &Method::POST, "/webhook", &headers, br#"{"event":"push"}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"request","id":"req_123","method":"POST","path":"/webhook","headers":{"content-type":"application/json"},"body":"{\"event\":\"push\"}"}"#
+        );
+    }
+
+    #[test]
+    fn seed_001_response_parses() {
+        let msg = br#"{"type":"response","id":"req_123","status":200,"headers":{"content-type":"application/json"},"body":"{\"received\":true}"}"#;
+        let ClientMessage::Response(r) = parse_client_message(msg).unwrap() else { panic!("not a response") };
+        assert_eq!(r.id, "req_123");
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["content-type"], "application/json");
+        assert_eq!(&r.body[..], br#"{"received":true}"#);
+    }
+
+    #[test]
+    fn repeated_headers_fold_but_set_cookie_stays_apart() {
+        let headers = h(&[("accept", "a/b"), ("accept", "c/d"), ("cookie", "a=1"), ("cookie", "b=2"), ("x-one", "1")]);
+        let v: Value = serde_json::from_str(&request("req_1", &Method::GET, "/", &headers, b"")).unwrap();
+        assert_eq!(v["headers"], serde_json::json!({ "accept": "a/b, c/d", "cookie": "a=1; b=2", "x-one": "1" }));
+
+        let cookies = h(&[("set-cookie", "a=1; Path=/"), ("set-cookie", "b=2")]);
+        let text = response("req_1", StatusCode::OK, &cookies, b"");
+        let ClientMessage::Response(r) = parse_client_message(text.as_bytes()).unwrap() else { panic!() };
+        let got: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(got, ["a=1; Path=/", "b=2"]);
+    }
+
+    #[test]
+    fn binary_bodies_travel_as_base64_both_ways() {
+        let body: Vec<u8> = (0..=255u8).collect();
+        let text = request("req_9", &Method::PUT, "/bin?x=1", &HeaderMap::new(), &body);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["bodyEncoding"], "base64");
+        let ServerMessage::Request(r) = parse_server_message(text.as_bytes()).unwrap() else { panic!() };
+        assert_eq!((&r.body[..], r.path.as_str(), &r.method), (&body[..], "/bin?x=1", &Method::PUT));
+
+        let text = response("req_9", StatusCode::CREATED, &HeaderMap::new(), &body);
+        let ClientMessage::Response(r) = parse_client_message(text.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(&r.body[..], &body[..]);
+        // UTF-8 bodies stay plain strings.
+        assert!(!response("req_9", StatusCode::OK, &HeaderMap::new(), "héllo".as_bytes()).contains("bodyEncoding"));
+    }
+
+    #[test]
+    fn lenient_where_legacy_clients_differ() {
+        let msg = br#"{"type":"response","id":"req_1","status":201,"headers":{"Content-Length":2,"X-A":["1","2"],"x-n":null},"body":{"ok":true}}"#;
+        let ClientMessage::Response(r) = parse_client_message(msg).unwrap() else { panic!() };
+        assert_eq!(r.headers["content-length"], "2");
+        assert_eq!(r.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&r.body[..], br#"{"ok":true}"#);
+        let ClientMessage::Response(r) =
+            parse_client_message(br#"{"type":"response","id":"req_2","status":204}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(r.body.is_empty() && r.headers.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_problem_and_keep_the_id() {
+        let cases: &[(&[u8], Option<&str>, &str)] = &[
+            (b"not json", None, "malformed JSON"),
+            (b"[1,2]", None, "JSON object"),
+            (br#"{"id":"req_1"}"#, None, "missing \"type\""),
+            (br#"{"type":7}"#, None, "must be a string"),
+            (br#"{"type":"hello","id":"req_4"}"#, Some("req_4"), "unknown message type"),
+            (br#"{"type":"response","status":200}"#, None, "needs an \"id\""),
+            (br#"{"type":"response","id":"req_2"}"#, Some("req_2"), "needs a \"status\""),
+            (br#"{"type":"response","id":"req_2","status":"ok"}"#, Some("req_2"), "\"status\" must be"),
+            (br#"{"type":"response","id":"req_2","status":100}"#, Some("req_2"), "\"status\" must be"),
+            (br#"{"type":"response","id":"req_2","status":70000}"#, Some("req_2"), "\"status\" must be"),
+            (br#"{"type":"response","id":"req_3","status":200,"headers":[]}"#, Some("req_3"), "must be an object"),
+            (br#"{"type":"response","id":"req_3","status":200,"headers":{"a b":"1"}}"#, Some("req_3"), "header name"),
+            (br#"{"type":"response","id":"req_3","status":200,"headers":{"a":"\n"}}"#, Some("req_3"), "value"),
+            (br#"{"type":"response","id":"req_3","status":200,"headers":{"a":{}}}"#, Some("req_3"), "must be a string"),
+            (
+                br#"{"type":"response","id":"req_5","status":200,"body":"!!","bodyEncoding":"base64"}"#,
+                Some("req_5"),
+                "not valid base64",
+            ),
+            (br#"{"type":"response","id":"req_5","status":200,"bodyEncoding":"gzip"}"#, Some("req_5"), "bodyEncoding"),
+        ];
+        for (input, id, reason) in cases {
+            let err = parse_client_message(input).expect_err(std::str::from_utf8(input).unwrap());
+            assert_eq!(err.id.as_deref(), *id, "{err:?}");
+            assert!(err.reason.contains(reason), "{:?} lacks {reason:?}", err.reason);
+        }
+    }
+
+    #[test]
+    fn pings_errors_and_ids() {
+        assert!(matches!(parse_client_message(ping().as_bytes()), Ok(ClientMessage::Ping)));
+        assert!(matches!(parse_client_message(pong().as_bytes()), Ok(ClientMessage::Pong)));
+        assert!(matches!(parse_server_message(ping().as_bytes()), Ok(ServerMessage::Ping)));
+        let e = error(Some("req_1"), "bad \"thing\"");
+        assert!(matches!(parse_server_message(e.as_bytes()), Ok(ServerMessage::Error(m)) if m == "bad \"thing\""));
+        let ClientMessage::Error { id, message } = parse_client_message(e.as_bytes()).unwrap() else { panic!() };
+        assert_eq!((id.as_deref(), message.as_str()), (Some("req_1"), "bad \"thing\""));
+        assert_eq!(request_number(&request_id(42)), Some(42));
+        assert_eq!(request_number("req_x"), None);
+        assert_eq!(request_number("42"), None);
+    }
+}
