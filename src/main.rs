@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+use hookway::server::gateway::WsLimits;
 use hookway::server::{self, Server, ServerConfig, TlsSource};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -79,6 +80,15 @@ struct ServerArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Largest body (bytes) a WebSocket-JSON tunnel carries; larger requests get 413.
+    #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
+    ws_max_body: usize,
+    /// Seconds between the server's pings to WebSocket clients.
+    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs())]
+    ws_ping_interval: u64,
+    /// Seconds a WebSocket client may stay silent (no message, no pong) before it is dropped.
+    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    ws_idle_timeout: u64,
 }
 
 #[derive(Args, Clone)]
@@ -269,6 +279,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         (Some(cert), Some(key)) => TlsSource::Files { cert, key },
         _ => TlsSource::SelfSigned,
     };
+    if args.ws_idle_timeout <= args.ws_ping_interval {
+        bail!(
+            "--ws-idle-timeout ({}s) must be longer than --ws-ping-interval ({}s), or every WebSocket client is dropped",
+            args.ws_idle_timeout,
+            args.ws_ping_interval
+        );
+    }
     let config = ServerConfig {
         http_addr: args.http,
         quic_addr: args.quic,
@@ -280,6 +297,11 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
+        ws: WsLimits {
+            max_body: args.ws_max_body,
+            ping_interval: Duration::from_secs(args.ws_ping_interval.max(1)),
+            idle_timeout: Duration::from_secs(args.ws_idle_timeout.max(2)),
+        },
     };
     let server = Server::bind(config).await.context("cannot start the server")?;
     println!("hookway server {}", env!("CARGO_PKG_VERSION"));

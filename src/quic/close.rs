@@ -26,6 +26,18 @@ pub const REJECTED: VarInt = VarInt::from_u32(0x31);
 /// Stream reset code: the exchange was abandoned (caller gone, timeout).
 pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(1);
 
+/// The WebSocket close code carrying `code`: 1000 for a normal close, else
+/// `4000 + code` (the range RFC 6455 leaves to applications), so a legacy-socket
+/// client learns the same reasons as a QUIC one.
+pub fn ws_code(code: VarInt) -> u16 {
+    if code == NORMAL { 1000 } else { 4000 + (code.into_inner() % 1000) as u16 }
+}
+
+/// The close code carried by a WebSocket close code made by [`ws_code`].
+pub fn from_ws_code(ws: u16) -> Option<VarInt> {
+    (4000..5000).contains(&ws).then(|| VarInt::from_u32(u32::from(ws - 4000)))
+}
+
 /// Whether a client should give up rather than reconnect after this close code.
 pub fn is_final(code: VarInt) -> bool {
     [DISCONNECTED, TOKEN_REVOKED, REPLACED, TUNNEL_DELETED, REJECTED].contains(&code)

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::State;
+use super::{State, gateway};
 use super::http::{Body, BoxError, edge_error};
 use super::registry::{Session, Transport};
 use crate::headers::strip_hop_by_hop;
@@ -41,40 +41,51 @@ pub async fn forward(
     };
     session.count_request();
     let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
-    let Transport::Quic(conn) = &session.transport;
-    let conn = conn.clone();
-
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     add_forwarded(&mut headers, &state, peer);
-    let head = Frame::RequestHead(RequestHead {
-        method: parts.method,
-        target,
-        headers: headers_from_map(&headers),
-        client_ip: Some(peer.ip()),
-    });
-
-    let exchange = async {
-        let (send, recv) = conn.open_bi().await.map_err(|_| offline(&session))?;
-        send_request(FrameWriter::new(send), head, body).await;
-        let mut reader = FrameReader::new(recv);
-        match reader.next().await {
-            Ok(Some(Frame::ResponseHead(head))) => Ok(response(head.status, &head.headers, reader)),
-            Ok(Some(Frame::Error(err))) => Err(local_error(err.code, &err.message)),
-            Ok(_) | Err(_) => Err(edge_error(
-                StatusCode::BAD_GATEWAY,
-                "tunnel-error",
-                "the tunnel client ended the request without a response",
-            )),
+    let timeout = state.config.request_timeout;
+    let outcome = match &session.transport {
+        Transport::Quic(conn) => {
+            let head = Frame::RequestHead(RequestHead {
+                method: parts.method,
+                target,
+                headers: headers_from_map(&headers),
+                client_ip: Some(peer.ip()),
+            });
+            tokio::time::timeout(timeout, quic_exchange(conn, &session, head, body).instrument(span)).await
+        }
+        Transport::WebSocket(link) => {
+            let target = std::str::from_utf8(&target).unwrap_or("/");
+            let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body);
+            tokio::time::timeout(timeout, exchange.instrument(span)).await
         }
     };
-    match tokio::time::timeout(state.config.request_timeout, exchange.instrument(span)).await {
-        Ok(Ok(resp)) | Ok(Err(resp)) => resp,
-        Err(_) => edge_error(
+    outcome.unwrap_or_else(|_| {
+        edge_error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
-            format_args!("the local app did not answer within {:?}", state.config.request_timeout),
+            format_args!("the local app did not answer within {timeout:?}"),
+        )
+    })
+}
+
+/// One request over its own QUIC stream: head and body out, response back.
+async fn quic_exchange(conn: &quinn::Connection, session: &Session, head: Frame, body: Incoming) -> Response<Body> {
+    let (send, recv) = match conn.open_bi().await {
+        Ok(pair) => pair,
+        Err(_) => return offline(session),
+    };
+    send_request(FrameWriter::new(send), head, body).await;
+    let mut reader = FrameReader::new(recv);
+    match reader.next().await {
+        Ok(Some(Frame::ResponseHead(head))) => response(head.status, &head.headers, reader),
+        Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
+        Ok(_) | Err(_) => edge_error(
+            StatusCode::BAD_GATEWAY,
+            "tunnel-error",
+            "the tunnel client ended the request without a response",
         ),
     }
 }

@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{State, api, edge};
+use super::{State, api, edge, gateway};
 
 /// Boxed error carried by streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,6 +70,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
         }
         let sub = sub.to_owned();
         return edge::forward(state, &sub, Bytes::from(target), req, peer).await;
+    }
+    if let Some(sub) = path.strip_prefix("/tunnels/").and_then(|rest| rest.strip_suffix("/ws")) {
+        let sub = sub.to_owned();
+        return gateway::upgrade(state, &sub, req, peer).await;
     }
     if path == "/api" || path.starts_with("/api/") {
         return api::handle(state, req).await;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod clock;
 pub mod edge;
+pub mod gateway;
 pub mod http;
 pub mod names;
 pub mod registry;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::quic::{self, close, tls};
 use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
+use gateway::WsLimits;
 use registry::{Registry, Tunnel};
 
 /// Default time the edge waits for the local app's response head.
@@ -73,6 +75,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// An API key to accept (created in the default organization if unknown).
     pub api_key: Option<String>,
+    /// Limits of the WebSocket-JSON gateway.
+    pub ws: WsLimits,
 }
 
 impl ServerConfig {
@@ -89,6 +93,7 @@ impl ServerConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             api_key: None,
+            ws: WsLimits::default(),
         }
     }
 }
@@ -139,6 +144,8 @@ pub struct RuntimeConfig {
     pub quic_public_addr: Option<String>,
     /// SHA-256 of a self-signed certificate, for clients to pin.
     pub fingerprint: Option<String>,
+    /// WebSocket gateway limits.
+    pub ws: WsLimits,
 }
 
 /// State shared by every task of the server.
@@ -152,6 +159,9 @@ pub struct State {
     /// Verified API keys: hash → organization. Keys are never deleted, so a
     /// cached entry cannot go stale.
     api_keys: DashMap<[u8; 32], String>,
+    /// Session tasks (QUIC and WebSocket), awaited briefly at shutdown so
+    /// their close frames go out.
+    pub tasks: TaskTracker,
 }
 
 impl State {
@@ -298,10 +308,12 @@ impl Server {
                 quic_port: quic_addr.port(),
                 quic_public_addr: config.quic_public_addr.clone(),
                 fingerprint: identity.self_signed.then(|| identity.fingerprint()),
+                ws: config.ws,
             },
             store,
             registry,
             api_keys: DashMap::new(),
+            tasks: TaskTracker::new(),
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, generated_key })
     }
@@ -339,8 +351,8 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then shuts down gracefully.
     pub async fn run(self, shutdown: CancellationToken) {
         let Server { state, http, quic, grace, .. } = self;
-        let tracker = TaskTracker::new();
-        tracker.spawn(session::accept_loop(quic.clone(), state.clone(), shutdown.clone(), tracker.clone()));
+        let tracker = state.tasks.clone();
+        tracker.spawn(session::accept_loop(quic.clone(), state.clone(), shutdown.clone()));
         let flusher = {
             let state = state.clone();
             let shutdown = shutdown.clone();

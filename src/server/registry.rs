@@ -76,6 +76,18 @@ impl Tunnel {
 pub enum Transport {
     /// A QUIC connection: one bidirectional stream per request.
     Quic(quinn::Connection),
+    /// A legacy WebSocket-JSON client: requests multiplexed by id.
+    WebSocket(Arc<super::gateway::WsLink>),
+}
+
+impl Transport {
+    /// `quic` or `websocket`, for logs and the API.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transport::Quic(_) => "quic",
+            Transport::WebSocket(_) => "websocket",
+        }
+    }
 }
 
 /// One connected client serving a tunnel.
@@ -100,6 +112,7 @@ impl Session {
     pub fn close(&self, code: quinn::VarInt, reason: &str) {
         match &self.transport {
             Transport::Quic(conn) => conn.close(code, reason.as_bytes()),
+            Transport::WebSocket(link) => link.close(code, reason),
         }
     }
 
@@ -136,6 +149,11 @@ impl Registry {
     /// A tunnel by id.
     pub fn get(&self, id: &str) -> Option<Arc<Tunnel>> {
         self.by_id.get(id).map(|t| t.clone())
+    }
+
+    /// A tunnel by subdomain.
+    pub fn by_subdomain(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        self.by_subdomain.get(subdomain).map(|t| t.clone())
     }
 
     /// Whether a subdomain is taken.

@@ -1,12 +1,12 @@
 //! Accepting tunnel clients over QUIC: handshake on the control stream, then a
 //! live session in the routing map until the connection ends.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::State;
@@ -20,13 +20,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval at which clients are asked to ping.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Accepts connections until `shutdown`; each runs as a task on `tracker`.
-pub async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    state: Arc<State>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-) {
+/// Accepts connections until `shutdown`; each runs as a task on `state.tasks`.
+pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken) {
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -36,7 +31,7 @@ pub async fn accept_loop(
             },
         };
         let span = tracing::info_span!("quic", remote = ?incoming.remote_address());
-        tracker.spawn(handle(incoming, state.clone()).instrument(span));
+        state.tasks.spawn(handle(incoming, state.clone()).instrument(span));
     }
 }
 
@@ -69,25 +64,11 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
             return;
         }
     };
-    let session = Arc::new(Session {
-        id: state.registry.next_session_id(),
-        tunnel: tunnel.clone(),
-        transport: Transport::Quic(conn.clone()),
-        connected_at: super::clock::now_rfc3339(),
-        client_ip: conn.remote_address().ip(),
-        requests: AtomicU64::new(0),
-    });
-    if let Some(old) = state.registry.attach(session.clone()) {
-        tracing::info!(tunnel_id = %tunnel.id, "a new client took over the tunnel");
-        old.close(close::REPLACED, "another client connected to this tunnel");
-    }
-    // The token may have been regenerated between the check and the attach.
-    if !secret_matches(&hello.auth_token, &tunnel.meta().token_hash) {
-        state.registry.detach(&session);
-        conn.close(close::TOKEN_REVOKED, b"token regenerated");
+    let Some(session) =
+        go_live(&state, &tunnel, Transport::Quic(conn.clone()), conn.remote_address().ip(), &hello.auth_token)
+    else {
         return;
-    }
-    state.record_connected(&tunnel, &session.connected_at);
+    };
     let hello = ServerHello {
         tunnel_id: tunnel.id.clone(),
         name: tunnel.meta().name,
@@ -97,15 +78,55 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
         heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
     };
     if writer.send(&Frame::ServerHello(hello)).await.is_err() {
-        state.registry.detach(&session);
+        end(&state, &session, "handshake answer not delivered");
         return;
     }
-    tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, "tunnel connected");
     let reason = heartbeats(&conn, reader, writer).await;
-    if state.registry.detach(&session) {
+    if end(&state, &session, &reason) {
         conn.close(close::NORMAL, b"session ended");
     }
-    tracing::info!(tunnel_id = %tunnel.id, %reason, "tunnel disconnected");
+}
+
+/// Makes a new, authenticated client the one serving `tunnel`, whatever its
+/// transport: the newest client wins, and the one it replaces is told so and
+/// gives up. `None` (with the session closed) when the token was regenerated
+/// between the check and now.
+pub fn go_live(
+    state: &State,
+    tunnel: &Arc<Tunnel>,
+    transport: Transport,
+    client_ip: IpAddr,
+    token: &str,
+) -> Option<Arc<Session>> {
+    let session = Arc::new(Session {
+        id: state.registry.next_session_id(),
+        tunnel: tunnel.clone(),
+        transport,
+        connected_at: super::clock::now_rfc3339(),
+        client_ip,
+        requests: AtomicU64::new(0),
+    });
+    if let Some(old) = state.registry.attach(session.clone()) {
+        tracing::info!(tunnel_id = %tunnel.id, "a new client took over the tunnel");
+        old.close(close::REPLACED, "another client connected to this tunnel");
+    }
+    // The token may have been regenerated between the check and the attach.
+    if !secret_matches(token, &tunnel.meta().token_hash) {
+        state.registry.detach(&session);
+        session.close(close::TOKEN_REVOKED, "token regenerated");
+        return None;
+    }
+    state.record_connected(tunnel, &session.connected_at);
+    tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, kind = session.transport.kind(), "tunnel connected");
+    Some(session)
+}
+
+/// Takes an ended session out of the routing map (unless the API or a newer
+/// client already did); true if it was still the one serving its tunnel.
+pub fn end(state: &State, session: &Session, reason: &str) -> bool {
+    let was_live = state.registry.detach(session);
+    tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
+    was_live
 }
 
 /// Answers pings on the control stream until it or the connection ends.

@@ -1,0 +1,446 @@
+//! The WebSocket-JSON gateway for legacy tunnel clients (seed 001).
+//!
+//! `GET /tunnels/{subdomain}/ws?tunnelId=…&token=…` is checked before the
+//! upgrade (401/404 with a JSON error), then the socket becomes a [`Session`]
+//! in the same routing map as QUIC clients. Requests are multiplexed by id:
+//! the edge serializes a request in its own task, queues it for the socket's
+//! writer task and waits on a oneshot that the reader task completes when the
+//! matching response arrives, so many requests are in flight at once and are
+//! answered in any order.
+//!
+//! Bodies are buffered (seed 001 carries them as JSON strings), so they are
+//! capped: a request body over the limit gets 413 at the edge.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::State;
+use super::http::{Body, edge_error, full, json_error};
+use super::names::secret_matches;
+use super::registry::Transport;
+use super::session;
+use crate::headers::strip_hop_by_hop;
+use crate::quic::close;
+use crate::wsjson::{self, ClientMessage};
+
+/// Default cap on a body crossing a WebSocket tunnel.
+pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+/// Default interval of the server's WebSocket pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// Default silence after which a client is dropped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages queued for one socket before senders wait.
+const QUEUE: usize = 256;
+/// Messages written per flush when several are queued.
+const BATCH: usize = 64;
+
+/// Limits and timers of the gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct WsLimits {
+    /// Largest request or response body, in bytes.
+    pub max_body: usize,
+    /// How often the server pings.
+    pub ping_interval: Duration,
+    /// How long a client may stay silent (not even a pong) before it is dropped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self { max_body: DEFAULT_MAX_BODY, ping_interval: DEFAULT_PING_INTERVAL, idle_timeout: DEFAULT_IDLE_TIMEOUT }
+    }
+}
+
+/// What a waiting request receives.
+enum Reply {
+    Response(wsjson::Response),
+    Failed(String),
+}
+
+/// The edge's handle on one WebSocket session.
+#[derive(Debug)]
+pub struct WsLink {
+    out: mpsc::Sender<Message>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    closing: CancellationToken,
+    close_frame: Mutex<Option<CloseFrame>>,
+    max_body: usize,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Response(_) => "Response",
+            Reply::Failed(_) => "Failed",
+        })
+    }
+}
+
+impl WsLink {
+    /// Ends the session: the writer sends a close frame carrying `code` as
+    /// `4000 + code` (see [`close::ws_code`]), so clients can tell a final end
+    /// from a "reconnect later".
+    pub fn close(&self, code: quinn::VarInt, reason: &str) {
+        let frame = CloseFrame { code: CloseCode::from(close::ws_code(code)), reason: reason.to_owned().into() };
+        self.close_frame.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(frame);
+        self.closing.cancel();
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a reply to the request `id` is for; `Err` when no request with
+    /// that id is waiting (`true` if the id was issued: a late answer).
+    fn complete(&self, id: &str, reply: Reply) -> Result<(), bool> {
+        let Some(n) = wsjson::request_number(id) else { return Err(false) };
+        match self.lock_pending().remove(&n) {
+            Some(tx) => {
+                let _ = tx.send(reply);
+                Ok(())
+            }
+            None => Err(n <= self.next_id.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Removes a request from the pending table when its exchange ends, however
+/// it ends (answered, timed out, caller gone).
+struct PendingGuard<'a> {
+    link: &'a WsLink,
+    n: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.link.lock_pending().remove(&self.n);
+    }
+}
+
+/// Forwards one request over a WebSocket session (the edge's timeout wraps this).
+pub async fn exchange(
+    link: &WsLink,
+    subdomain: &str,
+    method: &http::Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Response<Body> {
+    let too_large = || {
+        edge_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            format_args!(
+                "tunnel '{subdomain}' is served over WebSocket, which carries bodies of at most {} bytes",
+                link.max_body
+            ),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > link.max_body as u64) {
+        return too_large();
+    }
+    let body = match Limited::new(body, link.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(err) => {
+            return edge_error(StatusCode::BAD_REQUEST, "bad-request-body", format_args!("request body failed: {err}"));
+        }
+    };
+    let n = link.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let id = wsjson::request_id(n);
+    let (tx, rx) = oneshot::channel();
+    link.lock_pending().insert(n, tx);
+    let _guard = PendingGuard { link, n };
+    let text = wsjson::request(&id, method, target, headers, &body);
+    drop(body);
+    if link.out.send(Message::text(text)).await.is_err() {
+        return disconnected(subdomain);
+    }
+    match rx.await {
+        Ok(Reply::Response(r)) => {
+            let mut headers = r.headers;
+            strip_hop_by_hop(&mut headers);
+            // The body is complete: hyper sets the length that matches it.
+            headers.remove(header::CONTENT_LENGTH);
+            let mut resp = Response::new(full(r.body));
+            *resp.status_mut() = r.status;
+            *resp.headers_mut() = headers;
+            resp
+        }
+        Ok(Reply::Failed(why)) => edge_error(StatusCode::BAD_GATEWAY, "tunnel-error", why),
+        Err(_) => disconnected(subdomain),
+    }
+}
+
+fn disconnected(subdomain: &str) -> Response<Body> {
+    edge_error(
+        StatusCode::BAD_GATEWAY,
+        "tunnel-disconnected",
+        format_args!("the client of tunnel '{subdomain}' disconnected before answering"),
+    )
+}
+
+/// Query parameters of the upgrade URL.
+fn query_params(req: &Request<Incoming>) -> (Option<String>, Option<String>) {
+    let (mut id, mut token) = (None, None);
+    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match &*k {
+            "tunnelId" => id = Some(v.into_owned()),
+            "token" => token = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    (id, token)
+}
+
+/// Whether the request asks for a WebSocket upgrade we can accept; the key to
+/// answer with if so.
+fn websocket_key(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
+    let h = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if req.method() != http::Method::GET || req.version() != http::Version::HTTP_11 {
+        return Err("a WebSocket upgrade must be an HTTP/1.1 GET");
+    }
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("this endpoint only accepts WebSocket upgrades (Connection: Upgrade, Upgrade: websocket)");
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return Err("unsupported WebSocket version (need Sec-WebSocket-Version: 13)");
+    }
+    let key = h.get(header::SEC_WEBSOCKET_KEY).ok_or("missing Sec-WebSocket-Key")?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).map_err(|_| "invalid Sec-WebSocket-Key")
+}
+
+/// `GET /tunnels/{subdomain}/ws`: authenticates, then upgrades to a session.
+pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let (id, token) = query_params(&req);
+    let Some(tunnel) = state.registry.by_subdomain(subdomain) else {
+        return json_error(StatusCode::NOT_FOUND, format!("no tunnel named '{subdomain}'"));
+    };
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return json_error(StatusCode::UNAUTHORIZED, "missing auth token: connect with ?tunnelId=…&token=…");
+    };
+    if id.as_deref() != Some(tunnel.id.as_str()) {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            format!("tunnel '{subdomain}' does not have the id given in tunnelId (check the wsUrl)"),
+        );
+    }
+    if !secret_matches(&token, &tunnel.meta().token_hash) {
+        return json_error(StatusCode::UNAUTHORIZED, "invalid auth token for this tunnel (was it regenerated?)");
+    }
+    let accept = match websocket_key(&req) {
+        Ok(accept) => accept,
+        Err(why) => {
+            let mut resp = json_error(StatusCode::UPGRADE_REQUIRED, why);
+            resp.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            return resp;
+        }
+    };
+    let limits = state.config.ws;
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    // Extras for hookway's own client; legacy clients ignore them.
+    let extra = [
+        ("x-hookway-tunnel-url", state.tunnel_url(&tunnel.subdomain)),
+        ("x-hookway-host-url", state.host_url(&tunnel.subdomain).unwrap_or_default()),
+        ("x-hookway-tunnel-name", tunnel.meta().name),
+        ("x-hookway-max-body", limits.max_body.to_string()),
+        ("x-hookway-ping-interval-ms", limits.ping_interval.as_millis().to_string()),
+    ];
+    for (name, value) in extra {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            h.insert(name, v);
+        }
+    }
+    let span = tracing::info_span!("ws", tunnel_id = %tunnel.id, %peer);
+    let tasks = state.tasks.clone();
+    let task = async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => upgraded,
+            Err(err) => return tracing::debug!(%err, "upgrade failed"),
+        };
+        let max_message = wsjson::max_message_for(limits.max_body);
+        let config = WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let (out, queue) = mpsc::channel(QUEUE);
+        let link = Arc::new(WsLink {
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            closing: CancellationToken::new(),
+            close_frame: Mutex::new(None),
+            max_body: limits.max_body,
+        });
+        let transport = Transport::WebSocket(link.clone());
+        let Some(session) = session::go_live(&state, &tunnel, transport, peer.ip(), &token) else {
+            let (sink, _) = ws.split();
+            // go_live closed the link: this sends the close frame.
+            return write_loop(sink, queue, link, limits.ping_interval).await;
+        };
+        let (sink, stream) = ws.split();
+        let writer = tokio::spawn(write_loop(sink, queue, link.clone(), limits.ping_interval).in_current_span());
+        let reason = read_loop(stream, &link, limits.idle_timeout).await;
+        // Stop the writer (with a close frame) and fail what is still waiting.
+        link.close(close::NORMAL, &reason);
+        link.lock_pending().clear();
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        session::end(&state, &session, &reason);
+    };
+    tasks.spawn(task.instrument(span));
+    resp
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+
+/// Writes queued messages (batching what is already queued into one flush)
+/// and pings, until the link closes; then sends the close frame.
+async fn write_loop(mut sink: Sink, mut queue: mpsc::Receiver<Message>, link: Arc<WsLink>, ping_interval: Duration) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = link.closing.cancelled() => return Ok(()),
+                msg = queue.recv() => {
+                    let Some(msg) = msg else { return Ok(()) };
+                    sink.feed(msg).await?;
+                    for _ in 1..BATCH {
+                        match queue.try_recv() {
+                            Ok(msg) => sink.feed(msg).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await?;
+                }
+                _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await?,
+            }
+        }
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::debug!(%err, "WebSocket write failed");
+        link.closing.cancel();
+        return;
+    }
+    let frame = link.close_frame.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() });
+    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
+}
+
+/// Reads client messages until the socket ends, the link closes or the client
+/// stays silent past `idle_timeout`; returns why it stopped.
+async fn read_loop(mut stream: Stream, link: &WsLink, idle_timeout: Duration) -> String {
+    let silence = tokio::time::sleep(idle_timeout);
+    tokio::pin!(silence);
+    loop {
+        let msg = tokio::select! {
+            _ = link.closing.cancelled() => {
+                // Give the client a moment to answer our close frame.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if msg.is_close() { break; }
+                    }
+                }).await;
+                return "closed by the server".into();
+            }
+            _ = &mut silence => {
+                tracing::info!(?idle_timeout, "client silent; dropping it");
+                let code = CloseCode::Away;
+                *link.close_frame.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(CloseFrame { code, reason: "no message or pong within the idle timeout".into() });
+                return format!("client silent for {idle_timeout:?}");
+            }
+            msg = stream.next() => msg,
+        };
+        silence.as_mut().reset(Instant::now() + idle_timeout);
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => Bytes::from(text),
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map_or_else(|| "client closed".into(), |f| format!("client closed: {}", f.code));
+            }
+            Some(Ok(_)) => continue, // ping, pong, raw frame
+            Some(Err(err)) => {
+                if matches!(err, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                    tracing::warn!(%err, "client sent an oversized message");
+                    *link.close_frame.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() });
+                }
+                return format!("read error: {err}");
+            }
+            None => return "connection closed".into(),
+        };
+        handle_message(link, &text).await;
+    }
+}
+
+async fn handle_message(link: &WsLink, text: &[u8]) {
+    let reply_error = |id: Option<&str>, message: &str| Message::text(wsjson::error(id, message));
+    match wsjson::parse_client_message(text) {
+        Ok(ClientMessage::Response(r)) => {
+            let id = r.id.clone();
+            match link.complete(&id, Reply::Response(r)) {
+                Ok(()) => {}
+                Err(true) => tracing::debug!(%id, "late response ignored (request timed out or its caller left)"),
+                Err(false) => {
+                    tracing::warn!(%id, "response for an unknown request id ignored");
+                    let msg = format!("no request with id {id:?} is waiting for a response");
+                    let _ = link.out.send(reply_error(Some(&id), &msg)).await;
+                }
+            }
+        }
+        Ok(ClientMessage::Ping) => {
+            let _ = link.out.send(Message::text(wsjson::pong())).await;
+        }
+        Ok(ClientMessage::Pong) => {}
+        Ok(ClientMessage::Error { id: Some(id), message }) => {
+            let why = format!("the tunnel client failed the request: {message}");
+            if link.complete(&id, Reply::Failed(why)).is_err() {
+                tracing::info!(%id, %message, "client reported an error for an unknown request");
+            }
+        }
+        Ok(ClientMessage::Error { id: None, message }) => tracing::info!(%message, "client reported an error"),
+        Err(err) => {
+            tracing::warn!(reason = %err.reason, "malformed message from client");
+            if let Some(id) = &err.id {
+                let why = format!("the tunnel client sent an invalid response: {}", err.reason);
+                let _ = link.complete(id, Reply::Failed(why));
+            }
+            let _ = link.out.send(reply_error(err.id.as_deref(), &err.reason)).await;
+        }
+    }
+}
