@@ -46,6 +46,7 @@ fn main() {
                 local_port: 9, // never called: the tunnels stay idle
                 fingerprint: None,
                 quic_addr: None,
+                ws_url: None,
             };
             let tx = tx.clone();
             tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));

@@ -115,6 +115,13 @@ struct ConnectArgs {
     /// QUIC address to dial instead of the one the server announces.
     #[arg(long, env = "HOOKWAY_QUIC_ADDR")]
     quic_addr: Option<String>,
+    /// Serve over the WebSocket-JSON gateway (TCP) instead of QUIC: for networks that block UDP.
+    /// Bodies are then buffered and capped by the server (10 MiB by default).
+    #[arg(long)]
+    ws: bool,
+    /// The tunnel's wsUrl as the API printed it (implies --ws); needed with --token when no API key is at hand.
+    #[arg(long, env = "HOOKWAY_WS_URL", hide_env_values = true)]
+    ws_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -211,7 +218,19 @@ enum KeysCommand {
     },
 }
 
-fn main() -> Result<()> {
+/// Prints errors as one readable chain (`a: b: c`), never a backtrace: they are
+/// messages for the user, not crashes.
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Server(_)) { "hookway=info" } else { "hookway=warn" };
     tracing_subscriber::fmt()
@@ -339,11 +358,16 @@ async fn start(args: StartArgs) -> Result<()> {
     if !args.client.json {
         println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
     }
-    serve(&args.client, args.connect, created.tunnel.id, created.auth_token, args.port).await
+    let mut connect = args.connect;
+    if connect.ws && connect.ws_url.is_none() {
+        connect.ws_url = Some(created.ws_url);
+    }
+    serve(&args.client, connect, created.tunnel.id, created.auth_token, args.port).await
 }
 
 async fn serve(client: &ClientArgs, connect: ConnectArgs, id: String, token: String, port: u16) -> Result<()> {
     let config = ClientConfig {
+        ws_url: connect.ws_url,
         server: client.server.clone(),
         tunnel_id: id,
         token,
@@ -458,23 +482,52 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
             show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
         }
-        TunnelsCommand::Connect { id, port, token, connect, client } => {
+        TunnelsCommand::Connect { id, port, token, mut connect, client } => {
             let token = match token {
                 Some(t) => t,
                 None => {
-                    let t = api(&client)?.regenerate_token(&id).await?;
+                    let creds = api(&client)?.regenerate_credentials(&id).await?;
                     if !client.json {
                         eprintln!(
                             "No --token given: issued a new auth token for {id} (the previous one no longer works)."
                         );
                     }
-                    t
+                    if connect.ws && connect.ws_url.is_none() {
+                        connect.ws_url = Some(creds.ws_url);
+                    }
+                    creds.auth_token
                 }
             };
+            if connect.ws && connect.ws_url.is_none() {
+                if client.api_key.is_none() {
+                    bail!(
+                        "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
+                         or --api-key so it can be looked up"
+                    );
+                }
+                let tunnel = api(&client)?.tunnel(&id).await?;
+                connect.ws_url = Some(ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?);
+            }
             serve(&client, connect, id, token, port).await?;
         }
     }
     Ok(())
+}
+
+/// seed 001's `wsUrl`, built from the server URL the client uses.
+fn ws_url_for(server: &str, subdomain: &str, id: &str, token: &str) -> Result<String> {
+    let rest = if let Some(rest) = server.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = server.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        bail!("--server must start with http:// or https:// (got {server:?})");
+    };
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("tunnelId", id)
+        .append_pair("token", token)
+        .finish();
+    Ok(format!("{}/tunnels/{subdomain}/ws?{query}", rest.trim_end_matches('/')))
 }
 
 /// Calls the API and prints its answer: one line of JSON with `--json`, else

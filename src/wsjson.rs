@@ -30,6 +30,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::Value;
 
+/// Default cap on a body crossing a WebSocket tunnel (bodies are buffered).
+pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+
 /// The `bodyEncoding` value for base64 bodies.
 pub const BASE64: &str = "base64";
 

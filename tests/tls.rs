@@ -54,6 +54,7 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
         local_port: app.port(),
         fingerprint: fp,
         quic_addr: None,
+        ws_url: None,
     };
 
     // Not in the system roots: refused.

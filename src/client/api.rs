@@ -64,6 +64,16 @@ pub struct CreatedTunnel {
     pub host_url: Option<String>,
 }
 
+/// `POST /api/tunnels/{id}/regenerate-token` answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// The new auth token (shown once).
+    pub auth_token: String,
+    /// WebSocket URL carrying it.
+    pub ws_url: String,
+}
+
 /// The fields of a tunnel object the client needs.
 #[derive(Debug, Clone, Deserialize)]
 pub struct TunnelSummary {
@@ -145,7 +155,17 @@ impl ApiClient {
 
     /// `POST /api/tunnels/{id}/regenerate-token`, returning the new token.
     pub async fn regenerate_token(&self, id: &str) -> Result<String, ApiError> {
-        let v = self.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
-        v["authToken"].as_str().map(str::to_owned).ok_or_else(|| ApiError::Decode("no authToken".into()))
+        Ok(self.regenerate_credentials(id).await?.auth_token)
+    }
+
+    /// `POST /api/tunnels/{id}/regenerate-token`: the new token and `wsUrl`.
+    pub async fn regenerate_credentials(&self, id: &str) -> Result<Credentials, ApiError> {
+        Self::typed(self.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?)
+    }
+
+    /// `GET /api/tunnels/{id}`.
+    pub async fn tunnel(&self, id: &str) -> Result<TunnelSummary, ApiError> {
+        let mut v = self.call(Method::GET, &format!("/api/tunnels/{id}"), None).await?;
+        Self::typed(v["tunnel"].take())
     }
 }

@@ -63,6 +63,65 @@ impl LocalApp {
     }
 }
 
+/// A complete response from the local app, or the reason there is none, for
+/// transports that carry whole messages (the WebSocket-JSON gateway).
+pub struct Buffered {
+    /// HTTP status.
+    pub status: http::StatusCode,
+    /// Headers, hop-by-hop ones removed.
+    pub headers: http::HeaderMap,
+    /// The complete body.
+    pub body: Bytes,
+}
+
+impl LocalApp {
+    /// Sends a complete request and reads the complete response, refusing a
+    /// response body over `max_body`. The error is a message for the caller.
+    pub async fn exchange_buffered(
+        &self,
+        method: http::Method,
+        target: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<Buffered, (&'static str, String)> {
+        let uri: Uri = format!("http://{}{target}", self.authority)
+            .parse()
+            .map_err(|_| ("bad-target", format!("invalid request target {target:?}")))?;
+        let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let resp = self.client.request(req).await.map_err(|err| self.failure(&err))?;
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                (
+                    "body-too-large",
+                    format!("the local app's response is larger than the {max_body} bytes a WebSocket tunnel carries"),
+                )
+            } else {
+                ("local-error", format!("the local app at {} failed mid-response: {err}", self.authority))
+            }
+        })?;
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        Ok(Buffered { status: parts.status, headers, body: body.to_bytes() })
+    }
+
+    /// Explains a failed request to the local app, with the `x-hookway-error` kind.
+    fn failure(&self, err: &hyper_util::client::legacy::Error) -> (&'static str, String) {
+        if err.is_connect() {
+            (
+                "local-unreachable",
+                format!("the local app at {} refused the connection or is not running", self.authority),
+            )
+        } else {
+            ("local-error", format!("the local app at {} failed: {err}", self.authority))
+        }
+    }
+}
+
 /// Serves one stream opened by the server; returns what happened, for the log.
 pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &LocalApp) -> Option<RequestLog> {
     let started = Instant::now();
@@ -114,13 +173,11 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let resp = match result {
         Ok(resp) => resp,
         Err(err) => {
-            let (code, msg) = if err.is_connect() {
-                (
-                    StreamErrorCode::LocalUnreachable,
-                    format!("the local app at {} refused the connection or is not running", app.authority),
-                )
+            let (kind, msg) = app.failure(&err);
+            let code = if kind == "local-unreachable" {
+                StreamErrorCode::LocalUnreachable
             } else {
-                (StreamErrorCode::LocalProtocol, format!("the local app at {} failed: {err}", app.authority))
+                StreamErrorCode::LocalProtocol
             };
             log.error = Some(msg.clone());
             let _ = writer.send(&error_frame(code, &msg)).await;

@@ -1,8 +1,10 @@
 //! The tunnel client: one QUIC connection per tunnel, one stream per forwarded
-//! request, and automatic reconnection to the same tunnel.
+//! request, and automatic reconnection to the same tunnel. With a `ws_url` it
+//! speaks the WebSocket-JSON gateway protocol instead (see [`ws`]).
 
 pub mod api;
 pub mod forward;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +42,8 @@ pub struct ClientConfig {
     pub fingerprint: Option<String>,
     /// QUIC address to dial instead of the one derived from the server URL.
     pub quic_addr: Option<String>,
+    /// Serve over the WebSocket-JSON gateway at this `wsUrl` instead of QUIC.
+    pub ws_url: Option<String>,
 }
 
 /// Things worth telling the user about.
@@ -78,10 +82,14 @@ pub enum ClientError {
     Config(String),
 }
 
-/// An attempt failed; whether to retry.
+/// How a connection attempt or session ended.
 enum Attempt {
+    /// Reconnect after a delay.
     Retry(String),
+    /// Give up with this error.
     Fatal(ClientError),
+    /// The shutdown token fired.
+    Stopped,
 }
 
 /// Serves the tunnel until `shutdown` (returns `Ok`) or the server ends it.
@@ -96,38 +104,18 @@ pub async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     loop {
-        let attempt = async {
-            let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect(&api, &config))
-                .await
-                .map_err(|_| Attempt::Retry("timed out connecting".into()))??;
-            let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, &config))
-                .await
-                .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
-            Ok::<_, Attempt>((conn, hello, control))
+        let (connected, end) = match &config.ws_url {
+            None => quic_session(&api, &config, &app, &on_event, &shutdown, connected_before).await,
+            Some(url) => ws::session(url, &config.tunnel_id, &app, &on_event, &shutdown, connected_before).await,
         };
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            outcome = attempt => outcome,
-        };
-        let reason = match outcome {
-            Ok((conn, hello, control)) => {
-                backoff = MIN_BACKOFF;
-                on_event(Event::Connected { hello: hello.clone(), reconnected: connected_before });
-                connected_before = true;
-                let end = tokio::select! {
-                    end = serve(&conn, control, &app, &on_event, hello.heartbeat_interval_ms) => end,
-                    _ = shutdown.cancelled() => {
-                        conn.close(close::NORMAL, b"client shutting down");
-                        return Ok(());
-                    }
-                };
-                match end {
-                    Attempt::Fatal(err) => return Err(err),
-                    Attempt::Retry(reason) => reason,
-                }
-            }
-            Err(Attempt::Fatal(err)) => return Err(err),
-            Err(Attempt::Retry(reason)) => reason,
+        if connected {
+            backoff = MIN_BACKOFF;
+            connected_before = true;
+        }
+        let reason = match end {
+            Attempt::Stopped => return Ok(()),
+            Attempt::Fatal(err) => return Err(err),
+            Attempt::Retry(reason) => reason,
         };
         let delay = jitter(backoff);
         on_event(Event::Reconnecting { reason, retry_in: delay });
@@ -137,6 +125,42 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// One QUIC connection: connect, handshake, serve; (connected, how it ended).
+async fn quic_session(
+    api: &ApiClient,
+    config: &ClientConfig,
+    app: &LocalApp,
+    on_event: &Arc<dyn Fn(Event) + Send + Sync>,
+    shutdown: &CancellationToken,
+    reconnected: bool,
+) -> (bool, Attempt) {
+    let attempt = async {
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect(api, config))
+            .await
+            .map_err(|_| Attempt::Retry("timed out connecting".into()))??;
+        let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
+            .await
+            .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
+        Ok::<_, Attempt>((conn, hello, control))
+    };
+    let (conn, hello, control) = tokio::select! {
+        _ = shutdown.cancelled() => return (false, Attempt::Stopped),
+        outcome = attempt => match outcome {
+            Ok(live) => live,
+            Err(end) => return (false, end),
+        },
+    };
+    on_event(Event::Connected { hello: hello.clone(), reconnected });
+    let end = tokio::select! {
+        end = serve(&conn, control, app, on_event, hello.heartbeat_interval_ms) => end,
+        _ = shutdown.cancelled() => {
+            conn.close(close::NORMAL, b"client shutting down");
+            Attempt::Stopped
+        }
+    };
+    (true, end)
 }
 
 fn jitter(d: Duration) -> Duration {

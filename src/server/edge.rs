@@ -11,9 +11,9 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::{State, gateway};
 use super::http::{Body, BoxError, edge_error};
 use super::registry::{Session, Transport};
+use super::{State, gateway};
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{INLINE_BODY, SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};

@@ -41,8 +41,7 @@ use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
 use crate::wsjson::{self, ClientMessage};
 
-/// Default cap on a body crossing a WebSocket tunnel.
-pub const DEFAULT_MAX_BODY: usize = 10 << 20;
+pub use crate::wsjson::DEFAULT_MAX_BODY;
 /// Default interval of the server's WebSocket pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default silence after which a client is dropped.

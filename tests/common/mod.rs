@@ -113,6 +113,7 @@ impl TestClient {
             local_port: port,
             fingerprint: None,
             quic_addr: None,
+            ws_url: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
