@@ -81,24 +81,25 @@ async fn spawn_app() -> SocketAddr {
     addr
 }
 
+/// A tunnel client process serving one tunnel of the bench server.
 struct Tunnel {
-    _server: ServerProcess,
     _client: tokio::process::Child,
     url: String,
 }
 
-async fn start_tunnel(app_port: u16) -> Tunnel {
-    let server = spawn_server().await;
+/// Creates a tunnel and connects the real client to it, over QUIC or (`ws`)
+/// the WebSocket-JSON gateway.
+async fn start_tunnel(server: &ServerProcess, app_port: u16, ws: bool) -> Tunnel {
     let base = server.base.clone();
     let api = hookway::client::ApiClient::new(&base, Some(API_KEY.into()));
     let created = api.create_tunnel("bench", None).await.unwrap();
-    let mut client = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "connect", &created.tunnel.id, &app_port.to_string(), "--json", "--server", &base])
-        .args(["--token", &created.auth_token])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app_port.to_string(), "--json", "--server", &base])
+        .args(["--token", &created.auth_token]);
+    if ws {
+        cmd.args(["--ws-url", &created.ws_url]);
+    }
+    let mut client = cmd.stdout(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut out = BufReader::new(client.stdout.take().unwrap()).lines();
     let url = wait_line(&mut out, |l| {
         let v: serde_json::Value = serde_json::from_str(l).ok()?;
@@ -107,7 +108,7 @@ async fn start_tunnel(app_port: u16) -> Tunnel {
     .await;
     // Drain the per-request log lines so the client never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Tunnel { _server: server, _client: client, url }
+    Tunnel { _client: client, url }
 }
 
 fn http_client() -> Client<HttpConnector, Body> {
@@ -211,7 +212,9 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let app = spawn_app().await;
-        let tunnel = start_tunnel(app.port()).await;
+        let server = spawn_server().await;
+        let tunnel = start_tunnel(&server, app.port(), false).await;
+        let ws_tunnel = start_tunnel(&server, app.port(), true).await;
         let direct = format!("http://{app}");
         println!("hookway e2e benchmark: {secs} s per measurement, loopback, 1 KiB POST");
         println!("{:<12} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
@@ -222,14 +225,19 @@ fn main() {
         for c in levels {
             let d = load(&format!("{direct}/hook"), c, secs).await;
             let t = load(&format!("{}/hook", tunnel.url), c, secs).await;
-            println!("{:<12} {:>5} {:>12.0} {:>10.0} {:>10.0}", "direct", c, d.rps, us(d.p50), us(d.p99));
-            println!("{:<12} {:>5} {:>12.0} {:>10.0} {:>10.0}", "tunnel/quic", c, t.rps, us(t.p50), us(t.p99));
-            println!(
-                "  ratio c={c}: tunnel reaches {:.1}% of direct req/s; adds {:.0} µs to p50, {:.0} µs to p99",
-                100.0 * t.rps / d.rps,
-                us(t.p50) - us(d.p50),
-                us(t.p99) - us(d.p99)
-            );
+            let w = load(&format!("{}/hook", ws_tunnel.url), c, secs).await;
+            for (label, s) in [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w)] {
+                println!("{label:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
+            }
+            for (label, s) in [("quic", &t), ("ws", &w)] {
+                println!(
+                    "  ratio c={c}: {label} reaches {:.1}% of direct req/s; adds {:.0} µs to p50, {:.0} µs to p99",
+                    100.0 * s.rps / d.rps,
+                    us(s.p50) - us(d.p50),
+                    us(s.p99) - us(d.p99)
+                );
+            }
+            println!("  ratio c={c}: ws reaches {:.1}% of quic req/s", 100.0 * w.rps / t.rps);
         }
         if std::env::var("HOOKWAY_BENCH_SKIP_BODIES").is_ok() {
             return;
