@@ -1,0 +1,203 @@
+//! hookway's own client over the WebSocket-JSON gateway (`--ws`): the same
+//! behaviour users get over QUIC, through the real server and a real local app.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use hookway::client::{self, ClientConfig, ClientError};
+use hookway::server::gateway::WsLimits;
+use reqwest::Method;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the library client over WebSocket and waits until it is live.
+async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
+    let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let config = ClientConfig {
+        server: server.url.clone(),
+        tunnel_id: created.tunnel.id.clone(),
+        token: created.auth_token.clone(),
+        local_host: "127.0.0.1".into(),
+        local_port: port,
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: Some(created.ws_url.clone()),
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+    let mut client = TestClient { events, shutdown, task, tunnel_url: String::new(), host_url: None };
+    let (url, host) = client.wait_connected().await;
+    assert_eq!(url, created.tunnel_url, "the client learns its public URL from the upgrade");
+    (client.tunnel_url, client.host_url) = (url, host);
+    (client, created.tunnel.id)
+}
+
+#[tokio::test]
+async fn forwards_method_path_headers_status_and_bodies() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (client, id) = ws_client(&server, app.port()).await;
+    let url = &client.tunnel_url;
+
+    let resp = http()
+        .put(format!("{url}/echo/a?status=418&q=x%20y"))
+        .header("x-custom", "1")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 418);
+    assert_eq!(resp.headers()["x-app"], "echo");
+    let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "repeated set-cookie headers survive the JSON hop");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["method"], "PUT");
+    assert_eq!(v["path"], "/echo/a?status=418&q=x%20y");
+    assert_eq!(v["headers"]["x-custom"], "1");
+    assert_eq!(v["body"], "payload");
+    assert!(v["headers"]["x-forwarded-for"].as_str().is_some_and(|s| s.contains("127.0.0.1")));
+
+    // A binary body both ways, byte for byte.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = http().post(format!("{url}/upload")).body(body.clone()).send().await.unwrap();
+    let v: Value = resp.json().await.unwrap();
+    let sum = body.iter().fold(0u64, |s, b| s.wrapping_mul(31).wrapping_add(u64::from(*b)));
+    assert_eq!((v["bytes"].as_u64(), v["sum"].as_u64()), (Some(300_000), Some(sum)));
+    let got = http().get(format!("{url}/download?n=200000")).send().await.unwrap().bytes().await.unwrap();
+    assert!(got.len() == 200_000 && got.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)));
+
+    let status = server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap();
+    assert_eq!(status["liveStatus"]["connected"], true, "{status}");
+    assert_eq!(status["liveStatus"]["requestsInSession"], 3, "{status}");
+}
+
+#[tokio::test]
+async fn local_app_down_gives_502_and_slow_app_gives_504() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let (client, _) = ws_client(&server, closed_port().await).await;
+    let resp = http().get(format!("{}/anything", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "local-unreachable");
+    assert!(resp.text().await.unwrap().contains("refused the connection or is not running"));
+
+    let app = spawn_app().await;
+    let (client, _) = ws_client(&server, app.port()).await;
+    let resp = http().get(format!("{}/slow?ms=3000", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-hookway-error"], "timeout");
+    // The late answer is dropped quietly; the tunnel keeps working.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = http().get(format!("{}/echo", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_with_a_reason() {
+    let server = TestServer::start_with(|c| c.ws = WsLimits { max_body: 64 * 1024, ..WsLimits::default() }).await;
+    let app = spawn_app().await;
+    let (client, _) = ws_client(&server, app.port()).await;
+    let url = &client.tunnel_url;
+    let resp = http().post(format!("{url}/upload")).body(vec![7u8; 64 * 1024 + 1]).send().await.unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(resp.text().await.unwrap().contains("WebSocket"));
+    let resp = http().post(format!("{url}/upload")).body(vec![7u8; 64 * 1024]).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "a body at the limit passes");
+    // The client enforces the limit the server announced on responses.
+    let resp = http().get(format!("{url}/download?n=70000")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "body-too-large");
+}
+
+#[tokio::test]
+async fn disconnect_ends_the_client_with_a_clear_reason() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (client, id) = ws_client(&server, app.port()).await;
+    server.api().call(Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await.unwrap();
+    match client.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Ended(reason)) => assert!(reason.contains("disconnected through the API"), "{reason}"),
+        other => panic!("expected Ended, got {other:?}"),
+    }
+    let resp = http().get(format!("{}/t/{}/x", server.url, status_sub(&server, &id).await)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+async fn status_sub(server: &TestServer, id: &str) -> String {
+    let t = server.api().call(Method::GET, &format!("/api/tunnels/{id}"), None).await.unwrap();
+    t["tunnel"]["subdomain"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn reconnects_after_a_server_restart() {
+    let server = TestServer::start().await;
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let app = spawn_app().await;
+    let (mut client, _) = ws_client(&server, app.port()).await;
+    let url = client.tunnel_url.clone();
+    assert_eq!(http().get(format!("{url}/echo")).send().await.unwrap().status(), 200);
+    let dir = server.stop().await;
+    let _server = TestServer::start_in(dir, |c| {
+        c.http_addr = http_addr;
+        c.quic_addr = quic_addr;
+    })
+    .await;
+    let (again, _) = client.wait_connected().await;
+    assert_eq!(again, url);
+    assert_eq!(http().get(format!("{url}/echo")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn cli_connect_with_ws_serves_the_tunnel() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let created = server.api().create_tunnel("cli ws", None).await.unwrap();
+    // --token with --ws needs the subdomain: the CLI looks it up with the API key.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--ws", "--json"])
+        .args(["--server", &server.url, "--token", &created.auth_token, "--api-key", API_KEY])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["event"], "connected", "{line}");
+    assert_eq!(v["tunnelUrl"], created.tunnel_url.as_str());
+    let resp = http().post(format!("{}/echo", created.tunnel_url)).body("via cli").send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["body"], "via cli");
+    let status = server.api().call(Method::GET, &format!("/api/tunnels/{}/status", created.tunnel.id), None).await;
+    assert_eq!(status.unwrap()["liveStatus"]["connected"], true);
+
+    // Without an API key or --ws-url, --ws with --token cannot know the subdomain: a clear error.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "connect", &created.tunnel.id, "3000", "--ws", "--server", &server.url])
+        .args(["--token", &created.auth_token])
+        .env_remove("HOOKWAY_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ws-url") && !err.contains("backtrace"), "{err}");
+
+    // A wrong token is refused before the upgrade, and the CLI says why and exits.
+    let bad = created.ws_url.replace(&created.auth_token, "wrong");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "connect", &created.tunnel.id, "3000", "--ws-url", &bad, "--server", &server.url])
+        .args(["--token", "wrong"])
+        .env_remove("HOOKWAY_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid auth token"), "{err}");
+}
