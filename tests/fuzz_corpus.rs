@@ -1,7 +1,8 @@
 //! Replays the fuzz corpora under plain `cargo test`, through the same decode loop
 //! as the `decode` fuzz target: no panic, `Ok(None)` consumes nothing, and every
 //! decoded frame re-encodes and decodes to an equal frame. Each file is fed as is
-//! and once more behind a length prefix announcing the whole file.
+//! and once more behind a length prefix announcing the whole file. The `wsjson`
+//! corpus goes through the WebSocket-JSON parsers the same way.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 #[path = "../fuzz/src/decode_loop.rs"]
 mod decode_loop;
+#[path = "../fuzz/src/wsjson_check.rs"]
+mod wsjson_check;
 
 fn corpus_files(name: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join("corpus").join(name);
@@ -60,4 +63,17 @@ fn roundtrip_corpus_replays_cleanly() {
     // These are `Arbitrary` inputs, not encodings; as raw bytes they are mostly
     // garbage to the decoder, which is exactly what it must survive.
     replay("roundtrip");
+}
+
+#[test]
+fn wsjson_corpus_replays_cleanly() {
+    let mut seen = BTreeSet::new();
+    for path in corpus_files("wsjson") {
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| wsjson_check::check(&data))
+            .unwrap_or_else(|_| panic!("wsjson check failed on {}", path.display()));
+        seen.insert(outcome);
+    }
+    use wsjson_check::Outcome::*;
+    assert_eq!(seen, BTreeSet::from([Response, Request, Control, Rejected]), "the seeds cover every outcome");
 }
