@@ -192,7 +192,7 @@ async fn connect(url: &str, tunnel_id: &str) -> Result<(Socket, Welcome), Attemp
             other => Attempt::Retry(format!("cannot connect to {}: {other}", redact(url))),
         })?;
     let h = resp.headers();
-    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = |name: &str| h.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
     let number = |name: &str| text(name).parse::<u64>().ok();
     let subdomain = url.split("/tunnels/").nth(1).and_then(|r| r.split('/').next()).unwrap_or("").to_owned();
     let ping_ms = number("x-hookway-ping-interval-ms").unwrap_or(10_000).clamp(1_000, 3_600_000);
