@@ -593,6 +593,30 @@ async fn oversized_request_bodies_get_413_at_the_edge() {
         let reply = join(caller).await;
         assert_eq!((reply.status, reply.text().as_str()), (200, "fits"), "body of {n} bytes");
     }
+    // A response over the cap is refused too, saying whose body it was.
+    let caller = spawn_call(http().get(public(&server, &t.sub, "/huge-answer")));
+    let req = recv_request(&mut ws).await;
+    send_json(&mut ws, &json!({ "type": "response", "id": req["id"], "status": 200, "body": "z".repeat(5000) })).await;
+    let reply = join(caller).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.header("x-hookway-error"), Some("body-too-large"));
+    assert!(reply.text().contains("response"), "{}", reply.text());
+}
+
+#[tokio::test]
+async fn head_answers_keep_their_content_length() {
+    let server = TestServer::start().await;
+    let t = ws_tunnel(&server).await;
+    let mut ws = connect_live(&server, &t).await;
+    let caller = spawn_call(http().head(public(&server, &t.sub, "/file")));
+    let req = recv_request(&mut ws).await;
+    assert_eq!(req["method"], "HEAD");
+    let headers = json!({ "content-length": "1234", "content-type": "text/plain" });
+    send_json(&mut ws, &json!({ "type": "response", "id": req["id"], "status": 200, "headers": headers, "body": "" }))
+        .await;
+    let reply = join(caller).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-length"), Some("1234"));
 }
 
 #[tokio::test]

@@ -176,11 +176,23 @@ pub async fn exchange(
         return disconnected(subdomain);
     }
     match rx.await {
+        Ok(Reply::Response(r)) if r.body.len() > link.max_body => edge_error(
+            StatusCode::BAD_GATEWAY,
+            "body-too-large",
+            format_args!(
+                "the local app's response ({} bytes) is larger than the {} bytes a WebSocket tunnel carries",
+                r.body.len(),
+                link.max_body
+            ),
+        ),
         Ok(Reply::Response(r)) => {
             let mut headers = r.headers;
             strip_hop_by_hop(&mut headers);
             // The body is complete: hyper sets the length that matches it.
-            headers.remove(header::CONTENT_LENGTH);
+            // A HEAD answer has no body, and its length describes the GET's.
+            if method != http::Method::HEAD {
+                headers.remove(header::CONTENT_LENGTH);
+            }
             let mut resp = Response::new(full(r.body));
             *resp.status_mut() = r.status;
             *resp.headers_mut() = headers;
@@ -264,6 +276,21 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         }
     };
     let limits = state.config.ws;
+    // The session goes live before the 101 goes out, so a request sent the
+    // moment the client sees the upgrade is queued for it, never refused.
+    let (out, queue) = mpsc::channel(QUEUE);
+    let link = Arc::new(WsLink {
+        out,
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        closing: CancellationToken::new(),
+        close_frame: Mutex::new(None),
+        max_body: limits.max_body,
+    });
+    let transport = Transport::WebSocket(link.clone());
+    let Some(session) = session::go_live(&state, &tunnel, transport, peer.ip(), &token) else {
+        return json_error(StatusCode::UNAUTHORIZED, "the auth token was regenerated while connecting");
+    };
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -286,39 +313,35 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let span = tracing::info_span!("ws", tunnel_id = %tunnel.id, %peer);
     let tasks = state.tasks.clone();
     let task = async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(upgraded) => upgraded,
-            Err(err) => return tracing::debug!(%err, "upgrade failed"),
+        let reason = match hyper::upgrade::on(req).await {
+            Ok(upgraded) => serve_socket(upgraded, queue, &link, limits).await,
+            Err(err) => format!("upgrade failed: {err}"),
         };
-        let max_message = wsjson::max_message_for(limits.max_body);
-        let config = WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message));
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        let (out, queue) = mpsc::channel(QUEUE);
-        let link = Arc::new(WsLink {
-            out,
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            closing: CancellationToken::new(),
-            close_frame: Mutex::new(None),
-            max_body: limits.max_body,
-        });
-        let transport = Transport::WebSocket(link.clone());
-        let Some(session) = session::go_live(&state, &tunnel, transport, peer.ip(), &token) else {
-            let (sink, _) = ws.split();
-            // go_live closed the link: this sends the close frame.
-            return write_loop(sink, queue, link, limits.ping_interval).await;
-        };
-        let (sink, stream) = ws.split();
-        let writer = tokio::spawn(write_loop(sink, queue, link.clone(), limits.ping_interval).in_current_span());
-        let reason = read_loop(stream, &link, limits.idle_timeout).await;
         // Stop the writer (with a close frame) and fail what is still waiting.
         link.close(close::NORMAL, &reason);
         link.lock_pending().clear();
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         session::end(&state, &session, &reason);
     };
     tasks.spawn(task.instrument(span));
     resp
+}
+
+/// Runs the socket's writer and reader until either ends; returns why.
+async fn serve_socket(
+    upgraded: hyper::upgrade::Upgraded,
+    queue: mpsc::Receiver<Message>,
+    link: &Arc<WsLink>,
+    limits: WsLimits,
+) -> String {
+    let max_message = wsjson::max_message_for(limits.max_body);
+    let config = WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message));
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (sink, stream) = ws.split();
+    let writer = tokio::spawn(write_loop(sink, queue, link.clone(), limits.ping_interval).in_current_span());
+    let reason = read_loop(stream, link, limits.idle_timeout).await;
+    link.close(close::NORMAL, &reason);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    reason
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
