@@ -8,6 +8,7 @@
 //! * [`quic`]: QUIC endpoints, TLS, and frames over QUIC streams;
 //! * [`store`]: durable state (SQLite by default) behind a small trait;
 //! * [`server`]: the HTTP edge, the REST API and the tunnel sessions;
+//! * [`notify`]: status webhooks (signing, retries, safe destinations, delivery);
 //! * [`client`]: the tunnel client and the REST API client used by the CLI.
 
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod notify;
 pub mod quic;
 pub mod server;
 pub mod store;
