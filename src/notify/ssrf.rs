@@ -74,7 +74,8 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String>
         Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
         Some(url::Host::Domain(d)) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            (!allow_private && (d == "localhost" || d.ends_with(".localhost"))).then(|| IpAddr::V4(Ipv4Addr::LOCALHOST))
+            (!allow_private && (d == "localhost" || d.ends_with(".localhost")))
+                .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
         }
     };
     match ip {
