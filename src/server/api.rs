@@ -63,6 +63,9 @@ struct TunnelJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     last_connected_at: Option<String>,
     created_at: String,
+    /// An addition to seed 001, present only when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
 }
 
 fn tunnel_json(state: &State, t: &Tunnel) -> Value {
@@ -75,6 +78,7 @@ fn tunnel_json(state: &State, t: &Tunnel) -> Value {
         total_requests: t.total_requests.load(std::sync::atomic::Ordering::Relaxed),
         last_connected_at: meta.last_connected_at,
         created_at: t.created_at.clone(),
+        group: meta.group,
     })
     .unwrap_or(Value::Null)
 }
@@ -192,6 +196,30 @@ fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Op
     }
 }
 
+/// Longest group label accepted.
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// `group`: absent (`None`), null (`Some(None)`: clear it) or a label.
+fn group_field(body: &serde_json::Map<String, Value>) -> Result<Option<Option<String>>, ApiError> {
+    match body.get("group") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(g)) => {
+            let g = g.trim();
+            let ok = !g.is_empty()
+                && g.len() <= MAX_GROUP_LEN
+                && g.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                return Err(ApiError::bad(format!(
+                    "'group' must be 1-{MAX_GROUP_LEN} letters, digits, '-', '_' or '.'"
+                )));
+            }
+            Ok(Some(Some(g.to_owned())))
+        }
+        Some(_) => Err(ApiError::bad("'group' must be a string or null")),
+    }
+}
+
 fn valid_name(name: String) -> Result<String, ApiError> {
     let name = name.trim().to_owned();
     if name.is_empty() {
@@ -236,6 +264,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
             .find(|s| !state.registry.subdomain_exists(s))
             .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain".into()))?,
     };
+    let group = group_field(&body)?.flatten();
     let token = names::auth_token();
     let record = TunnelRecord {
         id: names::tunnel_id(),
@@ -246,6 +275,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
         total_requests: 0,
         last_connected_at: None,
         created_at: super::clock::now_rfc3339(),
+        group,
     };
     let stored = record.clone();
     state.store.run(move |s| s.insert_tunnel(&stored)).await.map_err(|e| match e {
@@ -275,13 +305,21 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if body.contains_key("subdomain") {
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
-    let Some(name) = string_field(&body, "name")? else {
-        return Err(ApiError::bad("nothing to update: send {\"name\": \"…\"}"));
-    };
-    let name = valid_name(name)?;
-    let (tid, stored) = (tunnel.id.clone(), name.clone());
-    state.store.run(move |s| s.rename_tunnel(&tid, &stored)).await?;
-    tunnel.update_meta(|m| m.name = name);
+    let name = string_field(&body, "name")?.map(valid_name).transpose()?;
+    let group = group_field(&body)?;
+    if name.is_none() && group.is_none() {
+        return Err(ApiError::bad("nothing to update: send {\"name\": \"…\"} and/or {\"group\": \"…\" | null}"));
+    }
+    if let Some(name) = name {
+        let (tid, stored) = (tunnel.id.clone(), name.clone());
+        state.store.run(move |s| s.rename_tunnel(&tid, &stored)).await?;
+        tunnel.update_meta(|m| m.name = name);
+    }
+    if let Some(group) = group {
+        let (tid, stored) = (tunnel.id.clone(), group.clone());
+        state.store.run(move |s| s.set_tunnel_group(&tid, stored.as_deref())).await?;
+        tunnel.update_meta(|m| m.group = group);
+    }
     Ok(ok(json!({ "tunnel": tunnel_json(state, &tunnel) })))
 }
 

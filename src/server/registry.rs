@@ -23,6 +23,8 @@ pub struct TunnelMeta {
     pub token_hash: [u8; 32],
     /// Last handshake time.
     pub last_connected_at: Option<String>,
+    /// Label webhooks can subscribe to.
+    pub group: Option<String>,
 }
 
 /// A tunnel known to the server.
@@ -54,6 +56,7 @@ impl Tunnel {
                 name: r.name,
                 token_hash: r.token_hash,
                 last_connected_at: r.last_connected_at,
+                group: r.group,
             }),
             total_requests: AtomicU64::new(r.total_requests),
             persisted_requests: AtomicU64::new(r.total_requests),

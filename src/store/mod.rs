@@ -1,4 +1,5 @@
-//! Durable state: organizations, API keys, tunnels and their counters.
+//! Durable state: organizations, API keys, tunnels and their counters, webhooks
+//! and their delivery outbox.
 //!
 //! The [`Store`] trait is deliberately small and synchronous; [`StoreHandle`] runs
 //! its calls on tokio's blocking pool so no SQLite call ever blocks the runtime.
@@ -6,10 +7,13 @@
 //! for multi-node deployments only has to implement the same trait.
 
 pub mod sqlite;
+mod sqlite_webhooks;
+pub mod webhooks;
 
 use std::sync::Arc;
 
 pub use sqlite::SqliteStore;
+pub use webhooks::{DeliveryRecord, DeliveryState, Health, WebhookRecord};
 
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,8 @@ pub struct TunnelRecord {
     pub last_connected_at: Option<String>,
     /// RFC 3339, seconds precision.
     pub created_at: String,
+    /// Label that webhooks can subscribe to.
+    pub group: Option<String>,
 }
 
 /// An API key as persisted (its hash only; the key itself is shown once).
@@ -90,6 +96,38 @@ pub trait Store: Send + Sync + 'static {
     fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// How many API keys exist.
     fn count_api_keys(&self) -> Result<u64, StoreError>;
+    /// Sets or clears a tunnel's group.
+    fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError>;
+
+    /// Every webhook, for the server's in-memory table at start-up.
+    fn load_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
+    /// Inserts or replaces a webhook.
+    fn save_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
+    /// Removes a webhook and its deliveries.
+    fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
+    /// Appends deliveries to the outbox, in one transaction.
+    fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
+    /// Records an attempt's outcome.
+    fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
+    /// Pending deliveries due by `now_ms`, oldest due first.
+    fn due_deliveries(&self, now_ms: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// When the earliest pending delivery is due.
+    fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
+    /// A webhook's deliveries created since `since_ms`, newest first.
+    fn deliveries_since(
+        &self,
+        webhook_id: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Delivery health of an organization's webhooks since `since_ms`, by webhook id.
+    fn webhook_health(
+        &self,
+        org_id: &str,
+        since_ms: i64,
+    ) -> Result<std::collections::HashMap<String, Health>, StoreError>;
+    /// Deletes finished deliveries created before `before_ms`; returns how many.
+    fn prune_deliveries(&self, before_ms: i64) -> Result<usize, StoreError>;
 }
 
 /// Shared, async-friendly access to a [`Store`].

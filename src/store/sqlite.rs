@@ -5,12 +5,14 @@
 //! plenty: callers are the API (rare), handshakes (rare) and the counter flusher
 //! (one batched transaction per interval).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ApiKeyRecord, CounterUpdate, Store, StoreError, TunnelRecord};
+use super::sqlite_webhooks as wh;
+use super::{ApiKeyRecord, CounterUpdate, DeliveryRecord, Health, Store, StoreError, TunnelRecord, WebhookRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orgs (
@@ -37,6 +39,21 @@ CREATE TABLE IF NOT EXISTS tunnels (
 );
 CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 ";
+
+/// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
+/// many a database has had, so an older data dir upgrades in place.
+const MIGRATIONS: &[&str] = &[wh::MIGRATION_1];
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -68,12 +85,13 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(db)?;
+        let mut conn = Connection::open(path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&mut conn).map_err(db)?;
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -93,7 +111,7 @@ impl Store for SqliteStore {
     fn load_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at
+                "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name
                  FROM tunnels ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -106,6 +124,7 @@ impl Store for SqliteStore {
                     total_requests: r.get::<_, i64>(5)?.max(0) as u64,
                     last_connected_at: r.get(6)?,
                     created_at: r.get(7)?,
+                    group: r.get(8)?,
                 })
             })?;
             rows.collect()
@@ -115,9 +134,9 @@ impl Store for SqliteStore {
     fn insert_tunnel(&self, t: &TunnelRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at],
+                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at, t.group],
             )
             .map(drop)
         })
@@ -196,6 +215,55 @@ impl Store for SqliteStore {
     fn count_api_keys(&self) -> Result<u64, StoreError> {
         self.with(|c| c.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64))
     }
+
+    fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError> {
+        self.with(|c| c.execute("UPDATE tunnels SET group_name = ?2 WHERE id = ?1", params![id, group]).map(drop))
+    }
+
+    fn load_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.with(|c| wh::load_webhooks(c))
+    }
+
+    fn save_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError> {
+        self.with(|c| wh::save_webhook(c, webhook))
+    }
+
+    fn delete_webhook(&self, id: &str) -> Result<(), StoreError> {
+        self.with(|c| wh::delete_webhook(c, id))
+    }
+
+    fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
+        self.with(|c| wh::insert_deliveries(c, deliveries))
+    }
+
+    fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
+        self.with(|c| wh::update_delivery(c, delivery))
+    }
+
+    fn due_deliveries(&self, now_ms: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.with(|c| wh::due_deliveries(c, now_ms, limit))
+    }
+
+    fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.with(|c| wh::next_due_ms(c))
+    }
+
+    fn deliveries_since(
+        &self,
+        webhook_id: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.with(|c| wh::deliveries_since(c, webhook_id, since_ms, limit))
+    }
+
+    fn webhook_health(&self, org_id: &str, since_ms: i64) -> Result<HashMap<String, Health>, StoreError> {
+        self.with(|c| wh::health(c, org_id, since_ms))
+    }
+
+    fn prune_deliveries(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.with(|c| wh::prune_deliveries(c, before_ms))
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +280,7 @@ mod tests {
             total_requests: 0,
             last_connected_at: None,
             created_at: "2024-01-20T15:00:00Z".into(),
+            group: None,
         }
     }
 
@@ -250,5 +319,103 @@ mod tests {
         assert_eq!(store.find_api_key(&[1; 32]).unwrap(), Some(key));
         assert_eq!(store.find_api_key(&[2; 32]).unwrap(), None);
         assert_eq!(store.count_api_keys().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_version_0_database_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookway.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute("INSERT INTO orgs (id, name, created_at) VALUES ('org_1', 'default', 'x')", []).unwrap();
+            c.execute(
+                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, created_at)
+                 VALUES ('tun_old', 'org_1', 'Old', 'old-one', x'00', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        store.set_tunnel_group("tun_old", Some("prod")).unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap(); // a second open applies nothing twice
+        let c = store.conn.lock().unwrap();
+        let (group, version): (String, i64) = c
+            .query_row("SELECT group_name, (SELECT user_version FROM pragma_user_version) FROM tunnels", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((group.as_str(), version), ("prod", MIGRATIONS.len() as i64));
+    }
+
+    fn webhook(id: &str, org: &str) -> WebhookRecord {
+        WebhookRecord {
+            id: id.into(),
+            org_id: org.into(),
+            name: "ops".into(),
+            url: "https://hooks.example.com/x".into(),
+            events: vec!["tunnel.connected".into(), "token.disconnected".into()],
+            group: Some("prod".into()),
+            enabled: true,
+            custom_headers: vec![("x-team".into(), "ops".into())],
+            signing_key: "whsec_abc".into(),
+            created_at: "2024-01-20T15:00:00Z".into(),
+            updated_at: "2024-01-20T15:00:00Z".into(),
+        }
+    }
+
+    fn delivery(id: &str, webhook: &str, created_ms: i64) -> DeliveryRecord {
+        DeliveryRecord {
+            id: id.into(),
+            webhook_id: webhook.into(),
+            event: "tunnel.connected".into(),
+            payload: "{}".into(),
+            state: super::super::DeliveryState::Pending,
+            attempts: 0,
+            next_attempt_ms: created_ms,
+            last_status: None,
+            last_response: None,
+            last_error: None,
+            duration_ms: None,
+            created_ms,
+            updated_ms: created_ms,
+        }
+    }
+
+    #[test]
+    fn webhooks_and_the_outbox_persist() {
+        use super::super::DeliveryState::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("default").unwrap();
+        store.save_webhook(&webhook("wh_1", &org)).unwrap();
+        let mut changed = webhook("wh_1", &org);
+        changed.enabled = false;
+        store.save_webhook(&changed).unwrap();
+        assert_eq!(store.load_webhooks().unwrap(), [changed]);
+
+        store.insert_deliveries(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)]).unwrap();
+        assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
+        assert_eq!(store.due_deliveries(1_500, 10).unwrap().len(), 1);
+        let mut done = delivery("msg_a", "wh_1", 1_000);
+        (done.state, done.attempts, done.last_status) = (Succeeded, 1, Some(200));
+        store.update_delivery(&done).unwrap();
+        let mut failed = delivery("msg_b", "wh_1", 2_000);
+        (failed.state, failed.attempts, failed.last_error) = (Failed, 4, Some("timeout".into()));
+        store.update_delivery(&failed).unwrap();
+        assert_eq!(store.next_due_ms().unwrap(), None);
+        drop(store);
+
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let recent = store.deliveries_since("wh_1", 0, 10).unwrap();
+        assert_eq!(recent.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["msg_b", "msg_a"]);
+        assert_eq!(recent[0], failed);
+        let health = store.webhook_health(&org, 0).unwrap();
+        assert_eq!(health["wh_1"], Health { requests: 2, succeeded: 1 });
+        assert_eq!(store.webhook_health(&org, 1_500).unwrap()["wh_1"], Health { requests: 1, succeeded: 0 });
+        assert_eq!(store.prune_deliveries(1_500).unwrap(), 1);
+        store.delete_webhook("wh_1").unwrap();
+        assert!(store.deliveries_since("wh_1", 0, 10).unwrap().is_empty(), "deliveries go with their webhook");
     }
 }

@@ -1,0 +1,221 @@
+//! SQL for webhooks and deliveries (see [`super::webhooks`]).
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::webhooks::{DeliveryRecord, DeliveryState, Health, WebhookRecord};
+
+/// Schema version 1: tunnel groups, webhooks and the delivery outbox.
+pub(super) const MIGRATION_1: &str = "
+ALTER TABLE tunnels ADD COLUMN group_name TEXT;
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    group_name TEXT,
+    enabled INTEGER NOT NULL,
+    custom_headers TEXT NOT NULL,
+    signing_key TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX webhooks_org ON webhooks(org_id);
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_ms INTEGER NOT NULL,
+    last_status INTEGER,
+    last_response TEXT,
+    last_error TEXT,
+    duration_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(state, next_attempt_ms);
+CREATE INDEX deliveries_webhook ON deliveries(webhook_id, created_ms);
+";
+
+const WEBHOOK_COLUMNS: &str =
+    "id, org_id, name, url, events, group_name, enabled, custom_headers, signing_key, created_at, updated_at";
+const DELIVERY_COLUMNS: &str = "id, webhook_id, event, payload, state, attempts, next_attempt_ms, last_status, \
+     last_response, last_error, duration_ms, created_ms, updated_ms";
+
+fn webhook_from(r: &Row<'_>) -> rusqlite::Result<WebhookRecord> {
+    let events: String = r.get(4)?;
+    let headers: String = r.get(7)?;
+    Ok(WebhookRecord {
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        name: r.get(2)?,
+        url: r.get(3)?,
+        events: events.split(',').filter(|e| !e.is_empty()).map(str::to_owned).collect(),
+        group: r.get(5)?,
+        enabled: r.get(6)?,
+        custom_headers: serde_json::from_str(&headers).unwrap_or_default(),
+        signing_key: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    })
+}
+
+fn delivery_from(r: &Row<'_>) -> rusqlite::Result<DeliveryRecord> {
+    let state: String = r.get(4)?;
+    Ok(DeliveryRecord {
+        id: r.get(0)?,
+        webhook_id: r.get(1)?,
+        event: r.get(2)?,
+        payload: r.get(3)?,
+        state: DeliveryState::parse(&state),
+        attempts: r.get::<_, i64>(5)?.clamp(0, i64::from(u32::MAX)) as u32,
+        next_attempt_ms: r.get(6)?,
+        last_status: r.get::<_, Option<i64>>(7)?.and_then(|s| u16::try_from(s).ok()),
+        last_response: r.get(8)?,
+        last_error: r.get(9)?,
+        duration_ms: r.get::<_, Option<i64>>(10)?.map(|d| d.max(0) as u64),
+        created_ms: r.get(11)?,
+        updated_ms: r.get(12)?,
+    })
+}
+
+pub(super) fn load_webhooks(c: &Connection) -> rusqlite::Result<Vec<WebhookRecord>> {
+    let mut stmt = c.prepare(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY created_at, id"))?;
+    let rows = stmt.query_map([], webhook_from)?;
+    rows.collect()
+}
+
+/// Inserts or replaces a webhook (every column).
+pub(super) fn save_webhook(c: &Connection, w: &WebhookRecord) -> rusqlite::Result<()> {
+    let headers = serde_json::to_string(&w.custom_headers).unwrap_or_else(|_| "[]".into());
+    c.execute(
+        &format!(
+            "INSERT OR REPLACE INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
+        params![
+            w.id,
+            w.org_id,
+            w.name,
+            w.url,
+            w.events.join(","),
+            w.group,
+            w.enabled,
+            headers,
+            w.signing_key,
+            w.created_at,
+            w.updated_at
+        ],
+    )
+    .map(drop)
+}
+
+pub(super) fn delete_webhook(c: &Connection, id: &str) -> rusqlite::Result<()> {
+    c.execute("DELETE FROM webhooks WHERE id = ?1", params![id]).map(drop)
+}
+
+/// Appends deliveries in one transaction.
+pub(super) fn insert_deliveries(c: &mut Connection, deliveries: &[DeliveryRecord]) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?;
+        for d in deliveries {
+            stmt.execute(params![
+                d.id,
+                d.webhook_id,
+                d.event,
+                d.payload,
+                d.state.as_str(),
+                d.attempts,
+                d.next_attempt_ms,
+                d.last_status,
+                d.last_response,
+                d.last_error,
+                d.duration_ms.map(|d| d as i64),
+                d.created_ms,
+                d.updated_ms
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// Records the outcome of an attempt (every mutable column of the delivery).
+pub(super) fn update_delivery(c: &Connection, d: &DeliveryRecord) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_status = ?5, last_response = ?6,
+             last_error = ?7, duration_ms = ?8, updated_ms = ?9
+         WHERE id = ?1",
+        params![
+            d.id,
+            d.state.as_str(),
+            d.attempts,
+            d.next_attempt_ms,
+            d.last_status,
+            d.last_response,
+            d.last_error,
+            d.duration_ms.map(|d| d as i64),
+            d.updated_ms
+        ],
+    )
+    .map(drop)
+}
+
+/// Pending deliveries due by `now_ms`, oldest due first.
+pub(super) fn due_deliveries(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<DeliveryRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_attempt_ms <= ?1
+         ORDER BY next_attempt_ms LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![now_ms, limit as i64], delivery_from)?;
+    rows.collect()
+}
+
+/// When the earliest pending delivery is due.
+pub(super) fn next_due_ms(c: &Connection) -> rusqlite::Result<Option<i64>> {
+    c.query_row("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'", [], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// A webhook's deliveries created since `since_ms`, newest first.
+pub(super) fn deliveries_since(
+    c: &Connection,
+    webhook_id: &str,
+    since_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeliveryRecord>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = ?1 AND created_ms >= ?2
+         ORDER BY created_ms DESC, id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![webhook_id, since_ms, limit as i64], delivery_from)?;
+    rows.collect()
+}
+
+/// Health of every webhook of `org_id` over deliveries created since `since_ms`.
+pub(super) fn health(c: &Connection, org_id: &str, since_ms: i64) -> rusqlite::Result<HashMap<String, Health>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT d.webhook_id, COUNT(*), SUM(d.state = 'succeeded') FROM deliveries d
+         JOIN webhooks w ON w.id = d.webhook_id
+         WHERE w.org_id = ?1 AND d.created_ms >= ?2 AND d.attempts > 0
+         GROUP BY d.webhook_id",
+    )?;
+    let rows = stmt.query_map(params![org_id, since_ms], |r| {
+        let h = Health { requests: r.get::<_, i64>(1)?.max(0) as u64, succeeded: r.get::<_, i64>(2)?.max(0) as u64 };
+        Ok((r.get::<_, String>(0)?, h))
+    })?;
+    rows.collect()
+}
+
+/// Deletes finished deliveries created before `before_ms`.
+pub(super) fn prune_deliveries(c: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
+    c.execute("DELETE FROM deliveries WHERE state != 'pending' AND created_ms < ?1", params![before_ms])
+}

@@ -1,0 +1,99 @@
+//! Webhook subscriptions and their delivery outbox, as persisted.
+
+/// A webhook subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookRecord {
+    /// `wh_…`.
+    pub id: String,
+    /// Owning organization.
+    pub org_id: String,
+    /// For the user's reference.
+    pub name: String,
+    /// Destination (http or https).
+    pub url: String,
+    /// Subscribed event names (`tunnel.connected`, …).
+    pub events: Vec<String>,
+    /// Only tunnels with this group label, or all when `None`.
+    pub group: Option<String>,
+    /// Disabled webhooks receive nothing.
+    pub enabled: bool,
+    /// Extra headers sent with every delivery.
+    pub custom_headers: Vec<(String, String)>,
+    /// `whsec_…`. Kept as is, not hashed: every delivery is signed with it.
+    pub signing_key: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for its first attempt or a retry.
+    Pending,
+    /// A 2xx answer.
+    Succeeded,
+    /// Given up.
+    Failed,
+}
+
+impl DeliveryState {
+    /// The stored and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name (unknown values read as failed).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => DeliveryState::Pending,
+            "succeeded" => DeliveryState::Succeeded,
+            _ => DeliveryState::Failed,
+        }
+    }
+}
+
+/// One event for one webhook: a single record however many attempts it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// `msg_…`, sent as `webhook-id` on every attempt.
+    pub id: String,
+    /// The webhook.
+    pub webhook_id: String,
+    /// Event name.
+    pub event: String,
+    /// The exact JSON body sent.
+    pub payload: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (Unix ms).
+    pub next_attempt_ms: i64,
+    /// Status of the last answer.
+    pub last_status: Option<u16>,
+    /// Start of the last answer's body.
+    pub last_response: Option<String>,
+    /// Why the last attempt failed without an answer.
+    pub last_error: Option<String>,
+    /// Duration of the last attempt.
+    pub duration_ms: Option<u64>,
+    /// Creation time (Unix ms).
+    pub created_ms: i64,
+    /// Last change (Unix ms).
+    pub updated_ms: i64,
+}
+
+/// Delivery figures of one webhook over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Deliveries attempted at least once.
+    pub requests: u64,
+    /// Of those, delivered.
+    pub succeeded: u64,
+}
