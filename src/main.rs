@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+use hookway::notify::NotifyConfig;
+use hookway::notify::retry::Schedule;
 use hookway::server::gateway::WsLimits;
 use hookway::server::{self, Server, ServerConfig, TlsSource};
 use reqwest::Method;
@@ -89,6 +91,17 @@ struct ServerArgs {
     /// Seconds a WebSocket client may stay silent (no message, no pong) before it is dropped.
     #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs())]
     ws_idle_timeout: u64,
+    /// Delays before each retry of a failed status-webhook delivery; its length is the number of
+    /// retries (units ms, s, m, h; "" for none). Retried: 5xx, 429, timeouts, connection errors.
+    #[arg(long, env = "HOOKWAY_WEBHOOK_RETRY_SCHEDULE", default_value = hookway::notify::retry::DEFAULT_SCHEDULE)]
+    webhook_retry_schedule: String,
+    /// Seconds allowed per webhook delivery attempt.
+    #[arg(long, default_value_t = hookway::notify::notifier::DEFAULT_ATTEMPT_TIMEOUT.as_secs())]
+    webhook_timeout: u64,
+    /// Allow webhook URLs on loopback, private and link-local addresses (refused by default so a
+    /// webhook cannot reach the server's own network; needed when everything runs on one machine).
+    #[arg(long, env = "HOOKWAY_ALLOW_PRIVATE_WEBHOOKS")]
+    allow_private_webhooks: bool,
 }
 
 #[derive(Args, Clone)]
@@ -320,6 +333,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             max_body: args.ws_max_body,
             ping_interval: Duration::from_secs(args.ws_ping_interval.max(1)),
             idle_timeout: Duration::from_secs(args.ws_idle_timeout.max(2)),
+        },
+        webhooks: NotifyConfig {
+            schedule: Schedule::parse(&args.webhook_retry_schedule)
+                .map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?,
+            attempt_timeout: Duration::from_secs(args.webhook_timeout.max(1)),
+            allow_private: args.allow_private_webhooks,
         },
     };
     let server = Server::bind(config).await.context("cannot start the server")?;

@@ -5,9 +5,12 @@
 //! return decisions; the delivery machinery lives beside them and never runs on
 //! a tunnel's path: sessions only hand an event to the outbox.
 
+pub mod deliver;
 pub mod event;
+pub mod notifier;
 pub mod retry;
 pub mod sign;
 pub mod ssrf;
 
 pub use event::{EventKind, Payload};
+pub use notifier::{Notifier, NotifyConfig};

@@ -1,4 +1,5 @@
-//! The Tunnels REST API, shaped exactly as seed 001 (paths, bodies, wrappers,
+//! The Tunnels REST API, shaped exactly as seed 001 (the webhooks API lives in
+//! [`super::webhooks_api`] and shares this file's error style) (paths, bodies, wrappers,
 //! field names); anything extra is an addition, never a change.
 //!
 //! Every error is `{"error": "…"}` with 400/401/404/405/409/413, mapped here in
@@ -26,10 +27,10 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 pub const MAX_NAME_LEN: usize = 200;
 
 /// An API failure, rendered as `{"error": …}`.
-struct ApiError(StatusCode, String);
+pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 
 impl ApiError {
-    fn bad(msg: impl Into<String>) -> Self {
+    pub(super) fn bad(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
     }
     fn not_found() -> Self {
@@ -49,7 +50,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type ApiResult = Result<Response<Body>, ApiError>;
+pub(super) type ApiResult = Result<Response<Body>, ApiError>;
 
 /// The tunnel object of seed 001.
 #[derive(Serialize)]
@@ -130,6 +131,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
             }
             Ok(ok(json!({ "success": true })))
         }
+        (["webhooks", rest @ ..], method) => super::webhooks_api::route(state, &org, rest, method, req).await,
         (["tunnels"] | ["tunnels", _] | ["tunnels", _, "status" | "regenerate-token" | "disconnect"], _) => {
             Err(not_allowed())
         }
@@ -137,11 +139,11 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
     }
 }
 
-fn ok(value: Value) -> Response<Body> {
+pub(super) fn ok(value: Value) -> Response<Body> {
     json_response(StatusCode::OK, &value)
 }
 
-fn not_allowed() -> ApiError {
+pub(super) fn not_allowed() -> ApiError {
     ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path".into())
 }
 
@@ -166,7 +168,7 @@ fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, ApiError> {
     state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(ApiError::not_found)
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
     let bytes = Limited::new(req.into_body(), MAX_API_BODY)
         .collect()
         .await
@@ -188,7 +190,7 @@ async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Val
     }
 }
 
-fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -200,7 +202,7 @@ fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Op
 pub const MAX_GROUP_LEN: usize = 64;
 
 /// `group`: absent (`None`), null (`Some(None)`: clear it) or a label.
-fn group_field(body: &serde_json::Map<String, Value>) -> Result<Option<Option<String>>, ApiError> {
+pub(super) fn group_field(body: &serde_json::Map<String, Value>) -> Result<Option<Option<String>>, ApiError> {
     match body.get("group") {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
@@ -220,7 +222,7 @@ fn group_field(body: &serde_json::Map<String, Value>) -> Result<Option<Option<St
     }
 }
 
-fn valid_name(name: String) -> Result<String, ApiError> {
+pub(super) fn valid_name(name: String) -> Result<String, ApiError> {
     let name = name.trim().to_owned();
     if name.is_empty() {
         return Err(ApiError::bad("'name' must not be empty"));

@@ -13,6 +13,7 @@ pub mod http;
 pub mod names;
 pub mod registry;
 pub mod session;
+pub mod webhooks_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::notify::{Notifier, NotifyConfig};
 use crate::quic::{self, close, tls};
 use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
 use gateway::WsLimits;
@@ -77,6 +79,8 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Limits of the WebSocket-JSON gateway.
     pub ws: WsLimits,
+    /// Status webhook delivery settings.
+    pub webhooks: NotifyConfig,
 }
 
 impl ServerConfig {
@@ -94,6 +98,7 @@ impl ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             api_key: None,
             ws: WsLimits::default(),
+            webhooks: NotifyConfig::default(),
         }
     }
 }
@@ -162,6 +167,8 @@ pub struct State {
     /// Session tasks (QUIC and WebSocket), awaited briefly at shutdown so
     /// their close frames go out.
     pub tasks: TaskTracker,
+    /// Status webhooks: sessions report connects and disconnects here.
+    pub notifier: Arc<Notifier>,
 }
 
 impl State {
@@ -294,6 +301,8 @@ impl Server {
             }
             TlsSource::Files { cert, key } => tls::Identity::from_pem_files(cert, key)?,
         };
+        let webhooks = store.blocking().load_webhooks()?;
+        let notifier = Arc::new(Notifier::new(store.clone(), config.webhooks.clone(), webhooks));
         let quic = quic::server_endpoint(config.quic_addr, &identity)?;
         let quic_addr = quic.local_addr().map_err(|source| ServerError::Bind { addr: config.quic_addr, source })?;
 
@@ -314,6 +323,7 @@ impl Server {
             registry,
             api_keys: DashMap::new(),
             tasks: TaskTracker::new(),
+            notifier,
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, generated_key })
     }
@@ -352,6 +362,9 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) {
         let Server { state, http, quic, grace, .. } = self;
         let tracker = state.tasks.clone();
+        // The notifier outlives the sessions, so their disconnect events reach the outbox.
+        let notifier_stop = CancellationToken::new();
+        let notifier = tokio::spawn(state.notifier.clone().run(notifier_stop.clone()));
         tracker.spawn(session::accept_loop(quic.clone(), state.clone(), shutdown.clone()));
         let flusher = {
             let state = state.clone();
@@ -377,6 +390,8 @@ impl Server {
             quic.wait_idle().await;
         })
         .await;
+        notifier_stop.cancel();
+        let _ = notifier.await;
         let _ = flusher.await;
         state.flush_counters().await;
         tracing::info!("server stopped");

@@ -26,6 +26,16 @@ pub fn tunnel_id() -> String {
     format!("tun_{}", random_from(LOWER36, 16))
 }
 
+/// A new webhook id, `wh_` + 16 characters.
+pub fn webhook_id() -> String {
+    format!("wh_{}", random_from(LOWER36, 16))
+}
+
+/// `len` random base62 characters, for message ids.
+pub fn random_suffix(len: usize) -> String {
+    random_from(BASE62, len)
+}
+
 /// A new organization id.
 pub fn org_id() -> String {
     format!("org_{}", random_from(LOWER36, 16))

@@ -108,6 +108,8 @@ pub struct Session {
     pub client_ip: IpAddr,
     /// Requests forwarded in this session.
     pub requests: AtomicU64,
+    /// Public id of the token the client authenticated with (for token events).
+    pub token_id: String,
 }
 
 impl Session {

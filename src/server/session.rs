@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::State;
-use super::names::secret_matches;
+use super::names::{hash_secret, secret_matches};
 use super::registry::{Session, Transport, Tunnel};
+use crate::notify::EventKind;
+use crate::notify::event::token_public_id;
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, Rejected, ServerHello};
 
@@ -105,8 +107,10 @@ pub fn go_live(
         connected_at: super::clock::now_rfc3339(),
         client_ip,
         requests: AtomicU64::new(0),
+        token_id: token_public_id(&hash_secret(token)),
     });
-    if let Some(old) = state.registry.attach(session.clone()) {
+    let replaced = state.registry.attach(session.clone());
+    if let Some(old) = &replaced {
         tracing::info!(tunnel_id = %tunnel.id, "a new client took over the tunnel");
         old.close(close::REPLACED, "another client connected to this tunnel");
     }
@@ -117,15 +121,28 @@ pub fn go_live(
         return None;
     }
     state.record_connected(tunnel, &session.connected_at);
+    let group = tunnel.meta().group;
+    if replaced.is_none() {
+        state.notifier.emit(EventKind::TunnelConnected, &tunnel.org_id, &tunnel.id, group.as_deref());
+    }
+    state.notifier.emit(EventKind::TokenConnected, &tunnel.org_id, &session.token_id, group.as_deref());
     tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, kind = session.transport.kind(), "tunnel connected");
     Some(session)
 }
 
 /// Takes an ended session out of the routing map (unless the API or a newer
 /// client already did); true if it was still the one serving its tunnel.
+/// Fires `token.disconnected`, and `tunnel.disconnected` unless another client
+/// serves the tunnel now.
 pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     let was_live = state.registry.detach(session);
     tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
+    let t = &session.tunnel;
+    let group = t.meta().group;
+    state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, group.as_deref());
+    if state.registry.session_of(t).is_none() {
+        state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, group.as_deref());
+    }
     was_live
 }
 

@@ -109,8 +109,9 @@ pub trait Store: Send + Sync + 'static {
     fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
     /// Records an attempt's outcome.
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
-    /// Pending deliveries due by `now_ms`, oldest due first.
-    fn due_deliveries(&self, now_ms: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
+    /// Pending deliveries due by `now_ms`, oldest due first, at most
+    /// `per_webhook` of any one webhook and `limit` in all.
+    fn due_deliveries(&self, now_ms: i64, per_webhook: usize, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
     /// When the earliest pending delivery is due.
     fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     /// A webhook's deliveries created since `since_ms`, newest first.

@@ -240,8 +240,8 @@ impl Store for SqliteStore {
         self.with(|c| wh::update_delivery(c, delivery))
     }
 
-    fn due_deliveries(&self, now_ms: i64, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.with(|c| wh::due_deliveries(c, now_ms, limit))
+    fn due_deliveries(&self, now_ms: i64, per_webhook: usize, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.with(|c| wh::due_deliveries(c, now_ms, per_webhook, limit))
     }
 
     fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
@@ -397,7 +397,8 @@ mod tests {
 
         store.insert_deliveries(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)]).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
-        assert_eq!(store.due_deliveries(1_500, 10).unwrap().len(), 1);
+        assert_eq!(store.due_deliveries(1_500, 10, 10).unwrap().len(), 1);
+        assert_eq!(store.due_deliveries(9_000, 1, 10).unwrap().len(), 1, "one per webhook");
         let mut done = delivery("msg_a", "wh_1", 1_000);
         (done.state, done.attempts, done.last_status) = (Succeeded, 1, Some(200));
         store.update_delivery(&done).unwrap();

@@ -168,13 +168,22 @@ pub(super) fn update_delivery(c: &Connection, d: &DeliveryRecord) -> rusqlite::R
     .map(drop)
 }
 
-/// Pending deliveries due by `now_ms`, oldest due first.
-pub(super) fn due_deliveries(c: &Connection, now_ms: i64, limit: usize) -> rusqlite::Result<Vec<DeliveryRecord>> {
+/// Pending deliveries due by `now_ms`, oldest due first, at most
+/// `per_webhook` of each webhook (so one receiver's backlog cannot hide the
+/// others') and `limit` in all.
+pub(super) fn due_deliveries(
+    c: &Connection,
+    now_ms: i64,
+    per_webhook: usize,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeliveryRecord>> {
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'pending' AND next_attempt_ms <= ?1
-         ORDER BY next_attempt_ms LIMIT ?2"
+        "SELECT {DELIVERY_COLUMNS} FROM (
+             SELECT *, ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_ms, id) AS rank
+             FROM deliveries WHERE state = 'pending' AND next_attempt_ms <= ?1)
+         WHERE rank <= ?2 ORDER BY next_attempt_ms, id LIMIT ?3"
     ))?;
-    let rows = stmt.query_map(params![now_ms, limit as i64], delivery_from)?;
+    let rows = stmt.query_map(params![now_ms, per_webhook as i64, limit as i64], delivery_from)?;
     rows.collect()
 }
 

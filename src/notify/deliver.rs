@@ -1,0 +1,137 @@
+//! One delivery attempt over HTTP: sign, send, classify the outcome.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::retry::{AttemptResult, parse_retry_after};
+use super::{sign, ssrf};
+use crate::store::WebhookRecord;
+
+/// How much of a receiver's answer is kept for the delivery log.
+pub const MAX_LOGGED_RESPONSE: usize = 1024;
+
+/// Headers we set; custom headers never override them.
+const RESERVED: &[&str] =
+    &["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host", "user-agent"];
+
+/// What an attempt produced, for the outbox.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The classified result, for the retry decision.
+    pub result: AttemptResult,
+    /// The answer's status, if any.
+    pub status: Option<u16>,
+    /// The start of the answer's body.
+    pub response: Option<String>,
+    /// Why there was no usable answer.
+    pub error: Option<String>,
+    /// Time taken.
+    pub duration: Duration,
+}
+
+/// The HTTP client deliveries use: no proxies (they would bypass the address
+/// checks), no redirects (a 3xx is an answer), and the guarded resolver.
+pub fn client(allow_private: bool) -> reqwest::Client {
+    crate::quic::tls::install_default_provider();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(ssrf::resolver(allow_private))
+        .user_agent(concat!("hookway/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()
+        .expect("reqwest client builds with the installed provider")
+}
+
+/// Sends `payload` to `webhook` once, signed as message `msg_id`.
+pub async fn attempt(
+    http: &reqwest::Client,
+    webhook: &WebhookRecord,
+    msg_id: &str,
+    payload: &str,
+    timeout: Duration,
+    allow_private: bool,
+) -> Attempt {
+    let started = Instant::now();
+    let failed = |result, error: String| Attempt {
+        result,
+        status: None,
+        response: None,
+        error: Some(error),
+        duration: started.elapsed(),
+    };
+    // Literal addresses never reach the resolver: check them here too.
+    if let Err(why) = ssrf::check_url(&webhook.url, allow_private) {
+        return failed(AttemptResult::Refused, why);
+    }
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let Some(signature) = sign::sign(&webhook.signing_key, msg_id, timestamp, payload.as_bytes()) else {
+        return failed(AttemptResult::Refused, "the webhook's signing key is unusable; regenerate it".into());
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &webhook.custom_headers {
+        let lower = name.to_ascii_lowercase();
+        if RESERVED.contains(&lower.as_str()) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(n, v);
+        }
+    }
+    let ours = [
+        ("content-type", "application/json".to_owned()),
+        ("webhook-id", msg_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        ("webhook-signature", signature),
+    ];
+    for (name, value) in ours {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    let sent = http.post(&webhook.url).headers(headers).body(payload.to_owned()).timeout(timeout).send().await;
+    let mut resp = match sent {
+        Ok(resp) => resp,
+        Err(err) if ssrf::is_refusal(&err) => return failed(AttemptResult::Refused, err_chain(&err)),
+        Err(err) if err.is_timeout() => return failed(AttemptResult::Timeout, format!("no answer within {timeout:?}")),
+        Err(err) => return failed(AttemptResult::ConnectionError, err_chain(&err)),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    // Keep the start of the body; never wait long for the rest.
+    let mut body = Vec::new();
+    let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+    let _ = tokio::time::timeout(left, async {
+        while body.len() < MAX_LOGGED_RESPONSE {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    body.truncate(MAX_LOGGED_RESPONSE);
+    Attempt {
+        result: AttemptResult::Status(status, retry_after),
+        status: Some(status),
+        response: Some(String::from_utf8_lossy(&body).into_owned()),
+        error: None,
+        duration: started.elapsed(),
+    }
+}
+
+/// An error with its causes, which is where reqwest keeps the useful part.
+fn err_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}

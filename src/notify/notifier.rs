@@ -1,0 +1,325 @@
+//! The delivery engine: events in, signed and retried HTTP requests out,
+//! through a durable outbox in the store.
+//!
+//! * [`Notifier::emit`] is all a tunnel session does: it pushes the event onto
+//!   a channel and returns, whatever the receivers are doing.
+//! * The *writer* task turns events into one delivery row per matching webhook
+//!   (one transaction per batch) and wakes the dispatcher.
+//! * The *dispatcher* picks due rows, at most [`PER_WEBHOOK`] per webhook at a
+//!   time, so a receiver that hangs only ever holds its own slots, and runs each
+//!   attempt in its own task. Before an attempt it moves the row's due time past
+//!   the attempt's timeout (a lease): if the server dies mid-attempt, the row
+//!   comes due again after restart and is retried; nothing pending is lost.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::deliver::{self, Attempt};
+use super::event::{EventKind, Payload};
+use super::retry::{Next, Schedule, decide};
+use crate::store::{DeliveryRecord, DeliveryState, StoreHandle, WebhookRecord};
+
+/// Attempts running at once for one webhook.
+pub const PER_WEBHOOK: usize = 4;
+/// Attempts running at once in all.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Default per-attempt timeout.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long finished deliveries are kept (the API shows the last 24 h).
+pub const RETENTION: Duration = Duration::from_secs(48 * 3600);
+/// Extra time a lease allows beyond the attempt timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Delivery settings.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Delays before each retry.
+    pub schedule: Schedule,
+    /// Time allowed per attempt.
+    pub attempt_timeout: Duration,
+    /// Deliver to loopback and private addresses too.
+    pub allow_private: bool,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self { schedule: Schedule::default(), attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT, allow_private: false }
+    }
+}
+
+/// An event as a session reports it.
+#[derive(Debug, Clone)]
+struct Emitted {
+    kind: EventKind,
+    org_id: String,
+    subject: String,
+    group: Option<String>,
+    at: OffsetDateTime,
+}
+
+/// The webhook table (cached from the store) and the delivery machinery.
+pub struct Notifier {
+    config: NotifyConfig,
+    store: StoreHandle,
+    webhooks: DashMap<String, Arc<WebhookRecord>>,
+    events: mpsc::UnboundedSender<Emitted>,
+    queue: Mutex<Option<mpsc::UnboundedReceiver<Emitted>>>,
+    wake: Notify,
+    http: reqwest::Client,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl Notifier {
+    /// A notifier over `store`, with its webhooks loaded.
+    pub fn new(store: StoreHandle, config: NotifyConfig, webhooks: Vec<WebhookRecord>) -> Self {
+        let (events, queue) = mpsc::unbounded_channel();
+        let http = deliver::client(config.allow_private);
+        Self {
+            config,
+            store,
+            webhooks: webhooks.into_iter().map(|w| (w.id.clone(), Arc::new(w))).collect(),
+            events,
+            queue: Mutex::new(Some(queue)),
+            wake: Notify::new(),
+            http,
+        }
+    }
+
+    /// Settings in force.
+    pub fn config(&self) -> &NotifyConfig {
+        &self.config
+    }
+
+    /// Reports an event about `subject` (a tunnel id or a token's public id).
+    /// Never blocks and never fails: delivery happens elsewhere.
+    pub fn emit(&self, kind: EventKind, org_id: &str, subject: &str, group: Option<&str>) {
+        let event = Emitted {
+            kind,
+            org_id: org_id.to_owned(),
+            subject: subject.to_owned(),
+            group: group.map(str::to_owned),
+            at: OffsetDateTime::now_utc(),
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// A webhook by id.
+    pub fn webhook(&self, id: &str) -> Option<Arc<WebhookRecord>> {
+        self.webhooks.get(id).map(|w| w.clone())
+    }
+
+    /// An organization's webhooks, oldest first.
+    pub fn webhooks_of(&self, org_id: &str) -> Vec<Arc<WebhookRecord>> {
+        let mut v: Vec<_> = self.webhooks.iter().filter(|w| w.org_id == org_id).map(|w| w.clone()).collect();
+        v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Updates the cache after the store accepted a change.
+    pub fn put_webhook(&self, webhook: WebhookRecord) {
+        self.webhooks.insert(webhook.id.clone(), Arc::new(webhook));
+    }
+
+    /// Drops a deleted webhook from the cache.
+    pub fn remove_webhook(&self, id: &str) {
+        self.webhooks.remove(id);
+    }
+
+    /// Sends a sample payload once, outside the outbox (not logged, no retry).
+    pub async fn send_test(&self, webhook: &WebhookRecord, kind: EventKind) -> Attempt {
+        let subject = match kind.payload_type() {
+            "Tunnel" => "tun_sample000000000000",
+            _ => "tok_sample000000000000000000",
+        };
+        let payload = Payload::new(kind, subject, OffsetDateTime::now_utc()).to_json();
+        let msg_id = format!("msg_test_{}", crate::server::names::random_suffix(20));
+        deliver::attempt(&self.http, webhook, &msg_id, &payload, self.config.attempt_timeout, self.config.allow_private)
+            .await
+    }
+
+    /// Runs the writer, the dispatcher and the pruner until `shutdown`; events
+    /// already emitted are written to the outbox before it returns.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(queue) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            tracing::error!("notifier started twice");
+            return;
+        };
+        let attempts = TaskTracker::new();
+        let writer = tokio::spawn(self.clone().write_outbox(queue, shutdown.clone()));
+        let pruner = tokio::spawn(self.clone().prune(shutdown.clone()));
+        self.dispatch(&attempts, &shutdown).await;
+        let _ = writer.await;
+        let _ = pruner.await;
+        // Attempts still running finish on their own timeout; their rows are
+        // leased, so if the process ends first they are retried after restart.
+        attempts.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), attempts.wait()).await;
+    }
+
+    /// Turns events into delivery rows, a batch per transaction.
+    async fn write_outbox(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Emitted>, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                e = queue.recv() => e,
+                _ = shutdown.cancelled() => None,
+            };
+            let mut batch: Vec<Emitted> = first.into_iter().collect();
+            while let Ok(e) = queue.try_recv() {
+                batch.push(e);
+            }
+            if batch.is_empty() {
+                return; // shut down with nothing left to write
+            }
+            let rows = self.deliveries_for(&batch);
+            if !rows.is_empty() {
+                let n = rows.len();
+                if let Err(err) = self.store.run(move |s| s.insert_deliveries(&rows)).await {
+                    tracing::error!(%err, deliveries = n, "could not write webhook deliveries to the outbox");
+                }
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// One delivery per (event, subscribed webhook of the same organization).
+    fn deliveries_for(&self, events: &[Emitted]) -> Vec<DeliveryRecord> {
+        let now = now_ms();
+        let mut rows = Vec::new();
+        for e in events {
+            let payload = Payload::new(e.kind, &e.subject, e.at).to_json();
+            for w in self.webhooks.iter() {
+                let subscribed = w.enabled
+                    && w.org_id == e.org_id
+                    && w.events.iter().any(|name| name == e.kind.as_str())
+                    && w.group.as_ref().is_none_or(|g| e.group.as_ref() == Some(g));
+                if subscribed {
+                    rows.push(DeliveryRecord {
+                        id: format!("msg_{}", crate::server::names::random_suffix(24)),
+                        webhook_id: w.id.clone(),
+                        event: e.kind.as_str().to_owned(),
+                        payload: payload.clone(),
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_ms: now,
+                        last_status: None,
+                        last_response: None,
+                        last_error: None,
+                        duration_ms: None,
+                        created_ms: now,
+                        updated_ms: now,
+                    });
+                }
+            }
+        }
+        rows
+    }
+
+    /// Starts due attempts within the concurrency limits, then sleeps until
+    /// something is due, an event arrives or an attempt ends.
+    async fn dispatch(self: &Arc<Self>, attempts: &TaskTracker, shutdown: &CancellationToken) {
+        let global = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let mut per_webhook: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        loop {
+            let due = self.store.run(|s| s.due_deliveries(now_ms(), PER_WEBHOOK, MAX_IN_FLIGHT)).await;
+            let mut blocked = false;
+            for delivery in due.unwrap_or_else(|err| {
+                tracing::error!(%err, "cannot read the webhook outbox");
+                Vec::new()
+            }) {
+                let slot = per_webhook
+                    .entry(delivery.webhook_id.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(PER_WEBHOOK)));
+                let (Ok(mine), Ok(all)) = (slot.clone().try_acquire_owned(), global.clone().try_acquire_owned()) else {
+                    blocked = true;
+                    continue;
+                };
+                let this = self.clone();
+                attempts.spawn(async move {
+                    this.deliver(delivery).await;
+                    drop((mine, all));
+                    this.wake.notify_one();
+                });
+            }
+            per_webhook.retain(|_, s| s.available_permits() < PER_WEBHOOK);
+            let next_due = self.store.run(|s| s.next_due_ms()).await.ok().flatten();
+            let wait = match next_due {
+                _ if blocked => Duration::from_secs(1),
+                Some(at) => Duration::from_millis((at - now_ms()).clamp(0, 30_000) as u64),
+                None => Duration::from_secs(30),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(5))) => {}
+            }
+        }
+    }
+
+    /// One attempt of one delivery, and its record.
+    async fn deliver(&self, mut d: DeliveryRecord) {
+        let Some(webhook) = self.webhook(&d.webhook_id) else { return }; // deleted: its rows went with it
+        if !webhook.enabled {
+            d.state = DeliveryState::Failed;
+            d.last_error = Some("the webhook was disabled before delivery".into());
+            d.updated_ms = now_ms();
+            self.save(d).await;
+            return;
+        }
+        // The lease: not due again until this attempt has surely ended.
+        d.next_attempt_ms = now_ms() + (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as i64;
+        self.save(d.clone()).await;
+
+        let a = deliver::attempt(
+            &self.http,
+            &webhook,
+            &d.id,
+            &d.payload,
+            self.config.attempt_timeout,
+            self.config.allow_private,
+        )
+        .await;
+        d.attempts += 1;
+        let next = decide(&a.result, d.attempts, &self.config.schedule);
+        let now = now_ms();
+        (d.state, d.next_attempt_ms) = match next {
+            Next::Succeeded => (DeliveryState::Succeeded, now),
+            Next::Failed => (DeliveryState::Failed, now),
+            Next::RetryIn(delay) => (DeliveryState::Pending, now + delay.as_millis() as i64),
+        };
+        tracing::debug!(webhook_id = %d.webhook_id, delivery = %d.id, attempt = d.attempts, ?next, status = ?a.status, "webhook attempt");
+        (d.last_status, d.last_response, d.last_error) = (a.status, a.response, a.error);
+        d.duration_ms = Some(a.duration.as_millis() as u64);
+        d.updated_ms = now;
+        self.save(d).await;
+    }
+
+    async fn save(&self, d: DeliveryRecord) {
+        if let Err(err) = self.store.run(move |s| s.update_delivery(&d)).await {
+            tracing::error!(%err, "could not record a webhook delivery attempt");
+        }
+    }
+
+    /// Deletes finished deliveries older than [`RETENTION`], hourly.
+    async fn prune(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+            let before = now_ms() - RETENTION.as_millis() as i64;
+            match self.store.run(move |s| s.prune_deliveries(before)).await {
+                Ok(n) if n > 0 => tracing::info!(deliveries = n, "pruned old webhook deliveries"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(%err, "could not prune webhook deliveries"),
+            }
+        }
+    }
+}
