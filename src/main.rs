@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+#[path = "cli/webhooks.rs"]
+mod webhooks_cli;
+
 use hookway::notify::NotifyConfig;
 use hookway::notify::retry::Schedule;
 use hookway::server::gateway::WsLimits;
@@ -45,6 +48,9 @@ enum Command {
     /// Manage tunnels through the REST API.
     #[command(subcommand)]
     Tunnels(TunnelsCommand),
+    /// Manage status webhooks: notifications when tunnels and tokens connect or disconnect.
+    #[command(subcommand)]
+    Webhooks(webhooks_cli::WebhooksCommand),
     /// Manage API keys directly in the server's data directory (run on the server machine).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -167,16 +173,25 @@ enum TunnelsCommand {
         /// Custom subdomain.
         #[arg(long)]
         subdomain: Option<String>,
+        /// Group label, for webhooks that subscribe to one group.
+        #[arg(long)]
+        group: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Rename a tunnel.
+    /// Rename a tunnel or change its group.
     Update {
         /// Tunnel id.
         id: String,
         /// New display name.
         #[arg(long)]
-        name: String,
+        name: Option<String>,
+        /// New group label.
+        #[arg(long, conflicts_with = "no_group")]
+        group: Option<String>,
+        /// Remove the tunnel from its group.
+        #[arg(long)]
+        no_group: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -269,6 +284,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Server(args) => run_server(args).await,
         Command::Start(args) => start(args).await,
         Command::Tunnels(cmd) => tunnels(cmd).await,
+        Command::Webhooks(cmd) => webhooks_cli::run(cmd).await,
         Command::Keys(KeysCommand::Create { org, data_dir }) => {
             let store = hookway::store::StoreHandle::new(hookway::store::SqliteStore::open_in(&data_dir)?);
             let key = server::create_api_key(&store, &org)?;
@@ -473,10 +489,13 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         TunnelsCommand::Get(IdArg { id, client }) => {
             show(&client, Method::GET, &format!("/api/tunnels/{id}"), None).await?;
         }
-        TunnelsCommand::Create { name, subdomain, client } => {
+        TunnelsCommand::Create { name, subdomain, group, client } => {
             let mut body = json!({ "name": name });
             if let Some(s) = subdomain {
                 body["subdomain"] = Value::String(s);
+            }
+            if let Some(g) = group {
+                body["group"] = Value::String(g);
             }
             let v = show(&client, Method::POST, "/api/tunnels", Some(&body)).await?;
             if !client.json {
@@ -486,8 +505,20 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                 );
             }
         }
-        TunnelsCommand::Update { id, name, client } => {
-            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&json!({ "name": name }))).await?;
+        TunnelsCommand::Update { id, name, group, no_group, client } => {
+            let mut body = serde_json::Map::new();
+            if let Some(name) = name {
+                body.insert("name".into(), Value::String(name));
+            }
+            if let Some(group) = group {
+                body.insert("group".into(), Value::String(group));
+            } else if no_group {
+                body.insert("group".into(), Value::Null);
+            }
+            if body.is_empty() {
+                bail!("nothing to update: pass --name, --group or --no-group");
+            }
+            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&Value::Object(body))).await?;
         }
         TunnelsCommand::Delete(IdArg { id, client }) => {
             show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None).await?;

@@ -1,0 +1,234 @@
+//! `hookway webhooks …`: the status webhooks API from the shell.
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value, json};
+
+use super::{ClientArgs, ClientOnly, api, show};
+
+/// The events a webhook can subscribe to.
+const EVENTS_HELP: &str = "tunnel.connected, tunnel.disconnected, token.connected, token.disconnected";
+
+#[derive(Subcommand)]
+pub enum WebhooksCommand {
+    /// List the organization's webhooks, with their 24 h health.
+    List(ClientOnly),
+    /// Show one webhook.
+    Get(WebhookId),
+    /// Create a webhook (prints its signing key once).
+    Create {
+        /// Destination URL (http or https).
+        #[arg(long)]
+        url: String,
+        /// Events to send, comma-separated or repeated: tunnel.connected, tunnel.disconnected,
+        /// token.connected, token.disconnected ("all" for every one).
+        #[arg(long, value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Create it paused (enable later with `update --enable`).
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        fields: WebhookFields,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a webhook's fields.
+    Update {
+        /// Webhook id (wh_…).
+        id: String,
+        /// New destination URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// New event list (replaces the old one).
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        /// Turn delivery back on.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Pause delivery.
+        #[arg(long)]
+        disable: bool,
+        /// Send events of every group again.
+        #[arg(long, conflicts_with = "group")]
+        no_group: bool,
+        #[command(flatten)]
+        fields: WebhookFields,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete a webhook and its delivery log.
+    Delete(WebhookId),
+    /// Send a sample payload for each selected event (not logged).
+    Test(WebhookId),
+    /// Deliveries of the last 24 hours, newest first.
+    Deliveries(WebhookId),
+    /// Issue a new signing key (printed once); the old one stops signing at once.
+    RegenerateSigningKey(WebhookId),
+}
+
+/// Fields shared by create and update.
+#[derive(Args)]
+pub struct WebhookFields {
+    /// Name, for your reference (default: the URL's host).
+    #[arg(long)]
+    name: Option<String>,
+    /// Only events of tunnels with this group label.
+    #[arg(long)]
+    group: Option<String>,
+    /// Extra header sent with every delivery, as "Name: value" (repeatable; replaces all on update).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct WebhookId {
+    /// Webhook id (wh_…).
+    id: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn events_json(events: &[String]) -> Result<Value> {
+    let mut out = Vec::new();
+    for e in events.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        if e == "all" {
+            out.extend(EVENTS_HELP.split(", ").map(|e| Value::String(e.to_owned())));
+        } else {
+            out.push(Value::String(e.to_owned()));
+        }
+    }
+    if out.is_empty() {
+        bail!("--events needs at least one of: {EVENTS_HELP}");
+    }
+    Ok(Value::Array(out))
+}
+
+fn fields_json(fields: WebhookFields, body: &mut Map<String, Value>) -> Result<()> {
+    if let Some(name) = fields.name {
+        body.insert("name".into(), Value::String(name));
+    }
+    if let Some(group) = fields.group {
+        body.insert("group".into(), Value::String(group));
+    }
+    if !fields.headers.is_empty() {
+        let mut headers = Map::new();
+        for h in fields.headers {
+            let Some((name, value)) = h.split_once(':') else {
+                bail!("--header {h:?} must look like \"Name: value\"");
+            };
+            headers.insert(name.trim().to_owned(), Value::String(value.trim().to_owned()));
+        }
+        body.insert("customHeaders".into(), Value::Object(headers));
+    }
+    Ok(())
+}
+
+/// Runs a `webhooks` subcommand.
+pub async fn run(cmd: WebhooksCommand) -> Result<()> {
+    match cmd {
+        WebhooksCommand::List(ClientOnly { client }) => {
+            let v = api(&client)?.call(Method::GET, "/api/webhooks", None).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{:<20} {:<8} {:>9} {:>8}  {:<40} EVENTS", "ID", "ENABLED", "REQS/24H", "SUCCESS", "URL");
+            for w in v["webhooks"].as_array().into_iter().flatten() {
+                let rate = w["health"]["successRate24h"].as_f64().map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+                let events: Vec<&str> =
+                    w["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                println!(
+                    "{:<20} {:<8} {:>9} {:>8}  {:<40} {}",
+                    w["id"].as_str().unwrap_or(""),
+                    w["enabled"],
+                    w["health"]["requests24h"],
+                    rate,
+                    w["url"].as_str().unwrap_or(""),
+                    events.join(",")
+                );
+            }
+        }
+        WebhooksCommand::Get(WebhookId { id, client }) => {
+            show(&client, Method::GET, &format!("/api/webhooks/{id}"), None).await?;
+        }
+        WebhooksCommand::Create { url, events, disabled, fields, client } => {
+            let mut body = Map::new();
+            body.insert("url".into(), Value::String(url));
+            body.insert("events".into(), events_json(&events)?);
+            if disabled {
+                body.insert("enabled".into(), Value::Bool(false));
+            }
+            fields_json(fields, &mut body)?;
+            show(&client, Method::POST, "/api/webhooks", Some(&Value::Object(body))).await?;
+            if !client.json {
+                eprintln!("\nThe signing key is shown only now: receivers verify deliveries with it.");
+            }
+        }
+        WebhooksCommand::Update { id, url, events, enable, disable, no_group, fields, client } => {
+            let mut body = Map::new();
+            if let Some(url) = url {
+                body.insert("url".into(), Value::String(url));
+            }
+            if let Some(events) = events {
+                body.insert("events".into(), events_json(&events)?);
+            }
+            if enable || disable {
+                body.insert("enabled".into(), Value::Bool(enable));
+            }
+            if no_group {
+                body.insert("group".into(), Value::Null);
+            }
+            fields_json(fields, &mut body)?;
+            if body.is_empty() {
+                bail!(
+                    "nothing to update: pass --url, --events, --name, --group, --no-group, --header, --enable or --disable"
+                );
+            }
+            show(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
+        }
+        WebhooksCommand::Delete(WebhookId { id, client }) => {
+            show(&client, Method::DELETE, &format!("/api/webhooks/{id}"), None).await?;
+        }
+        WebhooksCommand::Test(WebhookId { id, client }) => {
+            let v = api(&client)?.call(Method::POST, &format!("/api/webhooks/{id}/test"), Some(&json!({}))).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            for r in v["results"].as_array().into_iter().flatten() {
+                let outcome = match (r["status"].as_u64(), r["error"].as_str()) {
+                    (Some(status), _) => format!("HTTP {status}"),
+                    (None, Some(err)) => err.to_owned(),
+                    (None, None) => "no answer".to_owned(),
+                };
+                let mark = if r["ok"] == true { "ok  " } else { "FAIL" };
+                println!("{mark} {:<22} {outcome} ({} ms)", r["event"].as_str().unwrap_or(""), r["durationMs"]);
+            }
+        }
+        WebhooksCommand::Deliveries(WebhookId { id, client }) => {
+            let v = api(&client)?.call(Method::GET, &format!("/api/webhooks/{id}/deliveries"), None).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            println!("{:<24} {:<20} {:<10} {:>8} {:>6}  DETAIL", "TIME", "EVENT", "STATUS", "ATTEMPTS", "HTTP");
+            for d in v["deliveries"].as_array().into_iter().flatten() {
+                let http = d["lastResponseStatus"].as_u64().map_or("-".into(), |s| s.to_string());
+                println!(
+                    "{:<24} {:<20} {:<10} {:>8} {:>6}  {}",
+                    d["createdAt"].as_str().unwrap_or(""),
+                    d["event"].as_str().unwrap_or(""),
+                    d["status"].as_str().unwrap_or(""),
+                    d["attempts"],
+                    http,
+                    d["lastError"].as_str().unwrap_or("")
+                );
+            }
+        }
+        WebhooksCommand::RegenerateSigningKey(WebhookId { id, client }) => {
+            show(&client, Method::POST, &format!("/api/webhooks/{id}/regenerate-signing-key"), None).await?;
+        }
+    }
+    Ok(())
+}
