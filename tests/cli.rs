@@ -27,7 +27,7 @@ async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) 
 async fn help_explains_every_command() {
     let (code, out, _) = hookway(&["--help"], None, None).await;
     assert_eq!(code, 0);
-    for word in ["server", "start", "tunnels", "keys"] {
+    for word in ["server", "start", "tunnels", "webhooks", "keys"] {
         assert!(out.contains(word), "{out}");
     }
     let (code, out, _) = hookway(&["server", "--help"], None, None).await;
@@ -123,4 +123,59 @@ async fn start_exposes_a_port_in_one_command() {
     assert_eq!(logged["path"], "/echo/hook?a=1");
     assert_eq!(logged["status"], 200);
     assert!(logged["durationMs"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn webhook_verbs_round_trip_through_the_api() {
+    let server = TestServer::start_with(|c| c.webhooks.allow_private = true).await;
+    let key = Some(API_KEY);
+    let (code, out, err) = hookway(
+        &["webhooks", "create", "--url", "http://127.0.0.1:9/hook", "--events", "all", "--header", "X-Team: ops"],
+        Some(&server),
+        key,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("shown only now"), "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert!(created["signingKey"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(created["webhook"]["events"].as_array().unwrap().len(), 4);
+    assert_eq!(created["webhook"]["customHeaders"]["X-Team"], "ops");
+    let id = created["webhook"]["id"].as_str().unwrap().to_owned();
+
+    let (code, out, _) = hookway(&["webhooks", "list"], Some(&server), key).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&id) && out.contains("http://127.0.0.1:9/hook") && !out.contains("whsec_"), "{out}");
+
+    let args = ["webhooks", "update", &id, "--disable", "--group", "prod", "--events", "tunnel.connected", "--json"];
+    let (code, out, err) = hookway(&args, Some(&server), key).await;
+    assert_eq!(code, 0, "{err}");
+    let updated: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(updated["webhook"]["enabled"], false);
+    assert_eq!(updated["webhook"]["group"], "prod");
+    assert_eq!(updated["webhook"]["events"], serde_json::json!(["tunnel.connected"]));
+
+    // Nothing listens on port 9: the test reports the failure per event.
+    let (code, out, _) = hookway(&["webhooks", "test", &id], Some(&server), key).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("FAIL") && out.contains("tunnel.connected"), "{out}");
+    let (code, out, _) = hookway(&["webhooks", "deliveries", &id, "--json"], Some(&server), key).await;
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["deliveries"], serde_json::json!([]));
+
+    let (code, _, err) =
+        hookway(&["webhooks", "create", "--url", "ftp://x", "--events", "all"], Some(&server), key).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("http or https") && err.contains("400"), "{err}");
+    let (code, _, err) = hookway(
+        &["webhooks", "create", "--url", "http://a.example", "--events", "tunnel.exploded"],
+        Some(&server),
+        key,
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown event"), "{err}");
+
+    let (code, out, _) = hookway(&["webhooks", "delete", &id, "--json"], Some(&server), key).await;
+    assert_eq!((code, out.trim()), (0, r#"{"success":true}"#));
 }
