@@ -8,78 +8,16 @@
 //! Run: `cargo bench --bench e2e` (`HOOKWAY_BENCH_SECS` sets seconds per
 //! measurement, default 3; every loop is bounded in time and count).
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::Request;
+use http_body_util::BodyExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
-use support::{API_KEY, ServerProcess, spawn_server, wait_line};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-const MAX_REQUESTS: usize = 500_000;
-
-fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
-}
-
-/// The local app: `/hook` answers 200 with a small JSON body after reading the
-/// request; `/sink` drains the body; `/source?n=N` sends N bytes.
-async fn app(req: Request<hyper::body::Incoming>) -> Response<Body> {
-    match req.uri().path() {
-        "/source" => {
-            let n: usize =
-                req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
-            let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
-            let chunks = futures_util::stream::unfold(n, move |left| {
-                let chunk = chunk.clone();
-                async move {
-                    (left > 0).then(|| {
-                        let len = left.min(chunk.len());
-                        (Ok::<_, BoxError>(http_body::Frame::data(chunk.slice(..len))), left - len)
-                    })
-                }
-            });
-            let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
-            resp.headers_mut().insert("content-length", n.into());
-            resp
-        }
-        _ => {
-            let mut body = req.into_body();
-            while let Some(Ok(_)) = body.frame().await {}
-            let mut resp = Response::new(full(&b"{\"received\":true}"[..]));
-            resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-            resp
-        }
-    }
-}
-
-async fn spawn_app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req| async move { Ok::<_, Infallible>(app(req).await) });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
+use support::{API_KEY, ServerProcess, full, http_client, load, spawn_app, spawn_server, wait_line};
 
 /// A tunnel client process serving one tunnel of the bench server.
 struct Tunnel {
@@ -109,61 +47,6 @@ async fn start_tunnel(server: &ServerProcess, app_port: u16, ws: bool) -> Tunnel
     // Drain the per-request log lines so the client never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     Tunnel { _client: client, url }
-}
-
-fn http_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(connector)
-}
-
-struct Stats {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// `concurrency` workers POSTing 1 KiB to `url` for `secs`.
-async fn load(url: &str, concurrency: usize, secs: f64) -> Stats {
-    let client = http_client();
-    let body = Bytes::from(vec![b'a'; 1024]);
-    // Warm the pool.
-    for _ in 0..concurrency.min(8) {
-        let req = Request::post(url).body(full(body.clone())).unwrap();
-        let _ = client.request(req).await.map(|r| r.into_body().collect());
-    }
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let per_worker = MAX_REQUESTS / concurrency;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (client, body, url) = (client.clone(), body.clone(), url.to_owned());
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(4096);
-                while Instant::now() < deadline && lat.len() < per_worker {
-                    let t = Instant::now();
-                    let req = Request::post(url.as_str())
-                        .header("content-type", "application/json")
-                        .header("x-github-event", "push")
-                        .body(full(body.clone()))
-                        .unwrap();
-                    let resp = client.request(req).await.expect("request");
-                    assert!(resp.status().is_success(), "status {}", resp.status());
-                    resp.into_body().collect().await.unwrap();
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for w in workers {
-        all.extend(w.await.unwrap());
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    Stats { rps: all.len() as f64 / elapsed, p50: pct(0.50), p99: pct(0.99) }
 }
 
 /// MiB/s moving `size`-byte bodies, `concurrency` at a time, for `secs` (at least one each).

@@ -1,0 +1,945 @@
+//! Status webhooks end to end: a real server, real QUIC tunnel clients and a
+//! real HTTP receiver that records what arrives and answers as told.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use hookway::notify::retry::Schedule;
+use hookway::notify::sign;
+use hookway::server::ServerConfig;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+const ALL_EVENTS: [&str; 4] = ["tunnel.connected", "tunnel.disconnected", "token.connected", "token.disconnected"];
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// ---------------------------------------------------------------------------
+// The receiver
+// ---------------------------------------------------------------------------
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    /// This status, body `ok` for 2xx and `status N` otherwise.
+    Status(u16),
+    /// This status with `Retry-After: secs`.
+    RetryAfter(u16, u64),
+    /// Never answer.
+    Hang,
+}
+
+/// Chooses the reply from the request's index (0-based, over all requests this
+/// receiver got) and its JSON body.
+type Policy = Arc<dyn Fn(usize, &Value) -> Reply + Send + Sync>;
+
+/// One request as it arrived.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: HeaderMap,
+    body: String,
+    json: Value,
+    at: Instant,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// `tunnel.connected`, … from the payload's `Type` and `Status`.
+    fn event(&self) -> String {
+        let kind = self.json["Type"].as_str().unwrap_or("?").to_ascii_lowercase();
+        let status = self.json["Status"].as_str().unwrap_or("?").to_ascii_lowercase();
+        format!("{kind}.{status}")
+    }
+
+    fn id(&self) -> &str {
+        self.json["Id"].as_str().unwrap_or("")
+    }
+
+    fn msg_id(&self) -> &str {
+        self.header("webhook-id")
+    }
+
+    /// Whether the Standard Webhooks signature verifies with `key`.
+    fn verifies(&self, key: &str) -> bool {
+        let Ok(ts) = self.header("webhook-timestamp").parse::<i64>() else { return false };
+        sign::verify(key, self.msg_id(), ts, self.body.as_bytes(), self.header("webhook-signature"))
+    }
+}
+
+/// A real HTTP server on 127.0.0.1 that records every request.
+struct Receiver {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    async fn start(policy: impl Fn(usize, &Value) -> Reply + Send + Sync + 'static) -> Self {
+        let policy: Policy = Arc::new(policy);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let shared = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (log, policy) = (shared.clone(), policy.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (log, policy) = (log.clone(), policy.clone());
+                        async move { Ok::<_, Infallible>(receive(req, log, policy).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, log }
+    }
+
+    /// Answers `statuses[i]` to the i-th request, the last one from then on.
+    async fn statuses(statuses: &[u16]) -> Self {
+        let list = statuses.to_vec();
+        Self::start(move |i, _| Reply::Status(list[i.min(list.len() - 1)])).await
+    }
+
+    async fn hanging() -> Self {
+        Self::start(|_, _| Reply::Hang).await
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn of_event(&self, event: &str) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.event() == event).collect()
+    }
+
+    /// Polls until `pred` holds on the requests so far, at most `within`;
+    /// returns the requests either way (callers assert).
+    async fn wait_for(&self, within: Duration, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.requests();
+            if pred(&got) || Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(ms(20)).await;
+        }
+    }
+
+    /// Waits until `n` requests for `event` arrived (at most `within`).
+    async fn wait_event(&self, event: &str, n: usize, within: Duration) -> Vec<Received> {
+        let got = self.wait_for(within, |rs| rs.iter().filter(|r| r.event() == event).count() >= n).await;
+        let of: Vec<Received> = got.into_iter().filter(|r| r.event() == event).collect();
+        assert!(of.len() >= n, "expected {n} x {event} within {within:?}, got {}: {:?}", of.len(), self.summary());
+        of
+    }
+
+    fn summary(&self) -> Vec<String> {
+        self.requests().iter().map(|r| format!("{} {}", r.event(), r.id())).collect()
+    }
+}
+
+async fn receive(req: Request<Incoming>, log: Arc<Mutex<Vec<Received>>>, policy: Policy) -> Response<Full<Bytes>> {
+    let at = Instant::now();
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let reply = {
+        let mut log = log.lock().unwrap();
+        let index = log.len();
+        log.push(Received { path: parts.uri.path().to_owned(), headers: parts.headers, body, json: json.clone(), at });
+        policy(index, &json)
+    };
+    let (status, retry_after) = match reply {
+        Reply::Hang => return std::future::pending().await,
+        Reply::Status(s) => (s, None),
+        Reply::RetryAfter(s, secs) => (s, Some(secs)),
+    };
+    let text = if (200..300).contains(&status) { "ok".to_owned() } else { format!("status {status}") };
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Receivers run on 127.0.0.1; retries are quick.
+fn fast(c: &mut ServerConfig) {
+    c.webhooks.allow_private = true;
+    c.webhooks.schedule = Schedule(vec![ms(100), ms(100), ms(100)]);
+    c.webhooks.attempt_timeout = Duration::from_secs(3);
+}
+
+async fn fast_server() -> TestServer {
+    TestServer::start_with(fast).await
+}
+
+/// An API call with the test key and a JSON body.
+async fn call(server: &TestServer, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    call_as(server, &bearer(), method, path, body).await
+}
+
+async fn call_as(
+    server: &TestServer,
+    auth: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let body = body.map(|b| b.to_string());
+    raw_api(server, method, path, Some(auth), body.as_deref()).await
+}
+
+/// Creates a webhook; returns (id, signing key).
+async fn create_webhook(server: &TestServer, body: Value) -> (String, String) {
+    let (status, v) = call(server, Method::POST, "/api/webhooks", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "create webhook {body}: {v}");
+    let id = v["webhook"]["id"].as_str().expect("webhook id").to_owned();
+    let key = v["signingKey"].as_str().expect("signing key").to_owned();
+    (id, key)
+}
+
+async fn deliveries(server: &TestServer, webhook: &str) -> Vec<Value> {
+    let (status, v) = call(server, Method::GET, &format!("/api/webhooks/{webhook}/deliveries"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["deliveries"].as_array().expect("deliveries array").clone()
+}
+
+/// Polls the delivery log until `pred` holds (at most `within`); returns the last listing.
+async fn wait_deliveries(
+    server: &TestServer,
+    webhook: &str,
+    within: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = deliveries(server, webhook).await;
+        if pred(&list) || Instant::now() >= deadline {
+            return list;
+        }
+        tokio::time::sleep(ms(50)).await;
+    }
+}
+
+fn all_final(list: &[Value]) -> bool {
+    !list.is_empty() && list.iter().all(|d| d["status"] != "pending")
+}
+
+async fn webhook_object(server: &TestServer, id: &str) -> Value {
+    let (status, v) = call(server, Method::GET, &format!("/api/webhooks/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v["webhook"].clone()
+}
+
+/// Creates a tunnel with an optional group; returns (id, token, tunnel object).
+async fn create_grouped_tunnel(server: &TestServer, name: &str, group: Option<&str>) -> (String, String, Value) {
+    let mut body = json!({ "name": name });
+    if let Some(g) = group {
+        body["group"] = json!(g);
+    }
+    let (status, v) = call(server, Method::POST, "/api/tunnels", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["tunnel"]["id"].as_str().unwrap().to_owned();
+    let token = v["authToken"].as_str().unwrap().to_owned();
+    (id, token, v["tunnel"].clone())
+}
+
+/// The public id a token should have: `tok_` + first 12 bytes of its SHA-256 in hex.
+fn expected_token_id(token: &str) -> String {
+    format!("tok_{}", hex::encode(&sha2::Sha256::digest(token.as_bytes())[..12]))
+}
+
+/// Stops a client and waits for it.
+async fn stop_client(client: TestClient) {
+    client.shutdown.cancel();
+    let _ = client.finished(Duration::from_secs(10)).await;
+}
+
+/// `2024-04-29T12:35:17.154580`: shape checked character by character, then parsed.
+fn check_action_date(s: &str) {
+    assert_eq!(s.len(), 26, "ActionDate {s:?} has the wrong length");
+    for (i, c) in s.chars().enumerate() {
+        let want = match i {
+            4 | 7 => Some('-'),
+            10 => Some('T'),
+            13 | 16 => Some(':'),
+            19 => Some('.'),
+            _ => None,
+        };
+        match want {
+            Some(w) => assert_eq!(c, w, "ActionDate {s:?} at {i}"),
+            None => assert!(c.is_ascii_digit(), "ActionDate {s:?}: {c:?} at {i} is not a digit"),
+        }
+    }
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
+    let at = time::PrimitiveDateTime::parse(s, format).expect("ActionDate parses").assume_utc();
+    let skew = (time::OffsetDateTime::now_utc() - at).abs();
+    assert!(skew < time::Duration::seconds(60), "ActionDate {s} is not the current UTC time (off by {skew})");
+}
+
+/// The body is exactly `{"Id":…,"ActionDate":…,"Type":…,"Status":…}`, in that order.
+fn check_payload(r: &Received, kind: &str, status: &str, id: &str) {
+    let obj = r.json.as_object().unwrap_or_else(|| panic!("body is not a JSON object: {}", r.body));
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["ActionDate", "Id", "Status", "Type"], "key set of {}", r.body);
+    let date = obj["ActionDate"].as_str().expect("ActionDate is a string");
+    check_action_date(date);
+    let expected = format!(r#"{{"Id":"{id}","ActionDate":"{date}","Type":"{kind}","Status":"{status}"}}"#);
+    assert_eq!(r.body, expected, "raw body (key order and values)");
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn payload_signature_and_custom_headers_on_connect_and_disconnect() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, key) = create_webhook(
+        &server,
+        json!({ "url": receiver.url(), "events": ALL_EVENTS, "customHeaders": { "X-Team": "ops" } }),
+    )
+    .await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+
+    let tunnel_up = receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    let token_up = receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
+    let token_id = token_up[0].id().to_owned();
+    check_payload(&tunnel_up[0], "Tunnel", "Connected", &tunnel_id);
+    check_payload(&token_up[0], "Token", "Connected", &token_id);
+    assert!(token_id.starts_with("tok_") && token_id.len() == 4 + 24, "{token_id}");
+    assert!(token_id[4..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{token_id}");
+    assert!(!token_id.contains(&token) && !token_up[0].body.contains(&token), "the token itself must never be sent");
+    assert_eq!(token_id, expected_token_id(&token));
+
+    stop_client(client).await;
+    let tunnel_down = receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(5)).await;
+    let token_down = receiver.wait_event("token.disconnected", 1, Duration::from_secs(5)).await;
+    check_payload(&tunnel_down[0], "Tunnel", "Disconnected", &tunnel_id);
+    check_payload(&token_down[0], "Token", "Disconnected", &token_id);
+
+    let all = receiver.requests();
+    assert_eq!(all.len(), 4, "one request per event: {:?}", receiver.summary());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut ids = Vec::new();
+    for r in &all {
+        assert_eq!(r.path, "/hook");
+        assert!(r.verifies(&key), "signature of {} must verify: {:?}", r.event(), r.headers);
+        assert!(!r.verifies(&sign::generate_key()), "must not verify with another key");
+        assert!(r.header("webhook-signature").starts_with("v1,"), "{:?}", r.headers);
+        let ts: i64 = r.header("webhook-timestamp").parse().expect("webhook-timestamp is unix seconds");
+        assert!((now - ts).abs() < 60, "webhook-timestamp {ts} is not now ({now})");
+        assert_eq!(r.header("x-team"), "ops", "custom header: {:?}", r.headers);
+        assert_eq!(r.header("content-type"), "application/json");
+        assert!(!r.msg_id().is_empty());
+        ids.push(r.msg_id().to_owned());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "each event has its own webhook-id");
+
+    // The log agrees: four succeeded deliveries with the payloads sent.
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), |l| l.len() == 4 && all_final(l)).await;
+    assert_eq!(list.len(), 4, "{list:?}");
+    for d in &list {
+        assert_eq!((d["status"].as_str(), d["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{d}");
+        let sent =
+            all.iter().find(|r| r.msg_id() == d["id"]).unwrap_or_else(|| panic!("delivery id = webhook-id: {d}"));
+        assert_eq!(d["payload"], sent.json);
+        assert_eq!(d["event"], sent.event());
+    }
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_the_same_message_id() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[500, 500, 200]).await;
+    let (wh, key) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+
+    receiver.wait_event("tunnel.connected", 3, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(800)).await; // longer than the whole schedule: nothing more may come
+    let got = receiver.requests();
+    assert_eq!(got.len(), 3, "500, 500, then 200: {:?}", receiver.summary());
+    let msg_id = got[0].msg_id().to_owned();
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.msg_id(), msg_id, "attempt {i} keeps the webhook-id");
+        assert!(r.verifies(&key), "attempt {i} is signed");
+        assert_eq!(r.body, got[0].body, "same payload on every attempt");
+        if i > 0 {
+            let gap = r.at - got[i - 1].at;
+            assert!(gap >= ms(90), "retry {i} came after {gap:?}, before the scheduled 100 ms");
+        }
+    }
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "one record per event: {list:?}");
+    let d = &list[0];
+    assert_eq!(d["id"], msg_id);
+    assert_eq!(d["event"], "tunnel.connected");
+    assert_eq!(d["status"], "succeeded", "{d}");
+    assert_eq!(d["attempts"], 3, "{d}");
+    assert_eq!(d["lastResponseStatus"], 200, "{d}");
+    assert_eq!(d["lastResponseBody"], "ok", "{d}");
+    assert_eq!(d["payload"]["Id"], tunnel_id);
+}
+
+#[tokio::test]
+async fn client_errors_are_final() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[404, 200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(1000)).await; // the schedule would have retried three times by now
+    assert_eq!(receiver.requests().len(), 1, "a 404 is not retried: {:?}", receiver.summary());
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let d = &list[0];
+    assert_eq!((d["status"].as_str(), d["attempts"].as_u64()), (Some("failed"), Some(1)), "{d}");
+    assert_eq!(d["lastResponseStatus"], 404, "{d}");
+    assert_eq!(d["lastResponseBody"], "status 404", "{d}");
+}
+
+#[tokio::test]
+async fn delivery_gives_up_after_four_attempts() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[503]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+
+    receiver.wait_event("tunnel.connected", 4, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(1000)).await;
+    let got = receiver.requests();
+    assert_eq!(got.len(), 4, "first attempt + 3 retries, then give up: {:?}", receiver.summary());
+    assert!(got.iter().all(|r| r.msg_id() == got[0].msg_id()));
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let d = &list[0];
+    assert_eq!((d["status"].as_str(), d["attempts"].as_u64()), (Some("failed"), Some(4)), "{d}");
+    assert_eq!(d["lastResponseStatus"], 503, "{d}");
+}
+
+#[tokio::test]
+async fn rate_limited_deliveries_wait_for_retry_after() {
+    let server = fast_server().await;
+    let receiver = Receiver::start(|i, _| if i == 0 { Reply::RetryAfter(429, 1) } else { Reply::Status(200) }).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+
+    let got = receiver.wait_event("tunnel.connected", 2, Duration::from_secs(5)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= ms(950), "Retry-After: 1 honoured over the 100 ms schedule, retried after {gap:?}");
+    assert!(gap < Duration::from_secs(3), "retried after {gap:?}");
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("succeeded"), Some(2)));
+    assert_eq!(list[0]["lastResponseStatus"], 200);
+}
+
+#[tokio::test]
+async fn health_counts_deliveries_and_success_rate() {
+    let server = fast_server().await;
+    // Tunnel events and token.connected succeed; token.disconnected gets a final 404.
+    let receiver = Receiver::start(|_, body| {
+        if body["Type"] == "Token" && body["Status"] == "Disconnected" {
+            Reply::Status(404)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    let only_up = Receiver::statuses(&[200]).await;
+    let (wh2, _) = create_webhook(&server, json!({ "url": only_up.url(), "events": ["tunnel.connected"] })).await;
+
+    let fresh = webhook_object(&server, &wh).await;
+    assert_eq!(fresh["health"], json!({ "requests24h": 0, "successRate24h": null }), "{fresh}");
+
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    stop_client(client).await;
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), |l| l.len() == 4 && all_final(l)).await;
+    assert_eq!(list.len(), 4, "{list:?}");
+    wait_deliveries(&server, &wh2, Duration::from_secs(5), |l| l.len() == 1 && all_final(l)).await;
+
+    let w = webhook_object(&server, &wh).await;
+    assert_eq!(w["health"]["requests24h"], 4, "{w}");
+    assert_eq!(w["health"]["successRate24h"].as_f64(), Some(0.75), "3 of 4 delivered: {w}");
+    let w2 = webhook_object(&server, &wh2).await;
+    assert_eq!(w2["health"], json!({ "requests24h": 1, "successRate24h": 1.0 }), "per webhook: {w2}");
+    // The list shows the same figures.
+    let (_, listed) = call(&server, Method::GET, "/api/webhooks", None).await;
+    let in_list = listed["webhooks"].as_array().unwrap().iter().find(|x| x["id"] == wh).cloned().unwrap();
+    assert_eq!(in_list["health"], w["health"]);
+}
+
+#[tokio::test]
+async fn test_sends_are_delivered_but_not_logged() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, key) = create_webhook(
+        &server,
+        json!({
+            "url": receiver.url(), "events": ALL_EVENTS,
+            "customHeaders": { "Authorization": "Bearer receiver-secret", "Webhook-Id": "forged" },
+        }),
+    )
+    .await;
+    let (status, v) = call(&server, Method::POST, &format!("/api/webhooks/{wh}/test"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 4, "{v}");
+    let mut events: Vec<&str> = results.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    events.sort_unstable();
+    let mut expected = ALL_EVENTS;
+    expected.sort_unstable();
+    assert_eq!(events, expected);
+    for r in results {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+        assert_eq!(r["responseBody"], "ok", "{r}");
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["durationMs"].is_u64(), "{r}");
+    }
+    let got = receiver.wait_for(Duration::from_secs(2), |rs| rs.len() >= 4).await;
+    assert_eq!(got.len(), 4);
+    for r in &got {
+        assert!(r.verifies(&key), "test sends are signed too");
+        assert_ne!(r.msg_id(), "forged", "custom headers cannot override webhook-id");
+        assert_eq!(r.header("authorization"), "Bearer receiver-secret");
+        assert!(ALL_EVENTS.contains(&r.event().as_str()), "{}", r.body);
+    }
+    tokio::time::sleep(ms(300)).await;
+    assert!(deliveries(&server, &wh).await.is_empty(), "test sends are not in the delivery log");
+    assert_eq!(webhook_object(&server, &wh).await["health"]["requests24h"], 0);
+
+    // A failing receiver: reported, not retried, not logged.
+    let failing = Receiver::statuses(&[500]).await;
+    let (wh_bad, _) = create_webhook(&server, json!({ "url": failing.url(), "events": ["tunnel.connected"] })).await;
+    let (status, v) = call(&server, Method::POST, &format!("/api/webhooks/{wh_bad}/test"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["results"][0]["ok"], false, "{v}");
+    assert_eq!(v["results"][0]["status"], 500, "{v}");
+    tokio::time::sleep(ms(600)).await;
+    assert_eq!(failing.requests().len(), 1, "test sends are not retried");
+    assert!(deliveries(&server, &wh_bad).await.is_empty());
+}
+
+#[tokio::test]
+async fn disabled_webhooks_stay_silent() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, _) =
+        create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS, "enabled": false })).await;
+    assert_eq!(webhook_object(&server, &wh).await["enabled"], false);
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    tokio::time::sleep(ms(1000)).await;
+    assert!(receiver.requests().is_empty(), "disabled: {:?}", receiver.summary());
+    assert!(deliveries(&server, &wh).await.is_empty(), "disabled webhooks get no delivery records");
+
+    // Enabled again, the same webhook does receive the disconnect: the silence above was the flag.
+    let (status, v) =
+        call(&server, Method::PATCH, &format!("/api/webhooks/{wh}"), Some(json!({ "enabled": true }))).await;
+    assert_eq!((status, &v["webhook"]["enabled"]), (StatusCode::OK, &json!(true)), "{v}");
+    stop_client(client).await;
+    receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(5)).await;
+    assert!(receiver.of_event("tunnel.connected").is_empty());
+}
+
+#[tokio::test]
+async fn group_webhooks_only_hear_their_tunnels() {
+    let server = fast_server().await;
+    let prod = Receiver::statuses(&[200]).await;
+    let everyone = Receiver::statuses(&[200]).await;
+    let (wh_prod, _) =
+        create_webhook(&server, json!({ "url": prod.url(), "events": ALL_EVENTS, "group": "prod" })).await;
+    assert_eq!(webhook_object(&server, &wh_prod).await["group"], "prod");
+    let (wh_all, _) = create_webhook(&server, json!({ "url": everyone.url(), "events": ALL_EVENTS })).await;
+    assert!(webhook_object(&server, &wh_all).await["group"].is_null());
+
+    let (a, a_token, a_obj) = create_grouped_tunnel(&server, "a", Some("prod")).await;
+    assert_eq!(a_obj["group"], "prod", "{a_obj}");
+    let (b, b_token, b_obj) = create_grouped_tunnel(&server, "b", None).await;
+    assert!(b_obj.get("group").is_none(), "group shown only when set: {b_obj}");
+    let (a_tok, b_tok) = (expected_token_id(&a_token), expected_token_id(&b_token));
+
+    let app = spawn_app().await;
+    let client_a = TestClient::connect(&server, &a, &a_token, app.port()).await;
+    let client_b = TestClient::connect(&server, &b, &b_token, app.port()).await;
+    // The ungrouped webhook hears both tunnels (so both events were emitted)...
+    everyone.wait_for(Duration::from_secs(5), |rs| rs.len() >= 4).await;
+    let mut heard: Vec<String> = everyone.requests().iter().map(|r| format!("{} {}", r.event(), r.id())).collect();
+    heard.sort();
+    let mut want = vec![
+        format!("tunnel.connected {a}"),
+        format!("tunnel.connected {b}"),
+        format!("token.connected {a_tok}"),
+        format!("token.connected {b_tok}"),
+    ];
+    want.sort();
+    assert_eq!(heard, want);
+    // ...the "prod" one only A.
+    prod.wait_for(Duration::from_secs(5), |rs| rs.len() >= 2).await;
+    tokio::time::sleep(ms(300)).await;
+    let mut heard: Vec<String> = prod.requests().iter().map(|r| format!("{} {}", r.event(), r.id())).collect();
+    heard.sort();
+    assert_eq!(heard, [format!("token.connected {a_tok}"), format!("tunnel.connected {a}")]);
+
+    // Moving B into "prod" and A out of it changes who hears their disconnects.
+    let (status, v) =
+        call(&server, Method::PATCH, &format!("/api/tunnels/{b}"), Some(json!({ "group": "prod" }))).await;
+    assert_eq!((status, &v["tunnel"]["group"]), (StatusCode::OK, &json!("prod")), "{v}");
+    let (status, v) = call(&server, Method::PATCH, &format!("/api/tunnels/{a}"), Some(json!({ "group": null }))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(v["tunnel"].get("group").is_none(), "cleared group is not shown: {v}");
+    let (_, v) = call(&server, Method::GET, &format!("/api/tunnels/{b}"), None).await;
+    assert_eq!(v["tunnel"]["group"], "prod", "{v}");
+
+    stop_client(client_b).await;
+    stop_client(client_a).await;
+    everyone.wait_event("tunnel.disconnected", 2, Duration::from_secs(5)).await;
+    everyone.wait_event("token.disconnected", 2, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(300)).await;
+    let down: Vec<String> = prod
+        .requests()
+        .iter()
+        .filter(|r| r.event().ends_with("disconnected"))
+        .map(|r| format!("{} {}", r.event(), r.id()))
+        .collect();
+    let mut down_sorted = down.clone();
+    down_sorted.sort();
+    assert_eq!(down_sorted, [format!("token.disconnected {b_tok}"), format!("tunnel.disconnected {b}")], "{down:?}");
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_without_the_flag() {
+    let server = TestServer::start().await; // allow_private is off by default
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost:8080/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/",
+        "http://[::1]:8080/",
+        "http://LOCALHOST./",
+        "http://127.1/",
+        "http://[::ffff:127.0.0.1]/",
+    ] {
+        let (status, v) =
+            call(&server, Method::POST, "/api/webhooks", Some(json!({ "url": url, "events": ["tunnel.connected"] })))
+                .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {v}");
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(err.contains("--allow-private-webhooks"), "{url}: the reason names the flag: {v}");
+    }
+    let (status, v) = call(
+        &server,
+        Method::POST,
+        "/api/webhooks",
+        Some(json!({ "url": "ftp://example.com/hook", "events": ["tunnel.connected"] })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("http"), "{v}");
+
+    // A public URL is accepted, but cannot be moved to a private one later.
+    let (wh, _) =
+        create_webhook(&server, json!({ "url": "https://hooks.example.com/x", "events": ["tunnel.connected"] })).await;
+    let (status, v) = call(
+        &server,
+        Method::PATCH,
+        &format!("/api/webhooks/{wh}"),
+        Some(json!({ "url": "http://192.168.1.10/hook" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("--allow-private-webhooks"), "{v}");
+    assert_eq!(webhook_object(&server, &wh).await["url"], "https://hooks.example.com/x");
+    let (_, list) = call(&server, Method::GET, "/api/webhooks", None).await;
+    assert_eq!(list["webhooks"].as_array().map(Vec::len), Some(1), "refused webhooks are not saved: {list}");
+}
+
+#[tokio::test]
+async fn api_validation_ownership_and_signing_keys() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let url = receiver.url();
+    for (body, why) in [
+        (json!({ "url": url, "events": ["tunnel.exploded"] }), "unknown event"),
+        (json!({ "events": ["tunnel.connected"] }), "missing url"),
+        (json!({ "url": url }), "missing events"),
+        (json!({ "url": url, "events": [] }), "empty events"),
+        (json!({ "url": url, "events": "tunnel.connected" }), "events not an array"),
+        (json!({ "url": url, "events": ["tunnel.connected"], "secret": "x" }), "unknown field"),
+        (json!({ "url": "ftp://example.com/", "events": ["tunnel.connected"] }), "non-http url"),
+        (json!({ "url": "not a url", "events": ["tunnel.connected"] }), "invalid url"),
+        (json!({ "url": url, "events": ["tunnel.connected"], "enabled": "yes" }), "enabled not a bool"),
+        (json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "X": 1 } }), "header not a string"),
+        (json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": ["X"] }), "headers not an object"),
+        (json!({ "url": url, "events": ["tunnel.connected"], "group": 5 }), "group not a string"),
+    ] {
+        let (status, v) = call(&server, Method::POST, "/api/webhooks", Some(body.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {body} -> {v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{why}: error shape {v}");
+    }
+    let (_, v) = call(
+        &server,
+        Method::POST,
+        "/api/webhooks",
+        Some(json!({ "url": url, "events": ["tunnel.connected"], "secret": "x" })),
+    )
+    .await;
+    assert!(v["error"].as_str().unwrap().contains("secret"), "names the unknown field: {v}");
+    let (status, _) = raw_api(&server, Method::GET, "/api/webhooks", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, list) = call(&server, Method::GET, "/api/webhooks", None).await;
+    assert_eq!(list, json!({ "webhooks": [] }), "nothing was saved by the refused calls");
+
+    // A valid one.
+    let (status, created) = call(
+        &server,
+        Method::POST,
+        "/api/webhooks",
+        Some(json!({ "url": url, "name": "Ops", "events": ["tunnel.connected", "token.connected"], "group": null })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let w = &created["webhook"];
+    let wh = w["id"].as_str().unwrap().to_owned();
+    let key = created["signingKey"].as_str().unwrap().to_owned();
+    assert!(wh.starts_with("wh_"), "{wh}");
+    assert!(key.starts_with("whsec_"), "{key}");
+    assert_eq!(w["name"], "Ops");
+    assert_eq!(w["url"], url.as_str());
+    assert_eq!(w["events"], json!(["tunnel.connected", "token.connected"]));
+    assert_eq!((w["enabled"].clone(), w["group"].clone()), (json!(true), Value::Null));
+    assert_eq!(w["customHeaders"], json!({}));
+    assert_eq!(w["health"], json!({ "requests24h": 0, "successRate24h": null }));
+    assert!(w["createdAt"].is_string() && w["updatedAt"].is_string(), "{w}");
+    let key_free = |v: &Value, what: &str| {
+        let text = v.to_string();
+        assert!(!text.contains(&key) && !text.contains(&key["whsec_".len()..]), "{what} leaks the key: {text}");
+        assert!(!text.contains("signingKey") && !text.contains("signing_key"), "{what}: {text}");
+    };
+    key_free(w, "create's webhook object");
+    key_free(&webhook_object(&server, &wh).await, "GET");
+    let (_, list) = call(&server, Method::GET, "/api/webhooks", None).await;
+    assert_eq!(list["webhooks"].as_array().map(Vec::len), Some(1));
+    key_free(&list, "list");
+
+    // Updates: known fields only, nothing-to-update refused.
+    let path = format!("/api/webhooks/{wh}");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "name": "Ops 2", "events": ALL_EVENTS }))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!((v["webhook"]["name"].clone(), v["webhook"]["events"].clone()), (json!("Ops 2"), json!(ALL_EVENTS)));
+    key_free(&v, "PATCH");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "colour": "red" }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "events": ["nope"] }))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(webhook_object(&server, &wh).await["events"], json!(ALL_EVENTS), "a refused PATCH changes nothing");
+
+    // Another organization sees none of it, and its webhooks hear none of our tunnels.
+    let other_key = hookway::server::create_api_key(&server.store, "other").unwrap();
+    let other = format!("Bearer {other_key}");
+    for (method, p) in [
+        (Method::GET, path.clone()),
+        (Method::PATCH, path.clone()),
+        (Method::DELETE, path.clone()),
+        (Method::POST, format!("{path}/regenerate-signing-key")),
+        (Method::POST, format!("{path}/test")),
+        (Method::GET, format!("{path}/deliveries")),
+    ] {
+        let body = (method == Method::PATCH).then(|| json!({ "name": "mine now" }));
+        let (status, v) = call_as(&server, &other, method.clone(), &p, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {p} from another org: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (_, v) = call_as(&server, &other, Method::GET, "/api/webhooks", None).await;
+    assert_eq!(v, json!({ "webhooks": [] }));
+    let eavesdropper = Receiver::statuses(&[200]).await;
+    let (status, v) = call_as(
+        &server,
+        &other,
+        Method::POST,
+        "/api/webhooks",
+        Some(json!({ "url": eavesdropper.url(), "events": ALL_EVENTS })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_eq!(webhook_object(&server, &wh).await["name"], "Ops 2", "untouched by the other org");
+    assert_eq!(receiver.requests().len(), 0, "the other org's test call sent nothing");
+
+    // A new signing key: returned once, and signs the next deliveries.
+    let (status, v) = call(&server, Method::POST, &format!("{path}/regenerate-signing-key"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let new_key = v["signingKey"].as_str().unwrap().to_owned();
+    assert!(new_key.starts_with("whsec_") && new_key != key, "{new_key}");
+    assert_eq!(v["webhook"]["id"], wh.as_str());
+    assert!(!v["webhook"].to_string().contains(&new_key), "{v}");
+    assert!(!webhook_object(&server, &wh).await.to_string().contains(&new_key));
+
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let got = receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    assert!(got[0].verifies(&new_key), "signed with the new key");
+    assert!(!got[0].verifies(&key), "the old key no longer verifies");
+    stop_client(client).await;
+    receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(300)).await;
+    assert!(eavesdropper.requests().is_empty(), "another org's webhook heard our tunnel: {:?}", eavesdropper.summary());
+
+    // Deleted: gone from the API, and silent.
+    let (status, v) = call(&server, Method::DELETE, &path, None).await;
+    assert_eq!((status, v), (StatusCode::OK, json!({ "success": true })));
+    let (status, _) = call(&server, Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&server, Method::GET, &format!("{path}/deliveries"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let before = receiver.requests().len();
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    tokio::time::sleep(ms(800)).await;
+    assert_eq!(receiver.requests().len(), before, "a deleted webhook receives nothing");
+    stop_client(client).await;
+}
+
+#[tokio::test]
+async fn hanging_receivers_do_not_slow_tunnels_or_other_webhooks() {
+    let server = TestServer::start_with(|c| {
+        fast(c);
+        c.webhooks.attempt_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let hanging = Receiver::hanging().await;
+    for _ in 0..3 {
+        create_webhook(&server, json!({ "url": hanging.url(), "events": ALL_EVENTS })).await;
+    }
+    let normal = Receiver::statuses(&[200]).await;
+    create_webhook(&server, json!({ "url": normal.url(), "events": ALL_EVENTS })).await;
+
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let http = http();
+    let mut forwarding = Duration::ZERO;
+    for round in 0..5usize {
+        let started = Instant::now();
+        let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(3), "round {round}: connecting took {took:?}");
+        let connected = Instant::now();
+        let up = normal.wait_event("tunnel.connected", round + 1, Duration::from_secs(2)).await;
+        let latency = up[round].at.saturating_duration_since(connected);
+        assert!(latency < Duration::from_secs(2), "round {round}: normal receiver waited {latency:?}");
+
+        let forward_start = Instant::now();
+        for i in 0..10 {
+            let resp = http.post(format!("{}/echo", client.tunnel_url)).body(format!("r{round} {i}")).send().await;
+            let resp = resp.expect("request through the tunnel");
+            assert_eq!(resp.status(), 200);
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(v["body"], format!("r{round} {i}"));
+        }
+        forwarding += forward_start.elapsed();
+
+        let stopping = Instant::now();
+        stop_client(client).await;
+        assert!(stopping.elapsed() < Duration::from_secs(3), "round {round}: stopping took {:?}", stopping.elapsed());
+        let down = normal.wait_event("tunnel.disconnected", round + 1, Duration::from_secs(2)).await;
+        let latency = down[round].at.saturating_duration_since(stopping);
+        assert!(latency < Duration::from_secs(2), "round {round}: disconnect reached the receiver after {latency:?}");
+    }
+    assert!(forwarding < Duration::from_secs(5), "50 requests took {forwarding:?}");
+    // The hanging receiver was really being tried (and holding connections open).
+    let held = hanging.wait_for(Duration::from_secs(2), |rs| rs.len() >= 3).await;
+    assert!(held.len() >= 3, "hanging receiver got {} requests", held.len());
+    assert_eq!(normal.of_event("token.connected").len(), 5, "{:?}", normal.summary());
+}
+
+#[tokio::test]
+async fn scheduled_retries_survive_a_server_restart() {
+    fn config(c: &mut ServerConfig) {
+        c.webhooks.allow_private = true;
+        c.webhooks.schedule = Schedule(vec![Duration::from_secs(3)]);
+        c.webhooks.attempt_timeout = Duration::from_secs(2);
+    }
+    let server = TestServer::start_with(config).await;
+    let receiver = Receiver::statuses(&[500, 200]).await;
+    let (wh, key) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let first = receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    // Let the 500 be recorded (pending, retry scheduled in 3 s), then stop everything.
+    let pending =
+        wait_deliveries(&server, &wh, Duration::from_secs(3), |l| l.first().is_some_and(|d| d["attempts"] == 1)).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(
+        (pending[0]["status"].as_str(), pending[0]["lastResponseStatus"].as_u64()),
+        (Some("pending"), Some(500))
+    );
+    stop_client(client).await;
+    let dir = server.stop().await;
+    assert_eq!(receiver.requests().len(), 1, "the retry must not have happened before the restart");
+    assert!(first[0].at.elapsed() < Duration::from_secs(3), "stopping took too long for this test to be meaningful");
+
+    let server = TestServer::start_in(dir, config).await;
+    let got = receiver.wait_event("tunnel.connected", 2, Duration::from_secs(8)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= ms(2800), "the retry kept its schedule across the restart (came after {gap:?})");
+    assert_eq!(got[1].msg_id(), got[0].msg_id(), "same message after the restart");
+    assert!(got[1].verifies(&key));
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "one record only: {list:?}");
+    assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("succeeded"), Some(2)), "{list:?}");
+    assert_eq!(list[0]["lastResponseStatus"], 200);
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.summary());
+}
