@@ -157,7 +157,7 @@ impl Receiver {
     }
 
     fn summary(&self) -> Vec<String> {
-        self.requests().iter().map(|r| format!("{} {}", r.event(), r.id())).collect()
+        self.requests().iter().map(|r| format!("{} {} [{}]", r.event(), r.id(), r.msg_id())).collect()
     }
 }
 
@@ -623,7 +623,7 @@ async fn group_webhooks_only_hear_their_tunnels() {
         format!("token.connected {b_tok}"),
     ];
     want.sort();
-    assert_eq!(heard, want);
+    assert_eq!(heard, want, "{:?}", everyone.summary());
     // ...the "prod" one only A.
     prod.wait_for(Duration::from_secs(5), |rs| rs.len() >= 2).await;
     tokio::time::sleep(ms(300)).await;
@@ -654,7 +654,13 @@ async fn group_webhooks_only_hear_their_tunnels() {
         .collect();
     let mut down_sorted = down.clone();
     down_sorted.sort();
-    assert_eq!(down_sorted, [format!("token.disconnected {b_tok}"), format!("tunnel.disconnected {b}")], "{down:?}");
+    assert_eq!(
+        down_sorted,
+        [format!("token.disconnected {b_tok}"), format!("tunnel.disconnected {b}")],
+        "prod: {:?}\neveryone: {:?}",
+        prod.summary(),
+        everyone.summary()
+    );
 }
 
 #[tokio::test]

@@ -233,6 +233,7 @@ impl Notifier {
         loop {
             let due = self.store.run(|s| s.due_deliveries(now_ms(), PER_WEBHOOK, MAX_IN_FLIGHT)).await;
             let mut blocked = false;
+            let mut starting = Vec::new();
             for delivery in due.unwrap_or_else(|err| {
                 tracing::error!(%err, "cannot read the webhook outbox");
                 Vec::new()
@@ -240,10 +241,21 @@ impl Notifier {
                 let slot = per_webhook
                     .entry(delivery.webhook_id.clone())
                     .or_insert_with(|| Arc::new(Semaphore::new(PER_WEBHOOK)));
-                let (Ok(mine), Ok(all)) = (slot.clone().try_acquire_owned(), global.clone().try_acquire_owned()) else {
-                    blocked = true;
-                    continue;
-                };
+                match (slot.clone().try_acquire_owned(), global.clone().try_acquire_owned()) {
+                    (Ok(mine), Ok(all)) => starting.push((delivery, mine, all)),
+                    _ => blocked = true,
+                }
+            }
+            if !starting.is_empty() {
+                // The lease, for the whole batch in one transaction: not due
+                // again until these attempts have surely ended.
+                let until = now_ms() + (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as i64;
+                let ids: Vec<String> = starting.iter().map(|(d, ..)| d.id.clone()).collect();
+                if let Err(err) = self.store.run(move |s| s.lease_deliveries(&ids, until)).await {
+                    tracing::error!(%err, "cannot lease webhook deliveries");
+                }
+            }
+            for (delivery, mine, all) in starting {
                 let this = self.clone();
                 attempts.spawn(async move {
                     this.deliver(delivery).await;
@@ -276,10 +288,6 @@ impl Notifier {
             self.save(d).await;
             return;
         }
-        // The lease: not due again until this attempt has surely ended.
-        d.next_attempt_ms = now_ms() + (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as i64;
-        self.save(d.clone()).await;
-
         let a = deliver::attempt(
             &self.http,
             &webhook,

@@ -107,6 +107,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
     /// Appends deliveries to the outbox, in one transaction.
     fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
+    /// Makes deliveries not due before `until_ms` (a lease while they are attempted), in one transaction.
+    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
     /// Records an attempt's outcome.
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
     /// Pending deliveries due by `now_ms`, oldest due first, at most

@@ -236,6 +236,10 @@ impl Store for SqliteStore {
         self.with(|c| wh::insert_deliveries(c, deliveries))
     }
 
+    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError> {
+        self.with(|c| wh::lease_deliveries(c, ids, until_ms))
+    }
+
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
         self.with(|c| wh::update_delivery(c, delivery))
     }
@@ -397,6 +401,9 @@ mod tests {
 
         store.insert_deliveries(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)]).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
+        store.lease_deliveries(&["msg_a".into()], 5_000).unwrap();
+        assert_eq!(store.next_due_ms().unwrap(), Some(2_000), "a leased delivery is not due");
+        store.lease_deliveries(&["msg_a".into()], 1_000).unwrap();
         assert_eq!(store.due_deliveries(1_500, 10, 10).unwrap().len(), 1);
         assert_eq!(store.due_deliveries(9_000, 1, 10).unwrap().len(), 1, "one per webhook");
         let mut done = delivery("msg_a", "wh_1", 1_000);

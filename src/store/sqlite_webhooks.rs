@@ -147,6 +147,18 @@ pub(super) fn insert_deliveries(c: &mut Connection, deliveries: &[DeliveryRecord
     tx.commit()
 }
 
+/// Moves the due time of `ids` to `until_ms`, in one transaction.
+pub(super) fn lease_deliveries(c: &mut Connection, ids: &[String], until_ms: i64) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE deliveries SET next_attempt_ms = ?2 WHERE id = ?1")?;
+        for id in ids {
+            stmt.execute(params![id, until_ms])?;
+        }
+    }
+    tx.commit()
+}
+
 /// Records the outcome of an attempt (every mutable column of the delivery).
 pub(super) fn update_delivery(c: &Connection, d: &DeliveryRecord) -> rusqlite::Result<()> {
     c.execute(
