@@ -949,3 +949,33 @@ async fn scheduled_retries_survive_a_server_restart() {
     tokio::time::sleep(ms(300)).await;
     assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.summary());
 }
+
+/// Regression: before fc3ad32 the dispatcher leased a delivery only once its
+/// attempt task ran, so a busy dispatcher could pick the same row twice and send
+/// the same message twice (seen here as 33-34 requests for 32 deliveries, all
+/// logged with attempts 1).
+#[tokio::test]
+async fn a_burst_of_events_sends_each_message_exactly_once() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    let app = spawn_app().await;
+    let mut tunnels = Vec::new();
+    for _ in 0..10 {
+        tunnels.push(create_tunnel(&server, None).await);
+    }
+    let connects = tunnels.iter().map(|(id, token, _)| TestClient::connect(&server, id, token, app.port()));
+    let clients = futures_util::future::join_all(connects).await;
+    futures_util::future::join_all(clients.into_iter().map(stop_client)).await;
+
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(10), |l| l.len() == 40 && all_final(l)).await;
+    assert_eq!(list.len(), 40, "4 events x 10 tunnels");
+    assert!(list.iter().all(|d| d["status"] == "succeeded" && d["attempts"] == 1), "{list:?}");
+    tokio::time::sleep(ms(300)).await;
+    let got = receiver.requests();
+    let mut ids: Vec<&str> = got.iter().map(|r| r.msg_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "one message per delivery");
+    assert_eq!(got.len(), 40, "each message sent once (all answered 200): {:?}", receiver.summary());
+}
