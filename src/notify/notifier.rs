@@ -28,8 +28,9 @@ use crate::store::{DeliveryRecord, DeliveryState, StoreHandle, WebhookRecord};
 
 /// Attempts running at once for one webhook.
 pub const PER_WEBHOOK: usize = 4;
-/// Attempts running at once in all.
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Attempts running at once in all: enough that 64 hanging receivers (4 slots
+/// each) still leave room for the healthy ones. An attempt is a task and a socket.
+pub const MAX_IN_FLIGHT: usize = 512;
 /// Default per-attempt timeout.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long finished deliveries are kept (the API shows the last 24 h).
