@@ -232,12 +232,22 @@ async fn handshake(
 /// Classifies a connection end.
 fn ended(reason: Option<ConnectionError>) -> Attempt {
     match reason {
-        Some(ConnectionError::ApplicationClosed(close)) if close::is_final(close.error_code) => {
-            Attempt::Fatal(ClientError::Ended(close::describe(close.error_code).to_owned()))
-        }
-        Some(ConnectionError::ApplicationClosed(close)) => Attempt::Retry(close::describe(close.error_code).to_owned()),
+        Some(ConnectionError::ApplicationClosed(close)) => Attempt::closed_with(close.error_code),
         Some(other) => Attempt::Retry(other.to_string()),
         None => Attempt::Retry("connection lost".into()),
+    }
+}
+
+impl Attempt {
+    /// The end a server's close code announces, whatever the transport:
+    /// final codes (disconnected, token regenerated, deleted, replaced) stop
+    /// the client; the rest reconnect.
+    fn closed_with(code: quinn::VarInt) -> Self {
+        if close::is_final(code) {
+            Attempt::Fatal(ClientError::Ended(close::describe(code).to_owned()))
+        } else {
+            Attempt::Retry(close::describe(code).to_owned())
+        }
     }
 }
 

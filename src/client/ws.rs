@@ -149,13 +149,11 @@ async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (Strin
     (reply, log)
 }
 
-/// The end a close frame announces: final codes (disconnected, token
-/// regenerated, deleted, replaced) stop the client; the rest reconnect.
+/// The end a close frame announces (see [`Attempt::closed_with`]).
 fn closed(frame: Option<CloseFrame>) -> Attempt {
     let code = frame.as_ref().and_then(|f| close::from_ws_code(u16::from(f.code)));
     match code {
-        Some(code) if close::is_final(code) => Attempt::Fatal(ClientError::Ended(close::describe(code).to_owned())),
-        Some(code) => Attempt::Retry(close::describe(code).to_owned()),
+        Some(code) => Attempt::closed_with(code),
         None => Attempt::Retry(frame.map_or_else(
             || "the server closed the connection".into(),
             |f| format!("the server closed the connection ({}: {})", f.code, f.reason),
