@@ -566,18 +566,14 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
 
 /// seed 001's `wsUrl`, built from the server URL the client uses.
 fn ws_url_for(server: &str, subdomain: &str, id: &str, token: &str) -> Result<String> {
-    let rest = if let Some(rest) = server.strip_prefix("https://") {
+    let base = if let Some(rest) = server.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = server.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
         bail!("--server must start with http:// or https:// (got {server:?})");
     };
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("tunnelId", id)
-        .append_pair("token", token)
-        .finish();
-    Ok(format!("{}/tunnels/{subdomain}/ws?{query}", rest.trim_end_matches('/')))
+    Ok(hookway::wsjson::ws_url(&base, subdomain, id, token))
 }
 
 /// Calls the API and prints its answer: one line of JSON with `--json`, else

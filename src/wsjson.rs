@@ -418,6 +418,17 @@ pub fn max_message_for(max_body: usize) -> usize {
 /// Room for the id, status, headers and JSON escaping overhead of the head.
 const HEAD_ALLOWANCE: usize = 1 << 20;
 
+/// Seed 001's `wsUrl`: `{ws_base}/tunnels/{subdomain}/ws?tunnelId=…&token=…`,
+/// `ws_base` being `ws(s)://host[:port][/prefix]`. Built here for the server's
+/// API answers and for clients that only know the server's URL.
+pub fn ws_url(ws_base: &str, subdomain: &str, tunnel_id: &str, token: &str) -> String {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("tunnelId", tunnel_id)
+        .append_pair("token", token)
+        .finish();
+    format!("{}/tunnels/{subdomain}/ws?{query}", ws_base.trim_end_matches('/'))
+}
+
 /// The request id the server issues for its `n`th request on a socket.
 pub fn request_id(n: u64) -> String {
     let mut s = String::with_capacity(24);

@@ -200,7 +200,7 @@ impl State {
 
     /// `ws(s)://{host}/tunnels/{subdomain}/ws?tunnelId=…&token=…` (seed 001).
     pub fn ws_url(&self, subdomain: &str, tunnel_id: &str, token: &str) -> String {
-        format!("{}/tunnels/{subdomain}/ws?tunnelId={tunnel_id}&token={token}", self.config.ws_base)
+        crate::wsjson::ws_url(&self.config.ws_base, subdomain, tunnel_id, token)
     }
 
     /// Records a handshake: in memory now, in the store off the hot path.
