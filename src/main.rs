@@ -12,6 +12,7 @@ mod webhooks_cli;
 
 use hookway::notify::NotifyConfig;
 use hookway::notify::retry::Schedule;
+use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
 use hookway::server::{self, Server, ServerConfig, TlsSource};
 use reqwest::Method;
@@ -108,6 +109,18 @@ struct ServerArgs {
     /// webhook cannot reach the server's own network; needed when everything runs on one machine).
     #[arg(long, env = "HOOKWAY_ALLOW_PRIVATE_WEBHOOKS")]
     allow_private_webhooks: bool,
+    /// Bytes kept of each captured request and response body for inspection (0 keeps none).
+    #[arg(long, env = "HOOKWAY_CAPTURE_BODY_LIMIT", default_value_t = hookway::server::capture::DEFAULT_BODY_LIMIT)]
+    capture_body_limit: usize,
+    /// Captured requests kept per tunnel (the newest); older ones are pruned.
+    #[arg(long, env = "HOOKWAY_CAPTURE_MAX_RECORDS", default_value_t = hookway::server::capture::DEFAULT_MAX_RECORDS)]
+    capture_max_records: usize,
+    /// Also prune captured requests older than this (e.g. 24h, 7d; default: kept until pushed out by newer ones).
+    #[arg(long, env = "HOOKWAY_CAPTURE_MAX_AGE", value_parser = hookway::notify::retry::parse_duration)]
+    capture_max_age: Option<Duration>,
+    /// Capture no requests at all: the inspection API and `tunnels monitor` then show nothing.
+    #[arg(long, env = "HOOKWAY_NO_CAPTURE")]
+    no_capture: bool,
 }
 
 #[derive(Args, Clone)]
@@ -355,6 +368,12 @@ async fn run_server(args: ServerArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?,
             attempt_timeout: Duration::from_secs(args.webhook_timeout.max(1)),
             allow_private: args.allow_private_webhooks,
+        },
+        capture: CaptureConfig {
+            enabled: !args.no_capture,
+            body_limit: args.capture_body_limit,
+            max_records: args.capture_max_records.max(1),
+            max_age: args.capture_max_age,
         },
     };
     let server = Server::bind(config).await.context("cannot start the server")?;

@@ -24,7 +24,16 @@ impl Schedule {
         if s.is_empty() {
             return Ok(Self(Vec::new()));
         }
-        let delays = s.split(',').map(|part| parse_duration(part.trim())).collect::<Result<Vec<_>, _>>()?;
+        let delays = s
+            .split(',')
+            .map(|part| {
+                let d = parse_duration(part.trim())?;
+                if d > Duration::from_secs(7 * 24 * 3600) {
+                    return Err(format!("{:?} is longer than a week", part.trim()));
+                }
+                Ok(d)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if delays.len() > 20 {
             return Err("at most 20 retries".into());
         }
@@ -37,21 +46,21 @@ impl Schedule {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses one duration: a whole number and a unit (`ms`, `s`, `m`, `h`, `d`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like 500ms, 10s, 5m, 1h or 7d");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("{s:?} is not a duration like 500ms, 10s, 5m or 1h")),
-    };
-    if d > Duration::from_secs(7 * 24 * 3600) {
-        return Err(format!("{s:?} is longer than a week"));
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs).ok_or_else(bad);
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => Err(bad()),
     }
-    Ok(d)
 }
 
 /// How one attempt went.

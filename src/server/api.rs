@@ -6,6 +6,7 @@
 //! one place; a tunnel of another organization is indistinguishable from a
 //! missing one (404).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -32,6 +33,9 @@ pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
 impl ApiError {
     pub(super) fn bad(msg: impl Into<String>) -> Self {
         Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+    pub(super) fn conflict(msg: impl Into<String>) -> Self {
+        Self(StatusCode::CONFLICT, msg.into())
     }
     fn not_found() -> Self {
         Self(StatusCode::NOT_FOUND, "tunnel not found".into())
@@ -67,6 +71,10 @@ struct TunnelJson {
     /// An addition to seed 001, present only when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<String>,
+    /// An addition to seed 001, present only when body capture is off.
+    /// (`false`; seed 001's shape is unchanged for tunnels left at the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture_bodies: Option<bool>,
 }
 
 fn tunnel_json(state: &State, t: &Tunnel) -> Value {
@@ -80,6 +88,7 @@ fn tunnel_json(state: &State, t: &Tunnel) -> Value {
         last_connected_at: meta.last_connected_at,
         created_at: t.created_at.clone(),
         group: meta.group,
+        capture_bodies: (!t.capture_bodies.load(std::sync::atomic::Ordering::Relaxed)).then_some(false),
     })
     .unwrap_or(Value::Null)
 }
@@ -89,8 +98,8 @@ fn status_of(state: &State, t: &Tunnel) -> &'static str {
 }
 
 /// Handles `/api/...`.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    match route(&state, req).await {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match route(&state, req, peer).await {
         Ok(resp) => resp,
         Err(ApiError(status, msg)) => {
             let mut resp = json_error(status, msg);
@@ -102,7 +111,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     }
 }
 
-async fn route(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
+async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> ApiResult {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(2).collect();
     let method = req.method().clone();
@@ -130,6 +139,10 @@ async fn route(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
                 session.close(close::DISCONNECTED, "disconnected through the API");
             }
             Ok(ok(json!({ "success": true })))
+        }
+        (["tunnels", id, "requests", rest @ ..], method) => {
+            let t = owned(state, &org, id)?;
+            super::requests_api::route(state, t, rest, method, req, peer).await
         }
         (["webhooks", rest @ ..], method) => super::webhooks_api::route(state, &org, rest, method, req).await,
         (["tunnels"] | ["tunnels", _] | ["tunnels", _, "status" | "regenerate-token" | "disconnect"], _) => {
@@ -164,17 +177,25 @@ async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, 
 }
 
 /// The tunnel `id` if it belongs to `org`; 404 otherwise, whoever owns it.
-fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, ApiError> {
+pub(super) fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, ApiError> {
     state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(ApiError::not_found)
 }
 
 pub(super) async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = Limited::new(req.into_body(), MAX_API_BODY)
+    read_json_up_to(req, MAX_API_BODY).await
+}
+
+/// [`read_json`] with another size limit; an empty body is an empty object.
+pub(super) async fn read_json_up_to(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let bytes = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {MAX_API_BODY} bytes"))
+                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
             } else {
                 ApiError::bad(format!("could not read request body: {e}"))
             }
@@ -195,6 +216,14 @@ pub(super) fn string_field(body: &serde_json::Map<String, Value>, field: &str) -
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::bad(format!("'{field}' must be a string"))),
+    }
+}
+
+pub(super) fn bool_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::bad(format!("'{field}' must be true or false"))),
     }
 }
 
@@ -267,6 +296,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
             .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain".into()))?,
     };
     let group = group_field(&body)?.flatten();
+    let capture_bodies = bool_field(&body, "captureBodies")?.unwrap_or(true);
     let token = names::auth_token();
     let record = TunnelRecord {
         id: names::tunnel_id(),
@@ -278,6 +308,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
         last_connected_at: None,
         created_at: super::clock::now_rfc3339(),
         group,
+        capture_bodies,
     };
     let stored = record.clone();
     state.store.run(move |s| s.insert_tunnel(&stored)).await.map_err(|e| match e {
@@ -309,8 +340,11 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     }
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
     let group = group_field(&body)?;
-    if name.is_none() && group.is_none() {
-        return Err(ApiError::bad("nothing to update: send {\"name\": \"…\"} and/or {\"group\": \"…\" | null}"));
+    let capture_bodies = bool_field(&body, "captureBodies")?;
+    if name.is_none() && group.is_none() && capture_bodies.is_none() {
+        return Err(ApiError::bad(
+            "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null} and/or {\"captureBodies\": true | false}",
+        ));
     }
     if let Some(name) = name {
         let (tid, stored) = (tunnel.id.clone(), name.clone());
@@ -322,6 +356,11 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
         state.store.run(move |s| s.set_tunnel_group(&tid, stored.as_deref())).await?;
         tunnel.update_meta(|m| m.group = group);
     }
+    if let Some(on) = capture_bodies {
+        let tid = tunnel.id.clone();
+        state.store.run(move |s| s.set_capture_bodies(&tid, on)).await?;
+        tunnel.capture_bodies.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(ok(json!({ "tunnel": tunnel_json(state, &tunnel) })))
 }
 
@@ -329,6 +368,7 @@ async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let tunnel = owned(state, org, id)?;
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.delete_tunnel(&tid)).await?;
+    state.capture.forget(&tunnel.id);
     if let Some(session) = state.registry.remove(&tunnel.id) {
         session.close(close::TUNNEL_DELETED, "tunnel deleted");
     }

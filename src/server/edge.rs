@@ -8,9 +8,9 @@ use futures_util::stream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::Incoming;
 use tracing::Instrument;
 
+use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, edge_error};
 use super::registry::{Session, Transport};
 use super::{State, gateway};
@@ -20,23 +20,39 @@ use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
 
-/// Forwards `req` to the tunnel named `subdomain`, as `target` (path and query).
-pub async fn forward(
+/// Forwards `req` to the tunnel named `subdomain`, as `target` (path and
+/// query), capturing the exchange for inspection (`replay` when it replays a
+/// captured request).
+pub async fn forward<B>(
     state: Arc<State>,
     subdomain: &str,
     target: Bytes,
-    req: Request<Incoming>,
+    req: Request<B>,
     peer: SocketAddr,
-) -> Response<Body> {
+    replay: Option<Replay>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display + Send,
+{
     let Some(session) = state.registry.route(subdomain) else {
-        return if state.registry.subdomain_exists(subdomain) {
-            edge_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tunnel-offline",
-                format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
-            )
-        } else {
-            edge_error(StatusCode::NOT_FOUND, "tunnel-not-found", format_args!("no tunnel named '{subdomain}'"))
+        let Some(tunnel) = state.registry.by_subdomain(subdomain) else {
+            return edge_error(
+                StatusCode::NOT_FOUND,
+                "tunnel-not-found",
+                format_args!("no tunnel named '{subdomain}'"),
+            );
+        };
+        let resp = edge_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tunnel-offline",
+            format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
+        );
+        let (mut parts, _) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
+            Some(tap) => tap.unread_request(&parts.headers).response(resp),
+            None => resp,
         };
     };
     session.count_request();
@@ -44,6 +60,11 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, peer.ip(), replay);
+    let body = match &tap {
+        Some(tap) => tap.request_body(body),
+        None => TapBody::plain(body),
+    };
     add_forwarded(&mut headers, &state, peer);
     let timeout = state.config.request_timeout;
     let outcome = match &session.transport {
@@ -62,17 +83,25 @@ pub async fn forward(
             tokio::time::timeout(timeout, exchange.instrument(span)).await
         }
     };
-    outcome.unwrap_or_else(|_| {
+    let resp = outcome.unwrap_or_else(|_| {
         edge_error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",
             format_args!("the local app did not answer within {timeout:?}"),
         )
-    })
+    });
+    match tap {
+        Some(tap) => tap.response(resp),
+        None => resp,
+    }
 }
 
 /// One request over its own QUIC stream: head and body out, response back.
-async fn quic_exchange(conn: &quinn::Connection, session: &Session, head: Frame, body: Incoming) -> Response<Body> {
+async fn quic_exchange<B>(conn: &quinn::Connection, session: &Session, head: Frame, body: B) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let (send, recv) = match conn.open_bi().await {
         Ok(pair) => pair,
         Err(_) => return offline(session),
@@ -123,8 +152,11 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
 
 /// Sends the request: inline when small (the response is awaited right after),
 /// from a task otherwise, so the response can start while a large upload goes on.
-async fn send_request(mut writer: FrameWriter, head: Frame, body: Incoming) {
-    use http_body::Body as _;
+async fn send_request<B>(mut writer: FrameWriter, head: Frame, body: B)
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY);
     let send = async move {
         match send_message(&mut writer, head, body).await {

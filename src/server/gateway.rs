@@ -136,14 +136,18 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// Forwards one request over a WebSocket session (the edge's timeout wraps this).
-pub async fn exchange(
+pub async fn exchange<B>(
     link: &WsLink,
     subdomain: &str,
     method: &http::Method,
     target: &str,
     headers: &HeaderMap,
-    body: Incoming,
-) -> Response<Body> {
+    body: B,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<super::http::BoxError>,
+{
     let too_large = || {
         edge_error(
             StatusCode::PAYLOAD_TOO_LARGE,

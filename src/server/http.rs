@@ -41,11 +41,18 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<Bo
     json(status, &serde_json::json!({ "error": message.into() }))
 }
 
+/// The kind of an [`edge_error`], kept in the response's extensions so the
+/// request capture can tell the edge's errors from the local app's answers
+/// (a header could be forged by the app).
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeErrorKind(pub &'static str);
+
 /// A one-line plain-text error from the edge, with a machine-readable kind in
 /// `x-hookway-error` so callers can tell our errors from the local app's.
 pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt::Display) -> Response<Body> {
     let mut resp = Response::new(full(format!("hookway: {message}\n")));
     *resp.status_mut() = status;
+    resp.extensions_mut().insert(EdgeErrorKind(kind));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert("x-hookway-error", HeaderValue::from_static(kind));
@@ -56,7 +63,7 @@ pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt
 async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if let Some(sub) = state.host_subdomain(&req) {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        return edge::forward(state, &sub, Bytes::from(target), req, peer).await;
+        return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
     }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/t/") {
@@ -69,14 +76,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             target.push_str(q);
         }
         let sub = sub.to_owned();
-        return edge::forward(state, &sub, Bytes::from(target), req, peer).await;
+        return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
     }
     if let Some(sub) = path.strip_prefix("/tunnels/").and_then(|rest| rest.strip_suffix("/ws")) {
         let sub = sub.to_owned();
         return gateway::upgrade(state, &sub, req, peer).await;
     }
     if path == "/api" || path.starts_with("/api/") {
-        return api::handle(state, req).await;
+        return api::handle(state, req, peer).await;
     }
     match path {
         "/healthz" => Response::new(full("ok\n")),

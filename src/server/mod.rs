@@ -6,12 +6,14 @@
 //! closes tunnel sessions with a "reconnect later" code and flushes counters.
 
 pub mod api;
+pub mod capture;
 pub mod clock;
 pub mod edge;
 pub mod gateway;
 pub mod http;
 pub mod names;
 pub mod registry;
+pub mod requests_api;
 pub mod session;
 pub mod webhooks_api;
 
@@ -28,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::notify::{Notifier, NotifyConfig};
 use crate::quic::{self, close, tls};
 use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
+use capture::{Capture, CaptureConfig};
 use gateway::WsLimits;
 use registry::{Registry, Tunnel};
 
@@ -81,6 +84,8 @@ pub struct ServerConfig {
     pub ws: WsLimits,
     /// Status webhook delivery settings.
     pub webhooks: NotifyConfig,
+    /// Request capture for inspection.
+    pub capture: CaptureConfig,
 }
 
 impl ServerConfig {
@@ -99,6 +104,7 @@ impl ServerConfig {
             api_key: None,
             ws: WsLimits::default(),
             webhooks: NotifyConfig::default(),
+            capture: CaptureConfig::default(),
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct State {
     pub tasks: TaskTracker,
     /// Status webhooks: sessions report connects and disconnects here.
     pub notifier: Arc<Notifier>,
+    /// Request capture: the edge taps exchanges here.
+    pub capture: Arc<Capture>,
 }
 
 impl State {
@@ -324,6 +332,7 @@ impl Server {
             api_keys: DashMap::new(),
             tasks: TaskTracker::new(),
             notifier,
+            capture: Arc::new(Capture::new(config.capture.clone())),
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, generated_key })
     }
@@ -365,6 +374,17 @@ impl Server {
         // The notifier outlives the sessions, so their disconnect events reach the outbox.
         let notifier_stop = CancellationToken::new();
         let notifier = tokio::spawn(state.notifier.clone().run(notifier_stop.clone()));
+        // Likewise the capture writer, so the last exchanges are stored.
+        let capture_stop = CancellationToken::new();
+        let capture = tokio::spawn(state.capture.clone().run_writer(state.clone(), capture_stop.clone()));
+        {
+            // Live request streams end when shutdown starts, not after the grace period.
+            let (shutdown, closing) = (shutdown.clone(), state.capture.closing().clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                closing.cancel();
+            });
+        }
         tracker.spawn(session::accept_loop(quic.clone(), state.clone(), shutdown.clone()));
         let flusher = {
             let state = state.clone();
@@ -391,7 +411,9 @@ impl Server {
         })
         .await;
         notifier_stop.cancel();
+        capture_stop.cancel();
         let _ = notifier.await;
+        let _ = capture.await;
         let _ = flusher.await;
         state.flush_counters().await;
         tracing::info!("server stopped");

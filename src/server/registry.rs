@@ -7,7 +7,7 @@
 //! flushed to the store in batches by a background task.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
@@ -42,6 +42,9 @@ pub struct Tunnel {
     /// Requests forwarded over the tunnel's lifetime.
     pub total_requests: AtomicU64,
     persisted_requests: AtomicU64,
+    /// Whether bodies are captured for inspection: an atomic, since every
+    /// forwarded request reads it.
+    pub capture_bodies: AtomicBool,
 }
 
 impl Tunnel {
@@ -60,6 +63,7 @@ impl Tunnel {
             }),
             total_requests: AtomicU64::new(r.total_requests),
             persisted_requests: AtomicU64::new(r.total_requests),
+            capture_bodies: AtomicBool::new(r.capture_bodies),
         }
     }
 
@@ -171,6 +175,11 @@ impl Registry {
         let mut v: Vec<_> = self.by_id.iter().filter(|t| t.org_id == org_id).map(|t| t.clone()).collect();
         v.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
         v
+    }
+
+    /// Every tunnel's id.
+    pub fn all_ids(&self) -> Vec<String> {
+        self.by_id.iter().map(|t| t.key().clone()).collect()
     }
 
     /// The hot-path lookup: the live session serving `subdomain`.

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::State;
-use super::api::{ApiError, ApiResult, group_field, not_allowed, ok, read_json, string_field, valid_name};
+use super::api::{ApiError, ApiResult, bool_field, group_field, not_allowed, ok, read_json, string_field, valid_name};
 use super::http::json as json_response;
 use super::names;
 use crate::notify::notifier::now_ms;
@@ -153,10 +153,8 @@ fn apply(state: &State, w: &mut WebhookRecord, body: &Map<String, Value>) -> Res
     if let Some(group) = group_field(body)? {
         w.group = group;
     }
-    match body.get("enabled") {
-        None => {}
-        Some(Value::Bool(b)) => w.enabled = *b,
-        Some(_) => return Err(ApiError::bad("'enabled' must be true or false")),
+    if let Some(enabled) = bool_field(body, "enabled")? {
+        w.enabled = enabled;
     }
     match body.get("customHeaders") {
         None => {}

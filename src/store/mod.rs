@@ -1,17 +1,20 @@
 //! Durable state: organizations, API keys, tunnels and their counters, webhooks
-//! and their delivery outbox.
+//! and their delivery outbox, captured requests.
 //!
 //! The [`Store`] trait is deliberately small and synchronous; [`StoreHandle`] runs
 //! its calls on tokio's blocking pool so no SQLite call ever blocks the runtime.
 //! SQLite ([`sqlite::SqliteStore`]) is the embedded default; a networked backend
 //! for multi-node deployments only has to implement the same trait.
 
+pub mod requests;
 pub mod sqlite;
+mod sqlite_requests;
 mod sqlite_webhooks;
 pub mod webhooks;
 
 use std::sync::Arc;
 
+pub use requests::{CapturedBody, CapturedPart, RequestRecord};
 pub use sqlite::SqliteStore;
 pub use webhooks::{DeliveryRecord, DeliveryState, Health, WebhookRecord};
 
@@ -47,6 +50,8 @@ pub struct TunnelRecord {
     pub created_at: String,
     /// Label that webhooks can subscribe to.
     pub group: Option<String>,
+    /// Whether request and response bodies are captured for inspection.
+    pub capture_bodies: bool,
 }
 
 /// An API key as persisted (its hash only; the key itself is shown once).
@@ -98,6 +103,27 @@ pub trait Store: Send + Sync + 'static {
     fn count_api_keys(&self) -> Result<u64, StoreError>;
     /// Sets or clears a tunnel's group.
     fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError>;
+    /// Turns body capture on or off for a tunnel.
+    fn set_capture_bodies(&self, id: &str, on: bool) -> Result<(), StoreError>;
+
+    /// Adds captured requests and trims each tunnel they touch to its newest
+    /// `keep_per_tunnel`, in one transaction. A record whose id exists is ignored.
+    fn insert_requests(&self, records: &[RequestRecord], keep_per_tunnel: usize) -> Result<(), StoreError>;
+    /// Summaries (no headers or bodies) of a tunnel's records with ids below
+    /// `before`, newest first.
+    fn list_requests(
+        &self,
+        tunnel_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+    /// One record in full.
+    fn get_request(&self, tunnel_id: &str, id: &str) -> Result<Option<RequestRecord>, StoreError>;
+    /// Deletes a tunnel's records; returns how many.
+    fn delete_requests(&self, tunnel_id: &str) -> Result<usize, StoreError>;
+    /// Deletes records with ids below `id_floor` (older than a given time) and
+    /// those of tunnels not in `keep_tunnels`; returns how many.
+    fn prune_requests(&self, id_floor: Option<&str>, keep_tunnels: Option<&[String]>) -> Result<usize, StoreError>;
 
     /// Every webhook, for the server's in-memory table at start-up.
     fn load_webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;

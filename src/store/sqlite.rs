@@ -11,6 +11,8 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::requests::RequestRecord;
+use super::sqlite_requests as rq;
 use super::sqlite_webhooks as wh;
 use super::{ApiKeyRecord, CounterUpdate, DeliveryRecord, Health, Store, StoreError, TunnelRecord, WebhookRecord};
 
@@ -42,7 +44,10 @@ CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 
 /// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
 /// many a database has had, so an older data dir upgrades in place.
-const MIGRATIONS: &[&str] = &[wh::MIGRATION_1];
+const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2];
+
+/// Schema version 2: per-tunnel body capture switch.
+const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
 
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -58,6 +63,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Captured requests, in their own file (see [`super::sqlite_requests`]).
+    log: Mutex<Connection>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -83,16 +90,16 @@ impl SqliteStore {
         Self::open(&dir.join("hookway.db"))
     }
 
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`, and beside it
+    /// the captured-requests file (`hookway.db` → `hookway-requests.db`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-        )
-        .map_err(db)?;
+        let mut conn = open_wal(path)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         migrate(&mut conn).map_err(db)?;
-        Ok(Self { conn: Mutex::new(conn) })
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
+        let log = open_wal(&path.with_file_name(format!("{stem}-requests.db")))?;
+        log.execute_batch(rq::SCHEMA).map_err(db)?;
+        Ok(Self { conn: Mutex::new(conn), log: Mutex::new(log) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -101,6 +108,20 @@ impl SqliteStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn).map_err(db)
     }
+
+    fn with_log<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let mut conn = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(db)
+    }
+}
+
+fn open_wal(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+    )
+    .map_err(db)?;
+    Ok(conn)
 }
 
 fn now() -> String {
@@ -111,7 +132,8 @@ impl Store for SqliteStore {
     fn load_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name
+                "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name,
+                        capture_bodies
                  FROM tunnels ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -125,6 +147,7 @@ impl Store for SqliteStore {
                     last_connected_at: r.get(6)?,
                     created_at: r.get(7)?,
                     group: r.get(8)?,
+                    capture_bodies: r.get(9)?,
                 })
             })?;
             rows.collect()
@@ -134,9 +157,9 @@ impl Store for SqliteStore {
     fn insert_tunnel(&self, t: &TunnelRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at, t.group],
+                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name, capture_bodies)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at, t.group, t.capture_bodies],
             )
             .map(drop)
         })
@@ -155,7 +178,37 @@ impl Store for SqliteStore {
     }
 
     fn delete_tunnel(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|c| c.execute("DELETE FROM tunnels WHERE id = ?1", params![id]).map(drop))
+        self.with(|c| c.execute("DELETE FROM tunnels WHERE id = ?1", params![id]).map(drop))?;
+        self.with_log(|c| rq::delete_for(c, id)).map(drop)
+    }
+
+    fn set_capture_bodies(&self, id: &str, on: bool) -> Result<(), StoreError> {
+        self.with(|c| c.execute("UPDATE tunnels SET capture_bodies = ?2 WHERE id = ?1", params![id, on]).map(drop))
+    }
+
+    fn insert_requests(&self, records: &[RequestRecord], keep_per_tunnel: usize) -> Result<(), StoreError> {
+        self.with_log(|c| rq::insert(c, records, keep_per_tunnel))
+    }
+
+    fn list_requests(
+        &self,
+        tunnel_id: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        self.with_log(|c| rq::list(c, tunnel_id, before, limit))
+    }
+
+    fn get_request(&self, tunnel_id: &str, id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        self.with_log(|c| rq::get(c, tunnel_id, id))
+    }
+
+    fn delete_requests(&self, tunnel_id: &str) -> Result<usize, StoreError> {
+        self.with_log(|c| rq::delete_for(c, tunnel_id))
+    }
+
+    fn prune_requests(&self, id_floor: Option<&str>, keep_tunnels: Option<&[String]>) -> Result<usize, StoreError> {
+        self.with_log(|c| rq::prune(c, id_floor, keep_tunnels))
     }
 
     fn save_counters(&self, updates: &[CounterUpdate]) -> Result<(), StoreError> {
@@ -285,6 +338,7 @@ mod tests {
             last_connected_at: None,
             created_at: "2024-01-20T15:00:00Z".into(),
             group: None,
+            capture_bodies: true,
         }
     }
 

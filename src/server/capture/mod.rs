@@ -1,0 +1,240 @@
+//! Request capture for inspection: every exchange through a tunnel becomes a
+//! [`RequestRecord`] that the API lists, streams and replays.
+//!
+//! Capture stays off the forwarding path's back: a [`Tap`] copies at most
+//! `body_limit` bytes of each body as they stream past, and when the exchange
+//! ends (its last handle is dropped) the finished record is handed to a
+//! bounded queue with `try_send`. A [`writer`] task batches the queue into
+//! one SQLite transaction per window and trims each tunnel to its newest
+//! records.
+//!
+//! **When the writer falls behind** — the queue holds [`MAX_QUEUED`] records
+//! or [`MAX_QUEUED_BYTES`] of bodies — new records are dropped, never waited
+//! for: forwarding is never slowed by inspection. Drops are counted
+//! ([`Capture::dropped`]) and logged by the writer.
+
+pub mod tap;
+mod writer;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::Tunnel;
+use crate::store::RequestRecord;
+pub use tap::{Tap, TapBody};
+
+/// Default cap on each captured body.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default number of records kept per tunnel.
+pub const DEFAULT_MAX_RECORDS: usize = 1000;
+/// Records waiting for the writer before new ones are dropped.
+pub const MAX_QUEUED: usize = 16 * 1024;
+/// Captured bytes waiting for the writer before new records are dropped.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// Live-stream events buffered per tunnel for a slow subscriber.
+const WATCH_BUFFER: usize = 1024;
+
+/// What is captured and for how long it is kept.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Capture at all (`--no-capture` turns it off server-wide).
+    pub enabled: bool,
+    /// Bytes kept of each request and response body.
+    pub body_limit: usize,
+    /// Newest records kept per tunnel.
+    pub max_records: usize,
+    /// Records older than this are pruned.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self { enabled: true, body_limit: DEFAULT_BODY_LIMIT, max_records: DEFAULT_MAX_RECORDS, max_age: None }
+    }
+}
+
+/// A replay's wish to be told of its record once it is stored.
+#[derive(Debug)]
+pub struct Replay {
+    /// The record replayed.
+    pub of: String,
+    /// Receives the new record after it is written.
+    pub done: oneshot::Sender<RequestRecord>,
+}
+
+/// Bytes kept of one body.
+#[derive(Debug, Default)]
+struct BodyBuf {
+    data: Option<BytesMut>,
+    size: u64,
+    truncated: bool,
+}
+
+impl BodyBuf {
+    fn new(keep: bool) -> Self {
+        Self { data: keep.then(BytesMut::new), size: 0, truncated: false }
+    }
+
+    fn push(&mut self, chunk: &[u8], limit: usize) {
+        self.size += chunk.len() as u64;
+        if let Some(data) = &mut self.data {
+            let room = limit.saturating_sub(data.len());
+            data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.truncated |= chunk.len() > room;
+        }
+    }
+
+    fn kept(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.len())
+    }
+}
+
+/// A finished exchange on its way to the writer: raw parts, converted to a
+/// [`RequestRecord`] off the forwarding path.
+#[derive(Debug)]
+struct Captured {
+    id: String,
+    tunnel_id: String,
+    at: SystemTime,
+    method: Method,
+    target: Bytes,
+    client_ip: IpAddr,
+    replay: Option<Replay>,
+    request_headers: HeaderMap,
+    request_body: BodyBuf,
+    status: Option<StatusCode>,
+    response_headers: Option<HeaderMap>,
+    response_body: BodyBuf,
+    duration: Duration,
+    outcome: &'static str,
+}
+
+impl Captured {
+    /// What the record holds in memory while queued, for the queue's byte bound.
+    fn weight(&self) -> usize {
+        512 + self.request_body.kept() + self.response_body.kept()
+    }
+}
+
+/// The capture hub: hands out taps, queues finished records, fans stored ones
+/// out to live-stream subscribers.
+#[derive(Debug)]
+pub struct Capture {
+    config: CaptureConfig,
+    tx: mpsc::Sender<Captured>,
+    rx: std::sync::Mutex<Option<mpsc::Receiver<Captured>>>,
+    queued_bytes: AtomicUsize,
+    dropped: AtomicU64,
+    counter: AtomicU32,
+    watchers: DashMap<String, broadcast::Sender<Arc<str>>>,
+    closing: CancellationToken,
+}
+
+impl Capture {
+    /// A hub with its queue; [`Capture::run_writer`] drains it.
+    pub fn new(config: CaptureConfig) -> Self {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
+        Self {
+            config,
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+            queued_bytes: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            counter: AtomicU32::new(rand::random()),
+            watchers: DashMap::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &CaptureConfig {
+        &self.config
+    }
+
+    /// Records dropped because the writer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Starts capturing one exchange; `None` when capture is off. `headers`
+    /// are the caller's, before forwarding headers are added.
+    pub fn tap(
+        self: &Arc<Self>,
+        tunnel: &Tunnel,
+        method: &Method,
+        target: &Bytes,
+        headers: &HeaderMap,
+        client_ip: IpAddr,
+        replay: Option<Replay>,
+    ) -> Option<Tap> {
+        if !self.config.enabled {
+            return None;
+        }
+        let at = SystemTime::now();
+        let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let keep = tunnel.capture_bodies.load(Ordering::Relaxed);
+        Some(Tap::new(
+            self.clone(),
+            Captured {
+                id: format!("req_{:012x}{n:08x}", ms & 0xffff_ffff_ffff),
+                tunnel_id: tunnel.id.clone(),
+                at,
+                method: method.clone(),
+                target: target.clone(),
+                client_ip,
+                replay,
+                request_headers: headers.clone(),
+                request_body: BodyBuf::new(keep),
+                status: None,
+                response_headers: None,
+                response_body: BodyBuf::new(keep),
+                duration: Duration::ZERO,
+                outcome: "incomplete",
+            },
+        ))
+    }
+
+    /// Queues a finished record, or drops and counts it when the writer is behind.
+    fn submit(&self, record: Captured) {
+        let weight = record.weight();
+        if self.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight > MAX_QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.tx.try_send(record).is_err() {
+            self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Subscribes to a tunnel's stored records, as summary JSON.
+    pub fn subscribe(&self, tunnel_id: &str) -> broadcast::Receiver<Arc<str>> {
+        self.watchers.entry(tunnel_id.to_owned()).or_insert_with(|| broadcast::channel(WATCH_BUFFER).0).subscribe()
+    }
+
+    /// Ends a tunnel's live streams (it was deleted).
+    pub fn forget(&self, tunnel_id: &str) {
+        self.watchers.remove(tunnel_id);
+    }
+
+    /// Cancelled when the server shuts down, so live streams end instead of
+    /// holding up the graceful shutdown.
+    pub fn closing(&self) -> &CancellationToken {
+        &self.closing
+    }
+
+    /// Runs the writer until `stop`, then writes what is still queued.
+    pub async fn run_writer(self: Arc<Self>, state: Arc<super::State>, stop: CancellationToken) {
+        writer::run(self, state, stop).await;
+    }
+}

@@ -1,0 +1,217 @@
+//! The capture's hot path: copying a bounded prefix of each body as it
+//! streams through, and handing the record over when the exchange ends.
+//!
+//! The record is shared by the request body (which may still be uploading
+//! from a task of its own) and the response body (streamed by hyper); it is
+//! submitted when the last of them is dropped, however the exchange ended:
+//! answered, failed, timed out or abandoned by the caller.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use super::{Capture, Captured};
+use crate::server::http::{Body, EdgeErrorKind};
+
+/// Which body a [`TapBody`] copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response,
+}
+
+#[derive(Debug)]
+struct Progress {
+    record: Captured,
+    /// When the response body ended (or failed).
+    finished: Option<Instant>,
+    /// The response body's exact length, when known up front.
+    expected: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    hub: Arc<Capture>,
+    started: Instant,
+    progress: Mutex<Progress>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn data(&self, side: Side, chunk: &[u8]) {
+        let limit = self.hub.config.body_limit;
+        let mut p = self.lock();
+        match side {
+            Side::Request => p.record.request_body.push(chunk, limit),
+            Side::Response => p.record.response_body.push(chunk, limit),
+        }
+    }
+
+    fn finish(&self, failed: bool) {
+        let mut p = self.lock();
+        if p.finished.is_none() {
+            p.finished = Some(Instant::now());
+            if failed {
+                p.record.outcome = "incomplete";
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let p = self.progress.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut record = std::mem::replace(&mut p.record, placeholder());
+        let complete = p.finished.is_some() || p.expected == Some(record.response_body.size);
+        if !complete && record.outcome == "ok" {
+            // The caller went away, or the body stopped, before its end.
+            record.outcome = "incomplete";
+        }
+        record.duration = p.finished.unwrap_or_else(Instant::now).duration_since(self.started);
+        self.hub.submit(record);
+    }
+}
+
+fn placeholder() -> Captured {
+    Captured {
+        id: String::new(),
+        tunnel_id: String::new(),
+        at: std::time::SystemTime::UNIX_EPOCH,
+        method: Method::GET,
+        target: Bytes::new(),
+        client_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        replay: None,
+        request_headers: Default::default(),
+        request_body: Default::default(),
+        status: None,
+        response_headers: None,
+        response_body: Default::default(),
+        duration: Default::default(),
+        outcome: "",
+    }
+}
+
+/// One exchange being captured.
+#[derive(Debug)]
+pub struct Tap(Arc<Shared>);
+
+impl Tap {
+    pub(super) fn new(hub: Arc<Capture>, record: Captured) -> Self {
+        Self(Arc::new(Shared {
+            hub,
+            started: Instant::now(),
+            progress: Mutex::new(Progress { record, finished: None, expected: None }),
+        }))
+    }
+
+    /// Wraps the request body so its bytes are copied as they are forwarded.
+    pub fn request_body<B>(&self, body: B) -> TapBody<B> {
+        TapBody { inner: body, tap: Some(self.0.clone()), side: Side::Request }
+    }
+
+    /// Notes a request body that was never read (the tunnel was offline): its
+    /// declared size, marked as not kept.
+    pub fn unread_request(self, headers: &http::HeaderMap) -> Self {
+        let declared =
+            headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
+        let mut p = self.0.lock();
+        p.record.request_body.size = declared;
+        p.record.request_body.truncated = declared > 0 && p.record.request_body.data.is_some();
+        drop(p);
+        self
+    }
+
+    /// Records the response head and wraps its body; the record is complete
+    /// when that body has been sent (or given up on).
+    pub fn response(self, mut resp: Response<Body>) -> Response<Body> {
+        let status = resp.status();
+        let no_body = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || resp.body().is_end_stream();
+        {
+            let mut p = self.0.lock();
+            let is_head = p.record.method == Method::HEAD;
+            p.record.status = Some(status);
+            p.record.response_headers = Some(resp.headers().clone());
+            p.record.outcome = resp.extensions().get::<EdgeErrorKind>().map_or("ok", |k| k.0);
+            // hyper stops reading a body once it has sent the declared length,
+            // without waiting for the end: that length marks it complete too.
+            p.expected = resp
+                .body()
+                .size_hint()
+                .exact()
+                .or_else(|| resp.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok());
+            if no_body || is_head {
+                p.finished = Some(Instant::now());
+            }
+        }
+        let body = std::mem::replace(resp.body_mut(), crate::server::http::full(Bytes::new()));
+        *resp.body_mut() = TapBody { inner: body, tap: Some(self.0), side: Side::Response }.boxed_unsync();
+        resp
+    }
+}
+
+/// A body that copies what passes through it into a [`Tap`].
+#[derive(Debug)]
+pub struct TapBody<B> {
+    inner: B,
+    tap: Option<Arc<Shared>>,
+    side: Side,
+}
+
+impl<B> TapBody<B> {
+    /// A body passed through untouched (capture is off).
+    pub fn plain(body: B) -> Self {
+        Self { inner: body, tap: None, side: Side::Request }
+    }
+}
+
+impl<B> HttpBody for TapBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(tap), Poll::Ready(frame)) = (&this.tap, &polled) {
+            match frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        tap.data(this.side, data);
+                    }
+                }
+                Some(Err(_)) if this.side == Side::Response => tap.finish(true),
+                None if this.side == Side::Response => tap.finish(false),
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end && self.side == Side::Response {
+            if let Some(tap) = &self.tap {
+                tap.finish(false);
+            }
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

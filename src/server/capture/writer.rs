@@ -1,0 +1,190 @@
+//! The capture writer: queued records → one SQLite transaction per window.
+//!
+//! A batch collects for up to [`BATCH_WINDOW`] after its first record, so a
+//! busy tunnel costs one transaction per window rather than one per request,
+//! and records that retention would delete at once (more than `max_records`
+//! of one tunnel in one batch) are never written. Stored records are then
+//! fanned out to live-stream subscribers and to waiting replays.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+use time::OffsetDateTime;
+use time::macros::format_description;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{BodyBuf, Capture, Captured};
+use crate::server::State;
+use crate::store::requests::id_floor;
+use crate::store::{CapturedBody, CapturedPart, RequestRecord};
+
+/// How long a batch collects after its first record.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Most records in one batch.
+const MAX_BATCH: usize = 8192;
+/// How often records past `max_age` are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: CancellationToken) {
+    let Some(mut rx) = hub.rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    // Records of tunnels deleted while the server was down, and expired ones.
+    prune(&hub, &state, true).await;
+    let mut next_prune = Instant::now() + PRUNE_EVERY;
+    let mut dropped_seen = 0;
+    loop {
+        let first = tokio::select! {
+            biased;
+            r = rx.recv() => r,
+            _ = stop.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + BATCH_WINDOW;
+        while batch.len() < MAX_BATCH {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(c) => batch.push(c),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled() => break,
+            }
+        }
+        write(&hub, &state, batch).await;
+        let dropped = hub.dropped();
+        if dropped > dropped_seen {
+            tracing::warn!(
+                dropped = dropped - dropped_seen,
+                total = dropped,
+                "request capture fell behind; records dropped (forwarding was not slowed)"
+            );
+            dropped_seen = dropped;
+        }
+        if Instant::now() >= next_prune {
+            prune(&hub, &state, false).await;
+            next_prune = Instant::now() + PRUNE_EVERY;
+        }
+    }
+    // Shutting down: in-flight exchanges are over; store what they left.
+    let mut rest = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        rest.push(c);
+    }
+    if !rest.is_empty() {
+        write(&hub, &state, rest).await;
+    }
+}
+
+async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
+    let weight: usize = batch.iter().map(Captured::weight).sum();
+    hub.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+    // A deleted tunnel's records would outlive it.
+    batch.retain(|c| state.registry.get(&c.tunnel_id).is_some());
+    let keep = hub.config.max_records;
+    if batch.len() > keep {
+        trim(&mut batch, keep);
+    }
+    if batch.is_empty() || keep == 0 {
+        return;
+    }
+    let written = state
+        .store
+        .run(move |s| {
+            let (records, replays): (Vec<RequestRecord>, Vec<_>) = batch.into_iter().map(into_record).unzip();
+            s.insert_requests(&records, keep)?;
+            Ok((records, replays))
+        })
+        .await;
+    let (records, replays) = match written {
+        Ok(done) => done,
+        Err(err) => {
+            tracing::warn!(%err, "could not store captured requests");
+            return;
+        }
+    };
+    for (record, replay) in records.into_iter().zip(replays) {
+        if let Some(watch) = hub.watchers.get(&record.tunnel_id) {
+            if watch.receiver_count() > 0 {
+                let _ = watch.send(crate::server::requests_api::summary_json(&record).to_string().into());
+            }
+        }
+        if let Some(replay) = replay {
+            let _ = replay.send(record);
+        }
+    }
+    hub.watchers.retain(|_, w| w.receiver_count() > 0);
+}
+
+/// Keeps the newest `keep` records of each tunnel (and every replay, which someone waits for).
+fn trim(batch: &mut Vec<Captured>, keep: usize) {
+    let mut per_tunnel: HashMap<&str, Vec<&str>> = HashMap::new();
+    for c in batch.iter() {
+        per_tunnel.entry(&c.tunnel_id).or_default().push(&c.id);
+    }
+    let mut cut: HashMap<String, String> = HashMap::new();
+    for (tunnel, mut ids) in per_tunnel {
+        if ids.len() > keep {
+            ids.sort_unstable();
+            cut.insert(tunnel.to_owned(), ids[ids.len() - keep].to_owned());
+        }
+    }
+    batch.retain(|c| c.replay.is_some() || cut.get(&c.tunnel_id).is_none_or(|floor| c.id >= *floor));
+}
+
+async fn prune(hub: &Capture, state: &State, orphans: bool) {
+    let floor = hub.config.max_age.map(|age| {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        id_floor(now.saturating_sub(age).as_millis() as u64)
+    });
+    if floor.is_none() && !orphans {
+        return;
+    }
+    let tunnels: Option<Vec<String>> = orphans.then(|| state.registry.all_ids());
+    match state.store.run(move |s| s.prune_requests(floor.as_deref(), tunnels.as_deref())).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(pruned = n, "pruned captured requests"),
+        Err(err) => tracing::warn!(%err, "could not prune captured requests"),
+    }
+}
+
+fn into_record(c: Captured) -> (RequestRecord, Option<tokio::sync::oneshot::Sender<RequestRecord>>) {
+    let (replay_of, done) = match c.replay {
+        Some(r) => (Some(r.of), Some(r.done)),
+        None => (None, None),
+    };
+    let record = RequestRecord {
+        id: c.id,
+        tunnel_id: c.tunnel_id,
+        time: format_time(c.at),
+        method: c.method.to_string(),
+        path: String::from_utf8_lossy(&c.target).into_owned(),
+        status: c.status.map(|s| s.as_u16()),
+        duration_us: c.duration.as_micros() as u64,
+        outcome: c.outcome.to_owned(),
+        client_ip: c.client_ip.to_string(),
+        replay_of,
+        request: CapturedPart { headers: header_list(&c.request_headers), body: body(c.request_body) },
+        response: c.response_headers.map(|h| CapturedPart { headers: header_list(&h), body: body(c.response_body) }),
+    };
+    (record, done)
+}
+
+fn body(b: BodyBuf) -> CapturedBody {
+    CapturedBody { data: b.data.map(|d| d.freeze()), size: b.size, truncated: b.truncated }
+}
+
+fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+}
+
+fn format_time(at: SystemTime) -> String {
+    OffsetDateTime::from(at)
+        .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"))
+        .unwrap_or_default()
+}

@@ -1,0 +1,311 @@
+//! Request inspection API: `/api/tunnels/{id}/requests…` — captured records
+//! (list, detail, delete), a live server-sent-events stream, and replay.
+//!
+//! Same auth, errors and wrappers as the tunnels API: `{"requests": […]}`,
+//! `{"request": …}`, `{"success": true}`, `{"error": "…"}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, oneshot};
+
+use super::State;
+use super::api::{ApiError, ApiResult, not_allowed, ok, read_json_up_to};
+use super::capture::Replay;
+use super::edge;
+use super::http::Body;
+use super::registry::Tunnel;
+use crate::store::{CapturedPart, RequestRecord};
+
+/// Records per page when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
+/// Largest `limit`.
+pub const MAX_PAGE: usize = 1000;
+/// Interval of the live stream's keep-alive comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How long a replay waits for its record to be stored.
+const REPLAY_RECORD_WAIT: Duration = Duration::from_secs(10);
+
+/// Routes `/api/tunnels/{id}/requests/{rest…}` for an authorized `tunnel`.
+pub(super) async fn route(
+    state: &Arc<State>,
+    tunnel: Arc<Tunnel>,
+    rest: &[&str],
+    method: Method,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> ApiResult {
+    match (rest, method) {
+        ([], Method::GET) => list(state, &tunnel, req.uri().query()).await,
+        ([], Method::DELETE) => {
+            let tid = tunnel.id.clone();
+            let deleted = state.store.run(move |s| s.delete_requests(&tid)).await?;
+            Ok(ok(json!({ "success": true, "deleted": deleted })))
+        }
+        (["stream"], Method::GET) => Ok(live_stream(state, &tunnel)),
+        ([rid], Method::GET) => {
+            let record = find(state, &tunnel, rid).await?;
+            Ok(ok(json!({ "request": detail_json(&record) })))
+        }
+        ([rid, "replay"], Method::POST) => replay(state, &tunnel, rid, req, peer).await,
+        ([] | ["stream"] | [_] | [_, "replay"], _) => Err(not_allowed()),
+        _ => Err(ApiError(StatusCode::NOT_FOUND, "no such requests route".into())),
+    }
+}
+
+async fn find(state: &State, tunnel: &Tunnel, rid: &str) -> Result<RequestRecord, ApiError> {
+    let (tid, rid) = (tunnel.id.clone(), rid.to_owned());
+    state
+        .store
+        .run(move |s| s.get_request(&tid, &rid))
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "request not found".into()))
+}
+
+async fn list(state: &State, tunnel: &Tunnel, query: Option<&str>) -> ApiResult {
+    let (mut limit, mut before) = (DEFAULT_PAGE, None);
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "limit" => {
+                limit = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::bad(format!("'limit' must be a number from 1 to {MAX_PAGE}")))?;
+            }
+            "before" => {
+                if !v.starts_with("req_") {
+                    return Err(ApiError::bad("'before' must be a request id (req_…)"));
+                }
+                before = Some(v.into_owned());
+            }
+            _ => {}
+        }
+    }
+    let tid = tunnel.id.clone();
+    let records = state.store.run(move |s| s.list_requests(&tid, before.as_deref(), limit)).await?;
+    let requests: Vec<Value> = records.iter().map(summary_json).collect();
+    Ok(ok(json!({ "requests": requests })))
+}
+
+/// A record without headers and bodies: list items and live-stream events.
+pub fn summary_json(r: &RequestRecord) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "time": r.time,
+        "method": r.method,
+        "path": r.path,
+        "status": r.status,
+        "durationMs": (r.duration_us as f64) / 1000.0,
+        "outcome": r.outcome,
+        "clientIp": r.client_ip,
+        "requestSize": r.request.body.size,
+        "responseSize": r.response.as_ref().map_or(0, |p| p.body.size),
+    });
+    if let Some(of) = &r.replay_of {
+        v["replayOf"] = Value::String(of.clone());
+    }
+    v
+}
+
+/// A record in full; bodies as text when UTF-8, else base64.
+pub fn detail_json(r: &RequestRecord) -> Value {
+    let mut v = summary_json(r);
+    v["tunnelId"] = Value::String(r.tunnel_id.clone());
+    v["request"] = part_json(&r.request);
+    v["response"] = r.response.as_ref().map_or(Value::Null, part_json);
+    v
+}
+
+fn part_json(p: &CapturedPart) -> Value {
+    let mut headers = Map::new();
+    for (name, value) in &p.headers {
+        match headers.get_mut(name) {
+            None => {
+                headers.insert(name.clone(), Value::String(value.clone()));
+            }
+            Some(Value::Array(values)) => values.push(Value::String(value.clone())),
+            Some(first) => *first = Value::Array(vec![first.take(), Value::String(value.clone())]),
+        }
+    }
+    let (body, encoding) = match &p.body.data {
+        None => (Value::Null, "utf8"),
+        Some(data) => match std::str::from_utf8(data) {
+            Ok(text) => (Value::String(text.to_owned()), "utf8"),
+            Err(_) => (Value::String(BASE64.encode(data)), "base64"),
+        },
+    };
+    json!({
+        "headers": headers,
+        "body": body,
+        "bodyEncoding": encoding,
+        "bodySize": p.body.size,
+        "truncated": p.body.truncated,
+    })
+}
+
+/// `text/event-stream` of the tunnel's new records, until the client leaves,
+/// the tunnel is deleted or the server shuts down.
+fn live_stream(state: &State, tunnel: &Tunnel) -> Response<Body> {
+    struct Live {
+        rx: broadcast::Receiver<Arc<str>>,
+        closing: tokio_util::sync::CancellationToken,
+        started: bool,
+    }
+    let live =
+        Live { rx: state.capture.subscribe(&tunnel.id), closing: state.capture.closing().clone(), started: false };
+    let events = stream::unfold(live, |mut live| async move {
+        if !live.started {
+            live.started = true;
+            return Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": connected\n\n"))), live));
+        }
+        let text = tokio::select! {
+            _ = live.closing.cancelled() => return None,
+            _ = tokio::time::sleep(KEEP_ALIVE) => ": keep-alive\n\n".to_owned(),
+            r = live.rx.recv() => match r {
+                Ok(summary) => {
+                    let id = serde_json::from_str::<Value>(&summary).ok().and_then(|v| v["id"].as_str().map(str::to_owned));
+                    format!("event: request\nid: {}\ndata: {summary}\n\n", id.unwrap_or_default())
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok(Frame::data(Bytes::from(text))), live))
+    });
+    let mut resp = Response::new(StreamBody::new(events).map_err(|never| match never {}).boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Sends a captured request through the tunnel again, optionally edited, and
+/// answers with the new record.
+async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Incoming>, peer: SocketAddr) -> ApiResult {
+    if !state.capture.config().enabled {
+        return Err(ApiError::conflict(
+            "request capture is off on this server (--no-capture), so replays cannot be recorded",
+        ));
+    }
+    // An edited body may be as large as a captured one, and is JSON-escaped.
+    let limit = state.capture.config().body_limit.saturating_mul(2).max(super::api::MAX_API_BODY) + 64 * 1024;
+    let edits = read_json_up_to(req, limit).await?;
+    let original = find(state, tunnel, rid).await?;
+    let body = replay_body(&original, &edits)?;
+    let mut headers = replay_headers(&original, &edits)?;
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    if !body.is_empty() || original.request.body.size > 0 {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let method = Method::from_bytes(original.method.as_bytes())
+        .map_err(|_| ApiError::conflict("the captured method cannot be replayed"))?;
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.headers_mut() = headers;
+
+    let (done, stored) = oneshot::channel();
+    let replay = Replay { of: original.id.clone(), done };
+    let target = Bytes::from(original.path.clone());
+    let resp = edge::forward(state.clone(), &tunnel.subdomain, target, request, peer, Some(replay)).await;
+    // Read the answer to its end (within the request timeout) so the record is complete.
+    let mut body = resp.into_body();
+    let _ = tokio::time::timeout(state.config.request_timeout, async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(body);
+    match tokio::time::timeout(REPLAY_RECORD_WAIT, stored).await {
+        Ok(Ok(record)) => Ok(ok(json!({ "request": detail_json(&record) }))),
+        _ => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request was replayed, but its record could not be stored (the capture writer is behind)".into(),
+        )),
+    }
+}
+
+fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<Bytes, ApiError> {
+    let base64 = match edits.get("bodyEncoding") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(e)) if e == "utf8" => false,
+        Some(Value::String(e)) if e == "base64" => true,
+        Some(_) => return Err(ApiError::bad("'bodyEncoding' must be \"utf8\" or \"base64\"")),
+    };
+    match edits.get("body") {
+        Some(Value::String(text)) if base64 => {
+            BASE64.decode(text).map(Bytes::from).map_err(|e| ApiError::bad(format!("'body' is not valid base64: {e}")))
+        }
+        Some(Value::String(text)) => Ok(Bytes::from(text.clone())),
+        None | Some(Value::Null) => {
+            let body = &original.request.body;
+            match &body.data {
+                _ if body.size == 0 => Ok(Bytes::new()),
+                None => Err(ApiError::conflict(
+                    "bodies are not captured for this tunnel; send the body to replay with {\"body\": \"…\"}",
+                )),
+                Some(_) if body.truncated => Err(ApiError::conflict(format!(
+                    "the captured body was cut at {} of {} bytes; send the body to replay with {{\"body\": \"…\"}}",
+                    body.data.as_ref().map_or(0, |d| d.len()),
+                    body.size
+                ))),
+                Some(data) => Ok(data.clone()),
+            }
+        }
+        Some(_) => Err(ApiError::bad("'body' must be a string")),
+    }
+}
+
+fn replay_headers(original: &RequestRecord, edits: &Map<String, Value>) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in &original.request.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            headers.append(n, v);
+        }
+    }
+    let edited = match edits.get("headers") {
+        None | Some(Value::Null) => return Ok(headers),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ApiError::bad("'headers' must be an object of name: value (or null to remove one)")),
+    };
+    let value = |name: &str, v: &str| {
+        HeaderValue::from_str(v).map_err(|_| ApiError::bad(format!("header '{name}' has an invalid value")))
+    };
+    for (name, v) in edited {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ApiError::bad(format!("'{name}' is not a valid header name")))?;
+        headers.remove(&n);
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                headers.insert(n, value(name, s)?);
+            }
+            Value::Array(items) => {
+                for item in items {
+                    let s = item
+                        .as_str()
+                        .ok_or_else(|| ApiError::bad(format!("header '{name}' values must be strings")))?;
+                    headers.append(&n, value(name, s)?);
+                }
+            }
+            _ => return Err(ApiError::bad(format!("header '{name}' must be a string, an array of strings or null"))),
+        }
+    }
+    Ok(headers)
+}

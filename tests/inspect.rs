@@ -1,0 +1,406 @@
+//! Request inspection end to end: real server, real tunnel clients (QUIC and
+//! WebSocket), a real local app, the records read back through the REST API
+//! and the live stream.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use hookway::client::{self, ClientConfig};
+use hookway::server::ServerConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn api(setup: &Setup, rest: &str) -> String {
+    format!("/api/tunnels/{}/requests{rest}", setup.tunnel_id)
+}
+
+/// Polls the list until it holds `n` records (the writer batches for ~100 ms).
+async fn wait_for(server: &TestServer, tunnel_id: &str, n: usize) -> Vec<Value> {
+    let path = format!("/api/tunnels/{tunnel_id}/requests?limit=1000");
+    for _ in 0..100 {
+        let (status, body) = raw_api(server, Method::GET, &path, Some(&bearer()), None).await;
+        assert_eq!(status, 200, "{body}");
+        let list = body["requests"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} records did not appear within 5 s");
+}
+
+async fn detail(server: &TestServer, tunnel_id: &str, id: &str) -> Value {
+    let (status, body) =
+        raw_api(server, Method::GET, &format!("/api/tunnels/{tunnel_id}/requests/{id}"), Some(&bearer()), None).await;
+    assert_eq!(status, 200, "{body}");
+    body["request"].clone()
+}
+
+async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Setup {
+    Setup::with_server(TestServer::start_with(tweak).await).await
+}
+
+#[tokio::test]
+async fn a_successful_exchange_is_recorded_in_full() {
+    let s = Setup::new().await;
+    let resp = http()
+        .post(s.url("/echo?x=1&y=two"))
+        .header("content-type", "application/json")
+        .header("x-signature", "sig-123")
+        .body(r#"{"event":"payment.succeeded","amount":42}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer = resp.text().await.unwrap();
+
+    let list = wait_for(&s.server, &s.tunnel_id, 1).await;
+    let summary = &list[0];
+    assert_eq!(summary["method"], "POST");
+    assert_eq!(summary["path"], "/echo?x=1&y=two");
+    assert_eq!(summary["status"], 200);
+    assert_eq!(summary["outcome"], "ok");
+    assert_eq!(summary["clientIp"], "127.0.0.1");
+    assert_eq!(summary["requestSize"], 41);
+    assert_eq!(summary["responseSize"], answer.len());
+    assert!(summary["durationMs"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(summary["time"].as_str().unwrap().ends_with('Z'), "{summary}");
+    assert!(summary.get("request").is_none() && summary.get("replayOf").is_none(), "summaries carry no bodies");
+
+    let d = detail(&s.server, &s.tunnel_id, summary["id"].as_str().unwrap()).await;
+    assert_eq!(d["tunnelId"], s.tunnel_id.as_str());
+    assert_eq!(d["request"]["headers"]["x-signature"], "sig-123");
+    assert_eq!(d["request"]["headers"]["content-type"], "application/json");
+    assert_eq!(d["request"]["body"], r#"{"event":"payment.succeeded","amount":42}"#);
+    assert_eq!(
+        (d["request"]["bodyEncoding"].as_str(), d["request"]["truncated"].as_bool()),
+        (Some("utf8"), Some(false))
+    );
+    assert_eq!(d["response"]["headers"]["x-app"], "echo");
+    assert_eq!(d["response"]["headers"]["set-cookie"], json!(["a=1", "b=2"]), "repeated headers become an array");
+    assert_eq!(d["response"]["body"], answer.as_str());
+}
+
+#[tokio::test]
+async fn failed_exchanges_are_recorded_with_their_outcome() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(700)).await;
+    // The local app refuses connections.
+    let (refused_id, token, _) = create_tunnel(&server, None).await;
+    let refused = TestClient::connect(&server, &refused_id, &token, closed_port().await).await;
+    assert_eq!(http().get(format!("{}/hook", refused.tunnel_url)).send().await.unwrap().status(), 502);
+    // The local app is too slow.
+    let app = spawn_app().await;
+    let (slow_id, token, _) = create_tunnel(&server, None).await;
+    let slow = TestClient::connect(&server, &slow_id, &token, app.port()).await;
+    assert_eq!(http().get(format!("{}/slow?ms=2000", slow.tunnel_url)).send().await.unwrap().status(), 504);
+    // No client at all.
+    let (offline_id, _, sub) = create_tunnel(&server, None).await;
+    let resp = http().post(format!("{}/t/{sub}/hook", server.url)).body("lost?").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+
+    for (id, status, outcome) in
+        [(&refused_id, 502, "local-unreachable"), (&slow_id, 504, "timeout"), (&offline_id, 503, "tunnel-offline")]
+    {
+        let list = wait_for(&server, id, 1).await;
+        assert_eq!((list[0]["status"].as_u64(), list[0]["outcome"].as_str()), (Some(status), Some(outcome)), "{id}");
+    }
+    let offline = wait_for(&server, &offline_id, 1).await;
+    let d = detail(&server, &offline_id, offline[0]["id"].as_str().unwrap()).await;
+    assert_eq!(d["method"], "POST");
+    assert_eq!(d["request"]["bodySize"], 5, "the declared size of the body that was never read");
+    assert_eq!(d["request"]["truncated"], true);
+    assert!(d["response"]["body"].as_str().unwrap().contains("offline"), "{d}");
+}
+
+#[tokio::test]
+async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
+    let s = start_with(|c| c.capture.body_limit = 1000).await;
+    let big: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(http().post(s.url("/upload")).body(big.clone()).send().await.unwrap().status(), 200);
+    let binary: Vec<u8> = vec![0xff, 0x00, 0xfe, 0x80, 0x01, 0xc3];
+    assert_eq!(http().post(s.url("/echo")).body(binary.clone()).send().await.unwrap().status(), 200);
+
+    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    let by_path = |p: &str| list.iter().find(|r| r["path"] == p).unwrap()["id"].as_str().unwrap().to_owned();
+    let up = detail(&s.server, &s.tunnel_id, &by_path("/upload")).await;
+    assert_eq!(up["request"]["bodySize"], 5000);
+    assert_eq!(up["request"]["truncated"], true);
+    assert_eq!(up["request"]["body"].as_str().unwrap().as_bytes(), &big[..1000]);
+    assert_eq!(up["response"]["truncated"], false);
+
+    let echo = detail(&s.server, &s.tunnel_id, &by_path("/echo")).await;
+    assert_eq!(echo["request"]["bodyEncoding"], "base64");
+    let kept = base64::engine::general_purpose::STANDARD.decode(echo["request"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(kept, binary);
+}
+
+#[tokio::test]
+async fn pages_are_newest_first_and_retention_keeps_the_newest() {
+    let s = start_with(|c| c.capture.max_records = 5).await;
+    for i in 0..8 {
+        assert_eq!(http().get(s.url(&format!("/echo?i={i}"))).send().await.unwrap().status(), 200);
+        // Separate batches, so retention is exercised in the store, not only in the writer.
+        if i % 3 == 2 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let all = wait_for(&s.server, &s.tunnel_id, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = raw_api(&s.server, Method::GET, &api(&s, "?limit=1000"), Some(&bearer()), None).await;
+    let paths: Vec<&str> = body["requests"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/echo?i=7", "/echo?i=6", "/echo?i=5", "/echo?i=4", "/echo?i=3"], "{all:?}");
+
+    let (_, first) = raw_api(&s.server, Method::GET, &api(&s, "?limit=2"), Some(&bearer()), None).await;
+    let first = first["requests"].as_array().unwrap().clone();
+    assert_eq!(first.len(), 2);
+    let before = first[1]["id"].as_str().unwrap();
+    let (_, next) =
+        raw_api(&s.server, Method::GET, &api(&s, &format!("?limit=2&before={before}")), Some(&bearer()), None).await;
+    let next: Vec<&str> = next["requests"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(next, ["/echo?i=5", "/echo?i=4"]);
+
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?before=nope"] {
+        let (status, body) = raw_api(&s.server, Method::GET, &api(&s, bad), Some(&bearer()), None).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].is_string());
+    }
+    let (status, body) =
+        raw_api(&s.server, Method::GET, &api(&s, "/req_000000000000ffffffff"), Some(&bearer()), None).await;
+    assert_eq!((status.as_u16(), body["error"].as_str()), (404, Some("request not found")));
+}
+
+#[tokio::test]
+async fn records_older_than_the_max_age_are_pruned() {
+    let s = Setup::new().await;
+    http().get(s.url("/echo?old")).send().await.unwrap();
+    wait_for(&s.server, &s.tunnel_id, 1).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let dir = s.server.stop().await;
+    let server = TestServer::start_in(dir, |c| c.capture.max_age = Some(Duration::from_secs(1))).await;
+    let path = format!("/api/tunnels/{}/requests", s.tunnel_id);
+    let (status, body) = raw_api(&server, Method::GET, &path, Some(&bearer()), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["requests"], json!([]), "pruned at start-up");
+}
+
+#[tokio::test]
+async fn replays_reach_the_local_app_with_and_without_edits() {
+    let s = Setup::new().await;
+    http()
+        .post(s.url("/echo?order=7"))
+        .header("content-type", "application/json")
+        .header("x-signature", "v1")
+        .body(r#"{"paid":true}"#)
+        .send()
+        .await
+        .unwrap();
+    let original = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+
+    let replay = api(&s, &format!("/{original}/replay"));
+    let (status, plain) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), None).await;
+    assert_eq!(status, 200, "{plain}");
+    let plain = &plain["request"];
+    assert_eq!(plain["replayOf"], original.as_str());
+    assert_ne!(plain["id"], original.as_str());
+    assert_eq!((plain["method"].as_str(), plain["path"].as_str()), (Some("POST"), Some("/echo?order=7")));
+    let seen: Value = serde_json::from_str(plain["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["body"], r#"{"paid":true}"#, "the local app got the captured body");
+    assert_eq!(seen["headers"]["x-signature"], "v1");
+
+    let edits =
+        json!({ "body": r#"{"paid":false,"note":"edited"}"#, "headers": { "x-signature": "v2", "x-extra": "1" } });
+    let (status, edited) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(&edits.to_string())).await;
+    assert_eq!(status, 200, "{edited}");
+    let seen: Value = serde_json::from_str(edited["request"]["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["body"], r#"{"paid":false,"note":"edited"}"#);
+    assert_eq!(seen["headers"]["x-signature"], "v2");
+    assert_eq!(seen["headers"]["x-extra"], "1");
+    assert_eq!(seen["headers"]["content-length"], "30", "the length follows the edited body");
+
+    // Both replays are listed, linked to the original.
+    let list = wait_for(&s.server, &s.tunnel_id, 3).await;
+    assert_eq!(list.iter().filter(|r| r["replayOf"] == original.as_str()).count(), 2);
+
+    for (edits, want) in [
+        (r#"{"body": 5}"#, 400),
+        (r#"{"headers": {"bad name": "x"}}"#, 400),
+        (r#"{"body": "!!", "bodyEncoding": "base64"}"#, 400),
+        ("not json", 400),
+    ] {
+        let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(edits)).await;
+        assert_eq!(status.as_u16(), want, "{edits}: {body}");
+    }
+    let missing = api(&s, "/req_000000000000ffffffff/replay");
+    assert_eq!(raw_api(&s.server, Method::POST, &missing, Some(&bearer()), None).await.0, 404);
+}
+
+#[tokio::test]
+async fn the_live_stream_delivers_records_while_requests_flow() {
+    let s = Setup::new().await;
+    let mut stream = http()
+        .get(format!("{}{}", s.server.url, api(&s, "/stream")))
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first[..], b": connected\n\n");
+
+    let sender = {
+        let url = s.url("/echo?live=");
+        tokio::spawn(async move {
+            for i in 0..20 {
+                http().get(format!("{url}{i}")).send().await.unwrap();
+            }
+        })
+    };
+    let mut text = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 20 {
+        let chunk =
+            tokio::time::timeout_at(deadline, stream.chunk()).await.expect("events within 10 s").unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = text.find("\n\n") {
+            let event: String = text.drain(..end + 2).collect();
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                assert!(event.starts_with("event: request\nid: req_"), "{event}");
+                let summary: Value = serde_json::from_str(data).unwrap();
+                assert_eq!(summary["status"], 200);
+                seen.push(summary["path"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    sender.await.unwrap();
+    seen.sort_by_key(|p| p.trim_start_matches("/echo?live=").parse::<u32>().unwrap());
+    assert_eq!(seen, (0..20).map(|i| format!("/echo?live={i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn records_are_visible_only_to_the_tunnels_organization() {
+    let s = Setup::new().await;
+    http().get(s.url("/echo")).send().await.unwrap();
+    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let other = hookway::server::create_api_key(&s.server.store, "other-org").unwrap();
+    let auth = format!("Bearer {other}");
+    for (method, rest) in [
+        (Method::GET, String::new()),
+        (Method::GET, format!("/{id}")),
+        (Method::GET, "/stream".to_owned()),
+        (Method::POST, format!("/{id}/replay")),
+        (Method::DELETE, String::new()),
+    ] {
+        let (status, body) = raw_api(&s.server, method.clone(), &api(&s, &rest), Some(&auth), None).await;
+        assert_eq!((status.as_u16(), body["error"].as_str()), (404, Some("tunnel not found")), "{method} {rest}");
+    }
+    let (status, _) = raw_api(&s.server, Method::GET, &api(&s, ""), None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(wait_for(&s.server, &s.tunnel_id, 1).await.len(), 1, "nothing was deleted");
+}
+
+#[tokio::test]
+async fn body_capture_can_be_turned_off_per_tunnel() {
+    let s = Setup::new().await;
+    let path = format!("/api/tunnels/{}", s.tunnel_id);
+    let (status, body) =
+        raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"captureBodies": false}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tunnel"]["captureBodies"], false);
+    http().post(s.url("/echo")).body("secret=hunter2").send().await.unwrap();
+    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let d = detail(&s.server, &s.tunnel_id, &id).await;
+    assert_eq!((d["request"]["body"].clone(), d["request"]["bodySize"].clone()), (Value::Null, json!(14)));
+    assert_eq!(d["response"]["body"], Value::Null);
+    assert_eq!(d["request"]["headers"]["content-length"], "14", "headers are still captured");
+    let (status, body) =
+        raw_api(&s.server, Method::POST, &api(&s, &format!("/{id}/replay")), Some(&bearer()), None).await;
+    assert_eq!(status, 409, "no body to replay: {body}");
+    let edits = r#"{"body": "secret=other"}"#;
+    let (status, body) =
+        raw_api(&s.server, Method::POST, &api(&s, &format!("/{id}/replay")), Some(&bearer()), Some(edits)).await;
+    assert_eq!(status, 200, "a replay with a given body works: {body}");
+
+    // Back on, and the default shape of the tunnel object returns.
+    let (_, body) = raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"captureBodies": true}"#)).await;
+    assert!(body["tunnel"].get("captureBodies").is_none(), "{body}");
+    let (status, _) =
+        raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"captureBodies": "no"}"#)).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn clearing_and_deleting_the_tunnel_remove_its_records() {
+    let s = Setup::new().await;
+    for _ in 0..3 {
+        http().get(s.url("/echo")).send().await.unwrap();
+    }
+    wait_for(&s.server, &s.tunnel_id, 3).await;
+    let (status, body) = raw_api(&s.server, Method::DELETE, &api(&s, ""), Some(&bearer()), None).await;
+    assert_eq!((status.as_u16(), body["deleted"].as_u64()), (200, Some(3)), "{body}");
+    assert_eq!(body["success"], true);
+    http().get(s.url("/echo")).send().await.unwrap();
+    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+
+    let (status, _) =
+        raw_api(&s.server, Method::DELETE, &format!("/api/tunnels/{}", s.tunnel_id), Some(&bearer()), None).await;
+    assert_eq!(status, 200);
+    let records = s.server.store.blocking().get_request(&s.tunnel_id, &id).unwrap();
+    assert_eq!(records, None, "the tunnel's records went with it");
+}
+
+#[tokio::test]
+async fn exchanges_over_websocket_tunnels_are_recorded_too() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let config = ClientConfig {
+        server: server.url.clone(),
+        tunnel_id: created.tunnel.id.clone(),
+        token: created.auth_token.clone(),
+        local_host: "127.0.0.1".into(),
+        local_port: app.port(),
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: Some(created.ws_url.clone()),
+    };
+    let shutdown = CancellationToken::new();
+    let _task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+    while !matches!(events.recv().await, Some(client::Event::Connected { .. })) {}
+
+    let resp = http().put(format!("{}/echo?ws=1", created.tunnel_url)).body("over websocket").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let list = wait_for(&server, &created.tunnel.id, 1).await;
+    assert_eq!((list[0]["method"].as_str(), list[0]["outcome"].as_str()), (Some("PUT"), Some("ok")));
+    let d = detail(&server, &created.tunnel.id, list[0]["id"].as_str().unwrap()).await;
+    assert_eq!(d["request"]["body"], "over websocket");
+    assert!(d["response"]["body"].as_str().unwrap().contains("over websocket"));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_caller_leaving_mid_body_is_recorded_as_incomplete_and_streams_as_ok() {
+    let s = Setup::new().await;
+    let mut resp = http().get(s.url("/download?n=104857600")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.chunk().await.unwrap().unwrap();
+    drop(resp);
+    let sse = http().get(s.url("/sse")).send().await.unwrap().text().await.unwrap();
+    assert!(sse.contains("event 2"));
+
+    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    let find = |p: &str| list.iter().find(|r| r["path"] == p).unwrap().clone();
+    let download = find("/download?n=104857600");
+    assert_eq!((download["status"].as_u64(), download["outcome"].as_str()), (Some(200), Some("incomplete")));
+    assert!(download["responseSize"].as_u64().unwrap() < 104857600, "{download}");
+    let sse = find("/sse");
+    assert_eq!(sse["outcome"], "ok", "a streamed body that ran to its end: {sse}");
+    assert!(sse["durationMs"].as_f64().unwrap() >= 600.0, "duration runs to the body's end: {sse}");
+}
