@@ -5,6 +5,9 @@
 //! processes; the local app and the load generator run here. Everything shares
 //! the machine's cores, as it would on a developer's laptop.
 //!
+//! `tunnel/quic` captures every request for inspection, as a server does by
+//! default; `quic/nocap` is the same tunnel on a server run with `--no-capture`.
+//!
 //! Run: `cargo bench --bench e2e` (`HOOKWAY_BENCH_SECS` sets seconds per
 //! measurement, default 3; every loop is bounded in time and count).
 
@@ -17,7 +20,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
-use support::{API_KEY, ServerProcess, full, http_client, load, spawn_app, spawn_server, wait_line};
+use support::{API_KEY, ServerProcess, full, http_client, load, spawn_app, spawn_server, spawn_server_with, wait_line};
 
 /// A tunnel client process serving one tunnel of the bench server.
 struct Tunnel {
@@ -98,6 +101,9 @@ fn main() {
         let server = spawn_server().await;
         let tunnel = start_tunnel(&server, app.port(), false).await;
         let ws_tunnel = start_tunnel(&server, app.port(), true).await;
+        // The same tunnel on a server that captures nothing: what inspection costs.
+        let bare_server = spawn_server_with(&["--no-capture"]).await;
+        let bare = start_tunnel(&bare_server, app.port(), false).await;
         let direct = format!("http://{app}");
         println!("hookway e2e benchmark: {secs} s per measurement, loopback, 1 KiB POST");
         println!("{:<12} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
@@ -109,7 +115,8 @@ fn main() {
             let d = load(&format!("{direct}/hook"), c, secs).await;
             let t = load(&format!("{}/hook", tunnel.url), c, secs).await;
             let w = load(&format!("{}/hook", ws_tunnel.url), c, secs).await;
-            for (label, s) in [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w)] {
+            let n = load(&format!("{}/hook", bare.url), c, secs).await;
+            for (label, s) in [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w), ("quic/nocap", &n)] {
                 println!("{label:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
             }
             for (label, s) in [("quic", &t), ("ws", &w)] {
@@ -121,6 +128,11 @@ fn main() {
                 );
             }
             println!("  ratio c={c}: ws reaches {:.1}% of quic req/s", 100.0 * w.rps / t.rps);
+            println!(
+                "  ratio c={c}: with request capture, quic reaches {:.1}% of its req/s without (p50 {:+.0} µs)",
+                100.0 * t.rps / n.rps,
+                us(t.p50) - us(n.p50)
+            );
         }
         if std::env::var("HOOKWAY_BENCH_SKIP_BODIES").is_ok() {
             return;
