@@ -120,6 +120,11 @@ pub fn summary_json(r: &RequestRecord) -> Value {
     v
 }
 
+/// The live stream's event for a new record, rendered once for every subscriber.
+pub fn sse_event(r: &RequestRecord) -> String {
+    format!("event: request\nid: {}\ndata: {}\n\n", r.id, summary_json(r))
+}
+
 /// A record in full; bodies as text when UTF-8, else base64.
 pub fn detail_json(r: &RequestRecord) -> Value {
     let mut v = summary_json(r);
@@ -175,10 +180,7 @@ fn live_stream(state: &State, tunnel: &Tunnel) -> Response<Body> {
             _ = live.closing.cancelled() => return None,
             _ = tokio::time::sleep(KEEP_ALIVE) => ": keep-alive\n\n".to_owned(),
             r = live.rx.recv() => match r {
-                Ok(summary) => {
-                    let id = serde_json::from_str::<Value>(&summary).ok().and_then(|v| v["id"].as_str().map(str::to_owned));
-                    format!("event: request\nid: {}\ndata: {summary}\n\n", id.unwrap_or_default())
-                }
+                Ok(event) => event.to_string(),
                 Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
                 Err(broadcast::error::RecvError::Closed) => return None,
             },

@@ -217,7 +217,7 @@ impl Capture {
         }
     }
 
-    /// Subscribes to a tunnel's stored records, as summary JSON.
+    /// Subscribes to a tunnel's stored records, as server-sent events.
     pub fn subscribe(&self, tunnel_id: &str) -> broadcast::Receiver<Arc<str>> {
         self.watchers.entry(tunnel_id.to_owned()).or_insert_with(|| broadcast::channel(WATCH_BUFFER).0).subscribe()
     }

@@ -111,7 +111,7 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
     for (record, replay) in records.into_iter().zip(replays) {
         if let Some(watch) = hub.watchers.get(&record.tunnel_id) {
             if watch.receiver_count() > 0 {
-                let _ = watch.send(crate::server::requests_api::summary_json(&record).to_string().into());
+                let _ = watch.send(crate::server::requests_api::sse_event(&record).into());
             }
         }
         if let Some(replay) = replay {
