@@ -181,6 +181,9 @@ async fn records_older_than_the_max_age_are_pruned() {
     wait_for(&s.server, &s.tunnel_id, 1).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let dir = s.server.stop().await;
+    let server = TestServer::start_in(dir, |_| {}).await;
+    assert_eq!(wait_for(&server, &s.tunnel_id, 1).await[0]["path"], "/echo?old", "records survive a restart");
+    let dir = server.stop().await;
     let server = TestServer::start_in(dir, |c| c.capture.max_age = Some(Duration::from_secs(1))).await;
     let path = format!("/api/tunnels/{}/requests", s.tunnel_id);
     let (status, body) = raw_api(&server, Method::GET, &path, Some(&bearer()), None).await;

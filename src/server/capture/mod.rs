@@ -238,3 +238,22 @@ impl Capture {
         writer::run(self, state, stop).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BodyBuf;
+
+    #[test]
+    fn a_body_is_kept_up_to_the_limit_and_counted_in_full() {
+        let mut b = BodyBuf::new(true);
+        b.push(b"hello ", 8);
+        b.push(b"world", 8);
+        assert_eq!((b.data.as_deref(), b.size, b.truncated), (Some(&b"hello wo"[..]), 11, true));
+        let mut exact = BodyBuf::new(true);
+        exact.push(b"12345678", 8);
+        assert_eq!((exact.size, exact.truncated), (8, false));
+        let mut off = BodyBuf::new(false);
+        off.push(b"secret", 8);
+        assert_eq!((off.data, off.size, off.truncated), (None, 6, false), "sizes only when capture is off");
+    }
+}

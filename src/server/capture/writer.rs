@@ -188,3 +188,48 @@ fn format_time(at: SystemTime) -> String {
         .format(format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(tunnel: &str, id: &str, replay: bool) -> Captured {
+        Captured {
+            id: id.into(),
+            tunnel_id: tunnel.into(),
+            at: SystemTime::UNIX_EPOCH,
+            method: http::Method::GET,
+            target: bytes::Bytes::from_static(b"/"),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            replay: replay
+                .then(|| super::super::Replay { of: "req_x".into(), done: tokio::sync::oneshot::channel().0 }),
+            request_headers: HeaderMap::new(),
+            request_body: BodyBuf::new(true),
+            status: None,
+            response_headers: None,
+            response_body: BodyBuf::new(true),
+            duration: Duration::ZERO,
+            outcome: "ok",
+        }
+    }
+
+    #[test]
+    fn trimming_keeps_the_newest_of_each_tunnel_and_every_replay() {
+        let mut batch = vec![
+            captured("a", "req_3", false),
+            captured("a", "req_1", true),
+            captured("b", "req_2", false),
+            captured("a", "req_5", false),
+            captured("a", "req_4", false),
+        ];
+        trim(&mut batch, 2);
+        let kept: Vec<(&str, &str)> = batch.iter().map(|c| (c.tunnel_id.as_str(), c.id.as_str())).collect();
+        assert_eq!(kept, [("a", "req_1"), ("b", "req_2"), ("a", "req_5"), ("a", "req_4")]);
+    }
+
+    #[test]
+    fn times_have_microseconds_in_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+        assert_eq!(format_time(at), "2023-11-14T22:13:20.123456Z");
+    }
+}
