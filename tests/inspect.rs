@@ -407,3 +407,21 @@ async fn a_caller_leaving_mid_body_is_recorded_as_incomplete_and_streams_as_ok()
     assert_eq!(sse["outcome"], "ok", "a streamed body that ran to its end: {sse}");
     assert!(sse["durationMs"].as_f64().unwrap() >= 600.0, "duration runs to the body's end: {sse}");
 }
+
+#[tokio::test]
+async fn an_open_live_stream_does_not_hold_up_shutdown() {
+    let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_secs(20)).await;
+    let (id, _, _) = create_tunnel(&server, None).await;
+    let mut stream = http()
+        .get(format!("{}/api/tunnels/{id}/requests/stream", server.url))
+        .header("authorization", bearer())
+        .send()
+        .await
+        .unwrap();
+    stream.chunk().await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), server.stop()).await.expect("server stops");
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped in {:?}", started.elapsed());
+    let rest = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.expect("stream ends");
+    assert!(!matches!(rest, Ok(Some(_))), "no more events after shutdown");
+}
