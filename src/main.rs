@@ -7,6 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+#[path = "cli/inspect.rs"]
+mod inspect_cli;
+#[path = "cli/monitor.rs"]
+mod monitor_cli;
 #[path = "cli/webhooks.rs"]
 mod webhooks_cli;
 
@@ -166,6 +170,9 @@ struct StartArgs {
     /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter).
     #[arg(long)]
     subdomain: Option<String>,
+    /// Full-screen view of the requests (live list, details, replay) instead of a line per request.
+    #[arg(long)]
+    monitor: bool,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
@@ -189,10 +196,13 @@ enum TunnelsCommand {
         /// Group label, for webhooks that subscribe to one group.
         #[arg(long)]
         group: Option<String>,
+        /// Keep only the method, path, headers and sizes of captured requests, not their bodies.
+        #[arg(long)]
+        no_capture_bodies: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Rename a tunnel or change its group.
+    /// Rename a tunnel, change its group, or turn body capture on or off.
     Update {
         /// Tunnel id.
         id: String,
@@ -205,6 +215,12 @@ enum TunnelsCommand {
         /// Remove the tunnel from its group.
         #[arg(long)]
         no_group: bool,
+        /// Capture request and response bodies again.
+        #[arg(long, conflicts_with = "no_capture_bodies")]
+        capture_bodies: bool,
+        /// Stop capturing bodies (method, path, headers and sizes are still kept).
+        #[arg(long)]
+        no_capture_bodies: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -217,19 +233,28 @@ enum TunnelsCommand {
     /// End the tunnel's live session.
     Disconnect(IdArg),
     /// Serve an existing tunnel from a local port.
-    Connect {
-        /// Tunnel id.
-        id: String,
-        /// Local port.
-        port: u16,
-        /// The tunnel's auth token; without it a new one is issued (ending any other client's session).
-        #[arg(long, env = "HOOKWAY_TUNNEL_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        #[command(flatten)]
-        connect: ConnectArgs,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    Connect(ConnectCmd),
+    /// Serve an existing tunnel like `connect`, in a full-screen view of its requests (live list,
+    /// details, replay).
+    Monitor(ConnectCmd),
+    #[command(flatten)]
+    Inspect(inspect_cli::InspectCommand),
+}
+
+/// `tunnels connect` and `tunnels monitor`: one way to connect, two ways to show it.
+#[derive(Args)]
+struct ConnectCmd {
+    /// Tunnel id.
+    id: String,
+    /// Local port.
+    port: u16,
+    /// The tunnel's auth token; without it a new one is issued (ending any other client's session).
+    #[arg(long, env = "HOOKWAY_TUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -273,13 +298,15 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    // Before the runtime: the local offset can only be read while one thread runs.
+    inspect_cli::records::init_local_offset();
     let default_level = if matches!(cli.command, Command::Server(_)) { "hookway=info" } else { "hookway=warn" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer(&cli.command))
         .init();
     // The server serves many tunnels and callers: one worker per core. A client
     // serves one tunnel; on one thread its request path never pays a cross-thread
@@ -290,6 +317,18 @@ fn real_main() -> Result<()> {
     }
     .context("cannot start the async runtime")?;
     runtime.block_on(run(cli.command))
+}
+
+/// Where logs go: stderr, except under the monitor, which owns the terminal
+/// and shows the last one in its header.
+fn log_writer(command: &Command) -> tracing_subscriber::fmt::writer::BoxMakeWriter {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    match command {
+        Command::Start(StartArgs { monitor: true, .. }) | Command::Tunnels(TunnelsCommand::Monitor(_)) => {
+            BoxMakeWriter::new(monitor_cli::UiLog)
+        }
+        _ => BoxMakeWriter::new(std::io::stderr),
+    }
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -407,19 +446,30 @@ fn api(client: &ClientArgs) -> Result<ApiClient> {
 
 async fn start(args: StartArgs) -> Result<()> {
     let api = api(&args.client)?;
+    if args.monitor && args.client.json {
+        bail!("--monitor shows a full-screen view: it does not combine with --json");
+    }
     let name = args.name.unwrap_or_else(|| format!("localhost:{}", args.port));
     let created = api.create_tunnel(&name, args.subdomain.as_deref()).await?;
-    if !args.client.json {
+    if !args.client.json && !args.monitor {
         println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
     }
     let mut connect = args.connect;
     if connect.ws && connect.ws_url.is_none() {
         connect.ws_url = Some(created.ws_url);
     }
-    serve(&args.client, connect, created.tunnel.id, created.auth_token, args.port).await
+    serve(&args.client, connect, created.tunnel.id, created.auth_token, args.port, args.monitor).await
 }
 
-async fn serve(client: &ClientArgs, connect: ConnectArgs, id: String, token: String, port: u16) -> Result<()> {
+/// Serves the tunnel: with a line per event, or under the monitor (`monitor`).
+async fn serve(
+    client: &ClientArgs,
+    connect: ConnectArgs,
+    id: String,
+    token: String,
+    port: u16,
+    monitor: bool,
+) -> Result<()> {
     let config = ClientConfig {
         ws_url: connect.ws_url,
         server: client.server.clone(),
@@ -430,6 +480,9 @@ async fn serve(client: &ClientArgs, connect: ConnectArgs, id: String, token: Str
         fingerprint: connect.fingerprint,
         quic_addr: connect.quic_addr,
     };
+    if monitor {
+        return monitor_cli::run(&client.server, client.api_key.clone(), config).await;
+    }
     let json = client.json;
     let local = format!("http://{}:{port}", connect.local_host);
     let on_event = move |event: Event| print_event(&event, json, &local);
@@ -508,13 +561,16 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         TunnelsCommand::Get(IdArg { id, client }) => {
             show(&client, Method::GET, &format!("/api/tunnels/{id}"), None).await?;
         }
-        TunnelsCommand::Create { name, subdomain, group, client } => {
+        TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, client } => {
             let mut body = json!({ "name": name });
             if let Some(s) = subdomain {
                 body["subdomain"] = Value::String(s);
             }
             if let Some(g) = group {
                 body["group"] = Value::String(g);
+            }
+            if no_capture_bodies {
+                body["captureBodies"] = Value::Bool(false);
             }
             let v = show(&client, Method::POST, "/api/tunnels", Some(&body)).await?;
             if !client.json {
@@ -524,7 +580,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                 );
             }
         }
-        TunnelsCommand::Update { id, name, group, no_group, client } => {
+        TunnelsCommand::Update { id, name, group, no_group, capture_bodies, no_capture_bodies, client } => {
             let mut body = serde_json::Map::new();
             if let Some(name) = name {
                 body.insert("name".into(), Value::String(name));
@@ -534,8 +590,11 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             } else if no_group {
                 body.insert("group".into(), Value::Null);
             }
+            if capture_bodies || no_capture_bodies {
+                body.insert("captureBodies".into(), Value::Bool(capture_bodies));
+            }
             if body.is_empty() {
-                bail!("nothing to update: pass --name, --group or --no-group");
+                bail!("nothing to update: pass --name, --group, --no-group, --capture-bodies or --no-capture-bodies");
             }
             show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&Value::Object(body))).await?;
         }
@@ -551,36 +610,48 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
             show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
         }
-        TunnelsCommand::Connect { id, port, token, mut connect, client } => {
-            let token = match token {
-                Some(t) => t,
-                None => {
-                    let creds = api(&client)?.regenerate_credentials(&id).await?;
-                    if !client.json {
-                        eprintln!(
-                            "No --token given: issued a new auth token for {id} (the previous one no longer works)."
-                        );
-                    }
-                    if connect.ws && connect.ws_url.is_none() {
-                        connect.ws_url = Some(creds.ws_url);
-                    }
-                    creds.auth_token
-                }
-            };
-            if connect.ws && connect.ws_url.is_none() {
-                if client.api_key.is_none() {
-                    bail!(
-                        "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
-                         or --api-key so it can be looked up"
-                    );
-                }
-                let tunnel = api(&client)?.tunnel(&id).await?;
-                connect.ws_url = Some(ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?);
-            }
-            serve(&client, connect, id, token, port).await?;
-        }
+        TunnelsCommand::Connect(cmd) => connect_existing(cmd, false).await?,
+        TunnelsCommand::Monitor(cmd) => connect_existing(cmd, true).await?,
+        TunnelsCommand::Inspect(cmd) => inspect_cli::run(cmd).await?,
     }
     Ok(())
+}
+
+/// `tunnels connect` (`monitor` false) and `tunnels monitor`: the same
+/// connection, shown as lines or full-screen.
+async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
+    let ConnectCmd { id, port, token, mut connect, client } = cmd;
+    if monitor {
+        // The monitor reads the captured requests through the API: check before connecting.
+        api(&client)?;
+        if client.json {
+            bail!("monitor shows a full-screen view: it does not combine with --json");
+        }
+    }
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let creds = api(&client)?.regenerate_credentials(&id).await?;
+            if !client.json {
+                eprintln!("No --token given: issued a new auth token for {id} (the previous one no longer works).");
+            }
+            if connect.ws && connect.ws_url.is_none() {
+                connect.ws_url = Some(creds.ws_url);
+            }
+            creds.auth_token
+        }
+    };
+    if connect.ws && connect.ws_url.is_none() {
+        if client.api_key.is_none() {
+            bail!(
+                "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
+                 or --api-key so it can be looked up"
+            );
+        }
+        let tunnel = api(&client)?.tunnel(&id).await?;
+        connect.ws_url = Some(ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?);
+    }
+    serve(&client, connect, id, token, port, monitor).await
 }
 
 /// seed 001's `wsUrl`, built from the server URL the client uses.

@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(s.max_attempts(), 4);
         assert_eq!(Schedule::parse("250ms,2m,1h").unwrap().0[2], Duration::from_secs(3600));
         assert_eq!(Schedule::parse("").unwrap().max_attempts(), 1);
-        for bad in ["1", "x", "1d", "-1s", "1s,,2s", "9999h"] {
+        for bad in ["1", "x", "1w", "-1s", "1s,,2s", "9999h", "8d"] {
             assert!(Schedule::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Schedule::default().max_attempts(), 4);

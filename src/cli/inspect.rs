@@ -1,0 +1,211 @@
+//! `hookway tunnels requests|request|replay|clear-requests`: the requests a
+//! tunnel captured, from the shell.
+
+#[path = "records.rs"]
+pub mod records;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use super::{ClientArgs, api};
+use records::{Summary, detail_lines, fit};
+
+/// Width assumed when stdout is not a terminal and `COLUMNS` is unset: wide
+/// enough that typical webhook paths are not cut in logs and pipes.
+const DEFAULT_WIDTH: usize = 120;
+/// Width of every column but PATH, separators included.
+const FIXED_COLUMNS: usize = 12 + 1 + 7 + 1 + 1 + 6 + 1 + 10 + 1 + 24 + 1 + 24;
+
+#[derive(Subcommand)]
+pub enum InspectCommand {
+    /// Requests the tunnel captured, newest first.
+    Requests {
+        /// Tunnel id (tun_…).
+        id: String,
+        /// How many (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only requests older than this one (req_…): the next page.
+        #[arg(long, value_name = "REQ")]
+        before: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One captured request in full: headers and bodies of the request and the response.
+    Request(RequestArg),
+    /// Send a captured request to the tunnel again, optionally with another body or headers.
+    Replay {
+        #[command(flatten)]
+        request: RequestArg,
+        /// Body to send instead of the captured one.
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// File whose content is sent as the body (binary files are fine).
+        #[arg(long, value_name = "PATH")]
+        body_file: Option<std::path::PathBuf>,
+        /// Header to set, as "Name: value" (repeatable); "Name:" with no value removes it.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+    },
+    /// Delete every captured request of the tunnel.
+    ClearRequests {
+        /// Tunnel id (tun_…).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct RequestArg {
+    /// Tunnel id (tun_…).
+    id: String,
+    /// Request id (req_…).
+    req: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs an inspection subcommand.
+pub async fn run(cmd: InspectCommand) -> Result<()> {
+    match cmd {
+        InspectCommand::Requests { id, limit, before, client } => {
+            let mut path = format!("/api/tunnels/{id}/requests?limit={limit}");
+            if let Some(before) = &before {
+                path.push_str(&format!("&before={before}"));
+            }
+            let v = api(&client)?.call(Method::GET, &path, None).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            print_table(&v, terminal_width());
+            let items = v["requests"].as_array().map_or(0, Vec::len);
+            if items > 0 && items == limit as usize {
+                let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
+                eprintln!("More: hookway tunnels requests {id} --limit {limit} --before {last}");
+            }
+        }
+        InspectCommand::Request(RequestArg { id, req, client }) => {
+            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            for l in detail_lines(&v["request"], usize::MAX) {
+                println!("{}", l.text);
+            }
+        }
+        InspectCommand::Replay { request: RequestArg { id, req, client }, body, body_file, headers } => {
+            let payload = replay_body(body, body_file, &headers)?;
+            let path = format!("/api/tunnels/{id}/requests/{req}/replay");
+            let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await?;
+            if client.json {
+                println!("{v}");
+                return Ok(());
+            }
+            let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
+            println!("Replayed {req} as {}: {} {} in {}", new.id, new.status_text(), new.outcome, new.duration_text());
+        }
+        InspectCommand::ClearRequests { id, client } => {
+            let v = api(&client)?.call(Method::DELETE, &format!("/api/tunnels/{id}/requests"), None).await?;
+            if client.json {
+                println!("{v}");
+            } else {
+                println!("Deleted {} captured requests of {id}.", v["deleted"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The columns the user asked for; PATH takes what the others leave.
+fn print_table(v: &Value, width: usize) {
+    let path_width = width.saturating_sub(FIXED_COLUMNS).max(16);
+    println!(
+        "{:<12} {:<7} {:<path_width$} {:>6} {:>10} {:<24} ID",
+        "TIME", "METHOD", "PATH", "STATUS", "DURATION", "OUTCOME"
+    );
+    for item in v["requests"].as_array().into_iter().flatten() {
+        let Ok(s) = serde_json::from_value::<Summary>(item.clone()) else { continue };
+        println!(
+            "{:<12} {:<7} {:<path_width$} {:>6} {:>10} {:<24} {}",
+            s.clock(),
+            fit(&s.method, 7),
+            fit(&records::clean(&s.path), path_width),
+            s.status_text(),
+            s.duration_text(),
+            s.outcome_text(),
+            s.id
+        );
+    }
+}
+
+/// The terminal's width, else `COLUMNS`, else [`DEFAULT_WIDTH`].
+fn terminal_width() -> usize {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        if let Ok((cols, _)) = crossterm::terminal::size() {
+            return usize::from(cols);
+        }
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_WIDTH)
+}
+
+/// The replay request: the body (UTF-8 as text, anything else base64, as the
+/// API wants) and the header changes.
+fn replay_body(body: Option<String>, body_file: Option<std::path::PathBuf>, headers: &[String]) -> Result<Value> {
+    let mut out = Map::new();
+    if let Some(file) = body_file {
+        let bytes = std::fs::read(&file).with_context(|| format!("cannot read --body-file {}", file.display()))?;
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                out.insert("body".into(), Value::String(text));
+            }
+            Err(err) => {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(err.into_bytes());
+                out.insert("body".into(), Value::String(encoded));
+                out.insert("bodyEncoding".into(), Value::String("base64".into()));
+            }
+        }
+    } else if let Some(text) = body {
+        out.insert("body".into(), Value::String(text));
+    }
+    if !headers.is_empty() {
+        let mut map = Map::new();
+        for h in headers {
+            let Some((name, value)) = h.split_once(':') else {
+                bail!("--header {h:?} must look like \"Name: value\" (or \"Name:\" to remove it)");
+            };
+            let value = value.trim();
+            let value = if value.is_empty() { Value::Null } else { Value::String(value.to_owned()) };
+            map.insert(name.trim().to_ascii_lowercase(), value);
+        }
+        out.insert("headers".into(), Value::Object(map));
+    }
+    Ok(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replay_bodies_and_headers() {
+        let dir = std::env::temp_dir().join(format!("hookway-replay-{}", std::process::id()));
+        std::fs::write(&dir, [0xff, 0x00, 0x01]).unwrap();
+        let v = replay_body(None, Some(dir.clone()), &["X-A: 1".into(), "Authorization:".into()]).unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(
+            v,
+            json!({"body": "/wAB", "bodyEncoding": "base64", "headers": {"x-a": "1", "authorization": null}})
+        );
+        assert_eq!(replay_body(Some("hi".into()), None, &[]).unwrap(), json!({"body": "hi"}));
+        assert_eq!(replay_body(None, None, &[]).unwrap(), json!({}));
+        assert!(replay_body(None, None, &["nocolon".into()]).is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Drawing the monitor from an [`App`]: no state of its own beyond the list's
+//! scroll offset, which ratatui keeps in a `TableState`.
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Clear, Paragraph, Row, Table, TableState};
+
+use super::app::{App, Conn, Detail, wrap};
+use super::records::{LineKind, Summary, clean, fit};
+
+/// The help line, always on screen.
+const HELP: &str = " ↑/↓ j/k select   PgUp/PgDn scroll detail   r replay   ? more help   q/Esc quit";
+/// The expanded help (`?`).
+const HELP_LONG: [&str; 8] = [
+    "Up/Down, k/j    select a newer/older request",
+    "Home/End        newest/oldest request",
+    "PgUp/PgDn       scroll the selected request's detail",
+    "r               replay the selected request through the tunnel",
+    "                (the new record appears at the top when it is done)",
+    "q, Esc, Ctrl-C  quit (the tunnel goes offline)",
+    "?               close this help",
+    "Full bodies: hookway tunnels request <tunnel> <request>",
+];
+
+/// The areas of the screen: header, list, detail, status line, help line.
+fn areas(area: Rect) -> [Rect; 5] {
+    let [header, body, status, help] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(3), Constraint::Length(1), Constraint::Length(1)])
+            .areas(area);
+    let [list, detail] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(body);
+    [header, list, detail, status, help]
+}
+
+/// Columns and rows inside the detail pane's border, for scrolling.
+pub fn detail_size(screen: Rect) -> (u16, u16) {
+    let detail = areas(screen)[2];
+    (detail.width.saturating_sub(2), detail.height.saturating_sub(2))
+}
+
+/// Draws everything.
+pub fn draw(f: &mut Frame, app: &App, list: &mut TableState) {
+    let [header, list_area, detail, status, help] = areas(f.area());
+    f.render_widget(Paragraph::new(header_lines(app)), header);
+    draw_list(f, app, list, list_area);
+    draw_detail(f, app, detail);
+    f.render_widget(Paragraph::new(format!(" {}", clean(&app.status))), status);
+    f.render_widget(Paragraph::new(HELP).style(Style::new().add_modifier(Modifier::REVERSED)), help);
+    if app.help {
+        draw_help(f, list_area.union(detail));
+    }
+}
+
+fn header_lines(app: &App) -> Vec<Line<'static>> {
+    let (state, colour) = match &app.conn {
+        Conn::Connecting => ("connecting…".to_owned(), Color::Yellow),
+        Conn::Connected => ("connected".to_owned(), Color::Green),
+        Conn::Reconnecting { reason, retry_in } => {
+            (format!("reconnecting in {:.1}s ({reason})", retry_in.as_secs_f64()), Color::Yellow)
+        }
+        Conn::Ended { reason } => (format!("ended: {reason} (q to quit)"), Color::Red),
+    };
+    let bold = Style::new().add_modifier(Modifier::BOLD);
+    let first = Line::from(vec![
+        Span::styled(" hookway monitor ", bold),
+        Span::raw(format!("{}  ", app.tunnel_id)),
+        Span::styled(app.url.clone().unwrap_or_default(), Style::new().fg(Color::Cyan)),
+        Span::raw("  "),
+        Span::styled(clean(&state), Style::new().fg(colour)),
+    ]);
+    let stream = match &app.stream_error {
+        None => Span::raw("live"),
+        Some(err) => Span::styled(clean(err), Style::new().fg(Color::Red)),
+    };
+    let mut second = vec![Span::raw(format!(" requests: {}   stream: ", app.records.len())), stream];
+    if let Some(log) = &app.log {
+        second.push(Span::styled(format!("   log: {}", clean(log)), Style::new().fg(Color::DarkGray)));
+    }
+    vec![first, Line::from(second)]
+}
+
+/// Colour of a status class: success green, redirects cyan, caller errors
+/// yellow, server and edge errors red, no status at all magenta.
+fn status_colour(status: Option<u16>) -> Color {
+    match status {
+        Some(200..=299) => Color::Green,
+        Some(300..=399) => Color::Cyan,
+        Some(400..=499) => Color::Yellow,
+        Some(_) => Color::Red,
+        None => Color::Magenta,
+    }
+}
+
+/// Below this width (inside the border) the list shows seconds, not milliseconds,
+/// so that the path keeps some room.
+const MILLIS_FROM_WIDTH: u16 = 90;
+
+fn draw_list(f: &mut Frame, app: &App, state: &mut TableState, area: Rect) {
+    let time_width = if area.width.saturating_sub(2) >= MILLIS_FROM_WIDTH { 12 } else { 8 };
+    let outcome_width = app.records.iter().map(|r| r.outcome_text().chars().count()).max().unwrap_or(0).clamp(7, 26);
+    // Borders, the highlight symbol, the other columns and the spaces between them.
+    let path_width = usize::from(area.width).saturating_sub(2 + 2 + time_width + 7 + 3 + 9 + outcome_width + 5);
+    let rows = app.records.iter().map(|r: &Summary| {
+        Row::new([
+            Cell::new(r.clock().chars().take(time_width).collect::<String>()),
+            Cell::new(r.method.clone()),
+            Cell::new(fit(&clean(&r.path), path_width)),
+            Cell::new(r.status_text()),
+            Cell::new(r.duration_text()),
+            Cell::new(r.outcome_text()),
+        ])
+        .style(Style::new().fg(status_colour(r.status)))
+    });
+    let widths = [
+        Constraint::Length(time_width as u16),
+        Constraint::Length(7),
+        Constraint::Fill(1),
+        Constraint::Length(3),
+        Constraint::Length(9),
+        Constraint::Length(outcome_width as u16),
+    ];
+    let header = Row::new(["TIME", "METHOD", "PATH", "STS", "DURATION", "OUTCOME"])
+        .style(Style::new().add_modifier(Modifier::BOLD));
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(Block::new().borders(Borders::ALL).title(" Requests (newest first) "))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+        .highlight_symbol("> ");
+    state.select(app.selected_index());
+    f.render_stateful_widget(table, area, state);
+}
+
+fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
+    let title = app.selected.as_deref().map_or_else(|| " Detail ".to_owned(), |id| format!(" {id} "));
+    let block = Block::new().borders(Borders::ALL).title(title);
+    let (width, height) = (area.width.saturating_sub(2), area.height.saturating_sub(2));
+    let lines: Vec<Line> = match app.detail() {
+        None => vec![Line::raw("Waiting for requests: send one to the public URL.")],
+        Some(Detail::Loading) => vec![Line::raw("Loading…")],
+        Some(Detail::Failed(err)) => vec![Line::styled(format!("Cannot load: {}", clean(err)), Color::Red)],
+        Some(Detail::Loaded(detail)) => detail
+            .iter()
+            .flat_map(|l| wrap(&l.text, width).into_iter().map(move |row| Line::styled(row, kind_style(l.kind))))
+            .skip(usize::from(app.scroll))
+            .take(usize::from(height))
+            .collect(),
+    };
+    f.render_widget(Paragraph::new(lines).block(block), area);
+}
+
+fn kind_style(kind: LineKind) -> Style {
+    match kind {
+        LineKind::Title => Style::new().add_modifier(Modifier::BOLD),
+        LineKind::Heading => Style::new().fg(Color::Cyan).add_modifier(Modifier::BOLD),
+        LineKind::Header => Style::new().fg(Color::Gray),
+        LineKind::Body | LineKind::Blank => Style::new(),
+        LineKind::Note => Style::new().fg(Color::DarkGray),
+    }
+}
+
+fn draw_help(f: &mut Frame, over: Rect) {
+    let width = (HELP_LONG.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u16 + 4).min(over.width);
+    let height = (HELP_LONG.len() as u16 + 2).min(over.height);
+    let area = Rect { x: over.x + (over.width - width) / 2, y: over.y + (over.height - height) / 2, width, height };
+    let text: Vec<Line> = HELP_LONG.iter().map(|l| Line::raw(format!(" {l}"))).collect();
+    f.render_widget(Clear, area);
+    f.render_widget(Paragraph::new(text).block(Block::new().borders(Borders::ALL).title(" Keys ")), area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::monitor_cli::app::Msg;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+    use serde_json::json;
+
+    fn screen(app: &App) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(140, 20)).unwrap();
+        terminal.draw(|f| draw(f, app, &mut TableState::default())).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| (0..buffer.area.width).map(|x| buffer[(x, y)].symbol().to_owned()).collect::<String>() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn draws_header_list_detail_and_help() {
+        let mut app = App::new("tun_1");
+        app.apply(Msg::Connected { url: "http://h/t/sub".into() });
+        let rec = json!({"id": "req_1", "time": "2026-11-22T10:00:00Z", "method": "POST", "path": "/hook",
+                         "status": 502, "durationMs": 3.0, "outcome": "local-unreachable",
+                         "request": {"headers": {}, "body": "{\"k\":1}", "bodyEncoding": "utf8", "bodySize": 7,
+                                     "truncated": false}, "response": null});
+        app.apply(Msg::Record(serde_json::from_value(rec.clone()).unwrap()));
+        app.apply(Msg::Detail { id: "req_1".into(), result: Ok(rec) });
+        let s = screen(&app);
+        for expected in ["http://h/t/sub", "connected", "requests: 1", "/hook", "502", "local-unreachable", "\"k\": 1"]
+        {
+            assert!(s.contains(expected), "{expected:?} missing from\n{s}");
+        }
+        assert!(s.contains("r replay") && s.contains("q/Esc quit"), "{s}");
+        // A path too long for its column ends in an ellipsis instead of running into the next one.
+        let long = json!({"id": "req_2", "time": "2026-11-22T10:00:01Z", "method": "GET",
+                          "path": format!("/{}", "x".repeat(200)), "status": 200, "outcome": "ok"});
+        app.apply(Msg::Record(serde_json::from_value(long).unwrap()));
+        let s = screen(&app);
+        let row = s.lines().find(|l| l.contains("/xxx")).unwrap();
+        assert!(row.contains("x… 200"), "{row}");
+        app.help = true;
+        assert!(screen(&app).contains("replay the selected request"));
+    }
+}
