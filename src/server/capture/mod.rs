@@ -97,6 +97,41 @@ impl BodyBuf {
     }
 }
 
+/// Headers copied out of the exchange as `name:value\n` lines in one buffer.
+///
+/// Not a cloned `HeaderMap`: its values are slices of hyper's read buffer or
+/// of the QUIC receive buffer, and holding them until the writer runs would
+/// keep those buffers from being reused (a fresh allocation per request).
+/// Values cannot hold `\n` and names cannot hold `:`, so the lines parse back.
+#[derive(Debug, Default)]
+struct FlatHeaders(Vec<u8>);
+
+impl FlatHeaders {
+    fn copy(map: &HeaderMap) -> Self {
+        let len = map.iter().map(|(k, v)| k.as_str().len() + v.len() + 2).sum();
+        let mut buf = Vec::with_capacity(len);
+        for (k, v) in map {
+            buf.extend_from_slice(k.as_str().as_bytes());
+            buf.push(b':');
+            buf.extend_from_slice(v.as_bytes());
+            buf.push(b'\n');
+        }
+        Self(buf)
+    }
+
+    fn to_list(&self) -> Vec<(String, String)> {
+        self.0
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+                let value = line.get(colon + 1..).unwrap_or_default();
+                (String::from_utf8_lossy(&line[..colon]).into_owned(), String::from_utf8_lossy(value).into_owned())
+            })
+            .collect()
+    }
+}
+
 /// A finished exchange on its way to the writer: raw parts, converted to a
 /// [`RequestRecord`] off the forwarding path.
 #[derive(Debug)]
@@ -108,10 +143,10 @@ struct Captured {
     target: Bytes,
     client_ip: IpAddr,
     replay: Option<Replay>,
-    request_headers: HeaderMap,
+    request_headers: FlatHeaders,
     request_body: BodyBuf,
     status: Option<StatusCode>,
-    response_headers: Option<HeaderMap>,
+    response_headers: Option<FlatHeaders>,
     response_body: BodyBuf,
     duration: Duration,
     outcome: &'static str,
@@ -120,7 +155,10 @@ struct Captured {
 impl Captured {
     /// What the record holds in memory while queued, for the queue's byte bound.
     fn weight(&self) -> usize {
-        512 + self.request_body.kept() + self.response_body.kept()
+        512 + self.request_headers.0.len()
+            + self.response_headers.as_ref().map_or(0, |h| h.0.len())
+            + self.request_body.kept()
+            + self.response_body.kept()
     }
 }
 
@@ -192,7 +230,7 @@ impl Capture {
                 target: target.clone(),
                 client_ip,
                 replay,
-                request_headers: headers.clone(),
+                request_headers: FlatHeaders::copy(headers),
                 request_body: BodyBuf::new(keep),
                 status: None,
                 response_headers: None,
@@ -241,7 +279,22 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::BodyBuf;
+    use super::{BodyBuf, FlatHeaders};
+
+    #[test]
+    fn flat_headers_keep_order_repeats_and_colons_in_values() {
+        let mut map = http::HeaderMap::new();
+        map.insert("host", "example.com:8080".parse().unwrap());
+        map.append("set-cookie", "a=1".parse().unwrap());
+        map.append("set-cookie", "b=2".parse().unwrap());
+        map.insert("x-empty", "".parse().unwrap());
+        let list = FlatHeaders::copy(&map).to_list();
+        let pairs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [("host", "example.com:8080"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("x-empty", "")]
+        );
+    }
 
     #[test]
     fn a_body_is_kept_up_to_the_limit_and_counted_in_full() {

@@ -16,7 +16,7 @@ use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use super::{Capture, Captured};
+use super::{Capture, Captured, FlatHeaders};
 use crate::server::http::{Body, EdgeErrorKind};
 
 /// Which body a [`TapBody`] copies.
@@ -142,7 +142,7 @@ impl Tap {
             let mut p = self.0.lock();
             let is_head = p.record.method == Method::HEAD;
             p.record.status = Some(status);
-            p.record.response_headers = Some(resp.headers().clone());
+            p.record.response_headers = Some(FlatHeaders::copy(resp.headers()));
             p.record.outcome = resp.extensions().get::<EdgeErrorKind>().map_or("ok", |k| k.0);
             // hyper stops reading a body once it has sent the declared length,
             // without waiting for the end: that length marks it complete too.

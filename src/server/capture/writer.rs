@@ -1,17 +1,19 @@
 //! The capture writer: queued records → one SQLite transaction per window.
 //!
-//! A batch collects for up to [`BATCH_WINDOW`] after its first record, so a
-//! busy tunnel costs one transaction per window rather than one per request,
-//! and records that retention would delete at once (more than `max_records`
-//! of one tunnel in one batch) are never written. Stored records are then
-//! fanned out to live-stream subscribers and to waiting replays.
+//! A batch collects for [`BATCH_WINDOW`] after its first record, so a busy
+//! tunnel costs one transaction per window rather than one per request. Under
+//! load (the last batch held [`BUSY_BATCH`] records or more) the window grows
+//! to [`BUSY_WINDOW`]: records that retention would delete at once (more than
+//! `max_records` of one tunnel in one batch) are then never written, which
+//! bounds the writes to about `max_records` per tunnel per second however
+//! fast requests come. Stored records are then fanned out to live-stream
+//! subscribers and to waiting replays.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::time::Instant;
@@ -24,8 +26,13 @@ use crate::store::{CapturedBody, CapturedPart, RequestRecord};
 
 /// How long a batch collects after its first record.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
-/// Most records in one batch.
-const MAX_BATCH: usize = 8192;
+/// The window under load.
+pub const BUSY_WINDOW: Duration = Duration::from_secs(1);
+/// A batch this large means load: the next one collects for [`BUSY_WINDOW`].
+pub const BUSY_BATCH: usize = 256;
+/// Most records in one batch (memory stays bounded by the queue's byte limit,
+/// which counts a record until it is written).
+const MAX_BATCH: usize = super::MAX_QUEUED;
 /// How often records past `max_age` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -37,6 +44,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     prune(&hub, &state, true).await;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut dropped_seen = 0;
+    let mut window = BATCH_WINDOW;
     loop {
         let first = tokio::select! {
             biased;
@@ -45,7 +53,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
-        let deadline = Instant::now() + BATCH_WINDOW;
+        let deadline = Instant::now() + window;
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 r = rx.recv() => match r {
@@ -56,6 +64,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
                 _ = stop.cancelled() => break,
             }
         }
+        window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
         write(&hub, &state, batch).await;
         let dropped = hub.dropped();
         if dropped > dropped_seen {
@@ -169,18 +178,14 @@ fn into_record(c: Captured) -> (RequestRecord, Option<tokio::sync::oneshot::Send
         outcome: c.outcome.to_owned(),
         client_ip: c.client_ip.to_string(),
         replay_of,
-        request: CapturedPart { headers: header_list(&c.request_headers), body: body(c.request_body) },
-        response: c.response_headers.map(|h| CapturedPart { headers: header_list(&h), body: body(c.response_body) }),
+        request: CapturedPart { headers: c.request_headers.to_list(), body: body(c.request_body) },
+        response: c.response_headers.map(|h| CapturedPart { headers: h.to_list(), body: body(c.response_body) }),
     };
     (record, done)
 }
 
 fn body(b: BodyBuf) -> CapturedBody {
     CapturedBody { data: b.data.map(|d| d.freeze()), size: b.size, truncated: b.truncated }
-}
-
-fn header_list(h: &HeaderMap) -> Vec<(String, String)> {
-    h.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 fn format_time(at: SystemTime) -> String {
@@ -203,7 +208,7 @@ mod tests {
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             replay: replay
                 .then(|| super::super::Replay { of: "req_x".into(), done: tokio::sync::oneshot::channel().0 }),
-            request_headers: HeaderMap::new(),
+            request_headers: Default::default(),
             request_body: BodyBuf::new(true),
             status: None,
             response_headers: None,
