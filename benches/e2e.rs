@@ -137,7 +137,10 @@ fn main() {
         if std::env::var("HOOKWAY_BENCH_SKIP_BODIES").is_ok() {
             return;
         }
-        println!("\n{:<30} {:>12} {:>12} {:>8}", "bodies", "direct MiB/s", "tunnel MiB/s", "ratio");
+        println!(
+            "\n{:<30} {:>12} {:>12} {:>8} {:>12}",
+            "bodies", "direct MiB/s", "tunnel MiB/s", "ratio", "nocap MiB/s"
+        );
         for (label, upload, size, conc) in [
             ("1 MiB upload, c=4", true, 1 << 20, 4),
             ("1 MiB download, c=4", false, 1 << 20, 4),
@@ -146,7 +149,8 @@ fn main() {
         ] {
             let d = transfer(&direct, upload, size, conc, secs).await;
             let t = transfer(&tunnel.url, upload, size, conc, secs).await;
-            println!("{label:<30} {d:>12.0} {t:>12.0} {:>7.1}%", 100.0 * t / d);
+            let n = transfer(&bare.url, upload, size, conc, secs).await;
+            println!("{label:<30} {d:>12.0} {t:>12.0} {:>7.1}% {n:>12.0}", 100.0 * t / d);
         }
     });
 }

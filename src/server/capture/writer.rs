@@ -33,6 +33,8 @@ pub const BUSY_BATCH: usize = 256;
 /// Most records in one batch (memory stays bounded by the queue's byte limit,
 /// which counts a record until it is written).
 const MAX_BATCH: usize = super::MAX_QUEUED;
+/// Least time between two warnings about dropped records.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How often records past `max_age` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -45,6 +47,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     let mut next_prune = Instant::now() + PRUNE_EVERY;
     let mut dropped_seen = 0;
     let mut window = BATCH_WINDOW;
+    let mut last_warning = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -67,7 +70,8 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
         window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
         write(&hub, &state, batch).await;
         let dropped = hub.dropped();
-        if dropped > dropped_seen {
+        if dropped > dropped_seen && last_warning.is_none_or(|at: Instant| at.elapsed() >= WARN_EVERY) {
+            last_warning = Some(Instant::now());
             tracing::warn!(
                 dropped = dropped - dropped_seen,
                 total = dropped,
