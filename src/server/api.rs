@@ -368,9 +368,16 @@ async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let tunnel = owned(state, org, id)?;
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.delete_tunnel(&tid)).await?;
-    state.capture.forget(&tunnel.id);
     if let Some(session) = state.registry.remove(&tunnel.id) {
         session.close(close::TUNNEL_DELETED, "tunnel deleted");
+    }
+    // After the registry: the capture writer re-checks it after each write
+    // (see `capture::writer`), so no record can outlive the tunnel.
+    state.capture.forget(&tunnel.id);
+    let tid = tunnel.id.clone();
+    if let Err(err) = state.store.run(move |s| s.delete_requests(&tid)).await {
+        // Pruned at the next start-up.
+        tracing::warn!(%err, tunnel_id = %tunnel.id, "could not delete the deleted tunnel's requests");
     }
     Ok(ok(json!({ "success": true })))
 }

@@ -48,10 +48,13 @@ where
             "tunnel-offline",
             format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
         );
-        let (mut parts, _) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
-            Some(tap) => tap.unread_request(&parts.headers).response(resp),
+            Some(tap) => {
+                drop(tap.request_body(body)); // never read: recorded as not kept
+                tap.response(resp)
+            }
             None => resp,
         };
     };

@@ -89,7 +89,8 @@ pub trait Store: Send + Sync + 'static {
     fn set_token_hash(&self, id: &str, hash: &[u8; 32]) -> Result<(), StoreError>;
     /// Records a connection time.
     fn set_last_connected(&self, id: &str, at: &str) -> Result<(), StoreError>;
-    /// Removes a tunnel.
+    /// Removes a tunnel (its captured requests are deleted apart, with
+    /// [`Store::delete_requests`], or pruned at start-up).
     fn delete_tunnel(&self, id: &str) -> Result<(), StoreError>;
     /// Persists request counters, all in one transaction.
     fn save_counters(&self, updates: &[CounterUpdate]) -> Result<(), StoreError>;

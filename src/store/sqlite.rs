@@ -178,8 +178,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_tunnel(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|c| c.execute("DELETE FROM tunnels WHERE id = ?1", params![id]).map(drop))?;
-        self.with_log(|c| rq::delete_for(c, id)).map(drop)
+        self.with(|c| c.execute("DELETE FROM tunnels WHERE id = ?1", params![id]).map(drop))
     }
 
     fn set_capture_bodies(&self, id: &str, on: bool) -> Result<(), StoreError> {

@@ -220,6 +220,7 @@ impl Capture {
         let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let keep = tunnel.capture_bodies.load(Ordering::Relaxed);
+        let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         Some(Tap::new(
             self.clone(),
             Captured {
@@ -238,6 +239,7 @@ impl Capture {
                 duration: Duration::ZERO,
                 outcome: "incomplete",
             },
+            declared,
         ))
     }
 

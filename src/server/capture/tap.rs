@@ -33,6 +33,11 @@ struct Progress {
     finished: Option<Instant>,
     /// The response body's exact length, when known up front.
     expected: Option<u64>,
+    /// The request's declared `content-length`.
+    declared: Option<u64>,
+    /// Whether the request body was read to its end (else what was kept may
+    /// be only its start, however short).
+    request_read: bool,
 }
 
 #[derive(Debug)]
@@ -56,6 +61,10 @@ impl Shared {
         }
     }
 
+    fn request_read(&self) {
+        self.lock().request_read = true;
+    }
+
     fn finish(&self, failed: bool) {
         let mut p = self.lock();
         if p.finished.is_none() {
@@ -71,6 +80,13 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let p = self.progress.get_mut().unwrap_or_else(|p| p.into_inner());
         let mut record = std::mem::replace(&mut p.record, placeholder());
+        if !p.request_read {
+            // Not read to its end (tunnel offline, body refused, caller gone):
+            // what was kept is at most a start, and the declared size is the truth.
+            let body = &mut record.request_body;
+            body.size = body.size.max(p.declared.unwrap_or(0));
+            body.truncated |= body.data.is_some() && p.declared.is_none_or(|n| n > body.kept() as u64);
+        }
         let complete = p.finished.is_some() || p.expected == Some(record.response_body.size);
         if !complete && record.outcome == "ok" {
             // The caller went away, or the body stopped, before its end.
@@ -105,29 +121,21 @@ fn placeholder() -> Captured {
 pub struct Tap(Arc<Shared>);
 
 impl Tap {
-    pub(super) fn new(hub: Arc<Capture>, record: Captured) -> Self {
+    pub(super) fn new(hub: Arc<Capture>, record: Captured, declared: Option<u64>) -> Self {
         Self(Arc::new(Shared {
             hub,
             started: Instant::now(),
-            progress: Mutex::new(Progress { record, finished: None, expected: None }),
+            progress: Mutex::new(Progress { record, finished: None, expected: None, declared, request_read: false }),
         }))
     }
 
     /// Wraps the request body so its bytes are copied as they are forwarded.
-    pub fn request_body<B>(&self, body: B) -> TapBody<B> {
+    /// Dropping the wrapper unread records the body as not kept.
+    pub fn request_body<B: HttpBody>(&self, body: B) -> TapBody<B> {
+        if body.is_end_stream() {
+            self.0.request_read();
+        }
         TapBody { inner: body, tap: Some(self.0.clone()), side: Side::Request }
-    }
-
-    /// Notes a request body that was never read (the tunnel was offline): its
-    /// declared size, marked as not kept.
-    pub fn unread_request(self, headers: &http::HeaderMap) -> Self {
-        let declared =
-            headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).unwrap_or(0);
-        let mut p = self.0.lock();
-        p.record.request_body.size = declared;
-        p.record.request_body.truncated = declared > 0 && p.record.request_body.data.is_some();
-        drop(p);
-        self
     }
 
     /// Records the response head and wraps its body; the record is complete
@@ -195,7 +203,8 @@ where
                 }
                 Some(Err(_)) if this.side == Side::Response => tap.finish(true),
                 None if this.side == Side::Response => tap.finish(false),
-                _ => {}
+                None => tap.request_read(),
+                Some(Err(_)) => {}
             }
         }
         polled
@@ -203,9 +212,10 @@ where
 
     fn is_end_stream(&self) -> bool {
         let end = self.inner.is_end_stream();
-        if end && self.side == Side::Response {
-            if let Some(tap) = &self.tap {
-                tap.finish(false);
+        if let (true, Some(tap)) = (end, &self.tap) {
+            match self.side {
+                Side::Response => tap.finish(false),
+                Side::Request => tap.request_read(),
             }
         }
         end

@@ -53,6 +53,12 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
             biased;
             r = rx.recv() => r,
             _ = stop.cancelled() => None,
+            // An idle server still forgets records past their age.
+            _ = tokio::time::sleep_until(next_prune) => {
+                prune(&hub, &state, false).await;
+                next_prune = Instant::now() + PRUNE_EVERY;
+                continue;
+            }
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
@@ -94,9 +100,14 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     }
 }
 
-async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
+async fn write(hub: &Capture, state: &State, batch: Vec<Captured>) {
     let weight: usize = batch.iter().map(Captured::weight).sum();
+    store_batch(hub, state, batch).await;
+    // Released only now: until written, the batch's memory counts against the queue's bound.
     hub.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+}
+
+async fn store_batch(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
     // A deleted tunnel's records would outlive it.
     batch.retain(|c| state.registry.get(&c.tunnel_id).is_some());
     let keep = hub.config.max_records;
@@ -121,6 +132,16 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
             return;
         }
     };
+    // A tunnel deleted while the batch was written: the API removes it from
+    // the registry before it deletes its records, so either that deletion saw
+    // these rows or this check sees the tunnel gone.
+    let mut gone: Vec<String> =
+        records.iter().filter(|r| state.registry.get(&r.tunnel_id).is_none()).map(|r| r.tunnel_id.clone()).collect();
+    gone.sort_unstable();
+    gone.dedup();
+    for tunnel in gone {
+        let _ = state.store.run(move |s| s.delete_requests(&tunnel)).await;
+    }
     for (record, replay) in records.into_iter().zip(replays) {
         if let Some(watch) = hub.watchers.get(&record.tunnel_id) {
             if watch.receiver_count() > 0 {
@@ -131,7 +152,8 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
             let _ = replay.send(record);
         }
     }
-    hub.watchers.retain(|_, w| w.receiver_count() > 0);
+    // Streams of deleted tunnels end here too (one may have subscribed as the tunnel went).
+    hub.watchers.retain(|id, w| w.receiver_count() > 0 && state.registry.get(id).is_some());
 }
 
 /// Keeps the newest `keep` records of each tunnel (and every replay, which someone waits for).
