@@ -11,6 +11,8 @@ use hookway::client::{self, ApiClient, ClientConfig, Event};
 mod inspect_cli;
 #[path = "cli/monitor.rs"]
 mod monitor_cli;
+#[path = "cli/output.rs"]
+mod output;
 #[path = "cli/webhooks.rs"]
 mod webhooks_cli;
 
@@ -485,8 +487,15 @@ async fn serve(
     }
     let json = client.json;
     let local = format!("http://{}:{port}", connect.local_host);
-    let on_event = move |event: Event| print_event(&event, json, &local);
-    match client::run(config, on_event, shutdown_on_signal()).await {
+    let printer = output::Printer::spawn();
+    let lines = printer.lines();
+    let on_event = move |event: Event| {
+        let (stream, text) = render_event(&event, json, &local);
+        lines.send(stream, text);
+    };
+    let ended = client::run(config, on_event, shutdown_on_signal()).await;
+    printer.finish();
+    match ended {
         Ok(()) => Ok(()),
         Err(err) => {
             if json {
@@ -497,45 +506,48 @@ async fn serve(
     }
 }
 
-fn print_event(event: &Event, json: bool, local: &str) {
-    match (event, json) {
-        (Event::Connected { hello, reconnected }, true) => println!(
-            "{}",
-            json!({ "event": if *reconnected { "reconnected" } else { "connected" }, "tunnelId": hello.tunnel_id,
-                    "subdomain": hello.subdomain, "tunnelUrl": hello.tunnel_url, "hostUrl": hello.host_url })
-        ),
+/// The text an event prints (with its newlines), and where it goes.
+fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, String) {
+    use output::Stream::{Stderr, Stdout};
+    let text = match (event, json) {
+        (Event::Connected { hello, reconnected }, true) => json!({
+            "event": if *reconnected { "reconnected" } else { "connected" }, "tunnelId": hello.tunnel_id,
+            "subdomain": hello.subdomain, "tunnelUrl": hello.tunnel_url, "hostUrl": hello.host_url
+        })
+        .to_string(),
         (Event::Connected { hello, reconnected: true }, false) => {
-            println!("Reconnected: {} → {local}", hello.tunnel_url)
+            format!("Reconnected: {} → {local}", hello.tunnel_url)
         }
         (Event::Connected { hello, .. }, false) => {
-            println!("Tunnel is live. Forwarding to {local}");
-            println!("  Public URL:  {}", hello.tunnel_url);
+            let mut text = format!("Tunnel is live. Forwarding to {local}\n  Public URL:  {}\n", hello.tunnel_url);
             if let Some(host) = &hello.host_url {
-                println!("  Host URL:    {host}");
+                text.push_str(&format!("  Host URL:    {host}\n"));
             }
-            println!("Press ctrl-c to stop.\n");
+            text.push_str("Press ctrl-c to stop.\n");
+            text
         }
-        (Event::Request(log), true) => println!(
-            "{}",
-            json!({ "event": "request", "method": log.method, "path": log.path, "status": log.status,
-                    "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error })
-        ),
+        (Event::Request(log), true) => json!({
+            "event": "request", "method": log.method, "path": log.path, "status": log.status,
+            "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error
+        })
+        .to_string(),
         (Event::Request(log), false) => {
             let status = log.status.map_or_else(|| "ERR".to_string(), |s| s.to_string());
             let ms = log.duration.as_secs_f64() * 1000.0;
             match &log.error {
-                Some(err) => println!("{:<7} {:<40} {status}  {ms:.1}ms  {err}", log.method, log.path),
-                None => println!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path),
+                Some(err) => format!("{:<7} {:<40} {status}  {ms:.1}ms  {err}", log.method, log.path),
+                None => format!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path),
             }
         }
-        (Event::Reconnecting { reason, retry_in }, true) => println!(
-            "{}",
-            json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 })
-        ),
-        (Event::Reconnecting { reason, retry_in }, false) => {
-            eprintln!("Connection lost ({reason}); reconnecting in {:.1}s…", retry_in.as_secs_f64())
+        (Event::Reconnecting { reason, retry_in }, true) => {
+            json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 }).to_string()
         }
-    }
+        (Event::Reconnecting { reason, retry_in }, false) => {
+            let text = format!("Connection lost ({reason}); reconnecting in {:.1}s…\n", retry_in.as_secs_f64());
+            return (Stderr, text);
+        }
+    };
+    (Stdout, text + "\n")
 }
 
 async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
