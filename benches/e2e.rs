@@ -31,10 +31,15 @@ struct Tunnel {
 /// Creates a tunnel and connects the real client to it, over QUIC or (`ws`)
 /// the WebSocket-JSON gateway.
 async fn start_tunnel(server: &ServerProcess, app_port: u16, ws: bool) -> Tunnel {
+    start_tunnel_with(env!("CARGO_BIN_EXE_hookway"), server, app_port, ws).await
+}
+
+/// [`start_tunnel`] with another client binary.
+async fn start_tunnel_with(bin: &str, server: &ServerProcess, app_port: u16, ws: bool) -> Tunnel {
     let base = server.base.clone();
     let api = hookway::client::ApiClient::new(&base, Some(API_KEY.into()));
     let created = api.create_tunnel("bench", None).await.unwrap();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(["tunnels", "connect", &created.tunnel.id, &app_port.to_string(), "--json", "--server", &base])
         .args(["--token", &created.auth_token]);
     if ws {
@@ -104,6 +109,12 @@ fn main() {
         // The same tunnel on a server that captures nothing: what inspection costs.
         let bare_server = spawn_server_with(&["--no-capture"]).await;
         let bare = start_tunnel(&bare_server, app.port(), false).await;
+        // `HOOKWAY_BENCH_CLIENT_B=/path/to/hookway`: a `quic/B` row served by
+        // another client binary through the same server, for A/B comparisons.
+        let other = match std::env::var("HOOKWAY_BENCH_CLIENT_B") {
+            Ok(bin) => Some(start_tunnel_with(&bin, &server, app.port(), false).await),
+            Err(_) => None,
+        };
         let direct = format!("http://{app}");
         println!("hookway e2e benchmark: {secs} s per measurement, loopback, 1 KiB POST");
         println!("{:<12} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
@@ -118,6 +129,11 @@ fn main() {
             let n = load(&format!("{}/hook", bare.url), c, secs).await;
             for (label, s) in [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w), ("quic/nocap", &n)] {
                 println!("{label:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
+            }
+            if let Some(other) = &other {
+                let b = load(&format!("{}/hook", other.url), c, secs).await;
+                println!("{:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", "quic/B", b.rps, us(b.p50), us(b.p99));
+                println!("  ratio c={c}: quic reaches {:.1}% of quic/B req/s", 100.0 * t.rps / b.rps);
             }
             for (label, s) in [("quic", &t), ("ws", &w)] {
                 println!(

@@ -179,3 +179,33 @@ async fn webhook_verbs_round_trip_through_the_api() {
     let (code, out, _) = hookway(&["webhooks", "delete", &id, "--json"], Some(&server), key).await;
     assert_eq!((code, out.trim()), (0, r#"{"success":true}"#));
 }
+
+#[tokio::test]
+async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["start", &app.port().to_string(), "--json"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let connected: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
+    // From here on nobody reads the pipe: its 64 KiB fill after about 500 log lines.
+    let client = http();
+    let target = format!("{url}/echo/{}", "p".repeat(100));
+    let all = async {
+        for i in 0..3000 {
+            let resp = client.get(&target).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "request {i}");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("forwarding goes on");
+    drop(lines);
+}

@@ -2,20 +2,23 @@
 //!
 //! The tunnel client runs on one thread; writing a line to stdout there is a
 //! syscall per forwarded request and, when the terminal or pipe is slow,
-//! would stall forwarding itself. Lines go through a bounded queue to a
-//! writer thread that writes whatever is queued in one go and flushes when
-//! the queue is empty, so lines still show at once when traffic is light.
-//! If the output cannot keep up, lines are dropped and the count is reported
-//! in their place: a full terminal never slows the tunnel.
+//! would stall forwarding itself. Lines are queued instead, and a writer
+//! thread writes whatever is queued in one go, at most every [`BATCH`]:
+//! queueing a line costs an uncontended lock, and the writer is woken only
+//! when the queue turns non-empty. If the output cannot keep up, lines are
+//! dropped and the count is reported in their place: a full terminal never
+//! slows the tunnel.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Lines queued before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
+/// Least time between two writes: lines still show at once to a person,
+/// while a busy tunnel's lines go out in batches.
+const BATCH: Duration = Duration::from_millis(20);
 
 /// Which stream a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,90 +27,110 @@ pub enum Stream {
     Stderr,
 }
 
+#[derive(Default)]
+struct Queue {
+    lines: Vec<(Stream, String)>,
+    dropped: u64,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Handle for queueing lines; cheap to clone into event callbacks.
 #[derive(Clone)]
-pub struct Lines {
-    tx: SyncSender<(Stream, String)>,
-    dropped: Arc<AtomicU64>,
-}
+pub struct Lines(Arc<Shared>);
 
 impl Lines {
     /// Queues `text` (with its newlines), or drops and counts it when the queue is full.
     pub fn send(&self, stream: Stream, text: String) {
-        match self.tx.try_send((stream, text)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
+        let mut q = self.0.lock();
+        if q.lines.len() >= QUEUE {
+            q.dropped += 1;
+            return;
+        }
+        q.lines.push((stream, text));
+        if q.lines.len() == 1 {
+            drop(q);
+            self.0.ready.notify_one();
         }
     }
 }
 
 /// The writer thread; [`Printer::finish`] writes what is left and joins it.
 pub struct Printer {
-    lines: Option<Lines>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Printer {
     /// Starts the writer thread.
     pub fn spawn() -> Self {
-        let (tx, rx) = sync_channel(QUEUE);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let counter = dropped.clone();
+        let shared = Arc::new(Shared::default());
+        let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("hookway-output".into())
-            .spawn(move || write_lines(rx, &counter))
+            .spawn(move || write_lines(&writer))
             .expect("spawn the output thread");
-        Self { lines: Some(Lines { tx, dropped }), thread: Some(thread) }
+        Self { shared, thread: Some(thread) }
     }
 
     /// A handle for queueing lines.
     pub fn lines(&self) -> Lines {
-        self.lines.clone().expect("printer is running")
+        Lines(self.shared.clone())
     }
 
-    /// Writes everything queued so far, then stops the thread (once every
-    /// [`Lines`] handle is dropped too).
+    /// Writes everything queued so far and stops the thread.
     pub fn finish(mut self) {
-        self.lines = None;
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-fn write_lines(rx: Receiver<(Stream, String)>, dropped: &AtomicU64) {
+fn write_lines(shared: &Shared) {
     let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
-    let mut reported = 0;
-    // Blocks for the first line, then takes whatever else is queued before flushing.
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        let mut out_buf = Vec::new();
-        while let Some((stream, text)) = next {
+    loop {
+        let (lines, dropped, closed) = {
+            let mut q = shared.lock();
+            while q.lines.is_empty() && !q.closed {
+                q = shared.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped), q.closed)
+        };
+        let mut buf = Vec::new();
+        for (stream, text) in lines {
             match stream {
-                Stream::Stdout => out_buf.extend_from_slice(text.as_bytes()),
+                Stream::Stdout => buf.extend_from_slice(text.as_bytes()),
                 Stream::Stderr => {
                     // Keep the order between the two streams.
-                    let _ = out.write_all(&out_buf);
+                    let _ = out.write_all(&buf);
                     let _ = out.flush();
-                    out_buf.clear();
+                    buf.clear();
                     let _ = err.write_all(text.as_bytes());
                 }
             }
-            if out_buf.len() >= 64 * 1024 {
-                break;
-            }
-            next = rx.try_recv().ok();
         }
-        let lost = dropped.load(Ordering::Relaxed);
-        if lost > reported {
-            let _ = writeln!(err, "… {} log lines dropped: the output could not keep up", lost - reported);
-            reported = lost;
+        if dropped > 0 {
+            let _ = writeln!(err, "… {dropped} log lines dropped: the output could not keep up");
         }
-        let _ = out.write_all(&out_buf);
+        let _ = out.write_all(&buf);
         let _ = out.flush();
+        if closed {
+            return;
+        }
+        std::thread::sleep(BATCH);
     }
 }
 
@@ -116,14 +139,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_queue_and_are_dropped_and_counted_when_full() {
-        let (tx, rx) = sync_channel(2);
-        let lines = Lines { tx, dropped: Arc::new(AtomicU64::new(0)) };
-        for i in 0..5 {
+    fn lines_queue_in_order_and_are_dropped_and_counted_when_full() {
+        let lines = Lines(Arc::new(Shared::default()));
+        for i in 0..QUEUE + 3 {
             lines.send(Stream::Stdout, format!("{i}\n"));
         }
-        assert_eq!(lines.dropped.load(Ordering::Relaxed), 3);
-        let got: Vec<String> = rx.try_iter().map(|(_, t)| t).collect();
-        assert_eq!(got, ["0\n", "1\n"]);
+        let q = lines.0.lock();
+        assert_eq!((q.lines.len(), q.dropped), (QUEUE, 3));
+        assert_eq!((q.lines[0].1.as_str(), q.lines[QUEUE - 1].1.as_str()), ("0\n", "16383\n"));
     }
 }
