@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
 
 async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
@@ -95,9 +96,11 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     assert_eq!(out.trim(), r#"{"success":true}"#);
 }
 
-#[tokio::test]
-async fn start_exposes_a_port_in_one_command() {
-    let server = TestServer::start().await;
+type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Runs `hookway start <app port> --json` against `server`; returns the
+/// process, its stdout lines after the `connected` one, and the tunnel URL.
+async fn start_json(server: &TestServer) -> (tokio::process::Child, Lines, String) {
     let app = spawn_app().await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
         .args(["start", &app.port().to_string(), "--json"])
@@ -107,12 +110,18 @@ async fn start_exposes_a_port_in_one_command() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next_line().await.unwrap().unwrap();
     let connected: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(connected["event"], "connected");
     let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
+    (child, lines, url)
+}
+
+#[tokio::test]
+async fn start_exposes_a_port_in_one_command() {
+    let server = TestServer::start().await;
+    let (_child, mut lines, url) = start_json(&server).await;
     assert!(url.starts_with(&format!("{}/t/", server.url)), "{url}");
     let resp = http().post(format!("{url}/echo/hook?a=1")).body("payload").send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -183,20 +192,7 @@ async fn webhook_verbs_round_trip_through_the_api() {
 #[tokio::test]
 async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
     let server = TestServer::start().await;
-    let app = spawn_app().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["start", &app.port().to_string(), "--json"])
-        .env("HOOKWAY_SERVER", &server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let connected: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
-    let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
+    let (_child, lines, url) = start_json(&server).await;
     // From here on nobody reads the pipe: its 64 KiB fill after about 500 log lines.
     let client = http();
     let target = format!("{url}/echo/{}", "p".repeat(100));
