@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 
 async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
@@ -96,26 +95,16 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     assert_eq!(out.trim(), r#"{"success":true}"#);
 }
 
-type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
-
 /// Runs `hookway start <app port> --json` against `server`; returns the
 /// process, its stdout lines after the `connected` one, and the tunnel URL.
-async fn start_json(server: &TestServer) -> (tokio::process::Child, Lines, String) {
+async fn start_json(server: &TestServer) -> (tokio::process::Child, CliLines, String) {
     let app = spawn_app().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["start", &app.port().to_string(), "--json"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &app.port().to_string(), "--json"])
         .env("HOOKWAY_SERVER", &server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let connected: Value = serde_json::from_str(&first).unwrap();
-    assert_eq!(connected["event"], "connected");
-    let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
-    (child, lines, url)
+        .env("HOOKWAY_API_KEY", API_KEY);
+    let (child, lines, connected) = spawn_connected(cmd).await;
+    (child, lines, connected["tunnelUrl"].as_str().unwrap().to_owned())
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use common::*;
 use hookway::client::ClientError;
 use reqwest::Method;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn status(server: &TestServer, id: &str) -> Value {
     server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap()
@@ -99,18 +98,11 @@ async fn client_dropping_mid_request_fails_the_request_and_frees_the_tunnel() {
 
 /// Runs the real binary as a client; returns the child and its public URL.
 async fn spawn_cli_client(server: &TestServer, id: &str, token: &str, port: u16) -> (tokio::process::Child, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "connect", id, &port.to_string(), "--json", "--server", &server.url, "--token", token])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", id, &port.to_string(), "--json", "--server", &server.url, "--token", token])
         .env_remove("HOOKWAY_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["event"], "connected", "{line}");
+        .stderr(Stdio::null());
+    let (child, _, v) = spawn_connected(cmd).await;
     (child, v["tunnelUrl"].as_str().unwrap().to_owned())
 }
 

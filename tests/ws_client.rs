@@ -11,7 +11,6 @@ use hookway::client::{self, ClientConfig, ClientError};
 use hookway::server::gateway::WsLimits;
 use reqwest::Method;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -158,18 +157,11 @@ async fn cli_connect_with_ws_serves_the_tunnel() {
     let app = spawn_app().await;
     let created = server.api().create_tunnel("cli ws", None).await.unwrap();
     // --token with --ws needs the subdomain: the CLI looks it up with the API key.
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--ws", "--json"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--ws", "--json"])
         .args(["--server", &server.url, "--token", &created.auth_token, "--api-key", API_KEY])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(v["event"], "connected", "{line}");
+        .stderr(Stdio::piped());
+    let (_child, _lines, v) = spawn_connected(cmd).await;
     assert_eq!(v["tunnelUrl"], created.tunnel_url.as_str());
     let resp = http().post(format!("{}/echo", created.tunnel_url)).body("via cli").send().await.unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap()["body"], "via cli");

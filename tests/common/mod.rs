@@ -326,6 +326,22 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// Stdout lines of a spawned `hookway` process.
+pub type CliLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Spawns a `hookway … --json` client command (stdout piped, killed on drop)
+/// and waits up to 20 s for its first line, the `connected` event; returns the
+/// process, its further stdout lines and that event.
+pub async fn spawn_connected(mut cmd: tokio::process::Command) -> (tokio::process::Child, CliLines, Value) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"], "connected", "{line}");
+    (child, lines, event)
+}
+
 /// A local port with nothing listening.
 pub async fn closed_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
