@@ -122,6 +122,22 @@ fn main() {
             .ok()
             .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64]);
+        // `HOOKWAY_BENCH_ONLY=quic` (or direct, ws, nocap) measures only that row,
+        // for profiling one path; the ratios are then meaningless and not printed.
+        let only = std::env::var("HOOKWAY_BENCH_ONLY").ok();
+        if let Some(row) = only.as_deref() {
+            let url = match row {
+                "direct" => direct.clone(),
+                "ws" => ws_tunnel.url.clone(),
+                "nocap" => bare.url.clone(),
+                _ => tunnel.url.clone(),
+            };
+            for c in levels {
+                let s = load(&format!("{url}/hook"), c, secs).await;
+                println!("{row:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
+            }
+            return;
+        }
         for c in levels {
             let d = load(&format!("{direct}/hook"), c, secs).await;
             let t = load(&format!("{}/hook", tunnel.url), c, secs).await;

@@ -166,8 +166,9 @@ pub async fn load(url: &str, concurrency: usize, secs: f64) -> Stats {
                         .body(full(body.clone()))
                         .unwrap();
                     let resp = client.request(req).await.expect("request");
-                    assert!(resp.status().is_success(), "status {}", resp.status());
-                    resp.into_body().collect().await.unwrap();
+                    let status = resp.status();
+                    let body = resp.into_body().collect().await.unwrap().to_bytes();
+                    assert!(status.is_success(), "status {status}: {}", String::from_utf8_lossy(&body));
                     lat.push(t.elapsed());
                 }
                 lat

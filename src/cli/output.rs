@@ -100,7 +100,6 @@ impl Printer {
 }
 
 fn write_lines(shared: &Shared) {
-    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
     loop {
         let (lines, dropped, closed) = {
             let mut q = shared.lock();
@@ -109,6 +108,9 @@ fn write_lines(shared: &Shared) {
             }
             (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped), q.closed)
         };
+        // Locked per batch, never while waiting: other threads (tracing, a
+        // shutdown message) print too, and would block forever behind us.
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
         let mut buf = Vec::new();
         for (stream, text) in lines {
             match stream {
@@ -127,6 +129,7 @@ fn write_lines(shared: &Shared) {
         }
         let _ = out.write_all(&buf);
         let _ = out.flush();
+        drop((out, err));
         if closed {
             return;
         }
@@ -147,5 +150,22 @@ mod tests {
         let q = lines.0.lock();
         assert_eq!((q.lines.len(), q.dropped), (QUEUE, 3));
         assert_eq!((q.lines[0].1.as_str(), q.lines[QUEUE - 1].1.as_str()), ("0\n", "16383\n"));
+    }
+
+    /// The writer thread must not keep stdout or stderr locked while it waits:
+    /// a tracing event or a shutdown message printed from another thread would
+    /// block forever, and with it the whole client.
+    #[test]
+    fn other_threads_can_print_while_the_writer_waits() {
+        let printer = Printer::spawn();
+        printer.lines().send(Stream::Stderr, String::new());
+        std::thread::sleep(BATCH * 3);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop((std::io::stdout().lock(), std::io::stderr().lock()));
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "stdout/stderr stayed locked by the writer");
+        printer.finish();
     }
 }

@@ -75,6 +75,8 @@ pub enum ReadFrameError {
 pub struct FrameReader {
     recv: RecvStream,
     decoder: FrameDecoder,
+    /// What [`FrameReader::end_is_next`] decoded when it was not `End`.
+    peeked: Option<Result<Frame, DecodeError>>,
 }
 
 impl FrameReader {
@@ -83,7 +85,7 @@ impl FrameReader {
         // The decoder's buffer grows on demand: most streams carry a few hundred
         // bytes, and a large eager buffer per stream showed up as malloc
         // consolidation in profiles.
-        Self { recv, decoder: FrameDecoder::new() }
+        Self { recv, decoder: FrameDecoder::new(), peeked: None }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly
@@ -91,8 +93,14 @@ impl FrameReader {
     ///
     /// Cancel safety: safe. Bytes already read stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Frame>, ReadFrameError> {
+        if let Some(peeked) = self.peeked.take() {
+            return Ok(Some(peeked?));
+        }
         loop {
             if let Some(frame) = self.decoder.next_frame()? {
+                if matches!(frame, Frame::End) {
+                    self.take_fin();
+                }
                 return Ok(Some(frame));
             }
             match self.recv.read_chunk(wire::MAX_FRAME_LEN, true).await? {
@@ -100,6 +108,46 @@ impl FrameReader {
                 None if self.decoder.pending() == 0 => return Ok(None),
                 None => return Err(ReadFrameError::Truncated),
             }
+        }
+    }
+
+    /// Whether `End` is the next frame and has already arrived; if so it is
+    /// consumed. No IO: a body reader calls this with its last chunk in hand,
+    /// because hyper may drop a body once it has its declared length, and a
+    /// stream dropped before its end costs a STOP_SENDING packet.
+    pub fn end_is_next(&mut self) -> bool {
+        if self.peeked.is_some() {
+            return false;
+        }
+        match self.decoder.next_frame() {
+            Ok(Some(Frame::End)) => {
+                self.take_fin();
+                true
+            }
+            Ok(Some(frame)) => {
+                self.peeked = Some(Ok(frame));
+                false
+            }
+            Err(err) => {
+                self.peeked = Some(Err(err));
+                false
+            }
+            Ok(None) => false,
+        }
+    }
+
+    /// After `End`, takes the stream's FIN if it has already arrived (it usually
+    /// comes in the same packet), without waiting. A receive stream dropped
+    /// before its FIN was read makes quinn send STOP_SENDING: one more packet,
+    /// and one more wakeup on each side, for every request.
+    fn take_fin(&mut self) {
+        use futures_util::FutureExt;
+        if self.decoder.pending() != 0 {
+            return;
+        }
+        // Anything after `End` stays buffered for the next call.
+        if let Some(Ok(Some(chunk))) = self.recv.read_chunk(wire::MAX_FRAME_LEN, true).now_or_never() {
+            self.decoder.push(&chunk.bytes);
         }
     }
 
@@ -164,5 +212,123 @@ impl FrameWriter {
     /// Abandons the stream with an error code.
     pub fn reset(&mut self, code: quinn::VarInt) {
         let _ = self.send.reset(code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quic::{client_endpoint, server_endpoint, tls};
+
+    /// A real loopback QUIC connection, client side first.
+    struct Pair {
+        client: quinn::Connection,
+        server: quinn::Connection,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Pair {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
+            let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+            let addr = server.local_addr().unwrap();
+            let client = client_endpoint(addr, &tls::Trust::pinned(&identity.fingerprint()).unwrap()).unwrap();
+            let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+            Self { client: conn, server: accept.await.unwrap(), _dir: dir }
+        }
+
+        /// Sends `bytes` from the client on a new stream (finished when
+        /// `finish`); returns the server's reader of it.
+        async fn send(&self, bytes: &[u8], finish: bool) -> FrameReader {
+            let (mut send, _recv) = self.client.open_bi().await.unwrap();
+            send.write_all(bytes).await.unwrap();
+            if finish {
+                send.finish().unwrap();
+            }
+            let (_send, recv) = self.server.accept_bi().await.unwrap();
+            std::mem::forget(send); // dropping it would finish the stream
+            FrameReader::new(recv)
+        }
+
+        /// STOP_SENDING frames the client has received, after a round trip on
+        /// another stream: anything the server queued before is delivered by then.
+        async fn stop_sendings(&self) -> u64 {
+            let (mut send, mut recv) = self.client.open_bi().await.unwrap();
+            send.write_all(b"ping").await.unwrap();
+            send.finish().unwrap();
+            let (mut back, mut got) = self.server.accept_bi().await.unwrap();
+            got.read_to_end(16).await.unwrap();
+            back.write_all(b"pong").await.unwrap();
+            back.finish().unwrap();
+            recv.read_to_end(16).await.unwrap();
+            self.client.stats().frame_rx.stop_sending
+        }
+    }
+
+    fn encode_all(frames: &[Frame]) -> BytesMut {
+        let mut buf = BytesMut::new();
+        for frame in frames {
+            wire::encode(frame, &mut buf);
+        }
+        buf
+    }
+
+    fn body(b: &'static [u8]) -> Frame {
+        Frame::Body(Bytes::from_static(b))
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_to_its_end_costs_no_stop_sending() {
+        let pair = Pair::new().await;
+        let mut reader = pair.send(&encode_all(&[body(b"{}"), Frame::End]), true).await;
+        assert_eq!(reader.next().await.unwrap(), Some(body(b"{}")));
+        assert_eq!(reader.next().await.unwrap(), Some(Frame::End));
+        drop(reader);
+        assert_eq!(pair.stop_sendings().await, 0);
+    }
+
+    #[tokio::test]
+    async fn end_is_next_consumes_only_end() {
+        let pair = Pair::new().await;
+        let mut reader = pair.send(&encode_all(&[body(b"a"), body(b"b"), Frame::End]), true).await;
+        assert_eq!(reader.next().await.unwrap(), Some(body(b"a")));
+        // The second body frame is decoded to look at it, and kept.
+        assert!(!reader.end_is_next());
+        assert!(!reader.end_is_next());
+        assert_eq!(reader.next().await.unwrap(), Some(body(b"b")));
+        assert!(reader.end_is_next());
+        // A body reader dropped by hyper right here: the stream was read whole.
+        drop(reader);
+        assert_eq!(pair.stop_sendings().await, 0);
+    }
+
+    /// The control for the two tests above: a stream dropped unread is stopped,
+    /// and the round trip sees it.
+    #[tokio::test]
+    async fn a_stream_dropped_before_its_end_is_stopped() {
+        let pair = Pair::new().await;
+        let mut reader = pair.send(&encode_all(&[body(b"a"), Frame::End]), false).await;
+        assert_eq!(reader.next().await.unwrap(), Some(body(b"a")));
+        drop(reader);
+        assert_eq!(pair.stop_sendings().await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_seen_by_end_is_next_is_still_reported() {
+        let pair = Pair::new().await;
+        let mut bytes = encode_all(&[body(b"a")]);
+        bytes.extend_from_slice(&[0, 0, 0, 2, 0xff, 0xff]);
+        let mut reader = pair.send(&bytes, true).await;
+        assert_eq!(reader.next().await.unwrap(), Some(body(b"a")));
+        // Wait until the malformed frame is buffered too.
+        while reader.decoder.pending() == 0 {
+            if let Some(chunk) = reader.recv.read_chunk(64, true).await.unwrap() {
+                reader.decoder.push(&chunk.bytes);
+            }
+        }
+        assert!(!reader.end_is_next());
+        assert!(matches!(reader.next().await, Err(ReadFrameError::Decode(_))));
     }
 }

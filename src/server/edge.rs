@@ -185,7 +185,10 @@ fn response(status: StatusCode, headers: &[crate::wire::Header], reader: FrameRe
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
         match reader.next().await {
-            Ok(Some(Frame::Body(data))) => Some((Ok(BodyFrame::data(data)), Some(reader))),
+            Ok(Some(Frame::Body(data))) => {
+                let more = (!reader.end_is_next()).then_some(reader);
+                Some((Ok(BodyFrame::data(data)), more))
+            }
             Ok(Some(Frame::End)) => None,
             Ok(Some(Frame::Error(err))) => Some((Err(BoxError::from(format!("local app: {}", err.message))), None)),
             Ok(Some(other)) => Some((Err(BoxError::from(format!("unexpected frame {other:?}"))), None)),
