@@ -22,8 +22,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use hookway::wire::{Frame, Header, RequestHead, decode, encode, encode_to_bytes};
-use http::Method;
+use hookway::wire::{Frame, RequestHead, decode, encode, encode_to_bytes};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Serialize};
 
 const TARGET: &str = "/webhooks/github?x=1";
@@ -65,10 +65,9 @@ fn request_head_frame() -> Frame {
         target: Bytes::from_static(TARGET.as_bytes()),
         headers: HEADERS
             .iter()
-            .map(|(n, v)| {
-                Header::new(Bytes::from_static(n.as_bytes()), Bytes::from_static(v.as_bytes())).expect("valid header")
-            })
-            .collect(),
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
+            .collect::<HeaderMap>()
+            .into(),
         client_ip: Some(CLIENT_IP.parse::<IpAddr>().expect("valid ip")),
     })
 }
@@ -136,6 +135,21 @@ fn bench_request_head(c: &mut Criterion) {
     });
     group.bench_function("serde_json", |b| {
         b.iter(|| serde_json::from_slice::<JsonRequestHead>(black_box(&json_bytes)).expect("deserialize"));
+    });
+    group.finish();
+
+    // What the client does with a head: decode it, then build the `HeaderMap`
+    // hyper needs (JSON's owned strings would need the same step on top).
+    let mut group = c.benchmark_group("request_head/decode_to_header_map");
+    group.bench_function("protobuf", |b| {
+        b.iter_batched(
+            || BytesMut::from(&pb_bytes[..]),
+            |mut buf| match decode(&mut buf).expect("valid frame").expect("complete frame") {
+                Frame::RequestHead(head) => head.headers.into_map(),
+                _ => unreachable!("a request head"),
+            },
+            BatchSize::SmallInput,
+        );
     });
     group.finish();
 }

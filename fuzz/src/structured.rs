@@ -1,6 +1,7 @@
 //! Structured input for the `roundtrip` target: an `Arbitrary` mirror of
 //! `hookway::wire::Frame`, converted into real frames through the public
-//! constructors only (`Header::new`, `Method::from_bytes`, `StatusCode::from_u16`).
+//! constructors only (`HeaderName::from_bytes`, `HeaderValue::from_bytes`,
+//! `Method::from_bytes`, `StatusCode::from_u16`).
 //! Values those constructors refuse are skipped, not forced into shape.
 
 use std::net::IpAddr;
@@ -10,10 +11,10 @@ use bytes::{Bytes, BytesMut};
 use hookway::wire::codec::encode_body_header;
 use hookway::wire::frame::InvalidFrame;
 use hookway::wire::{
-    self, ClientHello, DecodeError, Frame, FrameDecoder, Header, RejectCode, Rejected, RequestHead, ResponseHead,
+    self, ClientHello, DecodeError, Frame, FrameDecoder, Headers, RejectCode, Rejected, RequestHead, ResponseHead,
     ServerHello, StreamError, StreamErrorCode,
 };
-use http::{Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 /// One fuzz case: a sequence of frames, and the sizes of the pieces in which their
 /// concatenated encoding is fed to a `FrameDecoder` (cycled; 0 is a valid empty push).
@@ -125,8 +126,12 @@ pub fn target_is_valid(target: &[u8]) -> bool {
     target.first() == Some(&b'/') && target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#')
 }
 
-fn headers(raw: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<Header>> {
-    raw.iter().map(|(n, v)| Header::new(Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)).ok()).collect()
+fn headers(raw: &[(Vec<u8>, Vec<u8>)]) -> Option<Headers> {
+    let mut map = HeaderMap::new();
+    for (n, v) in raw {
+        map.append(HeaderName::from_bytes(n).ok()?, HeaderValue::from_bytes(v).ok()?);
+    }
+    Some(map.into())
 }
 
 impl FuzzFrame {

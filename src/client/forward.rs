@@ -15,7 +15,6 @@ use hyper_util::rt::TokioExecutor;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};
-use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, ResponseHead, StreamError, StreamErrorCode};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -160,7 +159,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
-    *req.headers_mut() = headers_to_map(&head.headers);
+    *req.headers_mut() = head.headers.into_map();
 
     let result = tokio::select! {
         r = app.client.request(req) => r,
@@ -189,7 +188,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers_from_map(&headers) });
+    let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into() });
     send_response(writer, head, body).await;
     Some(log)
 }

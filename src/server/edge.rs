@@ -17,7 +17,6 @@ use super::{State, gateway};
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{INLINE_BODY, SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};
-use crate::wire::frame::{headers_from_map, headers_to_map};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
 
 /// Forwards `req` to the tunnel named `subdomain`, as `target` (path and
@@ -75,7 +74,7 @@ where
             let head = Frame::RequestHead(RequestHead {
                 method: parts.method,
                 target,
-                headers: headers_from_map(&headers),
+                headers: headers.into(),
                 client_ip: Some(peer.ip()),
             });
             tokio::time::timeout(timeout, quic_exchange(conn, &session, head, body).instrument(span)).await
@@ -112,7 +111,7 @@ where
     send_request(FrameWriter::new(send), head, body).await;
     let mut reader = FrameReader::new(recv);
     match reader.next().await {
-        Ok(Some(Frame::ResponseHead(head))) => response(head.status, &head.headers, reader),
+        Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
         Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
         Ok(_) | Err(_) => edge_error(
             StatusCode::BAD_GATEWAY,
@@ -179,8 +178,8 @@ where
 }
 
 /// Builds the public response, its body streamed from the tunnel.
-fn response(status: StatusCode, headers: &[crate::wire::Header], reader: FrameReader) -> Response<Body> {
-    let mut map = headers_to_map(headers);
+fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameReader) -> Response<Body> {
+    let mut map = headers.into_map();
     strip_hop_by_hop(&mut map);
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;

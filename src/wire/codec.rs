@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// The bytes are not a protobuf `Frame`.
     #[error("malformed frame: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// A head frame's protobuf is malformed (read by [`super::head`]).
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
     /// The protobuf is well-formed but its content is not acceptable.
     #[error("invalid frame: {0}")]
     Invalid(#[from] InvalidFrame),
@@ -65,6 +68,9 @@ fn peek_len(src: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes a frame body (the bytes after the prefix).
 fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
+    if let Some(head) = super::head::decode(&body)? {
+        return Ok(head);
+    }
     let raw = pb::Frame::decode(body)?;
     Ok(Frame::try_from(raw)?)
 }
@@ -77,6 +83,11 @@ fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
 /// the caller, caught by a debug assertion; in release it is still written and the
 /// peer rejects it.
 pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    match frame {
+        Frame::RequestHead(head) => return super::head::encode_request(head, dst),
+        Frame::ResponseHead(head) => return super::head::encode_response(head, dst),
+        _ => {}
+    }
     let raw = pb::Frame::from(frame);
     let len = raw.encoded_len();
     debug_assert!(len <= MAX_FRAME_LEN, "encoding an oversized frame ({len} bytes)");
@@ -140,17 +151,17 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::frame::{Header, RequestHead};
-    use http::Method;
+    use crate::wire::frame::RequestHead;
+    use http::{HeaderMap, HeaderValue, Method};
 
     fn head() -> Frame {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("x-github-event", HeaderValue::from_static("push"));
         Frame::RequestHead(RequestHead {
             method: Method::POST,
             target: Bytes::from_static(b"/hooks/github?delivery=1"),
-            headers: vec![
-                Header::new(Bytes::from_static(b"content-type"), Bytes::from_static(b"application/json")).unwrap(),
-                Header::new(Bytes::from_static(b"x-github-event"), Bytes::from_static(b"push")).unwrap(),
-            ],
+            headers: headers.into(),
             client_ip: Some("203.0.113.7".parse().unwrap()),
         })
     }

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
+use super::headers::{Headers, valid};
 use super::pb;
 use super::pb::frame::Kind;
 
@@ -127,85 +128,6 @@ pub struct Rejected {
     pub message: String,
 }
 
-/// A header whose name and value have been checked against the HTTP grammar.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    name: Bytes,
-    value: Bytes,
-}
-
-impl Header {
-    /// Validates a raw name and value.
-    pub fn new(name: Bytes, value: Bytes) -> Result<Self, InvalidFrame> {
-        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
-            return Err(InvalidFrame::Header);
-        }
-        if !value.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)) {
-            return Err(InvalidFrame::Header);
-        }
-        Ok(Self { name, value })
-    }
-
-    /// From an already-valid `http` pair.
-    pub fn from_http(name: &HeaderName, value: &HeaderValue) -> Self {
-        Self { name: Bytes::copy_from_slice(name.as_str().as_bytes()), value: Bytes::copy_from_slice(value.as_bytes()) }
-    }
-
-    /// The name, as sent.
-    pub fn name(&self) -> &[u8] {
-        &self.name
-    }
-
-    /// The value, as sent.
-    pub fn value(&self) -> &[u8] {
-        &self.value
-    }
-
-    /// Converts into `http` types; names are lowercased by `HeaderName`.
-    pub fn to_http(&self) -> Option<(HeaderName, HeaderValue)> {
-        let name = HeaderName::from_bytes(&self.name).ok()?;
-        let value = HeaderValue::from_maybe_shared(self.value.clone()).ok()?;
-        Some((name, value))
-    }
-}
-
-/// Builds a validated header list from a `HeaderMap`.
-pub fn headers_from_map(map: &HeaderMap) -> Vec<Header> {
-    map.iter().map(|(n, v)| Header::from_http(n, v)).collect()
-}
-
-/// Builds a `HeaderMap` from a validated header list.
-pub fn headers_to_map(headers: &[Header]) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(headers.len());
-    for h in headers {
-        if let Some((n, v)) = h.to_http() {
-            map.append(n, v);
-        }
-    }
-    map
-}
-
-/// `tchar` from RFC 9110 §5.6.2, as a table: header names are checked byte by
-/// byte on every decoded head.
-static TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        table[i] = b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            );
-        i += 1;
-    }
-    table
-};
-
-fn is_token_byte(b: u8) -> bool {
-    TOKEN[usize::from(b)]
-}
-
 /// The start of a forwarded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -214,7 +136,7 @@ pub struct RequestHead {
     /// Origin-form path and query (`/a/b?c=d`).
     pub target: Bytes,
     /// Request headers, hop-by-hop ones already removed by the edge.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// The public caller's address.
     pub client_ip: Option<IpAddr>,
 }
@@ -225,7 +147,7 @@ pub struct ResponseHead {
     /// HTTP status.
     pub status: StatusCode,
     /// Response headers.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
 }
 
 /// Why an exchange was aborted.
@@ -293,25 +215,47 @@ impl TryFrom<pb::Frame> for Frame {
 
 fn request_head_from(h: pb::RequestHead) -> Result<RequestHead, InvalidFrame> {
     let method = Method::from_bytes(&h.method).map_err(|_| InvalidFrame::Method)?;
-    let target_ok = h.target.first() == Some(&b'/') && h.target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#');
-    if !target_ok {
-        return Err(InvalidFrame::Target);
-    }
-    let client_ip = match h.client_ip.len() {
-        0 => None,
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(&h.client_ip[..]).expect("len 4"))),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(&h.client_ip[..]).expect("len 16"))),
-        _ => return Err(InvalidFrame::ClientIp),
-    };
+    check_target(&h.target)?;
+    let client_ip = client_ip_from(&h.client_ip)?;
     Ok(RequestHead { method, target: h.target, headers: headers_from_pb(h.headers)?, client_ip })
 }
 
-fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Vec<Header>, InvalidFrame> {
-    raw.into_iter().map(|h| Header::new(h.name, h.value)).collect()
+/// A request target must be origin-form: a path, maybe a query, no fragment.
+pub(crate) fn check_target(target: &[u8]) -> Result<(), InvalidFrame> {
+    let ok = target.first() == Some(&b'/') && target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#');
+    if ok { Ok(()) } else { Err(InvalidFrame::Target) }
 }
 
-fn headers_to_pb(headers: &[Header]) -> Vec<pb::Header> {
-    headers.iter().map(|h| pb::Header { name: h.name.clone(), value: h.value.clone() }).collect()
+/// The client address: absent, or 4 or 16 bytes.
+pub(crate) fn client_ip_from(raw: &[u8]) -> Result<Option<IpAddr>, InvalidFrame> {
+    match raw.len() {
+        0 => Ok(None),
+        4 => Ok(Some(IpAddr::from(<[u8; 4]>::try_from(raw).expect("len 4")))),
+        16 => Ok(Some(IpAddr::from(<[u8; 16]>::try_from(raw).expect("len 16")))),
+        _ => Err(InvalidFrame::ClientIp),
+    }
+}
+
+/// Headers from the generated types (frames in a layout [`super::head`] does
+/// not read itself).
+fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Headers, InvalidFrame> {
+    let mut map = HeaderMap::with_capacity(raw.len());
+    for h in raw {
+        if !valid(&h.name, &h.value) {
+            return Err(InvalidFrame::Header);
+        }
+        let name = HeaderName::from_bytes(&h.name).map_err(|_| InvalidFrame::Header)?;
+        let value = HeaderValue::from_maybe_shared(h.value).map_err(|_| InvalidFrame::Header)?;
+        map.append(name, value);
+    }
+    Ok(Headers::from(map))
+}
+
+fn headers_to_pb(headers: &Headers) -> Vec<pb::Header> {
+    headers
+        .iter()
+        .map(|(n, v)| pb::Header { name: Bytes::copy_from_slice(n), value: Bytes::copy_from_slice(v) })
+        .collect()
 }
 
 fn reject_code_from(code: i32) -> RejectCode {

@@ -7,6 +7,8 @@
 
 pub mod codec;
 pub mod frame;
+mod head;
+pub mod headers;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub(crate) mod pb {
@@ -15,9 +17,9 @@ pub(crate) mod pb {
 
 pub use codec::{DecodeError, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, decode, encode, encode_to_bytes};
 pub use frame::{
-    ClientHello, Frame, Header, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello, StreamError,
-    StreamErrorCode,
+    ClientHello, Frame, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello, StreamError, StreamErrorCode,
 };
+pub use headers::Headers;
 
 /// Version of the frame protocol spoken by this build; sent in [`ClientHello`].
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,470 @@
+//! Request and response heads, written and read as protobuf without going
+//! through the generated structs.
+//!
+//! Heads are the one frame every request pays for twice (out and back), and the
+//! generated code costs an allocation per header name and value each way. Here
+//! a head is encoded straight from its `HeaderMap`, and decoded by walking the
+//! protobuf fields of the received frame: headers are checked in place and kept
+//! as ranges of it ([`Headers`]). The bytes are the same protobuf the generated
+//! code reads and writes (a test checks both directions), so the schema in
+//! `proto/hookway.proto` stays the one description of the wire.
+
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, StatusCode};
+use prost::encoding::{WireType, encoded_len_varint, key_len};
+
+use super::Frame;
+use super::codec::DecodeError;
+use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_target, client_ip_from};
+use super::headers::{Headers, Span, valid};
+
+/// `Frame` field numbers of the two heads.
+const REQUEST_HEAD: u32 = 6;
+const RESPONSE_HEAD: u32 = 7;
+
+fn bytes_field_len(tag: u32, value: &[u8]) -> usize {
+    if value.is_empty() { 0 } else { key_len(tag) + encoded_len_varint(value.len() as u64) + value.len() }
+}
+
+/// Writes into the bytes reserved for one frame. The size is computed first
+/// (protobuf needs it up front anyway), so writing is plain stores, not a
+/// capacity check and a call per byte as through `BufMut`.
+struct Out<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Out<'_> {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf[self.pos] = (v as u8) | 0x80;
+            v >>= 7;
+            self.pos += 1;
+        }
+        self.buf[self.pos] = v as u8;
+        self.pos += 1;
+    }
+
+    fn key(&mut self, tag: u32, wire_type: WireType) {
+        self.varint((u64::from(tag) << 3) | wire_type as u64);
+    }
+
+    fn bytes_field(&mut self, tag: u32, value: &[u8]) {
+        if !value.is_empty() {
+            self.key(tag, WireType::LengthDelimited);
+            self.varint(value.len() as u64);
+            self.buf[self.pos..self.pos + value.len()].copy_from_slice(value);
+            self.pos += value.len();
+        }
+    }
+
+    fn headers(&mut self, tag: u32, headers: &Headers) {
+        for (name, value) in headers.iter() {
+            self.key(tag, WireType::LengthDelimited);
+            self.varint(header_len(name, value) as u64);
+            self.bytes_field(1, name);
+            self.bytes_field(2, value);
+        }
+    }
+}
+
+fn header_len(name: &[u8], value: &[u8]) -> usize {
+    bytes_field_len(1, name) + bytes_field_len(2, value)
+}
+
+/// Encoded size of the header fields (`tag` is their field number).
+fn headers_len(tag: u32, headers: &Headers) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let len = header_len(n, v);
+            key_len(tag) + encoded_len_varint(len as u64) + len
+        })
+        .sum()
+}
+
+fn ip_octets(head: &RequestHead) -> ([u8; 16], usize) {
+    let mut out = [0; 16];
+    match head.client_ip {
+        None => (out, 0),
+        Some(std::net::IpAddr::V4(v4)) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, 4)
+        }
+        Some(std::net::IpAddr::V6(v6)) => (v6.octets(), 16),
+    }
+}
+
+/// Appends the frame holding `head`, length-prefixed, to `dst`.
+pub(crate) fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
+    let (ip, ip_len) = ip_octets(head);
+    let ip = &ip[..ip_len];
+    let method = head.method.as_str().as_bytes();
+    let inner = bytes_field_len(1, method)
+        + bytes_field_len(2, &head.target)
+        + headers_len(3, &head.headers)
+        + bytes_field_len(4, ip);
+    write_frame(REQUEST_HEAD, inner, dst, |out| {
+        out.bytes_field(1, method);
+        out.bytes_field(2, &head.target);
+        out.headers(3, &head.headers);
+        out.bytes_field(4, ip);
+    });
+}
+
+/// Appends the frame holding `head`, length-prefixed, to `dst`.
+pub(crate) fn encode_response(head: &ResponseHead, dst: &mut BytesMut) {
+    let status = u64::from(head.status.as_u16());
+    let inner = key_len(1) + encoded_len_varint(status) + headers_len(2, &head.headers);
+    write_frame(RESPONSE_HEAD, inner, dst, |out| {
+        out.key(1, WireType::Varint);
+        out.varint(status);
+        out.headers(2, &head.headers);
+    });
+}
+
+/// Reserves the frame in `dst`, writes its length prefix and the head field's
+/// key and length, then lets `content` write the `inner` bytes of the head.
+fn write_frame(field: u32, inner: usize, dst: &mut BytesMut, content: impl FnOnce(&mut Out<'_>)) {
+    let total = key_len(field) + encoded_len_varint(inner as u64) + inner;
+    debug_assert!(total <= super::MAX_FRAME_LEN, "encoding an oversized head ({total} bytes)");
+    let start = dst.len();
+    dst.resize(start + super::LEN_PREFIX + total, 0);
+    dst[start..start + super::LEN_PREFIX].copy_from_slice(&(total as u32).to_be_bytes());
+    let mut out = Out { buf: &mut dst[start + super::LEN_PREFIX..], pos: 0 };
+    out.key(field, WireType::LengthDelimited);
+    out.varint(inner as u64);
+    content(&mut out);
+    debug_assert_eq!(out.pos, total, "head size computed and written agree");
+}
+
+/// Reads the varint at `buf[*pos..]`, as protobuf defines it (at most ten
+/// bytes, fitting 64 bits); `None` when it is cut short or too long. Inlined:
+/// almost every varint of a head is one byte.
+#[inline]
+fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = *buf.get(*pos)?;
+        *pos += 1;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return (i < 9 || b <= 1).then_some(v);
+        }
+    }
+    None
+}
+
+/// A protobuf field's value: a varint, or the range of a length-delimited one.
+enum Value {
+    Varint(u64),
+    Range(Range<usize>),
+    /// Fixed-width: skipped, never used by heads.
+    Fixed,
+}
+
+/// Walks the fields of the message in `buf[range]`, calling `f(tag, value)`.
+fn fields(
+    buf: &[u8],
+    range: Range<usize>,
+    mut f: impl FnMut(u32, Value) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    let mut pos = range.start;
+    let end = range.end;
+    let buf = &buf[..end];
+    let varint = |pos: &mut usize| varint(buf, pos).ok_or(DecodeError::Malformed("bad varint"));
+    while pos < end {
+        let key = varint(&mut pos)?;
+        let tag = u32::try_from(key >> 3).map_err(|_| DecodeError::Malformed("field number out of range"))?;
+        if tag == 0 {
+            return Err(DecodeError::Malformed("field number 0"));
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(varint(&mut pos)?),
+            1 | 5 => {
+                let width = if key & 7 == 1 { 8 } else { 4 };
+                if end - pos < width {
+                    return Err(DecodeError::Malformed("truncated fixed-width field"));
+                }
+                pos += width;
+                Value::Fixed
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut pos)?).unwrap_or(usize::MAX);
+                if len > end - pos {
+                    return Err(DecodeError::Malformed("field longer than its message"));
+                }
+                pos += len;
+                Value::Range(pos - len..pos)
+            }
+            _ => return Err(DecodeError::Malformed("unsupported wire type")),
+        };
+        f(tag, value)?;
+    }
+    Ok(())
+}
+
+fn wrong_type() -> DecodeError {
+    DecodeError::Malformed("field of the wrong wire type")
+}
+
+/// A length-delimited field's range, or the error for another wire type.
+fn range(value: Value) -> Result<Range<usize>, DecodeError> {
+    match value {
+        Value::Range(r) => Ok(r),
+        _ => Err(wrong_type()),
+    }
+}
+
+/// Reads one `Header` message; checks it against the HTTP grammar.
+fn header(buf: &[u8], at: Range<usize>) -> Result<Span, DecodeError> {
+    let (mut name, mut value) = (at.start..at.start, at.start..at.start);
+    fields(buf, at, |tag, v| {
+        match tag {
+            1 => name = range(v)?,
+            2 => value = range(v)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if !valid(&buf[name.clone()], &buf[value.clone()]) {
+        return Err(InvalidFrame::Header.into());
+    }
+    Ok(Span { name, value })
+}
+
+/// Decodes a frame body that is exactly one request or response head, the
+/// layout this crate writes. `Ok(None)` for anything else, which the caller
+/// leaves to the generated decoder (it handles every valid layout).
+pub(crate) fn decode(body: &Bytes) -> Result<Option<Frame>, DecodeError> {
+    let mut start = 0;
+    let Some(key) = varint(body, &mut start) else {
+        return Ok(None);
+    };
+    let tag = key >> 3;
+    if key & 7 != 2 || (tag != u64::from(REQUEST_HEAD) && tag != u64::from(RESPONSE_HEAD)) {
+        return Ok(None);
+    }
+    let Some(len) = varint(body, &mut start) else {
+        return Ok(None);
+    };
+    if len != (body.len() - start) as u64 {
+        return Ok(None);
+    }
+    let inner = start..body.len();
+    // Enough for a typical webhook without growing.
+    let mut spans = Vec::with_capacity(16);
+    if tag == u64::from(REQUEST_HEAD) {
+        let (mut method, mut target, mut ip) = (0..0, 0..0, 0..0);
+        fields(body, inner, |tag, v| {
+            match tag {
+                1 => method = range(v)?,
+                2 => target = range(v)?,
+                3 => spans.push(header(body, range(v)?)?),
+                4 => ip = range(v)?,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let method = Method::from_bytes(&body[method]).map_err(|_| InvalidFrame::Method)?;
+        let target = body.slice(target);
+        check_target(&target)?;
+        let client_ip = client_ip_from(&body[ip])?;
+        let headers = Headers::wire(body.clone(), spans);
+        Ok(Some(Frame::RequestHead(RequestHead { method, target, headers, client_ip })))
+    } else {
+        let mut status = 0u64;
+        fields(body, inner, |tag, v| {
+            match tag {
+                1 => match v {
+                    // uint32, as the generated code reads it: the low 32 bits.
+                    Value::Varint(s) => status = s & u64::from(u32::MAX),
+                    _ => return Err(wrong_type()),
+                },
+                2 => spans.push(header(body, range(v)?)?),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let status = status as u32;
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or(InvalidFrame::Status(status))?;
+        Ok(Some(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body.clone(), spans) })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use http::{HeaderMap, HeaderValue};
+    use prost::Message;
+    use prost::encoding::{encode_key, encode_varint};
+
+    use super::*;
+    use crate::wire::{codec, pb};
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (n, v) in pairs {
+            map.append(*n, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    fn heads() -> Vec<Frame> {
+        let hdrs = map(&[("content-type", "application/json"), ("x-empty", ""), ("x-a", "1"), ("x-a", "2")]);
+        vec![
+            Frame::RequestHead(RequestHead {
+                method: Method::POST,
+                target: Bytes::from_static(b"/hooks/github?delivery=1"),
+                headers: hdrs.clone().into(),
+                client_ip: Some("203.0.113.7".parse().unwrap()),
+            }),
+            Frame::RequestHead(RequestHead {
+                method: Method::from_bytes(b"PROPFIND").unwrap(),
+                target: Bytes::from_static(b"/"),
+                headers: Headers::default(),
+                client_ip: Some("2001:db8::1".parse().unwrap()),
+            }),
+            Frame::RequestHead(RequestHead {
+                method: Method::GET,
+                target: Bytes::from_static(b"/x"),
+                headers: hdrs.clone().into(),
+                client_ip: None,
+            }),
+            Frame::ResponseHead(ResponseHead { status: StatusCode::OK, headers: hdrs.into() }),
+            Frame::ResponseHead(ResponseHead { status: StatusCode::NO_CONTENT, headers: Headers::default() }),
+        ]
+    }
+
+    fn put_bytes_field(tag: u32, value: &[u8], dst: &mut BytesMut) {
+        encode_key(tag, WireType::LengthDelimited, dst);
+        encode_varint(value.len() as u64, dst);
+        dst.put_slice(value);
+    }
+
+    /// What the generated code writes for `frame`.
+    fn generated(frame: &Frame) -> Bytes {
+        let raw = pb::Frame::from(frame);
+        let mut buf = BytesMut::new();
+        buf.put_u32(raw.encoded_len() as u32);
+        raw.encode_raw(&mut buf);
+        buf.freeze()
+    }
+
+    #[test]
+    fn writes_the_bytes_the_generated_code_writes() {
+        for frame in heads() {
+            assert_eq!(codec::encode_to_bytes(&frame), generated(&frame), "{frame:?}");
+        }
+    }
+
+    #[test]
+    fn reads_what_it_writes_and_as_the_generated_code_reads() {
+        for frame in heads() {
+            let bytes = codec::encode_to_bytes(&frame);
+            let body = bytes.slice(4..);
+            let fast = decode(&body).unwrap().expect("a head in the usual layout");
+            assert_eq!(fast, frame);
+            let slow = Frame::try_from(pb::Frame::decode(body).unwrap()).unwrap();
+            assert_eq!(slow, frame);
+        }
+    }
+
+    /// Other valid layouts (an unknown field first, a head field twice) are
+    /// left to the generated decoder, with the same result as protobuf gives.
+    #[test]
+    fn other_layouts_are_read_by_the_generated_decoder() {
+        let frame = &heads()[0];
+        let bytes = codec::encode_to_bytes(frame);
+        let mut unusual = BytesMut::new();
+        encode_key(15, WireType::Varint, &mut unusual);
+        encode_varint(1, &mut unusual);
+        unusual.extend_from_slice(&bytes[4..]);
+        assert_eq!(decode(&unusual.clone().freeze()).unwrap(), None);
+        let mut framed = BytesMut::new();
+        framed.put_u32(unusual.len() as u32);
+        framed.extend_from_slice(&unusual);
+        assert_eq!(codec::decode(&mut framed).unwrap().as_ref(), Some(frame));
+    }
+
+    #[test]
+    fn unknown_fields_inside_a_head_are_skipped() {
+        let mut inner = BytesMut::new();
+        put_bytes_field(1, b"GET", &mut inner);
+        encode_key(9, WireType::SixtyFourBit, &mut inner);
+        inner.put_u64(7);
+        encode_key(10, WireType::ThirtyTwoBit, &mut inner);
+        inner.put_u32(7);
+        put_bytes_field(2, b"/p", &mut inner);
+        let mut body = BytesMut::new();
+        encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+        encode_varint(inner.len() as u64, &mut body);
+        body.extend_from_slice(&inner);
+        let Some(Frame::RequestHead(head)) = decode(&body.freeze()).unwrap() else { panic!("a request head") };
+        assert_eq!((head.method, &head.target[..]), (Method::GET, &b"/p"[..]));
+    }
+
+    #[test]
+    fn varints_as_protobuf_reads_them() {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = BytesMut::new();
+            encode_varint(v, &mut buf);
+            let mut pos = 0;
+            assert_eq!(varint(&buf, &mut pos), Some(v));
+            assert_eq!(pos, buf.len());
+            // Cut short.
+            assert_eq!(varint(&buf[..buf.len() - 1], &mut 0), None);
+        }
+        // Eleven bytes, and ten whose last overflows 64 bits.
+        assert_eq!(varint(&[0xff; 11], &mut 0), None);
+        let mut ten = [0xff; 10];
+        ten[9] = 0x02;
+        assert_eq!(varint(&ten, &mut 0), None);
+        assert!(prost::encoding::decode_varint(&mut &ten[..]).is_err());
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        let good = codec::encode_to_bytes(&heads()[0]).slice(4..);
+        // Every truncation of the head's content, with the outer length fixed up.
+        let inner_len = prost::encoding::decode_varint(&mut &good[1..]).unwrap() as usize;
+        let inner_start = good.len() - inner_len;
+        for cut in inner_start + 1..good.len() {
+            let inner = &good[inner_start..cut];
+            let mut body = BytesMut::new();
+            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+            encode_varint(inner.len() as u64, &mut body);
+            body.extend_from_slice(inner);
+            let body = body.freeze();
+            // Cut at a field boundary it is a smaller valid head or an invalid
+            // one; inside a field it is malformed. Never a panic, and the
+            // generated decoder agrees on whether it is acceptable.
+            let fast = decode(&body);
+            let slow = pb::Frame::decode(body.clone())
+                .map_err(DecodeError::from)
+                .and_then(|raw| Frame::try_from(raw).map_err(DecodeError::from));
+            assert_eq!(fast.is_ok(), slow.is_ok(), "cut at {cut}: {fast:?} vs {slow:?}");
+        }
+        let bad_header = {
+            let mut h = BytesMut::new();
+            put_bytes_field(1, b"bad name", &mut h);
+            let mut inner = BytesMut::new();
+            put_bytes_field(1, b"GET", &mut inner);
+            put_bytes_field(2, b"/", &mut inner);
+            encode_key(3, WireType::LengthDelimited, &mut inner);
+            encode_varint(h.len() as u64, &mut inner);
+            inner.extend_from_slice(&h);
+            let mut body = BytesMut::new();
+            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+            encode_varint(inner.len() as u64, &mut body);
+            body.extend_from_slice(&inner);
+            body.freeze()
+        };
+        assert_eq!(decode(&bad_header), Err(DecodeError::Invalid(InvalidFrame::Header)));
+    }
+}
