@@ -27,7 +27,7 @@ pub enum DecodeError {
     /// The bytes are not a protobuf `Frame`.
     #[error("malformed frame: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    /// A head frame's protobuf is malformed (read by [`super::head`]).
+    /// A head frame's protobuf is malformed (read by the `wire::head` walker).
     #[error("malformed frame: {0}")]
     Malformed(&'static str),
     /// The protobuf is well-formed but its content is not acceptable.

@@ -1,9 +1,10 @@
 //! Validated domain frames and their conversion from and to the protobuf types.
 //!
-//! Validation here is cheap and allocation-free: header names and values are
-//! checked byte by byte against the HTTP grammar and kept as `Bytes` slices of the
-//! receive buffer. Building an `http::HeaderMap` is left to the HTTP layer, which
-//! has to build one anyway.
+//! Request and response heads normally bypass the conversions here: they are
+//! written and read by `wire::head`, which keeps received headers as checked
+//! ranges of the frame. The head conversions below serve frames in another
+//! protobuf layout (decoding) and are the reference `head`'s tests compare
+//! against (encoding); they build a `HeaderMap` and copy header bytes.
 
 use std::net::IpAddr;
 
@@ -236,7 +237,7 @@ pub(crate) fn client_ip_from(raw: &[u8]) -> Result<Option<IpAddr>, InvalidFrame>
     }
 }
 
-/// Headers from the generated types (frames in a layout [`super::head`] does
+/// Headers from the generated types (frames in a layout `wire::head` does
 /// not read itself).
 fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Headers, InvalidFrame> {
     let mut map = HeaderMap::with_capacity(raw.len());
