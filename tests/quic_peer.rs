@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use hookway::quic::{self, FrameReader, FrameWriter, close, tls};
-use hookway::wire::{ClientHello, Frame, RejectCode};
+use hookway::wire::{ClientHello, Frame, RejectCode, ResponseHead};
 
 async fn raw_connection(server: &TestServer) -> quinn::Connection {
     let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
@@ -65,4 +65,54 @@ async fn wrong_version_and_unknown_tunnel_are_rejected_with_a_reason() {
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
+}
+
+/// A tunnel client whose response head carries a header name that is not
+/// valid HTTP: the caller gets a 502 saying so, and the tunnel still serves.
+#[tokio::test]
+async fn a_response_header_that_is_not_http_is_a_bad_gateway() {
+    let server = TestServer::start().await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    let conn = raw_connection(&server).await;
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let hello = ClientHello {
+        tunnel_id: id,
+        auth_token: token,
+        protocol_version: hookway::wire::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    let (mut control_tx, mut control_rx) = (FrameWriter::new(send), FrameReader::new(recv));
+    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
+    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
+
+    // Answers each request with `name: ok`, the name patched into the bytes.
+    let peer = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = peer.accept_bi().await {
+            let mut reader = FrameReader::new(recv);
+            let Ok(Some(Frame::RequestHead(request))) = reader.next().await else { return };
+            while !matches!(reader.next().await, Ok(Some(Frame::End)) | Ok(None) | Err(_)) {}
+            let mut headers = http::HeaderMap::new();
+            headers.insert("x-bad", http::HeaderValue::from_static("ok"));
+            let head = Frame::ResponseHead(ResponseHead { status: http::StatusCode::OK, headers: headers.into() });
+            let mut bytes = hookway::wire::encode_to_bytes(&head).to_vec();
+            if &request.target[..] == b"/bad" {
+                let at = bytes.windows(5).position(|w| w == b"x-bad").unwrap();
+                bytes[at + 1] = b' ';
+            }
+            let mut send = send;
+            send.write_all(&bytes).await.unwrap();
+            send.write_all(&hookway::wire::encode_to_bytes(&Frame::End)).await.unwrap();
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        }
+    });
+    let url = format!("{}/t/{subdomain}", server.url);
+    let resp = http().get(format!("{url}/bad")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "tunnel-error");
+    assert!(resp.text().await.unwrap().contains("not valid HTTP"));
+    let resp = http().get(format!("{url}/good")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-bad"], "ok");
 }

@@ -9,8 +9,8 @@
 //! * `Err(TooLarge)` consumes nothing and is only raised above `MAX_FRAME_LEN`;
 //! * every decoded frame re-encodes to bytes that decode to an equal frame, and
 //!   re-encoding that is byte-for-byte stable;
-//! * feeding the same bytes one at a time through `FrameDecoder` gives the same
-//!   frames and the same final outcome.
+//! * feeding the same bytes through `FrameDecoder`, in chunks of one byte, of a
+//!   few bytes or all at once, gives the same frames and the same final outcome.
 
 use bytes::BytesMut;
 use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
@@ -73,9 +73,11 @@ fn announced_len(rest: &[u8]) -> Option<usize> {
 /// error, checking every property listed in the module docs.
 pub fn check(data: &[u8]) -> Outcome {
     let outcome = decode_all(data);
-    let incremental = decode_incrementally(data);
-    assert_eq!(outcome.frames, incremental.frames, "byte-at-a-time decoding disagrees");
-    assert_eq!(outcome.end, incremental.end, "byte-at-a-time decoding ends differently");
+    for size in [1, 7, 61, data.len().max(1)] {
+        let chunked = decode_in_chunks(data, size);
+        assert_eq!(outcome.frames, chunked.frames, "decoding in {size}-byte chunks disagrees");
+        assert_eq!(outcome.end, chunked.end, "decoding in {size}-byte chunks ends differently");
+    }
     outcome
 }
 
@@ -112,13 +114,15 @@ fn decode_all(data: &[u8]) -> Outcome {
     }
 }
 
-/// The same input pushed one byte at a time into a `FrameDecoder`, draining it
-/// after every push.
-fn decode_incrementally(data: &[u8]) -> Outcome {
+/// The same input pushed into a `FrameDecoder` in chunks of `size` bytes (the
+/// last may be shorter), draining it after every push. Whole chunks exercise
+/// frames cut out of a chunk without a copy; small ones, frames assembled
+/// across chunks; sizes in between, both in turn.
+fn decode_in_chunks(data: &[u8], size: usize) -> Outcome {
     let mut decoder = FrameDecoder::new();
     let mut frames = Vec::new();
-    for &byte in data {
-        decoder.push(&[byte]);
+    for chunk in data.chunks(size) {
+        decoder.push(bytes::Bytes::copy_from_slice(chunk));
         loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => frames.push(frame),

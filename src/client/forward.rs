@@ -140,6 +140,12 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
         duration: Duration::ZERO,
         error: None,
     };
+    let Ok(headers) = head.headers.into_map() else {
+        let _ = writer.send(&error_frame(StreamErrorCode::Protocol, "invalid request header")).await;
+        writer.finish();
+        log.error = Some("the server sent a request header that is not valid HTTP".into());
+        return Some(log);
+    };
     let body = match request_body(reader).await {
         Ok(body) => body,
         Err(()) => {
@@ -159,7 +165,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
-    *req.headers_mut() = head.headers.into_map();
+    *req.headers_mut() = headers;
 
     let result = tokio::select! {
         r = app.client.request(req) => r,

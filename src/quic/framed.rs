@@ -104,7 +104,7 @@ impl FrameReader {
                 return Ok(Some(frame));
             }
             match self.recv.read_chunk(wire::MAX_FRAME_LEN, true).await? {
-                Some(chunk) => self.decoder.push(&chunk.bytes),
+                Some(chunk) => self.decoder.push(chunk.bytes),
                 None if self.decoder.pending() == 0 => return Ok(None),
                 None => return Err(ReadFrameError::Truncated),
             }
@@ -147,7 +147,7 @@ impl FrameReader {
         }
         // Anything after `End` stays buffered for the next call.
         if let Some(Ok(Some(chunk))) = self.recv.read_chunk(wire::MAX_FRAME_LEN, true).now_or_never() {
-            self.decoder.push(&chunk.bytes);
+            self.decoder.push(chunk.bytes);
         }
     }
 
@@ -325,7 +325,7 @@ mod tests {
         // Wait until the malformed frame is buffered too.
         while reader.decoder.pending() == 0 {
             if let Some(chunk) = reader.recv.read_chunk(64, true).await.unwrap() {
-                reader.decoder.push(&chunk.bytes);
+                reader.decoder.push(chunk.bytes);
             }
         }
         assert!(!reader.end_is_next());

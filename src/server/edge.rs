@@ -179,7 +179,14 @@ where
 
 /// Builds the public response, its body streamed from the tunnel.
 fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameReader) -> Response<Body> {
-    let mut map = headers.into_map();
+    let Ok(mut map) = headers.into_map() else {
+        // Dropping the reader stops the stream: the rest is of no use.
+        return edge_error(
+            StatusCode::BAD_GATEWAY,
+            "tunnel-error",
+            "the tunnel client sent a response header that is not valid HTTP",
+        );
+    };
     strip_hop_by_hop(&mut map);
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;

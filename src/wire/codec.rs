@@ -68,8 +68,8 @@ fn peek_len(src: &[u8]) -> Result<Option<usize>, DecodeError> {
 
 /// Decodes a frame body (the bytes after the prefix).
 fn decode_body(body: Bytes) -> Result<Frame, DecodeError> {
-    if let Some(head) = super::head::decode(&body)? {
-        return Ok(head);
+    if let Some(layout) = super::head::layout(&body) {
+        return super::head::decode(body, layout);
     }
     let raw = pb::Frame::decode(body)?;
     Ok(Frame::try_from(raw)?)
@@ -116,14 +116,22 @@ pub fn encode_to_bytes(frame: &Frame) -> Bytes {
     buf.freeze()
 }
 
-/// Incremental decoder over a byte buffer fed from any source (the QUIC
+/// Incremental decoder over byte chunks from any source (the QUIC
 /// [`crate::quic::FrameReader`] feeds it stream chunks).
+///
+/// A frame that arrives whole inside one chunk (a head, `End`, a small body) is
+/// cut out of that chunk without a copy: its `Bytes` fields share the chunk,
+/// which is itself a slice of the datagram QUIC received. Only a frame split
+/// across chunks is assembled in a buffer of its own.
 ///
 /// Holds at most one partial frame plus whatever the caller pushed; bounded by
 /// [`MAX_FRAME_LEN`] as long as the caller drains frames before pushing more.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
+    /// A frame split across chunks, being assembled.
     buf: BytesMut,
+    /// The undecoded rest of the last chunk pushed while `buf` was empty.
+    chunk: Bytes,
 }
 
 impl FrameDecoder {
@@ -133,18 +141,40 @@ impl FrameDecoder {
     }
 
     /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+    pub fn push(&mut self, bytes: Bytes) {
+        if self.buf.is_empty() && self.chunk.is_empty() {
+            self.chunk = bytes;
+        } else {
+            self.assemble();
+            self.buf.extend_from_slice(&bytes);
+        }
     }
 
-    /// The next complete frame, if the buffer holds one.
+    /// Moves the chunk's rest into the assembly buffer.
+    fn assemble(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buf.extend_from_slice(&std::mem::take(&mut self.chunk));
+        }
+    }
+
+    /// The next complete frame, if what was pushed holds one.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if !self.chunk.is_empty() {
+            match peek_len(&self.chunk)? {
+                Some(len) if self.chunk.len() >= LEN_PREFIX + len => {
+                    self.chunk.advance(LEN_PREFIX);
+                    return decode_body(self.chunk.split_to(len)).map(Some);
+                }
+                // The chunk ends inside a frame: wait for the rest in `buf`.
+                _ => self.assemble(),
+            }
+        }
         decode(&mut self.buf)
     }
 
     /// Bytes received but not yet decoded.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.chunk.len()
     }
 }
 
@@ -178,6 +208,46 @@ mod tests {
         }
         assert!(buf.is_empty());
         assert_eq!(decode(&mut buf).unwrap(), None);
+    }
+
+    /// Frames whole in a chunk are cut out of it (their bytes point into the
+    /// chunk); a frame split across chunks is assembled; nothing is lost in
+    /// between.
+    #[test]
+    fn decoder_slices_whole_frames_and_assembles_split_ones() {
+        let frames = [head(), Frame::Body(Bytes::from_static(b"payload")), Frame::End];
+        let mut all = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut all);
+        }
+        let all = all.freeze();
+        let within = |b: &Bytes, chunk: &Bytes| {
+            let (p, c) = (b.as_ptr() as usize, chunk.as_ptr() as usize);
+            p >= c && p + b.len() <= c + chunk.len()
+        };
+        let mut decoder = FrameDecoder::new();
+        decoder.push(all.clone());
+        assert_eq!(decoder.next_frame().unwrap().as_ref(), Some(&frames[0]));
+        match decoder.next_frame().unwrap() {
+            Some(Frame::Body(data)) => assert!(within(&data, &all), "a whole frame is not copied"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::End));
+        assert_eq!((decoder.next_frame().unwrap(), decoder.pending()), (None, 0));
+
+        // Every split point: the first chunk ends inside some frame.
+        for cut in 1..all.len() {
+            let mut decoder = FrameDecoder::new();
+            let mut got = Vec::new();
+            for chunk in [all.slice(..cut), all.slice(cut..)] {
+                decoder.push(chunk);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    got.push(frame);
+                }
+            }
+            assert_eq!(got, frames, "cut at {cut}");
+            assert_eq!(decoder.pending(), 0);
+        }
     }
 
     #[test]
@@ -219,6 +289,9 @@ mod tests {
         assert!(matches!(decode(&mut buf), Err(DecodeError::Invalid(_))));
     }
 
+    /// A header name breaking the HTTP grammar is refused in either layout:
+    /// the usual one when its `HeaderMap` is built, another one (left to the
+    /// generated decoder, which builds the map at once) on decode.
     #[test]
     fn invalid_header_is_rejected() {
         let raw = pb::Frame {
@@ -232,6 +305,15 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(raw.encoded_len() as u32);
         raw.encode_raw(&mut buf);
-        assert!(matches!(decode(&mut buf), Err(DecodeError::Invalid(_))));
+        let Ok(Some(Frame::RequestHead(head))) = decode(&mut buf) else { panic!("a request head") };
+        assert_eq!(head.headers.into_map(), Err(InvalidFrame::Header));
+
+        // An unknown varint field (number 15) before the head.
+        let mut unusual = BytesMut::from(&[0x78, 0x01][..]);
+        raw.encode_raw(&mut unusual);
+        let mut buf = BytesMut::new();
+        buf.put_u32(unusual.len() as u32);
+        buf.extend_from_slice(&unusual);
+        assert_eq!(decode(&mut buf), Err(DecodeError::Invalid(InvalidFrame::Header)));
     }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use super::headers::{Headers, valid};
+use super::headers::Headers;
 use super::pb;
 use super::pb::frame::Kind;
 
@@ -242,9 +242,6 @@ pub(crate) fn client_ip_from(raw: &[u8]) -> Result<Option<IpAddr>, InvalidFrame>
 fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Headers, InvalidFrame> {
     let mut map = HeaderMap::with_capacity(raw.len());
     for h in raw {
-        if !valid(&h.name, &h.value) {
-            return Err(InvalidFrame::Header);
-        }
         let name = HeaderName::from_bytes(&h.name).map_err(|_| InvalidFrame::Header)?;
         let value = HeaderValue::from_maybe_shared(h.value).map_err(|_| InvalidFrame::Header)?;
         map.append(name, value);

@@ -18,7 +18,8 @@ use prost::encoding::{WireType, encoded_len_varint, key_len};
 use super::Frame;
 use super::codec::DecodeError;
 use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_target, client_ip_from};
-use super::headers::{Headers, Span, valid};
+use super::headers::Headers;
+use super::walk::{self, Fields, Value, varint};
 
 /// `Frame` field numbers of the two heads.
 const REQUEST_HEAD: u32 = 6;
@@ -140,160 +141,78 @@ fn write_frame(field: u32, inner: usize, dst: &mut BytesMut, content: impl FnOnc
     debug_assert_eq!(out.pos, total, "head size computed and written agree");
 }
 
-/// Reads the varint at `buf[*pos..]`, as protobuf defines it (at most ten
-/// bytes, fitting 64 bits); `None` when it is cut short or too long. Inlined:
-/// almost every varint of a head is one byte.
-#[inline]
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for i in 0..10 {
-        let b = *buf.get(*pos)?;
-        *pos += 1;
-        v |= u64::from(b & 0x7f) << (7 * i);
-        if b < 0x80 {
-            return (i < 9 || b <= 1).then_some(v);
-        }
-    }
-    None
+/// Where the head lies in a frame body that is exactly one request or
+/// response head, the layout this crate writes.
+pub(crate) struct Layout {
+    request: bool,
+    /// The head message's bytes.
+    inner: Range<usize>,
 }
 
-/// A protobuf field's value: a varint, or the range of a length-delimited one.
-enum Value {
-    Varint(u64),
-    Range(Range<usize>),
-    /// Fixed-width: skipped, never used by heads.
-    Fixed,
-}
-
-/// Walks the fields of the message in `buf[range]`, calling `f(tag, value)`.
-fn fields(
-    buf: &[u8],
-    range: Range<usize>,
-    mut f: impl FnMut(u32, Value) -> Result<(), DecodeError>,
-) -> Result<(), DecodeError> {
-    let mut pos = range.start;
-    let end = range.end;
-    let buf = &buf[..end];
-    let varint = |pos: &mut usize| varint(buf, pos).ok_or(DecodeError::Malformed("bad varint"));
-    while pos < end {
-        let key = varint(&mut pos)?;
-        let tag = u32::try_from(key >> 3).map_err(|_| DecodeError::Malformed("field number out of range"))?;
-        if tag == 0 {
-            return Err(DecodeError::Malformed("field number 0"));
-        }
-        let value = match key & 7 {
-            0 => Value::Varint(varint(&mut pos)?),
-            1 | 5 => {
-                let width = if key & 7 == 1 { 8 } else { 4 };
-                if end - pos < width {
-                    return Err(DecodeError::Malformed("truncated fixed-width field"));
-                }
-                pos += width;
-                Value::Fixed
-            }
-            2 => {
-                let len = usize::try_from(varint(&mut pos)?).unwrap_or(usize::MAX);
-                if len > end - pos {
-                    return Err(DecodeError::Malformed("field longer than its message"));
-                }
-                pos += len;
-                Value::Range(pos - len..pos)
-            }
-            _ => return Err(DecodeError::Malformed("unsupported wire type")),
-        };
-        f(tag, value)?;
-    }
-    Ok(())
-}
-
-fn wrong_type() -> DecodeError {
-    DecodeError::Malformed("field of the wrong wire type")
-}
-
-/// A length-delimited field's range, or the error for another wire type.
-fn range(value: Value) -> Result<Range<usize>, DecodeError> {
-    match value {
-        Value::Range(r) => Ok(r),
-        _ => Err(wrong_type()),
-    }
-}
-
-/// Reads one `Header` message; checks it against the HTTP grammar.
-fn header(buf: &[u8], at: Range<usize>) -> Result<Span, DecodeError> {
-    let (mut name, mut value) = (at.start..at.start, at.start..at.start);
-    fields(buf, at, |tag, v| {
-        match tag {
-            1 => name = range(v)?,
-            2 => value = range(v)?,
-            _ => {}
-        }
-        Ok(())
-    })?;
-    if !valid(&buf[name.clone()], &buf[value.clone()]) {
-        return Err(InvalidFrame::Header.into());
-    }
-    Ok(Span { name, value })
-}
-
-/// Decodes a frame body that is exactly one request or response head, the
-/// layout this crate writes. `Ok(None)` for anything else, which the caller
-/// leaves to the generated decoder (it handles every valid layout).
-pub(crate) fn decode(body: &Bytes) -> Result<Option<Frame>, DecodeError> {
+/// The [`Layout`] of `body` if it is one head in the usual layout; `None` for
+/// anything else, which the caller leaves to the generated decoder (it handles
+/// every valid layout).
+pub(crate) fn layout(body: &[u8]) -> Option<Layout> {
     let mut start = 0;
-    let Some(key) = varint(body, &mut start) else {
-        return Ok(None);
-    };
+    let key = varint(body, &mut start)?;
     let tag = key >> 3;
     if key & 7 != 2 || (tag != u64::from(REQUEST_HEAD) && tag != u64::from(RESPONSE_HEAD)) {
-        return Ok(None);
+        return None;
     }
-    let Some(len) = varint(body, &mut start) else {
-        return Ok(None);
-    };
-    if len != (body.len() - start) as u64 {
-        return Ok(None);
-    }
-    let inner = start..body.len();
-    // Enough for a typical webhook without growing.
-    let mut spans = Vec::with_capacity(16);
-    if tag == u64::from(REQUEST_HEAD) {
+    let len = varint(body, &mut start)?;
+    (len == (body.len() - start) as u64)
+        .then(|| Layout { request: tag == u64::from(REQUEST_HEAD), inner: start..body.len() })
+}
+
+/// Decodes the head `layout` found in `body`.
+///
+/// Every field is checked to be well-formed protobuf, down to each header's
+/// name and value; the headers' HTTP grammar is checked once, by `http`, when
+/// [`Headers::into_map`] builds the `HeaderMap`. The headers keep `body`
+/// itself, so decoding takes one reference count, for the target.
+pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> {
+    let Layout { request, inner } = layout;
+    let mut count = 0;
+    if request {
         let (mut method, mut target, mut ip) = (0..0, 0..0, 0..0);
-        fields(body, inner, |tag, v| {
-            match tag {
-                1 => method = range(v)?,
-                2 => target = range(v)?,
-                3 => spans.push(header(body, range(v)?)?),
-                4 => ip = range(v)?,
+        for field in Fields::new(&body, inner.clone()) {
+            match field? {
+                (1, v) => method = v.range()?,
+                (2, v) => target = v.range()?,
+                (3, v) => {
+                    walk::header(&body, v.range()?)?;
+                    count += 1;
+                }
+                (4, v) => ip = v.range()?,
                 _ => {}
             }
-            Ok(())
-        })?;
+        }
         let method = Method::from_bytes(&body[method]).map_err(|_| InvalidFrame::Method)?;
         let target = body.slice(target);
         check_target(&target)?;
         let client_ip = client_ip_from(&body[ip])?;
-        let headers = Headers::wire(body.clone(), spans);
-        Ok(Some(Frame::RequestHead(RequestHead { method, target, headers, client_ip })))
+        let headers = Headers::wire(body, inner, 3, count);
+        Ok(Frame::RequestHead(RequestHead { method, target, headers, client_ip }))
     } else {
         let mut status = 0u64;
-        fields(body, inner, |tag, v| {
-            match tag {
-                1 => match v {
-                    // uint32, as the generated code reads it: the low 32 bits.
-                    Value::Varint(s) => status = s & u64::from(u32::MAX),
-                    _ => return Err(wrong_type()),
-                },
-                2 => spans.push(header(body, range(v)?)?),
+        for field in Fields::new(&body, inner.clone()) {
+            match field? {
+                // uint32, as the generated code reads it: the low 32 bits.
+                (1, Value::Varint(s)) => status = s & u64::from(u32::MAX),
+                (1, _) => return Err(walk::wrong_type()),
+                (2, v) => {
+                    walk::header(&body, v.range()?)?;
+                    count += 1;
+                }
                 _ => {}
             }
-            Ok(())
-        })?;
+        }
         let status = status as u32;
         let status = u16::try_from(status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .ok_or(InvalidFrame::Status(status))?;
-        Ok(Some(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body.clone(), spans) })))
+        Ok(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body, inner, 2, count) }))
     }
 }
 
@@ -306,6 +225,14 @@ mod tests {
 
     use super::*;
     use crate::wire::{codec, pb};
+
+    /// `decode` as the codec calls it: `None` for other layouts.
+    fn fast(body: &Bytes) -> Result<Option<Frame>, DecodeError> {
+        match layout(body) {
+            Some(layout) => decode(body.clone(), layout).map(Some),
+            None => Ok(None),
+        }
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -368,7 +295,7 @@ mod tests {
         for frame in heads() {
             let bytes = codec::encode_to_bytes(&frame);
             let body = bytes.slice(4..);
-            let fast = decode(&body).unwrap().expect("a head in the usual layout");
+            let fast = fast(&body).unwrap().expect("a head in the usual layout");
             assert_eq!(fast, frame);
             let slow = Frame::try_from(pb::Frame::decode(body).unwrap()).unwrap();
             assert_eq!(slow, frame);
@@ -385,7 +312,7 @@ mod tests {
         encode_key(15, WireType::Varint, &mut unusual);
         encode_varint(1, &mut unusual);
         unusual.extend_from_slice(&bytes[4..]);
-        assert_eq!(decode(&unusual.clone().freeze()).unwrap(), None);
+        assert_eq!(fast(&unusual.clone().freeze()).unwrap(), None);
         let mut framed = BytesMut::new();
         framed.put_u32(unusual.len() as u32);
         framed.extend_from_slice(&unusual);
@@ -405,27 +332,8 @@ mod tests {
         encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
         encode_varint(inner.len() as u64, &mut body);
         body.extend_from_slice(&inner);
-        let Some(Frame::RequestHead(head)) = decode(&body.freeze()).unwrap() else { panic!("a request head") };
+        let Some(Frame::RequestHead(head)) = fast(&body.freeze()).unwrap() else { panic!("a request head") };
         assert_eq!((head.method, &head.target[..]), (Method::GET, &b"/p"[..]));
-    }
-
-    #[test]
-    fn varints_as_protobuf_reads_them() {
-        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = BytesMut::new();
-            encode_varint(v, &mut buf);
-            let mut pos = 0;
-            assert_eq!(varint(&buf, &mut pos), Some(v));
-            assert_eq!(pos, buf.len());
-            // Cut short.
-            assert_eq!(varint(&buf[..buf.len() - 1], &mut 0), None);
-        }
-        // Eleven bytes, and ten whose last overflows 64 bits.
-        assert_eq!(varint(&[0xff; 11], &mut 0), None);
-        let mut ten = [0xff; 10];
-        ten[9] = 0x02;
-        assert_eq!(varint(&ten, &mut 0), None);
-        assert!(prost::encoding::decode_varint(&mut &ten[..]).is_err());
     }
 
     #[test]
@@ -444,7 +352,7 @@ mod tests {
             // Cut at a field boundary it is a smaller valid head or an invalid
             // one; inside a field it is malformed. Never a panic, and the
             // generated decoder agrees on whether it is acceptable.
-            let fast = decode(&body);
+            let fast = fast(&body);
             let slow = pb::Frame::decode(body.clone())
                 .map_err(DecodeError::from)
                 .and_then(|raw| Frame::try_from(raw).map_err(DecodeError::from));
@@ -465,6 +373,9 @@ mod tests {
             body.extend_from_slice(&inner);
             body.freeze()
         };
-        assert_eq!(decode(&bad_header), Err(DecodeError::Invalid(InvalidFrame::Header)));
+        // Well-formed protobuf: the frame decodes, and the HTTP grammar is
+        // checked where the `HeaderMap` is built.
+        let Some(Frame::RequestHead(head)) = fast(&bad_header).unwrap() else { panic!("a request head") };
+        assert_eq!(head.headers.into_map().unwrap_err(), InvalidFrame::Header);
     }
 }

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod frame;
 mod head;
 pub mod headers;
+mod walk;
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub(crate) mod pb {
