@@ -294,7 +294,7 @@ pub fn check(input: &RoundtripInput) {
             None => rest.len(),
         };
         let (piece, tail) = rest.split_at(size);
-        decoder.push(piece);
+        decoder.push(bytes::Bytes::copy_from_slice(piece));
         rest = tail;
         while let Some(frame) = decoder.next_frame().expect("valid encoding rejected by FrameDecoder") {
             decoded.push(frame);
