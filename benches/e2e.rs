@@ -2,8 +2,12 @@
 //! through the tunnel, in the same run, so the figures are ratios, not absolutes.
 //!
 //! The server and the client are the real `hookway` binary in their own
-//! processes; the local app and the load generator run here. Everything shares
-//! the machine's cores, as it would on a developer's laptop.
+//! processes, and so is the local app (this binary again, serving on one
+//! thread); the load generator runs here. Everything shares the machine's
+//! cores, as it would on a developer's laptop. `direct` is the load generator
+//! talking to that app process; `direct/inproc` is the same app served inside
+//! the load generator's process, which skips the cross-process wakeups any real
+//! app costs: shown for comparison, not used as the baseline.
 //!
 //! `tunnel/quic` captures every request for inspection, as a server does by
 //! default; `quic/nocap` is the same tunnel on a server run with `--no-capture`.
@@ -20,7 +24,10 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
-use support::{API_KEY, ServerProcess, full, http_client, load, spawn_app, spawn_server, spawn_server_with, wait_line};
+use support::{
+    API_KEY, ServerProcess, full, http_client, load, serve_app_if_asked, spawn_app, spawn_app_process, spawn_server,
+    spawn_server_with, wait_line,
+};
 
 /// A tunnel client process serving one tunnel of the bench server.
 struct Tunnel {
@@ -96,13 +103,16 @@ fn us(d: Duration) -> f64 {
 }
 
 fn main() {
+    serve_app_if_asked();
     // `cargo bench` passes `--bench`; any other filter argument is ignored.
     let secs: f64 = std::env::var("HOOKWAY_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
     // The bench's own runtime (load generator + app) is fixed, so that
     // `TOKIO_WORKER_THREADS`, if set, only changes the hookway processes.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        let app = spawn_app().await;
+        let app_process = spawn_app_process().await;
+        let app = app_process.addr;
+        let inproc = format!("http://{}", spawn_app().await);
         let server = spawn_server().await;
         let tunnel = start_tunnel(&server, app.port(), false).await;
         let ws_tunnel = start_tunnel(&server, app.port(), true).await;
@@ -117,24 +127,25 @@ fn main() {
         };
         let direct = format!("http://{app}");
         println!("hookway e2e benchmark: {secs} s per measurement, loopback, 1 KiB POST");
-        println!("{:<12} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
+        println!("{:<14} {:>5} {:>12} {:>10} {:>10}", "path", "conc", "req/s", "p50 µs", "p99 µs");
         let levels: Vec<usize> = std::env::var("HOOKWAY_BENCH_CONCURRENCY")
             .ok()
             .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64]);
-        // `HOOKWAY_BENCH_ONLY=quic` (or direct, ws, nocap) measures only that row,
+        // `HOOKWAY_BENCH_ONLY=quic` (or direct, inproc, ws, nocap) measures only that row,
         // for profiling one path; the ratios are then meaningless and not printed.
         let only = std::env::var("HOOKWAY_BENCH_ONLY").ok();
         if let Some(row) = only.as_deref() {
             let url = match row {
                 "direct" => direct.clone(),
+                "inproc" => inproc.clone(),
                 "ws" => ws_tunnel.url.clone(),
                 "nocap" => bare.url.clone(),
                 _ => tunnel.url.clone(),
             };
             for c in levels {
                 let s = load(&format!("{url}/hook"), c, secs).await;
-                println!("{row:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
+                println!("{row:<14} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
             }
             return;
         }
@@ -143,12 +154,15 @@ fn main() {
             let t = load(&format!("{}/hook", tunnel.url), c, secs).await;
             let w = load(&format!("{}/hook", ws_tunnel.url), c, secs).await;
             let n = load(&format!("{}/hook", bare.url), c, secs).await;
-            for (label, s) in [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w), ("quic/nocap", &n)] {
-                println!("{label:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
+            let i = load(&format!("{inproc}/hook"), c, secs).await;
+            for (label, s) in
+                [("direct", &d), ("tunnel/quic", &t), ("tunnel/ws", &w), ("quic/nocap", &n), ("direct/inproc", &i)]
+            {
+                println!("{label:<14} {c:>5} {:>12.0} {:>10.0} {:>10.0}", s.rps, us(s.p50), us(s.p99));
             }
             if let Some(other) = &other {
                 let b = load(&format!("{}/hook", other.url), c, secs).await;
-                println!("{:<12} {c:>5} {:>12.0} {:>10.0} {:>10.0}", "quic/B", b.rps, us(b.p50), us(b.p99));
+                println!("{:<14} {c:>5} {:>12.0} {:>10.0} {:>10.0}", "quic/B", b.rps, us(b.p50), us(b.p99));
                 println!("  ratio c={c}: quic reaches {:.1}% of quic/B req/s", 100.0 * t.rps / b.rps);
             }
             for (label, s) in [("quic", &t), ("ws", &w)] {
@@ -159,6 +173,11 @@ fn main() {
                     us(s.p99) - us(d.p99)
                 );
             }
+            println!(
+                "  ratio c={c}: against direct/inproc, quic reaches {:.1}% of its req/s and adds {:.0} µs to p50",
+                100.0 * t.rps / i.rps,
+                us(t.p50) - us(i.p50)
+            );
             println!("  ratio c={c}: ws reaches {:.1}% of quic req/s", 100.0 * w.rps / t.rps);
             println!(
                 "  ratio c={c}: with request capture, quic reaches {:.1}% of its req/s without (p50 {:+.0} µs)",

@@ -126,6 +126,47 @@ pub async fn spawn_app() -> SocketAddr {
     addr
 }
 
+/// The local app in a process of its own, as a developer's app is: this bench
+/// binary started again with `HOOKWAY_BENCH_APP=1` (see [`serve_app_if_asked`]).
+/// Killed on drop; it also exits when its stdin closes, should this process die.
+pub struct AppProcess {
+    _child: tokio::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+pub async fn spawn_app_process() -> AppProcess {
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .env("HOOKWAY_BENCH_APP", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = wait_line(&mut out, |l| l.strip_prefix("APP listen: ").map(str::to_owned)).await;
+    AppProcess { _child: child, addr: addr.parse().unwrap() }
+}
+
+/// In a process started by [`spawn_app_process`]: serves the app on one thread
+/// (as most development servers do) until stdin closes, and never returns.
+/// Elsewhere: returns at once.
+pub fn serve_app_if_asked() {
+    if std::env::var_os("HOOKWAY_BENCH_APP").is_none() {
+        return;
+    }
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let addr = spawn_app().await;
+        println!("APP listen: {addr}");
+        std::future::pending::<()>().await;
+    });
+}
+
 pub fn http_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
