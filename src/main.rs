@@ -25,11 +25,34 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-/// Opt-in (`--features mimalloc`): measured ~10% more requests/s under load, but
-/// ~40 MiB more resident memory for 1,000 idle tunnels than glibc's malloc.
+/// mimalloc (the default `mimalloc` feature): measured a quarter less CPU per
+/// forwarded request in the client than glibc's malloc, and a tenth to a fifth
+/// less in the server, where malloc and free were a tenth of all samples.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Commits mimalloc's arenas as they are used rather than when reserved. By
+/// default Linux gets them committed at once, and with transparent huge pages
+/// set to `always` (a common default) whole huge pages then become resident:
+/// 1,000 idle tunnels measured 116 MiB RSS that way, 79 MiB this way.
+///
+/// It has to run before the first allocation reserves the first arena, and the
+/// Rust runtime allocates before `main`: so it runs as an ELF initializer, as
+/// the C constructors linked in do.
+#[cfg(all(feature = "mimalloc", target_os = "linux"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LAZY_ARENA_COMMIT: extern "C" fn() = {
+    extern "C" fn lazy_arena_commit() {
+        /// `mi_option_arena_eager_commit` in mimalloc.h (v3), which the `-sys`
+        /// crate does not name.
+        const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        // SAFETY: stores a value in mimalloc's option table, nothing more.
+        unsafe { libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0) };
+    }
+    lazy_arena_commit
+};
 
 #[derive(Parser)]
 #[command(
@@ -688,4 +711,15 @@ async fn show(client: &ClientArgs, method: Method, path: &str, body: Option<&Val
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     }
     Ok(v)
+}
+
+#[cfg(all(test, feature = "mimalloc", target_os = "linux"))]
+mod allocator_tests {
+    /// The initializer ran before the tests' runtime allocated: mimalloc
+    /// reports the option as set (its default on Linux is 2).
+    #[test]
+    fn arenas_are_committed_lazily() {
+        // SAFETY: reads an option value.
+        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(4) }, 0);
+    }
 }
