@@ -82,9 +82,17 @@ async fn transfer(base: &str, upload: bool, size: usize, concurrency: usize, sec
                     } else {
                         Request::get(format!("{base}/source?n={size}")).body(full(Bytes::new())).unwrap()
                     };
-                    let resp = client.request(req).await.expect("request");
-                    let got = resp.into_body().collect().await.unwrap().to_bytes().len();
-                    moved += if upload { size } else { got };
+                    let mut body = client.request(req).await.expect("request").into_body();
+                    // Counted as it arrives, not collected: a load generator
+                    // that copies what it downloads competes for the cores.
+                    let mut got = 0;
+                    while let Some(frame) = body.frame().await {
+                        got += frame.unwrap().data_ref().map_or(0, Bytes::len);
+                    }
+                    if !upload {
+                        assert_eq!(got, size, "download cut short");
+                    }
+                    moved += size;
                     count += 1;
                 }
                 moved
@@ -135,7 +143,9 @@ fn main() {
         // `HOOKWAY_BENCH_ONLY=quic` (or direct, inproc, ws, nocap) measures only that row,
         // for profiling one path; the ratios are then meaningless and not printed.
         let only = std::env::var("HOOKWAY_BENCH_ONLY").ok();
-        if let Some(row) = only.as_deref() {
+        // `bodies` skips the request rows and measures only the bodies.
+        let levels = if only.as_deref() == Some("bodies") { Vec::new() } else { levels };
+        if let Some(row) = only.as_deref().filter(|row| *row != "bodies") {
             let url = match row {
                 "direct" => direct.clone(),
                 "inproc" => inproc.clone(),

@@ -237,6 +237,10 @@ fn headers_from_json(value: Option<&Value>) -> Result<HeaderMap, String> {
         Some(Value::Object(obj)) => obj,
         Some(_) => return Err("\"headers\" must be an object".into()),
     };
+    let too_many = || format!("more than {} header lines", crate::wire::MAX_HEADERS);
+    if obj.len() > crate::wire::MAX_HEADERS {
+        return Err(too_many());
+    }
     let mut map = HeaderMap::with_capacity(obj.len());
     for (name, value) in obj {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
@@ -247,6 +251,9 @@ fn headers_from_json(value: Option<&Value>) -> Result<HeaderMap, String> {
                 Value::Bool(b) => HeaderValue::from_str(if *b { "true" } else { "false" }),
                 _ => return Err(format!("header {name:?} must be a string or an array of strings")),
             };
+            if map.len() == crate::wire::MAX_HEADERS {
+                return Err(too_many());
+            }
             map.append(header.clone(), text.map_err(|_| format!("invalid value for header {name:?}"))?);
             Ok(())
         };
@@ -545,6 +552,25 @@ mod tests {
             let err = parse_client_message(input).expect_err(std::str::from_utf8(input).unwrap());
             assert_eq!(err.id.as_deref(), *id, "{err:?}");
             assert!(err.reason.contains(reason), "{:?} lacks {reason:?}", err.reason);
+        }
+    }
+
+    /// Past `wire::MAX_HEADERS` header lines, as distinct names or as one
+    /// name's array, a message is refused (`HeaderMap` itself would panic
+    /// past 32,768); at the limit it is accepted.
+    #[test]
+    fn too_many_headers_are_refused() {
+        let max = crate::wire::MAX_HEADERS;
+        let names = |n: usize| (0..n).map(|i| format!("\"h{i}\":\"v\"")).collect::<Vec<_>>().join(",");
+        let values = |n: usize| format!("\"h\":[{}]", vec!["\"v\""; n].join(","));
+        for (headers, ok) in [(names(max), true), (names(max + 1), false), (values(max), true), (values(40_000), false)]
+        {
+            let text = format!(r#"{{"type":"response","id":"req_1","status":200,"headers":{{{headers}}}}}"#);
+            match parse_client_message(text.as_bytes()) {
+                Ok(ClientMessage::Response(r)) => assert!(ok && r.headers.len() == max),
+                Ok(other) => panic!("{other:?}"),
+                Err(err) => assert!(!ok && err.reason.contains("header lines"), "{err:?}"),
+            }
         }
     }
 

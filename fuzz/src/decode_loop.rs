@@ -9,6 +9,8 @@
 //! * `Err(TooLarge)` consumes nothing and is only raised above `MAX_FRAME_LEN`;
 //! * every decoded frame re-encodes to bytes that decode to an equal frame, and
 //!   re-encoding that is byte-for-byte stable;
+//! * a decoded head has at most `MAX_HEADERS` headers, and building its
+//!   `HeaderMap` keeps every line or fails cleanly;
 //! * feeding the same bytes through `FrameDecoder`, in chunks of one byte, of a
 //!   few bytes or all at once, gives the same frames and the same final outcome.
 
@@ -146,4 +148,19 @@ pub fn check_reencode(frame: &Frame) {
     assert_eq!(&again, frame, "frame changed through encode/decode");
     assert!(buf.is_empty(), "re-encoded frame left {} trailing bytes", buf.len());
     assert_eq!(wire::encode_to_bytes(&again), bytes, "encoding is not deterministic");
+    check_header_map(frame);
+}
+
+/// A decoded head's headers become a `HeaderMap` (where their HTTP grammar is
+/// checked) or a clean error, and an accepted map has every header line.
+fn check_header_map(frame: &Frame) {
+    let headers = match frame {
+        Frame::RequestHead(head) => &head.headers,
+        Frame::ResponseHead(head) => &head.headers,
+        _ => return,
+    };
+    assert!(headers.len() <= wire::MAX_HEADERS, "a head with {} headers decoded", headers.len());
+    if let Ok(map) = headers.clone().into_map() {
+        assert_eq!(map.len(), headers.len(), "header lines lost building the HeaderMap");
+    }
 }

@@ -55,6 +55,9 @@ pub enum InvalidFrame {
     /// A header name or value breaks the HTTP grammar.
     #[error("invalid header")]
     Header,
+    /// More header lines than [`MAX_HEADERS`].
+    #[error("{0} headers, more than the {MAX_HEADERS} a head may carry")]
+    TooManyHeaders(usize),
     /// The status code is outside 100..=999.
     #[error("invalid status code {0}")]
     Status(u32),
@@ -237,9 +240,17 @@ pub(crate) fn client_ip_from(raw: &[u8]) -> Result<Option<IpAddr>, InvalidFrame>
     }
 }
 
+/// Most header lines one head may carry. hyper refuses messages with more
+/// than 100 by default, so real traffic stays far below; `http`'s `HeaderMap`
+/// panics past 32,768, so a peer's frame must never get near that.
+pub const MAX_HEADERS: usize = 1024;
+
 /// Headers from the generated types (frames in a layout `wire::head` does
 /// not read itself).
 fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Headers, InvalidFrame> {
+    if raw.len() > MAX_HEADERS {
+        return Err(InvalidFrame::TooManyHeaders(raw.len()));
+    }
     let mut map = HeaderMap::with_capacity(raw.len());
     for h in raw {
         let name = HeaderName::from_bytes(&h.name).map_err(|_| InvalidFrame::Header)?;

@@ -17,7 +17,7 @@ use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use super::Frame;
 use super::codec::DecodeError;
-use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_target, client_ip_from};
+use super::frame::{InvalidFrame, MAX_HEADERS, RequestHead, ResponseHead, check_target, client_ip_from};
 use super::headers::Headers;
 use super::walk::{self, Fields, Value, varint};
 
@@ -187,6 +187,7 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
                 _ => {}
             }
         }
+        check_count(count)?;
         let method = Method::from_bytes(&body[method]).map_err(|_| InvalidFrame::Method)?;
         let target = body.slice(target);
         check_target(&target)?;
@@ -207,6 +208,7 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
                 _ => {}
             }
         }
+        check_count(count)?;
         let status = status as u32;
         let status = u16::try_from(status)
             .ok()
@@ -214,6 +216,10 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
             .ok_or(InvalidFrame::Status(status))?;
         Ok(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body, inner, 2, count) }))
     }
+}
+
+fn check_count(count: usize) -> Result<(), InvalidFrame> {
+    if count > MAX_HEADERS { Err(InvalidFrame::TooManyHeaders(count)) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -334,6 +340,39 @@ mod tests {
         body.extend_from_slice(&inner);
         let Some(Frame::RequestHead(head)) = fast(&body.freeze()).unwrap() else { panic!("a request head") };
         assert_eq!((head.method, &head.target[..]), (Method::GET, &b"/p"[..]));
+    }
+
+    /// A head may carry `MAX_HEADERS` header lines and no more, in either
+    /// layout: `HeaderMap` panics past 32,768, and a 1 MiB frame holds far more.
+    #[test]
+    fn header_count_is_bounded() {
+        for (count, ok) in [(MAX_HEADERS, true), (MAX_HEADERS + 1, false), (200_000, false)] {
+            let mut inner = BytesMut::new();
+            put_bytes_field(1, b"GET", &mut inner);
+            put_bytes_field(2, b"/", &mut inner);
+            for _ in 0..count {
+                // `a: ` (name 1 = "a", no value).
+                put_bytes_field(3, b"\x0a\x01a", &mut inner);
+            }
+            let mut body = BytesMut::new();
+            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+            encode_varint(inner.len() as u64, &mut body);
+            body.extend_from_slice(&inner);
+            let body = body.freeze();
+            match fast(&body) {
+                Ok(Some(Frame::RequestHead(head))) => {
+                    assert!(ok, "{count} headers accepted");
+                    assert_eq!(head.headers.len(), count);
+                }
+                Err(err) => assert_eq!((ok, err), (false, InvalidFrame::TooManyHeaders(count).into())),
+                Ok(other) => panic!("{other:?}"),
+            }
+            // The generated decoder, for another layout, agrees.
+            let mut unusual = BytesMut::from(&[0x78, 0x01][..]);
+            unusual.extend_from_slice(&body);
+            let slow = pb::Frame::decode(unusual.freeze()).map(|raw| Frame::try_from(raw).map(|_| ()));
+            assert_eq!(slow, Ok(if ok { Ok(()) } else { Err(InvalidFrame::TooManyHeaders(count)) }));
+        }
     }
 
     #[test]
