@@ -62,15 +62,17 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
         };
         let Some(first) = first else { break };
         let mut batch = vec![first];
-        let deadline = Instant::now() + window;
+        // One timer and one cancellation wait per batch, and records taken in
+        // bulk: under load a batch gathers thousands of records.
+        let deadline = tokio::time::sleep_until(Instant::now() + window);
+        let stopped = stop.cancelled();
+        tokio::pin!(deadline, stopped);
         while batch.len() < MAX_BATCH {
+            let room = MAX_BATCH - batch.len();
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(c) => batch.push(c),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = stop.cancelled() => break,
+                n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                _ = &mut deadline => break,
+                _ = &mut stopped => break,
             }
         }
         window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
