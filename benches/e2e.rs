@@ -114,8 +114,9 @@ fn main() {
     serve_app_if_asked();
     // `cargo bench` passes `--bench`; any other filter argument is ignored.
     let secs: f64 = std::env::var("HOOKWAY_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0);
-    // The bench's own runtime (load generator + app) is fixed, so that
-    // `TOKIO_WORKER_THREADS`, if set, only changes the hookway processes.
+    // The bench's own runtime (load generator and the in-process app) is fixed,
+    // so that `TOKIO_WORKER_THREADS`, if set, only changes the hookway
+    // processes (the app process has its own single-threaded runtime).
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let app_process = spawn_app_process().await;
