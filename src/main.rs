@@ -332,6 +332,9 @@ fn real_main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(log_writer(&cli.command))
+        // Colours only for a person at a terminal: not in a log file, a pipe
+        // or the monitor's own screen.
+        .with_ansi(!monitors(&cli.command) && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // The server serves many tunnels and callers: one worker per core. A client
     // serves one tunnel; on one thread its request path never pays a cross-thread
@@ -346,14 +349,14 @@ fn real_main() -> Result<()> {
 
 /// Where logs go: stderr, except under the monitor, which owns the terminal
 /// and shows the last one in its header.
+/// Whether the command draws the full-screen monitor.
+fn monitors(command: &Command) -> bool {
+    matches!(command, Command::Start(StartArgs { monitor: true, .. }) | Command::Tunnels(TunnelsCommand::Monitor(_)))
+}
+
 fn log_writer(command: &Command) -> tracing_subscriber::fmt::writer::BoxMakeWriter {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
-    match command {
-        Command::Start(StartArgs { monitor: true, .. }) | Command::Tunnels(TunnelsCommand::Monitor(_)) => {
-            BoxMakeWriter::new(monitor_cli::UiLog)
-        }
-        _ => BoxMakeWriter::new(std::io::stderr),
-    }
+    if monitors(command) { BoxMakeWriter::new(monitor_cli::UiLog) } else { BoxMakeWriter::new(std::io::stderr) }
 }
 
 async fn run(command: Command) -> Result<()> {

@@ -194,3 +194,32 @@ async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
     tokio::time::timeout(std::time::Duration::from_secs(60), all).await.expect("forwarding goes on");
     drop(lines);
 }
+
+/// The server's log, sent to a file or a pipe, is plain text: no colour codes.
+#[tokio::test]
+async fn logs_to_a_pipe_carry_no_colour_codes() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HOOKWAY_API_KEY", "hwk_test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("HTTP listen") {
+            break;
+        }
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    assert!(child.wait().await.unwrap().success());
+    assert!(err.contains("server stopped"), "{err}");
+    assert!(!err.contains('\x1b'), "colour codes in {err:?}");
+}
