@@ -347,13 +347,13 @@ fn real_main() -> Result<()> {
     runtime.block_on(run(cli.command))
 }
 
-/// Where logs go: stderr, except under the monitor, which owns the terminal
-/// and shows the last one in its header.
 /// Whether the command draws the full-screen monitor.
 fn monitors(command: &Command) -> bool {
     matches!(command, Command::Start(StartArgs { monitor: true, .. }) | Command::Tunnels(TunnelsCommand::Monitor(_)))
 }
 
+/// Where logs go: stderr, except under the monitor, which owns the terminal
+/// and shows the last one in its header.
 fn log_writer(command: &Command) -> tracing_subscriber::fmt::writer::BoxMakeWriter {
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     if monitors(command) { BoxMakeWriter::new(monitor_cli::UiLog) } else { BoxMakeWriter::new(std::io::stderr) }

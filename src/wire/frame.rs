@@ -245,12 +245,15 @@ pub(crate) fn client_ip_from(raw: &[u8]) -> Result<Option<IpAddr>, InvalidFrame>
 /// panics past 32,768, so a peer's frame must never get near that.
 pub const MAX_HEADERS: usize = 1024;
 
+/// Refuses a head with more than [`MAX_HEADERS`] header lines.
+pub(crate) fn check_header_count(count: usize) -> Result<(), InvalidFrame> {
+    if count > MAX_HEADERS { Err(InvalidFrame::TooManyHeaders(count)) } else { Ok(()) }
+}
+
 /// Headers from the generated types (frames in a layout `wire::head` does
 /// not read itself).
 fn headers_from_pb(raw: Vec<pb::Header>) -> Result<Headers, InvalidFrame> {
-    if raw.len() > MAX_HEADERS {
-        return Err(InvalidFrame::TooManyHeaders(raw.len()));
-    }
+    check_header_count(raw.len())?;
     let mut map = HeaderMap::with_capacity(raw.len());
     for h in raw {
         let name = HeaderName::from_bytes(&h.name).map_err(|_| InvalidFrame::Header)?;

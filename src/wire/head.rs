@@ -17,7 +17,7 @@ use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use super::Frame;
 use super::codec::DecodeError;
-use super::frame::{InvalidFrame, MAX_HEADERS, RequestHead, ResponseHead, check_target, client_ip_from};
+use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_header_count, check_target, client_ip_from};
 use super::headers::Headers;
 use super::walk::{self, Fields, Value, varint};
 
@@ -187,7 +187,7 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
                 _ => {}
             }
         }
-        check_count(count)?;
+        check_header_count(count)?;
         let method = Method::from_bytes(&body[method]).map_err(|_| InvalidFrame::Method)?;
         let target = body.slice(target);
         check_target(&target)?;
@@ -208,7 +208,7 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
                 _ => {}
             }
         }
-        check_count(count)?;
+        check_header_count(count)?;
         let status = status as u32;
         let status = u16::try_from(status)
             .ok()
@@ -216,10 +216,6 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
             .ok_or(InvalidFrame::Status(status))?;
         Ok(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body, inner, 2, count) }))
     }
-}
-
-fn check_count(count: usize) -> Result<(), InvalidFrame> {
-    if count > MAX_HEADERS { Err(InvalidFrame::TooManyHeaders(count)) } else { Ok(()) }
 }
 
 #[cfg(test)]
@@ -230,7 +226,7 @@ mod tests {
     use prost::encoding::{encode_key, encode_varint};
 
     use super::*;
-    use crate::wire::{codec, pb};
+    use crate::wire::{MAX_HEADERS, codec, pb};
 
     /// `decode` as the codec calls it: `None` for other layouts.
     fn fast(body: &Bytes) -> Result<Option<Frame>, DecodeError> {
