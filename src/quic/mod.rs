@@ -11,6 +11,7 @@
 
 pub mod close;
 pub mod framed;
+pub mod runtime;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -108,15 +109,26 @@ fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
     bind(addr).map_err(|source| EndpointError::Bind { addr, source })
 }
 
-/// A server endpoint accepting tunnel clients on `addr`.
-pub fn server_endpoint(addr: SocketAddr, identity: &tls::Identity) -> Result<quinn::Endpoint, EndpointError> {
+/// A server endpoint accepting tunnel clients on `addr`. Its connection
+/// drivers batch the sends of concurrent requests, as `in_flight` counts them
+/// (see [`runtime`]).
+pub fn server_endpoint(
+    addr: SocketAddr,
+    identity: &tls::Identity,
+    in_flight: &runtime::InFlight,
+) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicServerConfig::try_from(identity.server_config()).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     // Clients open only the control stream; requests are opened by the server.
     config.transport_config(Arc::new(transport(4)));
     let socket = udp_socket(addr)?;
-    quinn::Endpoint::new(endpoint_config(), Some(config), socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|source| EndpointError::Bind { addr, source })
+    quinn::Endpoint::new(
+        endpoint_config(),
+        Some(config),
+        socket,
+        Arc::new(runtime::BatchingRuntime::new(in_flight.clone())),
+    )
+    .map_err(|source| EndpointError::Bind { addr, source })
 }
 
 /// A client endpoint on an ephemeral port, trusting the server as `trust` says.
@@ -142,7 +154,7 @@ mod tests {
     async fn loopback_connection_transfers_and_discovers_mtu() {
         let dir = tempfile::tempdir().unwrap();
         let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &Default::default()).unwrap();
         let addr = server.local_addr().unwrap();
         let trust = tls::Trust::pinned(&identity.fingerprint()).unwrap();
         let client = client_endpoint(addr, &trust).unwrap();

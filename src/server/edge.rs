@@ -77,6 +77,7 @@ where
                 headers: headers.into(),
                 client_ip: Some(peer.ip()),
             });
+            let _in_flight = state.in_flight.enter();
             tokio::time::timeout(timeout, quic_exchange(conn, &session, head, body).instrument(span)).await
         }
         Transport::WebSocket(link) => {

@@ -177,6 +177,9 @@ pub struct State {
     pub notifier: Arc<Notifier>,
     /// Request capture: the edge taps exchanges here.
     pub capture: Arc<Capture>,
+    /// Requests being forwarded over QUIC; the QUIC endpoint batches sends
+    /// while there are several.
+    pub in_flight: quic::runtime::InFlight,
 }
 
 impl State {
@@ -311,7 +314,8 @@ impl Server {
         };
         let webhooks = store.blocking().load_webhooks()?;
         let notifier = Arc::new(Notifier::new(store.clone(), config.webhooks.clone(), webhooks));
-        let quic = quic::server_endpoint(config.quic_addr, &identity)?;
+        let in_flight = quic::runtime::InFlight::default();
+        let quic = quic::server_endpoint(config.quic_addr, &identity, &in_flight)?;
         let quic_addr = quic.local_addr().map_err(|source| ServerError::Bind { addr: config.quic_addr, source })?;
 
         let state = Arc::new(State {
@@ -333,6 +337,7 @@ impl Server {
             tasks: TaskTracker::new(),
             notifier,
             capture: Arc::new(Capture::new(config.capture.clone())),
+            in_flight,
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, generated_key })
     }
