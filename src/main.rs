@@ -533,6 +533,36 @@ async fn serve(
 }
 
 /// The text an event prints (with its newlines), and where it goes.
+/// A forwarded request as a `--json` line. Borrowed and serialized directly:
+/// this runs once per request, and building a `serde_json::Value` for it was
+/// 4% of a busy client's CPU. Fields are in the alphabetical order a `Value`
+/// map printed them in, so the line reads as it always did.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestLine<'a> {
+    duration_ms: f64,
+    error: Option<&'a str>,
+    event: &'static str,
+    method: &'a str,
+    path: &'a str,
+    status: Option<u16>,
+}
+
+impl RequestLine<'_> {
+    fn render(log: &client::RequestLog) -> String {
+        let line = RequestLine {
+            duration_ms: log.duration.as_secs_f64() * 1000.0,
+            error: log.error.as_deref(),
+            event: "request",
+            method: &log.method,
+            path: &log.path,
+            status: log.status,
+        };
+        // Strings, numbers and options: serializing cannot fail.
+        serde_json::to_string(&line).unwrap_or_default()
+    }
+}
+
 fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, String) {
     use output::Stream::{Stderr, Stdout};
     let text = match (event, json) {
@@ -552,11 +582,7 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
             text.push_str("Press ctrl-c to stop.\n");
             text
         }
-        (Event::Request(log), true) => json!({
-            "event": "request", "method": log.method, "path": log.path, "status": log.status,
-            "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error
-        })
-        .to_string(),
+        (Event::Request(log), true) => RequestLine::render(log),
         (Event::Request(log), false) => {
             let status = log.status.map_or_else(|| "ERR".to_string(), |s| s.to_string());
             let ms = log.duration.as_secs_f64() * 1000.0;
@@ -724,5 +750,42 @@ mod allocator_tests {
     fn arenas_are_committed_lazily() {
         // SAFETY: reads an option value.
         assert_eq!(unsafe { libmimalloc_sys::mi_option_get(4) }, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--json` request line is byte for byte what the `Value` it replaced
+    /// printed, with and without a status and an error.
+    #[test]
+    fn request_line_reads_as_before() {
+        let logs = [
+            client::RequestLog {
+                method: "POST".into(),
+                path: "/hook?a=\"1\"".into(),
+                status: Some(201),
+                duration: Duration::from_micros(1234),
+                error: None,
+            },
+            client::RequestLog {
+                method: "GET".into(),
+                path: "/".into(),
+                status: None,
+                duration: Duration::from_millis(5),
+                error: Some("the local app at 127.0.0.1:3000 refused the connection".into()),
+            },
+        ];
+        for log in &logs {
+            let before = json!({
+                "event": "request", "method": log.method, "path": log.path, "status": log.status,
+                "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error
+            })
+            .to_string();
+            assert_eq!(RequestLine::render(log), before);
+            let (stream, text) = render_event(&Event::Request(log.clone()), true, "127.0.0.1:3000");
+            assert_eq!((stream, text), (output::Stream::Stdout, before + "\n"));
+        }
     }
 }
