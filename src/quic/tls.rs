@@ -45,9 +45,20 @@ pub enum TlsError {
     BadFingerprint,
 }
 
-/// The crypto provider used everywhere (ring: no C toolchain beyond `cc` needed).
+/// The crypto provider for the tunnel's QUIC connections (ring: no C toolchain
+/// beyond `cc` needed), with AES-128-GCM preferred.
+///
+/// ring's default order puts AES-256-GCM first; every body byte is sealed once
+/// and opened once per hop, and with 10 AES rounds instead of 14 the 128-bit
+/// suite costs less CPU per byte. AES-128-GCM is TLS 1.3's mandatory suite and
+/// what QUIC's own Initial packets use; both peers prefer it, so a new client
+/// and server agree on it, while the other suites stay on offer for peers that
+/// ask for them.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A stable sort: the 128-bit suite first, the rest in ring's order.
+    provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// Installs [`provider`] as the process default, for libraries (reqwest) that
@@ -226,5 +237,39 @@ impl ServerCertVerifier for PinnedVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real TLS 1.3 handshake between our server and client configurations,
+    /// in memory: they settle on AES-128-GCM.
+    #[test]
+    fn peers_negotiate_aes_128_gcm() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = Identity::self_signed_in(dir.path(), &["localhost".to_string()]).unwrap();
+        let pin = Trust::pinned(&identity.fingerprint()).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(pin.client_config()), name).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(identity.server_config())).unwrap();
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut bytes.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            bytes.clear();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut bytes.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking(), "handshake completes");
+        for suite in [client.negotiated_cipher_suite(), server.negotiated_cipher_suite()] {
+            assert_eq!(suite.map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+        }
     }
 }
