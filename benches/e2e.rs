@@ -144,9 +144,11 @@ fn main() {
         // `HOOKWAY_BENCH_ONLY=quic` (or direct, inproc, ws, nocap) measures only that row,
         // for profiling one path; the ratios are then meaningless and not printed.
         let only = std::env::var("HOOKWAY_BENCH_ONLY").ok();
-        // `bodies` skips the request rows and measures only the bodies.
-        let levels = if only.as_deref() == Some("bodies") { Vec::new() } else { levels };
-        if let Some(row) = only.as_deref().filter(|row| *row != "bodies") {
+        // `bodies` skips the request rows and measures only the bodies;
+        // `nocap-bodies` only the bodies through the tunnel without capture.
+        let bodies_only = matches!(only.as_deref(), Some("bodies" | "nocap-bodies"));
+        let levels = if bodies_only { Vec::new() } else { levels };
+        if let Some(row) = only.as_deref().filter(|_| !bodies_only) {
             let url = match row {
                 "direct" => direct.clone(),
                 "inproc" => inproc.clone(),
@@ -209,6 +211,11 @@ fn main() {
             ("64 MiB upload, c=1", true, 64 << 20, 1),
             ("64 MiB download, c=1", false, 64 << 20, 1),
         ] {
+            if only.as_deref() == Some("nocap-bodies") {
+                let n = transfer(&bare.url, upload, size, conc, secs).await;
+                println!("{label:<30} {:>12} {:>12} {:>8} {n:>12.0}", "-", "-", "-");
+                continue;
+            }
             let d = transfer(&direct, upload, size, conc, secs).await;
             let t = transfer(&tunnel.url, upload, size, conc, secs).await;
             let n = transfer(&bare.url, upload, size, conc, secs).await;
