@@ -55,16 +55,20 @@ pub enum TlsError {
 /// and server agree on it, while the other suites stay on offer for peers that
 /// ask for them.
 pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(ordered_provider())
+}
+
+fn ordered_provider() -> CryptoProvider {
     let mut provider = rustls::crypto::ring::default_provider();
     // A stable sort: the 128-bit suite first, the rest in ring's order.
     provider.cipher_suites.sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-    Arc::new(provider)
+    provider
 }
 
 /// Installs [`provider`] as the process default, for libraries (reqwest) that
 /// look it up. Idempotent.
 pub fn install_default_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = ordered_provider().install_default();
 }
 
 /// The server's certificate chain and key.
