@@ -145,8 +145,9 @@ fn main() {
         // for profiling one path; the ratios are then meaningless and not printed.
         let only = std::env::var("HOOKWAY_BENCH_ONLY").ok();
         // `bodies` skips the request rows and measures only the bodies;
-        // `nocap-bodies` only the bodies through the tunnel without capture.
-        let bodies_only = matches!(only.as_deref(), Some("bodies" | "nocap-bodies"));
+        // `nocap-bodies` only the bodies through the tunnel without capture,
+        // `cap-bodies` only those through the tunnel with capture.
+        let bodies_only = matches!(only.as_deref(), Some("bodies" | "nocap-bodies" | "cap-bodies"));
         let levels = if bodies_only { Vec::new() } else { levels };
         if let Some(row) = only.as_deref().filter(|_| !bodies_only) {
             let url = match row {
@@ -214,6 +215,11 @@ fn main() {
             if only.as_deref() == Some("nocap-bodies") {
                 let n = transfer(&bare.url, upload, size, conc, secs).await;
                 println!("{label:<30} {:>12} {:>12} {:>8} {n:>12.0}", "-", "-", "-");
+                continue;
+            }
+            if only.as_deref() == Some("cap-bodies") {
+                let t = transfer(&tunnel.url, upload, size, conc, secs).await;
+                println!("{label:<30} {:>12} {t:>12.0} {:>8} {:>12}", "-", "-", "-");
                 continue;
             }
             let d = transfer(&direct, upload, size, conc, secs).await;
