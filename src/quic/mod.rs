@@ -44,15 +44,15 @@ pub const INITIAL_MTU: u16 = 1200;
 /// segment each) was most of a body's CPU. Bodies through a loopback tunnel
 /// moved 1.4–1.7× faster (medians of five interleaved runs).
 ///
-/// Why not more: quinn hands the kernel up to [`QUINN_SEND_BATCH`] datagrams per
-/// `sendmsg` (GSO), and the kernel refuses a batch larger than one UDP datagram
-/// can be (`EMSGSIZE`, which quinn treats as loss). And the pacer holds even a
-/// small packet until a whole MTU of send credit is there: a bound of ~64 KiB
-/// was measured to multiply webhook latency under concurrency.
+/// Why not more: quinn hands the kernel up to 10 datagrams per `sendmsg` (GSO),
+/// and the kernel refuses a batch larger than one UDP datagram can be
+/// (`EMSGSIZE`, which quinn treats as loss); asserted below. And the pacer
+/// holds even a small packet until a whole MTU of send credit is there: a
+/// bound of ~64 KiB was measured to multiply webhook latency under concurrency.
 pub const MTU_UPPER_BOUND: u16 = 6500;
 /// Most datagrams quinn puts in one GSO send: `MAX_TRANSMIT_SEGMENTS`, private
 /// in quinn 0.11.
-pub const QUINN_SEND_BATCH: usize = 10;
+const QUINN_SEND_BATCH: usize = 10;
 /// Largest UDP payload over IPv4: 65,535 bytes less the IP and UDP headers.
 const MAX_UDP_PAYLOAD: usize = 65_535 - 20 - 8;
 const _: () = assert!(
