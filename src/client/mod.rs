@@ -1,6 +1,6 @@
 //! The tunnel client: one QUIC connection per tunnel, one stream per forwarded
 //! request, and automatic reconnection to the same tunnel. With a `ws_url` it
-//! speaks the WebSocket-JSON gateway protocol instead (see [`ws`]).
+//! speaks the WebSocket-JSON gateway protocol instead (see the `ws` module).
 
 pub mod api;
 pub mod forward;

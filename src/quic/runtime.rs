@@ -54,7 +54,7 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// [`TokioRuntime`], except that spawned drivers are [`Deferred`] under load.
+/// [`TokioRuntime`], except that spawned drivers are `Deferred` (they yield once) under load.
 #[derive(Debug)]
 pub struct BatchingRuntime {
     in_flight: InFlight,

@@ -1,7 +1,7 @@
 //! The WebSocket-JSON gateway for legacy tunnel clients (seed 001).
 //!
 //! `GET /tunnels/{subdomain}/ws?tunnelId=…&token=…` is checked before the
-//! upgrade (401/404 with a JSON error), then the socket becomes a [`Session`]
+//! upgrade (401/404 with a JSON error), then the socket becomes a [`Session`](super::registry::Session)
 //! in the same routing map as QUIC clients. Requests are multiplexed by id:
 //! the edge serializes a request in its own task, queues it for the socket's
 //! writer task and waits on a oneshot that the reader task completes when the

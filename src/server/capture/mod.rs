@@ -4,7 +4,7 @@
 //! Capture stays off the forwarding path's back: a [`Tap`] copies at most
 //! `body_limit` bytes of each body as they stream past, and when the exchange
 //! ends (its last handle is dropped) the finished record is handed to a
-//! bounded queue with `try_send`. A [`writer`] task batches the queue into
+//! bounded queue with `try_send`. A `writer` task batches the queue into
 //! one SQLite transaction per window and trims each tunnel to its newest
 //! records.
 //!
