@@ -184,3 +184,28 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_clients_wait_to_recon
     }
     assert!(!client.task.is_finished(), "a server shutdown is not a reason to give up");
 }
+
+/// Ending a session mid-transfer, with the server sending as fast as it can,
+/// still tells the client why and stops it for good (a client that missed the
+/// reason would reconnect and bring the tunnel back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_during_an_upload_still_ends_the_client_for_good() {
+    use futures_util::stream;
+    let s = Setup::new().await;
+    // An upload the app drains as fast as it comes: the server sends to the
+    // client as fast as congestion control lets it.
+    let chunk = bytes::Bytes::from(vec![7u8; 256 * 1024]);
+    let body = stream::iter((0..16 * 1024).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let upload = tokio::spawn(http().post(s.url("/upload")).body(reqwest::Body::wrap_stream(body)).send());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v = s.server.api().call(Method::POST, &format!("/api/tunnels/{}/disconnect", s.tunnel_id), None).await;
+    assert_eq!(v.unwrap(), serde_json::json!({ "success": true }));
+    match s.client.finished(Duration::from_secs(10)).await {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("disconnected"), "{msg}"),
+        other => panic!("client should stop for good, got {other:?}"),
+    }
+    // The upload was still running when the session ended, and failed with it.
+    let upload = tokio::time::timeout(Duration::from_secs(10), upload).await.unwrap().unwrap();
+    assert!(upload.map_or(true, |r| r.status() != 200), "the upload outlived its session");
+    assert_eq!(status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"], false);
+}
