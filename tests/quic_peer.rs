@@ -15,6 +15,22 @@ async fn raw_connection(server: &TestServer) -> quinn::Connection {
     endpoint.connect(server.quic, "localhost").unwrap().await.unwrap()
 }
 
+/// Connects as `id` with `token` and completes the handshake; the control stream's two halves.
+async fn live_peer(server: &TestServer, id: &str, token: &str) -> (quinn::Connection, FrameWriter, FrameReader) {
+    let conn = raw_connection(server).await;
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let hello = ClientHello {
+        tunnel_id: id.into(),
+        auth_token: token.into(),
+        protocol_version: hookway::wire::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    let (mut control_tx, mut control_rx) = (FrameWriter::new(send), FrameReader::new(recv));
+    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
+    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
+    (conn, control_tx, control_rx)
+}
+
 async fn closed_with(conn: &quinn::Connection) -> quinn::VarInt {
     match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap() {
         quinn::ConnectionError::ApplicationClosed(c) => c.error_code,
@@ -73,17 +89,7 @@ async fn wrong_version_and_unknown_tunnel_are_rejected_with_a_reason() {
 async fn a_response_header_that_is_not_http_is_a_bad_gateway() {
     let server = TestServer::start().await;
     let (id, token, subdomain) = create_tunnel(&server, None).await;
-    let conn = raw_connection(&server).await;
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let hello = ClientHello {
-        tunnel_id: id,
-        auth_token: token,
-        protocol_version: hookway::wire::PROTOCOL_VERSION,
-        client_version: "test".into(),
-    };
-    let (mut control_tx, mut control_rx) = (FrameWriter::new(send), FrameReader::new(recv));
-    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
-    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
+    let (conn, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
 
     // Answers each request with `name: ok`, the name patched into the bytes.
     let peer = conn.clone();
@@ -115,4 +121,27 @@ async fn a_response_header_that_is_not_http_is_a_bad_gateway() {
     let resp = http().get(format!("{url}/good")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-bad"], "ok");
+}
+
+/// A session ended through the API is told why on the control stream before
+/// the close, and a peer that ignores the notice is closed with the same code
+/// after the grace period: the reason does not depend on the close packet,
+/// which quinn does not send while congestion-blocked.
+#[tokio::test]
+async fn an_ended_session_hears_why_on_the_control_stream_then_is_closed() {
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let (conn, _control_tx, mut control_rx) = live_peer(&server, &id, &token).await;
+
+    server.api().call(reqwest::Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), control_rx.next()).await.unwrap().unwrap() {
+        Some(Frame::SessionEnded(notice)) => {
+            assert_eq!(quinn::VarInt::from_u32(notice.close_code), close::DISCONNECTED);
+            assert!(notice.message.contains("disconnected"), "{}", notice.message);
+        }
+        other => panic!("expected the session's end on the control stream, got {other:?}"),
+    }
+    // The notice is the last frame; the connection then closes with its code.
+    assert!(matches!(control_rx.next().await, Ok(None) | Err(_)));
+    assert_eq!(closed_with(&conn).await, close::DISCONNECTED);
 }

@@ -14,15 +14,19 @@ use std::path::{Path, PathBuf};
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
 use hookway::wire::{
-    ClientHello, Frame, Header, MAX_FRAME_LEN, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello,
-    StreamError, StreamErrorCode, encode_to_bytes,
+    ClientHello, Frame, Headers, MAX_FRAME_LEN, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello,
+    SessionEnded, StreamError, StreamErrorCode, encode_to_bytes,
 };
 use hookway_fuzz::decode_loop::{KINDS, kind};
 use hookway_fuzz::structured::{Built, RoundtripInput, build_all};
 use http::{Method, StatusCode};
 
-fn header(name: &'static str, value: &'static str) -> Header {
-    Header::new(Bytes::from_static(name.as_bytes()), Bytes::from_static(value.as_bytes())).expect("valid header")
+fn headers(pairs: &[(&'static str, &'static str)]) -> Headers {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(*name, http::HeaderValue::from_static(value));
+    }
+    Headers::from(map)
 }
 
 fn sample_frames() -> Vec<Frame> {
@@ -42,17 +46,18 @@ fn sample_frames() -> Vec<Frame> {
             heartbeat_interval_ms: 15_000,
         }),
         Frame::Rejected(Rejected { code: RejectCode::BadToken, message: "bad token".into() }),
+        Frame::SessionEnded(SessionEnded { close_code: 0x10, message: "disconnected through the API".into() }),
         Frame::Ping(1),
         Frame::Pong(u64::MAX),
         Frame::RequestHead(RequestHead {
             method: Method::POST,
             target: Bytes::from_static(b"/webhooks/github?x=1"),
-            headers: vec![header("content-type", "application/json"), header("x-github-event", "push")],
+            headers: headers(&[("content-type", "application/json"), ("x-github-event", "push")]),
             client_ip: Some("203.0.113.7".parse().expect("ip")),
         }),
         Frame::ResponseHead(ResponseHead {
             status: StatusCode::ACCEPTED,
-            headers: vec![header("content-type", "text/plain")],
+            headers: headers(&[("content-type", "text/plain")]),
         }),
         Frame::Body(Bytes::from_static(b"{\"ok\":true}")),
         Frame::End,
@@ -179,6 +184,7 @@ fn rich(frame: &Frame) -> bool {
         Frame::ClientHello(h) => !h.tunnel_id.is_empty() && !h.auth_token.is_empty(),
         Frame::ServerHello(h) => h.host_url.is_some() && !h.tunnel_url.is_empty(),
         Frame::Rejected(r) => !r.message.is_empty(),
+        Frame::SessionEnded(e) => !e.message.is_empty(),
         Frame::Ping(n) | Frame::Pong(n) => *n > 0,
         Frame::RequestHead(h) => !h.headers.is_empty() && h.client_ip.is_some() && h.target.len() > 1,
         Frame::ResponseHead(h) => !h.headers.is_empty(),

@@ -18,10 +18,11 @@ use bytes::BytesMut;
 use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
 
 /// Every frame kind, named as the corpus files and reports name them.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "client_hello",
     "server_hello",
     "rejected",
+    "session_ended",
     "ping",
     "pong",
     "request_head",
@@ -37,6 +38,7 @@ pub fn kind(frame: &Frame) -> &'static str {
         Frame::ClientHello(_) => "client_hello",
         Frame::ServerHello(_) => "server_hello",
         Frame::Rejected(_) => "rejected",
+        Frame::SessionEnded(_) => "session_ended",
         Frame::Ping(_) => "ping",
         Frame::Pong(_) => "pong",
         Frame::RequestHead(_) => "request_head",

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use hookway::wire::codec::encode_body_header;
 use hookway::wire::frame::InvalidFrame;
 use hookway::wire::{
-    self, ClientHello, DecodeError, Frame, FrameDecoder, Headers, RejectCode, Rejected, RequestHead, ResponseHead,
+    self, ClientHello, DecodeError, Frame, FrameDecoder, Headers, RejectCode, Rejected, RequestHead, ResponseHead, SessionEnded,
     ServerHello, StreamError, StreamErrorCode,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -64,6 +64,10 @@ pub enum FuzzFrame {
     End,
     Error {
         code: FuzzStreamErrorCode,
+        message: String,
+    },
+    SessionEnded {
+        close_code: u32,
         message: String,
     },
 }
@@ -164,6 +168,9 @@ impl FuzzFrame {
             }
             FuzzFrame::Rejected { code, message } => {
                 Frame::Rejected(Rejected { code: reject_code(*code), message: message.clone() })
+            }
+            FuzzFrame::SessionEnded { close_code, message } => {
+                Frame::SessionEnded(SessionEnded { close_code: *close_code, message: message.clone() })
             }
             FuzzFrame::Ping(seq) => Frame::Ping(*seq),
             FuzzFrame::Pong(seq) => Frame::Pong(*seq),

@@ -284,6 +284,12 @@ async fn serve(
             }
             frame = reader.next() => match frame {
                 Ok(Some(Frame::Pong(_) | Frame::Ping(_))) => {}
+                Ok(Some(Frame::SessionEnded(notice))) => {
+                    // The server ended the session on purpose and said why
+                    // here, in case its close packet never comes.
+                    conn.close(close::NORMAL, b"session ended by the server");
+                    return Attempt::closed_with(quinn::VarInt::from_u32(notice.close_code));
+                }
                 Ok(_) | Err(_) => {
                     // The control stream ended: the connection is going away.
                     return ended(Some(conn.closed().await));

@@ -9,10 +9,12 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use dashmap::DashMap;
 
 use crate::store::{CounterUpdate, TunnelRecord};
+use crate::wire::SessionEnded;
 
 /// Mutable tunnel fields, changed only through the API or a handshake.
 #[derive(Debug, Clone)]
@@ -114,13 +116,38 @@ pub struct Session {
     pub requests: AtomicU64,
     /// Public id of the token the client authenticated with (for token events).
     pub token_id: String,
+    /// Set when the server ends the session on purpose; the QUIC session task
+    /// passes it to the client on the control stream (see [`Session::close`]).
+    pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,
 }
+
+/// How long a QUIC client may take to read why its session ended and close;
+/// then the server closes the connection itself.
+pub const END_GRACE: Duration = Duration::from_secs(2);
 
 impl Session {
     /// Ends the session with an application close code the client understands.
+    ///
+    /// Over QUIC the reason goes on the control stream before the close:
+    /// quinn sends no close packet while congestion-blocked (quinn issue 2785),
+    /// and a client that never learned why would reconnect, bringing back a
+    /// tunnel that was disconnected, or taking it back from the client that
+    /// replaced it. The client closes once it has read the reason; the server
+    /// closes after [`END_GRACE`] regardless.
     pub fn close(&self, code: quinn::VarInt, reason: &str) {
         match &self.transport {
-            Transport::Quic(conn) => conn.close(code, reason.as_bytes()),
+            Transport::Quic(conn) => {
+                let close_code = u32::try_from(code.into_inner()).unwrap_or(u32::MAX);
+                self.ending.send_replace(Some(SessionEnded { close_code, message: reason.to_owned() }));
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return conn.close(code, reason.as_bytes());
+                };
+                let (conn, reason) = (conn.clone(), reason.to_owned());
+                runtime.spawn(async move {
+                    let _ = tokio::time::timeout(END_GRACE, conn.closed()).await;
+                    conn.close(code, reason.as_bytes());
+                });
+            }
             Transport::WebSocket(link) => link.close(code, reason),
         }
     }

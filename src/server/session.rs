@@ -15,7 +15,7 @@ use super::registry::{Session, Transport, Tunnel};
 use crate::notify::EventKind;
 use crate::notify::event::token_public_id;
 use crate::quic::{FrameReader, FrameWriter, close};
-use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, Rejected, ServerHello};
+use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, Rejected, ServerHello, SessionEnded};
 
 /// Time allowed for the QUIC and hookway handshakes together.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +83,7 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
         end(&state, &session, "handshake answer not delivered");
         return;
     }
-    let reason = heartbeats(&conn, reader, writer).await;
+    let reason = heartbeats(&conn, reader, writer, session.ending.subscribe()).await;
     if end(&state, &session, &reason) {
         conn.close(close::NORMAL, b"session ended");
     }
@@ -108,6 +108,7 @@ pub fn go_live(
         client_ip,
         requests: AtomicU64::new(0),
         token_id: token_public_id(&hash_secret(token)),
+        ending: tokio::sync::watch::Sender::new(None),
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {
@@ -146,12 +147,35 @@ pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     was_live
 }
 
-/// Answers pings on the control stream until it or the connection ends.
-async fn heartbeats(conn: &quinn::Connection, mut reader: FrameReader, mut writer: FrameWriter) -> String {
+/// Answers pings on the control stream until it or the connection ends, and
+/// tells the client if the server ends the session ([`Session::close`]).
+async fn heartbeats(
+    conn: &quinn::Connection,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    mut ending: tokio::sync::watch::Receiver<Option<SessionEnded>>,
+) -> String {
+    // The session may have been ended before this task subscribed.
+    ending.mark_changed();
+    let mut told = false;
     loop {
         tokio::select! {
             err = conn.closed() => return err.to_string(),
+            changed = ending.changed(), if !told => {
+                let notice = ending.borrow_and_update().clone();
+                match (changed, notice) {
+                    (Ok(()), Some(notice)) => {
+                        told = true;
+                        // Pongs stop; the client closes once it reads this.
+                        let _ = writer.send(&Frame::SessionEnded(notice)).await;
+                        writer.finish();
+                    }
+                    (Ok(()), None) => {}
+                    (Err(_), _) => told = true,
+                }
+            }
             frame = reader.next() => match frame {
+                Ok(Some(Frame::Ping(_))) if told => {}
                 Ok(Some(Frame::Ping(seq))) => {
                     if writer.send(&Frame::Pong(seq)).await.is_err() {
                         return "control stream closed".into();

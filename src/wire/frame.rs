@@ -24,6 +24,8 @@ pub enum Frame {
     ServerHello(ServerHello),
     /// Server → client: handshake refused.
     Rejected(Rejected),
+    /// Server → client, on the control stream: the server ended the session.
+    SessionEnded(SessionEnded),
     /// Heartbeat request, answered by [`Frame::Pong`] with the same sequence number.
     Ping(u64),
     /// Heartbeat answer.
@@ -132,6 +134,16 @@ pub struct Rejected {
     pub message: String,
 }
 
+/// A session the server ended on purpose (disconnect, token regenerated,
+/// tunnel deleted, another client took over).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEnded {
+    /// The QUIC application close code that follows (`quic::close`).
+    pub close_code: u32,
+    /// Human-readable reason.
+    pub message: String,
+}
+
 /// The start of a forwarded request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -200,6 +212,7 @@ impl TryFrom<pb::Frame> for Frame {
                 heartbeat_interval_ms: h.heartbeat_interval_ms,
             }),
             Kind::Rejected(r) => Frame::Rejected(Rejected { code: reject_code_from(r.code), message: r.message }),
+            Kind::SessionEnded(e) => Frame::SessionEnded(SessionEnded { close_code: e.close_code, message: e.message }),
             Kind::Ping(h) => Frame::Ping(h.seq),
             Kind::Pong(h) => Frame::Pong(h.seq),
             Kind::RequestHead(h) => Frame::RequestHead(request_head_from(h)?),
@@ -339,6 +352,9 @@ impl From<&Frame> for pb::Frame {
             }),
             Frame::Rejected(r) => {
                 Kind::Rejected(pb::Rejected { code: reject_code_to(r.code) as i32, message: r.message.clone() })
+            }
+            Frame::SessionEnded(e) => {
+                Kind::SessionEnded(pb::SessionEnded { close_code: e.close_code, message: e.message.clone() })
             }
             Frame::Ping(seq) => Kind::Ping(pb::Heartbeat { seq: *seq }),
             Frame::Pong(seq) => Kind::Pong(pb::Heartbeat { seq: *seq }),

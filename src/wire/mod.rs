@@ -18,8 +18,8 @@ pub(crate) mod pb {
 
 pub use codec::{DecodeError, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, decode, encode, encode_to_bytes};
 pub use frame::{
-    ClientHello, Frame, MAX_HEADERS, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello, StreamError,
-    StreamErrorCode,
+    ClientHello, Frame, MAX_HEADERS, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello, SessionEnded,
+    StreamError, StreamErrorCode,
 };
 pub use headers::Headers;
 
