@@ -52,7 +52,9 @@ pub const INITIAL_MTU: u16 = 1200;
 ///   every lost probe stalls the connection. A close sent while blocked never
 ///   leaves (quinn issue 2785, unreleased fix): at a bound of 16000, bodies
 ///   moved 4–18% faster on loopback, but a session ended right after connecting
-///   lost its close reason, and the client reconnected. Asserted below.
+///   lost its close reason, and the client reconnected. (The reason now also
+///   travels on the control stream, `SessionEnded`; the stalls remain.)
+///   Asserted below.
 /// * quinn hands the kernel up to 10 datagrams per `sendmsg` (GSO), and the
 ///   kernel refuses a batch larger than one UDP datagram can be (`EMSGSIZE`,
 ///   which quinn treats as loss); asserted below.
