@@ -6,30 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use hookway::quic::{self, FrameReader, FrameWriter, close, tls};
+use hookway::quic::{FrameReader, FrameWriter, close};
 use hookway::wire::{ClientHello, Frame, RejectCode, ResponseHead};
-
-async fn raw_connection(server: &TestServer) -> quinn::Connection {
-    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
-    let endpoint = quic::client_endpoint(server.quic, &tls::Trust::pinned(&fp).unwrap()).unwrap();
-    endpoint.connect(server.quic, "localhost").unwrap().await.unwrap()
-}
-
-/// Connects as `id` with `token` and completes the handshake; the control stream's two halves.
-async fn live_peer(server: &TestServer, id: &str, token: &str) -> (quinn::Connection, FrameWriter, FrameReader) {
-    let conn = raw_connection(server).await;
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let hello = ClientHello {
-        tunnel_id: id.into(),
-        auth_token: token.into(),
-        protocol_version: hookway::wire::PROTOCOL_VERSION,
-        client_version: "test".into(),
-    };
-    let (mut control_tx, mut control_rx) = (FrameWriter::new(send), FrameReader::new(recv));
-    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
-    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
-    (conn, control_tx, control_rx)
-}
 
 async fn closed_with(conn: &quinn::Connection) -> quinn::VarInt {
     match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap() {

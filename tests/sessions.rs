@@ -209,3 +209,65 @@ async fn disconnect_during_an_upload_still_ends_the_client_for_good() {
     assert!(upload.map_or(true, |r| r.status() != 200), "the upload outlived its session");
     assert_eq!(status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"], false);
 }
+
+/// A server whose close packet never comes (quinn sends none while
+/// congestion-blocked, and a lost one is not resent): the client learns from
+/// the notice on the control stream alone that its session was ended on
+/// purpose, closes by itself and stops for good, without a reconnect.
+#[tokio::test]
+async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
+    use hookway::quic::{self, FrameReader, FrameWriter, close, tls};
+    use hookway::wire::{Frame, ServerHello, SessionEnded};
+
+    // The real server answers `/api/info`; QUIC goes to a bare endpoint that
+    // speaks the handshake, sends the notice and then never closes.
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
+    let fake = quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &Default::default()).unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let conn = fake.accept().await.unwrap().await.unwrap();
+        let (send, recv) = conn.accept_bi().await.unwrap();
+        let (mut tx, mut rx) = (FrameWriter::new(send), FrameReader::new(recv));
+        assert!(matches!(rx.next().await.unwrap(), Some(Frame::ClientHello(_))));
+        let hello = ServerHello {
+            tunnel_id: "tun_fake".into(),
+            name: "fake".into(),
+            subdomain: "fake".into(),
+            tunnel_url: "http://127.0.0.1/t/fake".into(),
+            host_url: None,
+            heartbeat_interval_ms: 5000,
+        };
+        tx.send(&Frame::ServerHello(hello)).await.unwrap();
+        let notice = SessionEnded { close_code: close::DISCONNECTED.into_inner() as u32, message: "bye".into() };
+        tx.send(&Frame::SessionEnded(notice)).await.unwrap();
+        let closed = conn.closed().await;
+        // A reconnect would show up here; none may within a backoff or two.
+        let again = tokio::time::timeout(Duration::from_secs(1), fake.accept()).await.is_ok();
+        (closed, again)
+    });
+
+    let config = hookway::client::ClientConfig {
+        server: server.url.clone(),
+        tunnel_id: "tun_fake".into(),
+        token: "tok".into(),
+        local_host: "127.0.0.1".into(),
+        local_port: closed_port().await,
+        fingerprint: Some(identity.fingerprint()),
+        quic_addr: Some(fake_addr.to_string()),
+        ws_url: None,
+    };
+    let client = hookway::client::run(config, |_| {}, tokio_util::sync::CancellationToken::new());
+    // Well within the server's grace period: the notice, not a timeout, ended it.
+    match tokio::time::timeout(Duration::from_secs(1), client).await.expect("the client stops on the notice") {
+        Err(ClientError::Ended(msg)) => assert!(msg.contains("disconnected"), "{msg}"),
+        other => panic!("client should stop for good, got {other:?}"),
+    }
+    let (closed, reconnected) = peer.await.unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::NORMAL),
+        other => panic!("the client should close the connection itself, got {other}"),
+    }
+    assert!(!reconnected, "the client reconnected after a final end");
+}

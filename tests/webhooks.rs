@@ -592,6 +592,42 @@ async fn disabled_webhooks_stay_silent() {
     assert!(receiver.of_event("tunnel.connected").is_empty());
 }
 
+/// A tunnel ended through the API is reported offline at once, not when its
+/// old client finally closes: a client ignoring the end notice holds its
+/// connection for the grace period, and a new client with the new token takes
+/// the tunnel meanwhile. Subscribers still hear connected, disconnected,
+/// connected, and nothing more when the old connection goes.
+#[tokio::test]
+async fn a_tunnel_ended_through_the_api_is_reported_offline_even_if_a_new_client_is_quicker() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let (old, _control_tx, _control_rx) = live_peer(&server, &tunnel_id, &token).await;
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+
+    let (status, v) = call(&server, Method::POST, &format!("/api/tunnels/{tunnel_id}/regenerate-token"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let new_token = v["authToken"].as_str().unwrap().to_owned();
+    let client = TestClient::connect(&server, &tunnel_id, &new_token, app.port()).await;
+    assert!(old.close_reason().is_none(), "the old peer must still hold its connection for this test to mean anything");
+
+    receiver.wait_event("tunnel.connected", 2, Duration::from_secs(5)).await;
+    receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(5)).await;
+    // The server closes the old connection after the grace period; the
+    // tunnel, served by the new client, stays up.
+    let code = tokio::time::timeout(Duration::from_secs(5), old.closed()).await.expect("old connection closed");
+    assert!(matches!(code, quinn::ConnectionError::ApplicationClosed(_)), "{code}");
+    receiver.wait_event("token.disconnected", 1, Duration::from_secs(5)).await;
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(receiver.of_event("tunnel.disconnected").len(), 1, "{:?}", receiver.summary());
+    assert_eq!(receiver.of_event("tunnel.connected").len(), 2, "{:?}", receiver.summary());
+
+    stop_client(client).await;
+    receiver.wait_event("tunnel.disconnected", 2, Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn group_webhooks_only_hear_their_tunnels() {
     let server = fast_server().await;

@@ -206,7 +206,7 @@ async fn handshake(
     config: &ClientConfig,
 ) -> Result<(ServerHello, (FrameReader, FrameWriter)), Attempt> {
     let (send, recv) = conn.open_bi().await.map_err(|e| Attempt::Retry(e.to_string()))?;
-    let mut writer = FrameWriter::new(send);
+    let mut writer = FrameWriter::control(send);
     let mut reader = FrameReader::new(recv);
     let hello = Frame::ClientHello(ClientHello {
         tunnel_id: config.tunnel_id.clone(),

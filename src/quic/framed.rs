@@ -163,10 +163,22 @@ pub struct FrameWriter {
     buf: BytesMut,
 }
 
+/// Send priority of a control stream; request streams keep quinn's 0.
+const CONTROL_PRIORITY: i32 = 1;
+
 impl FrameWriter {
     /// Wraps a send stream.
     pub fn new(send: SendStream) -> Self {
         Self { send, buf: BytesMut::new() }
+    }
+
+    /// Wraps a control stream, whose frames go out before request bodies
+    /// queued on the same connection: a ping behind a 100 MiB upload would
+    /// make a busy peer look dead, and an end-of-session notice behind it
+    /// would arrive after the close it explains.
+    pub fn control(send: SendStream) -> Self {
+        let _ = send.set_priority(CONTROL_PRIORITY);
+        Self::new(send)
     }
 
     /// Encodes and writes one frame.

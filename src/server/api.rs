@@ -19,6 +19,7 @@ use super::State;
 use super::http::{Body, json as json_response, json_error};
 use super::names;
 use super::registry::Tunnel;
+use super::session::end_on_purpose;
 use crate::quic::close;
 use crate::store::{StoreError, TunnelRecord};
 
@@ -136,7 +137,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
         (["tunnels", id, "disconnect"], Method::POST) => {
             let t = owned(state, &org, id)?;
             if let Some(session) = state.registry.take_session(&t) {
-                session.close(close::DISCONNECTED, "disconnected through the API");
+                end_on_purpose(state, &session, close::DISCONNECTED, "disconnected through the API");
             }
             Ok(ok(json!({ "success": true })))
         }
@@ -369,7 +370,7 @@ async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.delete_tunnel(&tid)).await?;
     if let Some(session) = state.registry.remove(&tunnel.id) {
-        session.close(close::TUNNEL_DELETED, "tunnel deleted");
+        end_on_purpose(state, &session, close::TUNNEL_DELETED, "tunnel deleted");
     }
     // After the registry: the capture writer re-checks it after each write
     // (see `capture::writer`), so no record can outlive the tunnel.
@@ -410,7 +411,7 @@ async fn regenerate(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     state.store.run(move |s| s.set_token_hash(&tid, &hash)).await?;
     tunnel.update_meta(|m| m.token_hash = hash);
     if let Some(session) = state.registry.take_session(&tunnel) {
-        session.close(close::TOKEN_REVOKED, "auth token regenerated");
+        end_on_purpose(state, &session, close::TOKEN_REVOKED, "auth token regenerated");
     }
     Ok(ok(json!({
         "tunnel": { "id": tunnel.id, "name": tunnel.meta().name, "subdomain": tunnel.subdomain },

@@ -121,8 +121,9 @@ pub struct Session {
     pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,
 }
 
-/// How long a QUIC client may take to read why its session ended and close;
-/// then the server closes the connection itself.
+/// How long a QUIC client may take to read why its session ended and close
+/// (or four round trips, on a path slower than that); then the server closes
+/// the connection itself.
 pub const END_GRACE: Duration = Duration::from_secs(2);
 
 impl Session {
@@ -144,7 +145,8 @@ impl Session {
                 };
                 let (conn, reason) = (conn.clone(), reason.to_owned());
                 runtime.spawn(async move {
-                    let _ = tokio::time::timeout(END_GRACE, conn.closed()).await;
+                    let grace = END_GRACE.max(conn.rtt() * 4);
+                    let _ = tokio::time::timeout(grace, conn.closed()).await;
                     conn.close(code, reason.as_bytes());
                 });
             }

@@ -43,7 +43,7 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
         let (send, recv) = conn.accept_bi().await.map_err(|e| tracing::debug!(err = %e, "no control stream"))?;
         let mut reader = FrameReader::new(recv);
         match reader.next().await {
-            Ok(Some(Frame::ClientHello(hello))) => Ok((conn, reader, FrameWriter::new(send), hello)),
+            Ok(Some(Frame::ClientHello(hello))) => Ok((conn, reader, FrameWriter::control(send), hello)),
             other => {
                 tracing::debug!(?other, "first frame was not a ClientHello");
                 conn.close(close::PROTOCOL_ERROR, b"expected ClientHello");
@@ -56,20 +56,15 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
     };
     let tunnel = match authenticate(&state, &hello) {
         Ok(tunnel) => tunnel,
-        Err(rejected) => {
-            tracing::info!(tunnel_id = %hello.tunnel_id, reason = %rejected.message, "client refused");
-            let _ = writer.send(&Frame::Rejected(rejected)).await;
-            writer.finish();
-            // Let the client read the reason and close; then close regardless.
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-            conn.close(close::REJECTED, b"rejected");
-            return;
-        }
+        Err(rejected) => return refuse(&conn, writer, &hello.tunnel_id, rejected).await,
     };
     let Some(session) =
         go_live(&state, &tunnel, Transport::Quic(conn.clone()), conn.remote_address().ip(), &hello.auth_token)
     else {
-        return;
+        // Regenerated between the check and going live: the same answer as a
+        // token that was already stale, so the client stops for good.
+        let rejected = Rejected { code: RejectCode::BadToken, message: TOKEN_REGENERATED.to_owned() };
+        return refuse(&conn, writer, &hello.tunnel_id, rejected).await;
     };
     let hello = ServerHello {
         tunnel_id: tunnel.id.clone(),
@@ -87,6 +82,19 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
     if end(&state, &session, &reason) {
         conn.close(close::NORMAL, b"session ended");
     }
+}
+
+/// What a client hears when its token is no longer the tunnel's.
+const TOKEN_REGENERATED: &str = "invalid auth token for this tunnel (was it regenerated?)";
+
+/// Refuses a handshake: the reason on the control stream, then the close.
+async fn refuse(conn: &quinn::Connection, mut writer: FrameWriter, tunnel_id: &str, rejected: Rejected) {
+    tracing::info!(%tunnel_id, reason = %rejected.message, "client refused");
+    let _ = writer.send(&Frame::Rejected(rejected)).await;
+    writer.finish();
+    // Let the client read the reason and close; then close regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    conn.close(close::REJECTED, b"rejected");
 }
 
 /// Makes a new, authenticated client the one serving `tunnel`, whatever its
@@ -133,18 +141,30 @@ pub fn go_live(
 
 /// Takes an ended session out of the routing map (unless the API or a newer
 /// client already did); true if it was still the one serving its tunnel.
-/// Fires `token.disconnected`, and `tunnel.disconnected` unless another client
-/// serves the tunnel now.
+/// Fires `token.disconnected`, and `tunnel.disconnected` if this took the
+/// tunnel offline: a replaced session's tunnel never was, and one the server
+/// ended on purpose was reported by [`end_on_purpose`].
 pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     let was_live = state.registry.detach(session);
     tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
     let t = &session.tunnel;
     let group = t.meta().group;
     state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, group.as_deref());
-    if state.registry.session_of(t).is_none() {
+    if was_live {
         state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, group.as_deref());
     }
     was_live
+}
+
+/// Ends a session the server has just taken out of the routing map on purpose
+/// (API disconnect, new token, deleted tunnel). The tunnel is offline from
+/// this moment, so `tunnel.disconnected` fires now: by the time the client's
+/// connection closes, a new client may be serving the tunnel, and the event
+/// would be lost between two `tunnel.connected`.
+pub fn end_on_purpose(state: &State, session: &Session, code: quinn::VarInt, reason: &str) {
+    session.close(code, reason);
+    let t = &session.tunnel;
+    state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, t.meta().group.as_deref());
 }
 
 /// Answers pings on the control stream until it or the connection ends, and
@@ -209,7 +229,7 @@ fn authenticate(state: &State, hello: &ClientHello) -> Result<Arc<Tunnel>, Rejec
         return Err(reject(RejectCode::UnknownTunnel, "no such tunnel (was it deleted?)"));
     };
     if !secret_matches(&hello.auth_token, &tunnel.meta().token_hash) {
-        return Err(reject(RejectCode::BadToken, "invalid auth token for this tunnel (was it regenerated?)"));
+        return Err(reject(RejectCode::BadToken, TOKEN_REGENERATED));
     }
     Ok(tunnel)
 }

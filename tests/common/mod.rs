@@ -11,8 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream;
 use hookway::client::{self, ApiClient, ClientConfig, ClientError, Event};
+use hookway::quic::{self, FrameReader, FrameWriter, tls};
 use hookway::server::{Server, ServerConfig};
 use hookway::store::StoreHandle;
+use hookway::wire::{ClientHello, Frame};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
@@ -346,4 +348,27 @@ pub async fn spawn_connected(mut cmd: tokio::process::Command) -> (tokio::proces
 pub async fn closed_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// A bare QUIC connection to the server's listener, trusting its certificate.
+pub async fn raw_connection(server: &TestServer) -> quinn::Connection {
+    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let endpoint = quic::client_endpoint(server.quic, &tls::Trust::pinned(&fp).unwrap()).unwrap();
+    endpoint.connect(server.quic, "localhost").unwrap().await.unwrap()
+}
+
+/// Connects as `id` with `token` and completes the handshake; the control stream's two halves.
+pub async fn live_peer(server: &TestServer, id: &str, token: &str) -> (quinn::Connection, FrameWriter, FrameReader) {
+    let conn = raw_connection(server).await;
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let hello = ClientHello {
+        tunnel_id: id.into(),
+        auth_token: token.into(),
+        protocol_version: hookway::wire::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    let (mut control_tx, mut control_rx) = (FrameWriter::new(send), FrameReader::new(recv));
+    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
+    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
+    (conn, control_tx, control_rx)
 }
