@@ -47,6 +47,7 @@ fn main() {
                 fingerprint: None,
                 quic_addr: None,
                 ws_url: None,
+                busy_poll: hookway::client::spin::DEFAULT_BUDGET,
             };
             let tx = tx.clone();
             tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));

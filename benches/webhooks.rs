@@ -43,6 +43,7 @@ fn config(base: &str, id: &str, token: &str, port: u16) -> ClientConfig {
         fingerprint: None,
         quic_addr: None,
         ws_url: None,
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     }
 }
 

@@ -386,6 +386,7 @@ async fn exchanges_over_websocket_tunnels_are_recorded_too() {
         fingerprint: None,
         quic_addr: None,
         ws_url: Some(created.ws_url.clone()),
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
     let shutdown = CancellationToken::new();
     let _task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));

@@ -97,10 +97,18 @@ async fn client_dropping_mid_request_fails_the_request_and_frees_the_tunnel() {
 }
 
 /// Runs the real binary as a client; returns the child and its public URL.
-async fn spawn_cli_client(server: &TestServer, id: &str, token: &str, port: u16) -> (tokio::process::Child, String) {
+async fn spawn_cli_client(
+    server: &TestServer,
+    id: &str,
+    token: &str,
+    port: u16,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
     cmd.args(["tunnels", "connect", id, &port.to_string(), "--json", "--server", &server.url, "--token", token])
+        .args(extra)
         .env_remove("HOOKWAY_API_KEY")
+        .env_remove("HOOKWAY_BUSY_POLL_US")
         .stderr(Stdio::null());
     let (child, _, v) = spawn_connected(cmd).await;
     (child, v["tunnelUrl"].as_str().unwrap().to_owned())
@@ -111,7 +119,7 @@ async fn killed_client_process_is_noticed_within_ten_seconds() {
     let server = TestServer::start().await;
     let app = spawn_app().await;
     let (id, token, _) = create_tunnel(&server, None).await;
-    let (mut child, url) = spawn_cli_client(&server, &id, &token, app.port()).await;
+    let (mut child, url) = spawn_cli_client(&server, &id, &token, app.port(), &[]).await;
     let ok = http().get(format!("{url}/echo")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     let pending = tokio::spawn(async move { http().get(format!("{url}/slow?ms=30000")).send().await });
@@ -257,6 +265,7 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
         fingerprint: Some(identity.fingerprint()),
         quic_addr: Some(fake_addr.to_string()),
         ws_url: None,
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
     let client = hookway::client::run(config, |_| {}, tokio_util::sync::CancellationToken::new());
     // Well within the server's grace period: the notice, not a timeout, ended it.
@@ -270,4 +279,47 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
         other => panic!("the client should close the connection itself, got {other}"),
     }
     assert!(!reconnected, "the client reconnected after a final end");
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`.
+#[cfg(target_os = "linux")]
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // USER_HZ is 100 on every Linux platform.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The client busy-polls around a request for its budget, then stops: an
+/// idle tunnel costs no CPU. The budget is exaggerated to make both visible
+/// in CPU time, which has a 10 ms resolution.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_client_busy_polls_around_requests_and_never_while_idle() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let (child, url) = spawn_cli_client(&server, &id, &token, app.port(), &["--busy-poll-us", "300000"]).await;
+    let pid = child.id().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = cpu_time(pid) - before;
+    assert!(idle < Duration::from_millis(100), "connected and idle, the client used {idle:?} of CPU in 1 s");
+
+    let before = cpu_time(pid);
+    let resp = http().post(format!("{url}/echo")).body("hi").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let around = cpu_time(pid) - before;
+    assert!(around >= Duration::from_millis(60), "one request with a 300 ms budget used only {around:?} of CPU");
+
+    // Well past the budget: polling has stopped.
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cpu_time(pid) - before;
+    assert!(after < Duration::from_millis(100), "the client kept polling after the budget: {after:?} of CPU in 1 s");
 }

@@ -55,6 +55,7 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
         fingerprint: fp,
         quic_addr: None,
         ws_url: None,
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
 
     // Not in the system roots: refused.

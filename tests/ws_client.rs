@@ -27,6 +27,7 @@ async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
         fingerprint: None,
         quic_addr: None,
         ws_url: Some(created.ws_url.clone()),
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod forward;
+pub mod spin;
 mod ws;
 
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub struct ClientConfig {
     pub quic_addr: Option<String>,
     /// Serve over the WebSocket-JSON gateway at this `wsUrl` instead of QUIC.
     pub ws_url: Option<String>,
+    /// How long to keep polling instead of sleeping around each request
+    /// (QUIC only; see [`spin`]); zero turns it off.
+    pub busy_poll: Duration,
 }
 
 /// Things worth telling the user about.
@@ -103,9 +107,14 @@ pub async fn run(
     let api = ApiClient::new(&config.server, None);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    let spinner = spin::Spinner::new(config.busy_poll);
+    let _polling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
+        let spinner = spinner.clone();
+        async move { spinner.run().await }
+    }));
     loop {
         let (connected, end) = match &config.ws_url {
-            None => quic_session(&api, &config, &app, &on_event, &shutdown, connected_before).await,
+            None => quic_session(&api, &config, &app, &spinner, &on_event, &shutdown, connected_before).await,
             Some(url) => ws::session(url, &config.tunnel_id, &app, &on_event, &shutdown, connected_before).await,
         };
         if connected {
@@ -132,6 +141,7 @@ async fn quic_session(
     api: &ApiClient,
     config: &ClientConfig,
     app: &LocalApp,
+    spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     shutdown: &CancellationToken,
     reconnected: bool,
@@ -154,7 +164,7 @@ async fn quic_session(
     };
     on_event(Event::Connected { hello: hello.clone(), reconnected });
     let end = tokio::select! {
-        end = serve(&conn, control, app, on_event, hello.heartbeat_interval_ms) => end,
+        end = serve(&conn, control, app, spinner, on_event, hello.heartbeat_interval_ms) => end,
         _ = shutdown.cancelled() => {
             conn.close(close::NORMAL, b"client shutting down");
             Attempt::Stopped
@@ -256,6 +266,7 @@ async fn serve(
     conn: &quinn::Connection,
     (mut reader, mut writer): (FrameReader, FrameWriter),
     app: &LocalApp,
+    spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     heartbeat_ms: u32,
 ) -> Attempt {
@@ -266,10 +277,13 @@ async fn serve(
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
+                    let in_flight = spinner.request();
                     let app = app.clone();
                     let on_event = on_event.clone();
                     tokio::spawn(async move {
-                        if let Some(log) = forward::serve(send, recv, &app).await {
+                        let log = forward::serve(send, recv, &app).await;
+                        drop(in_flight);
+                        if let Some(log) = log {
                             on_event(Event::Request(log));
                         }
                     });

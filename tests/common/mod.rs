@@ -116,6 +116,7 @@ impl TestClient {
             fingerprint: None,
             quic_addr: None,
             ws_url: None,
+            busy_poll: hookway::client::spin::DEFAULT_BUDGET,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
