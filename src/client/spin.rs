@@ -101,8 +101,8 @@ impl Spinner {
 
     /// A request started; the guard marks its end.
     pub fn request(self: &Arc<Self>) -> InFlight {
-        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        self.extend(now);
+        let in_flight = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.extend(in_flight);
         InFlight(self.clone())
     }
 
