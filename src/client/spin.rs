@@ -107,7 +107,7 @@ impl Spinner {
     }
 
     fn now_us(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX)
+        micros(self.start.elapsed())
     }
 
     fn extend(&self, in_flight: usize) {
@@ -122,7 +122,7 @@ impl Spinner {
         if now < self.quiet_until_us.load(Ordering::Relaxed) {
             return;
         }
-        let budget = u64::try_from(self.budget.as_micros()).unwrap_or(u64::MAX);
+        let budget = micros(self.budget);
         let before = self.until_us.fetch_max(now.saturating_add(budget), Ordering::Relaxed);
         if before <= now {
             tracing::trace!(budget_us = budget, "busy-polling");
@@ -132,7 +132,7 @@ impl Spinner {
 
     /// Stops polling, and starting to, for `quiet`.
     fn quiet_for(&self, now: u64, quiet: Duration) {
-        let until = now.saturating_add(u64::try_from(quiet.as_micros()).unwrap_or(u64::MAX));
+        let until = now.saturating_add(micros(quiet));
         self.quiet_until_us.fetch_max(until, Ordering::Relaxed);
         self.until_us.store(0, Ordering::Relaxed);
     }
@@ -144,7 +144,7 @@ impl Spinner {
 
     /// Notes one yield of the polling task, from `before` to `after` (µs).
     fn yielded(&self, before: u64, after: u64) {
-        if after.saturating_sub(before) > PREEMPTED.as_micros() as u64 {
+        if after.saturating_sub(before) > micros(PREEMPTED) {
             tracing::trace!(gap_us = after - before, "preempted while busy-polling; sleeping as usual for a while");
             self.quiet_for(after, CONTENDED);
         }
@@ -164,6 +164,11 @@ impl Spinner {
             }
         }
     }
+}
+
+/// Whole microseconds in `d`, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -200,7 +205,7 @@ mod tests {
         let now = spin.now_us();
         spin.yielded(now, now + 50);
         assert!(spin.spinning(), "a short yield is normal");
-        spin.yielded(now, now + PREEMPTED.as_micros() as u64 + 1);
+        spin.yielded(now, now + micros(PREEMPTED) + 1);
         assert!(!spin.spinning(), "a long one stops it");
         drop(spin.request());
         assert!(!spin.spinning(), "and it does not start again within {CONTENDED:?}");

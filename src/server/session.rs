@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::State;
 use super::names::{hash_secret, secret_matches};
-use super::registry::{Session, Transport, Tunnel};
+use super::registry::{END_GRACE, Session, Transport, Tunnel};
 use crate::notify::EventKind;
 use crate::notify::event::token_public_id;
 use crate::quic::{FrameReader, FrameWriter, close};
@@ -93,14 +93,15 @@ async fn refuse(conn: &quinn::Connection, mut writer: FrameWriter, tunnel_id: &s
     let _ = writer.send(&Frame::Rejected(rejected)).await;
     writer.finish();
     // Let the client read the reason and close; then close regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    let _ = tokio::time::timeout(END_GRACE, conn.closed()).await;
     conn.close(close::REJECTED, b"rejected");
 }
 
 /// Makes a new, authenticated client the one serving `tunnel`, whatever its
 /// transport: the newest client wins, and the one it replaces is told so and
-/// gives up. `None` (with the session closed) when the token was regenerated
-/// between the check and now.
+/// gives up. `None` when the token was regenerated between the check and now:
+/// the caller refuses the client as it would a stale token (nothing was
+/// served, so nothing needs closing here).
 pub fn go_live(
     state: &State,
     tunnel: &Arc<Tunnel>,
@@ -126,7 +127,6 @@ pub fn go_live(
     // The token may have been regenerated between the check and the attach.
     if !secret_matches(token, &tunnel.meta().token_hash) {
         state.registry.detach(&session);
-        session.close(close::TOKEN_REVOKED, "token regenerated");
         return None;
     }
     state.record_connected(tunnel, &session.connected_at);
@@ -151,7 +151,7 @@ pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     let group = t.meta().group;
     state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, group.as_deref());
     if was_live {
-        state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, group.as_deref());
+        tunnel_offline(state, t);
     }
     was_live
 }
@@ -163,7 +163,13 @@ pub fn end(state: &State, session: &Session, reason: &str) -> bool {
 /// would be lost between two `tunnel.connected`.
 pub fn end_on_purpose(state: &State, session: &Session, code: quinn::VarInt, reason: &str) {
     session.close(code, reason);
-    let t = &session.tunnel;
+    tunnel_offline(state, &session.tunnel);
+}
+
+/// Fires `tunnel.disconnected`: by [`end`] or [`end_on_purpose`], whichever
+/// took the session out of the routing map, so exactly once per session that
+/// went offline.
+fn tunnel_offline(state: &State, t: &Tunnel) {
     state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, t.meta().group.as_deref());
 }
 
