@@ -141,6 +141,11 @@ struct ServerArgs {
     /// Bytes kept of each captured request and response body for inspection (0 keeps none).
     #[arg(long, env = "HOOKWAY_CAPTURE_BODY_LIMIT", default_value_t = hookway::server::capture::DEFAULT_BODY_LIMIT)]
     capture_body_limit: usize,
+    /// Body bytes captured per second over all tunnels (a second's worth may come at once). Past it,
+    /// bodies are cut short and marked truncated, so that a flood of large bodies does not take the CPU
+    /// forwarding needs to store what no one could read; every record is still kept.
+    #[arg(long, env = "HOOKWAY_CAPTURE_BODY_RATE", default_value_t = hookway::server::capture::DEFAULT_BODY_RATE)]
+    capture_body_rate: usize,
     /// Captured requests kept per tunnel (the newest); older ones are pruned.
     #[arg(long, env = "HOOKWAY_CAPTURE_MAX_RECORDS", default_value_t = hookway::server::capture::DEFAULT_MAX_RECORDS)]
     capture_max_records: usize,
@@ -449,6 +454,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         capture: CaptureConfig {
             enabled: !args.no_capture,
             body_limit: args.capture_body_limit,
+            body_rate: args.capture_body_rate,
             max_records: args.capture_max_records.max(1),
             max_age: args.capture_max_age,
         },

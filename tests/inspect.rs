@@ -140,6 +140,31 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
 }
 
 #[tokio::test]
+async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short() {
+    // 6,000 body bytes a second: the first 5,000-byte upload fits, the second
+    // (moments later) does not, however slow the machine (it would need most
+    // of a second to refill).
+    let s = start_with(|c| c.capture.body_rate = 6000).await;
+    let body: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    for _ in 0..2 {
+        let resp = http().post(s.url("/upload")).body(body.clone()).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.text().await.unwrap().contains("\"bytes\":5000"), "forwarding is never cut");
+    }
+    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    assert_eq!(list.len(), 2, "every record is kept: {list:#?}");
+    // Newest first.
+    let first = detail(&s.server, &s.tunnel_id, list[1]["id"].as_str().unwrap()).await;
+    assert_eq!(first["request"]["body"].as_str().unwrap().as_bytes(), &body[..]);
+    assert_eq!(first["request"]["truncated"], false);
+    let second = detail(&s.server, &s.tunnel_id, list[0]["id"].as_str().unwrap()).await;
+    assert_eq!(second["request"]["bodySize"], 5000);
+    assert_eq!(second["request"]["truncated"], true);
+    assert_eq!(second["request"]["body"], "", "a cut body keeps what it had before the cut: nothing");
+    assert_eq!(second["status"], 200);
+}
+
+#[tokio::test]
 async fn pages_are_newest_first_and_retention_keeps_the_newest() {
     let s = start_with(|c| c.capture.max_records = 5).await;
     for i in 0..8 {

@@ -97,8 +97,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db)?;
         migrate(&mut conn).map_err(db)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
-        let log = open_wal(&path.with_file_name(format!("{stem}-requests.db")))?;
-        log.execute_batch(rq::SCHEMA).map_err(db)?;
+        let log = open_log(&path.with_file_name(format!("{stem}-requests.db")))?;
         Ok(Self { conn: Mutex::new(conn), log: Mutex::new(log) })
     }
 
@@ -117,10 +116,28 @@ impl SqliteStore {
 
 fn open_wal(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
+    set_wal(&conn)?;
+    Ok(conn)
+}
+
+fn set_wal(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
     )
-    .map_err(db)?;
+    .map_err(db)
+}
+
+/// Opens the captured-requests file. A new file gets 64 KiB pages (SQLite's
+/// largest): its rows carry bodies of up to a MiB, kept in chains of overflow
+/// pages that are written, then walked page by page when pruned, and at the
+/// default 4 KiB a MiB is a chain of 256 pages instead of 16. (An existing
+/// file keeps its page size: changing it would take a `VACUUM`.)
+fn open_log(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    // Before WAL mode is set: that writes the new file's header.
+    conn.execute_batch("PRAGMA page_size=65536;").map_err(db)?;
+    set_wal(&conn)?;
+    conn.execute_batch(rq::SCHEMA).map_err(db)?;
     Ok(conn)
 }
 
@@ -339,6 +356,22 @@ mod tests {
             group: None,
             capture_bodies: true,
         }
+    }
+
+    #[test]
+    fn a_new_requests_file_has_large_pages_and_an_old_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let page =
+            |s: &SqliteStore| s.with_log(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))).unwrap();
+        assert_eq!(page(&store), 65536);
+        assert_eq!(store.with(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))).unwrap(), 4096);
+        drop(store);
+        let old = tempfile::tempdir().unwrap();
+        let conn = Connection::open(old.path().join("hookway-requests.db")).unwrap();
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (x);").unwrap();
+        drop(conn);
+        assert_eq!(page(&SqliteStore::open_in(old.path()).unwrap()), 4096, "opened as it is, no rebuild");
     }
 
     #[test]

@@ -8,18 +8,25 @@
 //! one SQLite transaction per window and trims each tunnel to its newest
 //! records.
 //!
+//! **Bodies have a budget** ([`CaptureConfig::body_rate`] bytes a second for
+//! the whole server, a second's worth at once): a flood of large bodies would
+//! otherwise have the writer store them faster than anyone could look at them,
+//! taking the CPU that forwarding needs (1 MiB bodies at 1 GiB/s lost a
+//! quarter of their throughput to SQLite). Past the budget, bodies are cut
+//! short and marked `truncated`; the records themselves are all kept.
+//!
 //! **When the writer falls behind** — the queue holds [`MAX_QUEUED`] records
 //! or [`MAX_QUEUED_BYTES`] of bodies — new records are dropped, never waited
-//! for: forwarding is never slowed by inspection. Drops are counted
-//! ([`Capture::dropped`]) and logged by the writer.
+//! for: forwarding is never slowed by inspection. Drops and cut bodies are
+//! counted ([`Capture::dropped`], [`Capture::cut`]) and logged by the writer.
 
 pub mod tap;
 mod writer;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
@@ -33,6 +40,12 @@ pub use tap::{Tap, TapBody};
 
 /// Default cap on each captured body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default body bytes captured per second, server-wide: 16 bodies of the
+/// default limit, or thousands of typical webhooks, a second. SQLite stores
+/// 1 MiB bodies at 150–300 MiB/s on one core of the benchmark machine (with
+/// retention deleting as fast): at this rate the writer takes a few percent
+/// of a core, at 64 MiB/s it took a fifth of the server's CPU.
+pub const DEFAULT_BODY_RATE: usize = 16 * 1024 * 1024;
 /// Default number of records kept per tunnel.
 pub const DEFAULT_MAX_RECORDS: usize = 1000;
 /// Records waiting for the writer before new ones are dropped.
@@ -49,6 +62,9 @@ pub struct CaptureConfig {
     pub enabled: bool,
     /// Bytes kept of each request and response body.
     pub body_limit: usize,
+    /// Body bytes kept per second over all tunnels (bursts of up to a
+    /// second's worth); past it, bodies are cut short.
+    pub body_rate: usize,
     /// Newest records kept per tunnel.
     pub max_records: usize,
     /// Records older than this are pruned.
@@ -57,7 +73,13 @@ pub struct CaptureConfig {
 
 impl Default for CaptureConfig {
     fn default() -> Self {
-        Self { enabled: true, body_limit: DEFAULT_BODY_LIMIT, max_records: DEFAULT_MAX_RECORDS, max_age: None }
+        Self {
+            enabled: true,
+            body_limit: DEFAULT_BODY_LIMIT,
+            body_rate: DEFAULT_BODY_RATE,
+            max_records: DEFAULT_MAX_RECORDS,
+            max_age: None,
+        }
     }
 }
 
@@ -70,26 +92,70 @@ pub struct Replay {
     pub done: oneshot::Sender<RequestRecord>,
 }
 
+/// The server-wide allowance of body bytes to capture: a token bucket that
+/// refills at `rate` bytes a second and holds at most a second's worth.
+#[derive(Debug)]
+struct Budget {
+    rate: f64,
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl Budget {
+    fn new(rate: usize) -> Self {
+        Self { rate: rate as f64, bucket: Mutex::new((rate as f64, Instant::now())) }
+    }
+
+    /// Takes `n` bytes' worth if the bucket holds them.
+    fn take(&self, n: usize) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = &mut *bucket;
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        let granted = *tokens >= n as f64;
+        if granted {
+            *tokens -= n as f64;
+        }
+        granted
+    }
+}
+
 /// Bytes kept of one body.
 #[derive(Debug, Default)]
 struct BodyBuf {
     data: Option<BytesMut>,
     size: u64,
     truncated: bool,
+    /// The budget ran out: nothing more is kept (what was kept stays a prefix).
+    cut: bool,
 }
 
 impl BodyBuf {
     fn new(keep: bool) -> Self {
-        Self { data: keep.then(BytesMut::new), size: 0, truncated: false }
+        Self { data: keep.then(BytesMut::new), size: 0, truncated: false, cut: false }
     }
 
-    fn push(&mut self, chunk: &[u8], limit: usize) {
+    /// Keeps what fits of `chunk` under `limit` and the `budget`. `hint` is
+    /// the body's announced length: room for all of it (up to the limit) is
+    /// made at once rather than by doubling, which copied every byte twice.
+    fn push(&mut self, chunk: &[u8], limit: usize, hint: Option<u64>, budget: &Budget) {
         self.size += chunk.len() as u64;
-        if let Some(data) = &mut self.data {
-            let room = limit.saturating_sub(data.len());
-            data.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            self.truncated |= chunk.len() > room;
+        let Some(data) = &mut self.data else { return };
+        let take = chunk.len().min(limit.saturating_sub(data.len()));
+        self.truncated |= chunk.len() > take;
+        if take == 0 {
+            return;
         }
+        if self.cut || !budget.take(take) {
+            self.cut = true;
+            self.truncated = true;
+            return;
+        }
+        if data.is_empty() {
+            let whole = hint.map_or(take as u64, |h| h.max(take as u64)).min(limit as u64);
+            data.reserve(whole as usize);
+        }
+        data.extend_from_slice(&chunk[..take]);
     }
 
     fn kept(&self) -> usize {
@@ -171,6 +237,8 @@ pub struct Capture {
     rx: std::sync::Mutex<Option<mpsc::Receiver<Captured>>>,
     queued_bytes: AtomicUsize,
     dropped: AtomicU64,
+    budget: Budget,
+    cut: AtomicU64,
     counter: AtomicU32,
     watchers: DashMap<String, broadcast::Sender<Arc<str>>>,
     closing: CancellationToken,
@@ -181,11 +249,13 @@ impl Capture {
     pub fn new(config: CaptureConfig) -> Self {
         let (tx, rx) = mpsc::channel(MAX_QUEUED);
         Self {
+            budget: Budget::new(config.body_rate),
             config,
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             queued_bytes: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
             counter: AtomicU32::new(rand::random()),
             watchers: DashMap::new(),
             closing: CancellationToken::new(),
@@ -200,6 +270,11 @@ impl Capture {
     /// Records dropped because the writer was behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records whose bodies were cut short because the body budget was spent.
+    pub fn cut(&self) -> u64 {
+        self.cut.load(Ordering::Relaxed)
     }
 
     /// Starts capturing one exchange; `None` when capture is off. `headers`
@@ -245,6 +320,9 @@ impl Capture {
 
     /// Queues a finished record, or drops and counts it when the writer is behind.
     fn submit(&self, record: Captured) {
+        if record.request_body.cut || record.response_body.cut {
+            self.cut.fetch_add(1, Ordering::Relaxed);
+        }
         let weight = record.weight();
         if self.queued_bytes.fetch_add(weight, Ordering::Relaxed) + weight > MAX_QUEUED_BYTES {
             self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
@@ -281,7 +359,7 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::{BodyBuf, FlatHeaders};
+    use super::{BodyBuf, Budget, FlatHeaders};
 
     #[test]
     fn flat_headers_keep_order_repeats_and_colons_in_values() {
@@ -300,15 +378,49 @@ mod tests {
 
     #[test]
     fn a_body_is_kept_up_to_the_limit_and_counted_in_full() {
+        let plenty = Budget::new(1 << 20);
         let mut b = BodyBuf::new(true);
-        b.push(b"hello ", 8);
-        b.push(b"world", 8);
+        b.push(b"hello ", 8, None, &plenty);
+        b.push(b"world", 8, None, &plenty);
         assert_eq!((b.data.as_deref(), b.size, b.truncated), (Some(&b"hello wo"[..]), 11, true));
         let mut exact = BodyBuf::new(true);
-        exact.push(b"12345678", 8);
+        exact.push(b"12345678", 8, Some(8), &plenty);
         assert_eq!((exact.size, exact.truncated), (8, false));
         let mut off = BodyBuf::new(false);
-        off.push(b"secret", 8);
+        off.push(b"secret", 8, None, &plenty);
         assert_eq!((off.data, off.size, off.truncated), (None, 6, false), "sizes only when capture is off");
+    }
+
+    #[test]
+    fn room_for_an_announced_body_is_made_once_and_never_past_the_limit() {
+        let plenty = Budget::new(1 << 20);
+        let mut b = BodyBuf::new(true);
+        b.push(&[7; 10], 1000, Some(300), &plenty);
+        assert!(b.data.as_ref().unwrap().capacity() >= 300);
+        let mut huge = BodyBuf::new(true);
+        huge.push(&[7; 10], 1000, Some(u64::MAX), &plenty);
+        assert!(huge.data.as_ref().unwrap().capacity() < 4096, "a declared length is not trusted past the limit");
+    }
+
+    #[test]
+    fn past_the_budget_bodies_are_cut_short_and_stay_a_prefix() {
+        let budget = Budget::new(10);
+        let mut a = BodyBuf::new(true);
+        a.push(b"0123456", 100, None, &budget);
+        a.push(b"789", 100, None, &budget);
+        assert_eq!((a.data.as_deref(), a.truncated, a.cut), (Some(&b"0123456789"[..]), false, false));
+        let mut b = BodyBuf::new(true);
+        b.push(b"abc", 100, None, &budget);
+        assert_eq!((b.data.as_deref(), b.size, b.truncated, b.cut), (Some(&b""[..]), 3, true, true));
+        // Refilled: a new body is kept again, but a cut one never resumes (it would have a hole).
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        b.push(b"def", 100, None, &budget);
+        assert_eq!((b.data.as_deref(), b.size), (Some(&b""[..]), 6));
+        let mut c = BodyBuf::new(true);
+        c.push(b"xyz", 100, None, &budget);
+        assert_eq!((c.data.as_deref(), c.truncated), (Some(&b"xyz"[..]), false));
+        let mut none = BodyBuf::new(true);
+        none.push(b"", 100, None, &Budget::new(0));
+        assert_eq!((none.truncated, none.cut), (false, false), "an empty body costs nothing");
     }
 }

@@ -45,7 +45,8 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     // Records of tunnels deleted while the server was down, and expired ones.
     prune(&hub, &state, true).await;
     let mut next_prune = Instant::now() + PRUNE_EVERY;
-    let mut dropped_seen = 0;
+    // (dropped records, records with cut bodies) as of the last warning.
+    let mut warned = (0, 0);
     let mut window = BATCH_WINDOW;
     let mut last_warning = None;
     loop {
@@ -77,15 +78,24 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
         }
         window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
         write(&hub, &state, batch).await;
-        let dropped = hub.dropped();
-        if dropped > dropped_seen && last_warning.is_none_or(|at: Instant| at.elapsed() >= WARN_EVERY) {
+        let seen = (hub.dropped(), hub.cut());
+        if seen != warned && last_warning.is_none_or(|at: Instant| at.elapsed() >= WARN_EVERY) {
             last_warning = Some(Instant::now());
-            tracing::warn!(
-                dropped = dropped - dropped_seen,
-                total = dropped,
-                "request capture fell behind; records dropped (forwarding was not slowed)"
-            );
-            dropped_seen = dropped;
+            if seen.0 > warned.0 {
+                tracing::warn!(
+                    dropped = seen.0 - warned.0,
+                    total = seen.0,
+                    "request capture fell behind; records dropped (forwarding was not slowed)"
+                );
+            }
+            if seen.1 > warned.1 {
+                tracing::warn!(
+                    records = seen.1 - warned.1,
+                    total = seen.1,
+                    "request capture is over its body budget (--capture-body-rate); bodies were cut short"
+                );
+            }
+            warned = seen;
         }
         if Instant::now() >= next_prune {
             prune(&hub, &state, false).await;
