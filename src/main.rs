@@ -143,7 +143,7 @@ struct ServerArgs {
     capture_body_limit: usize,
     /// Body bytes captured per second over all tunnels (a second's worth may come at once). Past it,
     /// bodies are cut short and marked truncated, so that a flood of large bodies does not take the CPU
-    /// forwarding needs to store what no one could read; every record is still kept.
+    /// forwarding needs to store what no one could read; every record is still kept. 0 keeps no bodies.
     #[arg(long, env = "HOOKWAY_CAPTURE_BODY_RATE", default_value_t = hookway::server::capture::DEFAULT_BODY_RATE)]
     capture_body_rate: usize,
     /// Captured requests kept per tunnel (the newest); older ones are pruned.

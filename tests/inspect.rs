@@ -130,6 +130,7 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
     let up = detail(&s.server, &s.tunnel_id, &by_path("/upload")).await;
     assert_eq!(up["request"]["bodySize"], 5000);
     assert_eq!(up["request"]["truncated"], true);
+    assert_eq!(up["request"]["overBudget"], false, "cut at the limit, not by the budget");
     assert_eq!(up["request"]["body"].as_str().unwrap().as_bytes(), &big[..1000]);
     assert_eq!(up["response"]["truncated"], false);
 
@@ -141,10 +142,10 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
 
 #[tokio::test]
 async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short() {
-    // 6,000 body bytes a second: the first 5,000-byte upload fits, the second
-    // (moments later) does not, however slow the machine (it would need most
-    // of a second to refill).
-    let s = start_with(|c| c.capture.body_rate = 6000).await;
+    // A budget of 5,100 body bytes a second: the first 5,000-byte upload and
+    // its short answer fit; the second, sent at once, finds the bucket nearly
+    // empty (it would take about a second to refill) and keeps a prefix.
+    let s = start_with(|c| c.capture.body_rate = 5100).await;
     let body: Vec<u8> = (0..5000u32).map(|i| b'a' + (i % 26) as u8).collect();
     for _ in 0..2 {
         let resp = http().post(s.url("/upload")).body(body.clone()).send().await.unwrap();
@@ -157,11 +158,28 @@ async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short()
     let first = detail(&s.server, &s.tunnel_id, list[1]["id"].as_str().unwrap()).await;
     assert_eq!(first["request"]["body"].as_str().unwrap().as_bytes(), &body[..]);
     assert_eq!(first["request"]["truncated"], false);
+    assert_eq!(first["response"]["truncated"], false);
     let second = detail(&s.server, &s.tunnel_id, list[0]["id"].as_str().unwrap()).await;
     assert_eq!(second["request"]["bodySize"], 5000);
     assert_eq!(second["request"]["truncated"], true);
-    assert_eq!(second["request"]["body"], "", "a cut body keeps what it had before the cut: nothing");
+    assert_eq!(second["request"]["overBudget"], true);
+    assert_eq!(first["request"]["overBudget"], false);
+    let kept = second["request"]["body"].as_str().unwrap().as_bytes();
+    assert!(kept.len() < 2500 && body.starts_with(kept), "a cut body is a short prefix: {} bytes", kept.len());
     assert_eq!(second["status"], 200);
+}
+
+#[tokio::test]
+async fn a_zero_body_budget_records_bodies_as_not_captured() {
+    let s = start_with(|c| c.capture.body_rate = 0).await;
+    assert_eq!(http().post(s.url("/echo")).body("hello").send().await.unwrap().status(), 200);
+    let list = wait_for(&s.server, &s.tunnel_id, 1).await;
+    let record = detail(&s.server, &s.tunnel_id, list[0]["id"].as_str().unwrap()).await;
+    assert_eq!(record["request"]["body"], Value::Null);
+    assert_eq!(
+        (record["request"]["bodySize"].clone(), record["request"]["truncated"].clone()),
+        (json!(5), json!(false))
+    );
 }
 
 #[tokio::test]

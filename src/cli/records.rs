@@ -223,7 +223,12 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         }
         body.len()
     };
-    if part["truncated"] == true {
+    if part["overBudget"] == true {
+        out.push(line(
+            LineKind::Note,
+            format!("  (truncated: {captured} of {size} bytes captured; the server's capture budget was spent)"),
+        ));
+    } else if part["truncated"] == true {
         out.push(line(LineKind::Note, format!("  (truncated: {captured} of {size} bytes captured)")));
     }
 }
@@ -360,6 +365,18 @@ mod tests {
         assert!(t.contains(&"  00 01 02 ff".to_owned()), "{t:#?}");
         assert!(t.contains(&"  (truncated: 4 of 9000 bytes captured)".to_owned()), "{t:#?}");
         assert!(t.contains(&"  (body capture is off)".to_owned()), "{t:#?}");
+    }
+
+    #[test]
+    fn a_body_cut_by_the_capture_budget_says_why() {
+        let d = detail(
+            json!({"headers": {}, "body": "ab", "bodyEncoding": "utf8", "bodySize": 5000, "truncated": true,
+                   "overBudget": true}),
+            json!({"headers": {}, "body": "ok", "bodySize": 2, "truncated": false, "overBudget": false}),
+        );
+        let t = texts(&detail_lines(&d, 100));
+        let note = "  (truncated: 2 of 5000 bytes captured; the server's capture budget was spent)";
+        assert!(t.contains(&note.to_owned()), "{t:#?}");
     }
 
     #[test]

@@ -158,6 +158,7 @@ fn part_json(p: &CapturedPart) -> Value {
         "bodyEncoding": encoding,
         "bodySize": p.body.size,
         "truncated": p.body.truncated,
+        "overBudget": p.body.over_budget,
     })
 }
 

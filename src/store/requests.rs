@@ -15,6 +15,9 @@ pub struct CapturedBody {
     pub size: u64,
     /// Whether `data` stops short of `size`.
     pub truncated: bool,
+    /// Whether it stops short because the server's capture budget for bodies
+    /// was spent (rather than at the body limit, or because the body ended early).
+    pub over_budget: bool,
 }
 
 /// Headers in arrival order; a repeated header appears once per value.

@@ -34,7 +34,28 @@ CREATE TABLE IF NOT EXISTS requests (
 
 const SUMMARY_COLUMNS: &str = "tunnel_id, id, time, method, path, status, duration_us, outcome, client_ip, replay_of, req_size, resp_size, resp_headers IS NOT NULL";
 const DETAIL_COLUMNS: &str = "tunnel_id, id, time, method, path, status, duration_us, outcome, client_ip, replay_of, \
-     req_headers, req_body, req_size, req_truncated, resp_headers, resp_body, resp_size, resp_truncated";
+     req_headers, req_body, req_size, req_truncated, resp_headers, resp_body, resp_size, resp_truncated, \
+     req_over_budget, resp_over_budget";
+
+/// Columns added after the first release of the file, with their definitions:
+/// added to an older file when it is opened.
+pub(super) const ADDED_COLUMNS: &[(&str, &str)] =
+    &[("req_over_budget", "INTEGER NOT NULL DEFAULT 0"), ("resp_over_budget", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Adds the columns an older file lacks (a new file is created without them too).
+pub(super) fn add_columns(c: &Connection) -> rusqlite::Result<()> {
+    for (name, definition) in ADDED_COLUMNS {
+        let present: bool = c.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        if !present {
+            c.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {definition}"))?;
+        }
+    }
+    Ok(())
+}
 
 fn headers_json(h: &HeaderList) -> String {
     serde_json::to_string(h).unwrap_or_else(|_| "[]".into())
@@ -80,6 +101,7 @@ fn detail_from(r: &Row<'_>) -> rusqlite::Result<RequestRecord> {
             data: r.get::<_, Option<Vec<u8>>>(11)?.map(Into::into),
             size: r.get::<_, i64>(12)?.max(0) as u64,
             truncated: r.get(13)?,
+            over_budget: r.get(18)?,
         },
     };
     let resp_headers: Option<String> = r.get(14)?;
@@ -90,6 +112,7 @@ fn detail_from(r: &Row<'_>) -> rusqlite::Result<RequestRecord> {
                 data: r.get::<_, Option<Vec<u8>>>(15)?.map(Into::into),
                 size: r.get::<_, i64>(16)?.max(0) as u64,
                 truncated: r.get(17)?,
+                over_budget: r.get(19)?,
             },
         }),
         None => None,
@@ -103,8 +126,9 @@ pub(super) fn insert(c: &mut Connection, records: &[RequestRecord], keep: usize)
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO requests (tunnel_id, id, time, method, path, status, duration_us, outcome, client_ip,
-                 replay_of, req_headers, req_body, req_size, req_truncated, resp_headers, resp_body, resp_size, resp_truncated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 replay_of, req_headers, req_body, req_size, req_truncated, resp_headers, resp_body, resp_size, resp_truncated,
+                 req_over_budget, resp_over_budget)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         )?;
         for r in records {
             let resp = r.response.as_ref();
@@ -127,6 +151,8 @@ pub(super) fn insert(c: &mut Connection, records: &[RequestRecord], keep: usize)
                 resp.and_then(|p| p.body.data.as_deref()),
                 resp.map_or(0, |p| p.body.size as i64),
                 resp.is_some_and(|p| p.body.truncated),
+                r.request.body.over_budget,
+                resp.is_some_and(|p| p.body.over_budget),
             ])?;
         }
         let mut trim = tx.prepare_cached(

@@ -63,7 +63,7 @@ pub struct CaptureConfig {
     /// Bytes kept of each request and response body.
     pub body_limit: usize,
     /// Body bytes kept per second over all tunnels (bursts of up to a
-    /// second's worth); past it, bodies are cut short.
+    /// second's worth); past it, bodies are cut short. 0 keeps no bodies.
     pub body_rate: usize,
     /// Newest records kept per tunnel.
     pub max_records: usize,
@@ -102,20 +102,27 @@ struct Budget {
 
 impl Budget {
     fn new(rate: usize) -> Self {
-        Self { rate: rate as f64, bucket: Mutex::new((rate as f64, Instant::now())) }
+        Self::starting_at(rate, Instant::now())
     }
 
-    /// Takes `n` bytes' worth if the bucket holds them.
-    fn take(&self, n: usize) -> bool {
+    fn starting_at(rate: usize, now: Instant) -> Self {
+        Self { rate: rate as f64, bucket: Mutex::new((rate as f64, now)) }
+    }
+
+    /// Takes up to `n` bytes' worth; returns how many were granted (fewer
+    /// when the bucket runs low, so a chunk larger than it is kept in part).
+    fn take(&self, n: usize) -> usize {
+        self.take_at(n, Instant::now())
+    }
+
+    fn take_at(&self, n: usize, now: Instant) -> usize {
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         let (tokens, last) = &mut *bucket;
-        let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
-        *last = now;
-        let granted = *tokens >= n as f64;
-        if granted {
-            *tokens -= n as f64;
-        }
+        // `saturating_duration_since`: another thread may have stored a later `now`.
+        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = (*last).max(now);
+        let granted = (*tokens as usize).min(n);
+        *tokens -= granted as f64;
         granted
     }
 }
@@ -135,27 +142,22 @@ impl BodyBuf {
         Self { data: keep.then(BytesMut::new), size: 0, truncated: false, cut: false }
     }
 
-    /// Keeps what fits of `chunk` under `limit` and the `budget`. `hint` is
-    /// the body's announced length: room for all of it (up to the limit) is
-    /// made at once rather than by doubling, which copied every byte twice.
-    fn push(&mut self, chunk: &[u8], limit: usize, hint: Option<u64>, budget: &Budget) {
+    /// Keeps what fits of `chunk` under `limit` and the `budget`.
+    ///
+    /// The buffer grows by doubling, not to the body's announced length: a
+    /// caller may announce a megabyte and send a byte, and a reservation per
+    /// open request would be memory it chose. (The budget keeps what doubling
+    /// costs small.)
+    fn push(&mut self, chunk: &[u8], limit: usize, budget: &Budget) {
         self.size += chunk.len() as u64;
         let Some(data) = &mut self.data else { return };
-        let take = chunk.len().min(limit.saturating_sub(data.len()));
-        self.truncated |= chunk.len() > take;
-        if take == 0 {
-            return;
-        }
-        if self.cut || !budget.take(take) {
+        let room = chunk.len().min(limit.saturating_sub(data.len()));
+        let take = if self.cut || room == 0 { 0 } else { budget.take(room) };
+        if take < room {
             self.cut = true;
-            self.truncated = true;
-            return;
-        }
-        if data.is_empty() {
-            let whole = hint.map_or(take as u64, |h| h.max(take as u64)).min(limit as u64);
-            data.reserve(whole as usize);
         }
         data.extend_from_slice(&chunk[..take]);
+        self.truncated |= take < chunk.len();
     }
 
     fn kept(&self) -> usize {
@@ -294,7 +296,8 @@ impl Capture {
         let at = SystemTime::now();
         let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let keep = tunnel.capture_bodies.load(Ordering::Relaxed);
+        // A zero budget keeps no bodies: recorded as not captured, not as cut.
+        let keep = tunnel.capture_bodies.load(Ordering::Relaxed) && self.config.body_rate > 0;
         let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         Some(Tap::new(
             self.clone(),
@@ -359,6 +362,8 @@ impl Capture {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{BodyBuf, Budget, FlatHeaders};
 
     #[test]
@@ -380,47 +385,56 @@ mod tests {
     fn a_body_is_kept_up_to_the_limit_and_counted_in_full() {
         let plenty = Budget::new(1 << 20);
         let mut b = BodyBuf::new(true);
-        b.push(b"hello ", 8, None, &plenty);
-        b.push(b"world", 8, None, &plenty);
-        assert_eq!((b.data.as_deref(), b.size, b.truncated), (Some(&b"hello wo"[..]), 11, true));
+        b.push(b"hello ", 8, &plenty);
+        b.push(b"world", 8, &plenty);
+        assert_eq!((b.data.as_deref(), b.size, b.truncated, b.cut), (Some(&b"hello wo"[..]), 11, true, false));
         let mut exact = BodyBuf::new(true);
-        exact.push(b"12345678", 8, Some(8), &plenty);
+        exact.push(b"12345678", 8, &plenty);
         assert_eq!((exact.size, exact.truncated), (8, false));
         let mut off = BodyBuf::new(false);
-        off.push(b"secret", 8, None, &plenty);
+        off.push(b"secret", 8, &plenty);
         assert_eq!((off.data, off.size, off.truncated), (None, 6, false), "sizes only when capture is off");
     }
 
     #[test]
-    fn room_for_an_announced_body_is_made_once_and_never_past_the_limit() {
-        let plenty = Budget::new(1 << 20);
+    fn past_the_budget_a_body_keeps_what_was_granted_and_stays_a_prefix() {
+        let budget = Budget::new(10);
+        let mut a = BodyBuf::new(true);
+        a.push(b"0123456", 100, &budget);
+        a.push(b"789", 100, &budget);
+        assert_eq!((a.data.as_deref(), a.truncated, a.cut), (Some(&b"0123456789"[..]), false, false));
         let mut b = BodyBuf::new(true);
-        b.push(&[7; 10], 1000, Some(300), &plenty);
-        assert!(b.data.as_ref().unwrap().capacity() >= 300);
-        let mut huge = BodyBuf::new(true);
-        huge.push(&[7; 10], 1000, Some(u64::MAX), &plenty);
-        assert!(huge.data.as_ref().unwrap().capacity() < 4096, "a declared length is not trusted past the limit");
+        b.push(b"abc", 100, &budget);
+        assert_eq!((b.data.as_deref(), b.size, b.truncated, b.cut), (Some(&b""[..]), 3, true, true));
+        // A cut body never resumes, whatever the budget holds later: it would have a hole.
+        b.push(b"def", 100, &Budget::new(1 << 20));
+        assert_eq!((b.data.as_deref(), b.size), (Some(&b""[..]), 6));
+        // A chunk larger than what is left is kept in part.
+        let partial = Budget::new(4);
+        let mut c = BodyBuf::new(true);
+        c.push(b"abcdef", 100, &partial);
+        assert_eq!((c.data.as_deref(), c.size, c.truncated, c.cut), (Some(&b"abcd"[..]), 6, true, true));
+        let mut empty = BodyBuf::new(true);
+        empty.push(b"", 100, &Budget::new(0));
+        assert_eq!((empty.truncated, empty.cut), (false, false), "an empty body costs nothing");
+        // At the limit nothing more is asked of the budget: not cut, only truncated.
+        let mut full = BodyBuf::new(true);
+        full.push(b"12345", 5, &Budget::new(5));
+        full.push(b"6", 5, &Budget::new(0));
+        assert_eq!((full.truncated, full.cut), (true, false));
     }
 
     #[test]
-    fn past_the_budget_bodies_are_cut_short_and_stay_a_prefix() {
-        let budget = Budget::new(10);
-        let mut a = BodyBuf::new(true);
-        a.push(b"0123456", 100, None, &budget);
-        a.push(b"789", 100, None, &budget);
-        assert_eq!((a.data.as_deref(), a.truncated, a.cut), (Some(&b"0123456789"[..]), false, false));
-        let mut b = BodyBuf::new(true);
-        b.push(b"abc", 100, None, &budget);
-        assert_eq!((b.data.as_deref(), b.size, b.truncated, b.cut), (Some(&b""[..]), 3, true, true));
-        // Refilled: a new body is kept again, but a cut one never resumes (it would have a hole).
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        b.push(b"def", 100, None, &budget);
-        assert_eq!((b.data.as_deref(), b.size), (Some(&b""[..]), 6));
-        let mut c = BodyBuf::new(true);
-        c.push(b"xyz", 100, None, &budget);
-        assert_eq!((c.data.as_deref(), c.truncated), (Some(&b"xyz"[..]), false));
-        let mut none = BodyBuf::new(true);
-        none.push(b"", 100, None, &Budget::new(0));
-        assert_eq!((none.truncated, none.cut), (false, false), "an empty body costs nothing");
+    fn the_budget_refills_at_its_rate_up_to_a_seconds_worth() {
+        let start = Instant::now();
+        let budget = Budget::starting_at(1000, start);
+        assert_eq!(budget.take_at(600, start), 600);
+        assert_eq!(budget.take_at(600, start), 400, "what is left");
+        assert_eq!(budget.take_at(600, start), 0);
+        assert_eq!(budget.take_at(600, start + Duration::from_millis(250)), 250);
+        assert_eq!(budget.take_at(5000, start + Duration::from_secs(60)), 1000, "never more than a second's worth");
+        // A thread that read the clock earlier does not move the bucket back.
+        assert_eq!(budget.take_at(10, start), 0);
+        assert_eq!(budget.take_at(100, start + Duration::from_secs(60) + Duration::from_millis(100)), 100);
     }
 }

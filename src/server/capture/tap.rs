@@ -55,10 +55,9 @@ impl Shared {
     fn data(&self, side: Side, chunk: &[u8]) {
         let (limit, budget) = (self.hub.config.body_limit, &self.hub.budget);
         let mut p = self.lock();
-        let p = &mut *p;
         match side {
-            Side::Request => p.record.request_body.push(chunk, limit, p.declared, budget),
-            Side::Response => p.record.response_body.push(chunk, limit, p.expected, budget),
+            Side::Request => p.record.request_body.push(chunk, limit, budget),
+            Side::Response => p.record.response_body.push(chunk, limit, budget),
         }
     }
 

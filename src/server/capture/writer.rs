@@ -223,7 +223,7 @@ fn into_record(c: Captured) -> (RequestRecord, Option<tokio::sync::oneshot::Send
 }
 
 fn body(b: BodyBuf) -> CapturedBody {
-    CapturedBody { data: b.data.map(|d| d.freeze()), size: b.size, truncated: b.truncated }
+    CapturedBody { data: b.data.map(|d| d.freeze()), size: b.size, truncated: b.truncated, over_budget: b.cut }
 }
 
 fn format_time(at: SystemTime) -> String {
