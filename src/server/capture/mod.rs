@@ -42,7 +42,7 @@ pub use tap::{Tap, TapBody};
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default body bytes captured per second, server-wide: 16 bodies of the
 /// default limit, or thousands of typical webhooks, a second. SQLite stores
-/// 1 MiB bodies at 150–300 MiB/s on one core of the benchmark machine (with
+/// 1 MiB bodies at 150–250 MiB/s on one core of the benchmark machine (with
 /// retention deleting as fast): at this rate the writer takes a few percent
 /// of a core, at 64 MiB/s it took a fifth of the server's CPU.
 pub const DEFAULT_BODY_RATE: usize = 16 * 1024 * 1024;
