@@ -49,9 +49,11 @@ const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2];
 /// Schema version 2: per-tunnel body capture switch.
 const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Applies the `migrations` a database has not had yet (each file of the
+/// store keeps its own count in `user_version`).
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -95,7 +97,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = open_wal(path)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        migrate(&mut conn).map_err(db)?;
+        migrate(&mut conn, MIGRATIONS).map_err(db)?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
         let log = open_log(&path.with_file_name(format!("{stem}-requests.db")))?;
         Ok(Self { conn: Mutex::new(conn), log: Mutex::new(log) })
@@ -137,12 +139,12 @@ fn set_wal(conn: &Connection) -> Result<(), StoreError> {
 /// a few webhooks at a time.) An existing file keeps its page size: changing
 /// it would take a `VACUUM`.
 fn open_log(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(db)?;
+    let mut conn = Connection::open(path).map_err(db)?;
     // Before WAL mode is set: that writes the new file's header.
     conn.execute_batch("PRAGMA page_size=16384;").map_err(db)?;
     set_wal(&conn)?;
     conn.execute_batch(rq::SCHEMA).map_err(db)?;
-    rq::add_columns(&conn).map_err(db)?;
+    migrate(&mut conn, rq::MIGRATIONS).map_err(db)?;
     Ok(conn)
 }
 

@@ -37,25 +37,13 @@ const DETAIL_COLUMNS: &str = "tunnel_id, id, time, method, path, status, duratio
      req_headers, req_body, req_size, req_truncated, resp_headers, resp_body, resp_size, resp_truncated, \
      req_over_budget, resp_over_budget";
 
-/// Columns added after the first release of the file, with their definitions:
-/// added to an older file when it is opened.
-pub(super) const ADDED_COLUMNS: &[(&str, &str)] =
-    &[("req_over_budget", "INTEGER NOT NULL DEFAULT 0"), ("resp_over_budget", "INTEGER NOT NULL DEFAULT 0")];
+/// Changes to [`SCHEMA`], applied in order (the file's own `user_version`
+/// counts them), so an older file upgrades in place.
+pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1];
 
-/// Adds the columns an older file lacks (a new file is created without them too).
-pub(super) fn add_columns(c: &Connection) -> rusqlite::Result<()> {
-    for (name, definition) in ADDED_COLUMNS {
-        let present: bool = c.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )?;
-        if !present {
-            c.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {definition}"))?;
-        }
-    }
-    Ok(())
-}
+/// Version 1: whether a body was cut by the capture's body budget.
+const MIGRATION_1: &str = "ALTER TABLE requests ADD COLUMN req_over_budget INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE requests ADD COLUMN resp_over_budget INTEGER NOT NULL DEFAULT 0;";
 
 fn headers_json(h: &HeaderList) -> String {
     serde_json::to_string(h).unwrap_or_else(|_| "[]".into())
