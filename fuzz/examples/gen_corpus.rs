@@ -121,6 +121,13 @@ fn decode_corpus(dir: &Path) {
     write(dir, "oversized-u32-max", &[0xff, 0xff, 0xff, 0xff, 0x00]);
     write(dir, "garbage-protobuf", &[0, 0, 0, 3, 0xff, 0xff, 0xff]);
     write(dir, "empty-frame", &[0, 0, 0, 0]);
+    // A body frame cut short: a streaming decoder hands out its first bytes.
+    let body = encode_to_bytes(&Frame::Body(Bytes::from(vec![b'x'; 300])));
+    write(dir, "body-cut-short", &body[..100]);
+    // A body field whose length is u64::MAX (a varint of ten bytes) in a
+    // 13-byte frame: the fuzzer's first find in the streaming decoder, which
+    // added the two lengths and overflowed.
+    write(dir, "body-length-overflow", &[&[0, 0, 0, 13, 0x42][..], &[0xff; 9], &[0x01]].concat());
     // Unknown oneof field 15 only: well-formed, but no known kind.
     write(dir, "unknown-kind", &prefixed(&varint(15, 1)));
 

@@ -12,7 +12,10 @@
 //! * a decoded head has at most `MAX_HEADERS` headers, and building its
 //!   `HeaderMap` keeps every line or fails cleanly;
 //! * feeding the same bytes through `FrameDecoder`, in chunks of one byte, of a
-//!   few bytes or all at once, gives the same frames and the same final outcome.
+//!   few bytes or all at once, gives the same frames and the same final outcome;
+//! * so does a decoder that streams body frames, except that a body frame may
+//!   come as several non-empty pieces that add up to it exactly (and the pieces
+//!   of a body cut short by the end of the input may follow the last frame).
 
 use bytes::BytesMut;
 use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
@@ -78,11 +81,46 @@ fn announced_len(rest: &[u8]) -> Option<usize> {
 pub fn check(data: &[u8]) -> Outcome {
     let outcome = decode_all(data);
     for size in [1, 7, 61, data.len().max(1)] {
-        let chunked = decode_in_chunks(data, size);
+        let chunked = decode_in_chunks(FrameDecoder::new(), data, size);
         assert_eq!(outcome.frames, chunked.frames, "decoding in {size}-byte chunks disagrees");
         assert_eq!(outcome.end, chunked.end, "decoding in {size}-byte chunks ends differently");
+        let streamed = decode_in_chunks(FrameDecoder::streaming_bodies(0), data, size);
+        assert_eq!(outcome.end, streamed.end, "streaming bodies in {size}-byte chunks ends differently");
+        let cut_short = outcome.end == End::NeedMore;
+        check_pieces(&outcome.frames, &streamed.frames, cut_short, &format!("in {size}-byte chunks"));
     }
     outcome
+}
+
+/// Asserts that `streamed` is `whole` with body frames possibly in pieces,
+/// none empty; `cut_short`: the input ended inside a frame, whose body may have
+/// come in part. `context` says which decoding this is.
+pub fn check_pieces(whole: &[Frame], streamed: &[Frame], cut_short: bool, context: &str) {
+    let mut got = streamed.iter();
+    for frame in whole {
+        let Frame::Body(body) = frame else {
+            assert_eq!(got.next(), Some(frame), "streaming bodies {context} disagrees");
+            continue;
+        };
+        if body.is_empty() {
+            // Its header is all of it: never streamed.
+            assert_eq!(got.next(), Some(frame), "an empty body {context}");
+            continue;
+        }
+        let mut joined = Vec::new();
+        while joined.len() < body.len() {
+            match got.next() {
+                Some(Frame::Body(piece)) if !piece.is_empty() => joined.extend_from_slice(piece),
+                other => panic!("a body {context} interrupted by {other:?}"),
+            }
+        }
+        assert_eq!(&joined[..], &body[..], "a body's pieces {context} differ");
+    }
+    // Anything more is the start of a body the input cuts short.
+    for rest in got {
+        assert!(matches!(rest, Frame::Body(piece) if !piece.is_empty()), "an extra {rest:?} {context}");
+        assert!(cut_short, "pieces of a body {context} that the input does not cut short");
+    }
 }
 
 fn decode_all(data: &[u8]) -> Outcome {
@@ -122,8 +160,7 @@ fn decode_all(data: &[u8]) -> Outcome {
 /// last may be shorter), draining it after every push. Whole chunks exercise
 /// frames cut out of a chunk without a copy; small ones, frames assembled
 /// across chunks; sizes in between, both in turn.
-fn decode_in_chunks(data: &[u8], size: usize) -> Outcome {
-    let mut decoder = FrameDecoder::new();
+fn decode_in_chunks(mut decoder: FrameDecoder, data: &[u8], size: usize) -> Outcome {
     let mut frames = Vec::new();
     for chunk in data.chunks(size) {
         decoder.push(bytes::Bytes::copy_from_slice(chunk));

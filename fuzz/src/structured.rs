@@ -288,12 +288,22 @@ pub fn check(input: &RoundtripInput) {
     assert_eq!(wire::decode(&mut buf), Ok(None));
     assert!(buf.is_empty());
 
-    // And through `FrameDecoder`, in fuzzer-chosen pieces.
-    let mut decoder = FrameDecoder::new();
-    let mut decoded = Vec::with_capacity(frames.len());
-    let mut rest = &encoded[..];
+    // And through `FrameDecoder`, in fuzzer-chosen pieces, whole frames and
+    // streamed bodies.
+    let decoded = decode_in_pieces(FrameDecoder::new(), &encoded, &input.pieces);
+    assert_eq!(decoded, frames, "FrameDecoder produced different frames");
+    let streamed = decode_in_pieces(FrameDecoder::streaming_bodies(0), &encoded, &input.pieces);
+    crate::decode_loop::check_pieces(&frames, &streamed, false, "in fuzzer-chosen pieces");
+}
+
+/// Pushes `encoded` into `decoder` in pieces of the given sizes (cycled),
+/// draining it after each; returns the frames, and checks that the decoder
+/// ends between frames with nothing kept.
+fn decode_in_pieces(mut decoder: FrameDecoder, encoded: &[u8], pieces: &[u8]) -> Vec<Frame> {
+    let mut decoded = Vec::new();
+    let mut rest = encoded;
     // All-zero sizes would never make progress: then push everything at once.
-    let pieces: &[u8] = if input.pieces.iter().all(|&p| p == 0) { &[] } else { &input.pieces };
+    let pieces: &[u8] = if pieces.iter().all(|&p| p == 0) { &[] } else { pieces };
     let mut sizes = pieces.iter().copied().cycle();
     while !rest.is_empty() {
         let size = match sizes.next() {
@@ -307,6 +317,7 @@ pub fn check(input: &RoundtripInput) {
             decoded.push(frame);
         }
     }
-    assert_eq!(decoded, frames, "FrameDecoder produced different frames");
     assert_eq!(decoder.pending(), 0, "FrameDecoder kept bytes after the last frame");
+    assert!(!decoder.in_frame(), "FrameDecoder still inside a frame after the last one");
+    decoded
 }

@@ -84,8 +84,10 @@ impl FrameReader {
     pub fn new(recv: RecvStream) -> Self {
         // The decoder's buffer grows on demand: most streams carry a few hundred
         // bytes, and a large eager buffer per stream showed up as malloc
-        // consolidation in profiles.
-        Self { recv, decoder: FrameDecoder::new(), peeked: None }
+        // consolidation in profiles. Bodies larger than an inline one come in
+        // pieces, each a slice of a received packet, instead of being copied
+        // into one buffer per frame.
+        Self { recv, decoder: FrameDecoder::streaming_bodies(INLINE_BODY as usize), peeked: None }
     }
 
     /// The next frame; `Ok(None)` when the peer finished the stream cleanly
@@ -105,7 +107,7 @@ impl FrameReader {
             }
             match self.recv.read_chunk(wire::MAX_FRAME_LEN, true).await? {
                 Some(chunk) => self.decoder.push(chunk.bytes),
-                None if self.decoder.pending() == 0 => return Ok(None),
+                None if !self.decoder.in_frame() => return Ok(None),
                 None => return Err(ReadFrameError::Truncated),
             }
         }
@@ -325,6 +327,26 @@ mod tests {
         assert_eq!(reader.next().await.unwrap(), Some(body(b"a")));
         drop(reader);
         assert_eq!(pair.stop_sendings().await, 1);
+    }
+
+    /// A large body frame comes in pieces as its packets arrive; a stream
+    /// that ends inside it is still truncated, not finished.
+    #[tokio::test]
+    async fn a_stream_ending_inside_a_streamed_body_is_truncated() {
+        let pair = Pair::new().await;
+        let bytes = encode_all(&[Frame::Body(Bytes::from(vec![1u8; 100_000]))]);
+        let mut reader = pair.send(&bytes[..50_000], true).await;
+        let (mut pieces, mut got) = (0, 0);
+        loop {
+            match reader.next().await {
+                Ok(Some(Frame::Body(piece))) => (pieces, got) = (pieces + 1, got + piece.len()),
+                Err(ReadFrameError::Truncated) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The prefix, the field's key and a 3-byte length came before the payload.
+        assert_eq!(got, 50_000 - wire::LEN_PREFIX - 4);
+        assert!(pieces > 1, "the payload came in pieces");
     }
 
     #[tokio::test]

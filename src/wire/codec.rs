@@ -121,23 +121,43 @@ pub fn encode_to_bytes(frame: &Frame) -> Bytes {
 ///
 /// A frame that arrives whole inside one chunk (a head, `End`, a small body) is
 /// cut out of that chunk without a copy: its `Bytes` fields share the chunk,
-/// which is itself a slice of the datagram QUIC received. Only a frame split
-/// across chunks is assembled in a buffer of its own.
+/// which is itself a slice of the datagram QUIC received. A frame split across
+/// chunks is assembled in a buffer of its own, except, in a decoder made by
+/// [`FrameDecoder::streaming_bodies`], a large body frame: its payload is handed
+/// out piece by piece as it arrives, each piece a slice of its chunk.
 ///
 /// Holds at most one partial frame plus whatever the caller pushed; bounded by
 /// [`MAX_FRAME_LEN`] as long as the caller drains frames before pushing more.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameDecoder {
     /// A frame split across chunks, being assembled.
     buf: BytesMut,
     /// The undecoded rest of the last chunk pushed while `buf` was empty.
     chunk: Bytes,
+    /// Payload bytes of the body frame being streamed that are still to come.
+    body_left: usize,
+    /// Body frames with a payload over this are streamed (`usize::MAX`: none).
+    stream_over: usize,
 }
 
 impl FrameDecoder {
-    /// A decoder with an empty buffer.
+    /// A decoder that hands out whole frames only.
     pub fn new() -> Self {
-        Self::default()
+        Self::streaming_bodies(usize::MAX)
+    }
+
+    /// A decoder that hands out a body frame whose payload is over `min_len`
+    /// bytes, and that does not arrive in one chunk, as several
+    /// [`Frame::Body`] pieces, in order, none empty, whose concatenation is the
+    /// frame's payload.
+    ///
+    /// Why: a body frame (up to [`super::MAX_BODY_CHUNK`]) spans dozens of
+    /// QUIC packets, and assembling it copied every byte of every large body
+    /// once more on each side of the tunnel. A body's consumer only streams it
+    /// on, so it can take the packets' own slices. Small frames stay whole, so
+    /// a small request body still comes as one frame and keeps its known length.
+    pub fn streaming_bodies(min_len: usize) -> Self {
+        Self { buf: BytesMut::new(), chunk: Bytes::new(), body_left: 0, stream_over: min_len }
     }
 
     /// Appends received bytes.
@@ -157,24 +177,90 @@ impl FrameDecoder {
         }
     }
 
-    /// The next complete frame, if what was pushed holds one.
+    /// The next complete frame (or the next piece of a streamed body), if what
+    /// was pushed holds one.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, DecodeError> {
+        if self.body_left > 0 {
+            return Ok(self.body_piece());
+        }
         if !self.chunk.is_empty() {
             match peek_len(&self.chunk)? {
                 Some(len) if self.chunk.len() >= LEN_PREFIX + len => {
                     self.chunk.advance(LEN_PREFIX);
                     return decode_body(self.chunk.split_to(len)).map(Some);
                 }
-                // The chunk ends inside a frame: wait for the rest in `buf`.
-                _ => self.assemble(),
+                // The chunk ends inside a frame: stream it, or wait for the rest in `buf`.
+                _ => match self.streamed_body(&self.chunk) {
+                    Some((header, payload)) => {
+                        self.chunk.advance(header);
+                        self.body_left = payload;
+                        return Ok(self.body_piece());
+                    }
+                    None => self.assemble(),
+                },
             }
         }
+        if let Some((header, payload)) = self.streamed_body(&self.buf) {
+            self.buf.advance(header);
+            self.body_left = payload;
+            return Ok(self.body_piece());
+        }
         decode(&mut self.buf)
+    }
+
+    /// For a body frame to stream that starts `src` but does not end in it:
+    /// the length of its prefix and field header, and of its payload. `None`
+    /// for anything else, including a header not yet whole, which then waits
+    /// for more bytes like any partial frame.
+    fn streamed_body(&self, src: &[u8]) -> Option<(usize, usize)> {
+        // Field 8 (`body`), wire type 2, as `encode_body_header` writes it.
+        const BODY_KEY: u8 = (8 << 3) | 2;
+        let len = peek_len(src).ok()??;
+        if src.len() >= LEN_PREFIX + len || src.get(LEN_PREFIX) != Some(&BODY_KEY) {
+            return None;
+        }
+        let mut pos = LEN_PREFIX + 1;
+        let payload = super::walk::varint(src, &mut pos)?;
+        // The frame must be exactly that one field, its length written the way
+        // prost reads it; anything unusual is left to the whole-frame decoder.
+        // The announced length is the peer's: compared, never added to.
+        let field_header = pos - LEN_PREFIX;
+        let minimal = prost::encoding::encoded_len_varint(payload) == field_header - 1;
+        let payload = usize::try_from(payload).ok()?;
+        (minimal && len.checked_sub(field_header) == Some(payload) && payload > self.stream_over)
+            .then_some((pos, payload))
+    }
+
+    /// The next piece of the body being streamed, from what is buffered.
+    fn body_piece(&mut self) -> Option<Frame> {
+        // At most one of `buf` and `chunk` holds bytes (see `push`).
+        let piece = if !self.buf.is_empty() {
+            self.buf.split_to(self.buf.len().min(self.body_left)).freeze()
+        } else if !self.chunk.is_empty() {
+            self.chunk.split_to(self.chunk.len().min(self.body_left))
+        } else {
+            return None;
+        };
+        self.body_left -= piece.len();
+        Some(Frame::Body(piece))
     }
 
     /// Bytes received but not yet decoded.
     pub fn pending(&self) -> usize {
         self.buf.len() + self.chunk.len()
+    }
+
+    /// Whether the bytes so far end inside a frame: pending bytes, or a
+    /// streamed body whose payload is not all here. A stream that ends now is
+    /// truncated.
+    pub fn in_frame(&self) -> bool {
+        self.pending() != 0 || self.body_left != 0
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -248,6 +334,69 @@ mod tests {
             assert_eq!(got, frames, "cut at {cut}");
             assert_eq!(decoder.pending(), 0);
         }
+    }
+
+    /// A large body frame split across chunks comes out in pieces that add
+    /// up to it, wherever the chunks are cut; small bodies and other frames
+    /// stay whole.
+    #[test]
+    fn a_streaming_decoder_hands_out_large_bodies_in_pieces() {
+        let big = Bytes::from((0..200u8).collect::<Vec<u8>>());
+        let frames = [head(), Frame::Body(Bytes::from_static(b"small")), Frame::Body(big.clone()), Frame::End];
+        let mut all = BytesMut::new();
+        for f in &frames {
+            encode(f, &mut all);
+        }
+        let all = all.freeze();
+        for a in 1..all.len() {
+            for b in a..all.len() {
+                let mut decoder = FrameDecoder::streaming_bodies(16);
+                let mut got = Vec::new();
+                for chunk in [all.slice(..a), all.slice(a..b), all.slice(b..)] {
+                    decoder.push(chunk);
+                    while let Some(frame) = decoder.next_frame().unwrap() {
+                        got.push(frame);
+                    }
+                }
+                assert_eq!(got[..2], frames[..2], "cuts at {a}, {b}");
+                assert_eq!(got.last(), Some(&Frame::End), "cuts at {a}, {b}");
+                let mut joined = Vec::new();
+                for piece in &got[2..got.len() - 1] {
+                    let Frame::Body(piece) = piece else { panic!("cuts at {a}, {b}: {piece:?}") };
+                    assert!(!piece.is_empty(), "cuts at {a}, {b}: an empty piece");
+                    joined.extend_from_slice(piece);
+                }
+                assert_eq!(joined, big, "cuts at {a}, {b}");
+                assert!(!decoder.in_frame());
+            }
+        }
+    }
+
+    /// The pieces are slices of the chunks they arrived in, and a decoder in
+    /// the middle of one knows it is inside a frame.
+    #[test]
+    fn streamed_body_pieces_are_not_copied() {
+        let big = Bytes::from(vec![9u8; 1000]);
+        let all = encode_to_bytes(&Frame::Body(big.clone()));
+        let (first, second) = (all.slice(..300), all.slice(300..));
+        let mut decoder = FrameDecoder::streaming_bodies(16);
+        decoder.push(first.clone());
+        let Some(Frame::Body(a)) = decoder.next_frame().unwrap() else { panic!("a first piece") };
+        assert_eq!(a.as_ptr(), first[LEN_PREFIX + 3..].as_ptr(), "a slice of the first chunk");
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        assert!(decoder.in_frame() && decoder.pending() == 0, "inside the frame, with nothing buffered");
+        decoder.push(second.clone());
+        let Some(Frame::Body(b)) = decoder.next_frame().unwrap() else { panic!("a second piece") };
+        assert_eq!(b.as_ptr(), second.as_ptr(), "a slice of the second chunk");
+        assert_eq!([a, b].concat(), big);
+        assert!(!decoder.in_frame());
+
+        // A whole-frame decoder assembles the same frame.
+        let mut whole = FrameDecoder::new();
+        whole.push(first);
+        assert_eq!(whole.next_frame().unwrap(), None);
+        whole.push(second);
+        assert_eq!(whole.next_frame().unwrap(), Some(Frame::Body(big)));
     }
 
     #[test]
