@@ -124,6 +124,15 @@ fn decode_corpus(dir: &Path) {
     // A body frame cut short: a streaming decoder hands out its first bytes.
     let body = encode_to_bytes(&Frame::Body(Bytes::from(vec![b'x'; 300])));
     write(dir, "body-cut-short", &body[..100]);
+    // A body field followed by an End field in one frame: protobuf keeps the
+    // last field of a oneof, so this is `End`, and a streaming decoder must not
+    // take it for a body. Whole, and cut short.
+    let mut two_fields = vec![0x42, 20];
+    two_fields.extend_from_slice(&[b'y'; 20]);
+    two_fields.extend_from_slice(&[0x4a, 0x00]);
+    let two_fields = prefixed(&two_fields);
+    write(dir, "body-then-end-field", &two_fields);
+    write(dir, "body-then-end-field-cut-short", &two_fields[..12]);
     // A body field whose length is u64::MAX (a varint of ten bytes) in a
     // 13-byte frame: the fuzzer's first find in the streaming decoder, which
     // added the two lengths and overflowed.

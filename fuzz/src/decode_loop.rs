@@ -68,6 +68,8 @@ pub struct Outcome {
     pub frames: Vec<Frame>,
     /// How the loop ended.
     pub end: End,
+    /// Bytes left undecoded at the end.
+    pub rest: usize,
 }
 
 /// The announced length of the frame at the front of `rest`, if it has a prefix.
@@ -86,16 +88,19 @@ pub fn check(data: &[u8]) -> Outcome {
         assert_eq!(outcome.end, chunked.end, "decoding in {size}-byte chunks ends differently");
         let streamed = decode_in_chunks(FrameDecoder::streaming_bodies(0), data, size);
         assert_eq!(outcome.end, streamed.end, "streaming bodies in {size}-byte chunks ends differently");
-        let cut_short = outcome.end == End::NeedMore;
-        check_pieces(&outcome.frames, &streamed.frames, cut_short, &format!("in {size}-byte chunks"));
+        // What the whole-frame decoder left undecoded: a streamed body's first
+        // pieces may come from it.
+        let rest = (outcome.end == End::NeedMore).then(|| &data[data.len() - outcome.rest..]);
+        check_pieces(&outcome.frames, &streamed.frames, rest, &format!("in {size}-byte chunks"));
     }
     outcome
 }
 
 /// Asserts that `streamed` is `whole` with body frames possibly in pieces,
-/// none empty; `cut_short`: the input ended inside a frame, whose body may have
-/// come in part. `context` says which decoding this is.
-pub fn check_pieces(whole: &[Frame], streamed: &[Frame], cut_short: bool, context: &str) {
+/// none empty. `cut_short` is the input's undecoded end, if it ended inside a
+/// frame: a streamed body's first pieces may come from it, and are then
+/// exactly its last bytes. `context` says which decoding this is.
+pub fn check_pieces(whole: &[Frame], streamed: &[Frame], cut_short: Option<&[u8]>, context: &str) {
     let mut got = streamed.iter();
     for frame in whole {
         let Frame::Body(body) = frame else {
@@ -117,9 +122,17 @@ pub fn check_pieces(whole: &[Frame], streamed: &[Frame], cut_short: bool, contex
         assert_eq!(&joined[..], &body[..], "a body's pieces {context} differ");
     }
     // Anything more is the start of a body the input cuts short.
-    for rest in got {
-        assert!(matches!(rest, Frame::Body(piece) if !piece.is_empty()), "an extra {rest:?} {context}");
-        assert!(cut_short, "pieces of a body {context} that the input does not cut short");
+    let mut joined = Vec::new();
+    for extra in got {
+        match extra {
+            Frame::Body(piece) if !piece.is_empty() => joined.extend_from_slice(piece),
+            other => panic!("an extra {other:?} {context}"),
+        }
+    }
+    if !joined.is_empty() {
+        let rest = cut_short.unwrap_or_else(|| panic!("pieces of a body {context} that the input does not cut short"));
+        assert_eq!(rest.get(LEN_PREFIX), Some(&0x42), "pieces {context} of a frame that is no body");
+        assert!(rest.len() > joined.len() && rest.ends_with(&joined), "pieces {context} not from the cut-short body");
     }
 }
 
@@ -134,7 +147,7 @@ fn decode_all(data: &[u8]) -> Outcome {
                 if let Some(len) = announced_len(rest) {
                     assert!(rest.len() < LEN_PREFIX + len, "Ok(None) with a whole frame buffered");
                 }
-                return Outcome { frames, end: End::NeedMore };
+                return Outcome { frames, end: End::NeedMore, rest: buf.len() };
             }
             Ok(Some(frame)) => {
                 let len = announced_len(rest).expect("a frame without a length prefix");
@@ -150,16 +163,17 @@ fn decode_all(data: &[u8]) -> Outcome {
                     assert_eq!(announced_len(rest), Some(len), "TooLarge reports the wrong length");
                     assert_eq!(&buf[..], rest, "TooLarge consumed bytes");
                 }
-                return Outcome { frames, end: End::Error(err) };
+                return Outcome { frames, end: End::Error(err), rest: buf.len() };
             }
         }
     }
 }
 
-/// The same input pushed into a `FrameDecoder` in chunks of `size` bytes (the
-/// last may be shorter), draining it after every push. Whole chunks exercise
-/// frames cut out of a chunk without a copy; small ones, frames assembled
-/// across chunks; sizes in between, both in turn.
+/// The same input pushed into `decoder` in chunks of `size` bytes (the last
+/// may be shorter), draining it after every push. Whole chunks exercise frames
+/// cut out of a chunk without a copy; small ones, frames assembled across
+/// chunks (or, in a streaming decoder, bodies in pieces); sizes in between,
+/// both in turn.
 fn decode_in_chunks(mut decoder: FrameDecoder, data: &[u8], size: usize) -> Outcome {
     let mut frames = Vec::new();
     for chunk in data.chunks(size) {
@@ -168,11 +182,11 @@ fn decode_in_chunks(mut decoder: FrameDecoder, data: &[u8], size: usize) -> Outc
             match decoder.next_frame() {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
-                Err(err) => return Outcome { frames, end: End::Error(err) },
+                Err(err) => return Outcome { frames, end: End::Error(err), rest: decoder.pending() },
             }
         }
     }
-    Outcome { frames, end: End::NeedMore }
+    Outcome { frames, end: End::NeedMore, rest: decoder.pending() }
 }
 
 /// Asserts that `frame` survives encode → decode unchanged, and that encoding is

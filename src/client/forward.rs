@@ -203,9 +203,10 @@ fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
     Frame::Error(StreamError { code, message: message.to_owned() })
 }
 
-/// Builds the request body. The common small cases (no body; one chunk then
-/// end) become complete bodies, so hyper can send them with a known length;
-/// anything else streams from the tunnel as it arrives.
+/// Builds the request body. The common small cases (no body; one body frame
+/// then end, as an inline body always is) become complete bodies, so hyper
+/// can send them with a known length; anything else streams from the tunnel
+/// as it arrives.
 async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
     let first = match reader.next().await {
         Ok(Some(Frame::End)) => return Ok(Empty::new().map_err(|never| match never {}).boxed_unsync()),

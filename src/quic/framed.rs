@@ -7,6 +7,10 @@ use crate::wire::{self, DecodeError, Frame, FrameDecoder};
 
 /// Bodies whose size is known to be at most this are read whole and sent in the
 /// same write as their head and end: one packet for a typical webhook.
+///
+/// It is also the size over which a [`FrameReader`] hands out a body frame in
+/// pieces as its packets arrive, so an inline body always comes as one frame
+/// (the client then gives the local app a body of known length).
 pub const INLINE_BODY: u64 = 64 * 1024;
 
 /// How sending a message (head, body, end) ended.
@@ -84,9 +88,9 @@ impl FrameReader {
     pub fn new(recv: RecvStream) -> Self {
         // The decoder's buffer grows on demand: most streams carry a few hundred
         // bytes, and a large eager buffer per stream showed up as malloc
-        // consolidation in profiles. Bodies larger than an inline one come in
-        // pieces, each a slice of a received packet, instead of being copied
-        // into one buffer per frame.
+        // consolidation in profiles. Body frames larger than an inline body
+        // come in pieces, slices of the received packets, instead of being
+        // copied into one buffer per frame.
         Self { recv, decoder: FrameDecoder::streaming_bodies(INLINE_BODY as usize), peeked: None }
     }
 
@@ -347,6 +351,28 @@ mod tests {
         // The prefix, the field's key and a 3-byte length came before the payload.
         assert_eq!(got, 50_000 - wire::LEN_PREFIX - 4);
         assert!(pieces > 1, "the payload came in pieces");
+    }
+
+    /// An inline body (at most `INLINE_BODY`) always comes as one frame, which
+    /// the client needs to give the app a body of known length; a frame one
+    /// byte larger comes in pieces.
+    #[tokio::test]
+    async fn a_reader_streams_only_bodies_larger_than_an_inline_one() {
+        let pair = Pair::new().await;
+        for (len, whole) in [(INLINE_BODY as usize, true), (INLINE_BODY as usize + 1, false)] {
+            let body = Bytes::from(vec![5u8; len]);
+            let mut reader = pair.send(&encode_all(&[Frame::Body(body.clone()), Frame::End]), true).await;
+            let mut pieces = Vec::new();
+            loop {
+                match reader.next().await.unwrap() {
+                    Some(Frame::Body(piece)) => pieces.push(piece),
+                    Some(Frame::End) => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(pieces.len() == 1, whole, "{len} bytes came in {} pieces", pieces.len());
+            assert_eq!(pieces.concat(), body);
+        }
     }
 
     #[tokio::test]

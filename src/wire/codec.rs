@@ -124,7 +124,9 @@ pub fn encode_to_bytes(frame: &Frame) -> Bytes {
 /// which is itself a slice of the datagram QUIC received. A frame split across
 /// chunks is assembled in a buffer of its own, except, in a decoder made by
 /// [`FrameDecoder::streaming_bodies`], a large body frame: its payload is handed
-/// out piece by piece as it arrives, each piece a slice of its chunk.
+/// out piece by piece as it arrives, each piece a slice of its chunk. (Only when
+/// a chunk ends inside the frame's few header bytes is the next chunk copied
+/// into the buffer, and that one piece is a slice of the copy.)
 ///
 /// Holds at most one partial frame plus whatever the caller pushed; bounded by
 /// [`MAX_FRAME_LEN`] as long as the caller drains frames before pushing more.
@@ -147,9 +149,9 @@ impl FrameDecoder {
     }
 
     /// A decoder that hands out a body frame whose payload is over `min_len`
-    /// bytes, and that does not arrive in one chunk, as several
+    /// bytes, and that does not arrive in one chunk, as one or more
     /// [`Frame::Body`] pieces, in order, none empty, whose concatenation is the
-    /// frame's payload.
+    /// frame's payload: a piece as soon as its bytes are pushed.
     ///
     /// Why: a body frame (up to [`super::MAX_BODY_CHUNK`]) spans dozens of
     /// QUIC packets, and assembling it copied every byte of every large body
@@ -368,8 +370,66 @@ mod tests {
                 }
                 assert_eq!(joined, big, "cuts at {a}, {b}");
                 assert!(!decoder.in_frame());
+                // A cut strictly inside the payload gives two pieces at least.
+                let end = all.len() - encode_to_bytes(&Frame::End).len();
+                let inside = end - big.len() + 1..end;
+                if inside.contains(&a) || inside.contains(&b) {
+                    assert!(got.len() - 3 > 1, "cuts at {a}, {b}: one piece");
+                }
             }
         }
+    }
+
+    /// `min_len` itself is not over the threshold: such a frame is assembled
+    /// whole; one byte more and it streams.
+    #[test]
+    fn the_streaming_threshold_is_exclusive() {
+        for (len, whole) in [(100, true), (101, false)] {
+            let body = Bytes::from(vec![3u8; len]);
+            let all = encode_to_bytes(&Frame::Body(body.clone()));
+            let mut decoder = FrameDecoder::streaming_bodies(100);
+            let mut got = Vec::new();
+            for chunk in [all.slice(..50), all.slice(50..)] {
+                decoder.push(chunk);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    got.push(frame);
+                }
+            }
+            if whole {
+                assert_eq!(got, [Frame::Body(body)], "{len} bytes");
+            } else {
+                assert_eq!(got.len(), 2, "{len} bytes");
+                let joined: Vec<u8> = got
+                    .iter()
+                    .flat_map(|f| match f {
+                        Frame::Body(b) => b.to_vec(),
+                        other => panic!("{other:?}"),
+                    })
+                    .collect();
+                assert_eq!(joined, body);
+            }
+        }
+    }
+
+    /// Pushed twice without draining, the second chunk is copied after the
+    /// first; the body's pieces then come out of that buffer and stop where the
+    /// body ends, before the next frame.
+    #[test]
+    fn streamed_pieces_from_the_buffer_stop_at_the_end_of_the_body() {
+        let body = Bytes::from((0..=255u8).cycle().take(1000).collect::<Vec<u8>>());
+        let mut all = BytesMut::new();
+        encode(&Frame::Body(body.clone()), &mut all);
+        encode(&Frame::End, &mut all);
+        let all = all.freeze();
+        let mut decoder = FrameDecoder::streaming_bodies(16);
+        decoder.push(all.slice(..200));
+        let Some(Frame::Body(first)) = decoder.next_frame().unwrap() else { panic!("a first piece") };
+        decoder.push(all.slice(200..600));
+        decoder.push(all.slice(600..));
+        let Some(Frame::Body(rest)) = decoder.next_frame().unwrap() else { panic!("the rest") };
+        assert_eq!([first, rest].concat(), body);
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::End));
+        assert!(!decoder.in_frame());
     }
 
     /// The pieces are slices of the chunks they arrived in, and a decoder in
