@@ -391,26 +391,35 @@ async fn run(command: Command) -> Result<()> {
 }
 
 /// Cancels on ctrl-c or SIGTERM.
+///
+/// The handlers are registered before this returns, so a caller that says it
+/// is ready afterwards (the server's banner) is already safe to stop: a
+/// SIGTERM sent by a supervisor or a script as soon as the banner appears
+/// shuts down gracefully instead of killing the process.
 fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        tokio::spawn(async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
                     tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
                         _ = term.recv() => {}
+                        _ = int.recv() => {}
                     }
                 }
-                Err(_) => {
+                _ => {
                     let _ = tokio::signal::ctrl_c().await;
                 }
             }
-        }
-        #[cfg(not(unix))]
+            t.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         t.cancel();
     });
@@ -460,6 +469,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         },
     };
     let server = Server::bind(config).await.context("cannot start the server")?;
+    let shutdown = shutdown_on_signal();
     println!("hookway server {}", env!("CARGO_PKG_VERSION"));
     println!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)", server.public_url());
     println!("  HTTP listen:   {}", server.http_addr());
@@ -477,7 +487,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         None => println!("\n  Expose a local port:  HOOKWAY_API_KEY=<your key> hookway start 3000"),
     }
     println!();
-    server.run(shutdown_on_signal()).await;
+    server.run(shutdown).await;
     Ok(())
 }
 
