@@ -219,5 +219,15 @@ fn bench_body_chunk(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_request_head, bench_body_chunk);
+/// What the edge and the client do to every head: drop hop-by-hop headers.
+/// A typical webhook has none.
+fn bench_strip_hop_by_hop(c: &mut Criterion) {
+    let map: HeaderMap =
+        HEADERS.iter().map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v))).collect();
+    c.bench_function("headers/strip_hop_by_hop", |b| {
+        b.iter_batched_ref(|| map.clone(), hookway::headers::strip_hop_by_hop, BatchSize::SmallInput);
+    });
+}
+
+criterion_group!(benches, bench_request_head, bench_body_chunk, bench_strip_hop_by_hop);
 criterion_main!(benches);
