@@ -17,6 +17,11 @@ pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 /// Size of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 
+/// The protobuf key of a body frame's one field: field 8 (`body`), wire type 2
+/// (length-delimited). One byte, written by [`encode_body_header`] and looked
+/// for by the streaming decoder.
+const BODY_KEY: u8 = (8 << 3) | 2;
+
 /// Why a buffer could not be decoded. All variants are the peer's fault and final:
 /// the stream they arrived on should be reset.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -100,12 +105,10 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
 /// bytes, so the body itself can be sent as its own buffer without a copy.
 /// `header + body` is byte-for-byte what [`encode`] produces for the same frame.
 pub fn encode_body_header(len: usize, dst: &mut BytesMut) {
-    // Field 8 (`body`), wire type 2 (length-delimited).
-    const BODY_KEY: u64 = (8 << 3) | 2;
-    let frame_len =
-        prost::encoding::encoded_len_varint(BODY_KEY) + prost::encoding::encoded_len_varint(len as u64) + len;
+    let key = u64::from(BODY_KEY);
+    let frame_len = prost::encoding::encoded_len_varint(key) + prost::encoding::encoded_len_varint(len as u64) + len;
     dst.put_u32(frame_len as u32);
-    prost::encoding::encode_varint(BODY_KEY, dst);
+    prost::encoding::encode_varint(key, dst);
     prost::encoding::encode_varint(len as u64, dst);
 }
 
@@ -215,8 +218,6 @@ impl FrameDecoder {
     /// for anything else, including a header not yet whole, which then waits
     /// for more bytes like any partial frame.
     fn streamed_body(&self, src: &[u8]) -> Option<(usize, usize)> {
-        // Field 8 (`body`), wire type 2, as `encode_body_header` writes it.
-        const BODY_KEY: u8 = (8 << 3) | 2;
         let len = peek_len(src).ok()??;
         if src.len() >= LEN_PREFIX + len || src.get(LEN_PREFIX) != Some(&BODY_KEY) {
             return None;
