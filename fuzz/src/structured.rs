@@ -11,8 +11,8 @@ use bytes::{Bytes, BytesMut};
 use hookway::wire::codec::encode_body_header;
 use hookway::wire::frame::InvalidFrame;
 use hookway::wire::{
-    self, ClientHello, DecodeError, Frame, FrameDecoder, Headers, RejectCode, Rejected, RequestHead, ResponseHead, SessionEnded,
-    ServerHello, StreamError, StreamErrorCode,
+    self, ClientHello, DecodeError, Frame, FrameDecoder, Headers, RejectCode, Rejected, RequestHead, ResponseHead,
+    ServerHello, SessionEnded, StreamError, StreamErrorCode,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
