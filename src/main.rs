@@ -245,6 +245,7 @@ enum TunnelsCommand {
     /// Rename a tunnel, change its group, or turn body capture on or off.
     Update {
         /// Tunnel id.
+        #[arg(value_parser = crate::resource_id)]
         id: String,
         /// New display name.
         #[arg(long)]
@@ -285,6 +286,7 @@ enum TunnelsCommand {
 #[derive(Args)]
 struct ConnectCmd {
     /// Tunnel id.
+    #[arg(value_parser = crate::resource_id)]
     id: String,
     /// Local port.
     port: u16,
@@ -306,9 +308,22 @@ struct ClientOnly {
 #[derive(Args)]
 struct IdArg {
     /// Tunnel id (tun_…).
+    #[arg(value_parser = crate::resource_id)]
     id: String,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// Checks an id argument (`tun_…`, `wh_…`, `req_…`) before it goes into a URL
+/// path: ids are letters, digits, `_` and `-`, so a typo or a pasted path
+/// (`../keys`, `x?y`) is an error here rather than a request to another route.
+fn resource_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("not an id: ids are letters, digits, '_' and '-' (like tun_x3v10sgorhdgipbm)".into())
+    }
 }
 
 #[derive(Subcommand)]

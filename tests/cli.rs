@@ -55,6 +55,26 @@ async fn missing_key_and_unreachable_server_are_explained() {
 }
 
 #[tokio::test]
+async fn ids_that_are_not_ids_are_refused_before_any_request() {
+    // An id goes into a URL path: `../keys` or `x?y` would reach another route.
+    let port = closed_port().await;
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [
+        &["tunnels", "delete", "../../api/keys"][..],
+        &["tunnels", "connect", "tun_x?y", "3000"],
+        &["webhooks", "get", "wh_a/b"],
+        &["tunnels", "update", "", "--name", "n"],
+    ] {
+        let (code, _, err) = hookway(&[args, &["--server", &url]].concat(), None, Some("k")).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("not an id"), "{args:?}: {err}");
+    }
+    let (code, _, err) = hookway(&["tunnels", "get", "tun_x3v10sgorhdgipbm", "--server", &url], None, Some("k")).await;
+    assert_eq!(code, 1, "a well-formed id reaches the (closed) server: {err}");
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test]
 async fn tunnel_verbs_round_trip_through_the_api() {
     let server = TestServer::start().await;
     let (code, out, err) = hookway(

@@ -24,6 +24,7 @@ pub enum InspectCommand {
     /// Requests the tunnel captured, newest first.
     Requests {
         /// Tunnel id (tun_…).
+        #[arg(value_parser = crate::resource_id)]
         id: String,
         /// How many (1-1000).
         #[arg(long, default_value_t = 50)]
@@ -53,6 +54,7 @@ pub enum InspectCommand {
     /// Delete every captured request of the tunnel.
     ClearRequests {
         /// Tunnel id (tun_…).
+        #[arg(value_parser = crate::resource_id)]
         id: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -62,8 +64,10 @@ pub enum InspectCommand {
 #[derive(Args)]
 pub struct RequestArg {
     /// Tunnel id (tun_…).
+    #[arg(value_parser = crate::resource_id)]
     id: String,
     /// Request id (req_…).
+    #[arg(value_parser = crate::resource_id)]
     req: String,
     #[command(flatten)]
     client: ClientArgs,

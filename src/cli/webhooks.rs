@@ -36,6 +36,7 @@ pub enum WebhooksCommand {
     /// Change a webhook's fields.
     Update {
         /// Webhook id (wh_…).
+        #[arg(value_parser = crate::resource_id)]
         id: String,
         /// New destination URL.
         #[arg(long)]
@@ -84,6 +85,7 @@ pub struct WebhookFields {
 #[derive(Args)]
 pub struct WebhookId {
     /// Webhook id (wh_…).
+    #[arg(value_parser = crate::resource_id)]
     id: String,
     #[command(flatten)]
     client: ClientArgs,
