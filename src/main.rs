@@ -659,7 +659,8 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                         t["subdomain"].as_str().unwrap_or(""),
                         t["status"].as_str().unwrap_or(""),
                         t["totalRequests"],
-                        t["name"].as_str().unwrap_or("")
+                        // Names stored before the API refused control characters.
+                        inspect_cli::records::clean(t["name"].as_str().unwrap_or(""))
                     );
                 }
             }

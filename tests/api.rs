@@ -135,6 +135,11 @@ async fn every_error_is_json_with_the_right_status() {
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some("{}"), 400),
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": 5}"#), 400),
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "   "}"#), 400),
+        // Control characters would rewrite a terminal that lists the tunnels.
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "a\u001b[2Jb"}"#), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "fake\r\nline"}"#), 400),
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "nul\u0000"}"#), 400),
+        (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"name":"x\u0007"}"#), 400),
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name":"a","subdomain":7}"#), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some("{}"), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"subdomain":"other"}"#), 400),

@@ -260,6 +260,11 @@ pub(super) fn valid_name(name: String) -> Result<String, ApiError> {
     if name.chars().count() > MAX_NAME_LEN {
         return Err(ApiError::bad(format!("'name' must be at most {MAX_NAME_LEN} characters")));
     }
+    // A name is shown in terminals (`tunnels list`, the client's banner):
+    // escape sequences and line breaks in it would rewrite what a user sees.
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::bad("'name' must not contain control characters (line breaks, tabs, escapes)"));
+    }
     Ok(name)
 }
 
