@@ -160,7 +160,7 @@ struct ServerArgs {
 #[derive(Args, Clone)]
 struct ClientArgs {
     /// Base URL of the hookway server.
-    #[arg(long, env = "HOOKWAY_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true)]
     server: String,
     /// API key (printed by the server on its first start).
     #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]
@@ -314,6 +314,9 @@ struct IdArg {
     client: ClientArgs,
 }
 
+/// The server clients talk to unless told otherwise: the server's default `--http`.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 /// Checks an id argument (`tun_…`, `wh_…`, `req_…`) before it goes into a URL
 /// path: ids are letters, digits, `_` and `-`, so a typo or a pasted path
 /// (`../keys`, `x?y`) is an error here rather than a request to another route.
@@ -396,6 +399,13 @@ async fn run(command: Command) -> Result<()> {
         Command::Tunnels(cmd) => tunnels(cmd).await,
         Command::Webhooks(cmd) => webhooks_cli::run(cmd).await,
         Command::Keys(KeysCommand::Create { org, data_dir }) => {
+            // A key in a fresh database would be one no running server knows.
+            if !data_dir.join("hookway.db").is_file() {
+                bail!(
+                    "no hookway database in {}: pass the server's --data-dir (or set HOOKWAY_DATA_DIR)",
+                    data_dir.display()
+                );
+            }
             let store = hookway::store::StoreHandle::new(hookway::store::SqliteStore::open_in(&data_dir)?);
             let key = server::create_api_key(&store, &org)?;
             println!("{key}");
@@ -494,12 +504,23 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         None => println!("  Certificate:   from --tls-cert (clients verify it against system roots)"),
     }
     println!("  Data:          {}", args.data_dir.display());
+    // Clients default to the default address; any other must be passed on.
+    let server_env = match server.public_url() {
+        DEFAULT_SERVER => String::new(),
+        url => format!("HOOKWAY_SERVER={url} "),
+    };
     match server.generated_api_key() {
         Some(key) => {
             println!("\n  API key (shown only this once; store it now): {key}");
-            println!("\n  Expose a local port:  HOOKWAY_API_KEY={key} hookway start 3000");
+            println!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} hookway start 3000");
         }
-        None => println!("\n  Expose a local port:  HOOKWAY_API_KEY=<your key> hookway start 3000"),
+        None => {
+            println!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<your key> hookway start 3000");
+            println!(
+                "  (The key was printed on the first start; `hookway keys create --data-dir {}` makes another.)",
+                args.data_dir.display()
+            );
+        }
     }
     println!();
     server.run(shutdown).await;

@@ -243,3 +243,56 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
     assert!(err.contains("server stopped"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in {err:?}");
 }
+
+/// A first start that fails (its HTTP port is taken) must not use up the
+/// one-time key: the next start still generates and prints it, with the
+/// server address clients need when it is not the default.
+#[tokio::test]
+async fn a_failed_first_start_does_not_swallow_the_api_key() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["server", "--http", &busy_addr, "--quic", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HOOKWAY_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen"), "{err}");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HOOKWAY_API_KEY")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Expose a local port") {
+            break;
+        }
+    }
+    assert!(banner.contains("API key (shown only this once"), "{banner}");
+    assert!(banner.contains("HOOKWAY_SERVER=http://127.0.0.1:"), "{banner}");
+    child.kill().await.unwrap();
+    drop(busy);
+
+    // `keys create` against a directory with no database refuses, rather than
+    // making a key in a new database no server reads.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = hookway(&["keys", "create", "--data-dir", empty.path().to_str().unwrap()], None, None).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no hookway database"), "{err}");
+    let (code, out, err) = hookway(&["keys", "create", "--data-dir", dir.path().to_str().unwrap()], None, None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("hwk_"), "{out}");
+}
