@@ -7,6 +7,19 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+
+/// `println!` for this binary and its `cli` modules (defined before them, so
+/// theirs too): std's panics when stdout is a closed pipe (`hookway tunnels
+/// list | head -1`); this one ends the process quietly, as `head` expects.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+            crate::stdout_failed(err);
+        }
+    }};
+}
+
 #[path = "cli/inspect.rs"]
 mod inspect_cli;
 #[path = "cli/monitor.rs"]
@@ -312,6 +325,16 @@ struct IdArg {
     id: String,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// Where [`println`] goes when stdout fails: a reader that went away ends us
+/// quietly (exit 0, like other filters' writers); anything else is reported.
+fn stdout_failed(err: std::io::Error) -> ! {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write to stdout: {err}");
+    std::process::exit(1);
 }
 
 /// The server clients talk to unless told otherwise: the server's default `--http`.

@@ -296,3 +296,25 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("hwk_"), "{out}");
 }
+
+/// `hookway tunnels list | head -1`: a reader that leaves early ends the
+/// command quietly, not with a panic and exit code 101.
+#[tokio::test]
+async fn a_closed_stdout_ends_a_listing_quietly() {
+    let server = TestServer::start().await;
+    create_tunnel(&server, None).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "list"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Closed before the answer arrives from the server: the first line fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
