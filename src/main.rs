@@ -172,11 +172,11 @@ struct ServerArgs {
 
 #[derive(Args, Clone)]
 struct ClientArgs {
-    /// Base URL of the hookway server.
-    #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true)]
+    /// Base URL of the hookway server (its --public-url, like http://127.0.0.1:8080).
+    #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true, value_parser = server_url)]
     server: String,
     /// API key (printed by the server on its first start).
-    #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]
+    #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true, value_parser = api_key)]
     api_key: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -189,7 +189,7 @@ struct ConnectArgs {
     #[arg(long, default_value = "127.0.0.1")]
     local_host: String,
     /// Pin this SHA-256 certificate fingerprint instead of the one the server announces.
-    #[arg(long, env = "HOOKWAY_FINGERPRINT")]
+    #[arg(long, env = "HOOKWAY_FINGERPRINT", value_parser = fingerprint)]
     fingerprint: Option<String>,
     /// QUIC address to dial instead of the one the server announces.
     #[arg(long, env = "HOOKWAY_QUIC_ADDR")]
@@ -216,6 +216,7 @@ struct ConnectArgs {
 #[derive(Args)]
 struct StartArgs {
     /// Local port to expose.
+    #[arg(value_parser = local_port)]
     port: u16,
     /// Tunnel name (default: "localhost:<port>").
     #[arg(long)]
@@ -302,6 +303,7 @@ struct ConnectCmd {
     #[arg(value_parser = crate::resource_id)]
     id: String,
     /// Local port.
+    #[arg(value_parser = local_port)]
     port: u16,
     /// The tunnel's auth token; without it a new one is issued (ending any other client's session).
     #[arg(long, env = "HOOKWAY_TUNNEL_TOKEN", hide_env_values = true)]
@@ -335,6 +337,46 @@ fn stdout_failed(err: std::io::Error) -> ! {
     }
     eprintln!("error: cannot write to stdout: {err}");
     std::process::exit(1);
+}
+
+/// An empty key (`HOOKWAY_API_KEY=`) is a mistake to name, not a key to send.
+fn api_key(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the API key is empty (is HOOKWAY_API_KEY set to nothing?)".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A local port to forward to: 0 is not one (it means "any" only when binding).
+fn local_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err("port 0 is not a port an app listens on; give the port of your local app (1-65535)".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err("a port is a number from 1 to 65535".into()),
+    }
+}
+
+/// Checked before anything is created: a typo must not leave a tunnel behind.
+fn fingerprint(s: &str) -> Result<String, String> {
+    hookway::quic::tls::Trust::pinned(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
+}
+
+/// The server's base URL. A tunnel's public URL (`…/t/name`) in its place would
+/// send the API key through the tunnel to someone's app, and a bare
+/// `host:port` would fail later with a cryptic URL error.
+fn server_url(s: &str) -> Result<String, String> {
+    const HINT: &str = "--server is the server's base URL, like http://127.0.0.1:8080";
+    let url = url::Url::parse(s).map_err(|e| format!("{HINT} ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+        return Err(format!("{HINT}: it starts with http:// or https://"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{HINT}, without a query or fragment"));
+    }
+    if url.path_segments().into_iter().flatten().any(|seg| seg == "t" || seg == "api") {
+        return Err(format!("{HINT}: not a tunnel's public URL (…/t/<subdomain>) or an API path"));
+    }
+    Ok(s.to_owned())
 }
 
 /// The server clients talk to unless told otherwise: the server's default `--http`.
@@ -371,10 +413,28 @@ fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("Error: {err:#}");
+            eprintln!("Error: {}", error_chain(&err));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `a: b: c`, each cause once: many errors already show their source in their
+/// own message (`cannot listen on …: Address already in use`), and anyhow's
+/// `{:#}` would print it again after it.
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn real_main() -> Result<()> {
@@ -843,6 +903,20 @@ mod allocator_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chains_name_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on 127.0.0.1:80: {source}")]
+        struct Bind {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let err = anyhow::Error::new(Bind { source: io }).context("cannot start the server");
+        assert_eq!(error_chain(&err), "cannot start the server: cannot listen on 127.0.0.1:80: Address already in use");
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&plain), "outer: inner");
+    }
 
     /// The `--json` request line is byte for byte what the `Value` it replaced
     /// printed, with and without a status and an error.

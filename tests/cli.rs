@@ -318,3 +318,33 @@ async fn a_closed_stdout_ends_a_listing_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Flags that cannot work are refused before anything happens: no tunnel
+/// left behind by a bad fingerprint, no API key sent through a tunnel URL.
+#[tokio::test]
+async fn flags_that_cannot_work_are_refused_up_front() {
+    let server = TestServer::start().await;
+    let tunnel_url = format!("{}/t/some-tunnel", server.url);
+    let cases: [(&[&str], &str); 6] = [
+        (&["start", "0"], "port 0"),
+        (&["start", "3000", "--fingerprint", "deadbeef"], "64 hex digits"),
+        (&["start", "3000", "--server", "127.0.0.1:8080"], "base URL"),
+        (&["tunnels", "list", "--server", &tunnel_url], "not a tunnel's public URL"),
+        (&["tunnels", "list", "--server", "ftp://127.0.0.1:8080"], "http:// or https://"),
+        (&["tunnels", "list", "--api-key", ""], "API key is empty"),
+    ];
+    for (args, says) in cases {
+        let (code, _, err) = hookway(args, Some(&server), Some(API_KEY)).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(listed["tunnels"], serde_json::json!([]), "nothing was created");
+
+    // Each cause of an error is named once.
+    let port = closed_port().await;
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = hookway(&["tunnels", "list", "--server", &url], None, Some("k")).await;
+    assert_eq!(code, 1);
+    assert_eq!(err.matches("error sending request").count(), 1, "{err}");
+}
