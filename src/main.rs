@@ -668,7 +668,14 @@ async fn serve(
     let ended = client::run(config, on_event, shutdown_on_signal()).await;
     printer.finish();
     match ended {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if json {
+                println!("{}", json!({ "event": "stopped" }));
+            } else {
+                eprintln!("Tunnel stopped.");
+            }
+            Ok(())
+        }
         Err(err) => {
             if json {
                 println!("{}", json!({ "event": "ended", "reason": err.to_string() }));
@@ -717,9 +724,10 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
             "subdomain": hello.subdomain, "tunnelUrl": hello.tunnel_url, "hostUrl": hello.host_url
         })
         .to_string(),
-        (Event::Connected { hello, reconnected: true }, false) => {
-            format!("Reconnected: {} → {local}", hello.tunnel_url)
-        }
+        (Event::Connected { hello, reconnected: true }, false) => match &hello.host_url {
+            Some(host) => format!("Reconnected: {} (and {host}) → {local}", hello.tunnel_url),
+            None => format!("Reconnected: {} → {local}", hello.tunnel_url),
+        },
         (Event::Connected { hello, .. }, false) => {
             let mut text = format!("Tunnel is live. Forwarding to {local}\n  Public URL:  {}\n", hello.tunnel_url);
             if let Some(host) = &hello.host_url {
@@ -737,11 +745,20 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
                 None => format!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path),
             }
         }
-        (Event::Reconnecting { reason, retry_in }, true) => {
+        (Event::Reconnecting { reason, retry_in, .. }, true) => {
             json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 }).to_string()
         }
-        (Event::Reconnecting { reason, retry_in }, false) => {
-            let text = format!("Connection lost ({reason}); reconnecting in {:.1}s…\n", retry_in.as_secs_f64());
+        (Event::Reconnecting { reason, retry_in, was_connected }, false) => {
+            let what = if *was_connected { "Connection lost" } else { "Cannot connect yet" };
+            let text = format!("{what} ({reason}); retrying in {:.1}s…\n", retry_in.as_secs_f64());
+            return (Stderr, text);
+        }
+        (Event::Stopping { in_flight }, true) => json!({ "event": "stopping", "inFlight": in_flight }).to_string(),
+        (Event::Stopping { in_flight }, false) => {
+            let text = format!(
+                "Stopping: {in_flight} request(s) in flight get up to {}s to finish (ctrl-c again to quit now)…\n",
+                client::DRAIN.as_secs()
+            );
             return (Stderr, text);
         }
     };

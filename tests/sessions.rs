@@ -332,3 +332,53 @@ async fn the_client_busy_polls_around_requests_and_never_while_idle() {
     let after = cpu_time(pid) - before;
     assert!(after < Duration::from_millis(100), "the client kept polling after the budget: {after:?} of CPU in 1 s");
 }
+
+/// ctrl-c on a client lets the request the app is answering finish, then
+/// says goodbye: the server knows at once, and a request after it is told
+/// the tunnel is offline (503), not that the tunnel broke (502).
+#[tokio::test]
+async fn a_stopped_client_finishes_its_requests_and_says_goodbye() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args([
+        "tunnels",
+        "connect",
+        &id,
+        &app.port().to_string(),
+        "--json",
+        "--server",
+        &server.url,
+        "--token",
+        &token,
+    ])
+    .env_remove("HOOKWAY_API_KEY")
+    .stderr(Stdio::null());
+    let (mut child, mut lines, v) = spawn_connected(cmd).await;
+    let url = v["tunnelUrl"].as_str().unwrap().to_owned();
+    let slow = tokio::spawn({
+        let url = url.clone();
+        async move { http().get(format!("{url}/slow?ms=1500")).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+
+    let resp = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the request in flight finished");
+    assert_eq!(resp.text().await.unwrap(), "slow done");
+    assert!(tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap().success());
+    let mut events = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        events.push(serde_json::from_str::<Value>(&line).unwrap()["event"].as_str().unwrap_or("").to_owned());
+    }
+    assert!(
+        events.contains(&"stopping".to_owned()) && events.last().map(String::as_str) == Some("stopped"),
+        "{events:?}"
+    );
+    // The goodbye arrived: no idle timeout to wait for.
+    assert_eq!(status(&server, &id).await["liveStatus"]["connected"], false);
+    let after = http().get(format!("{url}/echo")).send().await.unwrap();
+    assert_eq!(after.status(), 503);
+}

@@ -180,9 +180,11 @@ async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: Cancella
     let on_event = move |event: Event| {
         let msg = match event {
             Event::Connected { hello, .. } => Msg::Connected { url: hello.tunnel_url },
-            Event::Reconnecting { reason, retry_in } => Msg::Reconnecting { reason, retry_in },
+            Event::Reconnecting { reason, retry_in, .. } => Msg::Reconnecting { reason, retry_in },
             // The record arrives through the stream, with more than the client knows.
             Event::Request(_) => return,
+            // The monitor's screen closes as it stops.
+            Event::Stopping { .. } => return,
         };
         // Connection changes are rare (backoff ≥ 250 ms): a full queue means the
         // screen is gone, and dropping is then harmless.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use quinn::ConnectionError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::quic::{self, FrameReader, FrameWriter, close, tls};
 use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, ServerHello};
@@ -25,6 +26,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Time allowed to connect and complete the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// On ctrl-c, how long requests the local app is answering get to finish.
+pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the client needs to serve a tunnel.
 #[derive(Debug, Clone)]
@@ -62,12 +65,21 @@ pub enum Event {
     },
     /// A request went through (or failed at the local app).
     Request(RequestLog),
-    /// The connection dropped; the client retries after `retry_in`.
+    /// The connection dropped, or could not be made; the client retries
+    /// after `retry_in`.
     Reconnecting {
         /// Why it dropped or failed.
         reason: String,
         /// Delay before the next attempt.
         retry_in: Duration,
+        /// Whether the tunnel was ever live in this run (else nothing was
+        /// "lost": the first connection has not been made yet).
+        was_connected: bool,
+    },
+    /// Asked to stop: requests in flight get [`DRAIN`] to finish first.
+    Stopping {
+        /// Requests the local app is still answering.
+        in_flight: usize,
     },
 }
 
@@ -127,7 +139,7 @@ pub async fn run(
             Attempt::Retry(reason) => reason,
         };
         let delay = jitter(backoff);
-        on_event(Event::Reconnecting { reason, retry_in: delay });
+        on_event(Event::Reconnecting { reason, retry_in: delay, was_connected: connected_before });
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
@@ -147,15 +159,20 @@ async fn quic_session(
     reconnected: bool,
 ) -> (bool, Attempt) {
     let attempt = async {
-        let conn = tokio::time::timeout(CONNECT_TIMEOUT, connect(api, config))
-            .await
-            .map_err(|_| Attempt::Retry("timed out connecting".into()))??;
+        let (endpoint, conn) = tokio::time::timeout(CONNECT_TIMEOUT, connect(api, config)).await.map_err(|_| {
+            // The API answered (its address came from there), QUIC did not.
+            Attempt::Retry(
+                "timed out connecting over QUIC (is UDP to the server's QUIC port blocked? \
+                 `--ws` tunnels over the HTTP port instead)"
+                    .into(),
+            )
+        })??;
         let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
             .await
             .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
-        Ok::<_, Attempt>((conn, hello, control))
+        Ok::<_, Attempt>((endpoint, conn, hello, control))
     };
-    let (conn, hello, control) = tokio::select! {
+    let (endpoint, conn, hello, mut control) = tokio::select! {
         _ = shutdown.cancelled() => return (false, Attempt::Stopped),
         outcome = attempt => match outcome {
             Ok(live) => live,
@@ -163,10 +180,27 @@ async fn quic_session(
         },
     };
     on_event(Event::Connected { hello: hello.clone(), reconnected });
+    let requests = TaskTracker::new();
     let end = tokio::select! {
-        end = serve(&conn, control, app, spinner, on_event, hello.heartbeat_interval_ms) => end,
+        end = serve(&conn, &mut control, app, spinner, on_event, hello.heartbeat_interval_ms, &requests) => end,
         _ = shutdown.cancelled() => {
+            // Callers are waiting on the requests the app is answering: let
+            // them finish (no new ones are taken), unless asked twice. The
+            // control stream stays open meanwhile: its end ends the session.
+            requests.close();
+            if !requests.is_empty() {
+                on_event(Event::Stopping { in_flight: requests.len() });
+                tokio::select! {
+                    _ = requests.wait() => {}
+                    _ = tokio::time::sleep(DRAIN) => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
             conn.close(close::NORMAL, b"client shutting down");
+            // The close must leave before the process does, or the server
+            // learns of it only from its idle timeout, failing what it sends
+            // meanwhile as a broken tunnel rather than an offline one.
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
             Attempt::Stopped
         }
     };
@@ -179,7 +213,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Learns the QUIC address and certificate from the API, then connects.
-async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<quinn::Connection, Attempt> {
+async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
     let info = api.info().await.map_err(|e| Attempt::Retry(e.to_string()))?;
     let base_host = host_of(&config.server)
         .ok_or_else(|| Attempt::Fatal(ClientError::Config(format!("cannot find a host in '{}'", config.server))))?;
@@ -200,7 +234,8 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<quinn::Connec
     let server_name = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
     let endpoint = quic::client_endpoint(addr, &trust).map_err(|e| Attempt::Retry(e.to_string()))?;
     let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
-    connecting.await.map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))
+    let conn = connecting.await.map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))?;
+    Ok((endpoint, conn))
 }
 
 /// The host part of a URL like `http://host:port/…`, without IPv6 brackets.
@@ -264,11 +299,12 @@ impl Attempt {
 /// Serves request streams and heartbeats until the connection ends.
 async fn serve(
     conn: &quinn::Connection,
-    (mut reader, mut writer): (FrameReader, FrameWriter),
+    (reader, writer): &mut (FrameReader, FrameWriter),
     app: &LocalApp,
     spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     heartbeat_ms: u32,
+    requests: &TaskTracker,
 ) -> Attempt {
     let mut ping = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms.max(1000))));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,7 +316,7 @@ async fn serve(
                     let in_flight = spinner.request();
                     let app = app.clone();
                     let on_event = on_event.clone();
-                    tokio::spawn(async move {
+                    requests.spawn(async move {
                         let log = forward::serve(send, recv, &app).await;
                         drop(in_flight);
                         if let Some(log) = log {
