@@ -222,6 +222,8 @@ struct StartArgs {
     #[arg(long)]
     name: Option<String>,
     /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter).
+    /// If one of your tunnels has it already (an earlier `start`) and no client serves it,
+    /// that tunnel is served again, at the same URL.
     #[arg(long)]
     subdomain: Option<String>,
     /// Full-screen view of the requests (live list, details, replay) instead of a line per request.
@@ -623,15 +625,51 @@ async fn start(args: StartArgs) -> Result<()> {
         bail!("--monitor shows a full-screen view: it does not combine with --json");
     }
     let name = args.name.unwrap_or_else(|| format!("localhost:{}", args.port));
-    let created = api.create_tunnel(&name, args.subdomain.as_deref()).await?;
-    if !args.client.json && !args.monitor {
-        println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
-    }
+    let quiet = args.client.json || args.monitor;
+    let (id, token, ws_url) = match api.create_tunnel(&name, args.subdomain.as_deref()).await {
+        Ok(created) => {
+            if !quiet {
+                println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
+            }
+            (created.tunnel.id, created.auth_token, created.ws_url)
+        }
+        // Running the same `start --subdomain` again: the tunnel is ours from
+        // last time; serve it again rather than fail on its name.
+        Err(client::ApiError::Status { status: 409, message }) => {
+            let subdomain = args.subdomain.as_deref().unwrap_or_default();
+            let (id, tunnel_name) = reusable_tunnel(&api, subdomain).await?.ok_or_else(|| {
+                anyhow::anyhow!("{message}: it belongs to another organization; pick another --subdomain")
+            })?;
+            let creds = api.regenerate_credentials(&id).await?;
+            if !quiet {
+                println!("Reusing tunnel {id} ({tunnel_name}): subdomain '{subdomain}' is yours from before");
+            }
+            (id, creds.auth_token, creds.ws_url)
+        }
+        Err(err) => return Err(err.into()),
+    };
     let mut connect = args.connect;
     if connect.ws && connect.ws_url.is_none() {
-        connect.ws_url = Some(created.ws_url);
+        connect.ws_url = Some(ws_url);
     }
-    serve(&args.client, connect, created.tunnel.id, created.auth_token, args.port, args.monitor).await
+    serve(&args.client, connect, id, token, args.port, args.monitor).await
+}
+
+/// This organization's tunnel on `subdomain`, (id, name), if it has one and
+/// no client serves it now (a new token would end that client's session).
+async fn reusable_tunnel(api: &ApiClient, subdomain: &str) -> Result<Option<(String, String)>> {
+    let listed = api.call(Method::GET, "/api/tunnels", None).await?;
+    let Some(t) = listed["tunnels"].as_array().into_iter().flatten().find(|t| t["subdomain"] == subdomain) else {
+        return Ok(None);
+    };
+    let id = t["id"].as_str().unwrap_or_default().to_owned();
+    if t["status"] == "connected" {
+        bail!(
+            "subdomain '{subdomain}' is served right now by a client of tunnel {id}: stop that client first \
+             (one that died without a goodbye is noticed within 10 s), or pick another --subdomain"
+        );
+    }
+    Ok(Some((id, t["name"].as_str().unwrap_or_default().to_owned())))
 }
 
 /// Serves the tunnel: with a line per event, or under the monitor (`monitor`).
