@@ -77,6 +77,9 @@ async fn ids_that_are_not_ids_are_refused_before_any_request() {
 #[tokio::test]
 async fn tunnel_verbs_round_trip_through_the_api() {
     let server = TestServer::start().await;
+    let (code, out, err) = hookway(&["tunnels", "list"], Some(&server), Some(API_KEY)).await;
+    assert_eq!((code, out.as_str()), (0, ""), "an empty list is a hint, not a bare header");
+    assert!(err.contains("hookway start"), "{err}");
     let (code, out, err) = hookway(
         &["tunnels", "create", "--name", "CLI", "--subdomain", "cli-made", "--json"],
         Some(&server),
@@ -91,6 +94,10 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     let (code, out, _) = hookway(&["tunnels", "list"], Some(&server), Some(API_KEY)).await;
     assert_eq!(code, 0);
     assert!(out.contains(&id) && out.contains("cli-made") && out.contains("disconnected"), "{out}");
+    // Columns line up: the count ends where its header does.
+    let lines: Vec<&str> = out.lines().collect();
+    let header_end = lines[0].find("REQUESTS").unwrap() + "REQUESTS".len();
+    assert_eq!(&lines[1][header_end - 1..header_end], "0", "{out}");
 
     let (code, out, _) =
         hookway(&["tunnels", "update", &id, "--name", "Renamed", "--json"], Some(&server), Some(API_KEY)).await;
