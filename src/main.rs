@@ -246,7 +246,8 @@ enum TunnelsCommand {
         /// Display name.
         #[arg(long)]
         name: String,
-        /// Custom subdomain.
+        /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter;
+        /// unique on the server). Default: a generated one like cool-sunset-x7kf.
         #[arg(long)]
         subdomain: Option<String>,
         /// Group label, for webhooks that subscribe to one group.
@@ -516,10 +517,12 @@ fn shutdown_on_signal() -> CancellationToken {
         tokio::spawn(async move {
             match handlers {
                 (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                    };
+                    // The server's log says why it is stopping (clients say so on their own).
+                    tracing::info!(signal = name, "stopping");
                 }
                 _ => {
                     let _ = tokio::signal::ctrl_c().await;

@@ -247,7 +247,7 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
     let mut err = String::new();
     child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
     assert!(child.wait().await.unwrap().success());
-    assert!(err.contains("server stopped"), "{err}");
+    assert!(err.contains("server stopped") && err.contains("SIGTERM"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in {err:?}");
 }
 
