@@ -14,7 +14,7 @@ const HOP_BY_HOP: &[HeaderName] = &[
 ];
 
 /// Whether `name` is a hop-by-hop header in itself.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
 }
 

@@ -763,6 +763,19 @@ async fn api_validation_ownership_and_signing_keys() {
         (json!({ "url": url, "events": ["tunnel.connected"], "enabled": "yes" }), "enabled not a bool"),
         (json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "X": 1 } }), "header not a string"),
         (json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": ["X"] }), "headers not an object"),
+        (
+            json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "Transfer-Encoding": "chunked" } }),
+            "framing header",
+        ),
+        (
+            json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "Connection": "webhook-signature" } }),
+            "hop-by-hop header",
+        ),
+        (
+            json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "Expect": "100-continue" } }),
+            "expect header",
+        ),
+        (json!({ "url": url, "events": ["tunnel.connected"], "name": "a\u{1b}[31mb" }), "control characters in name"),
         (json!({ "url": url, "events": ["tunnel.connected"], "group": 5 }), "group not a string"),
     ] {
         let (status, v) = call(&server, Method::POST, "/api/webhooks", Some(body.clone())).await;

@@ -76,7 +76,10 @@ pub async fn attempt(
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(value)) {
-            headers.append(n, v);
+            // Refused by the API since; a webhook stored before may still have one.
+            if !crate::headers::is_hop_by_hop(&n) && n != http::header::EXPECT {
+                headers.append(n, v);
+            }
         }
     }
     let ours = [

@@ -163,8 +163,16 @@ fn apply(state: &State, w: &mut WebhookRecord, body: &Map<String, Value>) -> Res
             let mut headers = Vec::with_capacity(map.len());
             for (name, value) in map {
                 let value = value.as_str().ok_or_else(|| ApiError::bad(format!("header '{name}' must be a string")))?;
-                http::HeaderName::from_bytes(name.as_bytes())
+                let parsed = http::HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| ApiError::bad(format!("'{name}' is not a valid header name")))?;
+                // They describe one connection, not the message: `Connection:
+                // webhook-signature` would have a proxy strip the signature, and
+                // `Transfer-Encoding` or `Expect` would break the request's framing.
+                if crate::headers::is_hop_by_hop(&parsed) || parsed == http::header::EXPECT {
+                    return Err(ApiError::bad(format!(
+                        "'{name}' describes the connection, not the message, and cannot be a custom header"
+                    )));
+                }
                 http::HeaderValue::from_str(value)
                     .map_err(|_| ApiError::bad(format!("the value of header '{name}' is not valid")))?;
                 headers.push((name.clone(), value.to_owned()));
