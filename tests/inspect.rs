@@ -19,21 +19,6 @@ fn api(setup: &Setup, rest: &str) -> String {
     format!("/api/tunnels/{}/requests{rest}", setup.tunnel_id)
 }
 
-/// Polls the list until it holds `n` records (the writer batches for ~100 ms).
-async fn wait_for(server: &TestServer, tunnel_id: &str, n: usize) -> Vec<Value> {
-    let path = format!("/api/tunnels/{tunnel_id}/requests?limit=1000");
-    for _ in 0..100 {
-        let (status, body) = raw_api(server, Method::GET, &path, Some(&bearer()), None).await;
-        assert_eq!(status, 200, "{body}");
-        let list = body["requests"].as_array().unwrap().clone();
-        if list.len() >= n {
-            return list;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{n} records did not appear within 5 s");
-}
-
 async fn detail(server: &TestServer, tunnel_id: &str, id: &str) -> Value {
     let (status, body) =
         raw_api(server, Method::GET, &format!("/api/tunnels/{tunnel_id}/requests/{id}"), Some(&bearer()), None).await;
@@ -59,7 +44,7 @@ async fn a_successful_exchange_is_recorded_in_full() {
     assert_eq!(resp.status(), 200);
     let answer = resp.text().await.unwrap();
 
-    let list = wait_for(&s.server, &s.tunnel_id, 1).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
     let summary = &list[0];
     assert_eq!(summary["method"], "POST");
     assert_eq!(summary["path"], "/echo?x=1&y=two");
@@ -106,10 +91,10 @@ async fn failed_exchanges_are_recorded_with_their_outcome() {
     for (id, status, outcome) in
         [(&refused_id, 502, "local-unreachable"), (&slow_id, 504, "timeout"), (&offline_id, 503, "tunnel-offline")]
     {
-        let list = wait_for(&server, id, 1).await;
+        let list = wait_for_records(&server, id, 1).await;
         assert_eq!((list[0]["status"].as_u64(), list[0]["outcome"].as_str()), (Some(status), Some(outcome)), "{id}");
     }
-    let offline = wait_for(&server, &offline_id, 1).await;
+    let offline = wait_for_records(&server, &offline_id, 1).await;
     let d = detail(&server, &offline_id, offline[0]["id"].as_str().unwrap()).await;
     assert_eq!(d["method"], "POST");
     assert_eq!(d["request"]["bodySize"], 5, "the declared size of the body that was never read");
@@ -125,7 +110,7 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
     let binary: Vec<u8> = vec![0xff, 0x00, 0xfe, 0x80, 0x01, 0xc3];
     assert_eq!(http().post(s.url("/echo")).body(binary.clone()).send().await.unwrap().status(), 200);
 
-    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
     let by_path = |p: &str| list.iter().find(|r| r["path"] == p).unwrap()["id"].as_str().unwrap().to_owned();
     let up = detail(&s.server, &s.tunnel_id, &by_path("/upload")).await;
     assert_eq!(up["request"]["bodySize"], 5000);
@@ -152,7 +137,7 @@ async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short()
         assert_eq!(resp.status(), 200);
         assert!(resp.text().await.unwrap().contains("\"bytes\":5000"), "forwarding is never cut");
     }
-    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
     assert_eq!(list.len(), 2, "every record is kept: {list:#?}");
     // Newest first.
     let first = detail(&s.server, &s.tunnel_id, list[1]["id"].as_str().unwrap()).await;
@@ -173,7 +158,7 @@ async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short()
 async fn a_zero_body_budget_records_bodies_as_not_captured() {
     let s = start_with(|c| c.capture.body_rate = 0).await;
     assert_eq!(http().post(s.url("/echo")).body("hello").send().await.unwrap().status(), 200);
-    let list = wait_for(&s.server, &s.tunnel_id, 1).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
     let record = detail(&s.server, &s.tunnel_id, list[0]["id"].as_str().unwrap()).await;
     assert_eq!(record["request"]["body"], Value::Null);
     assert_eq!(
@@ -226,11 +211,11 @@ async fn pages_are_newest_first_and_retention_keeps_the_newest() {
 async fn records_older_than_the_max_age_are_pruned() {
     let s = Setup::new().await;
     http().get(s.url("/echo?old")).send().await.unwrap();
-    wait_for(&s.server, &s.tunnel_id, 1).await;
+    wait_for_records(&s.server, &s.tunnel_id, 1).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let dir = s.server.stop().await;
     let server = TestServer::start_in(dir, |_| {}).await;
-    assert_eq!(wait_for(&server, &s.tunnel_id, 1).await[0]["path"], "/echo?old", "records survive a restart");
+    assert_eq!(wait_for_records(&server, &s.tunnel_id, 1).await[0]["path"], "/echo?old", "records survive a restart");
     let dir = server.stop().await;
     let server = TestServer::start_in(dir, |c| c.capture.max_age = Some(Duration::from_secs(1))).await;
     let path = format!("/api/tunnels/{}/requests", s.tunnel_id);
@@ -258,7 +243,7 @@ async fn replays_reach_the_local_app_with_and_without_edits() {
         .send()
         .await
         .unwrap();
-    let original = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let original = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
 
     let replay = api(&s, &format!("/{original}/replay"));
     let (status, plain) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), None).await;
@@ -282,7 +267,7 @@ async fn replays_reach_the_local_app_with_and_without_edits() {
     assert_eq!(seen["headers"]["content-length"], "30", "the length follows the edited body");
 
     // Both replays are listed, linked to the original.
-    let list = wait_for(&s.server, &s.tunnel_id, 3).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 3).await;
     assert_eq!(list.iter().filter(|r| r["replayOf"] == original.as_str()).count(), 2);
 
     for (edits, want) in [
@@ -346,7 +331,7 @@ async fn the_live_stream_delivers_records_while_requests_flow() {
 async fn records_are_visible_only_to_the_tunnels_organization() {
     let s = Setup::new().await;
     http().get(s.url("/echo")).send().await.unwrap();
-    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let id = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
     let other = hookway::server::create_api_key(&s.server.store, "other-org").unwrap();
     let auth = format!("Bearer {other}");
     for (method, rest) in [
@@ -361,7 +346,7 @@ async fn records_are_visible_only_to_the_tunnels_organization() {
     }
     let (status, _) = raw_api(&s.server, Method::GET, &api(&s, ""), None, None).await;
     assert_eq!(status, 401);
-    assert_eq!(wait_for(&s.server, &s.tunnel_id, 1).await.len(), 1, "nothing was deleted");
+    assert_eq!(wait_for_records(&s.server, &s.tunnel_id, 1).await.len(), 1, "nothing was deleted");
 }
 
 #[tokio::test]
@@ -373,7 +358,7 @@ async fn body_capture_can_be_turned_off_per_tunnel() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["tunnel"]["captureBodies"], false);
     http().post(s.url("/echo")).body("secret=hunter2").send().await.unwrap();
-    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let id = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
     let d = detail(&s.server, &s.tunnel_id, &id).await;
     assert_eq!((d["request"]["body"].clone(), d["request"]["bodySize"].clone()), (Value::Null, json!(14)));
     assert_eq!(d["response"]["body"], Value::Null);
@@ -400,12 +385,12 @@ async fn clearing_and_deleting_the_tunnel_remove_its_records() {
     for _ in 0..3 {
         http().get(s.url("/echo")).send().await.unwrap();
     }
-    wait_for(&s.server, &s.tunnel_id, 3).await;
+    wait_for_records(&s.server, &s.tunnel_id, 3).await;
     let (status, body) = raw_api(&s.server, Method::DELETE, &api(&s, ""), Some(&bearer()), None).await;
     assert_eq!((status.as_u16(), body["deleted"].as_u64()), (200, Some(3)), "{body}");
     assert_eq!(body["success"], true);
     http().get(s.url("/echo")).send().await.unwrap();
-    let id = wait_for(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let id = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
 
     let (status, _) =
         raw_api(&s.server, Method::DELETE, &format!("/api/tunnels/{}", s.tunnel_id), Some(&bearer()), None).await;
@@ -441,7 +426,7 @@ async fn exchanges_over_websocket_tunnels_are_recorded_too() {
     let too_big = vec![b'z'; 11 * 1024 * 1024];
     let resp = http().post(format!("{}/echo?big=1", created.tunnel_url)).body(too_big).send().await.unwrap();
     assert_eq!(resp.status(), 413);
-    let list = wait_for(&server, &created.tunnel.id, 2).await;
+    let list = wait_for_records(&server, &created.tunnel.id, 2).await;
     let big = list.iter().find(|r| r["path"] == "/echo?big=1").unwrap();
     assert_eq!((big["status"].as_u64(), big["outcome"].as_str()), (Some(413), Some("body-too-large")));
     assert_eq!(big["requestSize"], 11 * 1024 * 1024, "the declared size, though it was never read");
@@ -468,7 +453,7 @@ async fn a_caller_leaving_mid_body_is_recorded_as_incomplete_and_streams_as_ok()
     let sse = http().get(s.url("/sse")).send().await.unwrap().text().await.unwrap();
     assert!(sse.contains("event 2"));
 
-    let list = wait_for(&s.server, &s.tunnel_id, 2).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
     let find = |p: &str| list.iter().find(|r| r["path"] == p).unwrap().clone();
     let download = find("/download?n=104857600");
     assert_eq!((download["status"].as_u64(), download["outcome"].as_str()), (Some(200), Some("incomplete")));

@@ -7,36 +7,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use hookway::client::{self, ClientConfig, ClientError};
+use hookway::client::ClientError;
 use hookway::server::gateway::WsLimits;
 use reqwest::Method;
 use serde_json::Value;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-
-/// Starts the library client over WebSocket and waits until it is live.
-async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
-    let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
-    let (tx, events) = mpsc::unbounded_channel();
-    let config = ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: created.tunnel.id.clone(),
-        token: created.auth_token.clone(),
-        local_host: "127.0.0.1".into(),
-        local_port: port,
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: Some(created.ws_url.clone()),
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
-    };
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
-    let mut client = TestClient { events, shutdown, task, tunnel_url: String::new(), host_url: None };
-    let (url, host) = client.wait_connected().await;
-    assert_eq!(url, created.tunnel_url, "the client learns its public URL from the upgrade");
-    (client.tunnel_url, client.host_url) = (url, host);
-    (client, created.tunnel.id)
-}
 
 #[tokio::test]
 async fn forwards_method_path_headers_status_and_bodies() {

@@ -373,3 +373,75 @@ pub async fn live_peer(server: &TestServer, id: &str, token: &str) -> (quinn::Co
     assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
     (conn, control_tx, control_rx)
 }
+
+/// Reads `stream` until the peer closes it (end of file or reset) or `within`
+/// passes; returns what arrived and whether the peer closed.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (got, closed)
+}
+
+/// Sends `request` as raw bytes on a new connection to `addr` and returns the
+/// whole answer as text; the request should say `Connection: close`. Panics if
+/// the server has not closed the connection within 10 s.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(closed, "the server kept the connection open; so far: {text}");
+    text
+}
+
+/// Polls a tunnel's captured requests until there are `n` (the capture writer
+/// batches for ~100 ms); newest first.
+pub async fn wait_for_records(server: &TestServer, tunnel_id: &str, n: usize) -> Vec<Value> {
+    let path = format!("/api/tunnels/{tunnel_id}/requests?limit=1000");
+    for _ in 0..100 {
+        let (status, body) = raw_api(server, reqwest::Method::GET, &path, Some(&bearer()), None).await;
+        assert_eq!(status, 200, "{body}");
+        let list = body["requests"].as_array().unwrap().clone();
+        if list.len() >= n {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{n} records did not appear within 5 s");
+}
+
+/// Starts the library client over WebSocket and waits until it is live.
+pub async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
+    let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
+    let (tx, events) = mpsc::unbounded_channel();
+    let config = ClientConfig {
+        server: server.url.clone(),
+        tunnel_id: created.tunnel.id.clone(),
+        token: created.auth_token.clone(),
+        local_host: "127.0.0.1".into(),
+        local_port: port,
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: Some(created.ws_url.clone()),
+        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+    let mut client = TestClient { events, shutdown, task, tunnel_url: String::new(), host_url: None };
+    let (url, host) = client.wait_connected().await;
+    assert_eq!(url, created.tunnel_url, "the client learns its public URL from the upgrade");
+    (client.tunnel_url, client.host_url) = (url, host);
+    (client, created.tunnel.id)
+}
