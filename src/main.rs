@@ -33,6 +33,7 @@ use hookway::notify::NotifyConfig;
 use hookway::notify::retry::Schedule;
 use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
+use hookway::server::listener::HttpLimits;
 use hookway::server::{self, Server, ServerConfig, TlsSource};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -562,6 +563,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
+        http: HttpLimits::default(),
         ws: WsLimits {
             max_body: args.ws_max_body,
             ping_interval: Duration::from_secs(args.ws_ping_interval.max(1)),

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod edge;
 pub mod gateway;
 pub mod http;
+pub mod listener;
 pub mod names;
 pub mod registry;
 pub mod requests_api;
@@ -32,6 +33,7 @@ use crate::quic::{self, close, tls};
 use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
 use capture::{Capture, CaptureConfig};
 use gateway::WsLimits;
+use listener::HttpLimits;
 use registry::{Registry, Tunnel};
 
 /// Default time the edge waits for the local app's response head.
@@ -80,6 +82,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// An API key to accept (created in the default organization if unknown).
     pub api_key: Option<String>,
+    /// Timeouts and limits of the public HTTP listener.
+    pub http: HttpLimits,
     /// Limits of the WebSocket-JSON gateway.
     pub ws: WsLimits,
     /// Status webhook delivery settings.
@@ -102,6 +106,7 @@ impl ServerConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             api_key: None,
+            http: HttpLimits::default(),
             ws: WsLimits::default(),
             webhooks: NotifyConfig::default(),
             capture: CaptureConfig::default(),
@@ -155,6 +160,8 @@ pub struct RuntimeConfig {
     pub quic_public_addr: Option<String>,
     /// SHA-256 of a self-signed certificate, for clients to pin.
     pub fingerprint: Option<String>,
+    /// HTTP listener timeouts and limits.
+    pub http: HttpLimits,
     /// WebSocket gateway limits.
     pub ws: WsLimits,
 }
@@ -281,6 +288,7 @@ pub struct Server {
 impl Server {
     /// Opens the store, prepares TLS and binds both listeners.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        config.http.validate().map_err(ServerError::Config)?;
         let store = StoreHandle::new(SqliteStore::open_in(&config.data_dir)?);
         let registry = Registry::default();
         for record in store.blocking().load_tunnels()? {
@@ -332,6 +340,7 @@ impl Server {
                 quic_port: quic_addr.port(),
                 quic_public_addr: config.quic_public_addr.clone(),
                 fingerprint: identity.self_signed.then(|| identity.fingerprint()),
+                http: config.http,
                 ws: config.ws,
             },
             store,
@@ -405,7 +414,7 @@ impl Server {
                 }
             })
         };
-        http::serve(http, state.clone(), shutdown.clone(), grace).await;
+        listener::serve(http, state.clone(), shutdown.clone(), grace).await;
 
         // In-flight requests are done (or out of time): end the sessions.
         for session in state.registry.sessions() {

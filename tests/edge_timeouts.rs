@@ -1,0 +1,115 @@
+//! Connections that hold a socket without using it are closed: each one costs
+//! the server a file descriptor, and a few hundred silent ones used to starve
+//! everyone else. Real server, raw TCP peers on loopback, short timeouts.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hookway::server::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+/// Timeouts long enough never to fire in these tests, so each test shortens
+/// only the one it is about.
+fn long_timeouts(c: &mut ServerConfig) {
+    c.http.header_timeout = Duration::from_secs(60);
+    c.http.idle_timeout = Duration::from_secs(60);
+    c.http.h2_keep_alive_interval = Duration::from_secs(60);
+    c.http.h2_keep_alive_timeout = Duration::from_secs(60);
+}
+
+fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A raw HTTP/2 peer that sends the preface and its SETTINGS, then nothing
+/// but, if `answer_pings`, the acknowledgements a live client sends. Returns
+/// the types of the frames the server sent and whether it closed the
+/// connection within `within`.
+async fn h2_peer(addr: SocketAddr, answer_pings: bool, within: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    stream.write_all(&frame(SETTINGS, 0, &[])).await.unwrap();
+    let mut kinds = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len.min(1 << 16)];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            kinds.push(kind);
+            let ack = match kind {
+                SETTINGS if flags & ACK == 0 => frame(SETTINGS, ACK, &[]),
+                PING if flags & ACK == 0 => frame(PING, ACK, &payload),
+                _ => continue,
+            };
+            if answer_pings && stream.write_all(&ack).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (kinds, closed)
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(server.http).await.unwrap();
+    let (got, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a connection that never sent a byte was still open after 5 s");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed before its time: {:?}", started.elapsed());
+    // The server itself is fine.
+    assert_eq!(http().get(format!("{}/healthz", server.url)).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_shut_down_even_when_it_answers_pings() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.header_timeout = Duration::from_millis(300);
+        c.http.h2_keep_alive_interval = Duration::from_millis(100);
+    })
+    .await;
+    let (kinds, closed) = h2_peer(server.http, true, Duration::from_secs(5)).await;
+    assert!(closed, "an HTTP/2 connection without a request was still open after 5 s: frames {kinds:?}");
+    assert!(kinds.contains(&GOAWAY), "closed gracefully, with a GOAWAY: {kinds:?}");
+}
+
+#[tokio::test]
+async fn an_http2_peer_that_stops_answering_pings_is_dropped() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.h2_keep_alive_interval = Duration::from_millis(200);
+        c.http.h2_keep_alive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (kinds, closed) = h2_peer(server.http, false, Duration::from_secs(5)).await;
+    assert!(closed, "an HTTP/2 peer that answers nothing was still connected after 5 s: frames {kinds:?}");
+    assert!(kinds.contains(&PING), "the server pinged first: {kinds:?}");
+}
