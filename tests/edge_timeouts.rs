@@ -113,3 +113,58 @@ async fn an_http2_peer_that_stops_answering_pings_is_dropped() {
     assert!(closed, "an HTTP/2 peer that answers nothing was still connected after 5 s: frames {kinds:?}");
     assert!(kinds.contains(&PING), "the server pinged first: {kinds:?}");
 }
+
+/// The server binary under `ulimit -n 64`, with more silent connections than
+/// it has file descriptors: failed accepts pause instead of spinning, the log
+/// gets one warning rather than one per attempt, and once the connections go,
+/// the server answers again.
+#[tokio::test]
+async fn out_of_file_descriptors_accepts_pause_and_warn_once() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new("bash")
+        .args(["-c", r#"ulimit -n 64 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_hookway")])
+        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HOOKWAY_API_KEY", "hwk_test")
+        .env("RUST_LOG", "hookway=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("the server prints its address");
+        if line.contains("HTTP listen") {
+            break line.split_whitespace().last().unwrap().parse().unwrap();
+        }
+    };
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = http().get(format!("http://{addr}/healthz")).timeout(Duration::from_secs(2)).send().await;
+        if resp.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/healthz still unanswered 10 s after the silent connections left");
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(child.wait().await.unwrap().success());
+    let log = log.await.unwrap();
+    let warnings = log.matches("accept failed").count();
+    assert_eq!(warnings, 1, "accept warnings in 2 s:\n{log}");
+    assert!(log.contains("accepting connections again"), "{log}");
+}

@@ -13,6 +13,7 @@
 //! peer went silent, graceful shutdown included (it waits for a ping's answer).
 
 use std::convert::Infallible;
+use std::io;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,14 @@ pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default limit of concurrent streams per HTTP/2 connection (hyper's own default, made explicit).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+
+/// First pause after an accept failed for lack of resources (no free file
+/// descriptor, say); it doubles up to [`ACCEPT_PAUSE_MAX`], as Go's net/http does.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between failed accepts.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per this interval while accepts keep failing.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Timers and limits of the public HTTP listener.
 #[derive(Debug, Clone, Copy)]
@@ -119,17 +128,32 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     let builder = builder(&limits);
     let connections = TaskTracker::new();
     let cut = CancellationToken::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                if let Some(failures) = backoff.accepted() {
+                    tracing::info!(failures, "accepting connections again");
+                }
+                pair
+            }
+            Err(err) if is_connection_error(&err) => {
+                // That connection is gone; the next one is unaffected.
+                tracing::debug!(%err, "accept failed");
+                continue;
+            }
             Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let (pause, warn) = backoff.failed(Instant::now());
+                if let Some(suppressed) = warn {
+                    tracing::warn!(%err, suppressed, ?pause, "accept failed; pausing accepts");
+                }
+                if shutdown.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
+                    break;
+                }
                 continue;
             }
         };
@@ -201,6 +225,52 @@ async fn drive<C>(
     }
 }
 
+/// Errors that concern only the connection being accepted.
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Pacing of accepts that fail for lack of resources (EMFILE, ENFILE,
+/// ENOBUFS…): retrying at once spins and floods the log while nothing can
+/// change until a connection closes. Warnings are rate-limited across
+/// episodes too, since a server at its limit flaps between failing and not.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Consecutive failures: the pause doubles with each.
+    failures: u64,
+    /// Failures not reported since the last warning.
+    unreported: u64,
+    last_warning: Option<Instant>,
+    /// Whether this run of failures was reported (so its end is too).
+    warned: bool,
+}
+
+impl AcceptBackoff {
+    /// One more failure: how long to pause, and whether to warn now (with the
+    /// number of failures not reported before this one).
+    fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        let doublings = self.failures.min(16) as u32;
+        let pause = ACCEPT_PAUSE_MIN.saturating_mul(1 << doublings).min(ACCEPT_PAUSE_MAX);
+        self.failures += 1;
+        if self.last_warning.is_some_and(|at| now.duration_since(at) < ACCEPT_WARN_EVERY) {
+            self.unreported += 1;
+            return (pause, None);
+        }
+        (self.last_warning, self.warned) = (Some(now), true);
+        (pause, Some(std::mem::take(&mut self.unreported)))
+    }
+
+    /// An accept succeeded: the number of failures before it, when they were
+    /// reported.
+    fn accepted(&mut self) -> Option<u64> {
+        let failures = std::mem::take(&mut self.failures);
+        std::mem::take(&mut self.warned).then_some(failures)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +284,29 @@ mod tests {
         assert!(huge.validate().unwrap_err().contains("header timeout"));
         let no_streams = HttpLimits { h2_max_concurrent_streams: 0, ..HttpLimits::default() };
         assert!(no_streams.validate().is_err());
+    }
+
+    #[test]
+    fn failed_accepts_back_off_and_warn_rarely() {
+        let mut b = AcceptBackoff::default();
+        let t0 = Instant::now();
+        assert_eq!(b.accepted(), None);
+        assert_eq!(b.failed(t0), (ACCEPT_PAUSE_MIN, Some(0)), "the first failure is reported");
+        assert_eq!(b.failed(t0), (ACCEPT_PAUSE_MIN * 2, None));
+        let mut pause = Duration::ZERO;
+        for i in 0..1000u32 {
+            let (p, warn) = b.failed(t0 + Duration::from_millis(i.into()));
+            assert!(warn.is_none());
+            pause = p;
+        }
+        assert_eq!(pause, ACCEPT_PAUSE_MAX);
+        assert_eq!(b.failed(t0 + ACCEPT_WARN_EVERY), (ACCEPT_PAUSE_MAX, Some(1001)), "then once per interval");
+        assert_eq!(b.accepted(), Some(1003), "the end of a reported run is reported");
+        // Flapping: a new run starts from the shortest pause, but within the
+        // interval it is neither warned about nor reported as over.
+        let t1 = t0 + ACCEPT_WARN_EVERY + Duration::from_secs(1);
+        assert_eq!(b.failed(t1), (ACCEPT_PAUSE_MIN, None));
+        assert_eq!(b.accepted(), None);
+        assert_eq!(b.failed(t0 + ACCEPT_WARN_EVERY * 2), (ACCEPT_PAUSE_MIN, Some(1)));
     }
 }
