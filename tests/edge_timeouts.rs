@@ -23,6 +23,7 @@ const ACK: u8 = 0x1;
 fn long_timeouts(c: &mut ServerConfig) {
     c.http.header_timeout = Duration::from_secs(60);
     c.http.idle_timeout = Duration::from_secs(60);
+    c.http.body_timeout = Duration::from_secs(60);
     c.http.h2_keep_alive_interval = Duration::from_secs(60);
     c.http.h2_keep_alive_timeout = Duration::from_secs(60);
 }
@@ -112,6 +113,31 @@ async fn an_http2_peer_that_stops_answering_pings_is_dropped() {
     let (kinds, closed) = h2_peer(server.http, false, Duration::from_secs(5)).await;
     assert!(closed, "an HTTP/2 peer that answers nothing was still connected after 5 s: frames {kinds:?}");
     assert!(kinds.contains(&PING), "the server pinged first: {kinds:?}");
+}
+
+#[tokio::test]
+async fn an_api_body_that_stalls_gets_408_and_the_connection_closes() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.body_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.http).await.unwrap();
+    let head = format!(
+        "POST /api/tunnels HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"name\"",
+        server.http,
+        bearer()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains(r#"{"error":"#), "the API's error shape: {text}");
+    assert!(closed, "the connection, its body unread, is closed: {text}");
+    // Nothing was created.
+    let list = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(list["tunnels"], serde_json::json!([]));
 }
 
 /// The server binary under `ulimit -n 64`, with more silent connections than

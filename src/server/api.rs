@@ -2,7 +2,7 @@
 //! [`super::webhooks_api`] and shares this file's error style) (paths, bodies, wrappers,
 //! field names); anything extra is an addition, never a change.
 //!
-//! Every error is `{"error": "…"}` with 400/401/404/405/409/413, mapped here in
+//! Every error is `{"error": "…"}` with 400/401/404/405/408/409/413, mapped here in
 //! one place; a tunnel of another organization is indistinguishable from a
 //! missing one (404).
 
@@ -125,12 +125,12 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
     let org = authenticate(state, &req).await?;
     match (segments.as_slice(), method) {
         (["tunnels"], Method::GET) => Ok(list(state, &org)),
-        (["tunnels"], Method::POST) => create(state, &org, read_json(req).await?).await,
+        (["tunnels"], Method::POST) => create(state, &org, read_json(state, req).await?).await,
         (["tunnels", id], Method::GET) => {
             let t = owned(state, &org, id)?;
             Ok(ok(json!({ "tunnel": tunnel_json(state, &t) })))
         }
-        (["tunnels", id], Method::PATCH) => update(state, &org, id, read_json(req).await?).await,
+        (["tunnels", id], Method::PATCH) => update(state, &org, id, read_json(state, req).await?).await,
         (["tunnels", id], Method::DELETE) => delete(state, &org, id).await,
         (["tunnels", id, "status"], Method::GET) => Ok(live_status(state, &*owned(state, &org, id)?)),
         (["tunnels", id, "regenerate-token"], Method::POST) => regenerate(state, &org, id).await,
@@ -182,18 +182,30 @@ pub(super) fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, A
     state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(ApiError::not_found)
 }
 
-pub(super) async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, ApiError> {
-    read_json_up_to(req, MAX_API_BODY).await
+/// Reads a JSON object of at most [`MAX_API_BODY`] bytes within the body
+/// timeout; an empty body is an empty object.
+pub(super) async fn read_json(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    read_json_up_to(state, req, MAX_API_BODY).await
 }
 
-/// [`read_json`] with another size limit; an empty body is an empty object.
+/// [`read_json`] with another size limit. A body that stalls gets 408 after
+/// the body timeout rather than holding its connection (and the caller's
+/// file descriptor) for as long as the caller likes.
 pub(super) async fn read_json_up_to(
+    state: &State,
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
+    let within = state.config.http.body_timeout;
+    let read = tokio::time::timeout(within, Limited::new(req.into_body(), limit).collect());
+    let bytes = read
         .await
+        .map_err(|_| {
+            ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {within:?}"))
+        })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))

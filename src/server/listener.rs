@@ -35,6 +35,8 @@ use super::{State, http};
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a connection may go without starting a request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time the REST API waits for a request body (at most 64 KiB).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval of HTTP/2 keep-alive pings (sent when nothing was read for that long).
 pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// Default time an HTTP/2 peer has to answer a ping.
@@ -60,6 +62,8 @@ pub struct HttpLimits {
     /// down gracefully (HTTP/1 keep-alive connections are also closed by
     /// hyper after `header_timeout`).
     pub idle_timeout: Duration,
+    /// Time the REST API waits for a request body before answering 408.
+    pub body_timeout: Duration,
     /// Interval of HTTP/2 keep-alive pings.
     pub h2_keep_alive_interval: Duration,
     /// Time an HTTP/2 peer has to answer a ping before the connection is closed.
@@ -73,6 +77,7 @@ impl Default for HttpLimits {
         Self {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE_INTERVAL,
             h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
@@ -91,6 +96,7 @@ impl HttpLimits {
         let timeouts = [
             ("header timeout", self.header_timeout),
             ("idle timeout", self.idle_timeout),
+            ("body timeout", self.body_timeout),
             ("HTTP/2 keep-alive interval", self.h2_keep_alive_interval),
             ("HTTP/2 keep-alive timeout", self.h2_keep_alive_timeout),
         ];

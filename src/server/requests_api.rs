@@ -205,7 +205,7 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     }
     // An edited body may be as large as a captured one, and is JSON-escaped.
     let limit = state.capture.config().body_limit.saturating_mul(2).max(super::api::MAX_API_BODY) + 64 * 1024;
-    let edits = read_json_up_to(req, limit).await?;
+    let edits = read_json_up_to(state, req, limit).await?;
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;
     let mut headers = replay_headers(&original, &edits)?;

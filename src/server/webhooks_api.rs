@@ -37,12 +37,12 @@ pub(super) async fn route(
 ) -> ApiResult {
     match (rest, method) {
         ([], Method::GET) => Ok(list(state, org).await),
-        ([], Method::POST) => create(state, org, read_json(req).await?).await,
+        ([], Method::POST) => create(state, org, read_json(state, req).await?).await,
         ([id], Method::GET) => {
             let w = owned(state, org, id)?;
             Ok(ok(json!({ "webhook": webhook_json(&w, health_of(state, org, &w.id).await) })))
         }
-        ([id], Method::PATCH) => update(state, org, id, read_json(req).await?).await,
+        ([id], Method::PATCH) => update(state, org, id, read_json(state, req).await?).await,
         ([id], Method::DELETE) => {
             let w = owned(state, org, id)?;
             let wid = w.id.clone();
