@@ -30,7 +30,7 @@ pub enum SendOutcome {
 pub async fn send_message<B>(writer: &mut FrameWriter, head: Frame, mut body: B) -> SendOutcome
 where
     B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     use http_body_util::BodyExt;
     let sent = |r: Result<(), quinn::WriteError>| if r.is_ok() { SendOutcome::Sent } else { SendOutcome::PeerGone };
@@ -40,7 +40,7 @@ where
     if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
         return match body.collect().await {
             Ok(all) => sent(writer.send_frames(&[head, Frame::Body(all.to_bytes()), Frame::End]).await),
-            Err(err) => SendOutcome::BodyFailed(err.to_string()),
+            Err(err) => SendOutcome::BodyFailed(error_chain(&*err.into())),
         };
     }
     if writer.send(&head).await.is_err() {
@@ -55,10 +55,24 @@ where
                     }
                 }
             }
-            Some(Err(err)) => return SendOutcome::BodyFailed(err.to_string()),
+            Some(Err(err)) => return SendOutcome::BodyFailed(error_chain(&*err.into())),
             None => return sent(writer.send(&Frame::End).await),
         }
     }
+}
+
+/// `err` and its causes on one line (`a: b: c`). hyper's errors display only
+/// their kind ("error reading a body from connection"); the cause says what
+/// was wrong ("Invalid chunk size line").
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Reading a frame failed.

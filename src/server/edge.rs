@@ -8,10 +8,11 @@ use futures_util::stream;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
+use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::capture::{Replay, TapBody};
-use super::http::{Body, BoxError, edge_error};
+use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
 use super::{State, gateway};
 use crate::headers::strip_hop_by_hop;
@@ -103,22 +104,30 @@ where
 async fn quic_exchange<B>(conn: &quinn::Connection, session: &Session, head: Frame, body: B) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display + Send,
+    B::Error: Into<BoxError> + Send,
 {
     let (send, recv) = match conn.open_bi().await {
         Ok(pair) => pair,
         Err(_) => return offline(session),
     };
-    send_request(FrameWriter::new(send), head, body).await;
+    let sending = send_request(FrameWriter::new(send), head, body).await;
+    if let Sending::BodyFailed(err) = sending {
+        return bad_request_body(err);
+    }
     let mut reader = FrameReader::new(recv);
     match reader.next().await {
         Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
         Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
-        Ok(_) | Err(_) => edge_error(
-            StatusCode::BAD_GATEWAY,
-            "tunnel-error",
-            "the tunnel client ended the request without a response",
-        ),
+        // The client gives up on a request whose stream we reset because the
+        // caller's body failed: that is the caller's fault, not the tunnel's.
+        Ok(_) | Err(_) => match sending.body_error().await {
+            Some(err) => bad_request_body(err),
+            None => edge_error(
+                StatusCode::BAD_GATEWAY,
+                "tunnel-error",
+                "the tunnel client ended the request without a response",
+            ),
+        },
     }
 }
 
@@ -153,12 +162,36 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
     }
 }
 
+/// Where sending a request stands when its response is awaited.
+enum Sending {
+    /// Sent in full, or the tunnel client is gone (the response read says so).
+    Done,
+    /// The caller's body failed, with this error; the stream was reset.
+    BodyFailed(String),
+    /// Going on in a task, which returns the caller's body error if any.
+    Spawned(JoinHandle<Option<String>>),
+}
+
+impl Sending {
+    /// The caller's body error, if sending has ended with one. A failed body
+    /// resets the stream before the client can react to it, so when the
+    /// response read fails for that reason, the task has already finished.
+    async fn body_error(self) -> Option<String> {
+        match self {
+            Sending::Done => None,
+            Sending::BodyFailed(err) => Some(err),
+            Sending::Spawned(task) if task.is_finished() => task.await.ok().flatten(),
+            Sending::Spawned(_) => None,
+        }
+    }
+}
+
 /// Sends the request: inline when small (the response is awaited right after),
 /// from a task otherwise, so the response can start while a large upload goes on.
-async fn send_request<B>(mut writer: FrameWriter, head: Frame, body: B)
+async fn send_request<B>(mut writer: FrameWriter, head: Frame, body: B) -> Sending
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display + Send,
+    B::Error: Into<BoxError> + Send,
 {
     let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY);
     let send = async move {
@@ -168,14 +201,12 @@ where
             SendOutcome::BodyFailed(err) => {
                 tracing::debug!(%err, "caller's request body failed");
                 writer.reset(close::STREAM_CANCELLED);
+                return Some(err);
             }
         }
+        None
     };
-    if small {
-        send.await;
-    } else {
-        tokio::spawn(send);
-    }
+    if small { send.await.map_or(Sending::Done, Sending::BodyFailed) } else { Sending::Spawned(tokio::spawn(send)) }
 }
 
 /// Builds the public response, its body streamed from the tunnel.

@@ -33,12 +33,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::State;
-use super::http::{Body, edge_error, full, json_error};
+use super::http::{Body, bad_request_body, edge_error, full, json_error};
 use super::names::secret_matches;
 use super::registry::Transport;
 use super::session;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
+use crate::quic::framed::error_chain;
 use crate::wsjson::{self, ClientMessage};
 
 pub use crate::wsjson::DEFAULT_MAX_BODY;
@@ -165,9 +166,7 @@ where
     let body = match Limited::new(body, link.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(err) => {
-            return edge_error(StatusCode::BAD_REQUEST, "bad-request-body", format_args!("request body failed: {err}"));
-        }
+        Err(err) => return bad_request_body(error_chain(&*err)),
     };
     let n = link.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     let id = wsjson::request_id(n);

@@ -53,6 +53,12 @@ pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt
     resp
 }
 
+/// The answer when the caller's own request body fails (a malformed chunk, a
+/// connection cut mid-body): the caller's fault, whichever way the tunnel goes.
+pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
+    edge_error(StatusCode::BAD_REQUEST, "bad-request-body", format_args!("the request body failed: {err}"))
+}
+
 /// Routes one request.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     if let Some(sub) = state.host_subdomain(&req) {

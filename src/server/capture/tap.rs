@@ -38,6 +38,10 @@ struct Progress {
     /// Whether the request body was read to its end (else what was kept may
     /// be only its start, however short).
     request_read: bool,
+    /// Whether the request body failed (the caller's fault: a malformed chunk,
+    /// a connection cut mid-body), which makes the exchange `incomplete`
+    /// whatever the edge answered.
+    request_failed: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +69,10 @@ impl Shared {
         self.lock().request_read = true;
     }
 
+    fn request_failed(&self) {
+        self.lock().request_failed = true;
+    }
+
     fn finish(&self, failed: bool) {
         let mut p = self.lock();
         if p.finished.is_none() {
@@ -88,7 +96,7 @@ impl Drop for Shared {
             body.truncated |= body.data.is_some() && p.declared.is_none_or(|n| n > body.kept() as u64);
         }
         let complete = p.finished.is_some() || p.expected == Some(record.response_body.size);
-        if !complete && record.outcome == "ok" {
+        if (!complete || p.request_failed) && record.outcome == "ok" {
             // The caller went away, or the body stopped, before its end.
             record.outcome = "incomplete";
         }
@@ -125,7 +133,14 @@ impl Tap {
         Self(Arc::new(Shared {
             hub,
             started: Instant::now(),
-            progress: Mutex::new(Progress { record, finished: None, expected: None, declared, request_read: false }),
+            progress: Mutex::new(Progress {
+                record,
+                finished: None,
+                expected: None,
+                declared,
+                request_read: false,
+                request_failed: false,
+            }),
         }))
     }
 
@@ -151,7 +166,12 @@ impl Tap {
             let is_head = p.record.method == Method::HEAD;
             p.record.status = Some(status);
             p.record.response_headers = Some(FlatHeaders::copy(resp.headers()));
-            p.record.outcome = resp.extensions().get::<EdgeErrorKind>().map_or("ok", |k| k.0);
+            p.record.outcome = match resp.extensions().get::<EdgeErrorKind>() {
+                // The edge's answer to a body that broke off (400 bad-request-body).
+                _ if p.request_failed => "incomplete",
+                Some(kind) => kind.0,
+                None => "ok",
+            };
             // hyper stops reading a body once it has sent the declared length,
             // without waiting for the end: that length marks it complete too.
             p.expected = resp
@@ -204,7 +224,7 @@ where
                 Some(Err(_)) if this.side == Side::Response => tap.finish(true),
                 None if this.side == Side::Response => tap.finish(false),
                 None => tap.request_read(),
-                Some(Err(_)) => {}
+                Some(Err(_)) => tap.request_failed(),
             }
         }
         polled

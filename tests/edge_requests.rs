@@ -1,0 +1,43 @@
+//! Odd requests at the public edge: a caller's broken body. Real server, real
+//! tunnel clients (QUIC and WebSocket), raw bytes on loopback where a client
+//! library would refuse to send them.
+
+mod common;
+
+use common::*;
+
+/// Sends a chunked body whose first chunk size is not hex to `/t/{sub}/echo`.
+async fn broken_chunked_body(server: &TestServer, tunnel_url: &str) -> String {
+    let target = tunnel_url.strip_prefix(&server.url).unwrap();
+    let req = format!(
+        "POST {target}/echo HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         zz\r\nhello\r\n0\r\n\r\n",
+        server.http
+    );
+    raw_exchange(server.http, req.as_bytes()).await
+}
+
+fn assert_bad_body(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("x-hookway-error: bad-request-body"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    assert!(body.starts_with("hookway: ") && body.lines().count() == 1, "one line: {body:?}");
+}
+
+#[tokio::test]
+async fn a_broken_request_body_is_the_callers_fault_over_quic_and_websocket() {
+    let s = Setup::new().await;
+    assert_bad_body(&broken_chunked_body(&s.server, &s.client.tunnel_url).await);
+    let app = spawn_app().await;
+    let (ws, ws_id) = ws_client(&s.server, app.port()).await;
+    assert_bad_body(&broken_chunked_body(&s.server, &ws.tunnel_url).await);
+
+    for id in [&s.tunnel_id, &ws_id] {
+        let list = wait_for_records(&s.server, id, 1).await;
+        let r = &list[0];
+        assert_eq!((r["status"].as_u64(), r["outcome"].as_str()), (Some(400), Some("incomplete")), "{r}");
+    }
+    // The tunnel still works.
+    let resp = http().post(s.url("/echo")).body("fine").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
