@@ -1,10 +1,50 @@
-//! Odd requests at the public edge: a caller's broken body. Real server, real
-//! tunnel clients (QUIC and WebSocket), raw bytes on loopback where a client
-//! library would refuse to send them.
+//! Odd requests at the public edge: host names in any case or with a trailing
+//! dot, and a caller's broken body. Real server, real tunnel clients (QUIC and
+//! WebSocket), raw bytes on loopback where a client library would refuse to
+//! send them.
 
 mod common;
 
 use common::*;
+use reqwest::Method;
+use serde_json::Value;
+
+const DOMAIN: &str = "example.test";
+
+async fn with_domain() -> Setup {
+    Setup::with_server(TestServer::start_with(|c| c.domain = Some(DOMAIN.into())).await).await
+}
+
+/// Requests the tunnel's session has forwarded (`liveStatus.requestsInSession`).
+async fn forwarded(s: &Setup) -> u64 {
+    let status = s.server.api().call(Method::GET, &format!("/api/tunnels/{}/status", s.tunnel_id), None).await;
+    status.unwrap()["liveStatus"]["requestsInSession"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn host_names_match_in_any_case_and_with_a_trailing_dot() {
+    let s = with_domain().await;
+    let (sub, port) = (&s.subdomain, s.server.http.port());
+    let hosts = [
+        format!("{}.{}", sub.to_uppercase(), DOMAIN.to_uppercase()),
+        format!("{sub}.Example.Test:{port}"),
+        format!("{sub}.{DOMAIN}."),
+        format!("{sub}.{DOMAIN}.:{port}"),
+    ];
+    for host in hosts {
+        let resp = http().get(format!("http://{}/echo/h?q=1", s.server.http)).header("host", &host).send().await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), 200, "{host}");
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["path"], "/echo/h?q=1", "{host}");
+    }
+    // Still not a tunnel: the domain alone, a name under another domain, a reserved name.
+    for host in [DOMAIN.to_owned(), format!("{sub}.example.test.evil"), format!("{sub}xexample.test")] {
+        let resp = http().get(format!("http://{}/echo/h", s.server.http)).header("host", &host).send().await;
+        assert_eq!(resp.unwrap().status(), 404, "{host}");
+    }
+    assert_eq!(forwarded(&s).await, 4);
+}
 
 /// Sends a chunked body whose first chunk size is not hex to `/t/{sub}/echo`.
 async fn broken_chunked_body(server: &TestServer, tunnel_url: &str) -> String {

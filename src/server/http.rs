@@ -61,7 +61,8 @@ pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
 
 /// Routes one request.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if let Some(sub) = state.host_subdomain(&req) {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(sub) = host.and_then(|host| state.host_subdomain(host)) {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
     }

@@ -190,16 +190,10 @@ pub struct State {
 }
 
 impl State {
-    /// The subdomain addressed by a host-based request, if any.
-    pub fn host_subdomain<B>(&self, req: &::http::Request<B>) -> Option<String> {
-        let domain = self.config.domain.as_deref()?;
-        let host = req.headers().get(::http::header::HOST)?.to_str().ok()?;
-        let host = host
-            .rsplit_once(':')
-            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-        let sub = host.strip_suffix(domain)?.strip_suffix('.')?.to_ascii_lowercase();
-        // Reserved names (`api.`, `www.`) are never tunnels: they reach the API.
-        names::validate_subdomain(&sub).ok().map(|()| sub)
+    /// The subdomain that `host` (a `Host` header or URI authority, port
+    /// optional) addresses under the routing domain, if any.
+    pub fn host_subdomain(&self, host: &str) -> Option<String> {
+        subdomain_of(host, self.config.domain.as_deref()?)
     }
 
     /// `{public-url}/t/{subdomain}`.
@@ -258,6 +252,23 @@ impl State {
             Err(err) => tracing::warn!(%err, "could not persist request counters; will retry"),
         }
     }
+}
+
+/// The tunnel subdomain in `host` under `domain` (lowercase, no trailing dot).
+/// Host names compare without regard to case, and a trailing dot (the
+/// fully-qualified form) names the same host: `Cool-X.Example.COM.:8080` is
+/// `cool-x` under `example.com`, as DNS would resolve it.
+fn subdomain_of(host: &str, domain: &str) -> Option<String> {
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
+    let (sub, dot_domain) = host.split_at(host.len().checked_sub(domain.len() + 1)?);
+    if dot_domain[0] != b'.' || !dot_domain[1..].eq_ignore_ascii_case(domain.as_bytes()) {
+        return None;
+    }
+    let sub = std::str::from_utf8(sub).ok()?.to_ascii_lowercase();
+    // Reserved names (`api.`, `www.`) are never tunnels: they reach the API.
+    names::validate_subdomain(&sub).ok().map(|()| sub)
 }
 
 /// Creates an API key in `org` and returns the secret (shown once).
@@ -492,7 +503,25 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option
 
 #[cfg(test)]
 mod tests {
-    use super::PublicUrl;
+    use super::{PublicUrl, subdomain_of};
+
+    #[test]
+    fn host_names_compare_without_case_or_trailing_dot() {
+        for host in ["cool-x.example.com", "Cool-X.Example.COM", "cool-x.example.com.", "COOL-X.example.com.:8080"] {
+            assert_eq!(subdomain_of(host, "example.com").as_deref(), Some("cool-x"), "{host}");
+        }
+        for host in [
+            "example.com",
+            ".example.com",
+            "cool-x.example.com..",
+            "cool-xexample.com",
+            "a.b.example.com",
+            "é.example.com",
+            "",
+        ] {
+            assert_eq!(subdomain_of(host, "example.com"), None, "{host}");
+        }
+    }
 
     #[test]
     fn public_url_parts() {
