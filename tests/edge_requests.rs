@@ -1,7 +1,7 @@
 //! Odd requests at the public edge: host names in any case or with a trailing
-//! dot, and a caller's broken body. Real server, real tunnel clients (QUIC and
-//! WebSocket), raw bytes on loopback where a client library would refuse to
-//! send them.
+//! dot, HTTP/2's `:authority`, repeated `Host` headers, and a caller's broken
+//! body. Real server, real tunnel clients (QUIC and WebSocket),
+//! raw bytes on loopback where a client library would refuse to send them.
 
 mod common;
 
@@ -44,6 +44,38 @@ async fn host_names_match_in_any_case_and_with_a_trailing_dot() {
         assert_eq!(resp.unwrap().status(), 404, "{host}");
     }
     assert_eq!(forwarded(&s).await, 4);
+}
+
+#[tokio::test]
+async fn http2_requests_are_routed_by_their_authority() {
+    let s = with_domain().await;
+    let host = format!("{}.{DOMAIN}", s.subdomain);
+    hookway::quic::tls::install_default_provider();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve(&host, s.server.http).build().unwrap();
+    let authority = format!("{host}:{}", s.server.http.port());
+    let resp = h2.post(format!("http://{authority}/echo/h2?x=1")).body("over h2").send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["path"], "/echo/h2?x=1");
+    assert_eq!(seen["body"], "over h2");
+    assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str(), "{seen}");
+}
+
+#[tokio::test]
+async fn two_host_headers_are_a_400_and_nothing_is_forwarded() {
+    let s = with_domain().await;
+    let sub = &s.subdomain;
+    for (target, hosts) in [
+        (format!("/t/{sub}/echo"), format!("Host: {}\r\nHost: {}", s.server.http, s.server.http)),
+        ("/echo".to_owned(), format!("Host: {sub}.{DOMAIN}\r\nHost: other.{DOMAIN}")),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\n{hosts}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(s.server.http, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("host"), "says why: {answer}");
+    }
+    assert_eq!(forwarded(&s).await, 0);
 }
 
 /// Sends a chunked body whose first chunk size is not hex to `/t/{sub}/echo`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream;
+use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
@@ -68,7 +69,7 @@ where
         Some(tap) => tap.request_body(body),
         None => TapBody::plain(body),
     };
-    add_forwarded(&mut headers, &state, peer);
+    add_forwarded(&mut headers, &state, peer, parts.uri.authority());
     let timeout = state.config.request_timeout;
     let outcome = match &session.transport {
         Transport::Quic(conn) => {
@@ -147,7 +148,9 @@ fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {
     }
 }
 
-fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
+/// Adds `X-Forwarded-For/-Proto/-Host`; the host is the request's URI
+/// authority when it has one (HTTP/2, which has no `Host` header), else its `Host`.
+fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, authority: Option<&Authority>) {
     let ip = peer.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -157,7 +160,11 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr) {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(state.config.scheme));
-    if let Some(host) = headers.get(header::HOST).cloned() {
+    let host = match authority {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => headers.get(header::HOST).cloned(),
+    };
+    if let Some(host) = host {
         headers.insert("x-forwarded-host", host);
     }
 }

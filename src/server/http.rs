@@ -61,7 +61,9 @@ pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
 
 /// Routes one request.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    let Ok(host) = request_host(&req) else {
+        return edge_error(StatusCode::BAD_REQUEST, "bad-request", "the request has more than one Host header");
+    };
     if let Some(sub) = host.and_then(|host| state.host_subdomain(host)) {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
@@ -95,5 +97,21 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Sock
             state.config.public_url
         ))),
         _ => json_error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+    }
+}
+
+/// The host a request is addressed to: its URI's authority when it has one
+/// (HTTP/2's `:authority`, or an HTTP/1 absolute-form target, which RFC 9112
+/// §3.2.2 puts before `Host`), else its `Host` header. Two `Host` headers are
+/// a 400 (RFC 9112 §3.2): which one a proxy in front of us used is anyone's guess.
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ()> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(());
+    }
+    match req.uri().authority() {
+        Some(authority) => Ok(Some(authority.as_str())),
+        None => Ok(first.and_then(|v| v.to_str().ok())),
     }
 }
