@@ -1,6 +1,6 @@
 //! Odd requests at the public edge: host names in any case or with a trailing
-//! dot, HTTP/2's `:authority`, repeated `Host` headers, and a caller's broken
-//! body. Real server, real tunnel clients (QUIC and WebSocket),
+//! dot, HTTP/2's `:authority`, repeated `Host` headers, `CONNECT`, and a
+//! caller's broken body. Real server, real tunnel clients (QUIC and WebSocket),
 //! raw bytes on loopback where a client library would refuse to send them.
 
 mod common;
@@ -75,6 +75,20 @@ async fn two_host_headers_are_a_400_and_nothing_is_forwarded() {
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
         assert!(answer.to_ascii_lowercase().contains("host"), "says why: {answer}");
     }
+    assert_eq!(forwarded(&s).await, 0);
+}
+
+#[tokio::test]
+async fn connect_is_refused_not_forwarded() {
+    let s = with_domain().await;
+    let authority = format!("{}.{DOMAIN}:443", s.subdomain);
+    let req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    // No `Connection: close` from the caller: the edge closes after refusing,
+    // since what follows a CONNECT is not HTTP.
+    let answer = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    assert!(answer.contains("x-hookway-error: method-not-allowed"), "{answer}");
+    assert!(answer.contains("CONNECT"), "says why: {answer}");
     assert_eq!(forwarded(&s).await, 0);
 }
 

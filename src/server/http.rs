@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
@@ -59,8 +59,14 @@ pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
     edge_error(StatusCode::BAD_REQUEST, "bad-request-body", format_args!("the request body failed: {err}"))
 }
 
+/// The methods the edge forwards, for the `Allow` header of a refused `CONNECT`.
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
+
 /// Routes one request.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if req.method() == Method::CONNECT {
+        return connect_refused(req.version());
+    }
     let Ok(host) = request_host(&req) else {
         return edge_error(StatusCode::BAD_REQUEST, "bad-request", "the request has more than one Host header");
     };
@@ -114,4 +120,22 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ()> {
         Some(authority) => Ok(Some(authority.as_str())),
         None => Ok(first.and_then(|v| v.to_str().ok())),
     }
+}
+
+/// The answer to `CONNECT`: hookway forwards requests, it does not open
+/// tunnels to other hosts. Forwarding it would make hyper treat the app's 2xx
+/// as an upgrade and leave the caller with an empty reply.
+fn connect_refused(version: Version) -> Response<Body> {
+    let mut resp = edge_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "CONNECT is not supported: hookway forwards HTTP requests to tunnels, it is not a proxy",
+    );
+    let h = resp.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    if version <= Version::HTTP_11 {
+        // What a CONNECT caller sends next is the tunnel's bytes, not HTTP.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
