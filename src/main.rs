@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+use hookway::quic::framed::error_chain;
 
 /// `println!` for this binary and its `cli` modules (defined before them, so
 /// theirs too): std's panics when stdout is a closed pipe (`hookway tunnels
@@ -417,28 +418,11 @@ fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("Error: {}", error_chain(&err));
+            // Not anyhow's `{:#}`: it would repeat causes already in a message.
+            eprintln!("Error: {}", error_chain(err.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// `a: b: c`, each cause once: many errors already show their source in their
-/// own message (`cannot listen on …: Address already in use`), and anyhow's
-/// `{:#}` would print it again after it.
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 fn real_main() -> Result<()> {
@@ -979,9 +963,12 @@ mod tests {
         }
         let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
         let err = anyhow::Error::new(Bind { source: io }).context("cannot start the server");
-        assert_eq!(error_chain(&err), "cannot start the server: cannot listen on 127.0.0.1:80: Address already in use");
+        assert_eq!(
+            error_chain(err.as_ref()),
+            "cannot start the server: cannot listen on 127.0.0.1:80: Address already in use"
+        );
         let plain = anyhow::anyhow!("inner").context("outer");
-        assert_eq!(error_chain(&plain), "outer: inner");
+        assert_eq!(error_chain(plain.as_ref()), "outer: inner");
     }
 
     /// The `--json` request line is byte for byte what the `Value` it replaced
