@@ -172,12 +172,22 @@ async fn local_app_refusing_connections_is_a_502_saying_so() {
 #[tokio::test]
 async fn slow_local_app_times_out_with_504() {
     let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(500)).await;
-    let s = Setup::with_server(server).await;
+    let mut s = Setup::with_server(server).await;
     let started = Instant::now();
     let resp = http().get(s.url("/slow?ms=3000")).send().await.unwrap();
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.headers()["x-hookway-error"], "timeout");
     assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    // The client is told, and logs a timeout (not a caller who left) with the time it waited.
+    let logged = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.client.events.recv()).await.unwrap().unwrap() {
+            hookway::client::Event::Request(log) => break log,
+            _ => continue,
+        }
+    };
+    assert_eq!(logged.path, "/slow?ms=3000");
+    assert!(logged.error.as_deref().is_some_and(|e| e.contains("504")), "{logged:?}");
+    assert!(logged.duration >= Duration::from_millis(400), "{logged:?}");
     // The tunnel still works afterwards.
     let ok = http().get(s.url("/slow?ms=10")).send().await.unwrap();
     assert_eq!(ok.status(), 200);

@@ -364,6 +364,10 @@ async fn a_stopped_client_finishes_its_requests_and_says_goodbye() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    // Sent while the client drains: not taken, and answered as offline once it has gone.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let during = http().get(format!("{url}/echo")).send().await.unwrap();
+    assert_eq!(during.status(), 503, "{:?}", during.text().await);
 
     let resp = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap().unwrap();
     assert_eq!(resp.status(), 200, "the request in flight finished");

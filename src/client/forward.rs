@@ -172,8 +172,13 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
         // draw on every poll, about 1% of the client's CPU at concurrency 64).
         biased;
         r = app.client.request(req) => r,
-        _ = writer.stopped() => {
-            log.error = Some("the caller went away".into());
+        code = writer.stopped() => {
+            log.duration = started.elapsed();
+            log.error = Some(if code == Some(close::REQUEST_TIMEOUT) {
+                "no answer in time: the server answered the caller 504 (its --request-timeout)".into()
+            } else {
+                "the caller went away".into()
+            });
             return Some(log);
         }
     };

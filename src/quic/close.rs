@@ -25,6 +25,9 @@ pub const REJECTED: VarInt = VarInt::from_u32(0x31);
 
 /// Stream reset code: the exchange was abandoned (caller gone, timeout).
 pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(1);
+/// Stream stop code: the server stopped waiting for the response head (its
+/// request timeout) and answered the caller 504.
+pub const REQUEST_TIMEOUT: VarInt = VarInt::from_u32(2);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else
 /// `4000 + code` (the range RFC 6455 leaves to applications), so a legacy-socket

@@ -236,9 +236,9 @@ impl FrameWriter {
     }
 
     /// Resolves when the peer no longer wants what we send (it stopped reading,
-    /// or the connection is gone).
-    pub async fn stopped(&self) {
-        let _ = self.send.stopped().await;
+    /// or the connection is gone), with the peer's stop code if it gave one.
+    pub async fn stopped(&self) -> Option<quinn::VarInt> {
+        self.send.stopped().await.ok().flatten()
     }
 
     /// Ends the stream after everything written.

@@ -80,7 +80,7 @@ where
                 client_ip: Some(peer.ip()),
             });
             let _in_flight = state.in_flight.enter();
-            tokio::time::timeout(timeout, quic_exchange(conn, &session, head, body).instrument(span)).await
+            Ok(quic_exchange(conn, &session, head, body, timeout).instrument(span).await)
         }
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
@@ -88,41 +88,67 @@ where
             tokio::time::timeout(timeout, exchange.instrument(span)).await
         }
     };
-    let resp = outcome.unwrap_or_else(|_| {
-        edge_error(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            format_args!("the local app did not answer within {timeout:?}"),
-        )
-    });
+    let resp = outcome.unwrap_or_else(|_| timed_out(timeout));
     match tap {
         Some(tap) => tap.response(resp),
         None => resp,
     }
 }
 
-/// One request over its own QUIC stream: head and body out, response back.
-async fn quic_exchange<B>(conn: &quinn::Connection, session: &Session, head: Frame, body: B) -> Response<Body>
+fn timed_out(timeout: std::time::Duration) -> Response<Body> {
+    edge_error(StatusCode::GATEWAY_TIMEOUT, "timeout", format_args!("the local app did not answer within {timeout:?}"))
+}
+
+/// One request over its own QUIC stream: head and body out, response back,
+/// the response head within `timeout`.
+async fn quic_exchange<B>(
+    conn: &quinn::Connection,
+    session: &Session,
+    head: Frame,
+    body: B,
+    timeout: std::time::Duration,
+) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError> + Send,
 {
-    let (send, recv) = match conn.open_bi().await {
-        Ok(pair) => pair,
-        Err(_) => return offline(session),
+    let deadline = tokio::time::Instant::now() + timeout;
+    // (A timer is registered only if a step is pending: usually none is for
+    // `open_bi`.)
+    let (send, recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(_)) => return offline(session),
+        Err(_) => return timed_out(timeout),
     };
-    let sending = send_request(FrameWriter::new(send), head, body).await;
-    if let Sending::BodyFailed(err) = sending {
-        return bad_request_body(err);
-    }
     let mut reader = FrameReader::new(recv);
-    match reader.next().await {
+    let answer = tokio::time::timeout_at(deadline, async {
+        let sending = send_request(FrameWriter::new(send), head, body).await;
+        if let Sending::BodyFailed(err) = sending {
+            return (Sending::Done, Err(err));
+        }
+        let first = reader.next().await;
+        (sending, Ok(first))
+    })
+    .await;
+    let (sending, first) = match answer {
+        Ok((_, Err(body_err))) => return bad_request_body(body_err),
+        Ok((sending, Ok(first))) => (sending, first),
+        Err(_) => {
+            // Tell the client why: it logs a timeout rather than a caller
+            // who went away, and stops waiting on the app's answer.
+            reader.stop(close::REQUEST_TIMEOUT);
+            return timed_out(timeout);
+        }
+    };
+    match first {
         Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
         Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
         // The client gives up on a request whose stream we reset because the
         // caller's body failed: that is the caller's fault, not the tunnel's.
         Ok(_) | Err(_) => match sending.body_error().await {
             Some(err) => bad_request_body(err),
+            // The client went away (said goodbye, or died): the tunnel is offline.
+            None if conn.close_reason().is_some() => offline(session),
             None => edge_error(
                 StatusCode::BAD_GATEWAY,
                 "tunnel-error",
