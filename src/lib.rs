@@ -22,3 +22,22 @@ pub mod server;
 pub mod store;
 pub mod wire;
 pub mod wsjson;
+
+/// `err` and its causes on one line (`a: b: c`), each once. hyper's errors
+/// display only their kind ("error reading a body from connection"); the cause
+/// says what was wrong ("Invalid chunk size line"). Many errors already show
+/// their source in their own message (`cannot listen on …: Address already in
+/// use`): a cause the line already holds is not repeated.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}

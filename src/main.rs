@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
-use hookway::quic::framed::error_chain;
+use hookway::error_chain;
 
 /// `println!` for this binary and its `cli` modules (defined before them, so
 /// theirs too): std's panics when stdout is a closed pipe (`hookway tunnels

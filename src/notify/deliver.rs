@@ -6,6 +6,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::retry::{AttemptResult, parse_retry_after};
 use super::{sign, ssrf};
+use crate::error_chain;
 use crate::store::WebhookRecord;
 
 /// How much of a receiver's answer is kept for the delivery log.
@@ -96,9 +97,9 @@ pub async fn attempt(
     let sent = http.post(&webhook.url).headers(headers).body(payload.to_owned()).timeout(timeout).send().await;
     let mut resp = match sent {
         Ok(resp) => resp,
-        Err(err) if ssrf::is_refusal(&err) => return failed(AttemptResult::Refused, err_chain(&err)),
+        Err(err) if ssrf::is_refusal(&err) => return failed(AttemptResult::Refused, error_chain(&err)),
         Err(err) if err.is_timeout() => return failed(AttemptResult::Timeout, format!("no answer within {timeout:?}")),
-        Err(err) => return failed(AttemptResult::ConnectionError, err_chain(&err)),
+        Err(err) => return failed(AttemptResult::ConnectionError, error_chain(&err)),
     };
     let status = resp.status().as_u16();
     let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
@@ -122,19 +123,4 @@ pub async fn attempt(
         error: None,
         duration: started.elapsed(),
     }
-}
-
-/// An error with its causes, which is where reqwest keeps the useful part.
-fn err_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
 }

@@ -37,9 +37,9 @@ use super::http::{Body, bad_request_body, edge_error, full, json_error};
 use super::names::secret_matches;
 use super::registry::Transport;
 use super::session;
+use crate::error_chain;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
-use crate::quic::framed::error_chain;
 use crate::wsjson::{self, ClientMessage};
 
 pub use crate::wsjson::DEFAULT_MAX_BODY;
