@@ -44,6 +44,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// The body length `Content-Length` declares: `Ok(None)` without one, `Err`
+/// with the offending value when it is not one length (RFC 9110 §8.6: digits
+/// only; a list or repeated lines are accepted when every value is the same).
+///
+/// A proxy that passes an unchecked length on lets its peer choose how the
+/// next hop frames the message; a HEAD answer, whose length is kept because it
+/// describes the GET's body, is where that happens.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let bad = || String::from_utf8_lossy(&value.as_bytes()[..value.len().min(64)]).into_owned();
+        let text = value.to_str().map_err(|_| bad())?;
+        for item in text.split(',') {
+            let item = item.trim();
+            let digits = !item.is_empty() && item.len() <= 19 && item.bytes().all(|b| b.is_ascii_digit());
+            let n = digits.then(|| item.parse::<u64>().ok()).flatten().ok_or_else(bad)?;
+            if *length.get_or_insert(n) != n {
+                return Err(bad());
+            }
+        }
+    }
+    Ok(length)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +103,35 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn content_length_is_one_decimal_length() {
+        let h = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::CONTENT_LENGTH, v.parse().unwrap());
+            }
+            content_length(&h)
+        };
+        assert_eq!(h(&[]), Ok(None));
+        assert_eq!(h(&["0"]), Ok(Some(0)));
+        assert_eq!(h(&["1234"]), Ok(Some(1234)));
+        assert_eq!(h(&["42, 42"]), Ok(Some(42)));
+        assert_eq!(h(&["7", "7"]), Ok(Some(7)));
+        for bad in [
+            &["abc"][..],
+            &["12, 13"],
+            &["5", "6"],
+            &["-1"],
+            &["+7"],
+            &[""],
+            &["1 2"],
+            &["0x10"],
+            &["99999999999999999999"],
+        ] {
+            assert!(h(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(h(&["abc"]), Err("abc".to_owned()));
     }
 }

@@ -619,6 +619,32 @@ async fn head_answers_keep_their_content_length() {
     assert_eq!(reply.header("content-length"), Some("1234"));
 }
 
+/// A HEAD answer's `content-length` reaches the caller as is (its body is
+/// empty), so one that is not a length is refused instead of passed on.
+#[tokio::test]
+async fn head_answers_with_an_invalid_content_length_get_502() {
+    let server = TestServer::start().await;
+    let t = ws_tunnel(&server).await;
+    let mut ws = connect_live(&server, &t).await;
+    for bad in [json!("abc"), json!("12, 13"), json!(["5", "6"]), json!("-1"), json!("+7"), json!("")] {
+        let caller = spawn_call(http().head(public(&server, &t.sub, "/file")));
+        let req = recv_request(&mut ws).await;
+        let headers = json!({ "content-length": bad, "content-type": "text/plain" });
+        send_json(&mut ws, &json!({ "type": "response", "id": req["id"], "status": 200, "headers": headers })).await;
+        let reply = join(caller).await;
+        assert_eq!(reply.status, 502, "content-length {bad}: {:?}", reply.headers);
+        assert_eq!(reply.header("x-hookway-error"), Some("tunnel-error"), "content-length {bad}");
+        assert!(reply.header("content-length") != Some("abc"), "content-length {bad}");
+    }
+    // Repeating the same length is allowed (RFC 9110 §8.6), and sent once.
+    let caller = spawn_call(http().head(public(&server, &t.sub, "/file")));
+    let req = recv_request(&mut ws).await;
+    let headers = json!({ "content-length": "42, 42" });
+    send_json(&mut ws, &json!({ "type": "response", "id": req["id"], "status": 200, "headers": headers })).await;
+    let reply = join(caller).await;
+    assert_eq!((reply.status, reply.header("content-length")), (200, Some("42")));
+}
+
 #[tokio::test]
 async fn malformed_messages_get_error_replies_and_the_socket_stays_usable() {
     let server = TestServer::start().await;

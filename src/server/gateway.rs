@@ -192,9 +192,24 @@ where
             let mut headers = r.headers;
             strip_hop_by_hop(&mut headers);
             // The body is complete: hyper sets the length that matches it.
-            // A HEAD answer has no body, and its length describes the GET's.
+            // A HEAD answer has no body, and its length describes the GET's:
+            // it goes out as the client wrote it, so it must be one length.
             if method != http::Method::HEAD {
                 headers.remove(header::CONTENT_LENGTH);
+            } else {
+                match crate::headers::content_length(&headers) {
+                    Ok(None) => {}
+                    Ok(Some(n)) => {
+                        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                    }
+                    Err(bad) => {
+                        return edge_error(
+                            StatusCode::BAD_GATEWAY,
+                            "tunnel-error",
+                            format_args!("the tunnel client answered HEAD with an invalid content-length ({bad:?})"),
+                        );
+                    }
+                }
             }
             let mut resp = Response::new(full(r.body));
             *resp.status_mut() = r.status;
