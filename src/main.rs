@@ -139,7 +139,8 @@ struct ServerArgs {
     /// Seconds between the server's pings to WebSocket clients.
     #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs())]
     ws_ping_interval: u64,
-    /// Seconds a WebSocket client may stay silent (no message, no pong) before it is dropped.
+    /// Seconds a WebSocket client may stay silent (no message, no pong), or leave what the server
+    /// writes unread, before it is dropped.
     #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs())]
     ws_idle_timeout: u64,
     /// Delays before each retry of a failed status-webhook delivery; its length is the number of

@@ -9,7 +9,12 @@
 //! answered in any order.
 //!
 //! Bodies are buffered (seed 001 carries them as JSON strings), so they are
-//! capped: a request body over the limit gets 413 at the edge.
+//! capped: a request body over the limit gets 413 at the edge. What waits for
+//! a client is bounded in bytes ([`outbox`]), and a client that leaves it
+//! unread for the idle timeout is dropped ([`stall`]).
+
+mod outbox;
+mod stall;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +28,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -41,16 +46,21 @@ use crate::error_chain;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
 use crate::wsjson::{self, ClientMessage};
+use outbox::{Outbox, OutboxRx, Parcel};
+use stall::{Counted, Progress, Stalled, unless_stalled};
 
 pub use crate::wsjson::DEFAULT_MAX_BODY;
 /// Default interval of the server's WebSocket pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default silence after which a client is dropped.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Messages queued for one socket before senders wait.
+/// Replies (pongs, errors) queued for one socket before the reader waits.
 const QUEUE: usize = 256;
 /// Messages written per flush when several are queued.
 const BATCH: usize = 64;
+/// How long the writer may take to send the close frame once the session
+/// ends (a client that reads nothing never gets it).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Limits and timers of the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -59,7 +69,8 @@ pub struct WsLimits {
     pub max_body: usize,
     /// How often the server pings.
     pub ping_interval: Duration,
-    /// How long a client may stay silent (not even a pong) before it is dropped.
+    /// How long a client may stay silent (not even a pong), or leave what the
+    /// server writes unread, before it is dropped.
     pub idle_timeout: Duration,
 }
 
@@ -78,7 +89,10 @@ enum Reply {
 /// The edge's handle on one WebSocket session.
 #[derive(Debug)]
 pub struct WsLink {
+    /// Replies to the client's own messages.
     out: mpsc::Sender<Message>,
+    /// Requests.
+    outbox: Outbox,
     pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_id: AtomicU64,
     closing: CancellationToken,
@@ -100,9 +114,19 @@ impl WsLink {
     /// `4000 + code` (see [`close::ws_code`]), so clients can tell a final end
     /// from a "reconnect later".
     pub fn close(&self, code: quinn::VarInt, reason: &str) {
-        let frame = CloseFrame { code: CloseCode::from(close::ws_code(code)), reason: reason.to_owned().into() };
+        self.end(CloseCode::from(close::ws_code(code)), reason);
+    }
+
+    /// Ends the session with this close frame, unless it is already ending.
+    fn end(&self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame { code, reason: reason.to_owned().into() };
         self.close_frame.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(frame);
         self.closing.cancel();
+    }
+
+    /// The close frame's reason, once the session is ending.
+    fn end_reason(&self) -> Option<String> {
+        self.close_frame.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.reason.to_string())
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
@@ -124,15 +148,18 @@ impl WsLink {
 }
 
 /// Removes a request from the pending table when its exchange ends, however
-/// it ends (answered, timed out, caller gone).
+/// it ends (answered, timed out, caller gone), and drops its message if the
+/// writer has not taken it yet.
 struct PendingGuard<'a> {
     link: &'a WsLink,
     n: u64,
+    parcel: Arc<Parcel>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.link.lock_pending().remove(&self.n);
+        drop(self.parcel.take());
     }
 }
 
@@ -172,10 +199,10 @@ where
     let id = wsjson::request_id(n);
     let (tx, rx) = oneshot::channel();
     link.lock_pending().insert(n, tx);
-    let _guard = PendingGuard { link, n };
+    let guard = PendingGuard { link, n, parcel: Arc::default() };
     let text = wsjson::request(&id, method, target, headers, &body);
     drop(body);
-    if link.out.send(Message::text(text)).await.is_err() {
+    if link.outbox.post(&guard.parcel, text).await.is_err() {
         return disconnected(subdomain);
     }
     match rx.await {
@@ -297,8 +324,10 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     // The session goes live before the 101 goes out, so a request sent the
     // moment the client sees the upgrade is queued for it, never refused.
     let (out, queue) = mpsc::channel(QUEUE);
+    let (outbox, requests) = Outbox::new(outbox_budget(limits.max_body));
     let link = Arc::new(WsLink {
         out,
+        outbox,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
         closing: CancellationToken::new(),
@@ -332,11 +361,12 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let tasks = state.tasks.clone();
     let task = async move {
         let reason = match hyper::upgrade::on(req).await {
-            Ok(upgraded) => serve_socket(upgraded, queue, &link, limits).await,
+            Ok(upgraded) => serve_socket(upgraded, Queues { replies: queue, requests }, &link, limits).await,
             Err(err) => format!("upgrade failed: {err}"),
         };
         // Stop the writer (with a close frame) and fail what is still waiting.
         link.close(close::NORMAL, &reason);
+        link.outbox.close();
         link.lock_pending().clear();
         session::end(&state, &session, &reason);
     };
@@ -344,61 +374,154 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     resp
 }
 
+/// The largest amount of request messages that may wait for one client: two
+/// of the largest, one being written while the next waits. Beyond it, requests
+/// wait for the client to read (and time out if it does not).
+fn outbox_budget(max_body: usize) -> usize {
+    wsjson::max_message_for(max_body).saturating_mul(2)
+}
+
+/// What the writer sends: replies to the client's messages, and requests.
+struct Queues {
+    replies: mpsc::Receiver<Message>,
+    requests: OutboxRx,
+}
+
+impl Queues {
+    /// The next message to write (replies first), with the budget a request
+    /// holds until it is flushed; `None` once the link is gone.
+    async fn next(&mut self) -> Option<(Message, Option<OwnedSemaphorePermit>)> {
+        tokio::select! {
+            biased;
+            reply = self.replies.recv() => Some((reply?, None)),
+            request = self.requests.next() => request.map(|r| (r.message, Some(r.budget))),
+        }
+    }
+
+    /// The next message already queued, if any.
+    fn try_next(&mut self) -> Option<(Message, Option<OwnedSemaphorePermit>)> {
+        match self.replies.try_recv() {
+            Ok(reply) => Some((reply, None)),
+            Err(_) => self.requests.try_next().map(|r| (r.message, Some(r.budget))),
+        }
+    }
+}
+
 /// Runs the socket's writer and reader until either ends; returns why.
 async fn serve_socket(
     upgraded: hyper::upgrade::Upgraded,
-    queue: mpsc::Receiver<Message>,
+    queues: Queues,
     link: &Arc<WsLink>,
     limits: WsLimits,
 ) -> String {
     let max_message = wsjson::max_message_for(limits.max_body);
     let config = WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message));
-    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let progress = Arc::new(Progress::default());
+    let io = Counted::new(TokioIo::new(upgraded), progress.clone());
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (sink, stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, queue, link.clone(), limits.ping_interval).in_current_span());
+    let writer = Writer { sink, progress, stall: limits.idle_timeout };
+    let mut writer = tokio::spawn(writer.run(queues, link.clone(), limits.ping_interval).in_current_span());
     let reason = read_loop(stream, link, limits.idle_timeout).await;
     link.close(close::NORMAL, &reason);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // The writer stops as soon as the link closes and has CLOSE_GRACE for the
+    // close frame; the socket closes once it lets go of its half.
+    if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), &mut writer).await.is_err() {
+        writer.abort();
+    }
     reason
 }
 
-type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, Message>;
-type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>;
+type Socket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
+type Sink = futures_util::stream::SplitSink<Socket, Message>;
+type Stream = futures_util::stream::SplitStream<Socket>;
 
-/// Writes queued messages (batching what is already queued into one flush)
-/// and pings, until the link closes; then sends the close frame.
-async fn write_loop(mut sink: Sink, mut queue: mpsc::Receiver<Message>, link: Arc<WsLink>, ping_interval: Duration) {
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result: Result<(), tokio_tungstenite::tungstenite::Error> = async {
+/// Why the writer stopped before the session ended.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The client does not read.
+    #[error(transparent)]
+    Stalled(#[from] Stalled),
+    /// The socket failed.
+    #[error("WebSocket write failed: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// The socket's sending half, with its write deadline.
+struct Writer {
+    sink: Sink,
+    progress: Arc<Progress>,
+    /// How long the socket may accept nothing while there is something to write.
+    stall: Duration,
+}
+
+impl Writer {
+    /// Writes queued messages and pings until the link closes, then sends
+    /// the close frame. Every write races the link's closing: a client that
+    /// does not read cannot keep its socket open past the session's end.
+    async fn run(mut self, mut queues: Queues, link: Arc<WsLink>, ping_interval: Duration) {
+        let result = tokio::select! {
+            biased;
+            _ = link.closing.cancelled() => Ok(()),
+            result = self.pump(&mut queues, ping_interval) => result,
+        };
+        match result {
+            Ok(()) => {}
+            Err(WriteError::Stalled(Stalled(stall))) => {
+                tracing::info!(?stall, "client reads nothing; dropping it");
+                link.end(CloseCode::Away, &format!("the client read nothing for {stall:?}"));
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(%err, "WebSocket write failed");
+                link.closing.cancel();
+                return;
+            }
+        }
+        // What is still queued is dropped with `queues`, its budget given back.
+        drop(queues);
+        let frame = link.close_frame.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() });
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+    }
+
+    /// Writes messages as they come (batching what is already queued into one
+    /// flush) and pings.
+    async fn pump(&mut self, queues: &mut Queues, ping_interval: Duration) -> Result<(), WriteError> {
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushing = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
                 biased;
-                _ = link.closing.cancelled() => return Ok(()),
-                msg = queue.recv() => {
-                    let Some(msg) = msg else { return Ok(()) };
-                    sink.feed(msg).await?;
-                    for _ in 1..BATCH {
-                        match queue.try_recv() {
-                            Ok(msg) => sink.feed(msg).await?,
-                            Err(_) => break,
+                next = queues.next() => {
+                    let Some(first) = next else { return Ok(()) };
+                    let (mut next, mut fed) = (Some(first), 0);
+                    while let Some((message, budget)) = next.take() {
+                        flushing.extend(budget);
+                        self.write(|sink| sink.feed(message)).await?;
+                        fed += 1;
+                        if fed < BATCH {
+                            next = queues.try_next();
                         }
                     }
-                    sink.flush().await?;
+                    self.write(|sink| sink.flush()).await?;
+                    // Flushed: the socket has these bytes, the budget gets them back.
+                    flushing.clear();
                 }
-                _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await?,
+                _ = ping.tick() => self.write(|sink| sink.send(Message::Ping(Bytes::new()))).await?,
             }
         }
     }
-    .await;
-    if let Err(err) = result {
-        tracing::debug!(%err, "WebSocket write failed");
-        link.closing.cancel();
-        return;
+
+    /// One operation on the sink, under the write deadline.
+    async fn write<'s, F>(&'s mut self, op: impl FnOnce(&'s mut Sink) -> F) -> Result<(), WriteError>
+    where
+        F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + 's,
+    {
+        unless_stalled(&self.progress, self.stall, op(&mut self.sink)).await??;
+        Ok(())
     }
-    let frame = link.close_frame.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() });
-    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(Message::Close(Some(frame)))).await;
 }
 
 /// Reads client messages until the socket ends, the link closes or the client
@@ -415,13 +538,11 @@ async fn read_loop(mut stream: Stream, link: &WsLink, idle_timeout: Duration) ->
                         if msg.is_close() { break; }
                     }
                 }).await;
-                return "closed by the server".into();
+                return link.end_reason().map_or_else(|| "closed by the server".into(), |why| format!("closed by the server: {why}"));
             }
             _ = &mut silence => {
                 tracing::info!(?idle_timeout, "client silent; dropping it");
-                let code = CloseCode::Away;
-                *link.close_frame.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(CloseFrame { code, reason: "no message or pong within the idle timeout".into() });
+                link.end(CloseCode::Away, "no message or pong within the idle timeout");
                 return format!("client silent for {idle_timeout:?}");
             }
             msg = stream.next() => msg,

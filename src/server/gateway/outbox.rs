@@ -1,0 +1,114 @@
+//! What waits to be written to one WebSocket client, and how much of it.
+//!
+//! A client that stops reading must cost the server a bounded amount of
+//! memory, however much traffic is sent its way. Each request message is
+//! serialized whole (seed 001 carries bodies as JSON strings), up to about
+//! 14 MiB, so a count of queued messages is no bound; two things are:
+//! * a byte budget: a request takes its message's size from it before the
+//!   message is queued, and the writer gives it back once the message is
+//!   flushed to the socket; a request that finds the budget spent waits
+//!   (under the edge's timeout) instead of adding to the pile;
+//! * a request that ends before the writer gets to it (it timed out, its
+//!   caller left) empties its [`Parcel`]: the message and its share of the
+//!   budget are freed at once, and nothing is ever sent for it.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Request messages queued for one socket before senders wait (the byte
+/// budget usually binds first).
+const QUEUE: usize = 256;
+
+/// The session is over: nothing more will be written to this client.
+#[derive(Debug, thiserror::Error)]
+#[error("the WebSocket session ended")]
+pub struct Closed;
+
+/// One request's message on its way to the writer. The request keeps a
+/// handle and empties it when it ends, so a message nobody waits for any
+/// more is neither kept nor sent.
+#[derive(Debug, Default)]
+pub struct Parcel(Mutex<Option<Outgoing>>);
+
+impl Parcel {
+    /// Takes the message out, if it is still there.
+    pub fn take(&self) -> Option<Outgoing> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn put(&self, out: Outgoing) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+    }
+}
+
+/// A message for the writer, with the share of the byte budget it holds until
+/// it is flushed.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// What to write.
+    pub message: Message,
+    /// Given back when dropped.
+    pub budget: OwnedSemaphorePermit,
+}
+
+/// The sending side, held by the session's [`WsLink`](super::WsLink).
+#[derive(Debug)]
+pub struct Outbox {
+    requests: mpsc::Sender<Arc<Parcel>>,
+    budget: Arc<Semaphore>,
+    budget_bytes: u32,
+}
+
+/// The writer's side.
+#[derive(Debug)]
+pub struct OutboxRx {
+    requests: mpsc::Receiver<Arc<Parcel>>,
+}
+
+impl Outbox {
+    /// An outbox that lets `budget_bytes` of messages wait for the socket.
+    pub fn new(budget_bytes: usize) -> (Self, OutboxRx) {
+        // Permits are taken as u32, and a message larger than the budget takes all of it.
+        let budget_bytes = u32::try_from(budget_bytes).unwrap_or(u32::MAX).max(1);
+        let (requests, rx) = mpsc::channel(QUEUE);
+        let budget = Arc::new(Semaphore::new(budget_bytes as usize));
+        (Self { requests, budget, budget_bytes }, OutboxRx { requests: rx })
+    }
+
+    /// Queues `text` in `parcel` once the budget has room for it. Cancel
+    /// safe as long as the caller empties `parcel` when it gives up.
+    pub async fn post(&self, parcel: &Arc<Parcel>, text: String) -> Result<(), Closed> {
+        let cost = u32::try_from(text.len()).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
+        let budget = self.budget.clone().acquire_many_owned(cost).await.map_err(|_| Closed)?;
+        parcel.put(Outgoing { message: Message::text(text), budget });
+        self.requests.send(parcel.clone()).await.map_err(|_| Closed)
+    }
+
+    /// Ends the outbox: requests waiting for budget get [`Closed`] at once.
+    pub fn close(&self) {
+        self.budget.close();
+    }
+}
+
+impl OutboxRx {
+    /// The next request message to write, skipping those whose request has
+    /// ended; `None` once the outbox is gone.
+    pub async fn next(&mut self) -> Option<Outgoing> {
+        loop {
+            if let Some(out) = self.requests.recv().await?.take() {
+                return Some(out);
+            }
+        }
+    }
+
+    /// Like [`next`](Self::next), but only what is already queued.
+    pub fn try_next(&mut self) -> Option<Outgoing> {
+        loop {
+            if let Some(out) = self.requests.try_recv().ok()?.take() {
+                return Some(out);
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! WebSocket-JSON clients that stop reading: the server must bound what it
+//! queues for them, drop them once they leave its messages unread for the idle
+//! timeout, and close their socket on `disconnect` even while a write to them
+//! is blocked. Real server, real sockets on loopback; the client's receive
+//! buffer is made small so that the server's writes block after a few MiB.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use hookway::server::gateway::WsLimits;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Largest body in these tests; requests carry exactly this much.
+const MAX_BODY: usize = 1 << 20;
+
+fn limits(ping_ms: u64, idle_ms: u64) -> WsLimits {
+    WsLimits {
+        max_body: MAX_BODY,
+        ping_interval: Duration::from_millis(ping_ms),
+        idle_timeout: Duration::from_millis(idle_ms),
+    }
+}
+
+struct Tunnel {
+    id: String,
+    sub: String,
+    ws_url: String,
+}
+
+async fn tunnel(server: &TestServer) -> Tunnel {
+    let c = server.api().create_tunnel("slow peer", None).await.expect("create tunnel");
+    Tunnel { id: c.tunnel.id, sub: c.tunnel.subdomain, ws_url: c.ws_url }
+}
+
+/// Connects with a 64 KiB receive buffer (no autotuning), so that a client
+/// that does not read stops the server's writes after its send buffer fills.
+async fn connect_small_window(server: &TestServer, t: &Tunnel) -> Ws {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let stream = socket.connect(server.http).await.expect("TCP connect");
+    let (ws, resp) = timeout(Duration::from_secs(5), tokio_tungstenite::client_async(&t.ws_url, stream))
+        .await
+        .expect("handshake in time")
+        .expect("upgrade accepted");
+    assert_eq!(resp.status(), 101);
+    wait_connected(server, &t.id, true, Duration::from_secs(5)).await;
+    ws
+}
+
+async fn connected(server: &TestServer, id: &str) -> bool {
+    let st = server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap();
+    st["liveStatus"]["connected"] == true
+}
+
+/// Polls the live status until `connected` is `want`; false if `within` passes first.
+async fn wait_connected(server: &TestServer, id: &str, want: bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while connected(server, id).await != want {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// `n` public POSTs of `MAX_BODY` bytes each, in their own tasks; each yields its status.
+fn big_posts(server: &TestServer, sub: &str, n: usize) -> Vec<tokio::task::JoinHandle<u16>> {
+    let client = http();
+    (0..n)
+        .map(|i| {
+            let req = client.post(format!("{}/t/{sub}/big/{i}", server.url)).body(vec![b'a'; MAX_BODY]);
+            tokio::spawn(async move { req.send().await.map_or(0, |r| r.status().as_u16()) })
+        })
+        .collect()
+}
+
+/// Sends a JSON pong every 200 ms without ever reading, until a write fails
+/// (the server dropped the socket) or `within` passes; returns when the
+/// writes started failing.
+async fn pong_until_dropped(ws: &mut Ws, within: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let pong = Message::text(json!({ "type": "pong" }).to_string());
+        match timeout(Duration::from_secs(1), ws.send(pong)).await {
+            Ok(Ok(())) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Ok(Err(_)) => return Some(Instant::now()),
+            Err(_) => {} // our own send buffer is full: the server stopped reading
+        }
+    }
+    None
+}
+
+/// Issue: a client that keeps its session alive with pongs but never reads
+/// used to stay `connected` for ever, its writer blocked on the socket, while
+/// every request queued for it (up to 256 × 10 MiB) waited and timed out.
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_after_the_idle_timeout() {
+    let server = TestServer::start_with(|c| c.ws = limits(500, 2000)).await;
+    let t = tunnel(&server).await;
+    let mut ws = connect_small_window(&server, &t).await;
+    let started = Instant::now();
+    let callers = big_posts(&server, &t.sub, 12);
+
+    let dropped = pong_until_dropped(&mut ws, Duration::from_secs(12)).await;
+    assert!(dropped.is_some(), "the server kept the socket of a client that reads nothing for 12 s (idle 2 s)");
+    assert!(!connected(&server, &t.id).await, "tunnel still connected");
+    for caller in callers {
+        let status = timeout(Duration::from_secs(5), caller).await.expect("caller answered").unwrap();
+        assert!(status == 502 || status == 503, "a request to the dropped client got {status}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(15), "callers waited {:?}", started.elapsed());
+}
+
+/// Issue: `disconnect` (and `regenerate-token`) cancelled the session, but the
+/// writer, blocked on a socket the client did not read, kept it open (and the
+/// 4 MiB queued on it) until the client read again, minutes later.
+#[tokio::test]
+async fn disconnect_closes_the_socket_even_while_a_write_is_blocked() {
+    for action in ["disconnect", "regenerate-token"] {
+        // A long idle timeout: only the API call may end this session.
+        let server = TestServer::start_with(|c| c.ws = limits(10_000, 60_000)).await;
+        let t = tunnel(&server).await;
+        let mut ws = connect_small_window(&server, &t).await;
+        let callers = big_posts(&server, &t.sub, 12);
+        // 12 MiB does not fit in the socket's buffers: give the writer time to fill them and block.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let asked = Instant::now();
+        server.api().call(Method::POST, &format!("/api/tunnels/{}/{action}", t.id), None).await.unwrap();
+        let dropped = pong_until_dropped(&mut ws, Duration::from_secs(10)).await;
+        let took = dropped.map(|d| d - asked);
+        assert!(took.is_some_and(|d| d < Duration::from_secs(6)), "{action}: socket closed after {took:?}");
+        for caller in callers {
+            let status = timeout(Duration::from_secs(5), caller).await.expect("caller answered").unwrap();
+            assert!(status == 502 || status == 503, "{action}: a request got {status}");
+        }
+    }
+}
+
+/// Issue: a request that timed out left its message queued for the client,
+/// so memory grew with every 504 and stayed; a client that read again later
+/// received requests nobody was waiting for any more.
+#[tokio::test]
+async fn requests_that_timed_out_are_not_sent_later() {
+    const N: usize = 16;
+    let server = TestServer::start_with(|c| {
+        c.ws = limits(500, 8000);
+        c.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let t = tunnel(&server).await;
+    let mut ws = connect_small_window(&server, &t).await;
+    let callers = big_posts(&server, &t.sub, N);
+    for caller in callers {
+        let status = timeout(Duration::from_secs(10), caller).await.expect("caller answered").unwrap();
+        assert_eq!(status, 504);
+    }
+
+    // Now read: what the socket's buffers already held arrives, the rest was dropped.
+    let mut delivered = 0;
+    let mut quiet_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(quiet_until, ws.next()).await {
+        if let Message::Text(text) = msg.expect("read") {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            delivered += usize::from(v["type"] == "request");
+            quiet_until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        }
+    }
+    // The server's send buffer (4 MiB at most on Linux) plus one message in
+    // the writer's hands hold about 5 of these 1.3 MiB messages.
+    assert!(delivered <= N / 2, "{delivered} of {N} timed-out requests were still sent to the client");
+
+    // The session still works.
+    let caller = tokio::spawn(http().get(format!("{}/t/{}/after", server.url, t.sub)).send());
+    let req = loop {
+        let msg = timeout(Duration::from_secs(5), ws.next()).await.expect("request in time").unwrap().unwrap();
+        if let Message::Text(text) = msg {
+            break serde_json::from_str::<Value>(&text).unwrap();
+        }
+    };
+    assert_eq!(req["path"], "/after", "{req}");
+    ws.send(Message::text(json!({ "type": "response", "id": req["id"], "status": 200, "body": "ok" }).to_string()))
+        .await
+        .unwrap();
+    let resp = caller.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+}
