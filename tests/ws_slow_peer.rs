@@ -196,3 +196,35 @@ async fn requests_that_timed_out_are_not_sent_later() {
     let resp = caller.await.unwrap().unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Issue: a client that flooded invalid messages and never read the error
+/// replies blocked the server's read loop on the full queue, so neither the
+/// idle timeout nor anything else dropped it. Replies must not wait: once
+/// they pile up, the client is dropped, long before the idle timeout.
+#[tokio::test]
+async fn a_client_that_floods_bad_messages_without_reading_is_dropped() {
+    let server = TestServer::start_with(|c| c.ws = limits(10_000, 60_000)).await;
+    let t = tunnel(&server).await;
+    let mut ws = connect_small_window(&server, &t).await;
+
+    // Send until the server stops reading (our writes stall) or 8 s pass.
+    let bad = Message::text(format!("{{bad{}", "x".repeat(100)));
+    let flood_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < flood_until {
+        let batch = async {
+            for _ in 0..1000 {
+                ws.feed(bad.clone()).await?;
+            }
+            ws.flush().await
+        };
+        match timeout(Duration::from_secs(1), batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(
+        wait_connected(&server, &t.id, false, Duration::from_secs(6)).await,
+        "a client that does not read the server's replies is still connected"
+    );
+    assert!(pong_until_dropped(&mut ws, Duration::from_secs(6)).await.is_some(), "its socket is still open");
+}

@@ -54,8 +54,12 @@ pub use crate::wsjson::DEFAULT_MAX_BODY;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default silence after which a client is dropped.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Replies (pongs, errors) queued for one socket before the reader waits.
-const QUEUE: usize = 256;
+/// Replies (pongs, errors) that may wait for one client beyond what the
+/// socket buffers.
+const REPLIES: usize = 64;
+/// How long the read loop waits for room for one more reply before it drops
+/// the client as not reading.
+const REPLY_WAIT: Duration = Duration::from_secs(2);
 /// Messages written per flush when several are queued.
 const BATCH: usize = 64;
 /// How long the writer may take to send the close frame once the session
@@ -323,7 +327,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let limits = state.config.ws;
     // The session goes live before the 101 goes out, so a request sent the
     // moment the client sees the upgrade is queued for it, never refused.
-    let (out, queue) = mpsc::channel(QUEUE);
+    let (out, queue) = mpsc::channel(REPLIES);
     let (outbox, requests) = Outbox::new(outbox_budget(limits.max_body));
     let link = Arc::new(WsLink {
         out,
@@ -565,11 +569,41 @@ async fn read_loop(mut stream: Stream, link: &WsLink, idle_timeout: Duration) ->
             }
             None => return "connection closed".into(),
         };
-        handle_message(link, &text).await;
+        if let Err(NotReading) = handle_message(link, &text).await {
+            tracing::info!(queued = REPLIES, ?REPLY_WAIT, "client leaves the server's replies unread; dropping it");
+            link.end(CloseCode::Policy, "the client does not read the server's replies");
+            return "client does not read its replies".into();
+        }
     }
 }
 
-async fn handle_message(link: &WsLink, text: &[u8]) {
+/// The client's replies queue is full: it sends messages that need an answer
+/// faster than it reads the answers, or reads nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("the client leaves the server's replies unread")]
+struct NotReading;
+
+impl WsLink {
+    /// Queues a reply. When [`REPLIES`] are already waiting, the read loop
+    /// waits for the writer, as TCP makes a fast sender wait, but only for
+    /// [`REPLY_WAIT`]: it must get back to reading (responses, the session's
+    /// end, the idle timeout), and a client that reads nothing would hold it
+    /// for ever.
+    async fn reply(&self, message: Message) -> Result<(), NotReading> {
+        let message = match self.out.try_send(message) {
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+        };
+        tokio::select! {
+            biased;
+            _ = self.closing.cancelled() => Ok(()),
+            sent = tokio::time::timeout(REPLY_WAIT, self.out.send(message)) => sent.map(drop).map_err(|_| NotReading),
+        }
+    }
+}
+
+/// Acts on one message from the client.
+async fn handle_message(link: &WsLink, text: &[u8]) -> Result<(), NotReading> {
     let reply_error = |id: Option<&str>, message: &str| Message::text(wsjson::error(id, message));
     match wsjson::parse_client_message(text) {
         Ok(ClientMessage::Response(r)) => {
@@ -580,13 +614,11 @@ async fn handle_message(link: &WsLink, text: &[u8]) {
                 Err(false) => {
                     tracing::warn!(%id, "response for an unknown request id ignored");
                     let msg = format!("no request with id {id:?} is waiting for a response");
-                    let _ = link.out.send(reply_error(Some(&id), &msg)).await;
+                    return link.reply(reply_error(Some(&id), &msg)).await;
                 }
             }
         }
-        Ok(ClientMessage::Ping) => {
-            let _ = link.out.send(Message::text(wsjson::pong())).await;
-        }
+        Ok(ClientMessage::Ping) => return link.reply(Message::text(wsjson::pong())).await,
         Ok(ClientMessage::Pong) => {}
         Ok(ClientMessage::Error { id: Some(id), message }) => {
             let why = format!("the tunnel client failed the request: {message}");
@@ -601,7 +633,8 @@ async fn handle_message(link: &WsLink, text: &[u8]) {
                 let why = format!("the tunnel client sent an invalid response: {}", err.reason);
                 let _ = link.complete(id, Reply::Failed(why));
             }
-            let _ = link.out.send(reply_error(err.id.as_deref(), &err.reason)).await;
+            return link.reply(reply_error(err.id.as_deref(), &err.reason)).await;
         }
     }
+    Ok(())
 }
