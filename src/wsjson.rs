@@ -36,6 +36,23 @@ pub const DEFAULT_MAX_BODY: usize = 10 << 20;
 /// The `bodyEncoding` value for base64 bodies.
 pub const BASE64: &str = "base64";
 
+/// How much of a string the peer sent an error message quotes.
+pub const QUOTE_MAX: usize = 64;
+
+/// At most `max` bytes of `text` (cut at a character boundary, with the full
+/// length said), to quote what a peer sent in an error or a log line: a peer
+/// choosing a megabyte `type` must not get a megabyte back, or in the log.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len()).into()
+}
+
 /// Why a message could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
@@ -190,7 +207,10 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, MessageError> 
         "pong" => Ok(ClientMessage::Pong),
         other => Err(MessageError::new(
             id,
-            format!("unknown message type {other:?} (expected \"response\", \"ping\", \"pong\" or \"error\")"),
+            format!(
+                "unknown message type {:?} (expected \"response\", \"ping\", \"pong\" or \"error\")",
+                clip(other, QUOTE_MAX)
+            ),
         )),
     }
 }
@@ -225,7 +245,7 @@ pub fn parse_server_message(text: &[u8]) -> Result<ServerMessage, MessageError> 
             Some(Value::String(m)) => m,
             other => other.map(|v| v.to_string()).unwrap_or_default(),
         })),
-        other => Err(MessageError::new(id, format!("unknown message type {other:?}"))),
+        other => Err(MessageError::new(id, format!("unknown message type {:?}", clip(other, QUOTE_MAX)))),
     }
 }
 
@@ -243,18 +263,20 @@ fn headers_from_json(value: Option<&Value>) -> Result<HeaderMap, String> {
     }
     let mut map = HeaderMap::with_capacity(obj.len());
     for (name, value) in obj {
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let quoted = || clip(name, QUOTE_MAX);
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {:?}", quoted()))?;
         let mut add = |v: &Value| -> Result<(), String> {
             let text = match v {
                 Value::String(s) => HeaderValue::from_str(s),
                 Value::Number(n) => HeaderValue::from_str(&n.to_string()),
                 Value::Bool(b) => HeaderValue::from_str(if *b { "true" } else { "false" }),
-                _ => return Err(format!("header {name:?} must be a string or an array of strings")),
+                _ => return Err(format!("header {:?} must be a string or an array of strings", quoted())),
             };
             if map.len() == crate::wire::MAX_HEADERS {
                 return Err(too_many());
             }
-            map.append(header.clone(), text.map_err(|_| format!("invalid value for header {name:?}"))?);
+            map.append(header.clone(), text.map_err(|_| format!("invalid value for header {:?}", quoted()))?);
             Ok(())
         };
         match value {
@@ -572,6 +594,26 @@ mod tests {
                 Err(err) => assert!(!ok && err.reason.contains("header lines"), "{err:?}"),
             }
         }
+    }
+
+    /// What a peer sent is quoted short in errors, whatever its length.
+    #[test]
+    fn errors_quote_at_most_a_little_of_what_was_sent() {
+        let long = "é".repeat(100_000);
+        for msg in [
+            format!(r#"{{"type":"{long}"}}"#),
+            format!(r#"{{"type":"response","id":"req_1","status":200,"headers":{{"{long} x":"1"}}}}"#),
+            format!(r#"{{"type":"response","id":"req_1","status":200,"headers":{{"x{long}":"\n"}}}}"#),
+            format!(r#"{{"type":"response","id":"req_1","status":200,"headers":{{"x{long}":{{}}}}}}"#),
+        ] {
+            let err = parse_client_message(msg.as_bytes()).unwrap_err();
+            assert!(err.reason.len() < 200, "{}", err.reason);
+            assert!(err.reason.contains("bytes)"), "says it was cut: {}", err.reason);
+        }
+        let err = parse_server_message(format!(r#"{{"type":"{long}"}}"#).as_bytes()).unwrap_err();
+        assert!(err.reason.len() < 200, "{}", err.reason);
+        assert_eq!(clip("short", 64), "short");
+        assert_eq!(clip("aé", 2), "a… (3 bytes)");
     }
 
     #[test]

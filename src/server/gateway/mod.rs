@@ -13,6 +13,7 @@
 //! a client is bounded in bytes ([`outbox`]), and a client that leaves it
 //! unread for the idle timeout is dropped ([`stall`]).
 
+mod log_limit;
 mod outbox;
 mod stall;
 
@@ -46,6 +47,7 @@ use crate::error_chain;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
 use crate::wsjson::{self, ClientMessage};
+use log_limit::LogLimit;
 use outbox::{Outbox, OutboxRx, Parcel};
 use stall::{Counted, Progress, Stalled, unless_stalled};
 
@@ -530,7 +532,17 @@ impl Writer {
 
 /// Reads client messages until the socket ends, the link closes or the client
 /// stays silent past `idle_timeout`; returns why it stopped.
-async fn read_loop(mut stream: Stream, link: &WsLink, idle_timeout: Duration) -> String {
+async fn read_loop(stream: Stream, link: &WsLink, idle_timeout: Duration) -> String {
+    let mut log = LogLimit::default();
+    let reason = read_messages(stream, link, idle_timeout, &mut log).await;
+    if log.unlogged() > 0 {
+        let every = log_limit::EVERY;
+        tracing::info!(unlogged = log.unlogged(), ?every, "lines about this client's messages left out of the log");
+    }
+    reason
+}
+
+async fn read_messages(mut stream: Stream, link: &WsLink, idle_timeout: Duration, log: &mut LogLimit) -> String {
     let silence = tokio::time::sleep(idle_timeout);
     tokio::pin!(silence);
     loop {
@@ -569,7 +581,7 @@ async fn read_loop(mut stream: Stream, link: &WsLink, idle_timeout: Duration) ->
             }
             None => return "connection closed".into(),
         };
-        if let Err(NotReading) = handle_message(link, &text).await {
+        if let Err(NotReading) = handle_message(link, &text, log).await {
             tracing::info!(queued = REPLIES, ?REPLY_WAIT, "client leaves the server's replies unread; dropping it");
             link.end(CloseCode::Policy, "the client does not read the server's replies");
             return "client does not read its replies".into();
@@ -602,18 +614,39 @@ impl WsLink {
     }
 }
 
-/// Acts on one message from the client.
-async fn handle_message(link: &WsLink, text: &[u8]) -> Result<(), NotReading> {
-    let reply_error = |id: Option<&str>, message: &str| Message::text(wsjson::error(id, message));
+/// Logs a line about what the client sent, if its [`LogLimit`] allows.
+macro_rules! client_log {
+    ($limit:expr, $level:ident!($($arg:tt)+)) => {
+        if let Some(unlogged) = $limit.admit(std::time::Instant::now()) {
+            tracing::$level!(unlogged, $($arg)+);
+        }
+    };
+}
+
+/// Longest id of the client's that an error reply echoes: ours are
+/// `req_<u64>`, and a client's megabyte-long id is not sent back.
+const ECHOED_ID_MAX: usize = 128;
+
+/// Acts on one message from the client. What it sent is quoted short, in
+/// replies and in the log, and the log only gets what `log` allows.
+async fn handle_message(link: &WsLink, text: &[u8], log: &mut LogLimit) -> Result<(), NotReading> {
+    let reply_error = |id: Option<&str>, message: &str| {
+        let id = id.filter(|id| id.len() <= ECHOED_ID_MAX);
+        Message::text(wsjson::error(id, message))
+    };
+    let quote = |text: &str| wsjson::clip(text, wsjson::QUOTE_MAX).into_owned();
     match wsjson::parse_client_message(text) {
         Ok(ClientMessage::Response(r)) => {
             let id = r.id.clone();
             match link.complete(&id, Reply::Response(r)) {
                 Ok(()) => {}
-                Err(true) => tracing::debug!(%id, "late response ignored (request timed out or its caller left)"),
+                Err(true) => {
+                    let id = quote(&id);
+                    client_log!(log, debug!(id, "late response ignored (request timed out or its caller left)"));
+                }
                 Err(false) => {
-                    tracing::warn!(%id, "response for an unknown request id ignored");
-                    let msg = format!("no request with id {id:?} is waiting for a response");
+                    client_log!(log, warn!(id = quote(&id), "response for an unknown request id ignored"));
+                    let msg = format!("no request with id {:?} is waiting for a response", quote(&id));
                     return link.reply(reply_error(Some(&id), &msg)).await;
                 }
             }
@@ -623,12 +656,15 @@ async fn handle_message(link: &WsLink, text: &[u8]) -> Result<(), NotReading> {
         Ok(ClientMessage::Error { id: Some(id), message }) => {
             let why = format!("the tunnel client failed the request: {message}");
             if link.complete(&id, Reply::Failed(why)).is_err() {
-                tracing::info!(%id, %message, "client reported an error for an unknown request");
+                let (id, message) = (quote(&id), quote(&message));
+                client_log!(log, info!(id, message, "client reported an error for an unknown request"));
             }
         }
-        Ok(ClientMessage::Error { id: None, message }) => tracing::info!(%message, "client reported an error"),
+        Ok(ClientMessage::Error { id: None, message }) => {
+            client_log!(log, info!(message = quote(&message), "client reported an error"));
+        }
         Err(err) => {
-            tracing::warn!(reason = %err.reason, "malformed message from client");
+            client_log!(log, warn!(reason = %err.reason, "malformed message from client"));
             if let Some(id) = &err.id {
                 let why = format!("the tunnel client sent an invalid response: {}", err.reason);
                 let _ = link.complete(id, Reply::Failed(why));
