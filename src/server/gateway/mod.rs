@@ -11,11 +11,14 @@
 //! Bodies are buffered (seed 001 carries them as JSON strings), so they are
 //! capped: a request body over the limit gets 413 at the edge. What waits for
 //! a client is bounded in bytes ([`outbox`]), and a client that leaves it
-//! unread for the idle timeout is dropped ([`stall`]).
+//! unread for the idle timeout is dropped ([`stall`]). The socket's halves
+//! run in [`writer`] and [`reader`].
 
 mod log_limit;
 mod outbox;
+mod reader;
 mod stall;
+mod writer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,13 +27,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -46,27 +48,17 @@ use super::session;
 use crate::error_chain;
 use crate::headers::strip_hop_by_hop;
 use crate::quic::close;
-use crate::wsjson::{self, ClientMessage};
-use log_limit::LogLimit;
-use outbox::{Outbox, OutboxRx, Parcel};
-use stall::{Counted, Progress, Stalled, unless_stalled};
+use crate::wsjson;
+use outbox::{Outbox, Parcel};
+use reader::{REPLIES, read_loop};
+use stall::{Counted, Progress};
+use writer::{CLOSE_GRACE, Queues, Writer};
 
 pub use crate::wsjson::DEFAULT_MAX_BODY;
 /// Default interval of the server's WebSocket pings.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Default silence after which a client is dropped.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Replies (pongs, errors) that may wait for one client beyond what the
-/// socket buffers.
-const REPLIES: usize = 64;
-/// How long the read loop waits for room for one more reply before it drops
-/// the client as not reading.
-const REPLY_WAIT: Duration = Duration::from_secs(2);
-/// Messages written per flush when several are queued.
-const BATCH: usize = 64;
-/// How long the writer may take to send the close frame once the session
-/// ends (a client that reads nothing never gets it).
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Limits and timers of the gateway.
 #[derive(Debug, Clone, Copy)]
@@ -387,32 +379,6 @@ fn outbox_budget(max_body: usize) -> usize {
     wsjson::max_message_for(max_body).saturating_mul(2)
 }
 
-/// What the writer sends: replies to the client's messages, and requests.
-struct Queues {
-    replies: mpsc::Receiver<Message>,
-    requests: OutboxRx,
-}
-
-impl Queues {
-    /// The next message to write (replies first), with the budget a request
-    /// holds until it is flushed; `None` once the link is gone.
-    async fn next(&mut self) -> Option<(Message, Option<OwnedSemaphorePermit>)> {
-        tokio::select! {
-            biased;
-            reply = self.replies.recv() => Some((reply?, None)),
-            request = self.requests.next() => request.map(|r| (r.message, Some(r.budget))),
-        }
-    }
-
-    /// The next message already queued, if any.
-    fn try_next(&mut self) -> Option<(Message, Option<OwnedSemaphorePermit>)> {
-        match self.replies.try_recv() {
-            Ok(reply) => Some((reply, None)),
-            Err(_) => self.requests.try_next().map(|r| (r.message, Some(r.budget))),
-        }
-    }
-}
-
 /// Runs the socket's writer and reader until either ends; returns why.
 async fn serve_socket(
     upgraded: hyper::upgrade::Upgraded,
@@ -441,236 +407,3 @@ async fn serve_socket(
 type Socket = WebSocketStream<Counted<TokioIo<hyper::upgrade::Upgraded>>>;
 type Sink = futures_util::stream::SplitSink<Socket, Message>;
 type Stream = futures_util::stream::SplitStream<Socket>;
-
-/// Why the writer stopped before the session ended.
-#[derive(Debug, thiserror::Error)]
-enum WriteError {
-    /// The client does not read.
-    #[error(transparent)]
-    Stalled(#[from] Stalled),
-    /// The socket failed.
-    #[error("WebSocket write failed: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
-}
-
-/// The socket's sending half, with its write deadline.
-struct Writer {
-    sink: Sink,
-    progress: Arc<Progress>,
-    /// How long the socket may accept nothing while there is something to write.
-    stall: Duration,
-}
-
-impl Writer {
-    /// Writes queued messages and pings until the link closes, then sends
-    /// the close frame. Every write races the link's closing: a client that
-    /// does not read cannot keep its socket open past the session's end.
-    async fn run(mut self, mut queues: Queues, link: Arc<WsLink>, ping_interval: Duration) {
-        let result = tokio::select! {
-            biased;
-            _ = link.closing.cancelled() => Ok(()),
-            result = self.pump(&mut queues, ping_interval) => result,
-        };
-        match result {
-            Ok(()) => {}
-            Err(WriteError::Stalled(Stalled(stall))) => {
-                tracing::info!(?stall, "client reads nothing; dropping it");
-                link.end(CloseCode::Away, &format!("the client read nothing for {stall:?}"));
-                return;
-            }
-            Err(err) => {
-                tracing::debug!(%err, "WebSocket write failed");
-                link.closing.cancel();
-                return;
-            }
-        }
-        // What is still queued is dropped with `queues`, its budget given back.
-        drop(queues);
-        let frame = link.close_frame.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() });
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
-    }
-
-    /// Writes messages as they come (batching what is already queued into one
-    /// flush) and pings.
-    async fn pump(&mut self, queues: &mut Queues, ping_interval: Duration) -> Result<(), WriteError> {
-        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flushing = Vec::with_capacity(BATCH);
-        loop {
-            tokio::select! {
-                biased;
-                next = queues.next() => {
-                    let Some(first) = next else { return Ok(()) };
-                    let (mut next, mut fed) = (Some(first), 0);
-                    while let Some((message, budget)) = next.take() {
-                        flushing.extend(budget);
-                        self.write(|sink| sink.feed(message)).await?;
-                        fed += 1;
-                        if fed < BATCH {
-                            next = queues.try_next();
-                        }
-                    }
-                    self.write(|sink| sink.flush()).await?;
-                    // Flushed: the socket has these bytes, the budget gets them back.
-                    flushing.clear();
-                }
-                _ = ping.tick() => self.write(|sink| sink.send(Message::Ping(Bytes::new()))).await?,
-            }
-        }
-    }
-
-    /// One operation on the sink, under the write deadline.
-    async fn write<'s, F>(&'s mut self, op: impl FnOnce(&'s mut Sink) -> F) -> Result<(), WriteError>
-    where
-        F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + 's,
-    {
-        unless_stalled(&self.progress, self.stall, op(&mut self.sink)).await??;
-        Ok(())
-    }
-}
-
-/// Reads client messages until the socket ends, the link closes or the client
-/// stays silent past `idle_timeout`; returns why it stopped.
-async fn read_loop(stream: Stream, link: &WsLink, idle_timeout: Duration) -> String {
-    let mut log = LogLimit::default();
-    let reason = read_messages(stream, link, idle_timeout, &mut log).await;
-    if log.unlogged() > 0 {
-        let every = log_limit::EVERY;
-        tracing::info!(unlogged = log.unlogged(), ?every, "lines about this client's messages left out of the log");
-    }
-    reason
-}
-
-async fn read_messages(mut stream: Stream, link: &WsLink, idle_timeout: Duration, log: &mut LogLimit) -> String {
-    let silence = tokio::time::sleep(idle_timeout);
-    tokio::pin!(silence);
-    loop {
-        let msg = tokio::select! {
-            _ = link.closing.cancelled() => {
-                // Give the client a moment to answer our close frame.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if msg.is_close() { break; }
-                    }
-                }).await;
-                return link.end_reason().map_or_else(|| "closed by the server".into(), |why| format!("closed by the server: {why}"));
-            }
-            _ = &mut silence => {
-                tracing::info!(?idle_timeout, "client silent; dropping it");
-                link.end(CloseCode::Away, "no message or pong within the idle timeout");
-                return format!("client silent for {idle_timeout:?}");
-            }
-            msg = stream.next() => msg,
-        };
-        silence.as_mut().reset(Instant::now() + idle_timeout);
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => Bytes::from(text),
-            Some(Ok(Message::Binary(data))) => data,
-            Some(Ok(Message::Close(frame))) => {
-                return frame.map_or_else(|| "client closed".into(), |f| format!("client closed: {}", f.code));
-            }
-            Some(Ok(_)) => continue, // ping, pong, raw frame
-            Some(Err(err)) => {
-                if matches!(err, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                    tracing::warn!(%err, "client sent an oversized message");
-                    *link.close_frame.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() });
-                }
-                return format!("read error: {err}");
-            }
-            None => return "connection closed".into(),
-        };
-        if let Err(NotReading) = handle_message(link, &text, log).await {
-            tracing::info!(queued = REPLIES, ?REPLY_WAIT, "client leaves the server's replies unread; dropping it");
-            link.end(CloseCode::Policy, "the client does not read the server's replies");
-            return "client does not read its replies".into();
-        }
-    }
-}
-
-/// The client's replies queue is full: it sends messages that need an answer
-/// faster than it reads the answers, or reads nothing.
-#[derive(Debug, thiserror::Error)]
-#[error("the client leaves the server's replies unread")]
-struct NotReading;
-
-impl WsLink {
-    /// Queues a reply. When [`REPLIES`] are already waiting, the read loop
-    /// waits for the writer, as TCP makes a fast sender wait, but only for
-    /// [`REPLY_WAIT`]: it must get back to reading (responses, the session's
-    /// end, the idle timeout), and a client that reads nothing would hold it
-    /// for ever.
-    async fn reply(&self, message: Message) -> Result<(), NotReading> {
-        let message = match self.out.try_send(message) {
-            Err(mpsc::error::TrySendError::Full(message)) => message,
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-        };
-        tokio::select! {
-            biased;
-            _ = self.closing.cancelled() => Ok(()),
-            sent = tokio::time::timeout(REPLY_WAIT, self.out.send(message)) => sent.map(drop).map_err(|_| NotReading),
-        }
-    }
-}
-
-/// Logs a line about what the client sent, if its [`LogLimit`] allows.
-macro_rules! client_log {
-    ($limit:expr, $level:ident!($($arg:tt)+)) => {
-        if let Some(unlogged) = $limit.admit(std::time::Instant::now()) {
-            tracing::$level!(unlogged, $($arg)+);
-        }
-    };
-}
-
-/// Longest id of the client's that an error reply echoes: ours are
-/// `req_<u64>`, and a client's megabyte-long id is not sent back.
-const ECHOED_ID_MAX: usize = 128;
-
-/// Acts on one message from the client. What it sent is quoted short, in
-/// replies and in the log, and the log only gets what `log` allows.
-async fn handle_message(link: &WsLink, text: &[u8], log: &mut LogLimit) -> Result<(), NotReading> {
-    let reply_error = |id: Option<&str>, message: &str| {
-        let id = id.filter(|id| id.len() <= ECHOED_ID_MAX);
-        Message::text(wsjson::error(id, message))
-    };
-    let quote = |text: &str| wsjson::clip(text, wsjson::QUOTE_MAX).into_owned();
-    match wsjson::parse_client_message(text) {
-        Ok(ClientMessage::Response(r)) => {
-            let id = r.id.clone();
-            match link.complete(&id, Reply::Response(r)) {
-                Ok(()) => {}
-                Err(true) => {
-                    let id = quote(&id);
-                    client_log!(log, debug!(id, "late response ignored (request timed out or its caller left)"));
-                }
-                Err(false) => {
-                    client_log!(log, warn!(id = quote(&id), "response for an unknown request id ignored"));
-                    let msg = format!("no request with id {:?} is waiting for a response", quote(&id));
-                    return link.reply(reply_error(Some(&id), &msg)).await;
-                }
-            }
-        }
-        Ok(ClientMessage::Ping) => return link.reply(Message::text(wsjson::pong())).await,
-        Ok(ClientMessage::Pong) => {}
-        Ok(ClientMessage::Error { id: Some(id), message }) => {
-            let why = format!("the tunnel client failed the request: {message}");
-            if link.complete(&id, Reply::Failed(why)).is_err() {
-                let (id, message) = (quote(&id), quote(&message));
-                client_log!(log, info!(id, message, "client reported an error for an unknown request"));
-            }
-        }
-        Ok(ClientMessage::Error { id: None, message }) => {
-            client_log!(log, info!(message = quote(&message), "client reported an error"));
-        }
-        Err(err) => {
-            client_log!(log, warn!(reason = %err.reason, "malformed message from client"));
-            if let Some(id) = &err.id {
-                let why = format!("the tunnel client sent an invalid response: {}", err.reason);
-                let _ = link.complete(id, Reply::Failed(why));
-            }
-            return link.reply(reply_error(err.id.as_deref(), &err.reason)).await;
-        }
-    }
-    Ok(())
-}
