@@ -50,6 +50,7 @@ impl Queues {
         }
     }
 }
+
 /// Why the writer stopped before the session ended.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
