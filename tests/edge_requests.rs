@@ -63,19 +63,23 @@ async fn http2_requests_are_routed_by_their_authority() {
 }
 
 #[tokio::test]
-async fn two_host_headers_are_a_400_and_nothing_is_forwarded() {
+async fn two_host_headers_or_none_are_a_400_and_nothing_is_forwarded() {
     let s = with_domain().await;
     let sub = &s.subdomain;
     for (target, hosts) in [
-        (format!("/t/{sub}/echo"), format!("Host: {}\r\nHost: {}", s.server.http, s.server.http)),
-        ("/echo".to_owned(), format!("Host: {sub}.{DOMAIN}\r\nHost: other.{DOMAIN}")),
+        (format!("/t/{sub}/echo"), format!("Host: {}\r\nHost: {}\r\n", s.server.http, s.server.http)),
+        ("/echo".to_owned(), format!("Host: {sub}.{DOMAIN}\r\nHost: other.{DOMAIN}\r\n")),
+        (format!("/t/{sub}/echo"), String::new()),
     ] {
-        let req = format!("GET {target} HTTP/1.1\r\n{hosts}\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {target} HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n");
         let answer = raw_exchange(s.server.http, req.as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
         assert!(answer.to_ascii_lowercase().contains("host"), "says why: {answer}");
     }
     assert_eq!(forwarded(&s).await, 0);
+    // HTTP/1.0 may leave the Host out.
+    let answer = raw_exchange(s.server.http, format!("GET /t/{sub}/echo HTTP/1.0\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.0 200 ") || answer.starts_with("HTTP/1.1 200 "), "{answer}");
 }
 
 #[tokio::test]

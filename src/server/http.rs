@@ -67,8 +67,9 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Sock
     if req.method() == Method::CONNECT {
         return connect_refused(req.version());
     }
-    let Ok(host) = request_host(&req) else {
-        return edge_error(StatusCode::BAD_REQUEST, "bad-request", "the request has more than one Host header");
+    let host = match request_host(&req) {
+        Ok(host) => host,
+        Err(why) => return edge_error(StatusCode::BAD_REQUEST, "bad-request", why),
     };
     if let Some(sub) = host.and_then(|host| state.host_subdomain(host)) {
         let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -109,15 +110,19 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Sock
 /// The host a request is addressed to: its URI's authority when it has one
 /// (HTTP/2's `:authority`, or an HTTP/1 absolute-form target, which RFC 9112
 /// §3.2.2 puts before `Host`), else its `Host` header. Two `Host` headers are
-/// a 400 (RFC 9112 §3.2): which one a proxy in front of us used is anyone's guess.
-fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ()> {
+/// a 400 (RFC 9112 §3.2): which one a proxy in front of us used is anyone's
+/// guess; so is an HTTP/1.1 request without one (HTTP/1.0 may omit it).
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, &'static str> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
-        return Err(());
+        return Err("the request has more than one Host header");
     }
     match req.uri().authority() {
         Some(authority) => Ok(Some(authority.as_str())),
+        None if first.is_none() && req.version() == Version::HTTP_11 => {
+            Err("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
+        }
         None => Ok(first.and_then(|v| v.to_str().ok())),
     }
 }
