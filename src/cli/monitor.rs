@@ -59,7 +59,8 @@ pub async fn run(server: &str, api_key: Option<String>, config: ClientConfig) ->
         ui_loop(&mut screen.0, &mut app, rx, &io).await
     };
     stop.cancel();
-    let _ = tokio::time::timeout(CLOSE_GRACE, client).await;
+    // Requests in flight may take the client's whole drain, then its goodbye.
+    let _ = tokio::time::timeout(client::DRAIN + CLOSE_GRACE, client).await;
     result?;
     match app.conn {
         Conn::Ended { reason } => bail!("{reason}"),
@@ -183,8 +184,15 @@ async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: Cancella
             Event::Reconnecting { reason, retry_in, .. } => Msg::Reconnecting { reason, retry_in },
             // The record arrives through the stream, with more than the client knows.
             Event::Request(_) => return,
-            // The monitor's screen closes as it stops.
-            Event::Stopping { .. } => return,
+            // Only after the screen is gone (the client is stopped once the
+            // UI loop has ended), so a plain line is safe.
+            Event::Stopping { in_flight } => {
+                eprintln!(
+                    "Stopping: {in_flight} request(s) in flight get up to {}s to finish…",
+                    client::DRAIN.as_secs()
+                );
+                return;
+            }
         };
         // Connection changes are rare (backoff ≥ 250 ms): a full queue means the
         // screen is gone, and dropping is then harmless.
