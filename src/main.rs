@@ -225,8 +225,8 @@ struct StartArgs {
     #[arg(long)]
     name: Option<String>,
     /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter).
-    /// If one of your tunnels has it already (an earlier `start`) and no client serves it,
-    /// that tunnel is served again, at the same URL.
+    /// If one of your tunnels has it already (an earlier `start`), the error says how to serve
+    /// that one again (`tunnels connect`).
     #[arg(long)]
     subdomain: Option<String>,
     /// Full-screen view of the requests (live list, details, replay) instead of a line per request.
@@ -623,18 +623,13 @@ async fn start(args: StartArgs) -> Result<()> {
             }
             (created.tunnel.id, created.auth_token, created.ws_url)
         }
-        // Running the same `start --subdomain` again: the tunnel is ours from
-        // last time; serve it again rather than fail on its name.
-        Err(client::ApiError::Status { status: 409, message }) => {
+        // Running the same `start --subdomain` again: say which tunnel has the
+        // name and how to serve it. Not done here on our own: a new token would
+        // end a client of it that is only reconnecting (a server restart, a
+        // network change), for good.
+        Err(client::ApiError::Status { status: 409, message }) if args.subdomain.is_some() => {
             let subdomain = args.subdomain.as_deref().unwrap_or_default();
-            let (id, tunnel_name) = reusable_tunnel(&api, subdomain).await?.ok_or_else(|| {
-                anyhow::anyhow!("{message}: it belongs to another organization; pick another --subdomain")
-            })?;
-            let creds = api.regenerate_credentials(&id).await?;
-            if !quiet {
-                println!("Reusing tunnel {id} ({tunnel_name}): subdomain '{subdomain}' is yours from before");
-            }
-            (id, creds.auth_token, creds.ws_url)
+            bail!("{}", taken_subdomain(&api, subdomain, args.port, &message).await?);
         }
         Err(err) => return Err(err.into()),
     };
@@ -645,21 +640,22 @@ async fn start(args: StartArgs) -> Result<()> {
     serve(&args.client, connect, id, token, args.port, args.monitor).await
 }
 
-/// This organization's tunnel on `subdomain`, (id, name), if it has one and
-/// no client serves it now (a new token would end that client's session).
-async fn reusable_tunnel(api: &ApiClient, subdomain: &str) -> Result<Option<(String, String)>> {
+/// Why `subdomain` cannot be had, and what to do: serve this organization's
+/// tunnel on it with `tunnels connect`, or pick another name.
+async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: &str) -> Result<String> {
     let listed = api.call(Method::GET, "/api/tunnels", None).await?;
     let Some(t) = listed["tunnels"].as_array().into_iter().flatten().find(|t| t["subdomain"] == subdomain) else {
-        return Ok(None);
+        return Ok(format!("{conflict}: another organization has it; pick another --subdomain"));
     };
-    let id = t["id"].as_str().unwrap_or_default().to_owned();
-    if t["status"] == "connected" {
-        bail!(
-            "subdomain '{subdomain}' is served right now by a client of tunnel {id}: stop that client first \
-             (one that died without a goodbye is noticed within 10 s), or pick another --subdomain"
-        );
-    }
-    Ok(Some((id, t["name"].as_str().unwrap_or_default().to_owned())))
+    let id = t["id"].as_str().unwrap_or_default();
+    Ok(if t["status"] == "connected" {
+        format!("subdomain '{subdomain}' is your tunnel {id}, served right now by a client; stop that one first")
+    } else {
+        format!(
+            "subdomain '{subdomain}' is your tunnel {id} from before: serve it again at the same URL with \
+             `hookway tunnels connect {id} {port}` (a new token: a client of it still reconnecting stops)"
+        )
+    })
 }
 
 /// Serves the tunnel: with a line per event, or under the monitor (`monitor`).

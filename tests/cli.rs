@@ -356,26 +356,27 @@ async fn flags_that_cannot_work_are_refused_up_front() {
     assert_eq!(err.matches("error sending request").count(), 1, "{err}");
 }
 
-/// `start --subdomain` run again after a stop serves the same tunnel again;
-/// while a client serves it, or when another organization owns the name, it
-/// is refused with a reason.
+/// `start --subdomain` run again after a stop says which tunnel has the name
+/// and how to serve it again (not on its own: a new token would end a client
+/// that is only reconnecting); while a client serves it, or when another
+/// organization owns the name, it says so.
 #[tokio::test]
-async fn start_again_with_the_same_subdomain_serves_the_same_tunnel() {
+async fn start_again_with_the_same_subdomain_says_how_to_serve_that_tunnel() {
     let server = TestServer::start().await;
     let app = spawn_app().await;
-    let start = |key: &str| {
+    let port = app.port().to_string();
+    let command = |args: &[&str], key: &str| {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
-        cmd.args(["start", &app.port().to_string(), "--subdomain", "my-hooks", "--json"])
-            .env("HOOKWAY_SERVER", &server.url)
-            .env("HOOKWAY_API_KEY", key);
+        cmd.args(args).env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", key);
         cmd
     };
-    let (mut first, _, connected) = spawn_connected(start(API_KEY)).await;
+    let start = ["start", &port, "--subdomain", "my-hooks", "--json"];
+    let (mut first, _, connected) = spawn_connected(command(&start, API_KEY)).await;
     let url = connected["tunnelUrl"].as_str().unwrap().to_owned();
     let id = connected["tunnelId"].as_str().unwrap().to_owned();
 
     // Served right now: refused, and the serving client is left alone.
-    let out = start(API_KEY).output().await.unwrap();
+    let out = command(&start, API_KEY).output().await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("served right now") && err.contains(&id), "{err}");
@@ -384,17 +385,21 @@ async fn start_again_with_the_same_subdomain_serves_the_same_tunnel() {
     let pid = first.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     first.wait().await.unwrap();
-    let (_again, _, connected) = spawn_connected(start(API_KEY)).await;
-    assert_eq!(connected["tunnelId"], id.as_str());
-    assert_eq!(connected["tunnelUrl"], url.as_str());
+    let out = command(&start, API_KEY).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let hint = format!("hookway tunnels connect {id} {port}");
+    assert!(err.contains(&hint), "{err}");
+    let (_again, _, connected) = spawn_connected(command(&["tunnels", "connect", &id, &port, "--json"], API_KEY)).await;
+    assert_eq!(connected["tunnelUrl"], url.as_str(), "the same URL");
     assert_eq!(http().get(format!("{url}/echo")).send().await.unwrap().status(), 200);
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "no second tunnel: {listed}");
 
-    // Another organization's key cannot take the name over.
+    // Another organization's key learns only that the name is taken.
     let other = hookway::server::create_api_key(&server.store, "other-org").unwrap();
-    let out = start(&other).output().await.unwrap();
+    let out = command(&start, &other).output().await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("another organization"), "{err}");
+    assert!(err.contains("another organization") && !err.contains(&id), "{err}");
 }
