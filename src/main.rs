@@ -179,7 +179,7 @@ struct ClientArgs {
     #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true, value_parser = server_url)]
     server: String,
     /// API key (printed by the server on its first start).
-    #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true, value_parser = api_key)]
+    #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -343,14 +343,6 @@ fn stdout_failed(err: std::io::Error) -> ! {
     }
     eprintln!("error: cannot write to stdout: {err}");
     std::process::exit(1);
-}
-
-/// An empty key (`HOOKWAY_API_KEY=`) is a mistake to name, not a key to send.
-fn api_key(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        return Err("the API key is empty (is HOOKWAY_API_KEY set to nothing?)".into());
-    }
-    Ok(s.to_owned())
 }
 
 /// A local port to forward to: 0 is not one (it means "any" only when binding).
@@ -570,15 +562,27 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     };
     let server = Server::bind(config).await.context("cannot start the server")?;
     let shutdown = shutdown_on_signal();
-    println!("hookway server {}", env!("CARGO_PKG_VERSION"));
-    println!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)", server.public_url());
-    println!("  HTTP listen:   {}", server.http_addr());
-    println!("  QUIC listen:   udp {}", server.quic_addr());
-    match server.fingerprint() {
-        Some(fp) => println!("  Certificate:   self-signed, SHA-256 {fp} (clients pin it through /api/info)"),
-        None => println!("  Certificate:   from --tls-cert (clients verify it against system roots)"),
-    }
-    println!("  Data:          {}", args.data_dir.display());
+    // One write, and a closed stdout does not stop the server (the binary's
+    // `println!` would end the process, as suits a listing piped to `head`).
+    let env_key = std::env::var("HOOKWAY_API_KEY").is_ok_and(|k| !k.is_empty());
+    let banner = banner(&server, &args.data_dir, env_key);
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
+    server.run(shutdown).await;
+    Ok(())
+}
+
+/// What the server prints once it listens: where, with what certificate, and
+/// the command that exposes a port (with the key, on the first start).
+fn banner(server: &Server, data_dir: &std::path::Path, env_key: bool) -> String {
+    let mut text = format!("hookway server {}\n", env!("CARGO_PKG_VERSION"));
+    text += &format!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)\n", server.public_url());
+    text += &format!("  HTTP listen:   {}\n", server.http_addr());
+    text += &format!("  QUIC listen:   udp {}\n", server.quic_addr());
+    text += &match server.fingerprint() {
+        Some(fp) => format!("  Certificate:   self-signed, SHA-256 {fp} (clients pin it through /api/info)\n"),
+        None => "  Certificate:   from --tls-cert (clients verify it against system roots)\n".to_owned(),
+    };
+    text += &format!("  Data:          {}\n", data_dir.display());
     // Clients default to the default address; any other must be passed on.
     let server_env = match server.public_url() {
         DEFAULT_SERVER => String::new(),
@@ -586,27 +590,39 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     };
     match server.generated_api_key() {
         Some(key) => {
-            println!("\n  API key (shown only this once; store it now): {key}");
-            println!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} hookway start 3000");
+            text += &format!("\n  API key (shown only this once; store it now): {key}\n");
+            text += &format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} hookway start 3000\n");
+        }
+        None if env_key => {
+            text += &format!(
+                "\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<the key you set> hookway start 3000\n"
+            );
         }
         None => {
-            println!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<your key> hookway start 3000");
-            println!(
-                "  (The key was printed on the first start; `hookway keys create --data-dir {}` makes another.)",
-                args.data_dir.display()
+            text += &format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<your key> hookway start 3000\n");
+            text += &format!(
+                "  (The key was printed on the first start; `hookway keys create --data-dir {}` makes another.)\n",
+                data_dir.display()
             );
         }
     }
-    println!();
-    server.run(shutdown).await;
-    Ok(())
+    text + "\n"
 }
 
 fn api(client: &ClientArgs) -> Result<ApiClient> {
-    if client.api_key.is_none() {
-        bail!("no API key: pass --api-key or set HOOKWAY_API_KEY (the server prints one on its first start)");
+    match client.key() {
+        Some(key) => Ok(ApiClient::new(&client.server, Some(key))),
+        None if client.api_key.is_some() => bail!("no API key: HOOKWAY_API_KEY (or --api-key) is set but empty"),
+        None => bail!("no API key: pass --api-key or set HOOKWAY_API_KEY (the server prints one on its first start)"),
     }
-    Ok(ApiClient::new(&client.server, client.api_key.clone()))
+}
+
+impl ClientArgs {
+    /// The API key, if one was given: an empty one (`HOOKWAY_API_KEY=`) is
+    /// none, so commands that need no key (`tunnels connect --token`) still run.
+    fn key(&self) -> Option<String> {
+        self.api_key.clone().filter(|k| !k.trim().is_empty())
+    }
 }
 
 async fn start(args: StartArgs) -> Result<()> {
@@ -679,7 +695,7 @@ async fn serve(
         busy_poll: Duration::from_micros(connect.busy_poll_us),
     };
     if monitor {
-        return monitor_cli::run(&client.server, client.api_key.clone(), config).await;
+        return monitor_cli::run(&client.server, client.key(), config).await;
     }
     let json = client.json;
     let local = format!("http://{}:{port}", connect.local_host);
@@ -900,7 +916,7 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
         }
     };
     if connect.ws && connect.ws_url.is_none() {
-        if client.api_key.is_none() {
+        if client.key().is_none() {
             bail!(
                 "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
                  or --api-key so it can be looked up"

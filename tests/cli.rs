@@ -332,13 +332,12 @@ async fn a_closed_stdout_ends_a_listing_quietly() {
 async fn flags_that_cannot_work_are_refused_up_front() {
     let server = TestServer::start().await;
     let tunnel_url = format!("{}/t/some-tunnel", server.url);
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["start", "0"], "port 0"),
         (&["start", "3000", "--fingerprint", "deadbeef"], "64 hex digits"),
         (&["start", "3000", "--server", "127.0.0.1:8080"], "base URL"),
         (&["tunnels", "list", "--server", &tunnel_url], "not a tunnel's public URL"),
         (&["tunnels", "list", "--server", "ftp://127.0.0.1:8080"], "http:// or https://"),
-        (&["tunnels", "list", "--api-key", ""], "API key is empty"),
     ];
     for (args, says) in cases {
         let (code, _, err) = hookway(args, Some(&server), Some(API_KEY)).await;
@@ -347,6 +346,10 @@ async fn flags_that_cannot_work_are_refused_up_front() {
     }
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"], serde_json::json!([]), "nothing was created");
+    // An empty key is named as such where a key is needed.
+    let (code, _, err) = hookway(&["tunnels", "list"], Some(&server), Some("")).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("set but empty"), "{err}");
 
     // Each cause of an error is named once.
     let port = closed_port().await;
@@ -402,4 +405,33 @@ async fn start_again_with_the_same_subdomain_says_how_to_serve_that_tunnel() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another organization") && !err.contains(&id), "{err}");
+}
+
+/// A server whose stdout is closed (`hookway server | head -3` after head
+/// exits) keeps serving: only one-shot listings end on a closed pipe.
+#[tokio::test]
+async fn a_server_with_a_closed_stdout_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = closed_port().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["server", "--http", &format!("127.0.0.1:{port}"), "--quic", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("HOOKWAY_API_KEY", "hwk_test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(resp) = http().get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+            assert_eq!(resp.status(), 200);
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the server exited");
+        assert!(std::time::Instant::now() < deadline, "the server never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(child.try_wait().unwrap().is_none(), "the server is still running");
 }

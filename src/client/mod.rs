@@ -159,14 +159,8 @@ async fn quic_session(
     reconnected: bool,
 ) -> (bool, Attempt) {
     let attempt = async {
-        let (endpoint, conn) = tokio::time::timeout(CONNECT_TIMEOUT, connect(api, config)).await.map_err(|_| {
-            // The API answered (its address came from there), QUIC did not.
-            Attempt::Retry(
-                "timed out connecting over QUIC (is UDP to the server's QUIC port blocked? \
-                 `--ws` tunnels over the HTTP port instead)"
-                    .into(),
-            )
-        })??;
+        // Each step of `connect` has its own deadline, and says which timed out.
+        let (endpoint, conn) = connect(api, config).await?;
         let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
             .await
             .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
@@ -214,7 +208,10 @@ fn jitter(d: Duration) -> Duration {
 
 /// Learns the QUIC address and certificate from the API, then connects.
 async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
-    let info = api.info().await.map_err(|e| Attempt::Retry(e.to_string()))?;
+    let info = tokio::time::timeout(CONNECT_TIMEOUT, api.info())
+        .await
+        .map_err(|_| Attempt::Retry(format!("the server's API at {} did not answer in time", config.server)))?
+        .map_err(|e| Attempt::Retry(e.to_string()))?;
     let base_host = host_of(&config.server)
         .ok_or_else(|| Attempt::Fatal(ClientError::Config(format!("cannot find a host in '{}'", config.server))))?;
     let target = match config.quic_addr.clone().or(info.quic_addr.clone()) {
@@ -222,9 +219,10 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
         None if base_host.contains(':') => format!("[{base_host}]:{}", info.quic_port),
         None => format!("{base_host}:{}", info.quic_port),
     };
-    let addr: SocketAddr = tokio::net::lookup_host(&target)
+    let addr: SocketAddr = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&target))
         .await
         .ok()
+        .and_then(Result::ok)
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| Attempt::Retry(format!("cannot resolve QUIC address {target}")))?;
     let trust = match config.fingerprint.as_deref().or(info.cert_fingerprint.as_deref()) {
@@ -234,7 +232,16 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
     let server_name = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
     let endpoint = quic::client_endpoint(addr, &trust).map_err(|e| Attempt::Retry(e.to_string()))?;
     let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
-    let conn = connecting.await.map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| {
+            // The API answered (the address came from there), QUIC did not.
+            Attempt::Retry(format!(
+                "timed out connecting over QUIC to {addr} (is UDP to it blocked? `--ws` tunnels over the HTTP \
+                 port instead)"
+            ))
+        })?
+        .map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))?;
     Ok((endpoint, conn))
 }
 
