@@ -359,14 +359,16 @@ async fn a_stopped_client_finishes_its_requests_and_says_goodbye() {
     let url = v["tunnelUrl"].as_str().unwrap().to_owned();
     let slow = tokio::spawn({
         let url = url.clone();
-        async move { http().get(format!("{url}/slow?ms=1500")).send().await }
+        async move { http().get(format!("{url}/slow?ms=3000")).send().await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    // Sent while the client drains: not taken, and answered as offline once it has gone.
+    // Sent while the client drains: refused at once (not after the drain), as offline.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
     let during = http().get(format!("{url}/echo")).send().await.unwrap();
+    assert!(sent.elapsed() < Duration::from_millis(1500), "answered before the drain ended: {:?}", sent.elapsed());
     assert_eq!(during.status(), 503, "{:?}", during.text().await);
 
     let resp = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap().unwrap();

@@ -184,10 +184,18 @@ async fn quic_session(
             requests.close();
             if !requests.is_empty() {
                 on_event(Event::Stopping { in_flight: requests.len() });
+                // Requests the server sends meanwhile are refused at once, so
+                // their callers hear "offline" now, not after the drain.
+                let refuse = async {
+                    while let Ok((mut send, _)) = conn.accept_bi().await {
+                        let _ = send.reset(close::STREAM_REFUSED);
+                    }
+                };
                 tokio::select! {
                     _ = requests.wait() => {}
                     _ = tokio::time::sleep(DRAIN) => {}
                     _ = tokio::signal::ctrl_c() => {}
+                    _ = refuse => {}
                 }
             }
             conn.close(close::NORMAL, b"client shutting down");

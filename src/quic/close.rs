@@ -28,6 +28,9 @@ pub const STREAM_CANCELLED: VarInt = VarInt::from_u32(1);
 /// Stream stop code: the server stopped waiting for the response head (its
 /// request timeout) and answered the caller 504.
 pub const REQUEST_TIMEOUT: VarInt = VarInt::from_u32(2);
+/// Stream reset code: the client is stopping and takes no new requests (the
+/// server answers the caller 503 at once rather than after the drain).
+pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else
 /// `4000 + code` (the range RFC 6455 leaves to applications), so a legacy-socket

@@ -17,7 +17,7 @@ use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
 use super::{State, gateway};
 use crate::headers::strip_hop_by_hop;
-use crate::quic::framed::{INLINE_BODY, SendOutcome, send_message};
+use crate::quic::framed::{INLINE_BODY, ReadFrameError, SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
 
@@ -143,6 +143,11 @@ where
     match first {
         Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
         Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
+        Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_REFUSED => edge_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tunnel-offline",
+            format_args!("tunnel '{}' is going offline: its client is stopping", session.tunnel.subdomain),
+        ),
         // The client gives up on a request whose stream we reset because the
         // caller's body failed: that is the caller's fault, not the tunnel's.
         Ok(_) | Err(_) => match sending.body_error().await {
