@@ -71,7 +71,7 @@ where
     };
     add_forwarded(&mut headers, &state, peer, parts.uri.authority());
     let timeout = state.config.request_timeout;
-    let outcome = match &session.transport {
+    let resp = match &session.transport {
         Transport::Quic(conn) => {
             let head = Frame::RequestHead(RequestHead {
                 method: parts.method,
@@ -80,15 +80,14 @@ where
                 client_ip: Some(peer.ip()),
             });
             let _in_flight = state.in_flight.enter();
-            Ok(quic_exchange(conn, &session, head, body, timeout).instrument(span).await)
+            quic_exchange(conn, &session, head, body, timeout).instrument(span).await
         }
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
             let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body);
-            tokio::time::timeout(timeout, exchange.instrument(span)).await
+            tokio::time::timeout(timeout, exchange.instrument(span)).await.unwrap_or_else(|_| timed_out(timeout))
         }
     };
-    let resp = outcome.unwrap_or_else(|_| timed_out(timeout));
     match tap {
         Some(tap) => tap.response(resp),
         None => resp,
@@ -122,17 +121,15 @@ where
     };
     let mut reader = FrameReader::new(recv);
     let answer = tokio::time::timeout_at(deadline, async {
-        let sending = send_request(FrameWriter::new(send), head, body).await;
-        if let Sending::BodyFailed(err) = sending {
-            return (Sending::Done, Err(err));
+        match send_request(FrameWriter::new(send), head, body).await {
+            Sending::BodyFailed(err) => Err(err),
+            sending => Ok((sending, reader.next().await)),
         }
-        let first = reader.next().await;
-        (sending, Ok(first))
     })
     .await;
     let (sending, first) = match answer {
-        Ok((_, Err(body_err))) => return bad_request_body(body_err),
-        Ok((sending, Ok(first))) => (sending, first),
+        Ok(Ok(sent)) => sent,
+        Ok(Err(body_err)) => return bad_request_body(body_err),
         Err(_) => {
             // Tell the client why: it logs a timeout rather than a caller
             // who went away, and stops waiting on the app's answer.
