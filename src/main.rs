@@ -464,7 +464,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Webhooks(cmd) => webhooks_cli::run(cmd).await,
         Command::Keys(KeysCommand::Create { org, data_dir }) => {
             // A key in a fresh database would be one no running server knows.
-            if !data_dir.join("hookway.db").is_file() {
+            if !hookway::store::SqliteStore::path_in(&data_dir).is_file() {
                 bail!(
                     "no hookway database in {}: pass the server's --data-dir (or set HOOKWAY_DATA_DIR)",
                     data_dir.display()

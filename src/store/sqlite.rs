@@ -89,7 +89,12 @@ impl SqliteStore {
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
-        Self::open(&dir.join("hookway.db"))
+        Self::open(&Self::path_in(dir))
+    }
+
+    /// Where [`SqliteStore::open_in`] keeps the database of `dir`.
+    pub fn path_in(dir: &Path) -> std::path::PathBuf {
+        dir.join("hookway.db")
     }
 
     /// Opens (creating if needed) the database file at `path`, and beside it
