@@ -185,12 +185,9 @@ async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: Cancella
             // The record arrives through the stream, with more than the client knows.
             Event::Request(_) => return,
             // Only after the screen is gone (the client is stopped once the
-            // UI loop has ended), so a plain line is safe.
-            Event::Stopping { in_flight } => {
-                eprintln!(
-                    "Stopping: {in_flight} request(s) in flight get up to {}s to finish…",
-                    client::DRAIN.as_secs()
-                );
+            // UI loop has ended), so the line `start` prints is safe here too.
+            stopping @ Event::Stopping { .. } => {
+                eprint!("{}", crate::render_event(&stopping, false, "").1);
                 return;
             }
         };
