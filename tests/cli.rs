@@ -23,6 +23,13 @@ async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) 
     )
 }
 
+/// `hookway server` on `http` (QUIC on any port), its state in `dir`.
+fn server_command(http: &str, dir: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["server", "--http", http, "--quic", "127.0.0.1:0", "--data-dir"]).arg(dir);
+    cmd
+}
+
 #[tokio::test]
 async fn help_explains_every_command() {
     let (code, out, _) = hookway(&["--help"], None, None).await;
@@ -227,9 +234,7 @@ async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
 async fn logs_to_a_pipe_carry_no_colour_codes() {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+    let mut child = server_command("127.0.0.1:0", dir.path())
         .env("HOOKWAY_API_KEY", "hwk_test")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -260,20 +265,12 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["server", "--http", &busy_addr, "--quic", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("HOOKWAY_API_KEY")
-        .output()
-        .await
-        .unwrap();
+    let out = server_command(&busy_addr, dir.path()).env_remove("HOOKWAY_API_KEY").output().await.unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen"), "{err}");
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+    let mut child = server_command("127.0.0.1:0", dir.path())
         .env_remove("HOOKWAY_API_KEY")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -413,9 +410,7 @@ async fn start_again_with_the_same_subdomain_says_how_to_serve_that_tunnel() {
 async fn a_server_with_a_closed_stdout_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["server", "--http", &format!("127.0.0.1:{port}"), "--quic", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
+    let mut child = server_command(&format!("127.0.0.1:{port}"), dir.path())
         .env("HOOKWAY_API_KEY", "hwk_test")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
