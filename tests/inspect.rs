@@ -8,12 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
-use hookway::client::{self, ClientConfig};
 use hookway::server::ServerConfig;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 fn api(setup: &Setup, rest: &str) -> String {
     format!("/api/tunnels/{}/requests{rest}", setup.tunnel_id)
@@ -403,44 +400,30 @@ async fn clearing_and_deleting_the_tunnel_remove_its_records() {
 async fn exchanges_over_websocket_tunnels_are_recorded_too() {
     let server = TestServer::start().await;
     let app = spawn_app().await;
-    let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let config = ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: created.tunnel.id.clone(),
-        token: created.auth_token.clone(),
-        local_host: "127.0.0.1".into(),
-        local_port: app.port(),
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: Some(created.ws_url.clone()),
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
-    };
-    let shutdown = CancellationToken::new();
-    let _task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
-    while !matches!(events.recv().await, Some(client::Event::Connected { .. })) {}
+    let (client, tunnel_id) = ws_client(&server, app.port()).await;
+    let tunnel_url = client.tunnel_url.clone();
 
-    let resp = http().put(format!("{}/echo?ws=1", created.tunnel_url)).body("over websocket").send().await.unwrap();
+    let resp = http().put(format!("{}/echo?ws=1", tunnel_url)).body("over websocket").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     // Over the gateway's body limit: refused on its declared length, never read.
     let too_big = vec![b'z'; 11 * 1024 * 1024];
-    let resp = http().post(format!("{}/echo?big=1", created.tunnel_url)).body(too_big).send().await.unwrap();
+    let resp = http().post(format!("{}/echo?big=1", tunnel_url)).body(too_big).send().await.unwrap();
     assert_eq!(resp.status(), 413);
-    let list = wait_for_records(&server, &created.tunnel.id, 2).await;
+    let list = wait_for_records(&server, &tunnel_id, 2).await;
     let big = list.iter().find(|r| r["path"] == "/echo?big=1").unwrap();
     assert_eq!((big["status"].as_u64(), big["outcome"].as_str()), (Some(413), Some("body-too-large")));
     assert_eq!(big["requestSize"], 11 * 1024 * 1024, "the declared size, though it was never read");
-    let d = detail(&server, &created.tunnel.id, big["id"].as_str().unwrap()).await;
+    let d = detail(&server, &tunnel_id, big["id"].as_str().unwrap()).await;
     assert_eq!(d["request"]["truncated"], true);
-    let replay = format!("/api/tunnels/{}/requests/{}/replay", created.tunnel.id, big["id"].as_str().unwrap());
+    let replay = format!("/api/tunnels/{}/requests/{}/replay", tunnel_id, big["id"].as_str().unwrap());
     let (status, body) = raw_api(&server, Method::POST, &replay, Some(&bearer()), None).await;
     assert_eq!(status, 409, "a body that was not kept cannot be replayed: {body}");
     let list: Vec<Value> = list.into_iter().filter(|r| r["path"] == "/echo?ws=1").collect();
     assert_eq!((list[0]["method"].as_str(), list[0]["outcome"].as_str()), (Some("PUT"), Some("ok")));
-    let d = detail(&server, &created.tunnel.id, list[0]["id"].as_str().unwrap()).await;
+    let d = detail(&server, &tunnel_id, list[0]["id"].as_str().unwrap()).await;
     assert_eq!(d["request"]["body"], "over websocket");
     assert!(d["response"]["body"].as_str().unwrap().contains("over websocket"));
-    shutdown.cancel();
+    client.shutdown.cancel();
 }
 
 #[tokio::test]
