@@ -34,7 +34,7 @@ use hookway::notify::NotifyConfig;
 use hookway::notify::retry::Schedule;
 use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
-use hookway::server::listener::HttpLimits;
+use hookway::server::listener::{self, HttpLimits};
 use hookway::server::{self, Server, ServerConfig, TlsSource};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -133,6 +133,10 @@ struct ServerArgs {
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
+    /// Open HTTP connections at most (WebSocket tunnels included); more wait until one closes.
+    /// Default: seven eighths of the open-file limit, which the server first raises to its maximum.
+    #[arg(long, env = "HOOKWAY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
     /// Largest body (bytes) a WebSocket-JSON tunnel carries; larger requests get 413.
     #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
     ws_max_body: usize,
@@ -540,7 +544,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
-        http: HttpLimits::default(),
+        http: HttpLimits {
+            max_connections: match args.max_connections {
+                Some(n) => n as usize,
+                None => listener::max_connections_for(raise_open_file_limit()),
+            },
+            ..HttpLimits::default()
+        },
         ws: WsLimits {
             max_body: args.ws_max_body,
             ping_interval: Duration::from_secs(args.ws_ping_interval.max(1)),
@@ -569,6 +579,23 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     server.run(shutdown).await;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard one (Linux's default soft
+/// limit, 1024, is far below what a busy edge holds) and returns the limit in
+/// force.
+fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::debug!(limit, "open-file limit");
+            limit
+        }
+        Err(err) => {
+            let limit = rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| soft);
+            tracing::warn!(%err, limit, "cannot raise the open-file limit");
+            limit
+        }
+    }
 }
 
 /// What the server prints once it listens: where, with what certificate, and

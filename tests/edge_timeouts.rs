@@ -152,6 +152,9 @@ async fn out_of_file_descriptors_accepts_pause_and_warn_once() {
         .args(["-c", r#"ulimit -n 64 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_hookway")])
         .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        // Above what the descriptors allow, so that accepts do fail (the
+        // default limit, from `ulimit -n`, would keep them from failing).
+        .args(["--max-connections", "1000"])
         .env("HOOKWAY_API_KEY", "hwk_test")
         .env("RUST_LOG", "hookway=info")
         .stdout(std::process::Stdio::piped())
@@ -193,4 +196,42 @@ async fn out_of_file_descriptors_accepts_pause_and_warn_once() {
     let warnings = log.matches("accept failed").count();
     assert_eq!(warnings, 1, "accept warnings in 2 s:\n{log}");
     assert!(log.contains("accepting connections again"), "{log}");
+}
+
+/// Sends a request on `stream` and waits up to `within` for its answer (a
+/// small one: hyper writes it at once, so one read takes it all).
+async fn answered(stream: &mut TcpStream, within: Duration) -> bool {
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(head).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    match tokio::time::timeout(within, stream.read(&mut answer)).await {
+        Ok(read) => {
+            let answer = String::from_utf8_lossy(&answer[..read.unwrap()]).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"), "{answer}");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_a_new_connection_waits_until_one_closes() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.max_connections = 2;
+    })
+    .await;
+    let mut first = TcpStream::connect(server.http).await.unwrap();
+    let mut second = TcpStream::connect(server.http).await.unwrap();
+    assert!(answered(&mut first, Duration::from_secs(5)).await);
+    assert!(answered(&mut second, Duration::from_secs(5)).await);
+    // The kernel completes the handshake, but the server does not take the
+    // connection while two are open.
+    let mut third = TcpStream::connect(server.http).await.unwrap();
+    let waiting = tokio::spawn(async move { answered(&mut third, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection was served while two were open");
+    drop(first);
+    assert!(waiting.await.unwrap(), "the third connection was not served once the first closed");
+    assert!(answered(&mut second, Duration::from_secs(5)).await, "the open connections are unaffected");
 }

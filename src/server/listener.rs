@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,6 +44,13 @@ pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default limit of concurrent streams per HTTP/2 connection (hyper's own default, made explicit).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// Default limit of open connections when nothing better is known; the
+/// binary derives its own from the process's file-descriptor limit
+/// ([`max_connections_for`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Descriptors kept back from connections, at least (or half a smaller
+/// limit): the QUIC socket, the store, webhook deliveries, the runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// First pause after an accept failed for lack of resources (no free file
 /// descriptor, say); it doubles up to [`ACCEPT_PAUSE_MAX`], as Go's net/http does.
@@ -70,6 +78,12 @@ pub struct HttpLimits {
     pub h2_keep_alive_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// Open connections at most (WebSocket tunnels included). At the limit
+    /// the listener stops accepting, so new connections wait in the kernel's
+    /// backlog until one closes, as nginx does at `worker_connections`:
+    /// running out of file descriptors instead would also starve the store
+    /// and webhook deliveries.
+    pub max_connections: usize,
 }
 
 impl Default for HttpLimits {
@@ -81,6 +95,7 @@ impl Default for HttpLimits {
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE_INTERVAL,
             h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -108,8 +123,24 @@ impl HttpLimits {
         if self.h2_max_concurrent_streams == 0 {
             return Err("HTTP/2 connections must allow at least one stream".into());
         }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.max_connections) {
+            return Err(format!(
+                "the connection limit must be between 1 and {}, not {}",
+                Semaphore::MAX_PERMITS,
+                self.max_connections
+            ));
+        }
         Ok(())
     }
+}
+
+/// The connection limit that a process allowed `nofile` open files can keep:
+/// an eighth of them (at least [`RESERVED_DESCRIPTORS`], or half of a limit
+/// below twice that) stays free for everything else the server opens.
+pub fn max_connections_for(nofile: u64) -> usize {
+    let reserved = (nofile / 8).max(RESERVED_DESCRIPTORS.min(nofile / 2));
+    let left = nofile.saturating_sub(reserved).max(1);
+    usize::try_from(left).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)
 }
 
 fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
@@ -135,7 +166,30 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     let connections = TaskTracker::new();
     let cut = CancellationToken::new();
     let mut backoff = AcceptBackoff::default();
+    let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let mut warned_full: Option<Instant> = None;
     loop {
+        // A slot first: at the limit, connections wait in the backlog.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned_full.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+                    warned_full = Some(Instant::now());
+                    tracing::warn!(
+                        limit = limits.max_connections,
+                        "connection limit reached; new connections wait until one closes"
+                    );
+                }
+                let acquired = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    acquired = slots.clone().acquire_owned() => acquired,
+                };
+                match acquired {
+                    Ok(slot) => slot,
+                    Err(_) => break, // never closed
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -175,7 +229,8 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         };
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let span = tracing::debug_span!("http", ?peer);
-        connections.spawn(drive(conn, requests, limits, shutdown.clone(), cut.clone()).instrument(span));
+        let watch = Watch { requests, limits, shutdown: shutdown.clone(), cut: cut.clone(), _slot: slot };
+        connections.spawn(drive(conn, watch).instrument(span));
     }
     drop(listener);
     connections.close();
@@ -185,19 +240,29 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
 }
 
+/// What [`drive`] watches a connection with.
+struct Watch {
+    /// Requests the connection has started, counted by its service.
+    requests: Arc<AtomicU64>,
+    limits: HttpLimits,
+    /// Graceful shutdown of the server.
+    shutdown: CancellationToken,
+    /// The end of the grace period: connections still open are dropped.
+    cut: CancellationToken,
+    /// The connection's place under [`HttpLimits::max_connections`], given
+    /// back when it ends.
+    _slot: OwnedSemaphorePermit,
+}
+
 /// Runs one connection to its end: shuts it down gracefully at `shutdown` or
 /// once it has started no request (`requests` unchanged) for a while, and
 /// drops it at `cut`.
-async fn drive<C>(
-    conn: C,
-    requests: Arc<AtomicU64>,
-    limits: HttpLimits,
-    shutdown: CancellationToken,
-    cut: CancellationToken,
-) where
+async fn drive<C>(conn: C, watch: Watch)
+where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
+    let Watch { requests, limits, shutdown, cut, _slot } = watch;
     let mut conn = pin!(conn);
     let idle = tokio::time::sleep(limits.header_timeout);
     let mut idle = pin!(idle);
@@ -290,6 +355,21 @@ mod tests {
         assert!(huge.validate().unwrap_err().contains("header timeout"));
         let no_streams = HttpLimits { h2_max_concurrent_streams: 0, ..HttpLimits::default() };
         assert!(no_streams.validate().is_err());
+        let no_connections = HttpLimits { max_connections: 0, ..HttpLimits::default() };
+        assert!(no_connections.validate().unwrap_err().contains("connection limit"));
+        let too_many = HttpLimits { max_connections: usize::MAX, ..HttpLimits::default() };
+        assert!(too_many.validate().is_err());
+    }
+
+    #[test]
+    fn the_connection_limit_leaves_descriptors_free() {
+        assert_eq!(max_connections_for(1024), 896);
+        assert_eq!(max_connections_for(256), 192);
+        assert_eq!(max_connections_for(200), 136, "at least 64 are kept back");
+        assert_eq!(max_connections_for(64), 32, "or half of a small limit");
+        assert_eq!(max_connections_for(1), 1, "never none");
+        assert_eq!(max_connections_for(1 << 20), 917_504);
+        assert_eq!(max_connections_for(u64::MAX), Semaphore::MAX_PERMITS);
     }
 
     #[test]
