@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,15 +46,21 @@ async fn tunnel(server: &TestServer) -> Tunnel {
 /// Connects with a 64 KiB receive buffer (no autotuning), so that a client
 /// that does not read stops the server's writes after its send buffer fills.
 async fn connect_small_window(server: &TestServer, t: &Tunnel) -> Ws {
+    let ws = small_window_socket(server.http, &t.ws_url).await;
+    wait_connected(server, &t.id, true, Duration::from_secs(5)).await;
+    ws
+}
+
+/// The upgrade alone (the session is live once the 101 arrives).
+async fn small_window_socket(addr: SocketAddr, ws_url: &str) -> Ws {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 << 10).unwrap();
-    let stream = socket.connect(server.http).await.expect("TCP connect");
-    let (ws, resp) = timeout(Duration::from_secs(5), tokio_tungstenite::client_async(&t.ws_url, stream))
+    let stream = socket.connect(addr).await.expect("TCP connect");
+    let (ws, resp) = timeout(Duration::from_secs(5), tokio_tungstenite::client_async(ws_url, stream))
         .await
         .expect("handshake in time")
         .expect("upgrade accepted");
     assert_eq!(resp.status(), 101);
-    wait_connected(server, &t.id, true, Duration::from_secs(5)).await;
     ws
 }
 
@@ -227,4 +234,84 @@ async fn a_client_that_floods_bad_messages_without_reading_is_dropped() {
         "a client that does not read the server's replies is still connected"
     );
     assert!(pong_until_dropped(&mut ws, Duration::from_secs(6)).await.is_some(), "its socket is still open");
+}
+
+/// The server's peak resident memory (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+/// Issue: each request to a client that does not keep up had its whole body
+/// read and serialized before it waited for room in the outbox, so 40
+/// callers held 60 bodies and their messages: memory grew with the number of
+/// callers. Now a session reads at most four largest bodies at a time; the
+/// other callers wait with theirs unsent. Run on the real binary, whose peak
+/// memory is its own.
+#[tokio::test]
+async fn callers_of_a_slow_client_wait_with_their_bodies_unread() {
+    use futures_util::stream;
+    use tokio::io::AsyncBufReadExt;
+    const BODY: usize = 4 << 20;
+    const CALLERS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--no-capture"])
+        .args(["--ws-max-body", &BODY.to_string(), "--request-timeout", "3", "--data-dir"])
+        .arg(dir.path())
+        .env("HOOKWAY_API_KEY", "hwk_test")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("the server prints its address");
+        if line.contains("HTTP listen") {
+            break line.split_whitespace().last().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let created: Value = http()
+        .post(format!("http://{addr}/api/tunnels"))
+        .bearer_auth("hwk_test")
+        .json(&json!({ "name": "slow" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ws_url = created["wsUrl"].as_str().unwrap();
+    let sub = created["tunnel"]["subdomain"].as_str().unwrap().to_owned();
+    let ws = small_window_socket(addr, ws_url).await;
+    let baseline = peak_rss_mib(child.id().unwrap());
+
+    // Bodies streamed from one shared chunk, so this process stays small.
+    let chunk = bytes::Bytes::from(vec![b'a'; 64 << 10]);
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|i| {
+            let chunks = stream::iter((0..BODY / chunk.len()).map({
+                let chunk = chunk.clone();
+                move |_| Ok::<_, std::io::Error>(chunk.clone())
+            }));
+            let req = http()
+                .post(format!("http://{addr}/t/{sub}/big/{i}"))
+                .header("content-length", BODY)
+                .body(reqwest::Body::wrap_stream(chunks));
+            tokio::spawn(async move { req.send().await.map_or(0, |r| r.status().as_u16()) })
+        })
+        .collect();
+    for caller in callers {
+        let status = timeout(Duration::from_secs(20), caller).await.expect("caller answered").unwrap();
+        assert!(status == 504 || status == 0, "a request to a client that reads nothing got {status}");
+    }
+    let peak = peak_rss_mib(child.id().unwrap());
+    drop(ws);
+    // Measured: +70 MiB (four bodies and their messages, the outbox's two,
+    // 60 connections' buffers, the allocator's slack); +170 before the fix,
+    // when every caller's body was read at once.
+    assert!(peak < baseline + 130, "peak memory {peak} MiB (before the callers: {baseline} MiB)");
 }

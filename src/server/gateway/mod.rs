@@ -188,6 +188,11 @@ where
     if declared.is_some_and(|n| n > link.max_body as u64) {
         return too_large();
     }
+    // Room to read the body first: while the client is slow, later callers
+    // wait here with their bodies unread.
+    let Ok(admission) = link.outbox.admit(declared.map_or(link.max_body, |n| n as usize)).await else {
+        return disconnected(subdomain);
+    };
     let body = match Limited::new(body, link.max_body).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
@@ -203,6 +208,7 @@ where
     if link.outbox.post(&guard.parcel, text).await.is_err() {
         return disconnected(subdomain);
     }
+    drop(admission);
     match rx.await {
         Ok(Reply::Response(r)) if r.body.len() > link.max_body => edge_error(
             StatusCode::BAD_GATEWAY,
@@ -322,7 +328,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     // The session goes live before the 101 goes out, so a request sent the
     // moment the client sees the upgrade is queued for it, never refused.
     let (out, queue) = mpsc::channel(REPLIES);
-    let (outbox, requests) = Outbox::new(outbox_budget(limits.max_body));
+    let (outbox, requests) = Outbox::new(outbox_budget(limits.max_body), limits.max_body.saturating_mul(INTAKE_BODIES));
     let link = Arc::new(WsLink {
         out,
         outbox,
@@ -375,6 +381,10 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
 /// The largest amount of request messages that may wait for one client: two
 /// of the largest, one being written while the next waits. Beyond it, requests
 /// wait for the client to read (and time out if it does not).
+/// Largest bodies one session reads at a time while its client is slow
+/// ([`Outbox::admit`]).
+const INTAKE_BODIES: usize = 4;
+
 fn outbox_budget(max_body: usize) -> usize {
     wsjson::max_message_for(max_body).saturating_mul(2)
 }

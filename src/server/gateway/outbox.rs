@@ -10,7 +10,14 @@
 //!   (under the edge's timeout) instead of adding to the pile;
 //! * a request that ends before the writer gets to it (it timed out, its
 //!   caller left) empties its [`Parcel`]: the message and its share of the
-//!   budget are freed at once, and nothing is ever sent for it.
+//!   budget are freed at once, and nothing is ever sent for it;
+//! * an intake budget, for what comes before: a request reserves its body's
+//!   size (the declared length, else the largest body) before the edge reads
+//!   the body, and holds it until its message has its share of the first
+//!   budget. Without it, callers whose requests wait for a slow client would
+//!   each hold a whole body (10 MiB by default) and its message, unbounded in
+//!   number; with it, they wait before sending their bodies, which stay in
+//!   their own sockets.
 
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +66,15 @@ pub struct Outbox {
     requests: mpsc::Sender<Arc<Parcel>>,
     budget: Arc<Semaphore>,
     budget_bytes: u32,
+    intake: Arc<Semaphore>,
+    intake_bytes: u32,
+}
+
+/// Room for one request's body while it is read and serialized; given back
+/// when dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _room: OwnedSemaphorePermit,
 }
 
 /// The writer's side.
@@ -68,13 +84,24 @@ pub struct OutboxRx {
 }
 
 impl Outbox {
-    /// An outbox that lets `budget_bytes` of messages wait for the socket.
-    pub fn new(budget_bytes: usize) -> (Self, OutboxRx) {
+    /// An outbox that lets `budget_bytes` of messages wait for the socket,
+    /// and `intake_bytes` of bodies be read for it.
+    pub fn new(budget_bytes: usize, intake_bytes: usize) -> (Self, OutboxRx) {
         // Permits are taken as u32, and a message larger than the budget takes all of it.
         let budget_bytes = u32::try_from(budget_bytes).unwrap_or(u32::MAX).max(1);
+        let intake_bytes = u32::try_from(intake_bytes).unwrap_or(u32::MAX).max(1);
         let (requests, rx) = mpsc::channel(QUEUE);
         let budget = Arc::new(Semaphore::new(budget_bytes as usize));
-        (Self { requests, budget, budget_bytes }, OutboxRx { requests: rx })
+        let intake = Arc::new(Semaphore::new(intake_bytes as usize));
+        (Self { requests, budget, budget_bytes, intake, intake_bytes }, OutboxRx { requests: rx })
+    }
+
+    /// Waits for room to read a body of `bytes` (the declared length, or the
+    /// largest allowed); hold the [`Admission`] until [`post`](Self::post)
+    /// returns. Requests are admitted in the order they asked.
+    pub async fn admit(&self, bytes: usize) -> Result<Admission, Closed> {
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.intake_bytes);
+        self.intake.clone().acquire_many_owned(cost).await.map(|_room| Admission { _room }).map_err(|_| Closed)
     }
 
     /// Queues `text` in `parcel` once the budget has room for it. Cancel
@@ -86,9 +113,10 @@ impl Outbox {
         self.requests.send(parcel.clone()).await.map_err(|_| Closed)
     }
 
-    /// Ends the outbox: requests waiting for budget get [`Closed`] at once.
+    /// Ends the outbox: requests waiting for either budget get [`Closed`] at once.
     pub fn close(&self) {
         self.budget.close();
+        self.intake.close();
     }
 }
 
