@@ -232,21 +232,11 @@ async fn a_stdout_nobody_reads_does_not_stall_the_tunnel() {
 /// The server's log, sent to a file or a pipe, is plain text: no colour codes.
 #[tokio::test]
 async fn logs_to_a_pipe_carry_no_colour_codes() {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = server_command("127.0.0.1:0", dir.path())
-        .env("HOOKWAY_API_KEY", "hwk_test")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.contains("HTTP listen") {
-            break;
-        }
-    }
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    cmd.env("HOOKWAY_API_KEY", "hwk_test").stderr(std::process::Stdio::piped());
+    let (mut child, _) = spawn_server(cmd).await;
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut err = String::new();

@@ -146,10 +146,9 @@ async fn an_api_body_that_stalls_gets_408_and_the_connection_closes() {
 /// the server answers again.
 #[tokio::test]
 async fn out_of_file_descriptors_accepts_pause_and_warn_once() {
-    use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new("bash")
-        .args(["-c", r#"ulimit -n 64 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_hookway")])
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.args(["-c", r#"ulimit -n 64 && exec "$0" "$@""#, env!("CARGO_BIN_EXE_hookway")])
         .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         // Above what the descriptors allow, so that accepts do fail (the
@@ -157,24 +156,14 @@ async fn out_of_file_descriptors_accepts_pause_and_warn_once() {
         .args(["--max-connections", "1000"])
         .env("HOOKWAY_API_KEY", "hwk_test")
         .env("RUST_LOG", "hookway=info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let (mut child, addr) = spawn_server(cmd).await;
     let mut stderr = child.stderr.take().unwrap();
     let log = tokio::spawn(async move {
         let mut text = String::new();
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("the server prints its address");
-        if line.contains("HTTP listen") {
-            break line.split_whitespace().last().unwrap().parse().unwrap();
-        }
-    };
     let mut silent = Vec::new();
     for _ in 0..100 {
         silent.push(TcpStream::connect(addr).await.unwrap());

@@ -252,28 +252,16 @@ fn peak_rss_mib(pid: u32) -> u64 {
 #[tokio::test]
 async fn callers_of_a_slow_client_wait_with_their_bodies_unread() {
     use futures_util::stream;
-    use tokio::io::AsyncBufReadExt;
     const BODY: usize = 4 << 20;
     const CALLERS: usize = 60;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--no-capture"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--no-capture"])
         .args(["--ws-max-body", &BODY.to_string(), "--request-timeout", "3", "--data-dir"])
         .arg(dir.path())
         .env("HOOKWAY_API_KEY", "hwk_test")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("the server prints its address");
-        if line.contains("HTTP listen") {
-            break line.split_whitespace().last().unwrap().parse().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .stderr(std::process::Stdio::null());
+    let (child, addr) = spawn_server(cmd).await;
     let created: Value = http()
         .post(format!("http://{addr}/api/tunnels"))
         .bearer_auth("hwk_test")

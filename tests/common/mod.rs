@@ -345,6 +345,26 @@ pub async fn spawn_connected(mut cmd: tokio::process::Command) -> (tokio::proces
     (child, lines, event)
 }
 
+/// Spawns `hookway server …` (stdout piped, killed on drop) and reads its
+/// banner up to the HTTP address it listens on; the rest of its stdout is
+/// drained so the server never blocks writing it.
+pub async fn spawn_server(mut cmd: tokio::process::Command) -> (tokio::process::Child, SocketAddr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the server prints its address");
+            if line.contains("HTTP listen") {
+                return line.split_whitespace().last().unwrap().parse().unwrap();
+            }
+        }
+    };
+    let addr = tokio::time::timeout(Duration::from_secs(20), banner).await.expect("the server started");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
 /// A local port with nothing listening.
 pub async fn closed_port() -> u16 {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
