@@ -224,3 +224,27 @@ async fn at_the_connection_limit_a_new_connection_waits_until_one_closes() {
     assert!(waiting.await.unwrap(), "the third connection was not served once the first closed");
     assert!(answered(&mut second, Duration::from_secs(5)).await, "the open connections are unaffected");
 }
+
+/// A WebSocket tunnel keeps its socket after hyper hands it over from the
+/// HTTP connection, so its session keeps the connection's place: with a
+/// limit of one, nothing else is served until the session ends.
+#[tokio::test]
+async fn a_websocket_session_keeps_its_connections_place_under_the_limit() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        // The API's keep-alive connections (the test's, the client's) close
+        // soon, so the upgrade gets the one place.
+        c.http.header_timeout = Duration::from_millis(300);
+        c.http.idle_timeout = Duration::from_millis(300);
+        c.http.max_connections = 1;
+    })
+    .await;
+    let app = spawn_app().await;
+    let (client, _) = ws_client(&server, app.port()).await;
+    let mut other = TcpStream::connect(server.http).await.unwrap();
+    let waiting = tokio::spawn(async move { answered(&mut other, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!waiting.is_finished(), "a connection was served while the WebSocket session held the only place");
+    client.shutdown.cancel();
+    assert!(waiting.await.unwrap(), "not served once the session ended");
+}

@@ -15,10 +15,12 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ::http::{Request, header};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
@@ -219,10 +221,14 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
         };
         let _ = stream.set_nodelay(true);
         let requests = Arc::new(AtomicU64::new(0));
+        let slot = Arc::new(ConnectionSlot(Mutex::new(Some(slot))));
         let service = {
-            let (state, requests) = (state.clone(), requests.clone());
-            hyper::service::service_fn(move |req| {
+            let (state, requests, slot) = (state.clone(), requests.clone(), slot.clone());
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 requests.fetch_add(1, Ordering::Relaxed);
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(slot.clone());
+                }
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(http::handle(state, req, peer).await) }
             })
@@ -250,8 +256,22 @@ struct Watch {
     /// The end of the grace period: connections still open are dropped.
     cut: CancellationToken,
     /// The connection's place under [`HttpLimits::max_connections`], given
-    /// back when it ends.
-    _slot: OwnedSemaphorePermit,
+    /// back when it ends, unless an upgrade took it.
+    _slot: Arc<ConnectionSlot>,
+}
+
+/// A connection's place under [`HttpLimits::max_connections`]. Requests that
+/// ask for an upgrade carry it in their extensions: hyper hands an upgraded
+/// socket over and ends the connection's task, so the WebSocket session that
+/// now owns the socket [takes](Self::take) the place along with it.
+#[derive(Debug)]
+pub struct ConnectionSlot(Mutex<Option<OwnedSemaphorePermit>>);
+
+impl ConnectionSlot {
+    /// The place, to hold for as long as the socket stays open; `None` once taken.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// Runs one connection to its end: shuts it down gracefully at `shutdown` or

@@ -42,6 +42,7 @@ use tracing::Instrument;
 
 use super::State;
 use super::http::{Body, bad_request_body, edge_error, full, json_error};
+use super::listener::ConnectionSlot;
 use super::names::secret_matches;
 use super::registry::Transport;
 use super::session;
@@ -324,6 +325,9 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
             return resp;
         }
     };
+    // The session keeps the socket, and so its place under the connection
+    // limit, once the connection's task ends.
+    let slot = req.extensions().get::<Arc<ConnectionSlot>>().and_then(|s| s.take());
     let limits = state.config.ws;
     // The session goes live before the 101 goes out, so a request sent the
     // moment the client sees the upgrade is queued for it, never refused.
@@ -373,6 +377,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         link.outbox.close();
         link.lock_pending().clear();
         session::end(&state, &session, &reason);
+        drop(slot);
     };
     tasks.spawn(task.instrument(span));
     resp
