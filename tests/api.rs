@@ -240,3 +240,60 @@ async fn info_endpoint_tells_clients_how_to_connect() {
     assert_eq!(info["publicUrl"], server.url);
     assert_eq!(info["certFingerprint"].as_str().unwrap().len(), 64);
 }
+
+/// A 405 names the methods its path accepts in `Allow` (RFC 9110 §15.5.6),
+/// keeps seed 001's error body, and every method it names is served there.
+#[tokio::test]
+async fn method_not_allowed_lists_the_methods_of_the_path() {
+    let server = TestServer::start().await;
+    let auth = bearer();
+    // One tunnel for the requests routes, another for the tunnel routes (whose
+    // allowed methods include DELETE).
+    let (id, _, _) = create_tunnel(&server, None).await;
+    let (other, _, _) = create_tunnel(&server, None).await;
+    let cases: Vec<(Method, String, &str)> = vec![
+        (Method::POST, "/api/info".into(), "GET"),
+        (Method::PUT, "/api/tunnels".into(), "GET, POST"),
+        (Method::PUT, format!("/api/tunnels/{id}/requests/"), "GET, DELETE"),
+        (Method::POST, format!("/api/tunnels/{id}/requests/stream"), "GET"),
+        (Method::DELETE, format!("/api/tunnels/{id}/requests/req_nothere"), "GET"),
+        (Method::GET, format!("/api/tunnels/{id}/requests/req_nothere/replay"), "POST"),
+        (Method::DELETE, "/api/webhooks".into(), "GET, POST"),
+        (Method::POST, "/api/webhooks/wh_nothere".into(), "GET, PATCH, DELETE"),
+        (Method::GET, "/api/webhooks/wh_nothere/regenerate-signing-key".into(), "POST"),
+        (Method::GET, "/api/webhooks/wh_nothere/test".into(), "POST"),
+        (Method::PUT, "/api/webhooks/wh_nothere/deliveries".into(), "GET"),
+        (Method::GET, format!("/api/tunnels/{other}/regenerate-token"), "POST"),
+        (Method::GET, format!("/api/tunnels/{other}/disconnect"), "POST"),
+        (Method::POST, format!("/api/tunnels/{other}/status"), "GET"),
+        (Method::POST, format!("/api/tunnels/{other}"), "GET, PATCH, DELETE"),
+    ];
+    for (method, path, allow) in &cases {
+        let resp = send(&server, method.clone(), path, &auth).await;
+        assert_eq!(resp.status(), 405, "{method} {path}");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some(*allow), "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({ "error": "method not allowed on this path" }), "{method} {path}");
+    }
+    // The list cannot drift from the dispatch: each method it names is served
+    // (a 2xx, or a 4xx about the id or the body, never 405 again).
+    for (_, path, allow) in &cases {
+        for name in allow.split(", ") {
+            let method = Method::from_bytes(name.as_bytes()).unwrap();
+            let status = send(&server, method, path, &auth).await.status();
+            assert_ne!(status, 405, "{name} {path} is in Allow: {allow}");
+        }
+    }
+    // Other errors carry no Allow.
+    for path in ["/api/nothing-here", "/api/tunnels/tun_doesnotexist", "/api/webhooks/wh_nothere/other"] {
+        let resp = send(&server, Method::GET, path, &auth).await;
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(resp.headers().get("allow").is_none(), "{path}");
+    }
+}
+
+/// `method path` with `Authorization: auth`, answered up to its headers (a
+/// live stream's body never ends).
+async fn send(server: &TestServer, method: Method, path: &str, auth: &str) -> reqwest::Response {
+    http().request(method, format!("{}{path}", server.url)).header("authorization", auth).send().await.unwrap()
+}

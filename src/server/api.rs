@@ -4,7 +4,8 @@
 //!
 //! Every error is `{"error": "…"}` with 400/401/404/405/408/409/413, mapped here in
 //! one place; a tunnel of another organization is indistinguishable from a
-//! missing one (404).
+//! missing one (404). A 405 carries `Allow`, read from the routing tables
+//! ([`super::routes`]) that also decide it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::State;
 use super::http::{Body, json as json_response, json_error};
 use super::names;
 use super::registry::Tunnel;
+use super::routes::{ANY, Routes, unrouted};
 use super::session::end_on_purpose;
 use crate::quic::close;
 use crate::store::{StoreError, TunnelRecord};
@@ -29,27 +31,39 @@ pub const MAX_API_BODY: usize = 64 * 1024;
 pub const MAX_NAME_LEN: usize = 200;
 
 /// An API failure, rendered as `{"error": …}`.
-pub(super) struct ApiError(pub(super) StatusCode, pub(super) String);
+pub(super) struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// A 405's `Allow` header: the methods the path accepts.
+    allow: Option<&'static str>,
+}
 
 impl ApiError {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), allow: None }
+    }
     pub(super) fn bad(msg: impl Into<String>) -> Self {
-        Self(StatusCode::BAD_REQUEST, msg.into())
+        Self::new(StatusCode::BAD_REQUEST, msg)
     }
     pub(super) fn conflict(msg: impl Into<String>) -> Self {
-        Self(StatusCode::CONFLICT, msg.into())
+        Self::new(StatusCode::CONFLICT, msg)
     }
     fn not_found() -> Self {
-        Self(StatusCode::NOT_FOUND, "tunnel not found".into())
+        Self::new(StatusCode::NOT_FOUND, "tunnel not found")
+    }
+    /// 405 for a path that accepts only `methods` (listed as `Allow` lists them).
+    pub(super) fn not_allowed(methods: &'static str) -> Self {
+        Self { allow: Some(methods), ..Self::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path") }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Conflict(what) => Self(StatusCode::CONFLICT, what),
+            StoreError::Conflict(what) => Self::conflict(what),
             StoreError::Database(e) => {
                 tracing::error!(err = %e, "store failure in API");
-                Self(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; try again".into())
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; try again")
             }
         }
     }
@@ -102,10 +116,13 @@ fn status_of(state: &State, t: &Tunnel) -> &'static str {
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     match route(&state, req, peer).await {
         Ok(resp) => resp,
-        Err(ApiError(status, msg)) => {
-            let mut resp = json_error(status, msg);
+        Err(ApiError { status, message, allow }) => {
+            let mut resp = json_error(status, message);
             if status == StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            if let Some(methods) = allow {
+                resp.headers_mut().insert(header::ALLOW, http::HeaderValue::from_static(methods));
             }
             resp
         }
@@ -119,7 +136,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
     if segments == ["info"] {
         return match method {
             Method::GET => Ok(info(state)),
-            _ => Err(not_allowed()),
+            _ => Err(unrouted(ROUTES, &segments, String::new)),
         };
     }
     let org = authenticate(state, &req).await?;
@@ -146,23 +163,27 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             super::requests_api::route(state, t, rest, method, req, peer).await
         }
         (["webhooks", rest @ ..], method) => super::webhooks_api::route(state, &org, rest, method, req).await,
-        (["tunnels"] | ["tunnels", _] | ["tunnels", _, "status" | "regenerate-token" | "disconnect"], _) => {
-            Err(not_allowed())
-        }
-        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no API route for {path}"))),
+        _ => Err(unrouted(ROUTES, &segments, || format!("no API route for {path}"))),
     }
 }
+
+/// The paths [`route`] serves itself (after `/api/`); `requests` and
+/// `webhooks` keep their own tables.
+const ROUTES: Routes = &[
+    (&["info"], "GET"),
+    (&["tunnels"], "GET, POST"),
+    (&["tunnels", ANY], "GET, PATCH, DELETE"),
+    (&["tunnels", ANY, "status"], "GET"),
+    (&["tunnels", ANY, "regenerate-token"], "POST"),
+    (&["tunnels", ANY, "disconnect"], "POST"),
+];
 
 pub(super) fn ok(value: Value) -> Response<Body> {
     json_response(StatusCode::OK, &value)
 }
 
-pub(super) fn not_allowed() -> ApiError {
-    ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this path".into())
-}
-
 async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, ApiError> {
-    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, m.to_owned());
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let value = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -204,11 +225,11 @@ pub(super) async fn read_json_up_to(
     let bytes = read
         .await
         .map_err(|_| {
-            ApiError(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {within:?}"))
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("the request body did not arrive within {within:?}"))
         })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
             } else {
                 ApiError::bad(format!("could not read request body: {e}"))
             }
@@ -311,7 +332,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
         None => (0..32)
             .map(|_| names::generated_subdomain())
             .find(|s| !state.registry.subdomain_exists(s))
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain".into()))?,
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain"))?,
     };
     let group = group_field(&body)?.flatten();
     let capture_bodies = bool_field(&body, "captureBodies")?.unwrap_or(true);
@@ -348,7 +369,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
 }
 
 fn conflict(subdomain: &str) -> ApiError {
-    ApiError(StatusCode::CONFLICT, format!("subdomain '{subdomain}' is already taken"))
+    ApiError::new(StatusCode::CONFLICT, format!("subdomain '{subdomain}' is already taken"))
 }
 
 async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<String, Value>) -> ApiResult {

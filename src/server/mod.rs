@@ -15,6 +15,7 @@ pub mod listener;
 pub mod names;
 pub mod registry;
 pub mod requests_api;
+mod routes;
 pub mod session;
 pub mod webhooks_api;
 

@@ -22,11 +22,12 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, oneshot};
 
 use super::State;
-use super::api::{ApiError, ApiResult, not_allowed, ok, read_json_up_to};
+use super::api::{ApiError, ApiResult, ok, read_json_up_to};
 use super::capture::Replay;
 use super::edge;
 use super::http::Body;
 use super::registry::Tunnel;
+use super::routes::{ANY, Routes, unrouted};
 use crate::store::{CapturedPart, RequestRecord};
 
 /// Records per page when `limit` is not given.
@@ -60,10 +61,12 @@ pub(super) async fn route(
             Ok(ok(json!({ "request": detail_json(&record) })))
         }
         ([rid, "replay"], Method::POST) => replay(state, &tunnel, rid, req, peer).await,
-        ([] | ["stream"] | [_] | [_, "replay"], _) => Err(not_allowed()),
-        _ => Err(ApiError(StatusCode::NOT_FOUND, "no such requests route".into())),
+        _ => Err(unrouted(ROUTES, rest, || "no such requests route".into())),
     }
 }
+
+/// The paths [`route`] serves (after `/api/tunnels/{id}/requests`).
+const ROUTES: Routes = &[(&[], "GET, DELETE"), (&["stream"], "GET"), (&[ANY], "GET"), (&[ANY, "replay"], "POST")];
 
 async fn find(state: &State, tunnel: &Tunnel, rid: &str) -> Result<RequestRecord, ApiError> {
     let (tid, rid) = (tunnel.id.clone(), rid.to_owned());
@@ -71,7 +74,7 @@ async fn find(state: &State, tunnel: &Tunnel, rid: &str) -> Result<RequestRecord
         .store
         .run(move |s| s.get_request(&tid, &rid))
         .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "request not found".into()))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "request not found"))
 }
 
 async fn list(state: &State, tunnel: &Tunnel, query: Option<&str>) -> ApiResult {
@@ -237,9 +240,9 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     drop(body);
     match tokio::time::timeout(REPLAY_RECORD_WAIT, stored).await {
         Ok(Ok(record)) => Ok(ok(json!({ "request": detail_json(&record) }))),
-        _ => Err(ApiError(
+        _ => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the request was replayed, but its record could not be stored (the capture writer is behind)".into(),
+            "the request was replayed, but its record could not be stored (the capture writer is behind)",
         )),
     }
 }

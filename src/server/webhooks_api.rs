@@ -11,9 +11,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::State;
-use super::api::{ApiError, ApiResult, bool_field, group_field, not_allowed, ok, read_json, string_field, valid_name};
+use super::api::{ApiError, ApiResult, bool_field, group_field, ok, read_json, string_field, valid_name};
 use super::http::json as json_response;
 use super::names;
+use super::routes::{ANY, Routes, unrouted};
 use crate::notify::notifier::now_ms;
 use crate::notify::{EventKind, sign, ssrf};
 use crate::store::{DeliveryRecord, Health, WebhookRecord};
@@ -60,13 +61,21 @@ pub(super) async fn route(
         }
         ([id, "test"], Method::POST) => test(state, org, id).await,
         ([id, "deliveries"], Method::GET) => deliveries(state, org, id).await,
-        ([] | [_] | [_, "regenerate-signing-key" | "test" | "deliveries"], _) => Err(not_allowed()),
-        _ => Err(ApiError(StatusCode::NOT_FOUND, "no such webhooks route".into())),
+        _ => Err(unrouted(ROUTES, rest, || "no such webhooks route".into())),
     }
 }
 
+/// The paths [`route`] serves (after `/api/webhooks`).
+const ROUTES: Routes = &[
+    (&[], "GET, POST"),
+    (&[ANY], "GET, PATCH, DELETE"),
+    (&[ANY, "regenerate-signing-key"], "POST"),
+    (&[ANY, "test"], "POST"),
+    (&[ANY, "deliveries"], "GET"),
+];
+
 fn not_found() -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "webhook not found".into())
+    ApiError::new(StatusCode::NOT_FOUND, "webhook not found")
 }
 
 fn owned(state: &State, org: &str, id: &str) -> Result<Arc<WebhookRecord>, ApiError> {
