@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use hookway::client::{self, ApiClient, ClientConfig, Event};
 use hookway::error_chain;
 
@@ -80,8 +80,42 @@ static LAZY_ARENA_COMMIT: extern "C" fn() = {
         URL reach your app."
 )]
 struct Cli {
+    /// The client options, also accepted before the subcommand (`hookway --server … tunnels
+    /// list`, `hookway tunnels --server … list`). They are clap globals: a value given at any
+    /// level reaches the client command's own [`ClientArgs`], and this copy holds the one used.
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The subcommands that are not clients of a server's API, and so take no [`ClientArgs`].
+const NOT_CLIENTS: [&str; 2] = ["server", "keys"];
+
+/// Parses the command line. The client options are clap globals, which clap
+/// copies into every subcommand: `server` and `keys` get hidden copies instead
+/// (clap then skips them), so their `--help` does not list options they
+/// ignore, and giving one of them there is a usage error.
+fn parse() -> Cli {
+    let client_args: Vec<clap::Arg> =
+        ClientArgs::augment_args(clap::Command::new("client")).get_arguments().cloned().collect();
+    let mut command = NOT_CLIENTS.iter().fold(Cli::command(), |cmd, name| {
+        cmd.mut_subcommand(name, |sub| sub.args(client_args.iter().map(|arg| arg.clone().global(false).hide(true))))
+    });
+    let matches = command.get_matches_mut();
+    if let Some(name) = matches.subcommand_name().filter(|name| NOT_CLIENTS.contains(name)) {
+        let given = client_args
+            .iter()
+            .find(|arg| matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine));
+        if let Some(arg) = given {
+            let message = format!(
+                "--{} is an option of the client commands (start, tunnels, webhooks), not of `{name}`",
+                arg.get_long().unwrap_or_default()
+            );
+            command.error(clap::error::ErrorKind::UnknownArgument, message).exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
 #[derive(Subcommand)]
@@ -423,7 +457,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = parse();
     // Before the runtime: the local offset can only be read while one thread runs.
     inspect_cli::records::init_local_offset();
     let default_level = if matches!(cli.command, Command::Server(_)) { "hookway=info" } else { "hookway=warn" };

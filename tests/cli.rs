@@ -420,3 +420,60 @@ async fn a_server_with_a_closed_stdout_keeps_serving() {
     }
     assert!(child.try_wait().unwrap().is_none(), "the server is still running");
 }
+
+/// `--server`, `--api-key` and `--json` work before the subcommand, between
+/// it and its verb, or after it; the environment still counts, and a flag
+/// overrides it wherever it stands.
+#[tokio::test]
+async fn client_options_go_before_or_after_the_subcommand() {
+    let server = TestServer::start().await;
+    let (_, _, sub) = create_tunnel(&server, Some("flags-anywhere")).await;
+    let url = server.url.as_str();
+    for args in [
+        &["--server", url, "--api-key", API_KEY, "--json", "tunnels", "list"][..],
+        &["tunnels", "--server", url, "--json", "list", "--api-key", API_KEY],
+        &["--json", "tunnels", "list", "--server", url, "--api-key", API_KEY],
+        &["--api-key", API_KEY, "webhooks", "--server", url, "list", "--json"],
+    ] {
+        let (code, out, err) = hookway(args, None, None).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let listed: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        if args.contains(&"webhooks") {
+            assert_eq!(listed, serde_json::json!({ "webhooks": [] }), "{args:?}");
+        } else {
+            assert_eq!(listed["tunnels"][0]["subdomain"], sub.as_str(), "{args:?}: {listed}");
+        }
+    }
+    // The environment names a closed port: a flag before the subcommand wins over it.
+    let closed = format!("http://127.0.0.1:{}", closed_port().await);
+    let run = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+        cmd.args(args).env("HOOKWAY_SERVER", &closed).env("HOOKWAY_API_KEY", API_KEY);
+        cmd.output()
+    };
+    let out = run(&["--server", url, "tunnels", "list", "--json"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["tunnels", "list", "--json"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "the environment's server is used");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&closed));
+}
+
+/// The server and `keys` are not API clients: their help does not list the
+/// client options, and giving one to them is a usage error rather than ignored.
+#[tokio::test]
+async fn client_options_stay_off_the_server_and_keys() {
+    for args in [&["server", "--help"][..], &["keys", "--help"], &["keys", "create", "--help"]] {
+        let (code, out, _) = hookway(args, None, None).await;
+        assert_eq!(code, 0, "{args:?}");
+        for flag in ["--server", "--api-key", "--json"] {
+            assert!(!out.contains(flag), "{args:?} lists {flag}: {out}");
+        }
+    }
+    let misplaced =
+        [&["server", "--json"][..], &["--api-key", "k", "server"], &["keys", "--server", "http://h", "create"]];
+    for args in misplaced {
+        let (code, _, err) = hookway(args, None, None).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("option of the client commands"), "{args:?}: {err}");
+    }
+}
