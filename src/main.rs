@@ -219,7 +219,7 @@ struct ClientArgs {
     /// API key (printed by the server on its first start).
     #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (a failure too: `{"error": …}` on stderr).
     #[arg(long, global = true)]
     json: bool,
 }
@@ -446,18 +446,33 @@ enum KeysCommand {
 /// Prints errors as one readable chain (`a: b: c`), never a backtrace: they are
 /// messages for the user, not crashes.
 fn main() -> std::process::ExitCode {
-    match real_main() {
+    let cli = parse();
+    let json = cli.client.json;
+    match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            // Not anyhow's `{:#}`: it would repeat causes already in a message.
-            eprintln!("Error: {}", error_chain(err.as_ref()));
+            eprintln!("{}", error_line(&err, json));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn real_main() -> Result<()> {
-    let cli = parse();
+/// What a failure prints on stderr: `Error: a: b: c`, or with `--json`, for
+/// scripts, `{"error": "a: b: c"}` with the HTTP `status` when the API refused.
+fn error_line(err: &anyhow::Error, json: bool) -> String {
+    // Not anyhow's `{:#}`: it would repeat causes already in a message.
+    let message = error_chain(err.as_ref());
+    if !json {
+        return format!("Error: {message}");
+    }
+    let mut line = json!({ "error": message });
+    if let Some(client::ApiError::Status { status, .. }) = err.chain().find_map(|e| e.downcast_ref()) {
+        line["status"] = json!(status);
+    }
+    line.to_string()
+}
+
+fn real_main(cli: Cli) -> Result<()> {
     // Before the runtime: the local offset can only be read while one thread runs.
     inspect_cli::records::init_local_offset();
     let default_level = if matches!(cli.command, Command::Server(_)) { "hookway=info" } else { "hookway=warn" };

@@ -477,3 +477,40 @@ async fn client_options_stay_off_the_server_and_keys() {
         assert!(err.contains("option of the client commands"), "{args:?}: {err}");
     }
 }
+
+/// With `--json`, a failure is one line of JSON on stderr: the message plain
+/// mode prints, and the HTTP status when the API refused; the exit code is the same.
+#[tokio::test]
+async fn json_failures_are_json_on_stderr() {
+    let server = TestServer::start().await;
+    let closed = format!("http://127.0.0.1:{}", closed_port().await);
+    let key = Some(API_KEY);
+    // (arguments, server, expected status)
+    let cases: [(&[&str], Option<&TestServer>, Option<u16>); 5] = [
+        (&["tunnels", "get", "tun_doesnotexist"], Some(&server), Some(404)),
+        (&["tunnels", "create", "--name", "x", "--subdomain", "ab"], Some(&server), Some(400)),
+        (&["tunnels", "list", "--server", &closed], None, None),
+        (&["webhooks", "list", "--server", &closed], None, None),
+        // Checked by us after parsing, before any request.
+        (&["tunnels", "update", "tun_doesnotexist"], Some(&server), None),
+    ];
+    for (args, at, status) in cases {
+        let (plain_code, plain_out, plain_err) = hookway(args, at, key).await;
+        let (code, out, err) = hookway(&[args, &["--json"]].concat(), at, key).await;
+        assert_eq!((code, plain_code), (1, 1), "{args:?}: {err}");
+        assert_eq!((out.as_str(), plain_out.as_str()), ("", ""), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        let line: Value = serde_json::from_str(&err).unwrap_or_else(|e| panic!("{args:?}: {e}: {err}"));
+        let message = line["error"].as_str().unwrap();
+        assert_eq!(plain_err, format!("Error: {message}\n"), "{args:?}");
+        let mut want = serde_json::json!({ "error": message });
+        if let Some(status) = status {
+            want["status"] = status.into();
+        }
+        assert_eq!(line, want, "{args:?}");
+    }
+    // `--json` before the subcommand counts too.
+    let (code, _, err) = hookway(&["--json", "tunnels", "get", "tun_doesnotexist"], Some(&server), key).await;
+    assert_eq!(code, 1);
+    assert_eq!(serde_json::from_str::<Value>(&err).unwrap()["status"], 404, "{err}");
+}
