@@ -115,7 +115,14 @@ fn parse() -> Cli {
             command.error(clap::error::ErrorKind::UnknownArgument, message).exit();
         }
     }
-    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    if !matches.subcommand_name().is_some_and(|name| NOT_CLIENTS.contains(&name))
+        && let Err(why) = server_url(&cli.client.server)
+    {
+        let message = format!("invalid value '{}' for '--server <SERVER>': {why}", cli.client.server);
+        command.error(clap::error::ErrorKind::ValueValidation, message).exit();
+    }
+    cli
 }
 
 #[derive(Subcommand)]
@@ -214,7 +221,9 @@ struct ServerArgs {
 #[derive(Args, Clone)]
 struct ClientArgs {
     /// Base URL of the hookway server (its --public-url, like http://127.0.0.1:8080).
-    #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true, value_parser = server_url)]
+    /// (Checked by [`parse`] for the client commands only: the server's own
+    /// commands must not fail on a client's `HOOKWAY_SERVER`.)
+    #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true)]
     server: String,
     /// API key (printed by the server on its first start).
     #[arg(long, env = "HOOKWAY_API_KEY", hide_env_values = true, global = true)]

@@ -514,3 +514,25 @@ async fn json_failures_are_json_on_stderr() {
     assert_eq!(code, 1);
     assert_eq!(serde_json::from_str::<Value>(&err).unwrap()["status"], 404, "{err}");
 }
+
+/// `HOOKWAY_SERVER` is the clients' setting: a value they refuse (no scheme)
+/// must not stop `hookway server`, which has no use for it.
+#[tokio::test]
+async fn the_server_starts_whatever_hookway_server_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    cmd.env("HOOKWAY_SERVER", "hooks.example.com:8080").env("HOOKWAY_API_KEY", "hwk_test");
+    let (_server, addr) = spawn_server(cmd).await;
+    let resp = http().get(format!("http://{addr}/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "list"])
+        .env("HOOKWAY_SERVER", "hooks.example.com:8080")
+        .env("HOOKWAY_API_KEY", "hwk_test")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "the client commands still refuse it: {err}");
+    assert!(err.contains("http:// or https://"), "{err}");
+}
