@@ -9,7 +9,8 @@
 //! * [`store`]: durable state (SQLite by default) behind a small trait;
 //! * [`server`]: the HTTP edge, the REST API and the tunnel sessions;
 //! * [`notify`]: status webhooks (signing, retries, safe destinations, delivery);
-//! * [`client`]: the tunnel client and the REST API client used by the CLI.
+//! * [`client`]: the tunnel client and the REST API client used by the CLI;
+//! * [`shutdown`]: the two-step stop (drain, then cut short) both ends share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -19,6 +20,7 @@ pub mod headers;
 pub mod notify;
 pub mod quic;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod wire;
 pub mod wsjson;

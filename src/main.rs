@@ -36,9 +36,9 @@ use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
 use hookway::server::listener::{self, HttpLimits};
 use hookway::server::{self, Server, ServerConfig, TlsSource};
+use hookway::shutdown::Shutdown;
 use reqwest::Method;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// mimalloc (the default `mimalloc` feature): measured a quarter less CPU per
 /// forwarded request in the client than glibc's malloc, and a tenth to a fifth
@@ -541,15 +541,16 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-/// Cancels on ctrl-c or SIGTERM.
+/// Stops on ctrl-c or SIGTERM, and cuts the drain short on a second one
+/// (either signal, in any order).
 ///
 /// The handlers are registered before this returns, so a caller that says it
 /// is ready afterwards (the server's banner) is already safe to stop: a
 /// SIGTERM sent by a supervisor or a script as soon as the banner appears
 /// shuts down gracefully instead of killing the process.
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
+fn shutdown_on_signal() -> Shutdown {
+    let shutdown = Shutdown::new();
+    let s = shutdown.clone();
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -557,26 +558,38 @@ fn shutdown_on_signal() -> CancellationToken {
         tokio::spawn(async move {
             match handlers {
                 (Ok(mut term), Ok(mut int)) => {
-                    let name = tokio::select! {
-                        _ = term.recv() => "SIGTERM",
-                        _ = int.recv() => "SIGINT",
-                    };
-                    // The server's log says why it is stopping (clients say so on their own).
-                    tracing::info!(signal = name, "stopping");
+                    for again in [false, true] {
+                        let name = tokio::select! {
+                            _ = term.recv() => "SIGTERM",
+                            _ = int.recv() => "SIGINT",
+                        };
+                        // The server's log says why it is stopping (clients say so on their own).
+                        if again {
+                            tracing::info!(signal = name, "stopping now");
+                            s.cut();
+                        } else {
+                            tracing::info!(signal = name, "stopping (a second signal stops at once)");
+                            s.stop();
+                        }
+                    }
                 }
                 _ => {
                     let _ = tokio::signal::ctrl_c().await;
+                    s.stop();
+                    let _ = tokio::signal::ctrl_c().await;
+                    s.cut();
                 }
             }
-            t.cancel();
         });
     }
     #[cfg(not(unix))]
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
-        t.cancel();
+        s.stop();
+        let _ = tokio::signal::ctrl_c().await;
+        s.cut();
     });
-    token
+    shutdown
 }
 
 async fn run_server(args: ServerArgs) -> Result<()> {

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use hookway::client::ClientError;
+use hookway::client::{ClientError, Event};
 use hookway::server::gateway::WsLimits;
 use reqwest::Method;
 use serde_json::Value;
@@ -100,6 +100,47 @@ async fn disconnect_ends_the_client_with_a_clear_reason() {
     }
     let resp = http().get(format!("{}/t/{}/x", server.url, status_sub(&server, &id).await)).send().await.unwrap();
     assert_eq!(resp.status(), 503);
+}
+
+/// Stopping a `--ws` client drains as over QUIC: the request the app is
+/// answering finishes, one that arrives meanwhile is refused at once with the
+/// 503 the edge gives for a refusing QUIC client, then the client ends.
+#[tokio::test]
+async fn a_stopped_client_finishes_its_requests_and_refuses_new_ones() {
+    let server = TestServer::start().await;
+    let mut app = spawn_held_app().await;
+    let (mut client, _) = ws_client(&server, app.addr.port()).await;
+    let url = client.tunnel_url.clone();
+    let held = tokio::spawn(http().get(format!("{url}/hold")).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+
+    client.shutdown.cancel();
+    let stopping = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match client.events.recv().await.expect("the client reports before it ends") {
+                Event::Stopping { in_flight } => return in_flight,
+                _ => continue,
+            }
+        }
+    });
+    assert_eq!(stopping.await.expect("the client says it is stopping"), 1);
+
+    // The app still holds /hold: an answer now is not one after the drain.
+    let during = tokio::time::timeout(Duration::from_secs(3), http().get(format!("{url}/echo")).send())
+        .await
+        .expect("refused at once, not after the drain")
+        .unwrap();
+    assert_eq!(during.status(), 503);
+    assert_eq!(during.headers()["x-hookway-error"], "tunnel-offline");
+    let text = during.text().await.unwrap();
+    assert!(text.contains("going offline"), "{text}");
+    assert!(app.arrived.try_recv().is_err(), "a request during the drain reached the app");
+
+    app.release.add_permits(1);
+    let resp = tokio::time::timeout(Duration::from_secs(5), held).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the request in flight finished");
+    assert_eq!(resp.text().await.unwrap(), "released");
+    client.finished(Duration::from_secs(2)).await.expect("a stop is not an error");
 }
 
 async fn status_sub(server: &TestServer, id: &str) -> String {

@@ -20,6 +20,7 @@ use anyhow::{Result, bail};
 use crossterm::event::{Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use futures_util::StreamExt;
 use hookway::client::{self, ApiClient, ClientConfig, Event};
+use hookway::shutdown::Shutdown;
 use ratatui::widgets::TableState;
 use reqwest::Method;
 use tokio::sync::{Semaphore, mpsc};
@@ -49,16 +50,27 @@ pub async fn run(server: &str, api_key: Option<String>, config: ClientConfig) ->
     let tunnel = config.tunnel_id.clone();
     let (tx, rx) = mpsc::channel(CHANNEL);
     let stop = CancellationToken::new();
-    let client = tokio::spawn(client_task(config, tx.clone(), stop.clone()));
+    let client_stop = Shutdown::new();
+    let client = tokio::spawn(client_task(config, tx.clone(), client_stop.clone()));
     let stream = Stream { api: api.clone(), key: api_key, tunnel: tunnel.clone() };
     tokio::spawn(feed(stream, tx.clone(), stop.clone()));
     let io = Io { api, tunnel: tunnel.clone(), tx, calls: Arc::new(Semaphore::new(MAX_CALLS)) };
     let mut app = App::new(&tunnel);
+    let signals = crate::shutdown_on_signal();
     let result = {
         let mut screen = Screen::enter()?;
-        ui_loop(&mut screen.0, &mut app, rx, &io).await
+        ui_loop(&mut screen.0, &mut app, rx, &io, signals.stop_token()).await
     };
     stop.cancel();
+    client_stop.stop();
+    // The next signal cuts the client's drain short: the second one when a
+    // signal ended the monitor, the first when a key did.
+    let next_signal =
+        if signals.stop_token().is_cancelled() { signals.cut_token() } else { signals.stop_token() }.clone();
+    tokio::spawn(async move {
+        next_signal.cancelled().await;
+        client_stop.cut();
+    });
     // Requests in flight may take the client's whole drain, then its goodbye.
     let _ = tokio::time::timeout(client::DRAIN + CLOSE_GRACE, client).await;
     result?;
@@ -97,8 +109,8 @@ async fn ui_loop(
     app: &mut App,
     mut rx: mpsc::Receiver<Msg>,
     io: &Io,
+    signals: &CancellationToken,
 ) -> Result<()> {
-    let signals = crate::shutdown_on_signal();
     let mut keys = EventStream::new();
     let mut tick = tokio::time::interval(TICK);
     let mut list = TableState::default();
@@ -176,7 +188,7 @@ impl Io {
 
 /// Runs the tunnel client, turning its events into messages instead of lines
 /// on the terminal (the screen belongs to the monitor).
-async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: CancellationToken) {
+async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: Shutdown) {
     let events = tx.clone();
     let on_event = move |event: Event| {
         let msg = match event {

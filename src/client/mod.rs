@@ -3,6 +3,7 @@
 //! speaks the WebSocket-JSON gateway protocol instead (see the `ws` module).
 
 pub mod api;
+mod drain;
 pub mod forward;
 pub mod spin;
 mod ws;
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::ConnectionError;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::quic::{self, FrameReader, FrameWriter, close, tls};
+use crate::shutdown::Shutdown;
 use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, ServerHello};
 pub use api::{ApiClient, ApiError, ServerInfo};
 pub use forward::{LocalApp, RequestLog};
@@ -26,7 +27,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Time allowed to connect and complete the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// On ctrl-c, how long requests the local app is answering get to finish.
+/// On stop (ctrl-c), how long requests the local app is answering get to
+/// finish; a second stop ([`Shutdown::cut`]) ends the wait at once.
 pub const DRAIN: Duration = Duration::from_secs(5);
 
 /// What the client needs to serve a tunnel.
@@ -109,11 +111,14 @@ enum Attempt {
 }
 
 /// Serves the tunnel until `shutdown` (returns `Ok`) or the server ends it.
+/// On stop, requests in flight get [`DRAIN`] to finish, unless the stop is
+/// cut short (a plain `CancellationToken` never cuts it).
 pub async fn run(
     config: ClientConfig,
     on_event: impl Fn(Event) + Send + Sync + 'static,
-    shutdown: CancellationToken,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<(), ClientError> {
+    let shutdown = shutdown.into();
     let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);
     let app = LocalApp::new(&config.local_host, config.local_port);
     let api = ApiClient::new(&config.server, None);
@@ -141,7 +146,7 @@ pub async fn run(
         let delay = jitter(backoff);
         on_event(Event::Reconnecting { reason, retry_in: delay, was_connected: connected_before });
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.stop_token().cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -155,7 +160,7 @@ async fn quic_session(
     app: &LocalApp,
     spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
     let attempt = async {
@@ -167,7 +172,7 @@ async fn quic_session(
         Ok::<_, Attempt>((endpoint, conn, hello, control))
     };
     let (endpoint, conn, hello, mut control) = tokio::select! {
-        _ = shutdown.cancelled() => return (false, Attempt::Stopped),
+        _ = shutdown.stop_token().cancelled() => return (false, Attempt::Stopped),
         outcome = attempt => match outcome {
             Ok(live) => live,
             Err(end) => return (false, end),
@@ -177,27 +182,15 @@ async fn quic_session(
     let requests = TaskTracker::new();
     let end = tokio::select! {
         end = serve(&conn, &mut control, app, spinner, on_event, hello.heartbeat_interval_ms, &requests) => end,
-        _ = shutdown.cancelled() => {
-            // Callers are waiting on the requests the app is answering: let
-            // them finish (no new ones are taken), unless asked twice. The
-            // control stream stays open meanwhile: its end ends the session.
-            requests.close();
-            if !requests.is_empty() {
-                on_event(Event::Stopping { in_flight: requests.len() });
-                // Requests the server sends meanwhile are refused at once, so
-                // their callers hear "offline" now, not after the drain.
-                let refuse = async {
-                    while let Ok((mut send, _)) = conn.accept_bi().await {
-                        let _ = send.reset(close::STREAM_REFUSED);
-                    }
-                };
-                tokio::select! {
-                    _ = requests.wait() => {}
-                    _ = tokio::time::sleep(DRAIN) => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = refuse => {}
+        _ = shutdown.stop_token().cancelled() => {
+            // The control stream stays open during the drain: its end ends
+            // the session. A refused stream tells the edge "going offline".
+            let refuse = async {
+                while let Ok((mut send, _)) = conn.accept_bi().await {
+                    let _ = send.reset(close::STREAM_REFUSED);
                 }
-            }
+            };
+            drain::drain(&requests, shutdown, on_event, refuse).await;
             conn.close(close::NORMAL, b"client shutting down");
             // The close must leave before the process does, or the server
             // learns of it only from its idle timeout, failing what it sends

@@ -4,10 +4,15 @@
 //! One socket carries every request, each answered as a whole JSON message:
 //! bodies are buffered and capped by the server's limit, which it announces in
 //! `x-hookway-max-body` on the upgrade response.
+//!
+//! On stop it drains as the QUIC client does (see the `drain` module), within
+//! seed 001's messages: a request that arrives meanwhile gets a `response`
+//! message with the edge's 503 "going offline", then a normal close frame.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::sync::mpsc;
@@ -15,10 +20,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog};
+use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, drain};
 use crate::quic::{close, tls};
+use crate::shutdown::Shutdown;
 use crate::wire::ServerHello;
 use crate::wsjson::{self, DEFAULT_MAX_BODY, ServerMessage};
 
@@ -40,83 +46,145 @@ pub(super) async fn session(
     tunnel_id: &str,
     app: &LocalApp,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
     let (ws, welcome) = tokio::select! {
-        _ = shutdown.cancelled() => return (false, Attempt::Stopped),
+        _ = shutdown.stop_token().cancelled() => return (false, Attempt::Stopped),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect(url, tunnel_id)) => match r {
             Ok(Ok(pair)) => pair,
             Ok(Err(end)) => return (false, end),
             Err(_) => return (false, Attempt::Retry("timed out connecting to the WebSocket gateway".into())),
         },
     };
-    on_event(Event::Connected { hello: welcome.hello, reconnected });
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(256);
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            let close = msg.is_close();
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if sink.feed(msg).await.is_err() {
-                    return;
+    on_event(Event::Connected { hello: welcome.hello.clone(), reconnected });
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel::<Message>(256);
+    let writer = tokio::spawn(write(sink, rx));
+    let requests = TaskTracker::new();
+    let end = match serve(&mut stream, &tx, &requests, app, on_event, &welcome, shutdown).await {
+        Some(end) => end,
+        None => {
+            // As over QUIC, but in the protocol's own terms: a refused
+            // request gets the 503 the edge gives for a refused stream.
+            let subdomain = &welcome.hello.subdomain;
+            let refuse = async {
+                while let Ok(next) = next_request(&mut stream, &tx).await {
+                    if let Some(req) = next {
+                        let _ = tx.send(Message::text(going_offline(&req.id, subdomain))).await;
+                    }
                 }
-            }
-            if sink.flush().await.is_err() || close {
-                return;
-            }
-        }
-    });
-    // The server pings on an interval: three missed intervals mean it is gone.
-    let silence_limit = (welcome.ping_interval * 3).max(Duration::from_secs(5));
-    let silence = tokio::time::sleep(silence_limit);
-    tokio::pin!(silence);
-    let end = loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() };
-                let _ = tx.send(Message::Close(Some(frame))).await;
-                break Attempt::Stopped;
-            }
-            _ = &mut silence => break Attempt::Retry(format!("no word from the server for {silence_limit:?}")),
-            msg = stream.next() => msg,
-        };
-        silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
-        let data = match msg {
-            Some(Ok(Message::Text(text))) => bytes::Bytes::from(text),
-            Some(Ok(Message::Binary(data))) => data,
-            Some(Ok(Message::Close(frame))) => break closed(frame),
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => break Attempt::Retry(format!("WebSocket error: {err}")),
-            None => break Attempt::Retry("the server closed the connection".into()),
-        };
-        match wsjson::parse_server_message(&data) {
-            Ok(ServerMessage::Request(req)) => {
-                let (app, tx, on_event) = (app.clone(), tx.clone(), on_event.clone());
-                let max_body = welcome.max_body;
-                tokio::spawn(async move {
-                    let (reply, log) = answer(&app, req, max_body).await;
-                    let _ = tx.send(Message::text(reply)).await;
-                    on_event(Event::Request(log));
-                });
-            }
-            Ok(ServerMessage::Ping) => {
-                let _ = tx.send(Message::text(wsjson::pong())).await;
-            }
-            Ok(ServerMessage::Pong) => {}
-            Ok(ServerMessage::Error(message)) => tracing::warn!(%message, "the server reported an error"),
-            Err(err) => {
-                tracing::warn!(reason = %err.reason, "malformed message from the server");
-                let _ = tx.send(Message::text(wsjson::error(err.id.as_deref(), &err.reason))).await;
-            }
+            };
+            drain::drain(&requests, shutdown, on_event, refuse).await;
+            let frame = CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() };
+            let _ = tx.send(Message::Close(Some(frame))).await;
+            Attempt::Stopped
         }
     };
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     (true, end)
+}
+
+/// Sends what `rx` carries, flushing once per batch; ends after a close frame.
+async fn write(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        let close = msg.is_close();
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Forwards the server's requests to the local app, each in a task of
+/// `requests`, until the socket ends (how it ended) or a stop is asked for (`None`).
+async fn serve(
+    stream: &mut SplitStream<Socket>,
+    tx: &mpsc::Sender<Message>,
+    requests: &TaskTracker,
+    app: &LocalApp,
+    on_event: &Arc<dyn Fn(Event) + Send + Sync>,
+    welcome: &Welcome,
+    shutdown: &Shutdown,
+) -> Option<Attempt> {
+    // The server pings on an interval: three missed intervals mean it is gone.
+    let silence_limit = (welcome.ping_interval * 3).max(Duration::from_secs(5));
+    let silence = tokio::time::sleep(silence_limit);
+    tokio::pin!(silence);
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.stop_token().cancelled() => return None,
+            _ = &mut silence => return Some(Attempt::Retry(format!("no word from the server for {silence_limit:?}"))),
+            next = next_request(stream, tx) => next,
+        };
+        silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
+        match next {
+            Ok(Some(req)) => {
+                let (app, tx, on_event) = (app.clone(), tx.clone(), on_event.clone());
+                let max_body = welcome.max_body;
+                requests.spawn(async move {
+                    let (reply, log) = answer(&app, req, max_body).await;
+                    let _ = tx.send(Message::text(reply)).await;
+                    on_event(Event::Request(log));
+                });
+            }
+            Ok(None) => {}
+            Err(end) => return Some(end),
+        }
+    }
+}
+
+/// Reads the server's next message: a request to answer, `None` for one
+/// already dealt with (a ping answered, an error logged), or how the socket ended.
+async fn next_request(
+    stream: &mut SplitStream<Socket>,
+    tx: &mpsc::Sender<Message>,
+) -> Result<Option<wsjson::Request>, Attempt> {
+    let data = match stream.next().await {
+        Some(Ok(Message::Text(text))) => bytes::Bytes::from(text),
+        Some(Ok(Message::Binary(data))) => data,
+        Some(Ok(Message::Close(frame))) => return Err(closed(frame)),
+        Some(Ok(_)) => return Ok(None),
+        Some(Err(err)) => return Err(Attempt::Retry(format!("WebSocket error: {err}"))),
+        None => return Err(Attempt::Retry("the server closed the connection".into())),
+    };
+    match wsjson::parse_server_message(&data) {
+        Ok(ServerMessage::Request(req)) => return Ok(Some(req)),
+        Ok(ServerMessage::Ping) => {
+            let _ = tx.send(Message::text(wsjson::pong())).await;
+        }
+        Ok(ServerMessage::Pong) => {}
+        Ok(ServerMessage::Error(message)) => tracing::warn!(%message, "the server reported an error"),
+        Err(err) => {
+            tracing::warn!(reason = %err.reason, "malformed message from the server");
+            let _ = tx.send(Message::text(wsjson::error(err.id.as_deref(), &err.reason))).await;
+        }
+    }
+    Ok(None)
+}
+
+/// The answer to a request that arrives while the client drains: the 503 the
+/// edge gives when a QUIC client refuses a request for the same reason.
+fn going_offline(id: &str, subdomain: &str) -> String {
+    let message = format!("tunnel '{subdomain}' is going offline: its client is stopping");
+    error_response(id, StatusCode::SERVICE_UNAVAILABLE, "tunnel-offline", &message)
+}
+
+/// A response message in the edge's own error form (`x-hookway-error: kind`,
+/// `hookway: message` as plain text).
+fn error_response(id: &str, status: StatusCode, kind: &'static str, message: &str) -> String {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert("x-hookway-error", HeaderValue::from_static(kind));
+    wsjson::response(id, status, &headers, format!("hookway: {message}\n").as_bytes())
 }
 
 /// Forwards one request to the local app; the response message and the log line.
@@ -138,12 +206,9 @@ async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (Strin
         }
         Err((kind, message)) => {
             // The same answer the edge gives for a QUIC tunnel.
-            let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            headers.insert("x-hookway-error", HeaderValue::from_static(kind));
-            let body = format!("hookway: {message}\n");
+            let reply = error_response(&req.id, StatusCode::BAD_GATEWAY, kind, &message);
             log.error = Some(message);
-            wsjson::response(&req.id, StatusCode::BAD_GATEWAY, &headers, body.as_bytes())
+            reply
         }
     };
     (reply, log)

@@ -161,8 +161,14 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then lets in-flight requests
-/// finish for up to `grace` and closes the connections still open.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: CancellationToken, grace: Duration) {
+/// finish for up to `grace`, or until `cut`, and closes the connections still open.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: CancellationToken,
+    grace: Duration,
+    cut_short: CancellationToken,
+) {
     let limits = state.config.http;
     let builder = builder(&limits);
     let connections = TaskTracker::new();
@@ -240,10 +246,12 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Cancellat
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
-        tracing::warn!("in-flight requests still running after {grace:?}; closing them");
-        cut.cancel();
+    tokio::select! {
+        () = connections.wait() => return,
+        () = tokio::time::sleep(grace) => tracing::warn!("in-flight requests still running after {grace:?}; closing them"),
+        () = cut_short.cancelled() => tracing::warn!("asked again to stop: closing in-flight requests now"),
     }
+    cut.cancel();
 }
 
 /// What [`drive`] watches a connection with.

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::notify::{Notifier, NotifyConfig};
 use crate::quic::{self, close, tls};
+use crate::shutdown::Shutdown;
 use crate::store::{ApiKeyRecord, SqliteStore, StoreError, StoreHandle};
 use capture::{Capture, CaptureConfig};
 use gateway::WsLimits;
@@ -396,9 +397,13 @@ impl Server {
         self.state.store.clone()
     }
 
-    /// Serves until `shutdown` is cancelled, then shuts down gracefully.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves until `shutdown` stops it, then shuts down gracefully: requests
+    /// in flight get the shutdown grace to finish, unless the stop is cut
+    /// short (a plain `CancellationToken` never cuts it).
+    pub async fn run(self, shutdown: impl Into<Shutdown>) {
         let Server { state, http, quic, grace, .. } = self;
+        let stop: Shutdown = shutdown.into();
+        let (shutdown, cut) = (stop.stop_token().clone(), stop.cut_token().clone());
         let tracker = state.tasks.clone();
         // The notifier outlives the sessions, so their disconnect events reach the outbox.
         let notifier_stop = CancellationToken::new();
@@ -426,7 +431,7 @@ impl Server {
                 }
             })
         };
-        listener::serve(http, state.clone(), shutdown.clone(), grace).await;
+        listener::serve(http, state.clone(), shutdown.clone(), grace, cut).await;
 
         // In-flight requests are done (or out of time): end the sessions.
         for session in state.registry.sessions() {

@@ -237,6 +237,56 @@ pub async fn spawn_app() -> SocketAddr {
     addr
 }
 
+/// A local app that says when each request arrives and holds `/hold…` ones
+/// until the test releases them; anything else it answers `fast` at once.
+pub struct HeldApp {
+    pub addr: SocketAddr,
+    /// The path of each request, as it arrives.
+    pub arrived: mpsc::UnboundedReceiver<String>,
+    /// One permit answers one held request (`released`).
+    pub release: Arc<tokio::sync::Semaphore>,
+}
+
+impl HeldApp {
+    /// Waits (up to 10 s) for the next request to reach the app; its path.
+    pub async fn next_arrival(&mut self) -> String {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.arrived.recv());
+        next.await.expect("a request reaches the app within 10 s").expect("the app runs")
+    }
+}
+
+pub async fn spawn_held_app() -> HeldApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, arrived) = mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (tx, gate) = (tx.clone(), gate.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (tx, gate) = (tx.clone(), gate.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let _ = tx.send(path.clone());
+                        if !path.starts_with("/hold") {
+                            return Ok::<_, Infallible>(Response::new(full("fast")));
+                        }
+                        gate.acquire().await.expect("the gate stays open").forget();
+                        Ok(Response::new(full("released")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    HeldApp { addr, arrived, release }
+}
+
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
