@@ -536,3 +536,123 @@ async fn the_server_starts_whatever_hookway_server_says() {
     assert_eq!(out.status.code(), Some(2), "the client commands still refuse it: {err}");
     assert!(err.contains("http:// or https://"), "{err}");
 }
+
+/// Sends `signal` (`-TERM`, `-INT`) to the process `pid`.
+fn kill(signal: &str, pid: u32) {
+    let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Reads `lines` until one contains `needle` (within 10 s); that line.
+async fn line_with<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>, needle: &str) -> String {
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        panic!("the output ended without {needle:?}");
+    });
+    found.await.unwrap_or_else(|_| panic!("no {needle:?} within 10 s"))
+}
+
+/// A second stop signal, whichever one, ends a client's drain at once: the
+/// client exits well before the drain's deadline, saying it stopped.
+async fn second_signal_cuts_the_client_drain(first: &str, second: &str, ws: bool) {
+    let server = TestServer::start().await;
+    let mut app = spawn_held_app().await;
+    let created = server.api().create_tunnel("drained", None).await.unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app.addr.port().to_string(), "--json"])
+        .args(["--server", &server.url, "--token", &created.auth_token])
+        .env_remove("HOOKWAY_API_KEY")
+        .stderr(std::process::Stdio::null());
+    if ws {
+        cmd.args(["--ws-url", &created.ws_url]);
+    }
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+    let held = tokio::spawn(http().get(format!("{}/hold", created.tunnel_url)).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+
+    let pid = child.id().unwrap();
+    kill(first, pid);
+    line_with(&mut lines, r#""event":"stopping""#).await;
+    let cut = std::time::Instant::now();
+    kill(second, pid);
+    // Without the cut, the client would wait out the drain for the held request.
+    let within = hookway::client::DRAIN - std::time::Duration::from_secs(2);
+    let exited = tokio::time::timeout(within, child.wait()).await;
+    let status = exited.unwrap_or_else(|_| panic!("still draining {within:?} after the second signal")).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(cut.elapsed() < within);
+    line_with(&mut lines, r#""event":"stopped""#).await;
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_client_drain_short() {
+    second_signal_cuts_the_client_drain("-TERM", "-TERM", false).await;
+}
+
+#[tokio::test]
+async fn sigint_then_sigterm_cuts_the_ws_client_drain_short() {
+    second_signal_cuts_the_client_drain("-INT", "-TERM", true).await;
+}
+
+/// The server's shutdown grace (10 s by default) is cut by a second signal,
+/// and its log says so.
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_server_drain_short() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_command("127.0.0.1:0", dir.path())
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .env("RUST_LOG", "hookway=info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut banner = BufReader::new(server.stdout.take().unwrap()).lines();
+    let listen = line_with(&mut banner, "HTTP listen").await;
+    let url = format!("http://{}", listen.split_whitespace().last().unwrap());
+    let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
+
+    let mut app = spawn_held_app().await;
+    let api = hookway::client::ApiClient::new(&url, Some(API_KEY.into()));
+    let created = api.create_tunnel("drained", None).await.unwrap();
+    let config = hookway::client::ClientConfig {
+        server: url.clone(),
+        tunnel_id: created.tunnel.id.clone(),
+        token: created.auth_token.clone(),
+        local_host: "127.0.0.1".into(),
+        local_port: app.addr.port(),
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: None,
+        busy_poll: std::time::Duration::ZERO,
+    };
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), stop.clone()));
+    let connected = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !matches!(events.recv().await, Some(hookway::client::Event::Connected { .. }) | None) {}
+    });
+    connected.await.expect("the client connects within 10 s");
+    let held = tokio::spawn(http().get(format!("{}/hold", created.tunnel_url)).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+
+    let pid = server.id().unwrap();
+    kill("-TERM", pid);
+    line_with(&mut log, "stopping").await;
+    let cut = std::time::Instant::now();
+    kill("-TERM", pid);
+    line_with(&mut log, "asked again to stop").await;
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(5), server.wait()).await;
+    let status = exited.expect("the server exits well within its 10 s grace").unwrap();
+    assert!(status.success(), "{status}");
+    assert!(cut.elapsed() < std::time::Duration::from_secs(5));
+    stop.cancel();
+    held.abort();
+    let _ = client.await;
+}
