@@ -144,6 +144,8 @@ async fn serve(
 
 /// Reads the server's next message: a request to answer, `None` for one
 /// already dealt with (a ping answered, an error logged), or how the socket ended.
+/// Cancelling it (a stop, the silence timer) loses at most a pong or an error
+/// reply being queued, never a request: a request returns as soon as it is read.
 async fn next_request(
     stream: &mut SplitStream<Socket>,
     tx: &mpsc::Sender<Message>,
