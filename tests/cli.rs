@@ -605,17 +605,10 @@ async fn sigint_then_sigterm_cuts_the_ws_client_drain_short() {
 async fn a_second_sigterm_cuts_the_server_drain_short() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut server = server_command("127.0.0.1:0", dir.path())
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .env("RUST_LOG", "hookway=info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut banner = BufReader::new(server.stdout.take().unwrap()).lines();
-    let listen = line_with(&mut banner, "HTTP listen").await;
-    let url = format!("http://{}", listen.split_whitespace().last().unwrap());
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    cmd.env("HOOKWAY_API_KEY", API_KEY).env("RUST_LOG", "hookway=info").stderr(std::process::Stdio::piped());
+    let (mut server, addr) = spawn_server(cmd).await;
+    let url = format!("http://{addr}");
     let mut log = BufReader::new(server.stderr.take().unwrap()).lines();
 
     let mut app = spawn_held_app().await;
