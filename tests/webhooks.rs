@@ -419,6 +419,41 @@ async fn server_errors_are_retried_with_the_same_message_id() {
     assert_eq!(d["payload"]["Id"], tunnel_id);
 }
 
+/// Issue: saving a changed webhook replaced its row, and the delete cascaded
+/// to its deliveries: a rename wiped its log and health, and a new URL meant
+/// to fix a failing receiver dropped the very retries it was for. Now a
+/// pending retry goes to the new URL, signed with the new key, and the log
+/// keeps one record with every attempt counted.
+#[tokio::test]
+async fn a_pending_retry_survives_an_update_and_goes_to_the_new_url() {
+    let server = TestServer::start_with(|c| {
+        fast(c);
+        c.webhooks.schedule = Schedule(vec![ms(1000), ms(1000), ms(1000)]);
+    })
+    .await;
+    let failing = Receiver::statuses(&[500]).await;
+    let fixed = Receiver::statuses(&[200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": failing.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    failing.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+
+    let path = format!("/api/webhooks/{wh}");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "url": fixed.url(), "name": "fixed" }))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = call(&server, Method::POST, &format!("{path}/regenerate-signing-key"), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let key = v["signingKey"].as_str().unwrap().to_owned();
+
+    let got = fixed.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    assert!(got[0].verifies(&key), "the retry is signed with the new key");
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("succeeded"), Some(2)), "{list:?}");
+    assert_eq!(webhook_object(&server, &wh).await["health"]["requests24h"], 1);
+}
+
 #[tokio::test]
 async fn client_errors_are_final() {
     let server = fast_server().await;

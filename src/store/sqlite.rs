@@ -550,6 +550,14 @@ mod tests {
         let health = store.webhook_health(&org, 0).unwrap();
         assert_eq!(health["wh_1"], Health { requests: 2, succeeded: 1 });
         assert_eq!(store.webhook_health(&org, 1_500).unwrap()["wh_1"], Health { requests: 1, succeeded: 0 });
+        // An update (new URL, new signing key) keeps the log and what is pending.
+        let mut moved = webhook("wh_1", &org);
+        (moved.url, moved.signing_key) = ("https://hooks.example.com/fixed".into(), "whsec_new".into());
+        store.insert_deliveries(&[delivery("msg_c", "wh_1", 3_000)]).unwrap();
+        store.save_webhook(&moved).unwrap();
+        assert_eq!(store.load_webhooks().unwrap(), [moved]);
+        assert_eq!(store.deliveries_since("wh_1", 0, 10).unwrap().len(), 3, "an update kept the deliveries");
+        assert_eq!(store.next_due_ms().unwrap(), Some(3_000), "and the pending one is still due");
         assert_eq!(store.prune_deliveries(1_500).unwrap(), 1);
         store.delete_webhook("wh_1").unwrap();
         assert!(store.deliveries_since("wh_1", 0, 10).unwrap().is_empty(), "deliveries go with their webhook");

@@ -90,12 +90,21 @@ pub(super) fn load_webhooks(c: &Connection) -> rusqlite::Result<Vec<WebhookRecor
     rows.collect()
 }
 
-/// Inserts or replaces a webhook (every column).
+/// Inserts a webhook, or updates every column of an existing one in place.
+///
+/// Not `INSERT OR REPLACE`: SQLite carries out a replace as a delete and an
+/// insert, and the delete cascades to the webhook's deliveries, so every
+/// update (a rename, a new URL, a new signing key) wiped its log, its health
+/// and its pending retries.
 pub(super) fn save_webhook(c: &Connection, w: &WebhookRecord) -> rusqlite::Result<()> {
     let headers = serde_json::to_string(&w.custom_headers).unwrap_or_else(|_| "[]".into());
     c.execute(
         &format!(
-            "INSERT OR REPLACE INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO webhooks ({WEBHOOK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+             ON CONFLICT(id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, url = excluded.url, \
+             events = excluded.events, group_name = excluded.group_name, enabled = excluded.enabled, \
+             custom_headers = excluded.custom_headers, signing_key = excluded.signing_key, \
+             created_at = excluded.created_at, updated_at = excluded.updated_at"
         ),
         params![
             w.id,
