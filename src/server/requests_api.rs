@@ -198,6 +198,13 @@ fn live_stream(state: &State, tunnel: &Tunnel) -> Response<Body> {
     resp
 }
 
+/// Largest replay request, less 64 KiB for its headers: a body of 32 MiB sent
+/// as base64 (the CLI sends a binary `--body-file` so) fits. It used to be
+/// twice the capture's body limit, which kept requests larger than about
+/// 2 MiB from ever being replayed: their captured bodies are cut, and the
+/// whole body given back did not fit.
+pub const MAX_REPLAY_JSON: usize = 32 * 1024 * 1024 / 3 * 4;
+
 /// Sends a captured request through the tunnel again, optionally edited, and
 /// answers with the new record.
 async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Incoming>, peer: SocketAddr) -> ApiResult {
@@ -206,8 +213,9 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
             "request capture is off on this server (--no-capture), so replays cannot be recorded",
         ));
     }
-    // An edited body may be as large as a captured one, and is JSON-escaped.
-    let limit = state.capture.config().body_limit.saturating_mul(2).max(super::api::MAX_API_BODY) + 64 * 1024;
+    // An edited body may be as large as a captured one, and is JSON-escaped;
+    // a request whose body was cut needs its whole body given back.
+    let limit = state.capture.config().body_limit.saturating_mul(2).max(MAX_REPLAY_JSON) + 64 * 1024;
     let edits = read_json_up_to(state, req, limit).await?;
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;
