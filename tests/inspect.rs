@@ -302,6 +302,22 @@ async fn a_cut_request_of_several_mib_replays_with_its_body_given_back() {
     assert_eq!((seen["bytes"].as_u64(), seen["sum"].as_u64()), (Some(body.len() as u64), Some(sum)), "{seen}");
 }
 
+/// Issue: records are written in batches (a 100 ms window), so listing right
+/// after a request, as a user does, often showed the one before it. A listing
+/// or a lookup now waits for the records of exchanges already over.
+#[tokio::test]
+async fn a_listing_right_after_a_request_shows_it() {
+    let s = Setup::new().await;
+    for i in 0..10 {
+        let resp = http().get(s.url(&format!("/echo?n={i}"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        let (status, body) = raw_api(&s.server, Method::GET, &api(&s, "?limit=1"), Some(&bearer()), None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["requests"][0]["path"], format!("/echo?n={i}"), "request {i}: {body}");
+    }
+}
+
 #[tokio::test]
 async fn the_live_stream_delivers_records_while_requests_flow() {
     let s = Setup::new().await;

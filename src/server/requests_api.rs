@@ -49,7 +49,10 @@ pub(super) async fn route(
     peer: SocketAddr,
 ) -> ApiResult {
     match (rest, method) {
-        ([], Method::GET) => list(state, &tunnel, req.uri().query()).await,
+        ([], Method::GET) => {
+            state.capture.settle(SETTLE_WAIT).await;
+            list(state, &tunnel, req.uri().query()).await
+        }
         ([], Method::DELETE) => {
             let tid = tunnel.id.clone();
             let deleted = state.store.run(move |s| s.delete_requests(&tid)).await?;
@@ -57,6 +60,7 @@ pub(super) async fn route(
         }
         (["stream"], Method::GET) => Ok(live_stream(state, &tunnel)),
         ([rid], Method::GET) => {
+            state.capture.settle(SETTLE_WAIT).await;
             let record = find(state, &tunnel, rid).await?;
             Ok(ok(json!({ "request": detail_json(&record) })))
         }
@@ -64,6 +68,9 @@ pub(super) async fn route(
         _ => Err(unrouted(ROUTES, rest, || "no such requests route".into())),
     }
 }
+
+/// Longest a listing waits for the records of requests that just ended.
+const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// The paths [`route`] serves (after `/api/tunnels/{id}/requests`).
 const ROUTES: Routes = &[(&[], "GET, DELETE"), (&["stream"], "GET"), (&[ANY], "GET"), (&[ANY, "replay"], "POST")];

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use http::{HeaderMap, Method, StatusCode};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Tunnel;
@@ -244,6 +244,12 @@ pub struct Capture {
     counter: AtomicU32,
     watchers: DashMap<String, broadcast::Sender<Arc<str>>>,
     closing: CancellationToken,
+    /// Records accepted into the queue, ever.
+    queued_records: AtomicU64,
+    /// Records the writer is done with (stored, or left out), ever.
+    settled: watch::Sender<u64>,
+    /// Asks the writer to end its batch window now: someone waits to read.
+    flush: Notify,
 }
 
 impl Capture {
@@ -261,7 +267,24 @@ impl Capture {
             counter: AtomicU32::new(rand::random()),
             watchers: DashMap::new(),
             closing: CancellationToken::new(),
+            queued_records: AtomicU64::new(0),
+            settled: watch::Sender::new(0),
+            flush: Notify::new(),
         }
+    }
+
+    /// Waits, at most `within`, until the records of exchanges that ended
+    /// before this call are stored, hurrying the writer along: a listing made
+    /// right after a request shows it, instead of missing it for the writer's
+    /// batch window.
+    pub async fn settle(&self, within: Duration) {
+        let target = self.queued_records.load(Ordering::Acquire);
+        let mut settled = self.settled.subscribe();
+        if *settled.borrow_and_update() >= target {
+            return;
+        }
+        self.flush.notify_one();
+        let _ = tokio::time::timeout(within, settled.wait_for(|&n| n >= target)).await;
     }
 
     /// The configuration in force.
@@ -335,7 +358,9 @@ impl Capture {
         if self.tx.try_send(record).is_err() {
             self.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        self.queued_records.fetch_add(1, Ordering::Release);
     }
 
     /// Subscribes to a tunnel's stored records, as server-sent events.

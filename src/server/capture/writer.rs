@@ -74,6 +74,16 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
                 n = rx.recv_many(&mut batch, room) => if n == 0 { break },
                 _ = &mut deadline => break,
                 _ = &mut stopped => break,
+                _ = hub.flush.notified() => {
+                    // What the reader waits for may have come in meanwhile.
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
+                        }
+                    }
+                    break;
+                }
             }
         }
         window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
@@ -114,9 +124,11 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
 
 async fn write(hub: &Capture, state: &State, batch: Vec<Captured>) {
     let weight: usize = batch.iter().map(Captured::weight).sum();
+    let records = batch.len() as u64;
     store_batch(hub, state, batch).await;
     // Released only now: until written, the batch's memory counts against the queue's bound.
     hub.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
+    hub.settled.send_modify(|n| *n += records);
 }
 
 async fn store_batch(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
