@@ -1103,9 +1103,10 @@ mod tests {
             },
         ];
         for log in &logs {
+            // (In the order a sorted map wrote them: serde_json now keeps the order given.)
             let before = json!({
-                "event": "request", "method": log.method, "path": log.path, "status": log.status,
-                "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error
+                "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error,
+                "event": "request", "method": log.method, "path": log.path, "status": log.status
             })
             .to_string();
             assert_eq!(RequestLine::render(log), before);

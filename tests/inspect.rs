@@ -318,6 +318,20 @@ async fn a_listing_right_after_a_request_shows_it() {
     }
 }
 
+/// Headers are shown in the order they arrived (a JSON object's keys were
+/// sorted, in the API's answer and again where the CLI read it).
+#[tokio::test]
+async fn captured_headers_keep_their_arrival_order() {
+    let s = Setup::new().await;
+    let resp = http().get(s.url("/echo")).header("x-zeta", "1").header("x-alpha", "2").header("x-mid", "3");
+    assert_eq!(resp.send().await.unwrap().status(), 200);
+    let id = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let d = detail(&s.server, &s.tunnel_id, &id).await;
+    let names: Vec<&str> = d["request"]["headers"].as_object().unwrap().keys().map(String::as_str).collect();
+    let ours: Vec<&str> = names.into_iter().filter(|n| n.starts_with("x-")).collect();
+    assert_eq!(ours, ["x-zeta", "x-alpha", "x-mid"]);
+}
+
 #[tokio::test]
 async fn the_live_stream_delivers_records_while_requests_flow() {
     let s = Setup::new().await;
