@@ -122,7 +122,26 @@ fn parse() -> Cli {
         let message = format!("invalid value '{}' for '--server <SERVER>': {why}", cli.client.server);
         command.error(clap::error::ErrorKind::ValueValidation, message).exit();
     }
+    if let Some(message) = monitor_without_terminal(&cli.command) {
+        command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+    }
     cli
+}
+
+/// Why the monitor cannot run here, if it cannot: it draws on stdout and reads
+/// keys from stdin, so both must be a terminal. Checked before anything else,
+/// since it would otherwise fail only after creating a tunnel (`start`) or a
+/// new token (`tunnels monitor`, which ends the client that served it).
+fn monitor_without_terminal(command: &Command) -> Option<String> {
+    use std::io::IsTerminal;
+    if !monitors(command) || (std::io::stdin().is_terminal() && std::io::stdout().is_terminal()) {
+        return None;
+    }
+    let (what, instead) = match command {
+        Command::Start(_) => ("--monitor", "leave out --monitor"),
+        _ => ("`tunnels monitor`", "use `tunnels connect`"),
+    };
+    Some(format!("{what} needs a terminal (stdin and stdout); without one, {instead} (add --json for scripts)"))
 }
 
 #[derive(Subcommand)]

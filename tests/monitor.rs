@@ -260,6 +260,12 @@ impl Tmux {
     /// Starts `hookway ARGS` in a 160×45 terminal. The command is followed by
     /// its exit status and a pause, so that a crash stays readable on screen.
     fn start(server: &TestServer, args: &[&str]) -> Self {
+        Self::start_with_stdout(server, args, None)
+    }
+
+    /// Like [`Tmux::start`], with stdout redirected to `stdout` when given
+    /// (stdin and stderr stay on the terminal).
+    fn start_with_stdout(server: &TestServer, args: &[&str], stdout: Option<&std::path::Path>) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         match Command::new("tmux").arg("-V").output() {
             Ok(out) if out.status.success() => {}
@@ -276,6 +282,9 @@ impl Tmux {
         for arg in args {
             command.push(' ');
             command.push_str(&quote(arg));
+        }
+        if let Some(file) = stdout {
+            command.push_str(&format!(" > {}", quote(file.to_str().unwrap())));
         }
         command.push_str("; echo EXITED:$?; sleep 60");
         let mut tmux = Self { socket, socket_path: None };
@@ -418,4 +427,41 @@ async fn start_with_monitor_serves_a_new_tunnel_and_quits_on_ctrl_c() {
     tmux.keys(&["C-c"]);
     let screen = tmux.wait_for("the monitor to exit", |s| s.contains("EXITED:")).await;
     assert!(screen.contains("EXITED:0") && !screen.contains("Requests (newest first)"), "{screen}");
+}
+
+/// The tunnels the server has.
+async fn tunnels(server: &TestServer) -> Vec<Value> {
+    let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    listed["tunnels"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_without_a_terminal_is_a_usage_error_before_any_api_call() {
+    let server = TestServer::start().await;
+    let app = Recorder::start().await;
+    let port = app.port().to_string();
+    // Piped stdio: no terminal at all. No tunnel is created.
+    let (code, out, err) = hookway(&["start", &port, "--monitor", "--subdomain", "notty"], &server).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--monitor needs a terminal (stdin and stdout)") && out.is_empty(), "{err}");
+    assert_eq!(tunnels(&server).await, Vec::<Value>::new(), "no tunnel left behind");
+
+    // `tunnels monitor` issues no new token: the tunnel's token still connects.
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let (code, out, err) = hookway(&["tunnels", "monitor", &id, &port], &server).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("`tunnels monitor` needs a terminal") && !err.contains("new auth token"), "{err}");
+    assert!(out.is_empty(), "{out}");
+    let client = TestClient::connect(&server, &id, &token, app.port()).await;
+    client.shutdown.cancel();
+
+    // A terminal, but stdout redirected to a file: the same error on the
+    // terminal (stderr), nothing in the file, no tunnel.
+    let file = server.data_dir().join("monitor-out");
+    let tmux =
+        Tmux::start_with_stdout(&server, &["start", &port, "--monitor", "--subdomain", "redirected"], Some(&file));
+    let screen = tmux.wait_for("the monitor to refuse", |s| s.contains("EXITED:")).await;
+    assert!(screen.contains("EXITED:2") && screen.contains("--monitor needs a terminal"), "{screen}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"", "no escape codes in the file");
+    assert_eq!(tunnels(&server).await.len(), 1, "only the tunnel made above");
 }
