@@ -128,7 +128,18 @@ fn draw_list(f: &mut Frame, app: &App, state: &mut TableState, area: Rect) {
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("> ");
     state.select(app.selected_index());
+    // Rows inside the border, below the header.
+    let height = usize::from(area.height.saturating_sub(3));
+    *state.offset_mut() = list_offset(state.offset(), app.records.len(), height);
     f.render_stateful_widget(table, area, state);
+}
+
+/// The list's first row: ratatui scrolls only to keep the selection in view,
+/// so after a shrink and a grow the newest rows would stay hidden above it with
+/// empty rows below. Moved up as far as the room allows (ratatui then still
+/// scrolls down to the selection if needed).
+fn list_offset(offset: usize, len: usize, height: usize) -> usize {
+    offset.min(len.saturating_sub(height))
 }
 
 fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
@@ -171,7 +182,7 @@ fn draw_help(f: &mut Frame, over: Rect) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::monitor_cli::app::Msg;
+    use crate::monitor_cli::app::{Key, Msg};
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
     use serde_json::json;
@@ -183,6 +194,44 @@ mod tests {
         (0..buffer.area.height)
             .map(|y| (0..buffer.area.width).map(|x| buffer[(x, y)].symbol().to_owned()).collect::<String>() + "\n")
             .collect()
+    }
+
+    /// The screen drawn at `width`×`height`, keeping the list's state as a
+    /// running monitor does.
+    fn draw_at(app: &App, list: &mut TableState, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| draw(f, app, list)).unwrap();
+        let buffer = terminal.backend().buffer();
+        (0..buffer.area.height)
+            .map(|y| (0..buffer.area.width).map(|x| buffer[(x, y)].symbol().to_owned()).collect::<String>() + "\n")
+            .collect()
+    }
+
+    fn record(i: usize) -> Summary {
+        serde_json::from_value(json!({"id": format!("req_{i}"), "time": "2026-11-22T10:00:00Z", "method": "POST",
+                                      "path": format!("/hook/{i}"), "status": 200, "durationMs": 1.0,
+                                      "outcome": "ok"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_list_shows_the_newest_rows_again_after_a_shrink_and_a_grow() {
+        let mut app = App::new("tun_1");
+        app.apply(Msg::Backfill((1..=6).map(record).collect()));
+        app.key(Key::End);
+        let mut list = TableState::default();
+        let s = draw_at(&app, &mut list, 140, 35);
+        assert!((1..=6).all(|i| s.contains(&format!("/hook/{i} "))), "{s}");
+        draw_at(&app, &mut list, 20, 5);
+        let s = draw_at(&app, &mut list, 200, 50);
+        assert!((1..=6).all(|i| s.contains(&format!("/hook/{i} "))), "all six fit again:\n{s}");
+        assert_eq!(list.offset(), 0);
+        // Too small for all: the selection (the oldest) stays in view.
+        let s = draw_at(&app, &mut list, 140, 10);
+        assert!(s.contains("/hook/1 ") && !s.contains("/hook/6 "), "{s}");
+        assert_eq!(list_offset(3, 6, 4), 2);
+        assert_eq!(list_offset(1, 6, 4), 1);
+        assert_eq!(list_offset(5, 6, 0), 5);
     }
 
     #[test]
