@@ -99,29 +99,18 @@ const MILLIS_FROM_WIDTH: u16 = 90;
 fn draw_list(f: &mut Frame, app: &App, state: &mut TableState, area: Rect) {
     let time_width = if area.width.saturating_sub(2) >= MILLIS_FROM_WIDTH { 12 } else { 8 };
     let outcome_width = app.records.iter().map(|r| r.outcome_text().chars().count()).max().unwrap_or(0).clamp(7, 26);
-    // Borders, the highlight symbol, the other columns and the spaces between them.
-    let path_width = usize::from(area.width).saturating_sub(2 + 2 + time_width + 7 + 3 + 9 + outcome_width + 5);
+    // Inside the borders, after the highlight symbol.
+    let columns = columns(usize::from(area.width).saturating_sub(2 + 2), time_width, outcome_width);
     let rows = app.records.iter().map(|r: &Summary| {
-        Row::new([
-            Cell::new(r.clock().chars().take(time_width).collect::<String>()),
-            Cell::new(r.method.clone()),
-            Cell::new(fit(&clean(&r.path), path_width)),
-            Cell::new(r.status_text()),
-            Cell::new(r.duration_text()),
-            Cell::new(r.outcome_text()),
-        ])
-        .style(Style::new().fg(status_colour(r.status)))
+        Row::new(columns.iter().map(|&(column, width)| cell(r, column, width)))
+            .style(Style::new().fg(status_colour(r.status)))
     });
-    let widths = [
-        Constraint::Length(time_width as u16),
-        Constraint::Length(7),
-        Constraint::Fill(1),
-        Constraint::Length(3),
-        Constraint::Length(9),
-        Constraint::Length(outcome_width as u16),
-    ];
-    let header = Row::new(["TIME", "METHOD", "PATH", "STS", "DURATION", "OUTCOME"])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+    let widths = columns.iter().map(|&(column, width)| match column {
+        Column::Path => Constraint::Fill(1),
+        _ => Constraint::Length(width as u16),
+    });
+    let header =
+        Row::new(columns.iter().map(|&(column, _)| column.title())).style(Style::new().add_modifier(Modifier::BOLD));
     let table = Table::new(rows, widths)
         .header(header)
         .block(Block::new().borders(Borders::ALL).title(" Requests (newest first) "))
@@ -132,6 +121,64 @@ fn draw_list(f: &mut Frame, app: &App, state: &mut TableState, area: Rect) {
     let height = usize::from(area.height.saturating_sub(3));
     *state.offset_mut() = list_offset(state.offset(), app.records.len(), height);
     f.render_stateful_widget(table, area, state);
+}
+
+/// A column of the list; declared in the order they appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Column {
+    Time,
+    Method,
+    Path,
+    Status,
+    Duration,
+    Outcome,
+}
+
+impl Column {
+    fn title(self) -> &'static str {
+        match self {
+            Column::Time => "TIME",
+            Column::Method => "METHOD",
+            Column::Path => "PATH",
+            Column::Status => "STS",
+            Column::Duration => "DURATION",
+            Column::Outcome => "OUTCOME",
+        }
+    }
+}
+
+/// The path keeps at least this many columns before a lower-priority column is added.
+const MIN_PATH_WIDTH: usize = 16;
+
+/// The columns that fit in `width`, in display order, each with its width
+/// (the path's is what is left): method, path and status always, then
+/// duration, time and outcome, in that order, while the path keeps
+/// [`MIN_PATH_WIDTH`]. Columns are one space apart.
+fn columns(width: usize, time_width: usize, outcome_width: usize) -> Vec<(Column, usize)> {
+    let used = |shown: &[(Column, usize)]| shown.iter().map(|(_, w)| w + 1).sum::<usize>();
+    let mut shown = vec![(Column::Method, 7), (Column::Status, 3)];
+    for extra in [(Column::Duration, 9), (Column::Time, time_width), (Column::Outcome, outcome_width)] {
+        shown.push(extra);
+        if width.saturating_sub(used(&shown)) < MIN_PATH_WIDTH {
+            shown.pop();
+            break;
+        }
+    }
+    shown.push((Column::Path, width.saturating_sub(used(&shown))));
+    shown.sort_by_key(|&(column, _)| column);
+    shown
+}
+
+/// A record's cell in `column`, `width` wide.
+fn cell(r: &Summary, column: Column, width: usize) -> Cell<'static> {
+    Cell::new(match column {
+        Column::Time => r.clock().chars().take(width).collect::<String>(),
+        Column::Method => r.method.clone(),
+        Column::Path => fit(&clean(&r.path), width),
+        Column::Status => r.status_text(),
+        Column::Duration => r.duration_text(),
+        Column::Outcome => r.outcome_text(),
+    })
 }
 
 /// The list's first row: ratatui scrolls only to keep the selection in view,
@@ -232,6 +279,25 @@ mod tests {
         assert_eq!(list_offset(3, 6, 4), 2);
         assert_eq!(list_offset(1, 6, 4), 1);
         assert_eq!(list_offset(5, 6, 0), 5);
+    }
+
+    #[test]
+    fn narrow_lists_keep_method_path_and_status_first() {
+        let mut app = App::new("tun_1");
+        app.apply(Msg::Backfill((1..=2).map(record).collect()));
+        let s = draw_at(&app, &mut TableState::default(), 50, 20);
+        let header = s.lines().find(|l| l.contains("PATH")).unwrap_or_else(|| panic!("no header:\n{s}"));
+        let header: Vec<&str> = header.split('│').nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(header, ["METHOD", "PATH", "STS"], "{s}");
+        let row = s.lines().find(|l| l.contains("/hook/1")).unwrap_or_else(|| panic!("no row:\n{s}"));
+        assert!(row.contains("POST") && row.contains("200"), "{row}");
+        // Each further column comes in priority order as the path keeps its minimum.
+        let titles = |width| columns(width, 8, 7).into_iter().map(|(c, _)| c.title()).collect::<Vec<_>>();
+        assert_eq!(titles(12 + 15), ["METHOD", "PATH", "STS"]);
+        assert_eq!(titles(12 + 16 + 10), ["METHOD", "PATH", "STS", "DURATION"]);
+        assert_eq!(titles(12 + 16 + 10 + 9), ["TIME", "METHOD", "PATH", "STS", "DURATION"]);
+        assert_eq!(titles(12 + 16 + 10 + 9 + 8), ["TIME", "METHOD", "PATH", "STS", "DURATION", "OUTCOME"]);
+        assert_eq!(columns(100, 8, 7)[2], (Column::Path, 100 - 12 - 10 - 9 - 8), "the path takes the rest");
     }
 
     #[test]
