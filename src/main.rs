@@ -296,6 +296,9 @@ struct StartArgs {
     #[arg(long)]
     subdomain: Option<String>,
     /// Full-screen view of the requests (live list, details, replay) instead of a line per request.
+    ///
+    /// Keys: ↑/↓ or k/j select, Home/End newest/oldest, PgUp/PgDn scroll the detail, r replays the selected
+    /// request, ? lists the keys, q/Esc/Ctrl-C quit. Needs a terminal (stdin and stdout).
     #[arg(long)]
     monitor: bool,
     #[command(flatten)]
@@ -363,6 +366,9 @@ enum TunnelsCommand {
     Connect(ConnectCmd),
     /// Serve an existing tunnel like `connect`, in a full-screen view of its requests (live list,
     /// details, replay).
+    ///
+    /// Keys: ↑/↓ or k/j select, Home/End newest/oldest, PgUp/PgDn scroll the detail, r replays the selected
+    /// request, ? lists the keys, q/Esc/Ctrl-C quit. Needs a terminal (stdin and stdout).
     Monitor(ConnectCmd),
     #[command(flatten)]
     Inspect(inspect_cli::InspectCommand),

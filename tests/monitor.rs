@@ -465,3 +465,15 @@ async fn monitor_without_a_terminal_is_a_usage_error_before_any_api_call() {
     assert_eq!(std::fs::read(&file).unwrap(), b"", "no escape codes in the file");
     assert_eq!(tunnels(&server).await.len(), 1, "only the tunnel made above");
 }
+
+#[test]
+fn monitor_help_lists_the_keys() {
+    for args in [&["tunnels", "monitor", "--help"][..], &["start", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_hookway")).args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        for key in ["k/j select", "PgUp/PgDn scroll the detail", "r replays", "q/Esc/Ctrl-C quit"] {
+            assert!(help.contains(key), "{args:?}: {key:?} missing from\n{help}");
+        }
+    }
+}

@@ -12,6 +12,8 @@ use super::records::{LineKind, Summary, clean, fit};
 
 /// The help line, always on screen.
 const HELP: &str = " ↑/↓ j/k select   PgUp/PgDn scroll detail   r replay   ? more help   q/Esc quit";
+/// The help line while the expanded help is open.
+const HELP_OPEN: &str = " ? close this help   q/Esc quit";
 /// The expanded help (`?`).
 const HELP_LONG: [&str; 8] = [
     "Up/Down, k/j    select a newer/older request",
@@ -46,7 +48,8 @@ pub fn draw(f: &mut Frame, app: &App, list: &mut TableState) {
     draw_list(f, app, list, list_area);
     draw_detail(f, app, detail);
     f.render_widget(Paragraph::new(format!(" {}", clean(&app.status))), status);
-    f.render_widget(Paragraph::new(HELP).style(Style::new().add_modifier(Modifier::REVERSED)), help);
+    let hint = if app.help { HELP_OPEN } else { HELP };
+    f.render_widget(Paragraph::new(hint).style(Style::new().add_modifier(Modifier::REVERSED)), help);
     if app.help {
         draw_help(f, list_area.union(detail));
     }
@@ -323,7 +326,11 @@ mod tests {
         let s = screen(&app);
         let row = s.lines().find(|l| l.contains("/xxx")).unwrap();
         assert!(row.contains("x… 200"), "{row}");
+        assert!(s.contains("? more help"), "{s}");
         app.help = true;
-        assert!(screen(&app).contains("replay the selected request"));
+        let s = screen(&app);
+        assert!(s.contains("replay the selected request"), "{s}");
+        let hint = s.lines().last().unwrap();
+        assert!(hint.contains("? close this help") && !hint.contains("more help"), "{hint}");
     }
 }
