@@ -204,6 +204,8 @@ impl App {
     /// Applies a key.
     pub fn key(&mut self, key: Key) -> Option<Action> {
         match key {
+            // Esc closes the help first: quitting takes the tunnel offline.
+            Key::Esc if self.help => self.help = false,
             Key::Char('q') | Key::Esc | Key::CtrlC => return Some(Action::Quit),
             Key::Char('?') => self.help = !self.help,
             Key::Char('r') => {
@@ -358,6 +360,8 @@ mod tests {
         }
         app.key(Key::Char('?'));
         assert!(app.help);
+        assert_eq!(app.key(Key::Esc), None, "Esc closes the help, and does not quit");
+        assert!(!app.help);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::records::{LineKind, Summary, clean, fit};
 /// The help line, always on screen.
 const HELP: &str = " ↑/↓ j/k select   PgUp/PgDn scroll detail   r replay   ? more help   q/Esc quit";
 /// The help line while the expanded help is open.
-const HELP_OPEN: &str = " ? close this help   q/Esc quit";
+const HELP_OPEN: &str = " ?/Esc close this help   q quit";
 /// The expanded help (`?`).
 const HELP_LONG: [&str; 8] = [
     "Up/Down, k/j    select a newer/older request",
@@ -22,7 +22,7 @@ const HELP_LONG: [&str; 8] = [
     "r               replay the selected request through the tunnel",
     "                (the new record appears at the top when it is done)",
     "q, Esc, Ctrl-C  quit (the tunnel goes offline)",
-    "?               close this help",
+    "?, Esc          close this help",
     "Full bodies: hookway tunnels request <tunnel> <request>",
 ];
 
@@ -331,6 +331,6 @@ mod tests {
         let s = screen(&app);
         assert!(s.contains("replay the selected request"), "{s}");
         let hint = s.lines().last().unwrap();
-        assert!(hint.contains("? close this help") && !hint.contains("more help"), "{hint}");
+        assert!(hint.contains("?/Esc close this help") && !hint.contains("more help"), "{hint}");
     }
 }
