@@ -27,6 +27,8 @@ mod inspect_cli;
 mod monitor_cli;
 #[path = "cli/output.rs"]
 mod output;
+#[path = "cli/table.rs"]
+mod table;
 #[path = "cli/webhooks.rs"]
 mod webhooks_cli;
 

@@ -149,7 +149,7 @@ fn print_table(v: &Value, width: usize) {
 }
 
 /// The terminal's width, else `COLUMNS`, else [`DEFAULT_WIDTH`].
-fn terminal_width() -> usize {
+pub fn terminal_width() -> usize {
     use std::io::IsTerminal;
     if std::io::stdout().is_terminal() {
         if let Ok((cols, _)) = crossterm::terminal::size() {

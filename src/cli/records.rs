@@ -96,6 +96,17 @@ fn full_time(rfc3339: &str) -> String {
         .unwrap_or_else(|| rfc3339.to_owned())
 }
 
+/// Date and time in local time, to the millisecond, always 23 characters
+/// (`2026-11-22 10:00:00.120`: RFC 3339 drops a fraction's trailing zeros,
+/// which would change a column's width from row to row).
+pub fn local_time(rfc3339: &str) -> String {
+    let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]");
+    OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .ok()
+        .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
+        .unwrap_or_else(|| clean(rfc3339))
+}
+
 /// `s` cut to `width` characters, ending with `…` when cut.
 pub fn fit(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
@@ -405,6 +416,10 @@ mod tests {
         assert_eq!(s.outcome_text(), "tunnel-offline (replay)");
         assert_eq!(s.clock().len(), "10:00:00.123".len());
         assert!(s.clock().ends_with(":00.123"), "{}", s.clock());
+        assert_eq!(local_time("2026-11-22T10:00:00.1Z").len(), "2026-11-22 10:00:00.100".len());
+        assert!(local_time("2026-11-22T10:00:00.1Z").ends_with(":00.100"));
+        assert!(local_time("2026-11-22T10:00:00Z").ends_with(":00.000"));
+        assert_eq!(local_time("not a time"), "not a time");
         assert_eq!(fit("/abcdef", 4), "/ab…");
         assert_eq!(fit("/ab", 4), "/ab");
     }

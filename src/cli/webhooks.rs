@@ -5,6 +5,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
+use super::inspect_cli::records::{clean, local_time};
+use super::inspect_cli::terminal_width;
+use super::table::{self, Align};
 use super::{ClientArgs, ClientOnly, api, show};
 
 /// The events a webhook can subscribe to.
@@ -126,6 +129,37 @@ fn fields_json(fields: WebhookFields, body: &mut Map<String, Value>) -> Result<(
     Ok(())
 }
 
+/// A string field, made safe to print.
+fn text(v: &Value) -> String {
+    clean(v.as_str().unwrap_or(""))
+}
+
+/// One row of `webhooks list`.
+fn list_row(w: &Value) -> Vec<String> {
+    let rate = w["health"]["successRate24h"].as_f64().map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
+    let events: Vec<&str> = w["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    vec![
+        text(&w["id"]),
+        w["enabled"].as_bool().map_or("-".into(), |e| e.to_string()),
+        w["health"]["requests24h"].as_u64().map_or("-".into(), |n| n.to_string()),
+        rate,
+        text(&w["url"]),
+        events.join(","),
+    ]
+}
+
+/// One row of `webhooks deliveries`.
+fn delivery_row(d: &Value) -> Vec<String> {
+    vec![
+        local_time(d["createdAt"].as_str().unwrap_or("")),
+        text(&d["event"]),
+        text(&d["status"]),
+        d["attempts"].as_u64().map_or("-".into(), |n| n.to_string()),
+        d["lastResponseStatus"].as_u64().map_or("-".into(), |s| s.to_string()),
+        text(&d["lastError"]),
+    ]
+}
+
 /// Runs a `webhooks` subcommand.
 pub async fn run(cmd: WebhooksCommand) -> Result<()> {
     match cmd {
@@ -135,20 +169,17 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                 println!("{v}");
                 return Ok(());
             }
-            println!("{:<20} {:<8} {:>9} {:>8}  {:<40} EVENTS", "ID", "ENABLED", "REQS/24H", "SUCCESS", "URL");
-            for w in v["webhooks"].as_array().into_iter().flatten() {
-                let rate = w["health"]["successRate24h"].as_f64().map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
-                let events: Vec<&str> =
-                    w["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                println!(
-                    "{:<20} {:<8} {:>9} {:>8}  {:<40} {}",
-                    w["id"].as_str().unwrap_or(""),
-                    w["enabled"],
-                    w["health"]["requests24h"],
-                    rate,
-                    w["url"].as_str().unwrap_or(""),
-                    events.join(",")
-                );
+            let rows: Vec<Vec<String>> = v["webhooks"].as_array().into_iter().flatten().map(list_row).collect();
+            let columns = [
+                ("ID", Align::Left),
+                ("ENABLED", Align::Left),
+                ("REQS/24H", Align::Right),
+                ("SUCCESS", Align::Right),
+                ("URL", Align::Left),
+                ("EVENTS", Align::Left),
+            ];
+            for line in table::render(&columns, &rows, None) {
+                println!("{line}");
             }
         }
         WebhooksCommand::Get(WebhookId { id, client }) => {
@@ -214,18 +245,17 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                 println!("{v}");
                 return Ok(());
             }
-            println!("{:<24} {:<20} {:<10} {:>8} {:>6}  DETAIL", "TIME", "EVENT", "STATUS", "ATTEMPTS", "HTTP");
-            for d in v["deliveries"].as_array().into_iter().flatten() {
-                let http = d["lastResponseStatus"].as_u64().map_or("-".into(), |s| s.to_string());
-                println!(
-                    "{:<24} {:<20} {:<10} {:>8} {:>6}  {}",
-                    d["createdAt"].as_str().unwrap_or(""),
-                    d["event"].as_str().unwrap_or(""),
-                    d["status"].as_str().unwrap_or(""),
-                    d["attempts"],
-                    http,
-                    d["lastError"].as_str().unwrap_or("")
-                );
+            let rows: Vec<Vec<String>> = v["deliveries"].as_array().into_iter().flatten().map(delivery_row).collect();
+            let columns = [
+                ("TIME", Align::Left),
+                ("EVENT", Align::Left),
+                ("STATUS", Align::Left),
+                ("ATTEMPTS", Align::Right),
+                ("HTTP", Align::Right),
+                ("DETAIL", Align::Left),
+            ];
+            for line in table::render(&columns, &rows, Some(terminal_width())) {
+                println!("{line}");
             }
         }
         WebhooksCommand::RegenerateSigningKey(WebhookId { id, client }) => {
