@@ -560,7 +560,7 @@ async fn test_sends_are_delivered_but_not_logged() {
         &server,
         json!({
             "url": receiver.url(), "events": ALL_EVENTS,
-            "customHeaders": { "Authorization": "Bearer receiver-secret", "Webhook-Id": "forged" },
+            "customHeaders": { "Authorization": "Bearer receiver-secret" },
         }),
     )
     .await;
@@ -584,7 +584,6 @@ async fn test_sends_are_delivered_but_not_logged() {
     assert_eq!(got.len(), 4);
     for r in &got {
         assert!(r.verifies(&key), "test sends are signed too");
-        assert_ne!(r.msg_id(), "forged", "custom headers cannot override webhook-id");
         assert_eq!(r.header("authorization"), "Bearer receiver-secret");
         assert!(ALL_EVENTS.contains(&r.event().as_str()), "{}", r.body);
     }
@@ -779,6 +778,55 @@ async fn private_destinations_are_refused_without_the_flag() {
     assert_eq!(webhook_object(&server, &wh).await["url"], "https://hooks.example.com/x");
     let (_, list) = call(&server, Method::GET, "/api/webhooks", None).await;
     assert_eq!(list["webhooks"].as_array().map(Vec::len), Some(1), "refused webhooks are not saved: {list}");
+}
+
+/// Headers every delivery sets itself would never be sent as custom ones: the
+/// API refuses them, naming the header, and one stored before it did is skipped.
+#[tokio::test]
+async fn headers_hookway_sets_are_refused_as_custom_headers_and_skipped_if_stored() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let url = receiver.url();
+    let (wh, key) = create_webhook(
+        &server,
+        json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": { "X-Kept": "yes" } }),
+    )
+    .await;
+    for name in
+        ["webhook-id", "Webhook-Signature", "WEBHOOK-TIMESTAMP", "Content-Type", "content-length", "User-Agent", "Host"]
+    {
+        let headers = json!({ name: "x" });
+        let body = json!({ "url": url, "events": ["tunnel.connected"], "customHeaders": headers });
+        let (status, v) = call(&server, Method::POST, "/api/webhooks", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(error.contains(&format!("'{name}'")) && error.contains("set by hookway"), "{name}: {error}");
+        let (status, v) =
+            call(&server, Method::PATCH, &format!("/api/webhooks/{wh}"), Some(json!({ "customHeaders": headers })))
+                .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "update with {name}: {v}");
+    }
+    assert_eq!(webhook_object(&server, &wh).await["customHeaders"], json!({ "X-Kept": "yes" }), "nothing was saved");
+
+    // One stored before the API refused them: written to the database, loaded on restart.
+    let mut stored = server.store.blocking().load_webhooks().unwrap().into_iter().find(|w| w.id == wh).unwrap();
+    stored.custom_headers = vec![
+        ("Webhook-Id".into(), "forged".into()),
+        ("Content-Type".into(), "text/plain".into()),
+        ("User-Agent".into(), "forged-agent".into()),
+        ("X-Kept".into(), "yes".into()),
+    ];
+    server.store.blocking().save_webhook(&stored).unwrap();
+    let server = TestServer::start_in(server.stop().await, fast).await;
+    let (status, v) = call(&server, Method::POST, &format!("/api/webhooks/{wh}/test"), None).await;
+    assert_eq!((status, &v["results"][0]["ok"]), (StatusCode::OK, &json!(true)), "{v}");
+    let got = receiver.wait_for(Duration::from_secs(2), |rs| !rs.is_empty()).await;
+    assert_eq!(got.len(), 1);
+    assert_ne!(got[0].msg_id(), "forged", "a stored webhook-id never replaces ours");
+    assert_eq!(got[0].header("content-type"), "application/json");
+    assert!(got[0].header("user-agent").starts_with("hookway/"), "{}", got[0].header("user-agent"));
+    assert_eq!(got[0].header("x-kept"), "yes");
+    assert!(got[0].verifies(&key));
 }
 
 #[tokio::test]

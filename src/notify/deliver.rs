@@ -12,9 +12,17 @@ use crate::store::WebhookRecord;
 /// How much of a receiver's answer is kept for the delivery log.
 pub const MAX_LOGGED_RESPONSE: usize = 1024;
 
-/// Headers we set; custom headers never override them.
-const RESERVED: &[&str] =
+/// Headers every delivery sets itself (lowercase): the signature's three, the
+/// body's type and length, and what the HTTP client adds (`host`,
+/// `user-agent`). The API refuses them as custom headers, and a webhook
+/// stored before it did has them skipped here: ours always win.
+pub const RESERVED_HEADERS: &[&str] =
     &["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host", "user-agent"];
+
+/// Whether `name` (any case) is one of [`RESERVED_HEADERS`].
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
 
 /// What an attempt produced, for the outbox.
 #[derive(Debug, Clone)]
@@ -72,10 +80,10 @@ pub async fn attempt(
     };
     let mut headers = HeaderMap::new();
     for (name, value) in &webhook.custom_headers {
-        let lower = name.to_ascii_lowercase();
-        if RESERVED.contains(&lower.as_str()) {
+        if is_reserved(name) {
             continue;
         }
+        let lower = name.to_ascii_lowercase();
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_str(value)) {
             // Refused by the API since; a webhook stored before may still have one.
             if !crate::headers::is_hop_by_hop(&n) && n != http::header::EXPECT {
@@ -90,6 +98,7 @@ pub async fn attempt(
         ("webhook-signature", signature),
     ];
     for (name, value) in ours {
+        debug_assert!(is_reserved(name), "{name} must be in RESERVED_HEADERS, or the API lets it be a custom header");
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
         }

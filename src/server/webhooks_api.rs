@@ -16,7 +16,7 @@ use super::http::json as json_response;
 use super::names;
 use super::routes::{ANY, Routes, unrouted};
 use crate::notify::notifier::now_ms;
-use crate::notify::{EventKind, sign, ssrf};
+use crate::notify::{EventKind, deliver, sign, ssrf};
 use crate::store::{DeliveryRecord, Health, WebhookRecord};
 
 /// Most custom headers on one webhook.
@@ -180,6 +180,13 @@ fn apply(state: &State, w: &mut WebhookRecord, body: &Map<String, Value>) -> Res
                 if crate::headers::is_hop_by_hop(&parsed) || parsed == http::header::EXPECT {
                     return Err(ApiError::bad(format!(
                         "'{name}' describes the connection, not the message, and cannot be a custom header"
+                    )));
+                }
+                // Every delivery sets these itself, so a custom one would never be sent.
+                if deliver::is_reserved(parsed.as_str()) {
+                    return Err(ApiError::bad(format!(
+                        "'{name}' is set by hookway on every delivery and cannot be a custom header (reserved: {})",
+                        deliver::RESERVED_HEADERS.join(", ")
                     )));
                 }
                 http::HeaderValue::from_str(value)
