@@ -169,11 +169,31 @@ async fn webhook_verbs_round_trip_through_the_api() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("shown only now"), "{err}");
-    let created: Value = serde_json::from_str(&out).unwrap();
-    assert!(created["signingKey"].as_str().unwrap().starts_with("whsec_"));
-    assert_eq!(created["webhook"]["events"].as_array().unwrap().len(), 4);
-    assert_eq!(created["webhook"]["customHeaders"]["X-Team"], "ops");
-    let id = created["webhook"]["id"].as_str().unwrap().to_owned();
+    // Readable lines, not JSON: `key: value`, the signing key last.
+    let field = |out: &str, key: &str| {
+        let line = out.lines().find(|l| l.starts_with(&format!("{key}:"))).unwrap_or_else(|| panic!("{key} in {out}"));
+        line[key.len() + 1..].trim().to_owned()
+    };
+    assert!(!out.contains('{'), "{out}");
+    assert!(field(&out, "signing key").starts_with("whsec_"), "{out}");
+    assert_eq!(field(&out, "events"), "tunnel.connected, tunnel.disconnected, token.connected, token.disconnected");
+    assert_eq!(field(&out, "header"), "X-Team: ops");
+    let id = field(&out, "id");
+    assert!(id.starts_with("wh_"), "{out}");
+
+    let (code, out, err) = hookway(&["webhooks", "get", &id], Some(&server), key).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!((field(&out, "url"), field(&out, "enabled")), ("http://127.0.0.1:9/hook".into(), "yes".into()));
+    assert!(!out.contains("signing key") && !err.contains("shown only now"), "{out}{err}");
+    let (code, out, err) = hookway(&["webhooks", "regenerate-signing-key", &id], Some(&server), key).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(field(&out, "signing key").starts_with("whsec_") && err.contains("shown only now"), "{out}{err}");
+    let (code, out, err) = hookway(&["webhooks", "regenerate-signing-key", &id, "--json"], Some(&server), key).await;
+    assert_eq!(code, 0, "{err}");
+    let regenerated: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(regenerated["signingKey"].as_str().unwrap().starts_with("whsec_"));
+    assert_eq!(regenerated["webhook"]["id"], id.as_str());
+    assert!(!err.contains("shown only now"), "--json prints the answer only: {err}");
 
     let (code, out, _) = hookway(&["webhooks", "list"], Some(&server), key).await;
     assert_eq!(code, 0);

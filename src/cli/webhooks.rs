@@ -160,6 +160,57 @@ fn delivery_row(d: &Value) -> Vec<String> {
     ]
 }
 
+/// Calls the API and prints the webhook it answers with: the JSON as is with
+/// `--json`, else [`webhook_lines`], and a signing key with the reminder that
+/// it is shown only now.
+async fn show_webhook(client: &ClientArgs, method: Method, path: &str, body: Option<&Value>) -> Result<()> {
+    let v = api(client)?.call(method, path, body).await?;
+    if client.json {
+        println!("{v}");
+        return Ok(());
+    }
+    for line in webhook_lines(&v["webhook"], v["signingKey"].as_str()) {
+        println!("{line}");
+    }
+    if v["signingKey"].is_string() {
+        eprintln!("\nThe signing key is shown only now: store it; receivers verify deliveries with it.");
+    }
+    Ok(())
+}
+
+/// A webhook object as `key: value` lines, with its signing key when the API
+/// just issued one.
+fn webhook_lines(w: &Value, signing_key: Option<&str>) -> Vec<String> {
+    let list = |v: &Value| v.as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
+    let health = match (w["health"]["requests24h"].as_u64(), w["health"]["successRate24h"].as_f64()) {
+        (Some(n), Some(rate)) if n > 0 => format!("{n} deliveries in 24 h, {:.0}% succeeded", rate * 100.0),
+        _ => "no deliveries in 24 h".to_owned(),
+    };
+    let mut fields = vec![
+        ("id", text(&w["id"])),
+        ("name", text(&w["name"])),
+        ("url", text(&w["url"])),
+        ("events", list(&w["events"])),
+        ("group", w["group"].as_str().map_or_else(|| "- (every group)".to_owned(), clean)),
+        ("enabled", if w["enabled"] == true { "yes" } else { "no (paused)" }.to_owned()),
+    ];
+    let headers = w["customHeaders"].as_object().filter(|h| !h.is_empty());
+    match headers {
+        None => fields.push(("headers", "-".to_owned())),
+        Some(h) => {
+            fields.extend(h.iter().map(|(k, v)| ("header", clean(&format!("{k}: {}", v.as_str().unwrap_or(""))))))
+        }
+    }
+    fields.push(("health", health));
+    fields.push(("created", local_time(w["createdAt"].as_str().unwrap_or(""))));
+    fields.push(("updated", local_time(w["updatedAt"].as_str().unwrap_or(""))));
+    if let Some(key) = signing_key {
+        fields.push(("signing key", clean(key)));
+    }
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    fields.into_iter().map(|(k, v)| format!("{:<width$} {v}", format!("{k}:"))).collect()
+}
+
 /// Runs a `webhooks` subcommand.
 pub async fn run(cmd: WebhooksCommand) -> Result<()> {
     match cmd {
@@ -183,7 +234,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
         }
         WebhooksCommand::Get(WebhookId { id, client }) => {
-            show(&client, Method::GET, &format!("/api/webhooks/{id}"), None).await?;
+            show_webhook(&client, Method::GET, &format!("/api/webhooks/{id}"), None).await?;
         }
         WebhooksCommand::Create { url, events, disabled, fields, client } => {
             let mut body = Map::new();
@@ -193,10 +244,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                 body.insert("enabled".into(), Value::Bool(false));
             }
             fields_json(fields, &mut body)?;
-            show(&client, Method::POST, "/api/webhooks", Some(&Value::Object(body))).await?;
-            if !client.json {
-                eprintln!("\nThe signing key is shown only now: receivers verify deliveries with it.");
-            }
+            show_webhook(&client, Method::POST, "/api/webhooks", Some(&Value::Object(body))).await?;
         }
         WebhooksCommand::Update { id, url, events, enable, disable, no_group, fields, client } => {
             let mut body = Map::new();
@@ -218,7 +266,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                     "nothing to update: pass --url, --events, --name, --group, --no-group, --header, --enable or --disable"
                 );
             }
-            show(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
+            show_webhook(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
         }
         WebhooksCommand::Delete(WebhookId { id, client }) => {
             show(&client, Method::DELETE, &format!("/api/webhooks/{id}"), None).await?;
@@ -259,8 +307,42 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
         }
         WebhooksCommand::RegenerateSigningKey(WebhookId { id, client }) => {
-            show(&client, Method::POST, &format!("/api/webhooks/{id}/regenerate-signing-key"), None).await?;
+            let path = format!("/api/webhooks/{id}/regenerate-signing-key");
+            show_webhook(&client, Method::POST, &path, None).await?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_webhook_reads_as_key_value_lines() {
+        let w = json!({
+            "id": "wh_1", "name": "ops", "url": "https://ops.example/hook", "events": ["tunnel.connected", "token.connected"],
+            "group": null, "enabled": false, "customHeaders": {"X-Team": "ops"},
+            "createdAt": "2026-11-22T10:00:00Z", "updatedAt": "2026-11-22T10:00:00.5Z",
+            "health": {"requests24h": 4, "successRate24h": 0.75},
+        });
+        let lines = webhook_lines(&w, Some("whsec_abc"));
+        for expected in [
+            "id:          wh_1",
+            "url:         https://ops.example/hook",
+            "events:      tunnel.connected, token.connected",
+            "group:       - (every group)",
+            "enabled:     no (paused)",
+            "header:      X-Team: ops",
+            "health:      4 deliveries in 24 h, 75% succeeded",
+            "signing key: whsec_abc",
+        ] {
+            assert!(lines.iter().any(|l| l == expected), "{expected:?} in {lines:#?}");
+        }
+        let lines = webhook_lines(&json!({"customHeaders": {}, "health": {"requests24h": 0}}), None);
+        assert!(
+            lines.iter().any(|l| l == "headers: -") && !lines.iter().any(|l| l.starts_with("signing")),
+            "{lines:#?}"
+        );
+    }
 }
