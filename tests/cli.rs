@@ -141,6 +141,39 @@ async fn start_json(server: &TestServer) -> (tokio::process::Child, CliLines, St
     (child, lines, connected["tunnelUrl"].as_str().unwrap().to_owned())
 }
 
+/// `tunnels replay` exits 1 when the edge answered in the app's place (the
+/// `x-hookway-error` answers), and 0 for any answer of the app, a 500 too.
+#[tokio::test]
+async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
+    let server = TestServer::start().await;
+    let key = Some(API_KEY);
+    let app = spawn_app().await;
+    let (answered, token, _) = create_tunnel(&server, None).await;
+    let up = TestClient::connect(&server, &answered, &token, app.port()).await;
+    let resp = http().post(format!("{}/echo?status=500", up.tunnel_url)).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let (unreachable, token, _) = create_tunnel(&server, None).await;
+    let down = TestClient::connect(&server, &unreachable, &token, closed_port().await).await;
+    assert_eq!(http().get(format!("{}/hook", down.tunnel_url)).send().await.unwrap().status(), 502);
+
+    let req = wait_for_records(&server, &answered, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = hookway(&["tunnels", "replay", &answered, &req], Some(&server), key).await;
+    assert_eq!(code, 0, "the app answered, with a 500: {out}{err}");
+    assert!(out.contains(": 500 ok in "), "{out}");
+
+    let req = wait_for_records(&server, &unreachable, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = hookway(&["tunnels", "replay", &unreachable, &req], Some(&server), key).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("Replayed {req} as req_")) && out.contains(": 502 local-unreachable in "),
+        "{out}"
+    );
+    assert!(err.contains("did not reach the app") && err.contains("local-unreachable"), "{err}");
+    let (code, out, _) = hookway(&["tunnels", "replay", &unreachable, &req, "--json"], Some(&server), key).await;
+    assert_eq!(code, 1, "--json exits alike");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["request"]["outcome"], "local-unreachable");
+}
+
 #[tokio::test]
 async fn start_exposes_a_port_in_one_command() {
     let server = TestServer::start().await;
@@ -207,10 +240,14 @@ async fn webhook_verbs_round_trip_through_the_api() {
     assert_eq!(updated["webhook"]["group"], "prod");
     assert_eq!(updated["webhook"]["events"], serde_json::json!(["tunnel.connected"]));
 
-    // Nothing listens on port 9: the test reports the failure per event.
-    let (code, out, _) = hookway(&["webhooks", "test", &id], Some(&server), key).await;
-    assert_eq!(code, 0);
+    // Nothing listens on port 9: the test reports the failure per event, and exits 1.
+    let (code, out, err) = hookway(&["webhooks", "test", &id], Some(&server), key).await;
+    assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("FAIL") && out.contains("tunnel.connected"), "{out}");
+    assert!(err.contains("1 of 1 test deliveries failed"), "{err}");
+    let (code, out, _) = hookway(&["webhooks", "test", &id, "--json"], Some(&server), key).await;
+    assert_eq!(code, 1, "--json exits alike");
+    assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["results"][0]["ok"], false);
     let (code, out, _) = hookway(&["webhooks", "deliveries", &id, "--json"], Some(&server), key).await;
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["deliveries"], serde_json::json!([]));

@@ -129,3 +129,21 @@ async fn listings_line_up_whatever_the_values() {
     }
     client.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn test_exits_1_when_a_test_delivery_failed() {
+    let server = TestServer::start_with(|c| c.webhooks.allow_private = true).await;
+    let events = json!(["tunnel.connected", "token.disconnected"]);
+    let fine = receiver(200, "ok").await;
+    let id = create_webhook(&server, json!({"url": format!("http://{fine}/hook"), "events": events})).await;
+    let (code, out, err) = hookway(&["webhooks", "test", &id], &server).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ") && l.contains("HTTP 200")).count(), 2, "{out}");
+
+    let broken = receiver(500, "boom").await;
+    let id = create_webhook(&server, json!({"url": format!("http://{broken}/hook"), "events": events})).await;
+    let (code, out, err) = hookway(&["webhooks", "test", &id], &server).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("FAIL") && l.contains("HTTP 500")).count(), 2, "{out}");
+    assert!(err.contains("2 of 2 test deliveries failed"), "{err}");
+}

@@ -109,10 +109,16 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await?;
             if client.json {
                 println!("{v}");
+                if let Some(kind) = edge_error(&v["request"]) {
+                    bail!("the replay did not reach the app: the edge answered {kind}");
+                }
                 return Ok(());
             }
             let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
             println!("Replayed {req} as {}: {} {} in {}", new.id, new.status_text(), new.outcome, new.duration_text());
+            if let Some(kind) = edge_error(&v["request"]) {
+                bail!("the replay did not reach the app: the edge answered {} {kind}", new.status_text());
+            }
         }
         InspectCommand::ClearRequests { id, client } => {
             let v = api(&client)?.call(Method::DELETE, &format!("/api/tunnels/{id}/requests"), None).await?;
@@ -124,6 +130,17 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The kind of the edge's own answer (`local-unreachable`, `tunnel-offline`,
+/// `timeout`, …) when the replay got one instead of the app's: the
+/// `x-hookway-error` header of the recorded response. An answer of the app,
+/// whatever its status, is `None`, even one carrying that header itself: the
+/// record's `outcome` names the edge's error only when the edge made it.
+fn edge_error(detail: &Value) -> Option<String> {
+    let header = &detail["response"]["headers"]["x-hookway-error"];
+    let kind = header.as_str().or_else(|| header[0].as_str())?;
+    (detail["outcome"] == kind).then(|| records::clean(kind))
 }
 
 /// The columns the user asked for; PATH takes what the others leave.

@@ -273,18 +273,25 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
         }
         WebhooksCommand::Test(WebhookId { id, client }) => {
             let v = api(&client)?.call(Method::POST, &format!("/api/webhooks/{id}/test"), Some(&json!({}))).await?;
+            let results = v["results"].as_array().map_or(&[][..], Vec::as_slice);
             if client.json {
                 println!("{v}");
-                return Ok(());
+            } else {
+                for r in results {
+                    let outcome = match (r["status"].as_u64(), r["error"].as_str()) {
+                        (Some(status), _) => format!("HTTP {status}"),
+                        (None, Some(err)) => clean(err),
+                        (None, None) => "no answer".to_owned(),
+                    };
+                    let mark = if r["ok"] == true { "ok  " } else { "FAIL" };
+                    let ms = r["durationMs"].as_u64().unwrap_or(0);
+                    println!("{mark} {:<22} {outcome} ({ms} ms)", r["event"].as_str().unwrap_or(""));
+                }
             }
-            for r in v["results"].as_array().into_iter().flatten() {
-                let outcome = match (r["status"].as_u64(), r["error"].as_str()) {
-                    (Some(status), _) => format!("HTTP {status}"),
-                    (None, Some(err)) => err.to_owned(),
-                    (None, None) => "no answer".to_owned(),
-                };
-                let mark = if r["ok"] == true { "ok  " } else { "FAIL" };
-                println!("{mark} {:<22} {outcome} ({} ms)", r["event"].as_str().unwrap_or(""), r["durationMs"]);
+            // A script running `webhooks test` learns from the exit code whether the receiver works.
+            let failed = results.iter().filter(|r| r["ok"] != true).count();
+            if failed > 0 {
+                bail!("{failed} of {} test deliveries failed", results.len());
             }
         }
         WebhooksCommand::Deliveries(WebhookId { id, client }) => {
