@@ -121,7 +121,11 @@ async fn listings_line_up_whatever_the_values() {
     let (code, out, err) = hookway(&["webhooks", "deliveries", &id], &server).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    assert_aligned(&out, &["TIME", "EVENT", "STATUS"], &["ATTEMPTS", "HTTP"]);
+    assert_aligned(&out, &["TIME", "EVENT", "STATUS", "DETAIL"], &["ATTEMPTS", "HTTP"]);
+    // No error text: the receiver's answer shows, on one line.
+    for row in out.lines().skip(1) {
+        assert!(row.ends_with("  400  nope: the payload looks wrong"), "{row}");
+    }
     for row in out.lines().skip(1) {
         let time: String = row.chars().take("2026-11-22 10:00:00.123".len()).collect();
         let b = time.as_bytes();

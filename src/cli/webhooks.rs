@@ -156,8 +156,19 @@ fn delivery_row(d: &Value) -> Vec<String> {
         text(&d["status"]),
         d["attempts"].as_u64().map_or("-".into(), |n| n.to_string()),
         d["lastResponseStatus"].as_u64().map_or("-".into(), |s| s.to_string()),
-        text(&d["lastError"]),
+        delivery_detail(d),
     ]
+}
+
+/// Why the last attempt failed, else the start of the receiver's answer on one
+/// line (so a 500's explanation shows), else nothing.
+fn delivery_detail(d: &Value) -> String {
+    let one_line = |s: &str| clean(&s.split_whitespace().collect::<Vec<_>>().join(" "));
+    match (d["lastError"].as_str(), d["lastResponseBody"].as_str()) {
+        (Some(err), _) if !err.trim().is_empty() => one_line(err),
+        (_, Some(body)) => one_line(body),
+        _ => String::new(),
+    }
 }
 
 /// Calls the API and prints the webhook it answers with: the JSON as is with
