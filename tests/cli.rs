@@ -71,6 +71,8 @@ async fn ids_that_are_not_ids_are_refused_before_any_request() {
         &["tunnels", "connect", "tun_x?y", "3000"],
         &["webhooks", "get", "wh_a/b"],
         &["tunnels", "update", "", "--name", "n"],
+        // Goes into the query string: `&limit=1` would override --limit.
+        &["tunnels", "requests", "tun_x3v10sgorhdgipbm", "--before", "req_x&limit=1"],
     ] {
         let (code, _, err) = hookway(&[args, &["--server", &url]].concat(), None, Some("k")).await;
         assert_eq!(code, 2, "{args:?}: {err}");

@@ -243,8 +243,12 @@ async fn inspection_commands_list_show_replay_and_clear() {
     assert_eq!(out.trim(), format!("Deleted 7 captured requests of {id}."));
     let cleared = hookway_json(&["tunnels", "clear-requests", &id, "--json"], &server).await;
     assert_eq!(cleared, serde_json::json!({"success": true, "deleted": 0}));
-    let (_, out, _) = hookway(&["tunnels", "requests", &id], &server).await;
-    assert_eq!(out.lines().count(), 1, "only the header is left: {out}");
+    let (code, out, err) = hookway(&["tunnels", "requests", &id], &server).await;
+    assert_eq!((code, out.as_str()), (0, ""), "an empty list is a hint, not a bare header: {err}");
+    assert!(err.contains("No captured requests yet") && err.contains(&format!("tunnels monitor {id}")), "{err}");
+    let (code, out, err) = hookway(&["tunnels", "requests", &id, "--before", json_id], &server).await;
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(err.contains(&format!("before {json_id}")), "{err}");
 }
 
 /// A tmux server of its own (`-L`), with one session running a command; killed on drop.

@@ -30,7 +30,7 @@ pub enum InspectCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Only requests older than this one (req_…): the next page.
-        #[arg(long, value_name = "REQ")]
+        #[arg(long, value_name = "REQ", value_parser = crate::resource_id)]
         before: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -86,8 +86,18 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                 println!("{v}");
                 return Ok(());
             }
-            print_table(&v, terminal_width());
             let items = v["requests"].as_array().map_or(0, Vec::len);
+            if items == 0 {
+                match &before {
+                    Some(before) => eprintln!("No captured requests of {id} before {before}."),
+                    None => eprintln!(
+                        "No captured requests yet: requests to the tunnel's URL show here \
+                         (`hookway tunnels monitor {id} <port>` serves it and watches them arrive)."
+                    ),
+                }
+                return Ok(());
+            }
+            print_table(&v, terminal_width());
             if items > 0 && items == limit as usize {
                 let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
                 eprintln!("More: hookway tunnels requests {id} --limit {limit} --before {last}");
