@@ -229,6 +229,19 @@ async fn inspection_commands_list_show_replay_and_clear() {
     );
     let (code, _, err) = hookway(&["tunnels", "replay", &id, &nocap], &server).await;
     assert!(code != 0 && err.contains("409"), "no body to replay: {err}");
+    // In the CLI's words, not the API's.
+    assert!(err.contains("bodies are not captured") && err.contains("--body TEXT or --body-file PATH"), "{err}");
+    assert!(!err.contains(r#"{"body""#), "{err}");
+    let (status, api) = raw_api(
+        &server,
+        reqwest::Method::POST,
+        &format!("/api/tunnels/{id}/requests/{nocap}/replay"),
+        Some(&bearer()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(api["error"].as_str().unwrap().ends_with(r#"send the body to replay with {"body": "…"}"#), "{api}");
     let updated = hookway_json(&["tunnels", "update", &id, "--capture-bodies", "--json"], &server).await;
     assert_eq!(updated["tunnel"].get("captureBodies"), None, "only shown when off: {updated}");
     let (code, _, err) = hookway(&["tunnels", "update", &id], &server).await;

@@ -10,6 +10,9 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value};
 
+use hookway::client::ApiError;
+use hookway::server::requests_api::REPLAY_BODY_HINT;
+
 use super::{ClientArgs, api};
 use records::{Summary, detail_lines, fit};
 
@@ -116,7 +119,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
         InspectCommand::Replay { request: RequestArg { id, req, client }, body, body_file, headers } => {
             let payload = replay_body(body, body_file, &headers)?;
             let path = format!("/api/tunnels/{id}/requests/{req}/replay");
-            let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await?;
+            let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await.map_err(cli_wording)?;
             if client.json {
                 println!("{v}");
                 if let Some(kind) = edge_error(&v["request"]) {
@@ -140,6 +143,18 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A replay refused for want of a whole captured body (409) tells API users to
+/// send `{"body": …}`; from the shell that is `--body` or `--body-file`.
+fn cli_wording(err: ApiError) -> ApiError {
+    match err {
+        ApiError::Status { status: 409, message } if message.contains(REPLAY_BODY_HINT) => ApiError::Status {
+            status: 409,
+            message: message.replace(REPLAY_BODY_HINT, "pass the body to send with --body TEXT or --body-file PATH"),
+        },
+        other => other,
+    }
 }
 
 /// The kind of the edge's own answer (`local-unreachable`, `tunnel-offline`,

@@ -262,6 +262,10 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     }
 }
 
+/// How a replay refused for want of a whole captured body says what to do
+/// (409); the CLI finds it there to name its own flags instead.
+pub const REPLAY_BODY_HINT: &str = "send the body to replay with {\"body\": \"…\"}";
+
 fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<Bytes, ApiError> {
     let base64 = match edits.get("bodyEncoding") {
         None | Some(Value::Null) => false,
@@ -278,11 +282,9 @@ fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<B
             let body = &original.request.body;
             match &body.data {
                 _ if body.size == 0 => Ok(Bytes::new()),
-                None => Err(ApiError::conflict(
-                    "bodies are not captured for this tunnel; send the body to replay with {\"body\": \"…\"}",
-                )),
+                None => Err(ApiError::conflict(format!("bodies are not captured for this tunnel; {REPLAY_BODY_HINT}"))),
                 Some(_) if body.truncated => Err(ApiError::conflict(format!(
-                    "the captured body was cut at {} of {} bytes; send the body to replay with {{\"body\": \"…\"}}",
+                    "the captured body was cut at {} of {} bytes; {REPLAY_BODY_HINT}",
                     body.data.as_ref().map_or(0, |d| d.len()),
                     body.size
                 ))),
