@@ -303,3 +303,30 @@ async fn callers_of_a_slow_client_wait_with_their_bodies_unread() {
     // when every caller's body was read at once.
     assert!(peak < baseline + 130, "peak memory {peak} MiB (before the callers: {baseline} MiB)");
 }
+
+/// Uploads in progress hold the intake's room (by declared length), but a
+/// request without a body needs none: a GET must not wait behind them.
+#[tokio::test]
+async fn a_request_without_a_body_does_not_wait_for_uploads_in_progress() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|c| c.ws = limits(10_000, 60_000)).await;
+    let app = spawn_app().await;
+    let (client, _) = ws_client(&server, app.port()).await;
+    let sub = client.tunnel_url.rsplit('/').next().unwrap().to_owned();
+    // Four uploads that declare the largest body and send a little of it: the whole intake.
+    let mut uploads = Vec::new();
+    for i in 0..4 {
+        let mut s = TcpStream::connect(server.http).await.unwrap();
+        let head = format!("POST /t/{sub}/slow/{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY}\r\n\r\nabc");
+        s.write_all(head.as_bytes()).await.unwrap();
+        uploads.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = timeout(Duration::from_secs(5), http().get(format!("{}/echo", client.tunnel_url)).send())
+        .await
+        .expect("a GET waited behind the uploads")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(uploads);
+    client.shutdown.cancel();
+}

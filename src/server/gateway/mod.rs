@@ -191,7 +191,8 @@ where
     }
     // Room to read the body first: while the client is slow, later callers
     // wait here with their bodies unread.
-    let Ok(admission) = link.outbox.admit(declared.map_or(link.max_body, |n| n as usize)).await else {
+    let room = if body.is_end_stream() { 0 } else { declared.map_or(link.max_body, |n| n as usize) };
+    let Ok(admission) = link.outbox.admit(room).await else {
         return disconnected(subdomain);
     };
     let body = match Limited::new(body, link.max_body).collect().await {
@@ -325,9 +326,6 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
             return resp;
         }
     };
-    // The session keeps the socket, and so its place under the connection
-    // limit, once the connection's task ends.
-    let slot = req.extensions().get::<Arc<ConnectionSlot>>().and_then(|s| s.take());
     let limits = state.config.ws;
     // The session goes live before the 101 goes out, so a request sent the
     // moment the client sees the upgrade is queued for it, never refused.
@@ -346,6 +344,10 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let Some(session) = session::go_live(&state, &tunnel, transport, peer.ip(), &token) else {
         return json_error(StatusCode::UNAUTHORIZED, "the auth token was regenerated while connecting");
     };
+    // The session keeps the socket, and so its place under the connection
+    // limit, once the connection's task ends (taken only now: a refused
+    // upgrade leaves the place with its connection, which stays open).
+    let slot = req.extensions().get::<Arc<ConnectionSlot>>().and_then(|s| s.take());
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -383,13 +385,13 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     resp
 }
 
-/// The largest amount of request messages that may wait for one client: two
-/// of the largest, one being written while the next waits. Beyond it, requests
-/// wait for the client to read (and time out if it does not).
 /// Largest bodies one session reads at a time while its client is slow
 /// ([`Outbox::admit`]).
 const INTAKE_BODIES: usize = 4;
 
+/// The largest amount of request messages that may wait for one client: two
+/// of the largest, one being written while the next waits. Beyond it, requests
+/// wait for the client to read (and time out if it does not).
 fn outbox_budget(max_body: usize) -> usize {
     wsjson::max_message_for(max_body).saturating_mul(2)
 }

@@ -17,7 +17,11 @@
 //!   budget. Without it, callers whose requests wait for a slow client would
 //!   each hold a whole body (10 MiB by default) and its message, unbounded in
 //!   number; with it, they wait before sending their bodies, which stay in
-//!   their own sockets.
+//!   their own sockets. Room is taken whole, up front, because taking it
+//!   piece by piece as bytes arrive lets five large uploads each hold part of
+//!   it and all wait for more: nothing is ever posted. The price: a caller
+//!   that declares a large body and sends it slowly holds its room meanwhile
+//!   (up to the request timeout), so four of them make the others wait.
 
 use std::sync::{Arc, Mutex};
 
@@ -96,11 +100,12 @@ impl Outbox {
         (Self { requests, budget, budget_bytes, intake, intake_bytes }, OutboxRx { requests: rx })
     }
 
-    /// Waits for room to read a body of `bytes` (the declared length, or the
-    /// largest allowed); hold the [`Admission`] until [`post`](Self::post)
-    /// returns. Requests are admitted in the order they asked.
+    /// Waits for room to read a body of `bytes` (the declared length, the
+    /// largest allowed when none is declared, 0 for no body); hold the
+    /// [`Admission`] until [`post`](Self::post) returns. Requests are admitted
+    /// in the order they asked.
     pub async fn admit(&self, bytes: usize) -> Result<Admission, Closed> {
-        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.intake_bytes);
+        let cost = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.intake_bytes);
         self.intake.clone().acquire_many_owned(cost).await.map(|_room| Admission { _room }).map_err(|_| Closed)
     }
 
