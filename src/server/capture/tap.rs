@@ -42,6 +42,37 @@ struct Progress {
     /// a connection cut mid-body), which makes the exchange `incomplete`
     /// whatever the edge answered.
     request_failed: bool,
+    /// Whether the record was handed over already (see [`Shared::settle`]).
+    submitted: bool,
+}
+
+impl Progress {
+    /// Whether the exchange is over: both bodies read to their ends.
+    fn over(&self) -> bool {
+        let response_done = self.finished.is_some() || self.expected == Some(self.record.response_body.size);
+        response_done && self.request_read
+    }
+
+    /// The record as it stands, with the facts only its end settles; leaves a
+    /// placeholder behind.
+    fn seal(&mut self, started: Instant) -> Captured {
+        let mut record = std::mem::replace(&mut self.record, placeholder());
+        if !self.request_read {
+            // Not read to its end (tunnel offline, body refused, caller gone):
+            // what was kept is at most a start, and the declared size is the truth.
+            let body = &mut record.request_body;
+            body.size = body.size.max(self.declared.unwrap_or(0));
+            body.truncated |= body.data.is_some() && self.declared.is_none_or(|n| n > body.kept() as u64);
+        }
+        let complete = self.finished.is_some() || self.expected == Some(record.response_body.size);
+        if (!complete || self.request_failed) && record.outcome == "ok" {
+            // The caller went away, or the body stopped, before its end.
+            record.outcome = "incomplete";
+        }
+        record.duration = self.finished.unwrap_or_else(Instant::now).duration_since(started);
+        self.submitted = true;
+        record
+    }
 }
 
 #[derive(Debug)]
@@ -61,12 +92,33 @@ impl Shared {
         let mut p = self.lock();
         match side {
             Side::Request => p.record.request_body.push(chunk, limit, budget),
-            Side::Response => p.record.response_body.push(chunk, limit, budget),
+            Side::Response => {
+                p.record.response_body.push(chunk, limit, budget);
+                self.settle(p);
+            }
         }
     }
 
     fn request_read(&self) {
-        self.lock().request_read = true;
+        let mut p = self.lock();
+        p.request_read = true;
+        self.settle(p);
+    }
+
+    /// Hands the record over as soon as the exchange is over, rather than
+    /// when hyper drops the bodies: it may do so only after the caller has
+    /// the whole answer (it polls a body again to see its end), and a
+    /// listing made right away should show the request.
+    fn settle(&self, mut p: std::sync::MutexGuard<'_, Progress>) {
+        if p.submitted || !p.over() {
+            return;
+        }
+        if p.finished.is_none() {
+            p.finished = Some(Instant::now());
+        }
+        let record = p.seal(self.started);
+        drop(p);
+        self.hub.submit(record);
     }
 
     fn request_failed(&self) {
@@ -81,27 +133,17 @@ impl Shared {
                 p.record.outcome = "incomplete";
             }
         }
+        self.settle(p);
     }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         let p = self.progress.get_mut().unwrap_or_else(|p| p.into_inner());
-        let mut record = std::mem::replace(&mut p.record, placeholder());
-        if !p.request_read {
-            // Not read to its end (tunnel offline, body refused, caller gone):
-            // what was kept is at most a start, and the declared size is the truth.
-            let body = &mut record.request_body;
-            body.size = body.size.max(p.declared.unwrap_or(0));
-            body.truncated |= body.data.is_some() && p.declared.is_none_or(|n| n > body.kept() as u64);
+        if !p.submitted {
+            let record = p.seal(self.started);
+            self.hub.submit(record);
         }
-        let complete = p.finished.is_some() || p.expected == Some(record.response_body.size);
-        if (!complete || p.request_failed) && record.outcome == "ok" {
-            // The caller went away, or the body stopped, before its end.
-            record.outcome = "incomplete";
-        }
-        record.duration = p.finished.unwrap_or_else(Instant::now).duration_since(self.started);
-        self.hub.submit(record);
     }
 }
 
@@ -140,6 +182,7 @@ impl Tap {
                 declared,
                 request_read: false,
                 request_failed: false,
+                submitted: false,
             }),
         }))
     }
@@ -182,6 +225,7 @@ impl Tap {
             if no_body || is_head {
                 p.finished = Some(Instant::now());
             }
+            self.0.settle(p);
         }
         let body = std::mem::replace(resp.body_mut(), crate::server::http::full(Bytes::new()));
         *resp.body_mut() = TapBody { inner: body, tap: Some(self.0), side: Side::Response }.boxed_unsync();
