@@ -643,9 +643,10 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
         http: HttpLimits {
-            max_connections: match args.max_connections {
-                Some(n) => n as usize,
-                None => listener::max_connections_for(raise_open_file_limit()),
+            max_connections: {
+                // Raised either way: a limit given by hand still needs the descriptors.
+                let nofile = raise_open_file_limit();
+                args.max_connections.map_or_else(|| listener::max_connections_for(nofile), |n| n as usize)
             },
             ..HttpLimits::default()
         },
@@ -689,7 +690,11 @@ fn raise_open_file_limit() -> u64 {
             limit
         }
         Err(err) => {
+            // (Only Unix has the limit, and only there can raising it fail.)
+            #[cfg(unix)]
             let limit = rlimit::Resource::NOFILE.get().map_or(1024, |(soft, _)| soft);
+            #[cfg(not(unix))]
+            let limit = 1024;
             tracing::warn!(%err, limit, "cannot raise the open-file limit");
             limit
         }

@@ -77,14 +77,20 @@ pub(super) async fn session(
             };
             drain::drain(&requests, shutdown, on_event, refuse).await;
             let frame = CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() };
-            let _ = tx.send(Message::Close(Some(frame))).await;
+            // Bounded like the writer below: a server that stopped reading
+            // would otherwise hold the client here with the queue full.
+            let _ = tokio::time::timeout(CLOSE_WAIT, tx.send(Message::Close(Some(frame)))).await;
             Attempt::Stopped
         }
     };
     drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, writer).await;
     (true, end)
 }
+
+/// Longest the client waits, when it stops, to queue its close frame and for
+/// the writer to send what is queued.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Sends what `rx` carries, flushing once per batch; ends after a close frame.
 async fn write(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Message>) {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use http::{HeaderMap, Method, StatusCode};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::registry::Tunnel;
@@ -250,7 +250,13 @@ pub struct Capture {
     settled: watch::Sender<u64>,
     /// Asks the writer to end its batch window now: someone waits to read.
     flush: Notify,
+    /// Replays with large bodies under way (see [`Capture::large_replay`]).
+    large_replays: Arc<Semaphore>,
 }
+
+/// Replays whose bodies may be large (up to 32 MiB, read whole) run this many
+/// at a time: each holds its JSON, the decoded body and the request.
+pub const LARGE_REPLAYS: usize = 4;
 
 impl Capture {
     /// A hub with its queue; [`Capture::run_writer`] drains it.
@@ -270,7 +276,15 @@ impl Capture {
             queued_records: AtomicU64::new(0),
             settled: watch::Sender::new(0),
             flush: Notify::new(),
+            large_replays: Arc::new(Semaphore::new(LARGE_REPLAYS)),
         }
+    }
+
+    /// Waits for a turn to run a replay whose body may be large; hold it
+    /// until the replay is over.
+    pub async fn large_replay(&self) -> OwnedSemaphorePermit {
+        // Never closed, so acquiring cannot fail.
+        self.large_replays.clone().acquire_owned().await.unwrap_or_else(|_| unreachable!("never closed"))
     }
 
     /// Waits, at most `within`, until the records of exchanges that ended
