@@ -521,6 +521,10 @@ fn real_main(cli: Cli) -> Result<()> {
         // Colours only for a person at a terminal: not in a log file, a pipe
         // or the monitor's own screen.
         .with_ansi(!monitors(&cli.command) && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log that cannot be written is lost, not reported: the report is an
+        // `eprintln!` to the same broken stderr, which panics the task that
+        // logged (a server whose log pipe closed never heard its SIGTERM).
+        .log_internal_errors(false)
         .init();
     // The server serves many tunnels and callers: one worker per core. A client
     // serves one tunnel; on one thread its request path never pays a cross-thread
@@ -591,12 +595,13 @@ fn shutdown_on_signal() -> Shutdown {
                             _ = int.recv() => "SIGINT",
                         };
                         // The server's log says why it is stopping (clients say so on their own).
+                        // Acted on before it is logged: the log may be a closed pipe.
                         if again {
-                            tracing::info!(signal = name, "stopping now");
                             s.cut();
+                            tracing::info!(signal = name, "stopping now");
                         } else {
-                            tracing::info!(signal = name, "stopping (a second signal stops at once)");
                             s.stop();
+                            tracing::info!(signal = name, "stopping (a second signal stops at once)");
                         }
                     }
                 }

@@ -708,3 +708,25 @@ async fn a_second_sigterm_cuts_the_server_drain_short() {
     held.abort();
     let _ = client.await;
 }
+
+/// Issue: with its stderr a closed pipe (a log reader that died, `2>&1 |
+/// head`), the server ignored SIGTERM: tracing reported the failed write with
+/// an `eprintln!` to the same stderr, which panicked the signal task.
+#[tokio::test]
+async fn a_server_whose_log_pipe_closed_still_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    cmd.env("HOOKWAY_API_KEY", "hwk_test").stderr(std::process::Stdio::piped());
+    let (mut child, addr) = spawn_server(cmd).await;
+    drop(child.stderr.take());
+    // A request that logs, then the signal that logs.
+    let resp = http().get(format!("http://{addr}/t/nothing-here/")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("the server stopped within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
