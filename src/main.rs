@@ -21,6 +21,15 @@ macro_rules! println {
     }};
 }
 
+/// `eprintln!` likewise: a message that cannot reach a closed stderr is
+/// lost, instead of panicking (std's would turn a clean exit into a crash).
+macro_rules! eprintln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[path = "cli/inspect.rs"]
 mod inspect_cli;
 #[path = "cli/monitor.rs"]

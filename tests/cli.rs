@@ -730,3 +730,20 @@ async fn a_server_whose_log_pipe_closed_still_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Messages to a closed stderr are lost quietly: std's `eprintln!` panicked,
+/// so an error that could not be shown turned exit code 1 into a crash (101).
+#[tokio::test]
+async fn a_closed_stderr_does_not_turn_an_error_into_a_crash() {
+    let closed = format!("http://127.0.0.1:{}", closed_port().await);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "list", "--server", &closed, "--api-key", API_KEY])
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "the error goes to stderr, which is closed");
+}

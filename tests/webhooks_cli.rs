@@ -97,6 +97,9 @@ fn assert_aligned(out: &str, left: &[&str], right: &[&str]) {
 #[tokio::test]
 async fn listings_line_up_whatever_the_values() {
     let server = TestServer::start_with(|c| c.webhooks.allow_private = true).await;
+    let (code, out, err) = hookway(&["webhooks", "list"], &server).await;
+    assert_eq!((code, out.as_str()), (0, ""), "no webhooks: no table, a hint instead");
+    assert!(err.contains("hookway webhooks create"), "{err}");
     let refusing = receiver(400, "nope:\n  the payload\tlooks wrong").await;
     let id = create_webhook(
         &server,

@@ -232,6 +232,10 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = v["webhooks"].as_array().into_iter().flatten().map(list_row).collect();
+            if rows.is_empty() {
+                eprintln!("No webhooks yet: `hookway webhooks create --url URL --events all` adds one.");
+                return Ok(());
+            }
             let columns = [
                 ("ID", Align::Left),
                 ("ENABLED", Align::Left),
