@@ -241,6 +241,11 @@ async fn webhook_verbs_round_trip_through_the_api() {
     assert_eq!(updated["webhook"]["enabled"], false);
     assert_eq!(updated["webhook"]["group"], "prod");
     assert_eq!(updated["webhook"]["events"], serde_json::json!(["tunnel.connected"]));
+    assert_eq!(updated["webhook"]["customHeaders"], serde_json::json!({"X-Team": "ops"}), "kept");
+    let (code, out, err) = hookway(&["webhooks", "update", &id, "--no-headers", "--json"], Some(&server), key).await;
+    assert_eq!(code, 0, "{err}");
+    let cleared: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(cleared["webhook"]["customHeaders"], serde_json::json!({}), "--no-headers clears them");
 
     // Nothing listens on port 9: the test reports the failure per event, and exits 1.
     let (code, out, err) = hookway(&["webhooks", "test", &id], Some(&server), key).await;

@@ -56,6 +56,9 @@ pub enum WebhooksCommand {
         /// Send events of every group again.
         #[arg(long, conflicts_with = "group")]
         no_group: bool,
+        /// Send no extra headers any more.
+        #[arg(long, conflicts_with = "headers")]
+        no_headers: bool,
         #[command(flatten)]
         fields: WebhookFields,
         #[command(flatten)]
@@ -261,7 +264,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             fields_json(fields, &mut body)?;
             show_webhook(&client, Method::POST, "/api/webhooks", Some(&Value::Object(body))).await?;
         }
-        WebhooksCommand::Update { id, url, events, enable, disable, no_group, fields, client } => {
+        WebhooksCommand::Update { id, url, events, enable, disable, no_group, no_headers, fields, client } => {
             let mut body = Map::new();
             if let Some(url) = url {
                 body.insert("url".into(), Value::String(url));
@@ -275,10 +278,14 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             if no_group {
                 body.insert("group".into(), Value::Null);
             }
+            if no_headers {
+                body.insert("customHeaders".into(), Value::Object(Map::new()));
+            }
             fields_json(fields, &mut body)?;
             if body.is_empty() {
                 bail!(
-                    "nothing to update: pass --url, --events, --name, --group, --no-group, --header, --enable or --disable"
+                    "nothing to update: pass --url, --events, --name, --group, --no-group, --header, --no-headers, \
+                     --enable or --disable"
                 );
             }
             show_webhook(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
