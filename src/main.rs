@@ -114,7 +114,8 @@ fn parse() -> Cli {
         cmd.mut_subcommand(name, |sub| sub.args(client_args.iter().map(|arg| arg.clone().global(false).hide(true))))
     });
     let matches = command.get_matches_mut();
-    if let Some(name) = matches.subcommand_name().filter(|name| NOT_CLIENTS.contains(name)) {
+    let not_client = matches.subcommand_name().filter(|name| NOT_CLIENTS.contains(name));
+    if let Some(name) = not_client {
         let given = client_args
             .iter()
             .find(|arg| matches.value_source(arg.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine));
@@ -127,7 +128,7 @@ fn parse() -> Cli {
         }
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    if !matches.subcommand_name().is_some_and(|name| NOT_CLIENTS.contains(&name))
+    if not_client.is_none()
         && let Err(why) = server_url(&cli.client.server)
     {
         let message = format!("invalid value '{}' for '--server <SERVER>': {why}", cli.client.server);

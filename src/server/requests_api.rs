@@ -223,13 +223,10 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     // An edited body may be as large as a captured one, and is JSON-escaped;
     // a request whose body was cut needs its whole body given back.
     let limit = state.capture.config().body_limit.saturating_mul(2).max(MAX_REPLAY_JSON) + 64 * 1024;
-    // Large ones take turns: each holds tens of MiB until it is over.
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let _turn = match declared {
-        Some(n) if n <= super::api::MAX_API_BODY => None,
-        _ if http_body::Body::is_end_stream(req.body()) => None,
-        _ => Some(state.capture.large_replay().await),
-    };
+    // Large ones take turns: each holds tens of MiB until it is over. (The
+    // body's size hint is its declared length, 0 for none, open if chunked.)
+    let small = http_body::Body::size_hint(req.body()).upper().is_some_and(|n| n <= super::api::MAX_API_BODY as u64);
+    let _turn = if small { None } else { Some(state.capture.large_replay().await) };
     let edits = read_json_up_to(state, req, limit).await?;
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;

@@ -47,15 +47,21 @@ struct Progress {
 }
 
 impl Progress {
+    /// Whether the response body reached its end (or its declared length,
+    /// where hyper stops reading).
+    fn response_done(&self) -> bool {
+        self.finished.is_some() || self.expected == Some(self.record.response_body.size)
+    }
+
     /// Whether the exchange is over: both bodies read to their ends.
     fn over(&self) -> bool {
-        let response_done = self.finished.is_some() || self.expected == Some(self.record.response_body.size);
-        response_done && self.request_read
+        self.response_done() && self.request_read
     }
 
     /// The record as it stands, with the facts only its end settles; leaves a
     /// placeholder behind.
     fn seal(&mut self, started: Instant) -> Captured {
+        let complete = self.response_done();
         let mut record = std::mem::replace(&mut self.record, placeholder());
         if !self.request_read {
             // Not read to its end (tunnel offline, body refused, caller gone):
@@ -64,7 +70,6 @@ impl Progress {
             body.size = body.size.max(self.declared.unwrap_or(0));
             body.truncated |= body.data.is_some() && self.declared.is_none_or(|n| n > body.kept() as u64);
         }
-        let complete = self.finished.is_some() || self.expected == Some(record.response_body.size);
         if (!complete || self.request_failed) && record.outcome == "ok" {
             // The caller went away, or the body stopped, before its end.
             record.outcome = "incomplete";
