@@ -38,6 +38,8 @@ mod monitor_cli;
 mod output;
 #[path = "cli/table.rs"]
 mod table;
+#[path = "cli/tunnels.rs"]
+mod tunnels_cli;
 #[path = "cli/webhooks.rs"]
 mod webhooks_cli;
 
@@ -150,7 +152,7 @@ fn monitor_without_terminal(command: &Command) -> Option<String> {
         return None;
     }
     let (what, instead) = match command {
-        Command::Start(_) => ("--monitor", "leave out --monitor"),
+        Command::Start(_) | Command::Tunnels(TunnelsCommand::Start(_)) => ("--monitor", "leave out --monitor"),
         _ => ("`tunnels monitor`", "use `tunnels connect`"),
     };
     Some(format!("{what} needs a terminal (stdin and stdout); without one, {instead} (add --json for scripts)"))
@@ -252,8 +254,8 @@ struct ServerArgs {
 #[derive(Args, Clone)]
 struct ClientArgs {
     /// Base URL of the hookway server (its --public-url, like http://127.0.0.1:8080).
-    /// (Checked by [`parse`] for the client commands only: the server's own
-    /// commands must not fail on a client's `HOOKWAY_SERVER`.)
+    // Checked by `parse` for the client commands only: the server's own
+    // commands must not fail on a client's `HOOKWAY_SERVER`.
     #[arg(long, env = "HOOKWAY_SERVER", default_value = DEFAULT_SERVER, global = true)]
     server: String,
     /// API key (printed by the server on its first start).
@@ -321,6 +323,8 @@ struct StartArgs {
 
 #[derive(Subcommand)]
 enum TunnelsCommand {
+    /// Create a tunnel and forward it to a local port, in one step (the same as `hookway start`).
+    Start(StartArgs),
     /// List the organization's tunnels.
     List(ClientOnly),
     /// Show one tunnel.
@@ -549,7 +553,11 @@ fn real_main(cli: Cli) -> Result<()> {
 
 /// Whether the command draws the full-screen monitor.
 fn monitors(command: &Command) -> bool {
-    matches!(command, Command::Start(StartArgs { monitor: true, .. }) | Command::Tunnels(TunnelsCommand::Monitor(_)))
+    matches!(
+        command,
+        Command::Start(StartArgs { monitor: true, .. })
+            | Command::Tunnels(TunnelsCommand::Start(StartArgs { monitor: true, .. }) | TunnelsCommand::Monitor(_))
+    )
 }
 
 /// Where logs go: stderr, except under the monitor, which owns the terminal
@@ -952,6 +960,7 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
 
 async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
     match cmd {
+        TunnelsCommand::Start(args) => start(args).await?,
         TunnelsCommand::List(ClientOnly { client }) => {
             let v = api(&client)?.call(Method::GET, "/api/tunnels", None).await?;
             if client.json {
@@ -978,7 +987,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             }
         }
         TunnelsCommand::Get(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client)).await?;
         }
         TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, client } => {
             let mut body = json!({ "name": name });
@@ -991,12 +1000,9 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if no_capture_bodies {
                 body["captureBodies"] = Value::Bool(false);
             }
-            let v = show(&client, Method::POST, "/api/tunnels", Some(&body)).await?;
+            let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client)).await?;
             if !client.json {
-                eprintln!(
-                    "\nThe auth token is shown only now. Connect with: hookway tunnels connect {} <port> --token <authToken>",
-                    v["tunnel"]["id"].as_str().unwrap_or("")
-                );
+                token_reminder(&v);
             }
         }
         TunnelsCommand::Update { id, name, group, no_group, capture_bodies, no_capture_bodies, client } => {
@@ -1015,19 +1021,28 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if body.is_empty() {
                 bail!("nothing to update: pass --name, --group, --no-group, --capture-bodies or --no-capture-bodies");
             }
-            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&Value::Object(body))).await?;
+            let body = Value::Object(body);
+            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client)).await?;
         }
         TunnelsCommand::Delete(IdArg { id, client }) => {
-            show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None).await?;
+            let done = |_: &Value| vec![format!("Deleted tunnel {id} and its captured requests.")];
+            show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None, done).await?;
         }
         TunnelsCommand::Status(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client)).await?;
         }
         TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
-            show(&client, Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?;
+            let path = format!("/api/tunnels/{id}/regenerate-token");
+            let v = show(&client, Method::POST, &path, None, tunnel_lines(&client)).await?;
+            if !client.json {
+                token_reminder(&v);
+            }
         }
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
-            show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None).await?;
+            let done = |_: &Value| {
+                vec![format!("Disconnected tunnel {id}: a connected client was told to stop and will not reconnect.")]
+            };
+            show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None, done).await?;
         }
         TunnelsCommand::Connect(cmd) => connect_existing(cmd, false).await?,
         TunnelsCommand::Monitor(cmd) => connect_existing(cmd, true).await?,
@@ -1087,14 +1102,37 @@ fn ws_url_for(server: &str, subdomain: &str, id: &str, token: &str) -> Result<St
 
 /// Calls the API and prints its answer: one line of JSON with `--json`, else
 /// pretty-printed. Returns the answer for commands that add a hint.
-async fn show(client: &ClientArgs, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
+/// Calls the API and prints its answer: as it came with `--json`, else as
+/// the `human` lines.
+async fn show(
+    client: &ClientArgs,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+    human: impl FnOnce(&Value) -> Vec<String>,
+) -> Result<Value> {
     let v = api(client)?.call(method, path, body).await?;
     if client.json {
         println!("{v}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        for line in human(&v) {
+            println!("{line}");
+        }
     }
     Ok(v)
+}
+
+/// [`tunnels_cli::tunnel_lines`] for [`show`].
+fn tunnel_lines(client: &ClientArgs) -> impl FnOnce(&Value) -> Vec<String> + '_ {
+    |v| tunnels_cli::tunnel_lines(v, &client.server)
+}
+
+/// After an answer that issued an auth token: it is not shown again.
+fn token_reminder(v: &Value) {
+    eprintln!(
+        "\nThe auth token is shown only now: store it. Connect with: hookway tunnels connect {} <port> --token <auth token>",
+        v["tunnel"]["id"].as_str().unwrap_or("")
+    );
 }
 
 #[cfg(all(test, feature = "mimalloc", target_os = "linux"))]

@@ -126,9 +126,47 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
 
+    // A person reads lines, not the API's JSON: the URL and a new token are there to copy.
+    let (code, out, err) = hookway(&["tunnels", "get", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == format!("url:            {}/t/cli-made", server.url)), "{out}");
+    assert!(out.lines().any(|l| l == "last connected: never") && !out.contains('{'), "{out}");
+    let (code, out, err) = hookway(&["tunnels", "regenerate-token", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0, "{err}");
+    let token = out.lines().find_map(|l| l.strip_prefix("auth token: ")).expect("the new token");
+    assert!(token.starts_with("hwt_"), "{out}");
+    assert!(err.contains("shown only now"), "{err}");
+    let (code, out, _) = hookway(&["tunnels", "status", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!((code, out.lines().last()), (0, Some("connected: no")), "{out}");
+    let (code, out, _) = hookway(&["tunnels", "disconnect", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with(&format!("Disconnected tunnel {id}")), "{out}");
+
     let (code, out, _) = hookway(&["tunnels", "delete", &id, "--json"], Some(&server), Some(API_KEY)).await;
     assert_eq!(code, 0);
     assert_eq!(out.trim(), r#"{"success":true}"#);
+    let (code, _, err) = hookway(&["tunnels", "delete", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 1, "already gone");
+    assert!(err.contains("not found"), "{err}");
+}
+
+/// seed 001's `tunnels start 3000` is `hookway start 3000` by another name.
+#[tokio::test]
+async fn tunnels_start_is_start() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "start", &app.port().to_string(), "--json", "--name", "seed-verb"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY);
+    let (_child, _lines, connected) = spawn_connected(cmd).await;
+    let url = connected["tunnelUrl"].as_str().unwrap();
+    let resp = http().post(format!("{url}/echo/hook")).body("payload").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed: Value = resp.json().await.unwrap();
+    assert_eq!((echoed["method"].as_str(), echoed["body"].as_str()), (Some("POST"), Some("payload")), "{echoed}");
+    let (code, out, _) = hookway(&["tunnels", "list"], Some(&server), Some(API_KEY)).await;
+    assert!(code == 0 && out.contains("seed-verb") && out.contains("connected"), "{out}");
 }
 
 /// Runs `hookway start <app port> --json` against `server`; returns the
@@ -274,6 +312,12 @@ async fn webhook_verbs_round_trip_through_the_api() {
 
     let (code, out, _) = hookway(&["webhooks", "delete", &id, "--json"], Some(&server), key).await;
     assert_eq!((code, out.trim()), (0, r#"{"success":true}"#));
+    let created =
+        hookway(&["webhooks", "create", "--url", "http://b.example", "--events", "all", "--json"], Some(&server), key);
+    let (_, out, _) = created.await;
+    let other = serde_json::from_str::<Value>(out.trim()).unwrap()["webhook"]["id"].as_str().unwrap().to_owned();
+    let (code, out, _) = hookway(&["webhooks", "delete", &other], Some(&server), key).await;
+    assert_eq!((code, out.trim()), (0, format!("Deleted webhook {other} and its delivery log.").as_str()));
 }
 
 #[tokio::test]

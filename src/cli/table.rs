@@ -52,6 +52,13 @@ pub fn render(columns: &[(&str, Align)], rows: &[Vec<String>], width: Option<usi
     out
 }
 
+/// `key: value` lines with the values lined up, for one object (a webhook,
+/// a tunnel).
+pub fn fields(fields: &[(&str, String)]) -> Vec<String> {
+    let width = fields.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0) + 1;
+    fields.iter().map(|(k, v)| format!("{:<width$} {v}", format!("{k}:"))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +71,12 @@ mod tests {
         ];
         let lines = render(&[("ID", Align::Left), ("N", Align::Right), ("TEXT", Align::Left)], &rows, None);
         assert_eq!(lines, ["ID         N  TEXT", "a          7  last one", "longer  1234  x"]);
+    }
+
+    #[test]
+    fn field_values_line_up() {
+        let lines = fields(&[("id", "tun_1".to_owned()), ("auth token", "hwt_x".to_owned())]);
+        assert_eq!(lines, ["id:         tun_1", "auth token: hwt_x"]);
     }
 
     #[test]

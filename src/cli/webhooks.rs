@@ -221,8 +221,7 @@ fn webhook_lines(w: &Value, signing_key: Option<&str>) -> Vec<String> {
     if let Some(key) = signing_key {
         fields.push(("signing key", clean(key)));
     }
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    fields.into_iter().map(|(k, v)| format!("{:<width$} {v}", format!("{k}:"))).collect()
+    table::fields(&fields)
 }
 
 /// Runs a `webhooks` subcommand.
@@ -291,7 +290,8 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             show_webhook(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
         }
         WebhooksCommand::Delete(WebhookId { id, client }) => {
-            show(&client, Method::DELETE, &format!("/api/webhooks/{id}"), None).await?;
+            let done = |_: &Value| vec![format!("Deleted webhook {id} and its delivery log.")];
+            show(&client, Method::DELETE, &format!("/api/webhooks/{id}"), None, done).await?;
         }
         WebhooksCommand::Test(WebhookId { id, client }) => {
             let v = api(&client)?.call(Method::POST, &format!("/api/webhooks/{id}/test"), Some(&json!({}))).await?;

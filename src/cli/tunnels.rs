@@ -1,0 +1,140 @@
+//! What the `tunnels` verbs print for a person: `key: value` lines for one
+//! tunnel and a sentence for an action. `--json` prints the API's JSON as it
+//! came, for scripts; pretty-printed JSON was what a person got before, which
+//! buried the one line they wanted (the URL, the new token).
+
+use serde_json::Value;
+
+use super::inspect_cli::records::{clean, local_time};
+use super::table;
+
+fn text(v: &Value) -> String {
+    clean(v.as_str().unwrap_or(""))
+}
+
+/// Lines for an API answer that carries a tunnel (get, create, update,
+/// regenerate-token, status), then what came with it: its URLs, a new auth
+/// token, the live session. `server` is the base URL the CLI talks to (the
+/// server's public URL), for the tunnel URL of answers that do not carry one.
+pub fn tunnel_lines(v: &Value, server: &str) -> Vec<String> {
+    let t = &v["tunnel"];
+    let mut fields = vec![("id", text(&t["id"])), ("name", text(&t["name"]))];
+    if t["subdomain"].is_string() {
+        fields.push(("subdomain", text(&t["subdomain"])));
+    }
+    if t["status"].is_string() {
+        fields.push(("status", text(&t["status"])));
+    }
+    if let Some(n) = t["totalRequests"].as_u64() {
+        fields.push(("requests", n.to_string()));
+    }
+    if t["group"].is_string() {
+        fields.push(("group", text(&t["group"])));
+    }
+    if t["captureBodies"] == false {
+        fields.push(("bodies", "not captured (method, path, headers and sizes only)".to_owned()));
+    }
+    if t["createdAt"].is_string() {
+        // A whole tunnel object: one without `lastConnectedAt` never connected.
+        let last = t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), local_time);
+        fields.push(("last connected", last));
+        fields.push(("created", local_time(t["createdAt"].as_str().unwrap_or(""))));
+    }
+    let live = &v["liveStatus"];
+    if live.is_object() {
+        fields.push(("connected", connected(live)));
+    }
+    match (v["tunnelUrl"].as_str(), t["subdomain"].as_str()) {
+        (Some(url), _) => fields.push(("url", clean(url))),
+        (None, Some(sub)) => fields.push(("url", format!("{}/t/{}", server.trim_end_matches('/'), clean(sub)))),
+        (None, None) => {}
+    }
+    if v["hostUrl"].is_string() {
+        fields.push(("host url", text(&v["hostUrl"])));
+    }
+    if v["wsUrl"].is_string() {
+        fields.push(("ws url", text(&v["wsUrl"])));
+    }
+    if v["authToken"].is_string() {
+        fields.push(("auth token", text(&v["authToken"])));
+    }
+    table::fields(&fields)
+}
+
+/// seed 001's `liveStatus` as one phrase.
+fn connected(live: &Value) -> String {
+    if live["connected"] != true {
+        return "no".to_owned();
+    }
+    let mut s = "yes".to_owned();
+    if let Some(at) = live["connectedAt"].as_str() {
+        s += &format!(", since {}", local_time(at));
+    }
+    if let Some(ip) = live["clientIp"].as_str() {
+        s += &format!(", from {}", clean(ip));
+    }
+    if let Some(n) = live["requestsInSession"].as_u64() {
+        s += &format!(", {n} request{} in this session", if n == 1 { "" } else { "s" });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_created_tunnel_shows_its_url_and_token() {
+        let v = json!({
+            "tunnel": {"id": "tun_1", "name": "Dev", "subdomain": "cool-sunset-x7kf", "status": "disconnected",
+                       "totalRequests": 0, "createdAt": "2026-11-23T20:44:12Z"},
+            "tunnelUrl": "https://edge.example/t/cool-sunset-x7kf",
+            "hostUrl": "https://cool-sunset-x7kf.edge.example",
+            "wsUrl": "wss://edge.example/tunnels/cool-sunset-x7kf/ws?tunnelId=tun_1&token=hwt_a",
+            "authToken": "hwt_a",
+        });
+        let lines = tunnel_lines(&v, "http://ignored");
+        for expected in [
+            "id:             tun_1",
+            "subdomain:      cool-sunset-x7kf",
+            "status:         disconnected",
+            "requests:       0",
+            "last connected: never",
+            "url:            https://edge.example/t/cool-sunset-x7kf",
+            "host url:       https://cool-sunset-x7kf.edge.example",
+            "auth token:     hwt_a",
+        ] {
+            assert!(lines.iter().any(|l| l == expected), "{expected:?} not in {lines:#?}");
+        }
+        assert!(!lines.iter().any(|l| l.starts_with("bodies") || l.starts_with("group")), "{lines:#?}");
+    }
+
+    #[test]
+    fn a_fetched_tunnel_gets_its_url_from_the_server_address() {
+        let v = json!({"tunnel": {"id": "tun_1", "name": "Dev", "subdomain": "abc", "status": "connected",
+                                  "totalRequests": 3, "lastConnectedAt": "2026-11-23T20:44:12Z",
+                                  "createdAt": "2026-11-23T20:00:00Z", "group": "ops", "captureBodies": false}});
+        let lines = tunnel_lines(&v, "http://127.0.0.1:8080/");
+        assert!(lines.contains(&"url:            http://127.0.0.1:8080/t/abc".to_owned()), "{lines:#?}");
+        assert!(lines.contains(&"group:          ops".to_owned()), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("bodies:         not captured")), "{lines:#?}");
+        assert!(!lines.iter().any(|l| l.contains("never")), "{lines:#?}");
+    }
+
+    #[test]
+    fn live_status_reads_as_one_phrase() {
+        let v = json!({
+            "tunnel": {"id": "tun_1", "name": "Dev", "status": "connected"},
+            "liveStatus": {"connected": true, "connectedAt": "2026-11-23T20:44:12Z", "clientIp": "127.0.0.1",
+                           "requestsInSession": 1},
+        });
+        let lines = tunnel_lines(&v, "http://127.0.0.1:8080");
+        let line = lines.iter().find(|l| l.starts_with("connected:")).expect("a connected line");
+        assert!(line.ends_with(", from 127.0.0.1, 1 request in this session"), "{line}");
+        assert!(!lines.iter().any(|l| l.starts_with("url")), "a status answer has no subdomain: {lines:#?}");
+        let off = json!({"tunnel": {"id": "tun_1"}, "liveStatus": {"connected": false, "connectedAt": null}});
+        assert!(tunnel_lines(&off, "").contains(&"connected: no".to_owned()));
+    }
+}
