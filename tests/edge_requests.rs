@@ -131,3 +131,46 @@ async fn a_broken_request_body_is_the_callers_fault_over_quic_and_websocket() {
     let resp = http().post(s.url("/echo")).body("fine").send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// One caller's upload that its app does not read must not stop the uploads of
+/// other requests multiplexed on the same HTTP/2 connection (to another
+/// tunnel here): the connection's receive window is larger than a stream's,
+/// so a stalled stream cannot hold all of it.
+#[tokio::test]
+async fn a_stalled_http2_upload_leaves_room_for_the_others_on_its_connection() {
+    use bytes::Bytes;
+    use futures_util::{StreamExt, stream};
+    let server = TestServer::start().await;
+    let mut held = spawn_held_app().await;
+    let (stalled_id, token, _) = create_tunnel(&server, None).await;
+    let stalled = TestClient::connect(&server, &stalled_id, &token, held.addr.port()).await;
+    let app = spawn_app().await;
+    let (other_id, token, _) = create_tunnel(&server, None).await;
+    let other = TestClient::connect(&server, &other_id, &token, app.port()).await;
+    hookway::quic::tls::install_default_provider();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+
+    // 256 MiB offered, far more than every buffer on the way (the app's socket,
+    // the tunnel's QUIC window, the edge's HTTP/2 stream window) holds.
+    let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
+    let body = stream::iter(0..1024).map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+    let upload = h2.post(format!("{}/hold", stalled.tunnel_url)).body(reqwest::Body::wrap_stream(body)).send();
+    let upload = tokio::spawn(upload);
+    assert_eq!(held.next_arrival().await, "/hold");
+    // Let the held upload fill what it can.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+
+    let body = vec![b'y'; 512 * 1024];
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        h2.post(format!("{}/echo/after", other.tunnel_url)).body(body).send(),
+    )
+    .await
+    .expect("the second upload is not stalled behind the first")
+    .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "one connection, multiplexed");
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["bodyLen"], 512 * 1024, "{seen}");
+    assert!(!upload.is_finished(), "the first upload is still held");
+    upload.abort();
+}

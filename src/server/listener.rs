@@ -46,6 +46,17 @@ pub const DEFAULT_H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default limit of concurrent streams per HTTP/2 connection (hyper's own default, made explicit).
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// How much request body an HTTP/2 caller may send on one stream before the
+/// edge has passed it on (hyper's default, made explicit).
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// ...and on all the streams of a connection together. hyper's default equals
+/// the stream window: then one upload whose app reads slowly (or a WebSocket
+/// tunnel's intake waiting for room) held the whole connection's window, and
+/// every other upload multiplexed on that connection, to any tunnel, stalled
+/// until it timed out. Four times as much leaves room for the others even
+/// with three streams stalled, and bounds what a connection's unread bodies
+/// may cost the edge at 4 MiB.
+pub const H2_CONNECTION_WINDOW: u32 = 4 * H2_STREAM_WINDOW;
 /// Default limit of open connections when nothing better is known; the
 /// binary derives its own from the process's file-descriptor limit
 /// ([`max_connections_for`]).
@@ -156,7 +167,9 @@ fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout)
-        .max_concurrent_streams(limits.h2_max_concurrent_streams);
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW);
     builder
 }
 
