@@ -966,23 +966,13 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if client.json {
                 println!("{v}");
             } else {
-                let tunnels = v["tunnels"].as_array().map_or(&[][..], Vec::as_slice);
-                if tunnels.is_empty() {
+                let lines = tunnels_cli::list_lines(&v);
+                if lines.is_empty() {
                     eprintln!("No tunnels yet: `hookway start <port>` creates one and serves it.");
                     return Ok(());
                 }
-                println!("{:<22} {:<28} {:<14} {:>8}  NAME", "ID", "SUBDOMAIN", "STATUS", "REQUESTS");
-                for t in tunnels {
-                    println!(
-                        "{:<22} {:<28} {:<14} {:>8}  {}",
-                        t["id"].as_str().unwrap_or(""),
-                        t["subdomain"].as_str().unwrap_or(""),
-                        t["status"].as_str().unwrap_or(""),
-                        // A number, not a JSON value: `Value`'s Display ignores the width.
-                        t["totalRequests"].as_u64().unwrap_or(0),
-                        // Names stored before the API refused control characters.
-                        inspect_cli::records::clean(t["name"].as_str().unwrap_or(""))
-                    );
+                for line in lines {
+                    println!("{line}");
                 }
             }
         }

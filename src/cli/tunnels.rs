@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::inspect_cli::records::{clean, local_time};
-use super::table;
+use super::table::{self, Align};
 
 fn text(v: &Value) -> String {
     clean(v.as_str().unwrap_or(""))
@@ -59,6 +59,37 @@ pub fn tunnel_lines(v: &Value, server: &str) -> Vec<String> {
         fields.push(("auth token", text(&v["authToken"])));
     }
     table::fields(&fields)
+}
+
+/// `tunnels list` as a table; nothing for an empty list.
+pub fn list_lines(v: &Value) -> Vec<String> {
+    let rows: Vec<Vec<String>> = v["tunnels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            vec![
+                text(&t["id"]),
+                text(&t["subdomain"]),
+                text(&t["status"]),
+                t["totalRequests"].as_u64().unwrap_or(0).to_string(),
+                t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), local_time),
+                text(&t["name"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let columns = [
+        ("ID", Align::Left),
+        ("SUBDOMAIN", Align::Left),
+        ("STATUS", Align::Left),
+        ("REQUESTS", Align::Right),
+        ("LAST CONNECTED", Align::Left),
+        ("NAME", Align::Left),
+    ];
+    table::render(&columns, &rows, None)
 }
 
 /// seed 001's `liveStatus` as one phrase.
@@ -121,6 +152,22 @@ mod tests {
         assert!(lines.contains(&"group:          ops".to_owned()), "{lines:#?}");
         assert!(lines.iter().any(|l| l.starts_with("bodies:         not captured")), "{lines:#?}");
         assert!(!lines.iter().any(|l| l.contains("never")), "{lines:#?}");
+    }
+
+    #[test]
+    fn the_list_lines_up_whatever_the_subdomain_length() {
+        let long = "a".repeat(63);
+        let v = json!({"tunnels": [
+            {"id": "tun_1", "name": "one", "subdomain": long, "status": "connected", "totalRequests": 12,
+             "lastConnectedAt": "2026-11-23T20:44:12Z"},
+            {"id": "tun_2", "name": "two", "subdomain": "abc", "status": "disconnected", "totalRequests": 3},
+        ]});
+        let lines = list_lines(&v);
+        assert_eq!(lines.len(), 3);
+        let name_at = lines[0].find("NAME").unwrap();
+        assert!(lines[1][name_at..].starts_with("one") && lines[2][name_at..].starts_with("two"), "{lines:#?}");
+        assert!(lines[2].contains(" never "), "{lines:#?}");
+        assert!(list_lines(&json!({"tunnels": []})).is_empty());
     }
 
     #[test]
