@@ -34,6 +34,16 @@ pub enum TlsError {
         /// What was wrong.
         what: String,
     },
+    /// The certificate and the key do not go together.
+    #[error("{cert} and {key} cannot be used together: {what}")]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// Why.
+        what: String,
+    },
     /// Generating the self-signed certificate failed.
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -95,9 +105,21 @@ impl Identity {
         if chain.is_empty() {
             return Err(TlsError::Pem { path: cert.into(), what: "no certificate found".into() });
         }
-        let key =
-            PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem { path: key.into(), what: e.to_string() })?;
-        Ok(Self { chain, key, self_signed: false })
+        let key_path = key;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .map_err(|e| TlsError::Pem { path: key_path.into(), what: e.to_string() })?;
+        let identity = Self { chain, key, self_signed: false };
+        // Checked here, so that `server_config` cannot fail later: a key of
+        // another certificate, or of a kind ring cannot sign with.
+        identity.try_server_config().map_err(|err| TlsError::Mismatch {
+            cert: cert.into(),
+            key: key_path.into(),
+            what: match err {
+                rustls::Error::InconsistentKeys(_) => "the key is not the certificate's".to_owned(),
+                other => other.to_string(),
+            },
+        })?;
+        Ok(identity)
     }
 
     /// Loads `cert.pem`/`key.pem` from `dir`, generating them on first use.
@@ -129,15 +151,18 @@ impl Identity {
 
     /// rustls server configuration with our ALPN, TLS 1.3 only (QUIC requires it).
     pub fn server_config(&self) -> rustls::ServerConfig {
+        self.try_server_config().expect("certificate and key were checked together on load")
+    }
+
+    fn try_server_config(&self) -> Result<rustls::ServerConfig, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("ring supports TLS 1.3")
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .expect("certificate and key were validated on load");
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         config.max_early_data_size = 0;
-        config
+        Ok(config)
     }
 }
 
@@ -275,5 +300,19 @@ mod tests {
         for suite in [client.negotiated_cipher_suite(), server.negotiated_cipher_suite()] {
             assert_eq!(suite.map(|s| s.suite()), Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
         }
+    }
+
+    /// A certificate with another certificate's key is an error on load, not a
+    /// panic when the server builds its TLS configuration.
+    #[test]
+    fn a_key_of_another_certificate_is_refused_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        Identity::self_signed_in(&a, &[]).unwrap();
+        Identity::self_signed_in(&b, &[]).unwrap();
+        assert!(Identity::from_pem_files(&a.join("cert.pem"), &a.join("key.pem")).is_ok());
+        let err = Identity::from_pem_files(&a.join("cert.pem"), &b.join("key.pem")).unwrap_err();
+        assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
+        assert!(err.to_string().ends_with("cannot be used together: the key is not the certificate's"), "{err}");
     }
 }
