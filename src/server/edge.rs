@@ -149,8 +149,10 @@ where
         // caller's body failed: that is the caller's fault, not the tunnel's.
         Ok(_) | Err(_) => match sending.body_error().await {
             Some(err) => bad_request_body(err),
-            // The client went away (said goodbye, or died): the tunnel is offline.
-            None if conn.close_reason().is_some() => offline(session),
+            // The client went away (said goodbye, or died) after the request
+            // reached it: as over the WebSocket gateway, a 502, since the app
+            // may have seen the request (a 503 says it was not processed).
+            None if conn.close_reason().is_some() => gateway::disconnected(&session.tunnel.subdomain),
             None => edge_error(
                 StatusCode::BAD_GATEWAY,
                 "tunnel-error",

@@ -254,7 +254,8 @@ where
     }
 }
 
-fn disconnected(subdomain: &str) -> Response<Body> {
+/// The answer to a request whose tunnel client went away before answering it.
+pub(super) fn disconnected(subdomain: &str) -> Response<Body> {
     edge_error(
         StatusCode::BAD_GATEWAY,
         "tunnel-disconnected",
