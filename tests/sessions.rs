@@ -225,7 +225,7 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-    let fake = quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &Default::default()).unwrap();
+    let fake = quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
     let fake_addr = fake.local_addr().unwrap();
     let peer = tokio::spawn(async move {
         let conn = fake.accept().await.unwrap().await.unwrap();
@@ -388,4 +388,53 @@ async fn a_stopped_client_finishes_its_requests_and_says_goodbye() {
     assert_eq!(status(&server, &id).await["liveStatus"]["connected"], false);
     let after = http().get(format!("{url}/echo")).send().await.unwrap();
     assert_eq!(after.status(), 503);
+}
+
+/// A server that crashed (SIGKILL: no goodbye) and came back on the same
+/// data dir: its clients learn at their next keep-alive that their connection
+/// is gone (a stateless reset signed with the key kept in the data dir) and
+/// reconnect at once, instead of waiting out the 9 s idle timeout.
+#[tokio::test]
+async fn clients_of_a_crashed_server_reconnect_as_soon_as_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = closed_port().await;
+    let quic_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server_cmd = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+        cmd.args(["server", "--http", &format!("127.0.0.1:{http_port}")])
+            .args(["--quic", &format!("127.0.0.1:{quic_port}"), "--data-dir"])
+            .arg(dir.path())
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .stderr(Stdio::null());
+        cmd
+    };
+    let (mut server, addr) = spawn_server(server_cmd()).await;
+    let base = format!("http://{addr}");
+    let created = hookway::client::ApiClient::new(&base, Some(API_KEY.into())).create_tunnel("crash", None).await;
+    let created = created.unwrap();
+    let app = spawn_app().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--json", "--server", &base])
+        .args(["--token", &created.auth_token])
+        .env_remove("HOOKWAY_API_KEY")
+        .stderr(Stdio::null());
+    let (_client, mut lines, _) = spawn_connected(cmd).await;
+
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    let killed_at = Instant::now();
+    let (_server, _) = spawn_server(server_cmd()).await;
+    let reconnected = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the client keeps running");
+            if serde_json::from_str::<Value>(&line).unwrap()["event"] == "reconnected" {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), reconnected).await.expect("the client reconnects");
+    // Keep-alives go every 2 s; the idle timeout is 9 s.
+    assert!(killed_at.elapsed() < Duration::from_secs(6), "reconnected only after {:?}", killed_at.elapsed());
+    let resp = http().post(format!("{}/echo", created.tunnel_url)).body("back").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -250,7 +250,7 @@ mod tests {
         async fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-            let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &Default::default()).unwrap();
+            let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
             let addr = server.local_addr().unwrap();
             let client = client_endpoint(addr, &tls::Trust::pinned(&identity.fingerprint()).unwrap()).unwrap();
             let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });

@@ -122,9 +122,23 @@ fn mtu_discovery() -> MtuDiscoveryConfig {
     mtu
 }
 
-/// Endpoint settings: accept datagrams as large as discovery may reach.
-fn endpoint_config() -> EndpointConfig {
-    let mut config = EndpointConfig::default();
+/// Endpoint settings: accept datagrams as large as discovery may reach; with
+/// `reset_key` (see [`tls::reset_key_in`]), sign stateless resets with it and
+/// make connection ids that a later process with the same key recognizes (it
+/// answers packets only for ids it could have made), else keys of this
+/// process only.
+fn endpoint_config(reset_key: Option<&[u8; 32]>) -> EndpointConfig {
+    let mut config = match reset_key {
+        Some(key) => {
+            let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            let derived = ring::hmac::sign(&hmac, b"hookway connection ids");
+            let cid_key = u64::from_le_bytes(derived.as_ref()[..8].try_into().expect("a SHA-256 tag has 32 bytes"));
+            let mut config = EndpointConfig::new(Arc::new(hmac));
+            config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            config
+        }
+        None => EndpointConfig::default(),
+    };
     config.max_udp_payload_size(MTU_UPPER_BOUND).expect("within QUIC limits");
     config
 }
@@ -152,6 +166,7 @@ fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
 pub fn server_endpoint(
     addr: SocketAddr,
     identity: &tls::Identity,
+    reset_key: Option<&[u8; 32]>,
     in_flight: &runtime::InFlight,
 ) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicServerConfig::try_from(identity.server_config()).map_err(|e| EndpointError::Tls(e.to_string()))?;
@@ -160,7 +175,7 @@ pub fn server_endpoint(
     config.transport_config(Arc::new(transport(4)));
     let socket = udp_socket(addr)?;
     quinn::Endpoint::new(
-        endpoint_config(),
+        endpoint_config(reset_key),
         Some(config),
         socket,
         Arc::new(runtime::BatchingRuntime::new(in_flight.clone())),
@@ -175,7 +190,7 @@ pub fn client_endpoint(server: SocketAddr, trust: &tls::Trust) -> Result<quinn::
     config.transport_config(Arc::new(transport(MAX_CONCURRENT_REQUESTS)));
     let local: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid literal");
     let socket = udp_socket(local)?;
-    let mut endpoint = quinn::Endpoint::new(endpoint_config(), None, socket, Arc::new(quinn::TokioRuntime))
+    let mut endpoint = quinn::Endpoint::new(endpoint_config(None), None, socket, Arc::new(quinn::TokioRuntime))
         .map_err(|source| EndpointError::Bind { addr: local, source })?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
@@ -193,7 +208,7 @@ mod tests {
         const BURST: usize = 16 << 20;
         let dir = tempfile::tempdir().unwrap();
         let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, &Default::default()).unwrap();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
         let addr = server.local_addr().unwrap();
         let trust = tls::Trust::pinned(&identity.fingerprint()).unwrap();
         let client = client_endpoint(addr, &trust).unwrap();
