@@ -322,7 +322,7 @@ impl Server {
             }
         };
         let public = PublicUrl::parse(&public_url)?;
-        let domain = config.domain.as_ref().map(|d| d.trim_matches('.').to_ascii_lowercase());
+        let domain = config.domain.as_deref().map(parse_domain).transpose()?;
 
         let identity = match &config.tls {
             TlsSource::SelfSigned => {
@@ -465,6 +465,9 @@ struct PublicUrl {
 }
 
 impl PublicUrl {
+    /// Tunnel URLs are this URL with `/t/{subdomain}` appended, so it must be
+    /// a base: no query, fragment or credentials, which would end up in the
+    /// middle of every tunnel URL (`https://h/?q=1/t/x`).
     fn parse(url: &str) -> Result<Self, ServerError> {
         let bad = |why: &str| ServerError::Config(format!("public URL {url:?} {why}"));
         let uri: ::http::Uri = url.parse().map_err(|_| bad("is not a valid URL"))?;
@@ -474,6 +477,19 @@ impl PublicUrl {
             _ => return Err(bad("must start with http:// or https://")),
         };
         let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| bad("has no host"))?;
+        if url.contains(['?', '#']) {
+            return Err(bad("must be a base URL, without a query or fragment"));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(bad("must not hold a user name or password"));
+        }
+        // `http::Uri` reads a port it cannot parse (99999) as none at all.
+        if let Err(err) = url::Url::parse(url) {
+            return Err(bad(&format!("is not a valid URL ({err})")));
+        }
+        if uri.port_u16() == Some(0) {
+            return Err(bad("has port 0"));
+        }
         let rest = &url[scheme.len() + "://".len()..];
         Ok(Self {
             scheme,
@@ -482,6 +498,40 @@ impl PublicUrl {
             ws_base: format!("{ws}://{rest}"),
         })
     }
+}
+
+/// `--domain`, checked and in the form host names are compared in: lower
+/// case, without a trailing dot. Anything else could never match a request's
+/// host, and would be printed into every tunnel's host-based URL.
+fn parse_domain(domain: &str) -> Result<String, ServerError> {
+    let bad = |why: String| ServerError::Config(format!("domain {domain:?} {why}"));
+    let name = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+    if let Some(rest) = name.strip_prefix("*.") {
+        return Err(bad(format!(
+            "is a wildcard: give the domain itself (--domain {rest}) and point *.{rest} at the server in DNS"
+        )));
+    }
+    if name.contains("://") || name.contains('/') {
+        return Err(bad("is a domain name, not a URL: like tunnels.example.com".into()));
+    }
+    if name.contains(':') {
+        return Err(bad("has a port: give the name alone; host-based URLs take the public URL's port".into()));
+    }
+    if !name.is_ascii() {
+        return Err(bad("is not ASCII: give its ASCII (punycode, xn--…) form".into()));
+    }
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(bad(
+            "is not a valid domain name (dot-separated labels of letters, digits and inner hyphens)".into()
+        ));
+    }
+    Ok(name)
 }
 
 /// Makes sure the server has an API key: the configured one, or on a first start
@@ -510,7 +560,7 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option
 
 #[cfg(test)]
 mod tests {
-    use super::{PublicUrl, subdomain_of};
+    use super::{PublicUrl, parse_domain, subdomain_of};
 
     #[test]
     fn host_names_compare_without_case_or_trailing_dot() {
@@ -539,8 +589,38 @@ mod tests {
         assert_eq!((p.port, p.ws_base.as_str()), (Some(8080), "ws://h.test:8080/prefix"));
         let p = PublicUrl::parse("http://[::1]:9000").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("::1", Some(9000)));
-        for bad in ["ftp://x", "tunnels.example.com", "http://", "not a url"] {
+        for bad in [
+            "ftp://x",
+            "tunnels.example.com",
+            "http://",
+            "not a url",
+            "https://h.test/p?q=1",
+            "https://h.test#frag",
+            "https://user:pw@h.test",
+            "http://h.test:99999",
+            "http://h.test:0",
+        ] {
             assert!(PublicUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn domains_are_names_a_host_can_match() {
+        for (given, kept) in [("Example.Test.", "example.test"), ("tunnels.example.com", "tunnels.example.com")] {
+            assert_eq!(parse_domain(given).unwrap(), kept);
+        }
+        for (bad, says) in [
+            ("", "not a valid domain"),
+            ("*.example.test", "--domain example.test"),
+            ("example.test:8080", "has a port"),
+            ("http://example.test", "not a URL"),
+            ("exa mple", "not a valid domain"),
+            ("-a.example", "not a valid domain"),
+            ("a..example", "not a valid domain"),
+            ("bücher.example", "punycode"),
+        ] {
+            let err = parse_domain(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
         }
     }
 }
