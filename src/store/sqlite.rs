@@ -86,9 +86,15 @@ fn hash_from(blob: Vec<u8>) -> Result<[u8; 32], rusqlite::Error> {
 
 impl SqliteStore {
     /// Opens (creating if needed) `hookway.db` in `dir`.
+    ///
+    /// A directory it creates is its owner's only (0700 on Unix): it holds
+    /// the databases, and beside them the TLS key.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
         Self::open(&Self::path_in(dir))
     }
 
@@ -121,7 +127,25 @@ impl SqliteStore {
     }
 }
 
+/// Makes `path` readable and writable by its owner only (0600 on Unix),
+/// creating it empty if need be, before SQLite opens it: the databases hold
+/// webhook signing keys and captured requests, and SQLite gives its `-wal` and
+/// `-shm` files the database file's mode. (SQLite alone creates them 0644.)
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let cannot = |e: std::io::Error| StoreError::Database(format!("cannot secure {}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(cannot)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(cannot)?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 fn open_wal(path: &Path) -> Result<Connection, StoreError> {
+    owner_only(path)?;
     let conn = Connection::open(path).map_err(db)?;
     set_wal(&conn)?;
     Ok(conn)
@@ -144,6 +168,7 @@ fn set_wal(conn: &Connection) -> Result<(), StoreError> {
 /// a few webhooks at a time.) An existing file keeps its page size: changing
 /// it would take a `VACUUM`.
 fn open_log(path: &Path) -> Result<Connection, StoreError> {
+    owner_only(path)?;
     let mut conn = Connection::open(path).map_err(db)?;
     // Before WAL mode is set: that writes the new file's header.
     conn.execute_batch("PRAGMA page_size=16384;").map_err(db)?;
@@ -561,5 +586,28 @@ mod tests {
         assert_eq!(store.prune_deliveries(1_500).unwrap(), 1);
         store.delete_webhook("wh_1").unwrap();
         assert!(store.deliveries_since("wh_1", 0, 10).unwrap().is_empty(), "deliveries go with their webhook");
+    }
+
+    /// The databases hold signing keys and captured requests: no other user
+    /// of the machine may read them, whatever the umask.
+    #[cfg(unix)]
+    #[test]
+    fn the_data_dir_and_its_databases_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let store = SqliteStore::open_in(&dir).unwrap();
+        store.ensure_org("org").unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let files = ["hookway.db", "hookway.db-wal", "hookway-requests.db", "hookway-requests.db-wal"];
+        for name in files {
+            assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+        }
+        drop(store);
+        // A file an older version left readable is tightened when opened.
+        std::fs::set_permissions(dir.join("hookway.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        SqliteStore::open_in(&dir).unwrap();
+        assert_eq!(mode(&dir.join("hookway.db")), 0o600);
     }
 }
