@@ -60,6 +60,7 @@ async fn http2_requests_are_routed_by_their_authority() {
     assert_eq!(seen["path"], "/echo/h2?x=1");
     assert_eq!(seen["body"], "over h2");
     assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str(), "{seen}");
+    assert_eq!(seen["headers"]["host"], authority.as_str(), "the app sees the caller's host, as over HTTP/1.1: {seen}");
 }
 
 #[tokio::test]

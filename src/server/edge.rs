@@ -195,6 +195,13 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
         None => headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
+        // HTTP/2 carries the host in `:authority`, not in a `Host` header: give
+        // the app one, as an HTTP/1.1 caller's reaches it (else the client's
+        // HTTP/1.1 request to the app would name the app's own address, and a
+        // signature over the URL would not match).
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host.clone());
+        }
         headers.insert("x-forwarded-host", host);
     }
 }
