@@ -161,6 +161,16 @@ async fn every_error_is_json_with_the_right_status() {
     let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(100_000));
     let (status, v) = raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(&big)).await;
     assert_eq!(status, 413, "{v}");
+    // A declared length over the limit is refused at once, not after waiting
+    // 30 s for a body that is never sent.
+    let declared = format!(
+        "POST /api/tunnels HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\nContent-Length: 99999999999\r\n\r\n",
+        server.http
+    );
+    let asked = std::time::Instant::now();
+    let answer = raw_exchange(server.http, declared.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5), "answered after {:?}", asked.elapsed());
     let long_name = format!(r#"{{"name":"{}"}}"#, "x".repeat(201));
     let (status, _) = raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(&long_name)).await;
     assert_eq!(status, 400);

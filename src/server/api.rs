@@ -220,6 +220,12 @@ pub(super) async fn read_json_up_to(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"));
+    // A declared length over the limit is refused before waiting for a body
+    // that will be refused anyway (or that never comes: then it was a 408).
+    if http_body::Body::size_hint(req.body()).lower() > limit as u64 {
+        return Err(too_large());
+    }
     let within = state.config.http.body_timeout;
     let read = tokio::time::timeout(within, Limited::new(req.into_body(), limit).collect());
     let bytes = read
@@ -229,7 +235,7 @@ pub(super) async fn read_json_up_to(
         })?
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body exceeds {limit} bytes"))
+                too_large()
             } else {
                 ApiError::bad(format!("could not read request body: {e}"))
             }
