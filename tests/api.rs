@@ -262,21 +262,21 @@ async fn method_not_allowed_lists_the_methods_of_the_path() {
     let (id, _, _) = create_tunnel(&server, None).await;
     let (other, _, _) = create_tunnel(&server, None).await;
     let cases: Vec<(Method, String, &str)> = vec![
-        (Method::POST, "/api/info".into(), "GET"),
-        (Method::PUT, "/api/tunnels".into(), "GET, POST"),
-        (Method::PUT, format!("/api/tunnels/{id}/requests/"), "GET, DELETE"),
-        (Method::POST, format!("/api/tunnels/{id}/requests/stream"), "GET"),
-        (Method::DELETE, format!("/api/tunnels/{id}/requests/req_nothere"), "GET"),
+        (Method::POST, "/api/info".into(), "GET, HEAD"),
+        (Method::PUT, "/api/tunnels".into(), "GET, HEAD, POST"),
+        (Method::PUT, format!("/api/tunnels/{id}/requests/"), "GET, HEAD, DELETE"),
+        (Method::POST, format!("/api/tunnels/{id}/requests/stream"), "GET, HEAD"),
+        (Method::DELETE, format!("/api/tunnels/{id}/requests/req_nothere"), "GET, HEAD"),
         (Method::GET, format!("/api/tunnels/{id}/requests/req_nothere/replay"), "POST"),
-        (Method::DELETE, "/api/webhooks".into(), "GET, POST"),
-        (Method::POST, "/api/webhooks/wh_nothere".into(), "GET, PATCH, DELETE"),
+        (Method::DELETE, "/api/webhooks".into(), "GET, HEAD, POST"),
+        (Method::POST, "/api/webhooks/wh_nothere".into(), "GET, HEAD, PATCH, DELETE"),
         (Method::GET, "/api/webhooks/wh_nothere/regenerate-signing-key".into(), "POST"),
         (Method::GET, "/api/webhooks/wh_nothere/test".into(), "POST"),
-        (Method::PUT, "/api/webhooks/wh_nothere/deliveries".into(), "GET"),
+        (Method::PUT, "/api/webhooks/wh_nothere/deliveries".into(), "GET, HEAD"),
         (Method::GET, format!("/api/tunnels/{other}/regenerate-token"), "POST"),
         (Method::GET, format!("/api/tunnels/{other}/disconnect"), "POST"),
-        (Method::POST, format!("/api/tunnels/{other}/status"), "GET"),
-        (Method::POST, format!("/api/tunnels/{other}"), "GET, PATCH, DELETE"),
+        (Method::POST, format!("/api/tunnels/{other}/status"), "GET, HEAD"),
+        (Method::POST, format!("/api/tunnels/{other}"), "GET, HEAD, PATCH, DELETE"),
     ];
     for (method, path, allow) in &cases {
         let resp = send(&server, method.clone(), path, &auth).await;
@@ -294,6 +294,11 @@ async fn method_not_allowed_lists_the_methods_of_the_path() {
             assert_ne!(status, 405, "{name} {path} is in Allow: {allow}");
         }
     }
+    // HEAD is GET without a body.
+    let resp = send(&server, Method::HEAD, "/api/tunnels", &auth).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert!(resp.bytes().await.unwrap().is_empty());
     // Other errors carry no Allow.
     for path in ["/api/nothing-here", "/api/tunnels/tun_doesnotexist", "/api/webhooks/wh_nothere/other"] {
         let resp = send(&server, Method::GET, path, &auth).await;

@@ -113,7 +113,12 @@ fn status_of(state: &State, t: &Tunnel) -> &'static str {
 }
 
 /// Handles `/api/...`.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // HEAD is GET without the body (RFC 9110 §9.3.2): hyper leaves the body
+    // out of the answer to a HEAD request, whatever the method seen here.
+    if req.method() == Method::HEAD {
+        *req.method_mut() = Method::GET;
+    }
     match route(&state, req, peer).await {
         Ok(resp) => resp,
         Err(ApiError { status, message, allow }) => {
@@ -170,10 +175,10 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
 /// The paths [`route`] serves itself (after `/api/`); `requests` and
 /// `webhooks` keep their own tables.
 const ROUTES: Routes = &[
-    (&["info"], "GET"),
-    (&["tunnels"], "GET, POST"),
-    (&["tunnels", ANY], "GET, PATCH, DELETE"),
-    (&["tunnels", ANY, "status"], "GET"),
+    (&["info"], "GET, HEAD"),
+    (&["tunnels"], "GET, HEAD, POST"),
+    (&["tunnels", ANY], "GET, HEAD, PATCH, DELETE"),
+    (&["tunnels", ANY, "status"], "GET, HEAD"),
     (&["tunnels", ANY, "regenerate-token"], "POST"),
     (&["tunnels", ANY, "disconnect"], "POST"),
 ];

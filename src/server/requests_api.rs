@@ -73,7 +73,8 @@ pub(super) async fn route(
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// The paths [`route`] serves (after `/api/tunnels/{id}/requests`).
-const ROUTES: Routes = &[(&[], "GET, DELETE"), (&["stream"], "GET"), (&[ANY], "GET"), (&[ANY, "replay"], "POST")];
+const ROUTES: Routes =
+    &[(&[], "GET, HEAD, DELETE"), (&["stream"], "GET, HEAD"), (&[ANY], "GET, HEAD"), (&[ANY, "replay"], "POST")];
 
 async fn find(state: &State, tunnel: &Tunnel, rid: &str) -> Result<RequestRecord, ApiError> {
     let (tid, rid) = (tunnel.id.clone(), rid.to_owned());

@@ -67,11 +67,11 @@ pub(super) async fn route(
 
 /// The paths [`route`] serves (after `/api/webhooks`).
 const ROUTES: Routes = &[
-    (&[], "GET, POST"),
-    (&[ANY], "GET, PATCH, DELETE"),
+    (&[], "GET, HEAD, POST"),
+    (&[ANY], "GET, HEAD, PATCH, DELETE"),
     (&[ANY, "regenerate-signing-key"], "POST"),
     (&[ANY, "test"], "POST"),
-    (&[ANY, "deliveries"], "GET"),
+    (&[ANY, "deliveries"], "GET, HEAD"),
 ];
 
 fn not_found() -> ApiError {
