@@ -202,7 +202,7 @@ struct ServerArgs {
     #[arg(long, env = "HOOKWAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Seconds to wait for the local app's response before answering 504.
-    #[arg(long, env = "HOOKWAY_REQUEST_TIMEOUT", default_value_t = 30)]
+    #[arg(long, env = "HOOKWAY_REQUEST_TIMEOUT", default_value_t = 30, value_parser = seconds())]
     request_timeout: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
@@ -215,18 +215,18 @@ struct ServerArgs {
     #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
     ws_max_body: usize,
     /// Seconds between the server's pings to WebSocket clients.
-    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs())]
+    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs(), value_parser = seconds())]
     ws_ping_interval: u64,
     /// Seconds a WebSocket client may stay silent (no message, no pong), or leave what the server
     /// writes unread, before it is dropped.
-    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = seconds())]
     ws_idle_timeout: u64,
     /// Delays before each retry of a failed status-webhook delivery; its length is the number of
     /// retries (units ms, s, m, h; "" for none). Retried: 5xx, 429, timeouts, connection errors.
     #[arg(long, env = "HOOKWAY_WEBHOOK_RETRY_SCHEDULE", default_value = hookway::notify::retry::DEFAULT_SCHEDULE)]
     webhook_retry_schedule: String,
     /// Seconds allowed per webhook delivery attempt.
-    #[arg(long, default_value_t = hookway::notify::notifier::DEFAULT_ATTEMPT_TIMEOUT.as_secs())]
+    #[arg(long, default_value_t = hookway::notify::notifier::DEFAULT_ATTEMPT_TIMEOUT.as_secs(), value_parser = seconds())]
     webhook_timeout: u64,
     /// Allow webhook URLs on loopback, private and link-local addresses (refused by default so a
     /// webhook cannot reach the server's own network; needed when everything runs on one machine).
@@ -434,6 +434,13 @@ fn stdout_failed(err: std::io::Error) -> ! {
 }
 
 /// A local port to forward to: 0 is not one (it means "any" only when binding).
+/// A timeout or interval in whole seconds: at least 1 (0 would make every
+/// request, ping or delivery fail at once) and at most a week (the server
+/// adds them to the clock, which must not overflow).
+fn seconds() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=hookway::server::listener::MAX_TIMEOUT.as_secs())
+}
+
 fn local_port(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(0) => Err("port 0 is not a port an app listens on; give the port of your local app (1-65535)".into()),
@@ -662,7 +669,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         domain: args.domain,
         quic_public_addr: args.quic_public_addr,
         tls,
-        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        request_timeout: Duration::from_secs(args.request_timeout),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
         http: HttpLimits {
@@ -675,13 +682,13 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         },
         ws: WsLimits {
             max_body: args.ws_max_body,
-            ping_interval: Duration::from_secs(args.ws_ping_interval.max(1)),
-            idle_timeout: Duration::from_secs(args.ws_idle_timeout.max(2)),
+            ping_interval: Duration::from_secs(args.ws_ping_interval),
+            idle_timeout: Duration::from_secs(args.ws_idle_timeout),
         },
         webhooks: NotifyConfig {
             schedule: Schedule::parse(&args.webhook_retry_schedule)
                 .map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?,
-            attempt_timeout: Duration::from_secs(args.webhook_timeout.max(1)),
+            attempt_timeout: Duration::from_secs(args.webhook_timeout),
             allow_private: args.allow_private_webhooks,
         },
         capture: CaptureConfig {
