@@ -143,6 +143,9 @@ async fn every_error_is_json_with_the_right_status() {
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name":"a","subdomain":7}"#), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some("{}"), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"subdomain":"other"}"#), 400),
+        // A typo is refused, not ignored (the tunnel would get a random subdomain).
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name":"a","subdomian":"my-one"}"#), 400),
+        (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"name":"ok","bogus":1}"#), 400),
         (Method::GET, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), None, 404),
         (Method::PATCH, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), Some(r#"{"name":"x"}"#), 404),
         (Method::DELETE, "/api/tunnels/tun_doesnotexist".into(), Some(&auth), None, 404),

@@ -272,6 +272,7 @@ async fn replays_reach_the_local_app_with_and_without_edits() {
         (r#"{"headers": {"bad name": "x"}}"#, 400),
         (r#"{"body": "!!", "bodyEncoding": "base64"}"#, 400),
         ("not json", 400),
+        (r#"{"header": {"x-a": "1"}}"#, 400),
     ] {
         let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(edits)).await;
         assert_eq!(status.as_u16(), want, "{edits}: {body}");

@@ -256,6 +256,15 @@ pub(super) async fn read_json_up_to(
     }
 }
 
+/// Refuses a body with a field not in `known`, so that a typo
+/// (`"subdomian"`) is a 400 naming it instead of a field silently ignored.
+pub(super) fn known_fields(body: &serde_json::Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(ApiError::bad(format!("unknown field '{unknown}' (known: {})", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
 pub(super) fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
@@ -331,6 +340,7 @@ fn list(state: &State, org: &str) -> Response<Body> {
 }
 
 async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Value>) -> ApiResult {
+    known_fields(&body, &["name", "subdomain", "group", "captureBodies"])?;
     let name = valid_name(string_field(&body, "name")?.ok_or_else(|| ApiError::bad("'name' is required"))?)?;
     let subdomain = match string_field(&body, "subdomain")? {
         Some(s) => {
@@ -388,6 +398,7 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if body.contains_key("subdomain") {
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
+    known_fields(&body, &["name", "group", "captureBodies"])?;
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
     let group = group_field(&body)?;
     let capture_bodies = bool_field(&body, "captureBodies")?;

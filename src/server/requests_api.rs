@@ -229,6 +229,7 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     let small = http_body::Body::size_hint(req.body()).upper().is_some_and(|n| n <= super::api::MAX_API_BODY as u64);
     let _turn = if small { None } else { Some(state.capture.large_replay().await) };
     let edits = read_json_up_to(state, req, limit).await?;
+    super::api::known_fields(&edits, &["headers", "body", "bodyEncoding"])?;
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;
     let mut headers = replay_headers(&original, &edits)?;

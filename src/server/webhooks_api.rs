@@ -131,9 +131,7 @@ async fn list(state: &State, org: &str) -> http::Response<super::http::Body> {
 /// Applies the fields present in `body` to `w`; unknown fields are refused so
 /// that a typo does not pass silently.
 fn apply(state: &State, w: &mut WebhookRecord, body: &Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::bad(format!("unknown field '{unknown}' (known: {})", FIELDS.join(", "))));
-    }
+    super::api::known_fields(body, FIELDS)?;
     if let Some(name) = string_field(body, "name")? {
         w.name = valid_name(name)?;
     }
