@@ -77,7 +77,7 @@ pub enum WebhooksCommand {
 /// Fields shared by create and update.
 #[derive(Args)]
 pub struct WebhookFields {
-    /// Name, for your reference (default: the URL's host).
+    /// Name, for your reference (`create` without it: the URL's host).
     #[arg(long)]
     name: Option<String>,
     /// Only events of tunnels with this group label.
