@@ -230,6 +230,24 @@ async fn start_exposes_a_port_in_one_command() {
     assert!(logged["durationMs"].as_f64().unwrap() > 0.0);
 }
 
+/// The client's line for a request whose answer broke off says so: a plain
+/// `200` would claim an answer the caller got only part of.
+#[tokio::test]
+async fn a_response_cut_short_is_logged_as_failed() {
+    let server = TestServer::start().await;
+    let (_child, mut lines, url) = start_json(&server).await;
+    let cut = http().get(format!("{url}/broken")).send().await.unwrap();
+    assert_eq!(cut.status(), 200);
+    assert!(cut.bytes().await.is_err(), "the caller sees the body break off");
+    let logged: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!((logged["path"].as_str(), logged["status"].as_u64()), (Some("/broken"), Some(200)), "{logged}");
+    assert!(logged["error"].as_str().is_some_and(|e| e.contains("broke off")), "{logged}");
+    // A whole answer is still a plain line.
+    assert_eq!(http().get(format!("{url}/echo")).send().await.unwrap().status(), 200);
+    let logged: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert!(logged.get("error").is_none_or(Value::is_null), "{logged}");
+}
+
 #[tokio::test]
 async fn webhook_verbs_round_trip_through_the_api() {
     let server = TestServer::start_with(|c| c.webhooks.allow_private = true).await;

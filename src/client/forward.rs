@@ -203,7 +203,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into() });
-    send_response(writer, head, body).await;
+    log.error = send_response(writer, head, body).await;
     Some(log)
 }
 
@@ -240,13 +240,19 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
 }
 
 /// Sends the response; a body that fails midway becomes an `Error` frame.
-async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming) {
+/// Says what went wrong, if the response did not go out whole: the log line
+/// must not show a plain status for an answer the caller got only part of.
+async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming) -> Option<String> {
     match send_message(&mut writer, head, body).await {
-        SendOutcome::Sent => writer.finish(),
-        SendOutcome::PeerGone => {}
+        SendOutcome::Sent => {
+            writer.finish();
+            None
+        }
+        SendOutcome::PeerGone => Some("the response was cut short: the caller or the server went away".into()),
         SendOutcome::BodyFailed(err) => {
             let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &err)).await;
             writer.finish();
+            Some(format!("the app's response body broke off: {err}"))
         }
     }
 }

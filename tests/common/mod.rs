@@ -217,6 +217,7 @@ fn full(data: impl Into<Bytes>) -> Body {
 ///   lossy text, body length), status from `?status=`, header `x-app: echo`.
 /// * `/upload`: streams the body, answers `{"bytes": n, "sum": wrapping sum}`.
 /// * `/download?n=N`: N bytes of a known pattern, streamed in 64 KiB chunks.
+/// * `/broken`: 64 KiB of a declared 1 MiB body, then the connection is cut.
 /// * `/sse`: three events 300 ms apart.
 /// * `/slow?ms=N`: answers after N ms.
 pub async fn spawn_app() -> SocketAddr {
@@ -349,6 +350,23 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
             });
             let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
             resp.headers_mut().insert("content-length", n.to_string().parse().unwrap());
+            resp
+        }
+        "/broken" => {
+            // Declares 1 MiB, sends 64 KiB, then fails: hyper cuts the connection
+            // mid-response. (The pause lets the head and the first part go out.)
+            let chunks = stream::unfold(0, |i| async move {
+                match i {
+                    0 => Some((Ok(http_body::Frame::data(Bytes::from(vec![b'z'; 64 * 1024]))), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Some((Err(BoxError::from("the app broke off")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
+            resp.headers_mut().insert("content-length", (1024 * 1024).to_string().parse().unwrap());
             resp
         }
         "/sse" => {
