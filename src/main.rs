@@ -139,7 +139,56 @@ fn parse() -> Cli {
     if let Some(message) = monitor_without_terminal(&cli.command) {
         command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
     }
+    if let Command::Tunnels(TunnelsCommand::Connect(cmd) | TunnelsCommand::Monitor(cmd)) = &cli.command
+        && let Err(message) = ws_url_agrees(cmd)
+    {
+        command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
+    }
     cli
+}
+
+/// A `--ws-url` names a tunnel and carries its token: they must be the ones
+/// the other arguments give, or which tunnel is served would be a guess.
+fn ws_url_agrees(cmd: &ConnectCmd) -> Result<(), String> {
+    let Some(url) = &cmd.ws_url else { return Ok(()) };
+    if url.tunnel_id() != cmd.id {
+        return Err(format!(
+            "--ws-url is for tunnel {}, not {}: give the wsUrl of {}",
+            url.tunnel_id(),
+            cmd.id,
+            cmd.id
+        ));
+    }
+    match &cmd.token {
+        Some(token) if token != url.token() => {
+            Err("--token and the token in --ws-url differ: give one of them (the wsUrl carries the token)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Parses `--ws-url` (see [`client::WsUrl`]). Not a plain function parser:
+/// clap would print the value, token and all, in its error.
+#[derive(Clone)]
+struct WsUrlParser;
+
+impl clap::builder::TypedValueParser for WsUrlParser {
+    type Value = client::WsUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let why = match value.to_str().map(str::parse::<client::WsUrl>) {
+            Some(Ok(url)) => return Ok(url),
+            Some(Err(err)) => err.to_string(),
+            None => "not valid UTF-8".into(),
+        };
+        let message = format!("invalid value for '--ws-url <WS_URL>': {why}\n");
+        Err(clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd))
+    }
 }
 
 /// Why the monitor cannot run here, if it cannot: it draws on stdout and reads
@@ -281,9 +330,6 @@ struct ConnectArgs {
     /// Bodies are then buffered and capped by the server (10 MiB by default).
     #[arg(long)]
     ws: bool,
-    /// The tunnel's wsUrl as the API printed it (implies --ws); needed with --token when no API key is at hand.
-    #[arg(long, env = "HOOKWAY_WS_URL", hide_env_values = true)]
-    ws_url: Option<String>,
     /// Microseconds (at most 1000000) to keep polling instead of sleeping when a request starts or ends,
     /// while no other is in flight. Saves the wake-ups that make most of a quiet tunnel's added latency
     /// (on VMs especially), for at most twice this in CPU per request; 0 turns it off. QUIC only.
@@ -402,6 +448,11 @@ struct ConnectCmd {
     /// The tunnel's auth token; without it a new one is issued (ending any other client's session).
     #[arg(long, env = "HOOKWAY_TUNNEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The tunnel's wsUrl as the API printed it: serves over the WebSocket gateway (implies --ws) with
+    /// the token it carries (no new token is issued; a --token must be the same).
+    // Here, not in `ConnectArgs`: `start` creates its tunnel, and serves that one.
+    #[arg(long, env = "HOOKWAY_WS_URL", hide_env_values = true, value_parser = WsUrlParser)]
+    ws_url: Option<client::WsUrl>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
@@ -809,11 +860,8 @@ async fn start(args: StartArgs) -> Result<()> {
         }
         Err(err) => return Err(err.into()),
     };
-    let mut connect = args.connect;
-    if connect.ws && connect.ws_url.is_none() {
-        connect.ws_url = Some(ws_url);
-    }
-    serve(&args.client, connect, id, token, args.port, args.monitor).await
+    let ws_url = if args.connect.ws { Some(parse_ws_url(&ws_url)?) } else { None };
+    serve(&args.client, args.connect, ws_url, id, token, args.port, args.monitor).await
 }
 
 /// Why `subdomain` cannot be had, and what to do: serve this organization's
@@ -838,13 +886,14 @@ async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: 
 async fn serve(
     client: &ClientArgs,
     connect: ConnectArgs,
+    ws_url: Option<client::WsUrl>,
     id: String,
     token: String,
     port: u16,
     monitor: bool,
 ) -> Result<()> {
     let config = ClientConfig {
-        ws_url: connect.ws_url,
+        ws_url,
         server: client.server.clone(),
         tunnel_id: id,
         token,
@@ -1053,7 +1102,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
 /// `tunnels connect` (`monitor` false) and `tunnels monitor`: the same
 /// connection, shown as lines or full-screen.
 async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
-    let ConnectCmd { id, port, token, mut connect, client } = cmd;
+    let ConnectCmd { id, port, token, mut ws_url, connect, client } = cmd;
     if monitor {
         // The monitor reads the captured requests through the API: check before connecting.
         api(&client)?;
@@ -1061,20 +1110,21 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
             bail!("monitor shows a full-screen view: it does not combine with --json");
         }
     }
-    let token = match token {
+    // (`parse` checked that a --token and a --ws-url agree.)
+    let token = match token.or_else(|| ws_url.as_ref().map(|url| url.token().to_owned())) {
         Some(t) => t,
         None => {
             let creds = api(&client)?.regenerate_credentials(&id).await?;
             if !client.json {
                 eprintln!("No --token given: issued a new auth token for {id} (the previous one no longer works).");
             }
-            if connect.ws && connect.ws_url.is_none() {
-                connect.ws_url = Some(creds.ws_url);
+            if connect.ws {
+                ws_url = Some(parse_ws_url(&creds.ws_url)?);
             }
             creds.auth_token
         }
     };
-    if connect.ws && connect.ws_url.is_none() {
+    if connect.ws && ws_url.is_none() {
         if client.key().is_none() {
             bail!(
                 "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
@@ -1082,9 +1132,14 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
             );
         }
         let tunnel = api(&client)?.tunnel(&id).await?;
-        connect.ws_url = Some(ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?);
+        ws_url = Some(parse_ws_url(&ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?)?);
     }
-    serve(&client, connect, id, token, port, monitor).await
+    serve(&client, connect, ws_url, id, token, port, monitor).await
+}
+
+/// A wsUrl from the API, or built from one of its answers.
+fn parse_ws_url(url: &str) -> Result<client::WsUrl> {
+    url.parse().context("the server's wsUrl for the tunnel")
 }
 
 /// seed 001's `wsUrl`, built from the server URL the client uses.

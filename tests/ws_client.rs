@@ -209,3 +209,58 @@ async fn cli_connect_with_ws_serves_the_tunnel() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid auth token"), "{err}");
 }
+
+/// `--ws-url` names its tunnel and carries its token: with an API key at hand
+/// and no `--token`, the client serves that tunnel with that token, issuing no
+/// new one. A URL that is no wsUrl, or names another tunnel or token than the
+/// arguments, or is given to `start` (which serves the tunnel it creates), is a
+/// usage error before anything is created or reissued.
+#[tokio::test]
+async fn cli_ws_url_serves_its_own_tunnel_with_its_own_token() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let a = server.api().create_tunnel("a", None).await.unwrap();
+    let b = server.api().create_tunnel("b", None).await.unwrap();
+    let (id, port) = (a.tunnel.id.as_str(), app.port().to_string());
+    let hookway = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+        cmd.args(args)
+            .env("HOOKWAY_SERVER", &server.url)
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .env_remove("HOOKWAY_TUNNEL_TOKEN")
+            .env_remove("HOOKWAY_WS_URL")
+            .kill_on_drop(true);
+        cmd
+    };
+    let no_token = a.ws_url.replace(&format!("&token={}", a.auth_token), "");
+    let http_url = a.ws_url.replacen("ws://", "http://", 1);
+    let cases: [(&[&str], &str); 6] = [
+        (&["tunnels", "connect", id, &port, "--ws-url", &b.ws_url], "--ws-url is for tunnel"),
+        (&["tunnels", "connect", id, &port, "--token", "hwt_bad", "--ws-url", &a.ws_url], "differ"),
+        (&["tunnels", "connect", id, &port, "--ws-url", "not a url"], "not a URL"),
+        (&["tunnels", "connect", id, &port, "--ws-url", &http_url], "ws:// or wss://"),
+        (&["tunnels", "connect", id, &port, "--ws-url", &no_token], "no token query parameter"),
+        (&["start", &port, "--ws-url", &a.ws_url], "'--ws-url'"),
+    ];
+    for (args, says) in cases {
+        let out = tokio::time::timeout(Duration::from_secs(20), hookway(args).output()).await;
+        let out = out.unwrap_or_else(|_| panic!("{args:?} still runs after 20 s")).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains(&a.auth_token), "{args:?}: {err}");
+    }
+    let listed = server.api().call(Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(listed["tunnels"].as_array().unwrap().len(), 2, "`start` created nothing");
+
+    // The token in the URL is still the tunnel's (nothing above reissued it), and it is used.
+    let mut cmd = hookway(&["tunnels", "connect", id, &port, "--ws-url", &a.ws_url, "--json"]);
+    cmd.stderr(Stdio::piped());
+    let (mut child, _lines, live) = spawn_connected(cmd).await;
+    assert_eq!((live["tunnelId"].as_str(), live["tunnelUrl"].as_str()), (Some(id), Some(a.tunnel_url.as_str())));
+    let resp = http().post(format!("{}/echo", a.tunnel_url)).body("via ws-url").send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["body"], "via ws-url");
+    child.kill().await.unwrap();
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
+    assert!(!err.contains("new auth token"), "{err}");
+}

@@ -7,6 +7,7 @@ mod drain;
 pub mod forward;
 pub mod spin;
 mod ws;
+mod ws_url;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, ServerHello};
 pub use api::{ApiClient, ApiError, ServerInfo};
 pub use forward::{LocalApp, RequestLog};
+pub use ws_url::{WsUrl, WsUrlError};
 
 /// First reconnection delay; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -49,7 +51,8 @@ pub struct ClientConfig {
     /// QUIC address to dial instead of the one derived from the server URL.
     pub quic_addr: Option<String>,
     /// Serve over the WebSocket-JSON gateway at this `wsUrl` instead of QUIC.
-    pub ws_url: Option<String>,
+    /// It names the tunnel and token itself: they must be `tunnel_id` and `token`.
+    pub ws_url: Option<WsUrl>,
     /// How long to keep polling instead of sleeping around each request
     /// (QUIC only; see [`spin`]); zero turns it off.
     pub busy_poll: Duration,
@@ -119,6 +122,9 @@ pub async fn run(
     shutdown: impl Into<Shutdown>,
 ) -> Result<(), ClientError> {
     let shutdown = shutdown.into();
+    if let Some(url) = &config.ws_url {
+        check_ws_url(url, &config)?;
+    }
     let on_event: Arc<dyn Fn(Event) + Send + Sync> = Arc::new(on_event);
     let app = LocalApp::new(&config.local_host, config.local_port);
     let api = ApiClient::new(&config.server, None);
@@ -132,7 +138,7 @@ pub async fn run(
     loop {
         let (connected, end) = match &config.ws_url {
             None => quic_session(&api, &config, &app, &spinner, &on_event, &shutdown, connected_before).await,
-            Some(url) => ws::session(url, &config.tunnel_id, &app, &on_event, &shutdown, connected_before).await,
+            Some(url) => ws::session(url, &app, &on_event, &shutdown, connected_before).await,
         };
         if connected {
             backoff = MIN_BACKOFF;
@@ -200,6 +206,23 @@ async fn quic_session(
         }
     };
     (true, end)
+}
+
+/// The wsUrl must serve the tunnel the rest of the configuration names: the
+/// status, the monitor and the messages go by `tunnel_id`, while the gateway
+/// goes by the URL.
+fn check_ws_url(url: &WsUrl, config: &ClientConfig) -> Result<(), ClientError> {
+    if url.tunnel_id() != config.tunnel_id {
+        return Err(ClientError::Config(format!(
+            "the wsUrl is for tunnel {}, not {}",
+            url.tunnel_id(),
+            config.tunnel_id
+        )));
+    }
+    if url.token() != config.token {
+        return Err(ClientError::Config("the wsUrl carries another auth token than the one given".into()));
+    }
+    Ok(())
 }
 
 fn jitter(d: Duration) -> Duration {

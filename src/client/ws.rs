@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::task::TaskTracker;
 
-use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, drain};
+use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, WsUrl, drain};
 use crate::quic::{close, tls};
 use crate::shutdown::Shutdown;
 use crate::wire::ServerHello;
@@ -42,8 +42,7 @@ struct Welcome {
 
 /// Connects, serves until the socket ends or `shutdown`; (connected, how it ended).
 pub(super) async fn session(
-    url: &str,
-    tunnel_id: &str,
+    url: &WsUrl,
     app: &LocalApp,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     shutdown: &Shutdown,
@@ -51,7 +50,7 @@ pub(super) async fn session(
 ) -> (bool, Attempt) {
     let (ws, welcome) = tokio::select! {
         _ = shutdown.stop_token().cancelled() => return (false, Attempt::Stopped),
-        r = tokio::time::timeout(CONNECT_TIMEOUT, connect(url, tunnel_id)) => match r {
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect(url)) => match r {
             Ok(Ok(pair)) => pair,
             Ok(Err(end)) => return (false, end),
             Err(_) => return (false, Attempt::Retry("timed out connecting to the WebSocket gateway".into())),
@@ -235,40 +234,39 @@ fn closed(frame: Option<CloseFrame>) -> Attempt {
 }
 
 /// Opens the socket; refusals (401/404) are final, the rest worth a retry.
-async fn connect(url: &str, tunnel_id: &str) -> Result<(Socket, Welcome), Attempt> {
+async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
-    let connector = url.starts_with("wss:").then(|| {
+    let connector = url.as_str().starts_with("wss:").then(|| {
         let mut tls = tls::Trust::SystemRoots.client_config();
         tls.alpn_protocols.clear();
         Connector::Rustls(Arc::new(tls))
     });
-    let (ws, resp) = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, connector)
-        .await
-        .map_err(|err| match err {
-            tungstenite::Error::Http(resp) => {
-                let status = resp.status();
-                let message = resp
-                    .body()
-                    .as_deref()
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                    .and_then(|v| v["error"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| format!("HTTP {status}"));
-                if status.is_client_error() {
-                    Attempt::Fatal(ClientError::Rejected(message))
-                } else {
-                    Attempt::Retry(format!("the WebSocket gateway answered {status}: {message}"))
-                }
+    let dialled = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, connector).await;
+    let (ws, resp) = dialled.map_err(|err| match err {
+        tungstenite::Error::Http(resp) => {
+            let status = resp.status();
+            let message = resp
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            if status.is_client_error() {
+                Attempt::Fatal(ClientError::Rejected(message))
+            } else {
+                Attempt::Retry(format!("the WebSocket gateway answered {status}: {message}"))
             }
-            tungstenite::Error::Url(err) => Attempt::Fatal(ClientError::Config(format!("bad WebSocket URL: {err}"))),
-            other => Attempt::Retry(format!("cannot connect to {}: {other}", redact(url))),
-        })?;
+        }
+        tungstenite::Error::Url(err) => Attempt::Fatal(ClientError::Config(format!("bad WebSocket URL: {err}"))),
+        other => Attempt::Retry(format!("cannot connect to {url}: {other}")),
+    })?;
     let h = resp.headers();
     let text = |name: &str| h.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
     let number = |name: &str| text(name).parse::<u64>().ok();
-    let subdomain = url.split("/tunnels/").nth(1).and_then(|r| r.split('/').next()).unwrap_or("").to_owned();
+    let subdomain = url.as_str().split("/tunnels/").nth(1).and_then(|r| r.split('/').next()).unwrap_or("").to_owned();
     let ping_ms = number("x-hookway-ping-interval-ms").unwrap_or(10_000).clamp(1_000, 3_600_000);
     let hello = ServerHello {
-        tunnel_id: tunnel_id.to_owned(),
+        tunnel_id: url.tunnel_id().to_owned(),
         name: text("x-hookway-tunnel-name"),
         tunnel_url: text("x-hookway-tunnel-url"),
         host_url: Some(text("x-hookway-host-url")).filter(|u| !u.is_empty()),
@@ -277,27 +275,4 @@ async fn connect(url: &str, tunnel_id: &str) -> Result<(Socket, Welcome), Attemp
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
     Ok((ws, Welcome { hello, max_body, ping_interval: Duration::from_millis(ping_ms) }))
-}
-
-/// The URL without its token, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("token=") {
-        Some((head, tail)) => {
-            let rest = tail.find('&').map_or("", |i| &tail[i..]);
-            format!("{head}token=…{rest}")
-        }
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redact_hides_the_token() {
-        assert_eq!(
-            super::redact("ws://h/tunnels/a/ws?tunnelId=t&token=secret"),
-            "ws://h/tunnels/a/ws?tunnelId=t&token=…"
-        );
-        assert_eq!(super::redact("ws://h/x?token=s&b=1"), "ws://h/x?token=…&b=1");
-    }
 }

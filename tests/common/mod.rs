@@ -522,7 +522,7 @@ pub async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
         local_port: port,
         fingerprint: None,
         quic_addr: None,
-        ws_url: Some(created.ws_url.clone()),
+        ws_url: Some(created.ws_url.parse().unwrap()),
         busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
     let shutdown = CancellationToken::new();
