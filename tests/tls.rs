@@ -1,12 +1,16 @@
 //! TLS: the self-signed default is pinned automatically; a configured certificate
-//! is used as given; a wrong pin never connects.
+//! is used as given; a wrong pin never connects, and a certificate the client
+//! cannot trust stops it at once, saying why in plain words.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use hookway::client::{self, ClientConfig, Event};
+use hookway::client::{self, ClientConfig, ClientError, Event};
+use hookway::quic::tls::CertRefused;
 use hookway::server::TlsSource;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -22,14 +26,15 @@ async fn self_signed_certificate_is_generated_once_and_kept() {
     assert_eq!(fp1, fp2, "restarts keep the certificate, so pins stay valid");
 }
 
-async fn first_event(config: ClientConfig) -> Event {
+/// The client's first event, or how it ended if it ended first (within 20 s).
+async fn first_event(config: ClientConfig) -> Result<Event, ClientError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
-    let event = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.unwrap().unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("an event or an end in 20 s");
     shutdown.cancel();
-    let _ = task.await;
-    event
+    let ended = task.await.unwrap();
+    event.ok_or_else(|| ended.expect_err("a client that ended without an event failed"))
 }
 
 #[tokio::test]
@@ -58,21 +63,178 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
         busy_poll: hookway::client::spin::DEFAULT_BUDGET,
     };
 
-    // Not in the system roots: refused.
+    // Not in the system roots: refused for good, on the first attempt.
     match first_event(config(None)).await {
-        Event::Reconnecting { reason, .. } => assert!(reason.contains("QUIC connection"), "{reason}"),
-        other => panic!("must not connect: {other:?}"),
+        Err(ClientError::Certificate(CertRefused::Untrusted { reason, presented })) => {
+            assert_eq!((reason.as_str(), presented.as_str()), ("unknown issuer", fingerprint.as_str()));
+        }
+        other => panic!("must stop, untrusted: {other:?}"),
     }
-    // A wrong pin: refused.
+    // A wrong pin: refused for good.
     match first_event(config(Some("00".repeat(32)))).await {
-        Event::Reconnecting { .. } => {}
-        other => panic!("must not connect: {other:?}"),
+        Err(ClientError::Certificate(CertRefused::PinMismatch { pinned, presented })) => {
+            assert_eq!((pinned, presented), ("00".repeat(32), fingerprint.clone()));
+        }
+        other => panic!("must stop, mismatched: {other:?}"),
     }
     // The right pin (with colons, as people paste them): connected.
     let pretty =
         fingerprint.as_bytes().chunks(2).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join(":");
     match first_event(config(Some(pretty))).await {
-        Event::Connected { hello, .. } => assert_eq!(hello.tunnel_id, id),
+        Ok(Event::Connected { hello, .. }) => assert_eq!(hello.tunnel_id, id),
         other => panic!("should connect: {other:?}"),
     }
+}
+
+/// A certificate and its key in PEM files, and its SHA-256 (of the DER), as hex.
+struct Pem {
+    cert: PathBuf,
+    key: PathBuf,
+    fingerprint: String,
+}
+
+impl Pem {
+    fn write(dir: &Path, name: &str, cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Self {
+        let (cert_path, key_path) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Self { cert: cert_path, key: key_path, fingerprint: hex::encode(Sha256::digest(cert.der())) }
+    }
+
+    fn source(&self) -> TlsSource {
+        TlsSource::Files { cert: self.cert.clone(), key: self.key.clone() }
+    }
+}
+
+/// A private CA (`ca.pem`, a CA certificate, as `openssl req -x509` makes by
+/// default), and a server certificate for 127.0.0.1 it signed (`server.pem`).
+fn private_ca(dir: &Path) -> (Pem, Pem) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "hookway test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = Pem::write(dir, "ca", &ca_cert, &ca_key);
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    (ca, Pem::write(dir, "server", &server_cert, &server_key))
+}
+
+/// `hookway tunnels connect` for a new tunnel of `server`, with `args` and
+/// `env` and no trust settings of the test's environment.
+async fn connect_cli(server: &TestServer, args: &[&str], env: &[(&str, &Path)]) -> tokio::process::Command {
+    let (id, token, _) = create_tunnel(server, None).await;
+    let port = closed_port().await.to_string();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &id, &port, "--server", &server.url, "--token", &token])
+        .args(args)
+        .env_remove("HOOKWAY_API_KEY")
+        .env_remove("HOOKWAY_FINGERPRINT")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a client that must refuse the server's certificate: it exits 1 on the
+/// first attempt (a client still retrying after 20 s fails the test) with one
+/// line on stderr, which is returned.
+async fn refusal(mut cmd: tokio::process::Command) -> String {
+    let run = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run).await.expect("the client gave up at once").unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, no retries: {err}");
+    err
+}
+
+/// The two ways to trust a private CA work (`SSL_CERT_FILE`, a pin of the
+/// server's certificate); without either, the client stops at once and says
+/// what to do, in words rather than rustls's debug text.
+#[tokio::test]
+async fn a_private_ca_is_trusted_through_ssl_cert_file_or_a_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf) = private_ca(dir.path());
+    let server = TestServer::start_with(|c| c.tls = leaf.source()).await;
+
+    let err = refusal(connect_cli(&server, &[], &[]).await).await;
+    assert!(err.starts_with("Error: the server's certificate is not trusted (unknown issuer): "), "{err}");
+    assert!(err.contains("SSL_CERT_FILE") && err.contains("--fingerprint"), "{err}");
+    assert!(err.contains(&leaf.fingerprint) && !err.contains("UnknownIssuer"), "{err}");
+
+    let trusted = connect_cli(&server, &["--json"], &[("SSL_CERT_FILE", &ca.cert)]).await;
+    let (_client, _, live) = spawn_connected(trusted).await;
+    assert_eq!(live["event"], "connected");
+    let pinned = connect_cli(&server, &["--json", "--fingerprint", &leaf.fingerprint], &[]).await;
+    let (_pinned, _, _) = spawn_connected(pinned).await;
+
+    let wrong = "ab".repeat(32);
+    let err = refusal(connect_cli(&server, &["--fingerprint", &wrong], &[]).await).await;
+    let says = format!("does not match the pinned fingerprint {wrong} (it presents {})", leaf.fingerprint);
+    assert!(err.starts_with("Error: the server's certificate ") && err.contains(&says), "{err}");
+}
+
+/// A CA's own certificate served as the server's (what `openssl req -x509`
+/// makes) cannot verify, even with the CA trusted: said as such; a pin of it
+/// still works.
+#[tokio::test]
+async fn a_ca_certificate_served_as_the_servers_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = private_ca(dir.path());
+    let server = TestServer::start_with(|c| c.tls = ca.source()).await;
+    let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
+    assert!(err.contains("not trusted (it is a CA certificate, not a server certificate"), "{err}");
+    assert!(!err.contains("CaUsedAsEndEntity"), "{err}");
+    let pinned = connect_cli(&server, &["--json", "--fingerprint", &ca.fingerprint], &[]).await;
+    let (_pinned, _, _) = spawn_connected(pinned).await;
+}
+
+/// The default self-signed certificate with a pin that is not its own: a
+/// possible interception, so no retry.
+#[tokio::test]
+async fn a_wrong_pin_of_the_self_signed_certificate_stops_the_client() {
+    let server = TestServer::start().await;
+    let announced = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let wrong = "cd".repeat(32);
+    let err = refusal(connect_cli(&server, &["--fingerprint", &wrong], &[]).await).await;
+    assert!(err.contains(&format!("the pinned fingerprint {wrong} (it presents {announced})")), "{err}");
+    assert!(!err.contains("ApplicationVerificationFailure"), "{err}");
+}
+
+/// A server that comes back with another certificate than the one pinned
+/// stops a client that was serving: reconnecting would meet the same
+/// certificate, and the change may be an interception.
+#[tokio::test]
+async fn a_new_certificate_after_a_restart_stops_a_reconnecting_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, first) = private_ca(dir.path());
+    let server = TestServer::start_with(|c| c.tls = first.source()).await;
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let mut cmd = connect_cli(&server, &["--json", "--fingerprint", &first.fingerprint], &[]).await;
+    cmd.stderr(Stdio::null());
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+
+    let renewed = tempfile::tempdir().unwrap();
+    let (_, second) = private_ca(renewed.path());
+    let data = server.stop().await;
+    let _server = TestServer::start_in(data, |c| {
+        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
+        c.tls = second.source();
+    })
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("the client stops").unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut ended = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "ended" {
+            ended = event["reason"].as_str().map(str::to_owned);
+        }
+    }
+    let reason = ended.expect("an `ended` event");
+    let says = format!("the pinned fingerprint {} (it presents {})", first.fingerprint, second.fingerprint);
+    assert!(reason.contains(&says), "{reason}");
 }

@@ -101,6 +101,10 @@ pub enum ClientError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The server's certificate was refused: retrying would meet the same
+    /// certificate, and a mismatch may be someone in the middle.
+    #[error("{0}")]
+    Certificate(#[from] tls::CertRefused),
 }
 
 /// How a connection attempt or session ended.
@@ -254,7 +258,9 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
         None => tls::Trust::SystemRoots,
     };
     let server_name = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
-    let endpoint = quic::client_endpoint(addr, &trust).map_err(|e| Attempt::Retry(e.to_string()))?;
+    let refusal = tls::Refusal::default();
+    let crypto = trust.client_config_noting(&refusal);
+    let endpoint = quic::client_endpoint_with_tls(addr, crypto).map_err(|e| Attempt::Retry(e.to_string()))?;
     let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
     let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
@@ -265,7 +271,13 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
                  port instead)"
             ))
         })?
-        .map_err(|e| Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")))?;
+        .map_err(|e| match refusal.take() {
+            // Fatal on a reconnection too: a server restarted with a certificate
+            // we cannot trust is not fixed by waiting, and a silent retry loop
+            // would hide a possible interception.
+            Some(refused) => Attempt::Fatal(refused.into()),
+            None => Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")),
+        })?;
     Ok((endpoint, conn))
 }
 

@@ -233,15 +233,22 @@ fn closed(frame: Option<CloseFrame>) -> Attempt {
     }
 }
 
-/// Opens the socket; refusals (401/404) are final, the rest worth a retry.
+/// Opens the socket; refusals (401/404, a certificate we cannot trust) are
+/// final, the rest worth a retry.
 async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
+    let refusal = tls::Refusal::default();
     let connector = url.as_str().starts_with("wss:").then(|| {
-        let mut tls = tls::Trust::SystemRoots.client_config();
+        let mut tls = tls::Trust::SystemRoots.client_config_noting(&refusal);
         tls.alpn_protocols.clear();
         Connector::Rustls(Arc::new(tls))
     });
     let dialled = tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(config), true, connector).await;
+    if dialled.is_err()
+        && let Some(refused) = refusal.take()
+    {
+        return Err(Attempt::Fatal(refused.into()));
+    }
     let (ws, resp) = dialled.map_err(|err| match err {
         tungstenite::Error::Http(resp) => {
             let status = resp.status();

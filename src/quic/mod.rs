@@ -185,7 +185,16 @@ pub fn server_endpoint(
 
 /// A client endpoint on an ephemeral port, trusting the server as `trust` says.
 pub fn client_endpoint(server: SocketAddr, trust: &tls::Trust) -> Result<quinn::Endpoint, EndpointError> {
-    let crypto = QuicClientConfig::try_from(trust.client_config()).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    client_endpoint_with_tls(server, trust.client_config())
+}
+
+/// [`client_endpoint`] with a TLS configuration of the caller's (one from
+/// [`tls::Trust::client_config_noting`], to learn why a certificate was refused).
+pub fn client_endpoint_with_tls(
+    server: SocketAddr,
+    tls: rustls::ClientConfig,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport(MAX_CONCURRENT_REQUESTS)));
     let local: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid literal");

@@ -1,10 +1,12 @@
 //! TLS for the QUIC listener: a self-signed identity by default, pinned by clients
 //! through its SHA-256 fingerprint; or a real certificate verified against the
-//! system roots.
+//! system roots. A client that refuses a certificate says why in plain words
+//! ([`CertRefused`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -207,7 +209,8 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub enum Trust {
     /// Accept exactly the certificate with this SHA-256 fingerprint.
     Pinned([u8; 32]),
-    /// Verify against the operating system's root certificates.
+    /// Verify against the operating system's root certificates (or those in
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, when set).
     SystemRoots,
 }
 
@@ -222,51 +225,137 @@ impl Trust {
 
     /// rustls client configuration for this trust decision.
     pub fn client_config(&self) -> rustls::ClientConfig {
+        self.client_config_noting(&Refusal::default())
+    }
+
+    /// [`Trust::client_config`], whose verifier leaves in `refusal` why it
+    /// refused a certificate, for a message better than rustls's own.
+    pub fn client_config_noting(&self, refusal: &Refusal) -> rustls::ClientConfig {
         let provider = provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("ring supports TLS 1.3");
-        let mut config = match self {
-            Trust::Pinned(pin) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinnedVerifier { pin: *pin, provider }))
-                .with_no_client_auth(),
+        let check = match self {
+            Trust::Pinned(pin) => Check::Pinned(*pin),
             Trust::SystemRoots => {
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in rustls_native_certs::load_native_certs().certs {
                     let _ = roots.add(cert);
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                // (Fails only without roots: then every certificate is refused.)
+                let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build();
+                Check::Roots(verifier.ok())
             }
         };
+        let verifier = Verifier { check, provider: provider.clone(), refusal: refusal.clone() };
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("ring supports TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
         config.alpn_protocols = vec![ALPN.to_vec()];
         config
     }
 }
 
-/// Accepts one certificate, identified by its SHA-256, whatever names it carries;
-/// the handshake signature is still verified, so only the key's holder passes.
-#[derive(Debug)]
-struct PinnedVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
+/// Why a client refused the server's certificate. Not a network hiccup: the
+/// same certificate fails the same way on every attempt, and a mismatch may be
+/// someone in the middle; so a client stops and says this, rather than retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRefused {
+    /// The certificate is not the pinned one.
+    #[error(
+        "the server's certificate does not match the pinned fingerprint {pinned} (it presents {presented}): \
+         someone may be intercepting the connection, or the server's certificate changed (then, once you have \
+         checked the new one is the server's, pin it with --fingerprint)"
+    )]
+    PinMismatch {
+        /// The fingerprint expected, as hex.
+        pinned: String,
+        /// The fingerprint of the certificate presented, as hex.
+        presented: String,
+    },
+    /// The certificate does not verify against the trusted roots.
+    #[error(
+        "the server's certificate is not trusted ({reason}): use a certificate from a CA in the system roots, \
+         set SSL_CERT_FILE to your CA bundle, or pin it with --fingerprint <sha256> (it presents {presented})"
+    )]
+    Untrusted {
+        /// What is wrong with it, in words.
+        reason: String,
+        /// The fingerprint of the certificate presented, as hex.
+        presented: String,
+    },
 }
 
-impl ServerCertVerifier for PinnedVerifier {
+/// Where a client's verifier leaves the reason it refused a certificate:
+/// rustls reports a refusal only as debug text inside the connection's error.
+#[derive(Debug, Clone, Default)]
+pub struct Refusal(Arc<Mutex<Option<CertRefused>>>);
+
+impl Refusal {
+    /// Why the last certificate was refused, if one was since the last call.
+    pub fn take(&self) -> Option<CertRefused> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn note(&self, refused: CertRefused) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(refused);
+    }
+}
+
+/// What a [`Verifier`] checks the certificate against.
+#[derive(Debug)]
+enum Check {
+    /// One certificate, by its SHA-256, whatever names it carries.
+    Pinned([u8; 32]),
+    /// A chain to a trusted root (`None`: no roots found, nothing passes).
+    Roots(Option<Arc<WebPkiServerVerifier>>),
+}
+
+/// Checks the server's certificate as [`Check`] says, noting why it refuses
+/// one. The handshake signature is verified either way, so only the holder of
+/// the certificate's key passes.
+#[derive(Debug)]
+struct Verifier {
+    check: Check,
+    provider: Arc<CryptoProvider>,
+    refusal: Refusal,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let seen: [u8; 32] = Sha256::digest(end_entity).into();
-        if bool::from(seen.ct_eq(&self.pin)) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-        }
+        let presented = hex::encode(seen);
+        let error = match &self.check {
+            Check::Pinned(pin) => {
+                if bool::from(seen.ct_eq(pin)) {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                self.refusal.note(CertRefused::PinMismatch { pinned: hex::encode(pin), presented });
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+            Check::Roots(Some(roots)) => {
+                match roots.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                    Err(rustls::Error::InvalidCertificate(error)) => error,
+                    verdict => return verdict,
+                }
+            }
+            Check::Roots(None) => rustls::CertificateError::UnknownIssuer,
+        };
+        let reason = match (&self.check, &error) {
+            (Check::Roots(None), _) => "no trusted root certificates found on this machine".to_owned(),
+            _ => in_words(&error, server_name),
+        };
+        self.refusal.note(CertRefused::Untrusted { reason, presented });
+        Err(rustls::Error::InvalidCertificate(error))
     }
 
     fn verify_tls12_signature(
@@ -289,6 +378,30 @@ impl ServerCertVerifier for PinnedVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate error as a person would say it (rustls shows its debug form,
+/// like `Other(OtherError(CaUsedAsEndEntity))`).
+fn in_words(error: &rustls::CertificateError, server_name: &ServerName<'_>) -> String {
+    use rustls::CertificateError as E;
+    match error {
+        E::UnknownIssuer => "unknown issuer".into(),
+        E::Expired | E::ExpiredContext { .. } => "expired".into(),
+        E::NotValidYet | E::NotValidYetContext { .. } => "not valid yet".into(),
+        E::NotValidForName | E::NotValidForNameContext { .. } => {
+            format!("not issued for {}", server_name.to_str())
+        }
+        E::Revoked => "revoked".into(),
+        E::BadEncoding => "malformed".into(),
+        E::BadSignature => "bad signature".into(),
+        E::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+            Some(webpki::Error::CaUsedAsEndEntity) => {
+                "it is a CA certificate, not a server certificate signed by one".into()
+            }
+            _ => format!("rejected: {other}"),
+        },
+        other => format!("rejected: {other:?}"),
     }
 }
 
