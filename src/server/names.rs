@@ -96,11 +96,12 @@ pub fn validate_subdomain(s: &str) -> Result<(), String> {
     if !(3..=63).contains(&s.len()) {
         return Err("subdomain must be 3-63 characters long".into());
     }
+    // The characters first: 'ünï' lacks ASCII letters, not a letter in front.
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err("subdomain may contain only lowercase letters a-z, digits and hyphens".into());
+    }
     if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err("subdomain must start with a lowercase letter".into());
-    }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err("subdomain may contain only lowercase letters, digits and hyphens".into());
     }
     if RESERVED.contains(&s) {
         return Err(format!("subdomain '{s}' is reserved"));
@@ -129,6 +130,11 @@ mod tests {
         }
         for bad in ["ab", "1abc", "-abc", "Abc", "ab_c", "ab.c", &"a".repeat(64), "api", ""] {
             assert!(validate_subdomain(bad).is_err(), "{bad}");
+        }
+        // Each refusal names what is wrong.
+        for (bad, says) in [("ünï", "a-z"), ("Abc", "a-z"), ("1abc", "start with"), ("ab", "3-63")] {
+            let err = validate_subdomain(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 
