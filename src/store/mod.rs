@@ -8,6 +8,7 @@
 
 pub mod requests;
 pub mod sqlite;
+mod sqlite_live;
 mod sqlite_requests;
 mod sqlite_webhooks;
 pub mod webhooks;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 pub use requests::{CapturedBody, CapturedPart, RequestRecord};
 pub use sqlite::SqliteStore;
-pub use webhooks::{DeliveryRecord, DeliveryState, Health, WebhookRecord};
+pub use webhooks::{DeliveryRecord, DeliveryState, Health, LiveMark, WebhookRecord};
 
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +135,13 @@ pub trait Store: Send + Sync + 'static {
     fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
     /// Appends deliveries to the outbox, in one transaction.
     fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
+    /// Appends the deliveries of a batch of events and applies the events'
+    /// changes to the live marks, in one transaction: the outbox and the marks
+    /// move together, so after a crash the marks left are exactly the
+    /// disconnects that subscribers were owed and never queued.
+    fn record_events(&self, deliveries: &[DeliveryRecord], changes: &[LiveMark]) -> Result<(), StoreError>;
+    /// Every live mark (none at zero).
+    fn live_marks(&self) -> Result<Vec<LiveMark>, StoreError>;
     /// Makes deliveries not due before `until_ms` (a lease while they are attempted), in one transaction.
     fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
     /// Records an attempt's outcome.

@@ -12,9 +12,12 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::requests::RequestRecord;
+use super::sqlite_live as live;
 use super::sqlite_requests as rq;
 use super::sqlite_webhooks as wh;
-use super::{ApiKeyRecord, CounterUpdate, DeliveryRecord, Health, Store, StoreError, TunnelRecord, WebhookRecord};
+use super::{
+    ApiKeyRecord, CounterUpdate, DeliveryRecord, Health, LiveMark, Store, StoreError, TunnelRecord, WebhookRecord,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orgs (
@@ -44,7 +47,7 @@ CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 
 /// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
 /// many a database has had, so an older data dir upgrades in place.
-const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3];
 
 /// Schema version 2: per-tunnel body capture switch.
 const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
@@ -340,6 +343,14 @@ impl Store for SqliteStore {
 
     fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
         self.with(|c| wh::insert_deliveries(c, deliveries))
+    }
+
+    fn record_events(&self, deliveries: &[DeliveryRecord], changes: &[LiveMark]) -> Result<(), StoreError> {
+        self.with(|c| live::record_events(c, deliveries, changes))
+    }
+
+    fn live_marks(&self) -> Result<Vec<LiveMark>, StoreError> {
+        self.with(|c| live::live_marks(c))
     }
 
     fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError> {

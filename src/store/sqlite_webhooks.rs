@@ -130,30 +130,34 @@ pub(super) fn delete_webhook(c: &Connection, id: &str) -> rusqlite::Result<()> {
 /// Appends deliveries in one transaction.
 pub(super) fn insert_deliveries(c: &mut Connection, deliveries: &[DeliveryRecord]) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-        ))?;
-        for d in deliveries {
-            stmt.execute(params![
-                d.id,
-                d.webhook_id,
-                d.event,
-                d.payload,
-                d.state.as_str(),
-                d.attempts,
-                d.next_attempt_ms,
-                d.last_status,
-                d.last_response,
-                d.last_error,
-                d.duration_ms.map(|d| d as i64),
-                d.created_ms,
-                d.updated_ms
-            ])?;
-        }
-    }
+    insert_delivery_rows(&tx, deliveries)?;
     tx.commit()
+}
+
+/// Appends deliveries within the caller's transaction.
+pub(super) fn insert_delivery_rows(tx: &Connection, deliveries: &[DeliveryRecord]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    ))?;
+    for d in deliveries {
+        stmt.execute(params![
+            d.id,
+            d.webhook_id,
+            d.event,
+            d.payload,
+            d.state.as_str(),
+            d.attempts,
+            d.next_attempt_ms,
+            d.last_status,
+            d.last_response,
+            d.last_error,
+            d.duration_ms.map(|d| d as i64),
+            d.created_ms,
+            d.updated_ms
+        ])?;
+    }
+    Ok(())
 }
 
 /// Moves the due time of `ids` to `until_ms`, in one transaction.

@@ -97,3 +97,26 @@ pub struct Health {
     /// Of those, delivered.
     pub succeeded: u64,
 }
+
+/// A connect announced to subscribers whose disconnect has not been: what a
+/// server that dies (crash, power loss, OOM kill) still owes them.
+///
+/// Marks are counted, not set and cleared: a token serves one session at a
+/// time but may overlap itself while a client takes over from its previous
+/// connection, and events from concurrent sessions may reach the outbox in
+/// either order. As a stored mark, `open` is connects minus disconnects
+/// recorded; as a change, it is what to add (1 for a connect, −1 for its
+/// disconnect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMark {
+    /// The event owed: `tunnel.disconnected` or `token.disconnected`.
+    pub owed: String,
+    /// Tunnel id, or the token's public id.
+    pub subject: String,
+    /// The organization whose webhooks hear of it.
+    pub org_id: String,
+    /// The tunnel's group when last seen.
+    pub group: Option<String>,
+    /// Connects minus disconnects (or the change to make).
+    pub open: i64,
+}
