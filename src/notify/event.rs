@@ -49,6 +49,16 @@ impl EventKind {
         }
     }
 
+    /// The disconnect this event leaves owed (a connect, +1) or settles (a
+    /// disconnect, −1): what a server that dies in between must still send.
+    pub fn owes(self) -> (EventKind, i64) {
+        match self {
+            EventKind::TunnelConnected => (EventKind::TunnelDisconnected, 1),
+            EventKind::TokenConnected => (EventKind::TokenDisconnected, 1),
+            EventKind::TunnelDisconnected | EventKind::TokenDisconnected => (self, -1),
+        }
+    }
+
     /// Seed 000's `Status`.
     pub fn payload_status(self) -> &'static str {
         match self {

@@ -10,6 +10,11 @@
 //!   attempt in its own task. Before an attempt it moves the row's due time past
 //!   the attempt's timeout (a lease): if the server dies mid-attempt, the row
 //!   comes due again after restart and is retried; nothing pending is lost.
+//! * With each batch's deliveries the writer records, in the same transaction,
+//!   which connects have been announced and not yet closed (live marks). A
+//!   server that dies with sessions live leaves their marks behind, and the
+//!   next start queues the disconnects they owe
+//!   ([`Notifier::settle_previous_run`]) before any client can connect.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +30,8 @@ use super::deliver::{self, Attempt};
 use super::event::{EventKind, Payload};
 use super::retry::{Next, Schedule, decide};
 use crate::store::{DeliveryRecord, DeliveryState, StoreHandle, WebhookRecord};
+
+mod owed;
 
 /// Attempts running at once for one webhook.
 pub const PER_WEBHOOK: usize = 4;
@@ -183,11 +190,12 @@ impl Notifier {
                 return; // shut down with nothing left to write
             }
             let rows = self.deliveries_for(&batch);
-            if !rows.is_empty() {
-                let n = rows.len();
-                if let Err(err) = self.store.run(move |s| s.insert_deliveries(&rows)).await {
-                    tracing::error!(%err, deliveries = n, "could not write webhook deliveries to the outbox");
-                }
+            let changes = owed::live_changes(&batch);
+            let n = rows.len();
+            if let Err(err) = self.store.run(move |s| s.record_events(&rows, &changes)).await {
+                tracing::error!(%err, deliveries = n, "could not write webhook deliveries to the outbox");
+            }
+            if n > 0 {
                 self.wake.notify_one();
             }
         }
