@@ -1111,3 +1111,136 @@ async fn a_burst_of_events_sends_each_message_exactly_once() {
     assert_eq!(ids.len(), 40, "one message per delivery");
     assert_eq!(got.len(), 40, "each message sent once (all answered 200): {:?}", receiver.summary());
 }
+
+/// `hookway server` as a child process on `http` (port 0 for any), keeping
+/// its data in `dir`, with quick retries and loopback receivers allowed.
+async fn server_process(http: &str, dir: &std::path::Path) -> (tokio::process::Child, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["server", "--http", http, "--quic", "127.0.0.1:0", "--allow-private-webhooks"])
+        .args(["--webhook-retry-schedule", "100ms,100ms,100ms", "--data-dir"])
+        .arg(dir)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .env_remove("HOOKWAY_ALLOW_PRIVATE_WEBHOOKS");
+    let (child, addr) = spawn_server(cmd).await;
+    (child, format!("http://{addr}"))
+}
+
+/// An API call to the server at `url` with the test key.
+async fn call_at(url: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = http().request(method, format!("{url}{path}")).header("authorization", bearer());
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.unwrap();
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Issue: a server killed with tunnels connected (`kill -9`, power loss, OOM)
+/// never told subscribers they went down; after a restart the API said
+/// disconnected, the receiver had only heard "Connected", and the client's
+/// reconnection made that "Connected" twice in a row. The restart now queues
+/// the disconnects the dead process owed, and a graceful stop leaves none owed.
+#[tokio::test]
+async fn a_killed_server_reports_its_tunnels_disconnected_when_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = server_process("127.0.0.1:0", dir.path()).await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let hook = json!({ "url": receiver.url(), "events": ALL_EVENTS });
+    let (status, created) = call_at(&url, Method::POST, "/api/webhooks", Some(hook)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let wh = created["webhook"]["id"].as_str().unwrap().to_owned();
+    let (status, created) = call_at(&url, Method::POST, "/api/tunnels", Some(json!({ "name": "crashy" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let tunnel_id = created["tunnel"]["id"].as_str().unwrap().to_owned();
+    let token = created["authToken"].as_str().unwrap().to_owned();
+    let token_id = expected_token_id(&token);
+
+    let app = spawn_app().await;
+    let config = hookway::client::ClientConfig {
+        server: url.clone(),
+        tunnel_id: tunnel_id.clone(),
+        token,
+        local_host: "127.0.0.1".into(),
+        local_port: app.port(),
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: None,
+        busy_poll: Duration::ZERO,
+    };
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let client_task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), stop.clone()));
+    let mut client =
+        TestClient { events, shutdown: stop, task: client_task, tunnel_url: String::new(), host_url: None };
+    client.wait_connected().await;
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
+
+    // The crash: no shutdown code runs.
+    server.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.wait()).await.expect("the server dies").unwrap();
+    assert!(receiver.of_event("tunnel.disconnected").is_empty() && receiver.of_event("token.disconnected").is_empty());
+
+    // Same data and address, so the client finds the server again.
+    let addr = url.trim_start_matches("http://");
+    let (mut server, url) = server_process(addr, dir.path()).await;
+    let tunnel_down = receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(10)).await;
+    let token_down = receiver.wait_event("token.disconnected", 1, Duration::from_secs(10)).await;
+    check_payload(&tunnel_down[0], "Tunnel", "Disconnected", &tunnel_id);
+    check_payload(&token_down[0], "Token", "Disconnected", &token_id);
+
+    // The client comes back: Connected again, after the Disconnected, never twice in a row.
+    client.wait_connected().await;
+    receiver.wait_event("tunnel.connected", 2, Duration::from_secs(10)).await;
+    receiver.wait_event("token.connected", 2, Duration::from_secs(10)).await;
+    for kind in ["Tunnel", "Token"] {
+        let mut seen: Vec<(String, String)> = receiver
+            .requests()
+            .iter()
+            .filter(|r| r.json["Type"] == kind)
+            .map(|r| (r.json["ActionDate"].as_str().unwrap().to_owned(), r.json["Status"].as_str().unwrap().to_owned()))
+            .collect();
+        seen.sort();
+        let statuses: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(statuses, ["Connected", "Disconnected", "Connected"], "{kind}: {seen:?}");
+    }
+
+    // The delivery log lists them, delivered.
+    let logged = async {
+        loop {
+            let (status, v) = call_at(&url, Method::GET, &format!("/api/webhooks/{wh}/deliveries"), None).await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            let list = v["deliveries"].as_array().unwrap().clone();
+            let done = |event: &str, id: &str| {
+                list.iter().any(|d| d["event"] == event && d["payload"]["Id"] == id && d["status"] == "succeeded")
+            };
+            if done("tunnel.disconnected", &tunnel_id) && done("token.disconnected", &token_id) {
+                return list;
+            }
+            tokio::time::sleep(ms(50)).await;
+        }
+    };
+    let list = tokio::time::timeout(Duration::from_secs(10), logged).await.expect("the log lists both disconnects");
+    assert_eq!(list.len(), 6, "{list:?}");
+
+    // A graceful stop sends its own disconnects, and leaves nothing owed for the next start.
+    let pid = server.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exited = tokio::time::timeout(Duration::from_secs(20), server.wait()).await.expect("the server stops");
+    assert!(exited.unwrap().success());
+    let (_server, _) = server_process(addr, dir.path()).await;
+    receiver.wait_event("tunnel.disconnected", 2, Duration::from_secs(10)).await;
+    receiver.wait_event("token.disconnected", 2, Duration::from_secs(10)).await;
+    client.wait_connected().await;
+    receiver.wait_event("token.connected", 3, Duration::from_secs(10)).await;
+    tokio::time::sleep(ms(500)).await;
+    let count = |e: &str| receiver.of_event(e).len();
+    assert_eq!(
+        (count("tunnel.disconnected"), count("token.disconnected")),
+        (2, 2),
+        "nothing owed twice: {:?}",
+        receiver.summary()
+    );
+    stop_client(client).await;
+}

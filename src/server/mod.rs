@@ -1,7 +1,8 @@
 //! The hookway server: HTTP edge + REST API on TCP, tunnel clients on QUIC.
 //!
-//! [`Server::bind`] opens the store, loads the tunnel table, binds both
-//! listeners and prepares TLS; [`Server::run`] serves until the shutdown token
+//! [`Server::bind`] opens the store, loads the tunnel table, queues the
+//! disconnect notifications a previous run died owing, binds both listeners
+//! and prepares TLS; [`Server::run`] serves until the shutdown token
 //! fires, then stops accepting, lets in-flight requests finish under a deadline,
 //! closes tunnel sessions with a "reconnect later" code and flushes counters.
 
@@ -334,6 +335,15 @@ impl Server {
         };
         let webhooks = store.blocking().load_webhooks()?;
         let notifier = Arc::new(Notifier::new(store.clone(), config.webhooks.clone(), webhooks));
+        // Before any client can connect: a session of this run must not be
+        // taken for one the previous run left behind.
+        let owed = notifier.settle_previous_run()?;
+        if owed > 0 {
+            tracing::warn!(
+                events = owed,
+                "the previous run stopped without ending its sessions; their disconnect notifications are queued"
+            );
+        }
         let in_flight = quic::runtime::InFlight::default();
         let reset_key = tls::reset_key_in(&config.data_dir.join("tls"))?;
         let quic = quic::server_endpoint(config.quic_addr, &identity, Some(&reset_key), &in_flight)?;
