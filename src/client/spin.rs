@@ -27,7 +27,7 @@
 //! Measured in the end-to-end benchmark, interleaved runs with and without,
 //! on a noisy 2-vCPU VM: at concurrency 1 the tunnel added 33–88 µs to the
 //! median instead of 102–220 µs; at 16 and 64 requests/s did not change
-//! beyond the noise (see the README for the runs).
+//! beyond the noise (see benches/README.md for the runs).
 //!
 //! The polling is tokio's own: a task that keeps yielding makes the
 //! current-thread runtime poll its IO driver without blocking before it runs
