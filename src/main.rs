@@ -350,7 +350,7 @@ struct StartArgs {
     /// Tunnel name (default: "localhost:<port>").
     #[arg(long)]
     name: Option<String>,
-    /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter).
+    /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter, not ending in a hyphen).
     /// If one of your tunnels has it already (an earlier `start`), the error says how to serve
     /// that one again (`tunnels connect`).
     #[arg(long)]
@@ -380,7 +380,7 @@ enum TunnelsCommand {
         /// Display name.
         #[arg(long)]
         name: String,
-        /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter;
+        /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter, not ending in a hyphen;
         /// unique on the server). Default: a generated one like cool-sunset-x7kf.
         #[arg(long)]
         subdomain: Option<String>,

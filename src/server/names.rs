@@ -103,6 +103,11 @@ pub fn validate_subdomain(s: &str) -> Result<(), String> {
     if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err("subdomain must start with a lowercase letter".into());
     }
+    // Seed 001's rules allow it, but a host name's label cannot end with one
+    // (RFC 1123): `abc-.example.com` would be no URL at all.
+    if s.ends_with('-') {
+        return Err("subdomain must not end with a hyphen (it would not be a valid host name)".into());
+    }
     if RESERVED.contains(&s) {
         return Err(format!("subdomain '{s}' is reserved"));
     }
@@ -132,7 +137,9 @@ mod tests {
             assert!(validate_subdomain(bad).is_err(), "{bad}");
         }
         // Each refusal names what is wrong.
-        for (bad, says) in [("ünï", "a-z"), ("Abc", "a-z"), ("1abc", "start with"), ("ab", "3-63")] {
+        for (bad, says) in
+            [("ünï", "a-z"), ("Abc", "a-z"), ("1abc", "start with"), ("ab", "3-63"), ("abc-", "end with")]
+        {
             let err = validate_subdomain(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
         }
