@@ -808,7 +808,9 @@ async fn a_closed_stderr_does_not_turn_an_error_into_a_crash() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "list", "--server", &closed, "--api-key", API_KEY])
+        // A key no test server knows: should another test's server take the
+        // closed port meanwhile, the command still fails (401), as it must here.
+        .args(["tunnels", "list", "--server", &closed, "--api-key", "hwk_known_nowhere"])
         .stdout(std::process::Stdio::null())
         .stderr(writer)
         .status()
