@@ -114,12 +114,27 @@ fn status_of(state: &State, t: &Tunnel) -> &'static str {
 
 /// Handles `/api/...`.
 pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    // HEAD is GET without the body (RFC 9110 §9.3.2): hyper leaves the body
-    // out of the answer to a HEAD request, whatever the method seen here.
-    if req.method() == Method::HEAD {
+    // HEAD is GET without the body (RFC 9110 §9.3.2). The body is dropped
+    // here: hyper leaves it out over HTTP/1.1, but over HTTP/2 it sent it,
+    // which the peer takes for a protocol error (and a stream of requests
+    // would never end).
+    let head = req.method() == Method::HEAD;
+    if head {
         *req.method_mut() = Method::GET;
     }
-    match route(&state, req, peer).await {
+    let resp = answer(&state, req, peer).await;
+    if !head {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    if let Some(len) = http_body::Body::size_hint(&body).exact() {
+        parts.headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    }
+    Response::from_parts(parts, super::http::full(bytes::Bytes::new()))
+}
+
+async fn answer(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    match route(state, req, peer).await {
         Ok(resp) => resp,
         Err(ApiError { status, message, allow }) => {
             let mut resp = json_error(status, message);
