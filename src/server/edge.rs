@@ -191,17 +191,21 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(state.config.scheme));
     let host = match authority {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        // The request was routed by this authority (HTTP/2's `:authority`, or
+        // an HTTP/1.1 target in absolute form), so the app gets it as its
+        // `Host`, whatever `Host` header came along (RFC 9112 §3.2.2): else
+        // the app saw its own address over HTTP/2, or a `Host` the caller
+        // chose apart from the URL it was routed by.
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str()).ok();
+            if let Some(host) = &host {
+                headers.insert(header::HOST, host.clone());
+            }
+            host
+        }
         None => headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
-        // HTTP/2 carries the host in `:authority`, not in a `Host` header: give
-        // the app one, as an HTTP/1.1 caller's reaches it (else the client's
-        // HTTP/1.1 request to the app would name the app's own address, and a
-        // signature over the URL would not match).
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
         headers.insert("x-forwarded-host", host);
     }
 }
