@@ -107,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn marks_move_only_with_their_deliveries() {
+    fn marks_move_with_their_deliveries_and_a_deleted_webhook_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open_in(dir.path()).unwrap();
         let org = store.ensure_org("default").unwrap();
@@ -129,9 +129,13 @@ mod tests {
         store.record_events(&[delivery("msg_1", "wh_1")], std::slice::from_ref(&connected)).unwrap();
         assert_eq!(store.live_marks().unwrap(), std::slice::from_ref(&connected));
         assert_eq!(store.deliveries_since("wh_1", 0, 10).unwrap().len(), 1);
-        // A batch the database refuses (a delivery for no webhook) leaves the marks as they were.
-        let refused = store.record_events(&[delivery("msg_2", "wh_gone")], &[LiveMark { open: -1, ..connected }]);
-        assert!(refused.is_err(), "{refused:?}");
-        assert_eq!(store.live_marks().unwrap().len(), 1, "the mark stays with its undelivered disconnect");
+        // A delivery for a webhook deleted meanwhile is skipped: the rest of the
+        // batch, marks included, is written (it used to roll back whole).
+        let batch = [delivery("msg_2", "wh_gone"), delivery("msg_3", "wh_1")];
+        store.record_events(&batch, &[LiveMark { open: -1, ..connected }]).unwrap();
+        assert!(store.live_marks().unwrap().is_empty(), "the disconnect settled its mark");
+        let ids: Vec<String> = store.deliveries_since("wh_1", 0, 10).unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(ids.contains(&"msg_3".to_owned()), "{ids:?}");
     }
 }

@@ -134,11 +134,16 @@ pub(super) fn insert_deliveries(c: &mut Connection, deliveries: &[DeliveryRecord
     tx.commit()
 }
 
-/// Appends deliveries within the caller's transaction.
+/// Appends deliveries within the caller's transaction, skipping those of a
+/// webhook deleted since they were decided: the notifier decides from its
+/// cache, which the API updates after the store, and one such row failing its
+/// foreign key rolled back the whole batch (every webhook's deliveries, and
+/// the live marks written with them).
 pub(super) fn insert_delivery_rows(tx: &Connection, deliveries: &[DeliveryRecord]) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(&format!(
         "INSERT OR IGNORE INTO deliveries ({DELIVERY_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
+         WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?2)"
     ))?;
     for d in deliveries {
         stmt.execute(params![
