@@ -176,19 +176,37 @@ impl Identity {
 /// stateless reset the client can authenticate): the client reconnects at
 /// once instead of waiting out the idle timeout. A fresh key per start, as
 /// quinn's default, made clients of a crashed server wait ~10 s.
-pub fn reset_key_in(dir: &Path) -> Result<[u8; 32], TlsError> {
+///
+/// Never stops the server: the key only speeds up reconnects after a crash.
+/// A damaged file (a write cut short) is replaced; one that cannot be read or
+/// written leaves this run a key of its own (`None`), with a warning.
+pub fn reset_key_in(dir: &Path) -> Option<[u8; 32]> {
+    const WHY: &str = "after a crash, clients will take up to the idle timeout to reconnect";
     let path = dir.join("quic-reset.key");
-    let io = |source| TlsError::Io { path: path.clone(), source };
     match std::fs::read(&path) {
-        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| io(std::io::Error::other("not a 32-byte key"))),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)?;
-            let key: [u8; 32] = rand::random();
-            write_private(&path, &key).map_err(io)?;
-            Ok(key)
+        Ok(bytes) => match <[u8; 32]>::try_from(bytes.as_slice()) {
+            Ok(key) => return Some(key),
+            Err(_) => tracing::warn!(path = %path.display(), "the QUIC reset key is not 32 bytes: making a new one"),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(path = %path.display(), %err, "cannot read the QUIC reset key; {WHY}");
+            return None;
         }
-        Err(err) => Err(io(err)),
     }
+    let key: [u8; 32] = rand::random();
+    // Written aside and renamed into place: a crash mid-write leaves the old
+    // file or none, never a short one.
+    let tmp = dir.join("quic-reset.key.tmp");
+    let stored = std::fs::create_dir_all(dir)
+        .and_then(|()| write_private(&tmp, &key))
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(err) = stored {
+        tracing::warn!(path = %path.display(), %err, "cannot store the QUIC reset key; {WHY}");
+        return None;
+    }
+    Some(key)
 }
 
 #[cfg(unix)]
@@ -450,5 +468,24 @@ mod tests {
         let err = Identity::from_pem_files(&a.join("cert.pem"), &b.join("key.pem")).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
         assert!(err.to_string().ends_with("cannot be used together: the key is not the certificate's"), "{err}");
+    }
+
+    /// The reset key survives restarts; a damaged one is replaced rather
+    /// than stopping the server.
+    #[test]
+    fn the_reset_key_is_kept_and_a_damaged_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = reset_key_in(dir.path()).unwrap();
+        assert_eq!(reset_key_in(dir.path()), Some(key), "the same key on the next start");
+        let path = dir.path().join("quic-reset.key");
+        std::fs::write(&path, b"short").unwrap();
+        let fresh = reset_key_in(dir.path()).unwrap();
+        assert_ne!(fresh, key);
+        assert_eq!(std::fs::read(&path).unwrap(), fresh, "the damaged file is replaced");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
     }
 }
