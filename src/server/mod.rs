@@ -515,7 +515,11 @@ impl PublicUrl {
 /// host, and would be printed into every tunnel's host-based URL.
 fn parse_domain(domain: &str) -> Result<String, ServerError> {
     let bad = |why: String| ServerError::Config(format!("domain {domain:?} {why}"));
-    let name = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+    // Dots around the name were always accepted (`.example.com`), and mean nothing.
+    let name = domain.trim_matches('.').to_ascii_lowercase();
+    if name.parse::<std::net::IpAddr>().is_ok() || name.starts_with('[') {
+        return Err(bad("is an IP address: host-based URLs need a domain name (path-based URLs work without)".into()));
+    }
     if let Some(rest) = name.strip_prefix("*.") {
         return Err(bad(format!(
             "is a wildcard: give the domain itself (--domain {rest}) and point *.{rest} at the server in DNS"
@@ -616,7 +620,11 @@ mod tests {
 
     #[test]
     fn domains_are_names_a_host_can_match() {
-        for (given, kept) in [("Example.Test.", "example.test"), ("tunnels.example.com", "tunnels.example.com")] {
+        for (given, kept) in [
+            ("Example.Test.", "example.test"),
+            ("tunnels.example.com", "tunnels.example.com"),
+            (".example.test", "example.test"),
+        ] {
             assert_eq!(parse_domain(given).unwrap(), kept);
         }
         for (bad, says) in [
@@ -628,6 +636,9 @@ mod tests {
             ("-a.example", "not a valid domain"),
             ("a..example", "not a valid domain"),
             ("bücher.example", "punycode"),
+            ("::1", "IP address"),
+            ("[::1]", "IP address"),
+            ("127.0.0.1", "IP address"),
         ] {
             let err = parse_domain(bad).unwrap_err().to_string();
             assert!(err.contains(says), "{bad:?}: {err}");
