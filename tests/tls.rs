@@ -65,8 +65,9 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
 
     // Not in the system roots: refused for good, on the first attempt.
     match first_event(config(None)).await {
-        Err(ClientError::Certificate(CertRefused::Untrusted { reason, presented })) => {
+        Err(ClientError::Certificate(CertRefused::Untrusted { reason, presented, dated })) => {
             assert_eq!((reason.as_str(), presented.as_str()), ("unknown issuer", fingerprint.as_str()));
+            assert!(!dated, "an unknown issuer is not a matter of dates");
         }
         other => panic!("must stop, untrusted: {other:?}"),
     }
@@ -109,6 +110,11 @@ impl Pem {
 /// A private CA (`ca.pem`, a CA certificate, as `openssl req -x509` makes by
 /// default), and a server certificate for 127.0.0.1 it signed (`server.pem`).
 fn private_ca(dir: &Path) -> (Pem, Pem) {
+    private_ca_with(dir, |_| {})
+}
+
+/// [`private_ca`], with the server certificate's parameters changed by `tweak`.
+fn private_ca_with(dir: &Path, tweak: impl FnOnce(&mut rcgen::CertificateParams)) -> (Pem, Pem) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -117,7 +123,8 @@ fn private_ca(dir: &Path) -> (Pem, Pem) {
     let ca = Pem::write(dir, "ca", &ca_cert, &ca_key);
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let server_key = rcgen::KeyPair::generate().unwrap();
-    let server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    let mut server_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    tweak(&mut server_params);
     let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
     (ca, Pem::write(dir, "server", &server_cert, &server_key))
 }
@@ -237,4 +244,77 @@ async fn a_new_certificate_after_a_restart_stops_a_reconnecting_client() {
     let reason = ended.expect("an `ended` event");
     let says = format!("the pinned fingerprint {} (it presents {})", first.fingerprint, second.fingerprint);
     assert!(reason.contains(&says), "{reason}");
+}
+
+/// A certificate refused only for its dates (a renewal that failed) stops a
+/// client on its first connection, but one that was serving keeps trying,
+/// saying why, and comes back once the server's certificate is valid again.
+#[tokio::test]
+async fn an_expired_certificate_after_a_restart_is_retried_until_renewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, valid) = private_ca(dir.path());
+    let lapsed_dir = tempfile::tempdir().unwrap();
+    let expired = |p: &mut rcgen::CertificateParams| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    };
+    let (_, lapsed) = private_ca_with(lapsed_dir.path(), expired);
+    // The lapsed certificate is signed by another CA: trust both.
+    let bundle = dir.path().join("bundle.pem");
+    let lapsed_ca = std::fs::read_to_string(lapsed_dir.path().join("ca.pem")).unwrap();
+    std::fs::write(&bundle, std::fs::read_to_string(&ca.cert).unwrap() + &lapsed_ca).unwrap();
+
+    let server = TestServer::start_with(|c| c.tls = valid.source()).await;
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let mut cmd = connect_cli(&server, &["--json"], &[("SSL_CERT_FILE", &bundle)]).await;
+    cmd.stderr(Stdio::null());
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+
+    let data = server.stop().await;
+    let server = TestServer::start_in(data, |c| {
+        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
+        c.tls = lapsed.source();
+    })
+    .await;
+    let said_expired = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the client keeps running");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if event["event"] == "reconnecting" && event["reason"].as_str().is_some_and(|r| r.contains("expired")) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), said_expired).await.expect("a retry that says 'expired'");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+
+    let data = server.stop().await;
+    let _server = TestServer::start_in(data, |c| {
+        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
+        c.tls = valid.source();
+    })
+    .await;
+    let back = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the client keeps running");
+            if serde_json::from_str::<serde_json::Value>(&line).unwrap()["event"] == "reconnected" {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), back).await.expect("back once the certificate is valid");
+}
+
+/// On a first connection the same expired certificate stops the client: it
+/// never served, so nothing says waiting will help.
+#[tokio::test]
+async fn an_expired_certificate_on_the_first_connection_stops_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, lapsed) = private_ca_with(dir.path(), |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let server = TestServer::start_with(|c| c.tls = lapsed.source()).await;
+    let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
+    assert!(err.contains("not trusted (expired"), "{err}");
 }

@@ -150,6 +150,13 @@ pub async fn run(
         }
         let reason = match end {
             Attempt::Stopped => return Ok(()),
+            // A certificate that served this run and is now refused only for
+            // its dates (a renewal that failed, a clock gone wrong) may pass
+            // again without anyone touching this client: keep trying, saying
+            // why at every attempt, instead of leaving the tunnel down for good.
+            Attempt::Fatal(ClientError::Certificate(refused)) if connected_before && refused.may_pass_later() => {
+                refused.to_string()
+            }
             Attempt::Fatal(err) => return Err(err),
             Attempt::Retry(reason) => reason,
         };

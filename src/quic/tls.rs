@@ -301,7 +301,19 @@ pub enum CertRefused {
         reason: String,
         /// The fingerprint of the certificate presented, as hex.
         presented: String,
+        /// It is refused only for its dates (expired, or not valid yet): a
+        /// renewal, or a clock put right, lets it pass later.
+        dated: bool,
     },
+}
+
+impl CertRefused {
+    /// Whether the same server may pass later without anyone changing the
+    /// client: a certificate refused only for its dates. A pin mismatch or an
+    /// unknown issuer stays refused until someone acts.
+    pub fn may_pass_later(&self) -> bool {
+        matches!(self, CertRefused::Untrusted { dated: true, .. })
+    }
 }
 
 /// Where a client's verifier leaves the reason it refused a certificate:
@@ -372,7 +384,14 @@ impl ServerCertVerifier for Verifier {
             (Check::Roots(None), _) => "no trusted root certificates found on this machine".to_owned(),
             _ => in_words(&error, server_name),
         };
-        self.refusal.note(CertRefused::Untrusted { reason, presented });
+        let dated = matches!(
+            error,
+            rustls::CertificateError::Expired
+                | rustls::CertificateError::ExpiredContext { .. }
+                | rustls::CertificateError::NotValidYet
+                | rustls::CertificateError::NotValidYetContext { .. }
+        );
+        self.refusal.note(CertRefused::Untrusted { reason, presented, dated });
         Err(rustls::Error::InvalidCertificate(error))
     }
 
