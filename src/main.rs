@@ -1035,7 +1035,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             }
         }
         TunnelsCommand::Get(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client)).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client).await).await?;
         }
         TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, client } => {
             let mut body = json!({ "name": name });
@@ -1048,7 +1048,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if no_capture_bodies {
                 body["captureBodies"] = Value::Bool(false);
             }
-            let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client)).await?;
+            let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client).await).await?;
             if !client.json {
                 token_reminder(&v);
             }
@@ -1070,18 +1070,19 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                 bail!("nothing to update: pass --name, --group, --no-group, --capture-bodies or --no-capture-bodies");
             }
             let body = Value::Object(body);
-            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client)).await?;
+            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client).await)
+                .await?;
         }
         TunnelsCommand::Delete(IdArg { id, client }) => {
             let done = |_: &Value| vec![format!("Deleted tunnel {id} and its captured requests.")];
             show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None, done).await?;
         }
         TunnelsCommand::Status(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client)).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client).await).await?;
         }
         TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
             let path = format!("/api/tunnels/{id}/regenerate-token");
-            let v = show(&client, Method::POST, &path, None, tunnel_lines(&client)).await?;
+            let v = show(&client, Method::POST, &path, None, tunnel_lines(&client).await).await?;
             if !client.json {
                 token_reminder(&v);
             }
@@ -1176,9 +1177,19 @@ async fn show(
     Ok(v)
 }
 
-/// [`tunnels_cli::tunnel_lines`] for [`show`].
-fn tunnel_lines(client: &ClientArgs) -> impl FnOnce(&Value) -> Vec<String> + '_ {
-    |v| tunnels_cli::tunnel_lines(v, &client.server)
+/// [`tunnels_cli::tunnel_lines`] for [`show`], with the server's public URL
+/// for answers that carry no `tunnelUrl` (asked of `/api/info`: the address
+/// this CLI reaches the server at may be another, such as a local one). Not
+/// asked with `--json`, which prints the API's answer only.
+async fn tunnel_lines(client: &ClientArgs) -> impl FnOnce(&Value) -> Vec<String> {
+    let mut base = client.server.clone();
+    if !client.json
+        && let Ok(api) = api(client)
+        && let Ok(info) = api.info().await
+    {
+        base = info.public_url;
+    }
+    move |v| tunnels_cli::tunnel_lines(v, &base)
 }
 
 /// After an answer that issued an auth token: it is not shown again.

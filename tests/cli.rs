@@ -150,6 +150,23 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// The URL `tunnels get` prints is the server's public one, not the address
+/// this CLI reaches the server at (a local one, here).
+#[tokio::test]
+async fn tunnel_urls_are_the_public_ones() {
+    let server = TestServer::start_with(|c| c.public_url = Some("https://tunnels.example.test".into())).await;
+    let local = format!("http://{}", server.http);
+    let key = Some(API_KEY);
+    let (code, out, err) =
+        hookway(&["tunnels", "create", "--name", "n", "--json", "--server", &local], None, key).await;
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(out.trim()).unwrap();
+    let (id, sub) = (created["tunnel"]["id"].as_str().unwrap(), created["tunnel"]["subdomain"].as_str().unwrap());
+    let (code, out, err) = hookway(&["tunnels", "get", id, "--server", &local], None, key).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == format!("url:            https://tunnels.example.test/t/{sub}")), "{out}");
+}
+
 /// seed 001's `tunnels start 3000` is `hookway start 3000` by another name.
 #[tokio::test]
 async fn tunnels_start_is_start() {

@@ -14,9 +14,9 @@ fn text(v: &Value) -> String {
 
 /// Lines for an API answer that carries a tunnel (get, create, update,
 /// regenerate-token, status), then what came with it: its URLs, a new auth
-/// token, the live session. `server` is the base URL the CLI talks to (the
-/// server's public URL), for the tunnel URL of answers that do not carry one.
-pub fn tunnel_lines(v: &Value, server: &str) -> Vec<String> {
+/// token, the live session. `public_url` is the server's public base URL,
+/// for the tunnel URL of answers that do not carry one.
+pub fn tunnel_lines(v: &Value, public_url: &str) -> Vec<String> {
     let t = &v["tunnel"];
     let mut fields = vec![("id", text(&t["id"])), ("name", text(&t["name"]))];
     if t["subdomain"].is_string() {
@@ -46,7 +46,7 @@ pub fn tunnel_lines(v: &Value, server: &str) -> Vec<String> {
     }
     match (v["tunnelUrl"].as_str(), t["subdomain"].as_str()) {
         (Some(url), _) => fields.push(("url", clean(url))),
-        (None, Some(sub)) => fields.push(("url", format!("{}/t/{}", server.trim_end_matches('/'), clean(sub)))),
+        (None, Some(sub)) => fields.push(("url", format!("{}/t/{}", public_url.trim_end_matches('/'), clean(sub)))),
         (None, None) => {}
     }
     if v["hostUrl"].is_string() {
