@@ -662,6 +662,62 @@ async fn a_tunnel_ended_through_the_api_is_reported_offline_even_if_a_new_client
     receiver.wait_event("tunnel.disconnected", 2, Duration::from_secs(5)).await;
 }
 
+/// A token's events, oldest first by `ActionDate` (deliveries may arrive in
+/// another order), as `Connected`/`Disconnected`.
+fn token_story(receiver: &Receiver, token_id: &str) -> Vec<String> {
+    let mut events: Vec<(String, String)> = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.id() == token_id)
+        .map(|r| {
+            (r.json["ActionDate"].as_str().unwrap_or("").to_owned(), r.json["Status"].as_str().unwrap_or("").to_owned())
+        })
+        .collect();
+    events.sort();
+    events.into_iter().map(|(_, status)| status).collect()
+}
+
+/// A client that takes over with the same token: the old session's
+/// `token.disconnected` comes before the new one's `token.connected`, so the
+/// last word on the token is that it is connected. And a session the API ends
+/// reports its token at once, not when the client's grace to close runs out.
+#[tokio::test]
+async fn token_events_end_on_the_state_the_token_is_in() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let token_id = expected_token_id(&token);
+    let first = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
+    let second = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    receiver.wait_event("token.connected", 2, Duration::from_secs(5)).await;
+    receiver.wait_event("token.disconnected", 1, Duration::from_secs(5)).await;
+    let _ = first.finished(Duration::from_secs(10)).await;
+    tokio::time::sleep(ms(300)).await;
+    assert_eq!(
+        token_story(&receiver, &token_id),
+        ["Connected", "Disconnected", "Connected"],
+        "{:?}",
+        receiver.summary()
+    );
+
+    let path = format!("/api/tunnels/{tunnel_id}/disconnect");
+    let (status, v) = call(&server, Method::POST, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let tunnel_off = receiver.wait_event("tunnel.disconnected", 1, Duration::from_secs(5)).await;
+    let token_off = receiver.wait_event("token.disconnected", 2, Duration::from_secs(5)).await;
+    let date = |r: &Received| r.json["ActionDate"].as_str().unwrap_or("").to_owned();
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]");
+    let parse = |s: String| time::PrimitiveDateTime::parse(&s, format).unwrap();
+    let last_token_off = token_off.iter().map(date).max().unwrap();
+    let gap = parse(last_token_off) - parse(date(&tunnel_off[0]));
+    assert!(gap.abs() < time::Duration::milliseconds(500), "token.disconnected came {gap} after the tunnel's");
+    drop(second);
+}
+
 #[tokio::test]
 async fn group_webhooks_only_hear_their_tunnels() {
     let server = fast_server().await;

@@ -116,6 +116,10 @@ pub struct Session {
     pub requests: AtomicU64,
     /// Public id of the token the client authenticated with (for token events).
     pub token_id: String,
+    /// Set once this session's `token.disconnected` has fired: when the server
+    /// ends or replaces the session, or when its connection closes, whichever
+    /// comes first (see `session::token_offline`).
+    pub token_ended: std::sync::atomic::AtomicBool,
     /// Set when the server ends the session on purpose; the QUIC session task
     /// passes it to the client on the control stream (see [`Session::close`]).
     pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,

@@ -117,12 +117,16 @@ pub fn go_live(
         client_ip,
         requests: AtomicU64::new(0),
         token_id: token_public_id(&hash_secret(token)),
+        token_ended: std::sync::atomic::AtomicBool::new(false),
         ending: tokio::sync::watch::Sender::new(None),
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {
         tracing::info!(tunnel_id = %tunnel.id, "a new client took over the tunnel");
         old.close(close::REPLACED, "another client connected to this tunnel");
+        // Before the new session's `token.connected`: with the same token, a
+        // disconnect after it would leave subscribers believing it is gone.
+        token_offline(state, old);
     }
     // The token may have been regenerated between the check and the attach.
     if !secret_matches(token, &tunnel.meta().token_hash) {
@@ -141,17 +145,16 @@ pub fn go_live(
 
 /// Takes an ended session out of the routing map (unless the API or a newer
 /// client already did); true if it was still the one serving its tunnel.
-/// Fires `token.disconnected`, and `tunnel.disconnected` if this took the
-/// tunnel offline: a replaced session's tunnel never was, and one the server
-/// ended on purpose was reported by [`end_on_purpose`].
+/// Fires `token.disconnected` (unless the server ended or replaced the session
+/// and fired it then), and `tunnel.disconnected` if this took the tunnel
+/// offline: a replaced session's tunnel never was, and one the server ended on
+/// purpose was reported by [`end_on_purpose`].
 pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     let was_live = state.registry.detach(session);
     tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
-    let t = &session.tunnel;
-    let group = t.meta().group;
-    state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, group.as_deref());
+    token_offline(state, session);
     if was_live {
-        tunnel_offline(state, t);
+        tunnel_offline(state, &session.tunnel);
     }
     was_live
 }
@@ -163,7 +166,21 @@ pub fn end(state: &State, session: &Session, reason: &str) -> bool {
 /// would be lost between two `tunnel.connected`.
 pub fn end_on_purpose(state: &State, session: &Session, code: quinn::VarInt, reason: &str) {
     session.close(code, reason);
+    token_offline(state, session);
     tunnel_offline(state, &session.tunnel);
+}
+
+/// Fires the session's `token.disconnected`, once: when the server ends or
+/// replaces it, not seconds later when its connection finally closes (a QUIC
+/// client gets [`super::registry::END_GRACE`] to read why), by which time a
+/// client with the same token may have connected, and the late disconnect
+/// would be the last word on a token in use.
+fn token_offline(state: &State, session: &Session) {
+    if session.token_ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let t = &session.tunnel;
+    state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, t.meta().group.as_deref());
 }
 
 /// Fires `tunnel.disconnected`: by [`end`] or [`end_on_purpose`], whichever
