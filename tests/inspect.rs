@@ -106,8 +106,11 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
     assert_eq!(http().post(s.url("/upload")).body(big.clone()).send().await.unwrap().status(), 200);
     let binary: Vec<u8> = vec![0xff, 0x00, 0xfe, 0x80, 0x01, 0xc3];
     assert_eq!(http().post(s.url("/echo")).body(binary.clone()).send().await.unwrap().status(), 200);
+    // Text whose 1000th byte falls inside a two-byte character.
+    let text = format!("a{}", "é".repeat(1000));
+    assert_eq!(http().post(s.url("/echo/text")).body(text.clone()).send().await.unwrap().status(), 200);
 
-    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
+    let list = wait_for_records(&s.server, &s.tunnel_id, 3).await;
     let by_path = |p: &str| list.iter().find(|r| r["path"] == p).unwrap()["id"].as_str().unwrap().to_owned();
     let up = detail(&s.server, &s.tunnel_id, &by_path("/upload")).await;
     assert_eq!(up["request"]["bodySize"], 5000);
@@ -120,6 +123,14 @@ async fn bodies_are_cut_at_the_cap_and_binary_bodies_kept_as_bytes() {
     assert_eq!(echo["request"]["bodyEncoding"], "base64");
     let kept = base64::engine::general_purpose::STANDARD.decode(echo["request"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(kept, binary);
+
+    // Cut text stays text, up to the last whole character.
+    let cut = detail(&s.server, &s.tunnel_id, &by_path("/echo/text")).await;
+    assert_eq!(
+        (cut["request"]["bodyEncoding"].as_str(), cut["request"]["truncated"].as_bool()),
+        (Some("utf8"), Some(true))
+    );
+    assert_eq!(cut["request"]["body"].as_str().unwrap(), &text[..999], "{}", cut["request"]);
 }
 
 #[tokio::test]

@@ -160,6 +160,13 @@ fn part_json(p: &CapturedPart) -> Value {
         None => (Value::Null, "utf8"),
         Some(data) => match std::str::from_utf8(data) {
             Ok(text) => (Value::String(text.to_owned()), "utf8"),
+            // A text body cut at the capture limit may end inside a character
+            // (`error_len` is then `None`): it is text cut short, shown as the
+            // text up to that character, not as binary.
+            Err(e) if p.body.truncated && e.error_len().is_none() => {
+                let text = std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or_default();
+                (Value::String(text.to_owned()), "utf8")
+            }
             Err(_) => (Value::String(BASE64.encode(data)), "base64"),
         },
     };
