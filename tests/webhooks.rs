@@ -862,6 +862,11 @@ async fn headers_hookway_sets_are_refused_as_custom_headers_and_skipped_if_store
                 .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "update with {name}: {v}");
     }
+    // One header given twice in another case would be sent twice.
+    let twice = json!({ "customHeaders": { "X-A": "1", "x-a": "2" } });
+    let (status, v) = call(&server, Method::PATCH, &format!("/api/webhooks/{wh}"), Some(twice)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("given twice"), "{v}");
     assert_eq!(webhook_object(&server, &wh).await["customHeaders"], json!({ "X-Kept": "yes" }), "nothing was saved");
 
     // One stored before the API refused them: written to the database, loaded on restart.

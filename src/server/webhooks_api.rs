@@ -189,6 +189,11 @@ fn apply(state: &State, w: &mut WebhookRecord, body: &Map<String, Value>) -> Res
                 }
                 http::HeaderValue::from_str(value)
                     .map_err(|_| ApiError::bad(format!("the value of header '{name}' is not valid")))?;
+                // Names are case-insensitive: `X-A` and `x-a` are one header,
+                // which would be sent twice.
+                if headers.iter().any(|(other, _): &(String, String)| other.eq_ignore_ascii_case(name)) {
+                    return Err(ApiError::bad(format!("header '{name}' is given twice (names ignore case)")));
+                }
                 headers.push((name.clone(), value.to_owned()));
             }
             w.custom_headers = headers;
