@@ -53,7 +53,7 @@ where
         strip_hop_by_hop(&mut parts.headers);
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
             Some(tap) => {
-                drop(tap.request_body(body)); // never read: recorded as not kept
+                keep_offline_body(tap.request_body(body), state.capture.config().body_limit).await;
                 tap.response(resp)
             }
             None => resp,
@@ -92,6 +92,33 @@ where
         Some(tap) => tap.response(resp),
         None => resp,
     }
+}
+
+/// How long the edge waits for the body of a request to an offline tunnel.
+const OFFLINE_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the body of a request to an offline tunnel through its tap, so the
+/// record keeps it: replaying the webhooks that arrived while the laptop was
+/// away is what a replay is most wanted for. Only up to the capture limit
+/// (a body declared larger is not read at all) and for at most
+/// [`OFFLINE_BODY_WAIT`]: the caller is answered 503 either way.
+async fn keep_offline_body<B>(mut body: TapBody<B>, limit: usize)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return;
+    }
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(OFFLINE_BODY_WAIT, read).await;
 }
 
 fn timed_out(timeout: std::time::Duration) -> Response<Body> {
