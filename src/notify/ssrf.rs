@@ -49,6 +49,14 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         }
         return forbidden_v4(v4);
     }
+    // 2002::/16 (6to4) carries an IPv4 address in its next 32 bits, which a
+    // 6to4 relay would deliver to.
+    if s[0] == 0x2002 {
+        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        if forbidden_v4(v4) {
+            return true;
+        }
+    }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
@@ -64,6 +72,9 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String>
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"url\" is not a valid URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("\"url\" must be http or https, not {}", parsed.scheme()));
+    }
+    if parsed.port() == Some(0) {
+        return Err("\"url\" has port 0, which nothing listens on".into());
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err("\"url\" must not carry credentials; use customHeaders for an Authorization header".into());
@@ -156,10 +167,19 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip} should be refused");
         }
-        for ip in ["1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip} should be allowed");
         }
     }
@@ -175,6 +195,7 @@ mod tests {
             ("http://169.254.169.254/latest/meta-data", "--allow-private-webhooks"),
             ("http://localhost:8080/", "--allow-private-webhooks"),
             ("http://user:pw@example.com/", "credentials"),
+            ("http://example.com:0/", "port 0"),
         ] {
             let err = check_url(url, false).expect_err(url);
             assert!(err.contains(why), "{url}: {err}");
