@@ -212,7 +212,7 @@ async fn pages_are_newest_first_and_retention_keeps_the_newest() {
     let next: Vec<&str> = next["requests"].as_array().unwrap().iter().map(|r| r["path"].as_str().unwrap()).collect();
     assert_eq!(next, ["/echo?i=5", "/echo?i=4"]);
 
-    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?before=nope"] {
+    for bad in ["?limit=0", "?limit=1001", "?limit=x", "?before=nope", "?before=req_nope", "?before=req_0000"] {
         let (status, body) = raw_api(&s.server, Method::GET, &api(&s, bad), Some(&bearer()), None).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["error"].is_string());

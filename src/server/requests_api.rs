@@ -97,8 +97,12 @@ async fn list(state: &State, tunnel: &Tunnel, query: Option<&str>) -> ApiResult 
                     .ok_or_else(|| ApiError::bad(format!("'limit' must be a number from 1 to {MAX_PAGE}")))?;
             }
             "before" => {
-                if !v.starts_with("req_") {
-                    return Err(ApiError::bad("'before' must be a request id (req_…)"));
+                // The ids this server makes (`req_` and 20 hex digits, in time
+                // order): any other string would be compared as text and
+                // silently page from somewhere else.
+                let hex = v.strip_prefix("req_").unwrap_or_default();
+                if hex.len() != 20 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(ApiError::bad("'before' must be a request id (req_ and 20 hex digits)"));
                 }
                 before = Some(v.into_owned());
             }
