@@ -53,7 +53,11 @@ where
         strip_hop_by_hop(&mut parts.headers);
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
             Some(tap) => {
-                keep_offline_body(tap.request_body(body), state.capture.config().body_limit).await;
+                let body = tap.request_body(body);
+                // (A tunnel that keeps no bodies has nothing to wait for.)
+                if tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
+                    keep_offline_body(body, state.capture.config().body_limit).await;
+                }
                 tap.response(resp)
             }
             None => resp,
