@@ -312,6 +312,12 @@ fn reindent(json: &str) -> String {
     out
 }
 
+/// A JSON string field of an API answer as [`clean`] text; empty when it is
+/// missing or not a string.
+pub fn text(v: &Value) -> String {
+    clean(v.as_str().unwrap_or(""))
+}
+
 /// Text safe to print: tabs become spaces and other control characters `�`,
 /// so a captured body cannot move the cursor or recolour the terminal.
 pub fn clean(s: &str) -> String {

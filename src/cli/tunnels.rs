@@ -5,12 +5,8 @@
 
 use serde_json::Value;
 
-use super::inspect_cli::records::{clean, local_time};
+use super::inspect_cli::records::{clean, local_time, text};
 use super::table::{self, Align};
-
-fn text(v: &Value) -> String {
-    clean(v.as_str().unwrap_or(""))
-}
 
 /// Lines for an API answer that carries a tunnel (get, create, update,
 /// regenerate-token, status), then what came with it: its URLs, a new auth

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::inspect_cli::records::{clean, local_time};
+use super::inspect_cli::records::{clean, local_time, text};
 use super::inspect_cli::terminal_width;
 use super::table::{self, Align};
 use super::{ClientArgs, ClientOnly, api, show};
@@ -133,10 +133,6 @@ fn fields_json(fields: WebhookFields, body: &mut Map<String, Value>) -> Result<(
 }
 
 /// A string field, made safe to print.
-fn text(v: &Value) -> String {
-    clean(v.as_str().unwrap_or(""))
-}
-
 /// One row of `webhooks list`.
 fn list_row(w: &Value) -> Vec<String> {
     let rate = w["health"]["successRate24h"].as_f64().map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
@@ -174,19 +170,12 @@ fn delivery_detail(d: &Value) -> String {
     }
 }
 
-/// Calls the API and prints the webhook it answers with: the JSON as is with
-/// `--json`, else [`webhook_lines`], and a signing key with the reminder that
-/// it is shown only now.
+/// Calls the API and prints the webhook it answers with ([`show`], as
+/// [`webhook_lines`]), and a signing key with the reminder that it is shown
+/// only now.
 async fn show_webhook(client: &ClientArgs, method: Method, path: &str, body: Option<&Value>) -> Result<()> {
-    let v = api(client)?.call(method, path, body).await?;
-    if client.json {
-        println!("{v}");
-        return Ok(());
-    }
-    for line in webhook_lines(&v["webhook"], v["signingKey"].as_str()) {
-        println!("{line}");
-    }
-    if v["signingKey"].is_string() {
+    let v = show(client, method, path, body, |v| webhook_lines(&v["webhook"], v["signingKey"].as_str())).await?;
+    if !client.json && v["signingKey"].is_string() {
         eprintln!("\nThe signing key is shown only now: store it; receivers verify deliveries with it.");
     }
     Ok(())
