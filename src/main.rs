@@ -1035,7 +1035,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             }
         }
         TunnelsCommand::Get(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client).await).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client)).await?;
         }
         TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, client } => {
             let mut body = json!({ "name": name });
@@ -1048,7 +1048,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if no_capture_bodies {
                 body["captureBodies"] = Value::Bool(false);
             }
-            let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client).await).await?;
+            let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client)).await?;
             if !client.json {
                 token_reminder(&v);
             }
@@ -1070,25 +1070,24 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                 bail!("nothing to update: pass --name, --group, --no-group, --capture-bodies or --no-capture-bodies");
             }
             let body = Value::Object(body);
-            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client).await)
-                .await?;
+            show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client)).await?;
         }
         TunnelsCommand::Delete(IdArg { id, client }) => {
-            let done = |_: &Value| vec![format!("Deleted tunnel {id} and its captured requests.")];
+            let done = async |_: &Value| vec![format!("Deleted tunnel {id} and its captured requests.")];
             show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None, done).await?;
         }
         TunnelsCommand::Status(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client).await).await?;
+            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client)).await?;
         }
         TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
             let path = format!("/api/tunnels/{id}/regenerate-token");
-            let v = show(&client, Method::POST, &path, None, tunnel_lines(&client).await).await?;
+            let v = show(&client, Method::POST, &path, None, tunnel_lines(&client)).await?;
             if !client.json {
                 token_reminder(&v);
             }
         }
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
-            let done = |_: &Value| {
+            let done = async |_: &Value| {
                 vec![format!("Disconnected tunnel {id}: a connected client was told to stop and will not reconnect.")]
             };
             show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None, done).await?;
@@ -1164,32 +1163,35 @@ async fn show(
     method: Method,
     path: &str,
     body: Option<&Value>,
-    human: impl FnOnce(&Value) -> Vec<String>,
+    human: impl AsyncFnOnce(&Value) -> Vec<String>,
 ) -> Result<Value> {
     let v = api(client)?.call(method, path, body).await?;
     if client.json {
         println!("{v}");
     } else {
-        for line in human(&v) {
+        for line in human(&v).await {
             println!("{line}");
         }
     }
     Ok(v)
 }
 
-/// [`tunnels_cli::tunnel_lines`] for [`show`], with the server's public URL
-/// for answers that carry no `tunnelUrl` (asked of `/api/info`: the address
-/// this CLI reaches the server at may be another, such as a local one). Not
-/// asked with `--json`, which prints the API's answer only.
-async fn tunnel_lines(client: &ClientArgs) -> impl FnOnce(&Value) -> Vec<String> {
-    let mut base = client.server.clone();
-    if !client.json
-        && let Ok(api) = api(client)
-        && let Ok(info) = api.info().await
-    {
-        base = info.public_url;
+/// [`tunnels_cli::tunnel_lines`] for [`show`]. An answer that carries no
+/// `tunnelUrl` gets one from the server's public URL, asked of `/api/info`
+/// then only (the address this CLI reaches the server at may be another, such
+/// as a local one).
+fn tunnel_lines(client: &ClientArgs) -> impl AsyncFnOnce(&Value) -> Vec<String> + '_ {
+    async move |v: &Value| {
+        let mut base = client.server.clone();
+        if v["tunnelUrl"].is_null()
+            && v["tunnel"]["subdomain"].is_string()
+            && let Ok(api) = api(client)
+            && let Ok(info) = api.info().await
+        {
+            base = info.public_url;
+        }
+        tunnels_cli::tunnel_lines(v, &base)
     }
-    move |v| tunnels_cli::tunnel_lines(v, &base)
 }
 
 /// After an answer that issued an auth token: it is not shown again.

@@ -174,7 +174,8 @@ fn delivery_detail(d: &Value) -> String {
 /// [`webhook_lines`]), and a signing key with the reminder that it is shown
 /// only now.
 async fn show_webhook(client: &ClientArgs, method: Method, path: &str, body: Option<&Value>) -> Result<()> {
-    let v = show(client, method, path, body, |v| webhook_lines(&v["webhook"], v["signingKey"].as_str())).await?;
+    let lines = async |v: &Value| webhook_lines(&v["webhook"], v["signingKey"].as_str());
+    let v = show(client, method, path, body, lines).await?;
     if !client.json && v["signingKey"].is_string() {
         eprintln!("\nThe signing key is shown only now: store it; receivers verify deliveries with it.");
     }
@@ -279,7 +280,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             show_webhook(&client, Method::PATCH, &format!("/api/webhooks/{id}"), Some(&Value::Object(body))).await?;
         }
         WebhooksCommand::Delete(WebhookId { id, client }) => {
-            let done = |_: &Value| vec![format!("Deleted webhook {id} and its delivery log.")];
+            let done = async |_: &Value| vec![format!("Deleted webhook {id} and its delivery log.")];
             show(&client, Method::DELETE, &format!("/api/webhooks/{id}"), None, done).await?;
         }
         WebhooksCommand::Test(WebhookId { id, client }) => {
