@@ -133,8 +133,6 @@ pub trait Store: Send + Sync + 'static {
     fn save_webhook(&self, webhook: &WebhookRecord) -> Result<(), StoreError>;
     /// Removes a webhook and its deliveries.
     fn delete_webhook(&self, id: &str) -> Result<(), StoreError>;
-    /// Appends deliveries to the outbox, in one transaction.
-    fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError>;
     /// Appends the deliveries of a batch of events and applies the events'
     /// changes to the live marks, in one transaction: the outbox and the marks
     /// move together, so after a crash the marks left are exactly the

@@ -345,10 +345,6 @@ impl Store for SqliteStore {
         self.with(|c| wh::delete_webhook(c, id))
     }
 
-    fn insert_deliveries(&self, deliveries: &[DeliveryRecord]) -> Result<(), StoreError> {
-        self.with(|c| wh::insert_deliveries(c, deliveries))
-    }
-
     fn record_events(&self, deliveries: &[DeliveryRecord], changes: &[LiveMark]) -> Result<(), StoreError> {
         self.with(|c| live::record_events(c, deliveries, changes))
     }
@@ -567,7 +563,7 @@ mod tests {
         store.save_webhook(&changed).unwrap();
         assert_eq!(store.load_webhooks().unwrap(), [changed]);
 
-        store.insert_deliveries(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)]).unwrap();
+        store.record_events(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)], &[]).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
         store.lease_deliveries(&["msg_a".into()], 5_000).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(2_000), "a leased delivery is not due");
@@ -593,7 +589,7 @@ mod tests {
         // An update (new URL, new signing key) keeps the log and what is pending.
         let mut moved = webhook("wh_1", &org);
         (moved.url, moved.signing_key) = ("https://hooks.example.com/fixed".into(), "whsec_new".into());
-        store.insert_deliveries(&[delivery("msg_c", "wh_1", 3_000)]).unwrap();
+        store.record_events(&[delivery("msg_c", "wh_1", 3_000)], &[]).unwrap();
         store.save_webhook(&moved).unwrap();
         assert_eq!(store.load_webhooks().unwrap(), [moved]);
         assert_eq!(store.deliveries_since("wh_1", 0, 10).unwrap().len(), 3, "an update kept the deliveries");

@@ -127,13 +127,6 @@ pub(super) fn delete_webhook(c: &Connection, id: &str) -> rusqlite::Result<()> {
     c.execute("DELETE FROM webhooks WHERE id = ?1", params![id]).map(drop)
 }
 
-/// Appends deliveries in one transaction.
-pub(super) fn insert_deliveries(c: &mut Connection, deliveries: &[DeliveryRecord]) -> rusqlite::Result<()> {
-    let tx = c.transaction()?;
-    insert_delivery_rows(&tx, deliveries)?;
-    tx.commit()
-}
-
 /// Appends deliveries within the caller's transaction, skipping those of a
 /// webhook deleted since they were decided: the notifier decides from its
 /// cache, which the API updates after the store, and one such row failing its
