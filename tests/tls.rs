@@ -129,6 +129,12 @@ fn private_ca_with(dir: &Path, tweak: impl FnOnce(&mut rcgen::CertificateParams)
     (ca, Pem::write(dir, "server", &server_cert, &server_key))
 }
 
+/// Makes a certificate valid only in 2020, long expired.
+fn expired(p: &mut rcgen::CertificateParams) {
+    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+}
+
 /// `hookway tunnels connect` for a new tunnel of `server`, with `args` and
 /// `env` and no trust settings of the test's environment.
 async fn connect_cli(server: &TestServer, args: &[&str], env: &[(&str, &Path)]) -> tokio::process::Command {
@@ -254,10 +260,6 @@ async fn an_expired_certificate_after_a_restart_is_retried_until_renewed() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, valid) = private_ca(dir.path());
     let lapsed_dir = tempfile::tempdir().unwrap();
-    let expired = |p: &mut rcgen::CertificateParams| {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    };
     let (_, lapsed) = private_ca_with(lapsed_dir.path(), expired);
     // The lapsed certificate is signed by another CA: trust both.
     let bundle = dir.path().join("bundle.pem");
@@ -310,10 +312,7 @@ async fn an_expired_certificate_after_a_restart_is_retried_until_renewed() {
 #[tokio::test]
 async fn an_expired_certificate_on_the_first_connection_stops_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, lapsed) = private_ca_with(dir.path(), |p| {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    });
+    let (ca, lapsed) = private_ca_with(dir.path(), expired);
     let server = TestServer::start_with(|c| c.tls = lapsed.source()).await;
     let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
     assert!(err.contains("not trusted (expired"), "{err}");
