@@ -424,15 +424,7 @@ async fn clients_of_a_crashed_server_reconnect_as_soon_as_it_is_back() {
     server.wait().await.unwrap();
     let killed_at = Instant::now();
     let (_server, _) = spawn_server(server_cmd()).await;
-    let reconnected = async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the client keeps running");
-            if serde_json::from_str::<Value>(&line).unwrap()["event"] == "reconnected" {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(15), reconnected).await.expect("the client reconnects");
+    next_event(&mut lines, Duration::from_secs(15), "reconnection", |e| e["event"] == "reconnected").await;
     // Keep-alives go every 2 s; the idle timeout is 9 s: room for a slow
     // restart of the server and a first back-off, and still well short of 9.
     assert!(killed_at.elapsed() < Duration::from_millis(7500), "reconnected only after {:?}", killed_at.elapsed());

@@ -129,6 +129,18 @@ fn private_ca_with(dir: &Path, tweak: impl FnOnce(&mut rcgen::CertificateParams)
     (ca, Pem::write(dir, "server", &server_cert, &server_key))
 }
 
+/// Stops `server` and starts it again on the same addresses and data, with
+/// the certificate `tls`.
+async fn restart_with(server: TestServer, tls: TlsSource) -> TestServer {
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let data = server.stop().await;
+    TestServer::start_in(data, |c| {
+        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
+        c.tls = tls;
+    })
+    .await
+}
+
 /// Makes a certificate valid only in 2020, long expired.
 fn expired(p: &mut rcgen::CertificateParams) {
     p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -225,19 +237,13 @@ async fn a_new_certificate_after_a_restart_stops_a_reconnecting_client() {
     let dir = tempfile::tempdir().unwrap();
     let (_, first) = private_ca(dir.path());
     let server = TestServer::start_with(|c| c.tls = first.source()).await;
-    let (http_addr, quic_addr) = (server.http, server.quic);
     let mut cmd = connect_cli(&server, &["--json", "--fingerprint", &first.fingerprint], &[]).await;
     cmd.stderr(Stdio::null());
     let (mut child, mut lines, _) = spawn_connected(cmd).await;
 
     let renewed = tempfile::tempdir().unwrap();
     let (_, second) = private_ca(renewed.path());
-    let data = server.stop().await;
-    let _server = TestServer::start_in(data, |c| {
-        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
-        c.tls = second.source();
-    })
-    .await;
+    let _server = restart_with(server, second.source()).await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("the client stops").unwrap();
     assert_eq!(status.code(), Some(1));
     let mut ended = None;
@@ -267,44 +273,20 @@ async fn an_expired_certificate_after_a_restart_is_retried_until_renewed() {
     std::fs::write(&bundle, std::fs::read_to_string(&ca.cert).unwrap() + &lapsed_ca).unwrap();
 
     let server = TestServer::start_with(|c| c.tls = valid.source()).await;
-    let (http_addr, quic_addr) = (server.http, server.quic);
     let mut cmd = connect_cli(&server, &["--json"], &[("SSL_CERT_FILE", &bundle)]).await;
     cmd.stderr(Stdio::null());
     let (mut child, mut lines, _) = spawn_connected(cmd).await;
 
-    let data = server.stop().await;
-    let server = TestServer::start_in(data, |c| {
-        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
-        c.tls = lapsed.source();
-    })
-    .await;
-    let said_expired = async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the client keeps running");
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if event["event"] == "reconnecting" && event["reason"].as_str().is_some_and(|r| r.contains("expired")) {
-                return;
-            }
-        }
+    let server = restart_with(server, lapsed.source()).await;
+    let expired_retry = |e: &serde_json::Value| {
+        e["event"] == "reconnecting" && e["reason"].as_str().is_some_and(|r| r.contains("expired"))
     };
-    tokio::time::timeout(Duration::from_secs(30), said_expired).await.expect("a retry that says 'expired'");
+    next_event(&mut lines, Duration::from_secs(30), "retry that says 'expired'", expired_retry).await;
     assert!(child.try_wait().unwrap().is_none(), "still running");
 
-    let data = server.stop().await;
-    let _server = TestServer::start_in(data, |c| {
-        (c.http_addr, c.quic_addr) = (http_addr, quic_addr);
-        c.tls = valid.source();
-    })
-    .await;
-    let back = async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the client keeps running");
-            if serde_json::from_str::<serde_json::Value>(&line).unwrap()["event"] == "reconnected" {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), back).await.expect("back once the certificate is valid");
+    let _server = restart_with(server, valid.source()).await;
+    let back = |e: &serde_json::Value| e["event"] == "reconnected";
+    next_event(&mut lines, Duration::from_secs(30), "reconnection once the certificate is valid", back).await;
 }
 
 /// On a first connection the same expired certificate stops the client: it

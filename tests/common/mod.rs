@@ -413,6 +413,21 @@ pub async fn spawn_connected(mut cmd: tokio::process::Command) -> (tokio::proces
     (child, lines, event)
 }
 
+/// Reads a `--json` client's events until one satisfies `pred` (at most
+/// `within`; the client must keep running): that event.
+pub async fn next_event(lines: &mut CliLines, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let read = async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the client keeps running");
+            let event: Value = serde_json::from_str(&line).unwrap();
+            if pred(&event) {
+                return event;
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.unwrap_or_else(|_| panic!("no {what} within {within:?}"))
+}
+
 /// Spawns `hookway server …` (stdout piped, killed on drop) and reads its
 /// banner up to the HTTP address it listens on; the rest of its stdout is
 /// drained so the server never blocks writing it.
