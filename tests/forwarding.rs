@@ -98,6 +98,13 @@ async fn host_based_routing() {
     assert_eq!(api.status(), 200);
     let info: Value = api.json().await.unwrap();
     assert_eq!(info["domain"], "tunnel.test");
+    // A host under the domain that no tunnel can have is the tunnel's 404, not
+    // the API: the caller meant a tunnel.
+    for host in [format!("a.{}.tunnel.test", s.subdomain), "x_y.tunnel.test".to_owned()] {
+        let resp = http().get(format!("http://{}/api/info", s.server.http)).header("host", &host).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{host}");
+        assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found", "{host}");
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
-use super::{State, api, edge, gateway};
+use super::{HostRoute, State, api, edge, gateway};
 
 /// Boxed error carried by streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,9 +71,15 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: Sock
         Ok(host) => host,
         Err(why) => return edge_error(StatusCode::BAD_REQUEST, "bad-request", why),
     };
-    if let Some(sub) = host.and_then(|host| state.host_subdomain(host)) {
-        let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
+    match host.map_or(HostRoute::Elsewhere, |host| state.host_route(host)) {
+        HostRoute::Tunnel(sub) => {
+            let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+            return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
+        }
+        HostRoute::NoTunnel(labels) => {
+            return edge_error(StatusCode::NOT_FOUND, "tunnel-not-found", format_args!("no tunnel named '{labels}'"));
+        }
+        HostRoute::Elsewhere => {}
     }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/t/") {

@@ -195,8 +195,8 @@ pub struct State {
 impl State {
     /// The subdomain that `host` (a `Host` header or URI authority, port
     /// optional) addresses under the routing domain, if any.
-    pub fn host_subdomain(&self, host: &str) -> Option<String> {
-        subdomain_of(host, self.config.domain.as_deref()?)
+    pub fn host_route(&self, host: &str) -> HostRoute {
+        self.config.domain.as_deref().map_or(HostRoute::Elsewhere, |domain| host_route(host, domain))
     }
 
     /// `{public-url}/t/{subdomain}`.
@@ -257,21 +257,41 @@ impl State {
     }
 }
 
-/// The tunnel subdomain in `host` under `domain` (lowercase, no trailing dot).
-/// Host names compare without regard to case, and a trailing dot (the
-/// fully-qualified form) names the same host: `Cool-X.Example.COM.:8080` is
-/// `cool-x` under `example.com`, as DNS would resolve it.
-fn subdomain_of(host: &str, domain: &str) -> Option<String> {
+/// Where a request's host sends it, under the server's `--domain`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostRoute {
+    /// `{subdomain}.{domain}`: the tunnel of that subdomain (lowercase).
+    Tunnel(String),
+    /// Under the domain, but a name no tunnel can have (`a.b.{domain}`,
+    /// `x_y.{domain}`): the labels before the domain, lowercase. A 404, not
+    /// the API: the caller meant a tunnel.
+    NoTunnel(String),
+    /// The domain itself, a reserved name (`api.`, `www.`), or another host:
+    /// the API and path-based routes.
+    Elsewhere,
+}
+
+/// Where `host` sends a request under `domain`. Host names compare without
+/// regard to case, and a trailing dot (the fully-qualified form) names the
+/// same host: `Cool-X.Example.COM.:8080` is `cool-x` under `example.com`, as
+/// DNS would resolve it.
+fn host_route(host: &str, domain: &str) -> HostRoute {
     let host =
         host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
     let host = host.strip_suffix('.').unwrap_or(host).as_bytes();
-    let (sub, dot_domain) = host.split_at(host.len().checked_sub(domain.len() + 1)?);
-    if dot_domain[0] != b'.' || !dot_domain[1..].eq_ignore_ascii_case(domain.as_bytes()) {
-        return None;
+    let Some((sub, dot_domain)) = host.len().checked_sub(domain.len() + 1).map(|at| host.split_at(at)) else {
+        return HostRoute::Elsewhere;
+    };
+    if dot_domain[0] != b'.' || !dot_domain[1..].eq_ignore_ascii_case(domain.as_bytes()) || sub.is_empty() {
+        return HostRoute::Elsewhere;
     }
-    let sub = std::str::from_utf8(sub).ok()?.to_ascii_lowercase();
-    // Reserved names (`api.`, `www.`) are never tunnels: they reach the API.
-    names::validate_subdomain(&sub).ok().map(|()| sub)
+    let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    match names::validate_subdomain(&sub) {
+        Ok(()) => HostRoute::Tunnel(sub),
+        // Reserved names (`api.`, `www.`) are never tunnels: they reach the API.
+        Err(_) if names::is_reserved(&sub) => HostRoute::Elsewhere,
+        Err(_) => HostRoute::NoTunnel(sub),
+    }
 }
 
 /// Creates an API key in `org` and returns the secret (shown once).
@@ -574,23 +594,32 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<Option
 
 #[cfg(test)]
 mod tests {
-    use super::{PublicUrl, parse_domain, subdomain_of};
+    use super::{HostRoute, PublicUrl, host_route, parse_domain};
 
     #[test]
     fn host_names_compare_without_case_or_trailing_dot() {
         for host in ["cool-x.example.com", "Cool-X.Example.COM", "cool-x.example.com.", "COOL-X.example.com.:8080"] {
-            assert_eq!(subdomain_of(host, "example.com").as_deref(), Some("cool-x"), "{host}");
+            assert_eq!(host_route(host, "example.com"), HostRoute::Tunnel("cool-x".into()), "{host}");
         }
         for host in [
             "example.com",
             ".example.com",
             "cool-x.example.com..",
             "cool-xexample.com",
-            "a.b.example.com",
-            "é.example.com",
+            "api.example.com",
+            "WWW.example.com:80",
             "",
         ] {
-            assert_eq!(subdomain_of(host, "example.com"), None, "{host}");
+            assert_eq!(host_route(host, "example.com"), HostRoute::Elsewhere, "{host}");
+        }
+        for (host, labels) in [
+            ("a.b.example.com", "a.b"),
+            ("A.Cool-X.example.com.", "a.cool-x"),
+            ("é.example.com", "é"),
+            ("x_y.example.com", "x_y"),
+            ("ab.example.com", "ab"),
+        ] {
+            assert_eq!(host_route(host, "example.com"), HostRoute::NoTunnel(labels.into()), "{host}");
         }
     }
 

@@ -90,6 +90,12 @@ pub fn generated_subdomain() -> String {
 /// Subdomains that would shadow the server's own names.
 const RESERVED: &[&str] = &["api", "www", "admin", "tunnels"];
 
+/// Whether `s` is a name kept for the server itself (`api.{domain}` serves
+/// the API), never a tunnel's.
+pub fn is_reserved(s: &str) -> bool {
+    RESERVED.contains(&s)
+}
+
 /// Checks seed 001's rules: 3–63 characters, lowercase letters, digits and
 /// hyphens, starting with a letter. Returns the reason when it fails.
 pub fn validate_subdomain(s: &str) -> Result<(), String> {
@@ -108,7 +114,7 @@ pub fn validate_subdomain(s: &str) -> Result<(), String> {
     if s.ends_with('-') {
         return Err("subdomain must not end with a hyphen (it would not be a valid host name)".into());
     }
-    if RESERVED.contains(&s) {
+    if is_reserved(s) {
         return Err(format!("subdomain '{s}' is reserved"));
     }
     Ok(())
