@@ -99,6 +99,13 @@ impl Transport {
     }
 }
 
+/// [`Session::token_state`]: `token.connected` has not fired yet.
+pub const TOKEN_UNANNOUNCED: u8 = 0;
+/// [`Session::token_state`]: `token.connected` fired; a disconnect is owed.
+pub const TOKEN_CONNECTED: u8 = 1;
+/// [`Session::token_state`]: the session ended; nothing more fires for it.
+pub const TOKEN_ENDED: u8 = 2;
+
 /// One connected client serving a tunnel.
 #[derive(Debug)]
 pub struct Session {
@@ -116,10 +123,11 @@ pub struct Session {
     pub requests: AtomicU64,
     /// Public id of the token the client authenticated with (for token events).
     pub token_id: String,
-    /// Set once this session's `token.disconnected` has fired: when the server
-    /// ends or replaces the session, or when its connection closes, whichever
-    /// comes first (see `session::token_offline`).
-    pub token_ended: std::sync::atomic::AtomicBool,
+    /// Where this session's token events stand: [`TOKEN_UNANNOUNCED`],
+    /// [`TOKEN_CONNECTED`] or [`TOKEN_ENDED`]. `token.disconnected` fires once,
+    /// for an announced session, when the server ends or replaces it or its
+    /// connection closes, whichever comes first (see `session::token_offline`).
+    pub token_state: std::sync::atomic::AtomicU8,
     /// Set when the server ends the session on purpose; the QUIC session task
     /// passes it to the client on the control stream (see [`Session::close`]).
     pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,

@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,7 @@ use tracing::Instrument;
 
 use super::State;
 use super::names::{hash_secret, secret_matches};
-use super::registry::{END_GRACE, Session, Transport, Tunnel};
+use super::registry::{END_GRACE, Session, TOKEN_CONNECTED, TOKEN_ENDED, TOKEN_UNANNOUNCED, Transport, Tunnel};
 use crate::notify::EventKind;
 use crate::notify::event::token_public_id;
 use crate::quic::{FrameReader, FrameWriter, close};
@@ -117,7 +118,7 @@ pub fn go_live(
         client_ip,
         requests: AtomicU64::new(0),
         token_id: token_public_id(&hash_secret(token)),
-        token_ended: std::sync::atomic::AtomicBool::new(false),
+        token_state: AtomicU8::new(TOKEN_UNANNOUNCED),
         ending: tokio::sync::watch::Sender::new(None),
     });
     let replaced = state.registry.attach(session.clone());
@@ -130,7 +131,13 @@ pub fn go_live(
     }
     // The token may have been regenerated between the check and the attach.
     if !secret_matches(token, &tunnel.meta().token_hash) {
-        state.registry.detach(&session);
+        // Still attached (the regeneration did not end it): taking it out
+        // takes the tunnel offline, and if it replaced a client, subscribers
+        // were last told the tunnel was connected. (If the regeneration ended
+        // it, `end_on_purpose` said so.)
+        if state.registry.detach(&session) && replaced.is_some() {
+            tunnel_offline(state, tunnel);
+        }
         return None;
     }
     state.record_connected(tunnel, &session.connected_at);
@@ -138,7 +145,11 @@ pub fn go_live(
     if replaced.is_none() {
         state.notifier.emit(EventKind::TunnelConnected, &tunnel.org_id, &tunnel.id, group.as_deref());
     }
-    state.notifier.emit(EventKind::TokenConnected, &tunnel.org_id, &session.token_id, group.as_deref());
+    // Unless a newer client or the API has ended the session meanwhile: then
+    // it is never announced, and owes no disconnect.
+    if session.token_state.compare_exchange(TOKEN_UNANNOUNCED, TOKEN_CONNECTED, AcqRel, Acquire).is_ok() {
+        state.notifier.emit(EventKind::TokenConnected, &tunnel.org_id, &session.token_id, group.as_deref());
+    }
     tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, kind = session.transport.kind(), "tunnel connected");
     Some(session)
 }
@@ -176,7 +187,7 @@ pub fn end_on_purpose(state: &State, session: &Session, code: quinn::VarInt, rea
 /// client with the same token may have connected, and the late disconnect
 /// would be the last word on a token in use.
 fn token_offline(state: &State, session: &Session) {
-    if session.token_ended.swap(true, std::sync::atomic::Ordering::AcqRel) {
+    if session.token_state.swap(TOKEN_ENDED, AcqRel) != TOKEN_CONNECTED {
         return;
     }
     let t = &session.tunnel;
