@@ -102,6 +102,12 @@ impl Iterator for WireSpans<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            if let Some(at) = self.fields.short(super::head::header_key(self.tag)) {
+                match walk::header(self.buf, at) {
+                    Ok(spans) => return Some(spans),
+                    Err(_) => break,
+                }
+            }
             match self.fields.next()? {
                 Ok((tag, Value::Range(at))) if tag == self.tag => match walk::header(self.buf, at) {
                     Ok(spans) => return Some(spans),

@@ -106,6 +106,27 @@ impl<'a> Fields<'a> {
     }
 }
 
+impl Fields<'_> {
+    /// If the next field has the one-byte `key` and a length under 128 (the
+    /// layout every encoder writes for a header): its range, and the walk
+    /// moves past it. `None` (the walk unmoved) for anything else, which
+    /// [`Iterator::next`] reads. A head is mostly headers: this skips the
+    /// general key and wire-type dispatch for them.
+    #[inline(always)]
+    pub(crate) fn short(&mut self, key: u8) -> Option<Range<usize>> {
+        let rest = self.buf.get(self.pos..)?;
+        if let [k, len, ..] = rest {
+            let len = usize::from(*len);
+            if *k == key && len < 0x80 && len <= rest.len() - 2 {
+                let start = self.pos + 2;
+                self.pos = start + len;
+                return Some(start..self.pos);
+            }
+        }
+        None
+    }
+}
+
 impl Iterator for Fields<'_> {
     type Item = Result<(u32, Value), DecodeError>;
 
