@@ -95,6 +95,38 @@ async fn live_status_of_a_connected_tunnel() {
     assert_eq!(t["tunnel"]["lastConnectedAt"], live["connectedAt"]);
 }
 
+/// A server on a dual-stack socket (`--http [::]:80`, `--quic [::]:4443`)
+/// sees its IPv4 peers as IPv4-mapped IPv6 addresses; `clientIp` (and what
+/// the app is told in `x-forwarded-for`, and what the capture keeps) shows
+/// them as the IPv4 addresses they are, as seed 001's `"192.168.1.100"`. The
+/// server binds `[::ffff:127.0.0.1]`: a dual-stack socket that stays on
+/// loopback.
+#[tokio::test]
+async fn ipv4_peers_of_a_dual_stack_server_are_shown_as_ipv4() {
+    let mapped = |port: u16| std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped(), port));
+    let server = TestServer::start_with(|c| {
+        c.http_addr = mapped(0);
+        c.quic_addr = mapped(0);
+    })
+    .await;
+    let client_ip = |st: &Value| st["liveStatus"]["clientIp"].clone();
+
+    // A QUIC client, and a caller through its tunnel.
+    let s = Setup::with_server(server).await;
+    let echoed: Value = http().get(s.url("/echo")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-for"], "127.0.0.1");
+    let path = format!("/api/tunnels/{}/status", s.tunnel_id);
+    let (_, st) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+    assert_eq!(client_ip(&st), "127.0.0.1", "{st}");
+    let records = wait_for_records(&s.server, &s.tunnel_id, 1).await;
+    assert_eq!(records[0]["clientIp"], "127.0.0.1");
+
+    // A WebSocket client.
+    let (_ws, ws_id) = ws_client(&s.server, s.app.port()).await;
+    let (_, st) = raw_api(&s.server, Method::GET, &format!("/api/tunnels/{ws_id}/status"), Some(&bearer()), None).await;
+    assert_eq!(client_ip(&st), "127.0.0.1", "{st}");
+}
+
 #[tokio::test]
 async fn custom_subdomains_follow_the_rules_and_are_unique() {
     let server = TestServer::start().await;

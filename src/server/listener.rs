@@ -239,6 +239,9 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // On a dual-stack socket (`[::]`) an IPv4 caller is `::ffff:a.b.c.d`:
+        // shown as the IPv4 address it is (`clientIp`, `x-forwarded-for`).
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let requests = Arc::new(AtomicU64::new(0));
         let slot = Arc::new(ConnectionSlot(Mutex::new(Some(slot))));
         let service = {

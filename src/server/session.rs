@@ -59,9 +59,9 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
         Ok(tunnel) => tunnel,
         Err(rejected) => return refuse(&conn, writer, &hello.tunnel_id, rejected).await,
     };
-    let Some(session) =
-        go_live(&state, &tunnel, Transport::Quic(conn.clone()), conn.remote_address().ip(), &hello.auth_token)
-    else {
+    // An IPv4 client of a dual-stack socket (`[::]`) as the IPv4 address it is.
+    let client_ip = conn.remote_address().ip().to_canonical();
+    let Some(session) = go_live(&state, &tunnel, Transport::Quic(conn.clone()), client_ip, &hello.auth_token) else {
         // Regenerated between the check and going live: the same answer as a
         // token that was already stale, so the client stops for good.
         let rejected = Rejected { code: RejectCode::BadToken, message: TOKEN_REGENERATED.to_owned() };
