@@ -150,6 +150,24 @@ async fn custom_subdomains_follow_the_rules_and_are_unique() {
     }
 }
 
+/// `Authorization: Bearer {token}` as seed 001 writes it, with the scheme in
+/// any case (RFC 9110 §11.1: the scheme is case-insensitive) and any
+/// whitespace after it (`1*SP` in RFC 9110, tabs in the wild).
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let server = TestServer::start().await;
+    for scheme in ["Bearer ", "bearer ", "BEARER ", "bEaReR ", "Bearer   ", "Bearer\t"] {
+        let auth = format!("{scheme}{API_KEY}");
+        let (status, v) = raw_api(&server, Method::GET, "/api/tunnels", Some(&auth), None).await;
+        assert_eq!(status, 200, "{auth:?}: {v}");
+        assert_eq!(v, json!({ "tunnels": [] }));
+    }
+    for refused in [format!("Bearerx {API_KEY}"), format!("Basic {API_KEY}"), API_KEY.to_owned()] {
+        let (status, v) = raw_api(&server, Method::GET, "/api/tunnels", Some(&refused), None).await;
+        assert_eq!(status, 401, "{refused:?}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn every_error_is_json_with_the_right_status() {
     let server = TestServer::start().await;

@@ -211,11 +211,17 @@ async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, 
     let key = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| unauthorized("Authorization must be 'Bearer <api key>'"))?;
     state.org_for_key(key).await?.ok_or_else(|| unauthorized("invalid API key"))
+}
+
+/// The token of `Bearer <token>`: the scheme in any case (RFC 9110 §11.1),
+/// then spaces or tabs.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_matches([' ', '\t']))
 }
 
 /// The tunnel `id` if it belongs to `org`; 404 otherwise, whoever owns it.
