@@ -127,6 +127,63 @@ async fn ipv4_peers_of_a_dual_stack_server_are_shown_as_ipv4() {
     assert_eq!(client_ip(&st), "127.0.0.1", "{st}");
 }
 
+/// A public URL whose host is itself under `--domain`
+/// (`--public-url https://hooks.example.test --domain example.test`) stays
+/// the API's: its label is no tunnel's host, and no tunnel may take it (it
+/// would receive every API call, API keys included, and every `wsUrl`).
+#[tokio::test]
+async fn the_public_urls_own_host_is_never_a_tunnel() {
+    let server = TestServer::start_with(|c| {
+        c.public_url = Some("http://hooks.example.test".into());
+        c.domain = Some("example.test".into());
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{}", server.http.port());
+    let server = TestServer { url, ..server };
+    let as_public_host = |method: &str, path: &str, body: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: hooks.example.test\r\n{}: {}\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            "authorization",
+            bearer(),
+            body.len()
+        )
+    };
+    let list = raw_exchange(server.http, as_public_host("GET", "/api/tunnels", "").as_bytes()).await;
+    assert!(list.starts_with("HTTP/1.1 200"), "{list}");
+    assert!(list.ends_with(r#"{"tunnels":[]}"#), "{list}");
+
+    let (status, err) =
+        raw_api(&server, Method::POST, "/api/tunnels", Some(&bearer()), Some(r#"{"name":"X","subdomain":"hooks"}"#))
+            .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("reserved"), "{err}");
+
+    // Other names under the domain are tunnels as before.
+    let (status, _) =
+        raw_api(&server, Method::POST, "/api/tunnels", Some(&bearer()), Some(r#"{"name":"Y","subdomain":"other"}"#))
+            .await;
+    assert_eq!(status, 201);
+    let list = raw_exchange(server.http, as_public_host("GET", "/api/tunnels", "").as_bytes()).await;
+    assert!(list.contains(r#""subdomain":"other""#), "{list}");
+    let edge =
+        raw_exchange(server.http, b"GET / HTTP/1.1\r\nHost: other.example.test\r\nconnection: close\r\n\r\n").await;
+    assert!(edge.starts_with("HTTP/1.1 503") && edge.contains("x-hookway-error: tunnel-offline"), "{edge}");
+
+    // A public host of two labels under the domain, which no tunnel could
+    // have, still serves the API (other such hosts are a tunnel 404).
+    let nested = TestServer::start_with(|c| {
+        c.public_url = Some("http://in.hooks.example.test".into());
+        c.domain = Some("example.test".into());
+    })
+    .await;
+    let get = |host: &str| format!("GET /api/tunnels HTTP/1.1\r\nHost: {host}\r\nconnection: close\r\n\r\n");
+    let list = raw_exchange(nested.http, get("in.hooks.example.test").as_bytes()).await;
+    assert!(list.starts_with("HTTP/1.1 401"), "the API, asking for a key: {list}");
+    let other = raw_exchange(nested.http, get("in.other.example.test").as_bytes()).await;
+    assert!(other.starts_with("HTTP/1.1 404") && other.contains("x-hookway-error: tunnel-not-found"), "{other}");
+}
+
 #[tokio::test]
 async fn custom_subdomains_follow_the_rules_and_are_unique() {
     let server = TestServer::start().await;

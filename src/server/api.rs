@@ -366,6 +366,9 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
     let subdomain = match string_field(&body, "subdomain")? {
         Some(s) => {
             names::validate_subdomain(&s).map_err(ApiError::bad)?;
+            if state.is_own_subdomain(&s) {
+                return Err(ApiError::bad(format!("subdomain '{s}' is reserved: it is this server's own host name")));
+            }
             if state.registry.subdomain_exists(&s) {
                 return Err(conflict(&s));
             }
@@ -373,7 +376,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
         }
         None => (0..32)
             .map(|_| names::generated_subdomain())
-            .find(|s| !state.registry.subdomain_exists(s))
+            .find(|s| !state.registry.subdomain_exists(s) && !state.is_own_subdomain(s))
             .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "could not find a free subdomain"))?,
     };
     let group = group_field(&body)?.flatten();

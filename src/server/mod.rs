@@ -155,6 +155,10 @@ pub struct RuntimeConfig {
     pub ws_base: String,
     /// Lowercased domain for host-based routing.
     pub domain: Option<String>,
+    /// The public URL's own host as labels under `domain`, when it is under it
+    /// (`hooks` of `https://hooks.example.com` with `--domain example.com`):
+    /// never a tunnel, or that tunnel would take the API and the `wsUrl`s.
+    pub own_subdomain: Option<String>,
     /// Response-head timeout.
     pub request_timeout: Duration,
     /// Bound QUIC port.
@@ -193,10 +197,24 @@ pub struct State {
 }
 
 impl State {
-    /// The subdomain that `host` (a `Host` header or URI authority, port
-    /// optional) addresses under the routing domain, if any.
+    /// Where `host` (a `Host` header or URI authority, port optional) sends a
+    /// request: a tunnel, a 404 under the routing domain, or elsewhere (the
+    /// API and path routes; so does the public URL's own host, whatever its
+    /// labels).
     pub fn host_route(&self, host: &str) -> HostRoute {
-        self.config.domain.as_deref().map_or(HostRoute::Elsewhere, |domain| host_route(host, domain))
+        let Some(domain) = self.config.domain.as_deref() else { return HostRoute::Elsewhere };
+        match host_route(host, domain) {
+            HostRoute::Tunnel(labels) | HostRoute::NoTunnel(labels) if self.is_own_subdomain(&labels) => {
+                HostRoute::Elsewhere
+            }
+            route => route,
+        }
+    }
+
+    /// Whether `subdomain` is the public URL's own host (see
+    /// [`RuntimeConfig::own_subdomain`]).
+    pub fn is_own_subdomain(&self, subdomain: &str) -> bool {
+        self.config.own_subdomain.as_deref() == Some(subdomain)
     }
 
     /// `{public-url}/t/{subdomain}`.
@@ -344,6 +362,16 @@ impl Server {
         };
         let public = PublicUrl::parse(&public_url)?;
         let domain = config.domain.as_deref().map(parse_domain).transpose()?;
+        let own_subdomain = domain.as_deref().and_then(|d| match host_route(&public.host, d) {
+            HostRoute::Tunnel(labels) | HostRoute::NoTunnel(labels) => Some(labels),
+            HostRoute::Elsewhere => None,
+        });
+        if let Some(own) = own_subdomain.as_deref().filter(|own| registry.subdomain_exists(own)) {
+            tracing::warn!(
+                subdomain = own,
+                "a tunnel has the public URL's own host name: it is reached at /t/{own} only, never by host"
+            );
+        }
 
         let identity = match &config.tls {
             TlsSource::SelfSigned => {
@@ -380,6 +408,7 @@ impl Server {
                 public_port: public.port,
                 ws_base: public.ws_base,
                 domain,
+                own_subdomain,
                 request_timeout: config.request_timeout,
                 quic_port: quic_addr.port(),
                 quic_public_addr: config.quic_public_addr.clone(),
