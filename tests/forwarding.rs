@@ -199,3 +199,55 @@ async fn slow_local_app_times_out_with_504() {
     let ok = http().get(s.url("/slow?ms=10")).send().await.unwrap();
     assert_eq!(ok.status(), 200);
 }
+
+/// A local app that answers every request with `reply` and closes.
+async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(reply).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_local_app_answering_garbage_is_a_502_saying_what_was_wrong() {
+    let server = TestServer::start().await;
+    let bad_status = spawn_broken_app(b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let hang_up = spawn_broken_app(b"").await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic = TestClient::connect(&server, &id, &token, bad_status.port()).await;
+    let (ws, _) = ws_client(&server, bad_status.port()).await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic_hang_up = TestClient::connect(&server, &id, &token, hang_up.port()).await;
+    let (ws_hang_up, _) = ws_client(&server, hang_up.port()).await;
+    let cases = [
+        (&quic.tunnel_url, "status"),
+        (&ws.tunnel_url, "status"),
+        (&quic_hang_up.tunnel_url, "closed"),
+        (&ws_hang_up.tunnel_url, "closed"),
+    ];
+    for (url, why) in cases {
+        let resp = http().get(format!("{url}/hook")).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{url}");
+        assert_eq!(resp.headers()["x-hookway-error"], "local-error", "{url}");
+        let text = resp.text().await.unwrap();
+        // Not only hyper-util's "client error (SendRequest)".
+        assert!(text.contains(&bad_status.port().to_string()) || text.contains(&hang_up.port().to_string()), "{text}");
+        assert!(text.contains(why), "{url}: {text}");
+    }
+}

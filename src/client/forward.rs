@@ -100,6 +100,7 @@ impl LocalApp {
                     format!("the local app's response is larger than the {max_body} bytes a WebSocket tunnel carries"),
                 )
             } else {
+                let err = crate::error_chain(&*err);
                 ("local-error", format!("the local app at {} failed mid-response: {err}", self.authority))
             }
         })?;
@@ -116,7 +117,9 @@ impl LocalApp {
                 format!("the local app at {} refused the connection or is not running", self.authority),
             )
         } else {
-            ("local-error", format!("the local app at {} failed: {err}", self.authority))
+            // hyper-util's error says only "client error (SendRequest)": what
+            // the app did wrong is in its sources.
+            ("local-error", format!("the local app at {} failed: {}", self.authority, crate::error_chain(err)))
         }
     }
 }
