@@ -465,9 +465,15 @@ pub fn request_id(n: u64) -> String {
     s
 }
 
-/// The counter behind an id made by [`request_id`].
+/// The counter behind an id made by [`request_id`], and only such an id:
+/// `req_0` was never issued (the first is `req_1`), and other spellings of a
+/// number (`req_01`, `req_+1`) are not the id it was issued as.
 pub fn request_number(id: &str) -> Option<u64> {
-    id.strip_prefix("req_")?.parse().ok()
+    let digits = id.strip_prefix("req_")?;
+    if digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -628,5 +634,8 @@ mod tests {
         assert_eq!(request_number(&request_id(42)), Some(42));
         assert_eq!(request_number("req_x"), None);
         assert_eq!(request_number("42"), None);
+        for other in ["req_0", "req_01", "req_+1", "req_", "req_ 1", "req_18446744073709551616"] {
+            assert_eq!(request_number(other), None, "{other}");
+        }
     }
 }

@@ -668,8 +668,10 @@ async fn malformed_messages_get_error_replies_and_the_socket_stays_usable() {
     assert!(is_error(&e), "{e}");
     assert!(e["message"].as_str().unwrap().contains("hello"), "{e}");
 
-    // Responses for ids never issued.
-    for bogus in ["req_999999", "not-an-id"] {
+    // Responses for ids never issued: ids start at req_1, and another spelling
+    // of the pending one's number ("req_01", "req_+1") is not its id.
+    assert_eq!(pending_id, "req_1");
+    for bogus in ["req_999999", "not-an-id", "req_0", "req_01", "req_+1", "req_"] {
         send_json(&mut ws, &json!({ "type": "response", "id": bogus, "status": 200, "body": "?" })).await;
         let e = recv_json(&mut ws).await;
         assert!(is_error(&e), "{e}");
