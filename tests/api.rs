@@ -431,3 +431,24 @@ async fn method_not_allowed_lists_the_methods_of_the_path() {
 async fn send(server: &TestServer, method: Method, path: &str, auth: &str) -> reqwest::Response {
     http().request(method, format!("{}{path}", server.url)).header("authorization", auth).send().await.unwrap()
 }
+
+#[tokio::test]
+async fn malformed_or_doubled_authorization_is_refused() {
+    let server = TestServer::start().await;
+    for bad in ["Bearer", "Bearerx", "Bearer\tkey", "Basic abc", "bear er key"] {
+        let (status, body) = raw_api(&server, Method::GET, "/api/tunnels", Some(bad), None).await;
+        assert_eq!(status, 401, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
+    }
+    // Two keys, the valid one first or last: neither is picked silently.
+    for pair in [[bearer(), "Bearer wrong".to_owned()], ["Bearer wrong".to_owned(), bearer()]] {
+        let mut req = http().get(format!("{}/api/tunnels", server.url));
+        for value in &pair {
+            req = req.header("authorization", value);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{pair:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("more than one"), "{body}");
+    }
+}

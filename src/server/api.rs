@@ -204,10 +204,15 @@ pub(super) fn ok(value: Value) -> Response<Body> {
 
 async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
-    let value = req
-        .headers()
-        .get(header::AUTHORIZATION)
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = values
+        .next()
         .ok_or_else(|| unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'"))?;
+    // Which of two keys to use is anyone's guess (a proxy may have added one).
+    if values.next().is_some() {
+        return Err(unauthorized("more than one Authorization header; send one, 'Authorization: Bearer <api key>'"));
+    }
+    // The scheme is case-insensitive (RFC 9110 §11.1): `BEARER` is `Bearer`.
     let key = value
         .to_str()
         .ok()
