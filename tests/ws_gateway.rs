@@ -745,3 +745,21 @@ async fn disconnect_and_regenerate_token_close_the_socket_with_their_codes() {
     let (code, body) = refusal(&new_url).await;
     assert_eq!(code, 404, "{body}");
 }
+
+#[tokio::test]
+async fn a_request_body_still_arriving_at_the_timeout_is_a_408_and_never_reaches_the_client() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(800)).await;
+    let t = ws_tunnel(&server).await;
+    let mut ws = connect_live(&server, &t).await;
+    let mut caller = TcpStream::connect(server.http).await.unwrap();
+    let head = format!("POST /t/{}/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", t.sub);
+    caller.write_all(head.as_bytes()).await.unwrap();
+    let (got, _) = read_until_closed(&mut caller, WAIT).await;
+    let got = String::from_utf8_lossy(&got);
+    // The app never saw the request: the caller's body is late, not the app's answer.
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("x-hookway-error: request-body-timeout"), "{got}");
+    assert!(got.contains("request body did not arrive"), "{got}");
+    assert_quiet(&mut ws, Duration::from_millis(300)).await;
+}

@@ -88,8 +88,9 @@ where
         }
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
-            let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body);
-            tokio::time::timeout(timeout, exchange.instrument(span)).await.unwrap_or_else(|_| timed_out(timeout))
+            let deadline = tokio::time::Instant::now() + timeout;
+            let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body, deadline);
+            tokio::time::timeout_at(deadline, exchange.instrument(span)).await.unwrap_or_else(|_| timed_out(timeout))
         }
     };
     match tap {

@@ -162,7 +162,8 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// Forwards one request over a WebSocket session (the edge's timeout wraps this).
+/// Forwards one request over a WebSocket session (the edge's timeout, ending
+/// at `deadline`, wraps this).
 pub async fn exchange<B>(
     link: &WsLink,
     subdomain: &str,
@@ -170,6 +171,7 @@ pub async fn exchange<B>(
     target: &str,
     headers: &HeaderMap,
     body: B,
+    deadline: tokio::time::Instant,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes>,
@@ -195,10 +197,14 @@ where
     let Ok(admission) = link.outbox.admit(room).await else {
         return disconnected(subdomain);
     };
-    let body = match Limited::new(body, link.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(err) => return bad_request_body(error_chain(&*err)),
+    // The body is read whole before the client hears of the request: if it is
+    // still arriving at the deadline, the caller is slow, not the app (which
+    // has not seen the request), and the answer says so.
+    let body = match tokio::time::timeout_at(deadline, Limited::new(body, link.max_body).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Ok(Err(err)) => return bad_request_body(error_chain(&*err)),
+        Err(_) => return body_timed_out(),
     };
     let n = link.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     let id = wsjson::request_id(n);
@@ -252,6 +258,15 @@ where
         Ok(Reply::Failed(why)) => edge_error(StatusCode::BAD_GATEWAY, "tunnel-error", why),
         Err(_) => disconnected(subdomain),
     }
+}
+
+/// The answer to a request whose body had not arrived whole by the deadline.
+fn body_timed_out() -> Response<Body> {
+    edge_error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request-body-timeout",
+        "the request body did not arrive within the request timeout; it was not forwarded to the tunnel",
+    )
 }
 
 /// The answer to a request whose tunnel client went away before answering it.
