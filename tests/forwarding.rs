@@ -251,3 +251,22 @@ async fn a_local_app_answering_garbage_is_a_502_saying_what_was_wrong() {
         assert!(text.contains(why), "{url}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_local_app_switching_protocols_unasked_is_a_502_not_a_bare_101() {
+    let server = TestServer::start().await;
+    let app =
+        spawn_broken_app(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+            .await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
+    let (ws, _) = ws_client(&server, app.port()).await;
+    for url in [&quic.tunnel_url, &ws.tunnel_url] {
+        let req = format!(
+            "GET {}/hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            url.trim_start_matches(&server.url)
+        );
+        let got = raw_exchange(server.http, req.as_bytes()).await;
+        assert!(got.starts_with("HTTP/1.1 502 "), "{url}: {got}");
+    }
+}

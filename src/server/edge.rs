@@ -291,6 +291,16 @@ where
 
 /// Builds the public response, its body streamed from the tunnel.
 fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameReader) -> Response<Body> {
+    // A 1xx cannot end an exchange: hyper would send a 101 (the edge strips
+    // `Upgrade`, so the app was never asked to switch) and leave the caller
+    // with an empty reply. The WebSocket gateway refuses them too.
+    if status.is_informational() {
+        return edge_error(
+            StatusCode::BAD_GATEWAY,
+            "tunnel-error",
+            format_args!("the local app answered {status}, which does not end a request (it was not asked to upgrade)"),
+        );
+    }
     let Ok(mut map) = headers.into_map() else {
         // Dropping the reader stops the stream: the rest is of no use.
         return edge_error(
