@@ -270,3 +270,24 @@ async fn a_local_app_switching_protocols_unasked_is_a_502_not_a_bare_101() {
         assert!(got.starts_with("HTTP/1.1 502 "), "{url}: {got}");
     }
 }
+
+#[tokio::test]
+async fn a_204_with_a_content_length_from_the_app_goes_out_without_one() {
+    let server = TestServer::start().await;
+    let app = spawn_broken_app(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-App: yes\r\n\r\nhello").await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
+    let (ws, _) = ws_client(&server, app.port()).await;
+    for url in [&quic.tunnel_url, &ws.tunnel_url] {
+        let req = format!(
+            "GET {}/hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            url.trim_start_matches(&server.url)
+        );
+        let got = raw_exchange(server.http, req.as_bytes()).await.to_ascii_lowercase();
+        assert!(got.starts_with("http/1.1 204 "), "{url}: {got}");
+        assert!(got.contains("x-app: yes") && !got.contains("content-length"), "{url}: {got}");
+        let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+        let resp = h2.get(format!("{url}/hook")).send().await.unwrap();
+        assert_eq!(resp.status(), 204, "{url}");
+    }
+}

@@ -310,6 +310,12 @@ fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameRead
         );
     };
     strip_hop_by_hop(&mut map);
+    if status == StatusCode::NO_CONTENT {
+        // A 204 has no body, so no length (RFC 9110 §8.6): an app's
+        // `content-length: 5` reached HTTP/1.1 callers as is, and HTTP/2
+        // callers (nghttp2, curl) reset the stream as malformed.
+        map.remove(header::CONTENT_LENGTH);
+    }
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
         match reader.next().await {
