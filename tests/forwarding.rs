@@ -291,3 +291,22 @@ async fn a_204_with_a_content_length_from_the_app_goes_out_without_one() {
         assert_eq!(resp.status(), 204, "{url}");
     }
 }
+
+/// A body that breaks in its first chunk, right after a good head: the head
+/// is not sent on its own, so the caller gets a 502 saying why, not a 200
+/// followed by a cut connection (which reached an HTTP/1.1 caller as an empty
+/// reply).
+#[tokio::test]
+async fn a_local_app_whose_body_breaks_at_once_is_a_502() {
+    let server = TestServer::start().await;
+    let app = spawn_broken_app(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken").await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
+    let (ws, _) = ws_client(&server, app.port()).await;
+    for url in [&quic.tunnel_url, &ws.tunnel_url] {
+        let resp = http().get(format!("{url}/hook")).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{url}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("chunk"), "{url}: {text}");
+    }
+}

@@ -33,6 +33,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    use futures_util::FutureExt;
     use http_body_util::BodyExt;
     let sent = |r: Result<(), quinn::WriteError>| if r.is_ok() { SendOutcome::Sent } else { SendOutcome::PeerGone };
     if body.is_end_stream() {
@@ -44,7 +45,30 @@ where
             Err(err) => SendOutcome::BodyFailed(error_chain(&*err.into())),
         };
     }
+    // The head waits for a first body frame already on its way: hyper decodes
+    // it, once asked, in the connection's own task, one trip through the
+    // scheduler away. A body that fails at once (a malformed first chunk)
+    // then becomes an error answer instead of a head followed by a cut
+    // stream, which left an HTTP/1.1 caller with an empty reply (hyper sends
+    // a head with its first body bytes). A slow body (server-sent events)
+    // does not hold the head back.
+    let mut first = body.frame().now_or_never();
+    if first.is_none() {
+        tokio::task::yield_now().await;
+        first = body.frame().now_or_never();
+    }
+    let data = match first {
+        Some(Some(Err(err))) => return SendOutcome::BodyFailed(error_chain(&*err.into())),
+        Some(None) => return sent(writer.send_frames(&[head, Frame::End]).await),
+        Some(Some(Ok(frame))) => frame.into_data().ok(),
+        None => None,
+    };
     if writer.send(&head).await.is_err() {
+        return SendOutcome::PeerGone;
+    }
+    if let Some(data) = data
+        && writer.send_body(data).await.is_err()
+    {
         return SendOutcome::PeerGone;
     }
     loop {
