@@ -318,12 +318,15 @@ pub fn text(v: &Value) -> String {
     clean(v.as_str().unwrap_or(""))
 }
 
-/// Text safe to print: tabs become spaces and other control characters `�`,
-/// so a captured body cannot move the cursor or recolour the terminal.
+/// Text safe to print: tabs become spaces, and other control characters and
+/// the bidirectional controls `�`, so a captured body or a tunnel's name
+/// cannot move the cursor, recolour the terminal or reorder what is printed
+/// after it (U+202E turns the rest of a line around).
 pub fn clean(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             '\t' => ' ',
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}' => '\u{fffd}',
             c if c.is_control() => '\u{fffd}',
             c => c,
         })
@@ -408,6 +411,7 @@ mod tests {
         assert!(t.contains(&"  … 2 more lines".to_owned()), "{t:#?}");
         assert!(t.contains(&"Response: none (local-unreachable)".to_owned()), "{t:#?}");
         assert_eq!(clean("\u{1b}[31mred\tx"), "\u{fffd}[31mred x");
+        assert_eq!(clean("paid\u{202e}txt.exe\u{2066}x\u{2069}"), "paid\u{fffd}txt.exe\u{fffd}x\u{fffd}");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 /// Whether a webhook may not be delivered to `ip`: loopback, private, link-local
 /// (which holds cloud metadata at 169.254.169.254), shared (CGNAT), multicast,
 /// broadcast, unspecified, reserved and documentation ranges, and the IPv6
-/// equivalents including IPv4-mapped and NAT64 forms of those.
+/// equivalents including IPv4-mapped, -translated and NAT64 forms of those,
+/// and the local-use NAT64 range.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
@@ -48,6 +49,15 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
             return true;
         }
         return forbidden_v4(v4);
+    }
+    // ::ffff:0:0/96 (IPv4-translated, RFC 2765) embeds one too.
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return forbidden_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+    }
+    // 64:ff9b:1::/48 (local-use NAT64, RFC 8215) is a private translator's:
+    // never a public destination, whatever address it embeds.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return true;
     }
     // 2002::/16 (6to4) carries an IPv4 address in its next 32 bits, which a
     // 6to4 relay would deliver to.
@@ -169,6 +179,10 @@ mod tests {
             "::7f00:1",
             "2002:7f00:1::",
             "2002:a9fe:a9fe::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:2::808:808",
+            "::ffff:0:a00:1",
+            "::ffff:0:7f00:1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip} should be refused");
         }
@@ -179,6 +193,7 @@ mod tests {
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
             "2002:808:808::1",
+            "::ffff:0:808:808",
         ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip} should be allowed");
         }
