@@ -252,21 +252,33 @@ async fn a_local_app_answering_garbage_is_a_502_saying_what_was_wrong() {
     }
 }
 
+/// A QUIC and a WebSocket tunnel to the app at `port`: the clients (kept
+/// while the tunnels are used) and their tunnel URLs.
+async fn both_tunnels(server: &TestServer, port: u16) -> ([TestClient; 2], [String; 2]) {
+    let (id, token, _) = create_tunnel(server, None).await;
+    let quic = TestClient::connect(server, &id, &token, port).await;
+    let (ws, _) = ws_client(server, port).await;
+    let urls = [quic.tunnel_url.clone(), ws.tunnel_url.clone()];
+    ([quic, ws], urls)
+}
+
+/// `GET {url}/hook` over a raw HTTP/1.1 connection: what the caller gets,
+/// byte for byte (reqwest would hide an empty reply or a stray header).
+async fn raw_get(server: &TestServer, url: &str) -> String {
+    let path = url.trim_start_matches(&server.url);
+    let req = format!("GET {path}/hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    raw_exchange(server.http, req.as_bytes()).await
+}
+
 #[tokio::test]
 async fn a_local_app_switching_protocols_unasked_is_a_502_not_a_bare_101() {
     let server = TestServer::start().await;
     let app =
         spawn_broken_app(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
             .await;
-    let (id, token, _) = create_tunnel(&server, None).await;
-    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
-    let (ws, _) = ws_client(&server, app.port()).await;
-    for url in [&quic.tunnel_url, &ws.tunnel_url] {
-        let req = format!(
-            "GET {}/hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            url.trim_start_matches(&server.url)
-        );
-        let got = raw_exchange(server.http, req.as_bytes()).await;
+    let (_clients, urls) = both_tunnels(&server, app.port()).await;
+    for url in &urls {
+        let got = raw_get(&server, url).await;
         assert!(got.starts_with("HTTP/1.1 502 "), "{url}: {got}");
     }
 }
@@ -275,15 +287,9 @@ async fn a_local_app_switching_protocols_unasked_is_a_502_not_a_bare_101() {
 async fn a_204_with_a_content_length_from_the_app_goes_out_without_one() {
     let server = TestServer::start().await;
     let app = spawn_broken_app(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-App: yes\r\n\r\nhello").await;
-    let (id, token, _) = create_tunnel(&server, None).await;
-    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
-    let (ws, _) = ws_client(&server, app.port()).await;
-    for url in [&quic.tunnel_url, &ws.tunnel_url] {
-        let req = format!(
-            "GET {}/hook HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            url.trim_start_matches(&server.url)
-        );
-        let got = raw_exchange(server.http, req.as_bytes()).await.to_ascii_lowercase();
+    let (_clients, urls) = both_tunnels(&server, app.port()).await;
+    for url in &urls {
+        let got = raw_get(&server, url).await.to_ascii_lowercase();
         assert!(got.starts_with("http/1.1 204 "), "{url}: {got}");
         assert!(got.contains("x-app: yes") && !got.contains("content-length"), "{url}: {got}");
         let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
@@ -300,10 +306,8 @@ async fn a_204_with_a_content_length_from_the_app_goes_out_without_one() {
 async fn a_local_app_whose_body_breaks_at_once_is_a_502() {
     let server = TestServer::start().await;
     let app = spawn_broken_app(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken").await;
-    let (id, token, _) = create_tunnel(&server, None).await;
-    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
-    let (ws, _) = ws_client(&server, app.port()).await;
-    for url in [&quic.tunnel_url, &ws.tunnel_url] {
+    let (_clients, urls) = both_tunnels(&server, app.port()).await;
+    for url in &urls {
         let resp = http().get(format!("{url}/hook")).send().await.unwrap();
         assert_eq!(resp.status(), 502, "{url}");
         let text = resp.text().await.unwrap();
