@@ -126,7 +126,7 @@ where
     let _ = tokio::time::timeout(OFFLINE_BODY_WAIT, read).await;
 }
 
-fn timed_out(timeout: std::time::Duration) -> Response<Body> {
+pub(super) fn timed_out(timeout: std::time::Duration) -> Response<Body> {
     edge_error(StatusCode::GATEWAY_TIMEOUT, "timeout", format_args!("the local app did not answer within {timeout:?}"))
 }
 

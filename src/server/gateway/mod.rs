@@ -194,17 +194,22 @@ where
     // Room to read the body first: while the client is slow, later callers
     // wait here with their bodies unread.
     let room = if body.is_end_stream() { 0 } else { declared.map_or(link.max_body, |n| n as usize) };
+    let started = tokio::time::Instant::now();
     let Ok(admission) = link.outbox.admit(room).await else {
         return disconnected(subdomain);
     };
     // The body is read whole before the client hears of the request: if it is
-    // still arriving at the deadline, the caller is slow, not the app (which
-    // has not seen the request), and the answer says so.
+    // still arriving at the deadline, and had at least half the time to
+    // arrive, the caller is slow, not the app (which has not seen the
+    // request), and the answer says so. When the wait for room above took
+    // most of the time, the tunnel's client is the slow one: the edge's 504.
+    let read_from = tokio::time::Instant::now();
     let body = match tokio::time::timeout_at(deadline, Limited::new(body, link.max_body).collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
         Ok(Err(err)) => return bad_request_body(error_chain(&*err)),
-        Err(_) => return body_timed_out(),
+        Err(_) if deadline - read_from >= (deadline - started) / 2 => return body_timed_out(),
+        Err(_) => return super::edge::timed_out(deadline.saturating_duration_since(started)),
     };
     let n = link.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     let id = wsjson::request_id(n);
