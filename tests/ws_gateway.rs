@@ -319,6 +319,22 @@ async fn request_and_response_round_trip_with_exact_fields() {
     assert!(reply.body.is_empty());
     assert_eq!(status(&server, &t.id).await["liveStatus"]["requestsInSession"], 2);
     assert_eq!(total_requests(&server, &t.id).await, 2);
+
+    // A 204 that a client answers with a body and a length reaches an HTTP/2
+    // caller with neither (hyper's HTTP/2 server would send both, and the
+    // caller reset the stream as malformed).
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let caller = spawn_call(h2.get(public(&server, &t.sub, "/")));
+    let req = recv_request(&mut ws).await;
+    let answer = json!({
+        "type": "response", "id": req["id"], "status": 204,
+        "headers": { "content-length": "5", "x-reply": "yes" }, "body": "hello",
+    });
+    send_json(&mut ws, &answer).await;
+    let reply = join(caller).await;
+    assert_eq!((reply.status, reply.header("x-reply")), (204, Some("yes")));
+    assert_eq!(reply.header("content-length"), None);
+    assert!(reply.body.is_empty());
 }
 
 #[tokio::test]

@@ -278,7 +278,7 @@ where
         match send_message(&mut writer, head, body).await {
             SendOutcome::Sent => writer.finish(),
             SendOutcome::PeerGone => {}
-            SendOutcome::BodyFailed(err) => {
+            SendOutcome::BodyFailed { error: err, .. } => {
                 tracing::debug!(%err, "caller's request body failed");
                 writer.reset(close::STREAM_CANCELLED);
                 return Some(err);
@@ -287,6 +287,19 @@ where
         None
     };
     if small { send.await.map_or(Sending::Done, Sending::BodyFailed) } else { Sending::Spawned(tokio::spawn(send)) }
+}
+
+/// Whether a response of `status` has no content (204, 304), whatever the
+/// tunnel client sends after its head; a 204's `content-length` goes too (RFC
+/// 9110 §8.6). hyper's HTTP/2 server does not know either rule: an app's
+/// `content-length: 5` on a 204, or a body, made HTTP/2 callers (nghttp2,
+/// curl) reset the stream as malformed. A 304's length stays: it describes
+/// the representation the caller already has (RFC 9110 §15.4.5).
+pub(super) fn no_content(status: StatusCode, headers: &mut http::HeaderMap) -> bool {
+    if status == StatusCode::NO_CONTENT {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// Builds the public response, its body streamed from the tunnel.
@@ -310,11 +323,12 @@ fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameRead
         );
     };
     strip_hop_by_hop(&mut map);
-    if status == StatusCode::NO_CONTENT {
-        // A 204 has no body, so no length (RFC 9110 §8.6): an app's
-        // `content-length: 5` reached HTTP/1.1 callers as is, and HTTP/2
-        // callers (nghttp2, curl) reset the stream as malformed.
-        map.remove(header::CONTENT_LENGTH);
+    if no_content(status, &mut map) {
+        // Whatever frames follow are not sent: dropping the reader stops the stream.
+        let mut resp = Response::new(super::http::full(Bytes::new()));
+        *resp.status_mut() = status;
+        *resp.headers_mut() = map;
+        return resp;
     }
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;

@@ -223,8 +223,10 @@ impl State {
     }
 
     /// `{scheme}://{subdomain}.{domain}`, with the public URL's port if any.
+    /// None for the public URL's own host (a tunnel that had the name before
+    /// it was the server's): that host serves the API.
     pub fn host_url(&self, subdomain: &str) -> Option<String> {
-        let domain = self.config.domain.as_deref()?;
+        let domain = self.config.domain.as_deref().filter(|_| !self.is_own_subdomain(subdomain))?;
         Some(match self.config.public_port {
             Some(p) => format!("{}://{subdomain}.{domain}:{p}", self.config.scheme),
             None => format!("{}://{subdomain}.{domain}", self.config.scheme),

@@ -255,7 +255,8 @@ where
                     }
                 }
             }
-            let mut resp = Response::new(full(r.body));
+            let body = if super::edge::no_content(r.status, &mut headers) { Bytes::new() } else { r.body };
+            let mut resp = Response::new(full(body));
             *resp.status_mut() = r.status;
             *resp.headers_mut() = headers;
             resp
