@@ -206,7 +206,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into() });
-    log.error = send_response(writer, head, body).await;
+    send_response(writer, head, body, &mut log).await;
     Some(log)
 }
 
@@ -242,20 +242,25 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
     Ok(StreamBody::new(prefix.chain(rest)).boxed_unsync())
 }
 
-/// Sends the response; a body that fails midway becomes an `Error` frame.
-/// Says what went wrong, if the response did not go out whole: the log line
-/// must not show a plain status for an answer the caller got only part of.
-async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming) -> Option<String> {
+/// Sends the response; a body that fails becomes an `Error` frame. Puts in
+/// `log` what went wrong, if the response did not go out whole: the log line
+/// must not show a plain status for an answer the caller got only part of,
+/// nor any status for one it never got (the edge answered 502 instead).
+async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming, log: &mut RequestLog) {
     match send_message(&mut writer, head, body).await {
-        SendOutcome::Sent => {
-            writer.finish();
-            None
+        SendOutcome::Sent => writer.finish(),
+        SendOutcome::PeerGone => {
+            log.error = Some("the response was cut short: the caller or the server went away".into());
         }
-        SendOutcome::PeerGone => Some("the response was cut short: the caller or the server went away".into()),
-        SendOutcome::BodyFailed(err) => {
-            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &err)).await;
+        SendOutcome::BodyFailed { error, head_sent } => {
+            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &error)).await;
             writer.finish();
-            Some(format!("the app's response body broke off: {err}"))
+            log.error = Some(if head_sent {
+                format!("the app's response body broke off: {error}")
+            } else {
+                log.status = None;
+                format!("the app's response body failed: {error} (the caller was answered 502)")
+            });
         }
     }
 }

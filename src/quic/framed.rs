@@ -21,8 +21,14 @@ pub enum SendOutcome {
     Sent,
     /// The peer stopped reading or the connection is gone.
     PeerGone,
-    /// The HTTP body failed before its end; the caller decides how to signal it.
-    BodyFailed(String),
+    /// The HTTP body failed before its end; the caller decides how to signal
+    /// it. `head_sent`: whether the head went out first (else nothing did).
+    BodyFailed {
+        /// What went wrong.
+        error: String,
+        /// Whether the head was sent.
+        head_sent: bool,
+    },
 }
 
 /// Sends `head`, then `body` as `Body` frames, then `End`. Small sized bodies go
@@ -42,7 +48,7 @@ where
     if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
         return match body.collect().await {
             Ok(all) => sent(writer.send_frames(&[head, Frame::Body(all.to_bytes()), Frame::End]).await),
-            Err(err) => SendOutcome::BodyFailed(error_chain(&*err.into())),
+            Err(err) => SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false },
         };
     }
     // The head waits for a first body frame already on its way: hyper decodes
@@ -58,7 +64,9 @@ where
         first = body.frame().now_or_never();
     }
     let data = match first {
-        Some(Some(Err(err))) => return SendOutcome::BodyFailed(error_chain(&*err.into())),
+        Some(Some(Err(err))) => {
+            return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false };
+        }
         Some(None) => return sent(writer.send_frames(&[head, Frame::End]).await),
         Some(Some(Ok(frame))) => frame.into_data().ok(),
         None => None,
@@ -80,7 +88,7 @@ where
                     }
                 }
             }
-            Some(Err(err)) => return SendOutcome::BodyFailed(error_chain(&*err.into())),
+            Some(Err(err)) => return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: true },
             None => return sent(writer.send(&Frame::End).await),
         }
     }
