@@ -68,15 +68,22 @@ where
             return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false };
         }
         Some(None) => return sent(writer.send_frames(&[head, Frame::End]).await),
-        Some(Some(Ok(frame))) => frame.into_data().ok(),
+        Some(Some(Ok(frame))) => frame.into_data().ok().filter(|data| !data.is_empty()),
         None => None,
     };
-    if writer.send(&head).await.is_err() {
-        return SendOutcome::PeerGone;
-    }
-    if let Some(data) = data
-        && writer.send_body(data).await.is_err()
-    {
+    let written = match data {
+        // The first chunk goes out in the head's write, and so does `End`
+        // when it was the whole body: one packet for a short answer.
+        Some(data) => {
+            let end = body.is_end_stream();
+            match writer.send_head_and_body(&head, data, end).await {
+                Ok(()) if end => return SendOutcome::Sent,
+                written => written,
+            }
+        }
+        None => writer.send(&head).await,
+    };
+    if written.is_err() {
         return SendOutcome::PeerGone;
     }
     loop {
@@ -237,6 +244,26 @@ impl FrameWriter {
         self.send.write_chunk(bytes).await
     }
 
+    /// Writes `head`, then `data` as a body, then `End` if `end`, in one
+    /// write where the body fits one frame (the body itself is not copied).
+    pub async fn send_head_and_body(&mut self, head: &Frame, data: Bytes, end: bool) -> Result<(), quinn::WriteError> {
+        if data.len() > wire::MAX_BODY_CHUNK {
+            self.send(head).await?;
+            self.send_body(data).await?;
+            return if end { self.send(&Frame::End).await } else { Ok(()) };
+        }
+        wire::encode(head, &mut self.buf);
+        wire::codec::encode_body_header(data.len(), &mut self.buf);
+        let before = self.buf.split().freeze();
+        if end {
+            wire::encode(&Frame::End, &mut self.buf);
+            let after = self.buf.split().freeze();
+            self.send.write_all_chunks(&mut [before, data, after]).await
+        } else {
+            self.send.write_all_chunks(&mut [before, data]).await
+        }
+    }
+
     /// Writes a body, split into frames of at most [`wire::MAX_BODY_CHUNK`].
     pub async fn send_body(&mut self, mut data: Bytes) -> Result<(), quinn::WriteError> {
         while !data.is_empty() {
@@ -328,6 +355,35 @@ mod tests {
 
     fn body(b: &'static [u8]) -> Frame {
         Frame::Body(Bytes::from_static(b))
+    }
+
+    /// A head with its first body chunk (and `End`) in one write reads back
+    /// as the same frames as written one by one, for a chunk that fits one
+    /// frame and one that does not.
+    #[tokio::test]
+    async fn head_and_body_in_one_write_read_back_frame_by_frame() {
+        let pair = Pair::new().await;
+        let head = Frame::Ping(7); // any frame: the writer does not look at it
+        let big = Bytes::from(vec![b'x'; wire::MAX_BODY_CHUNK + 10]);
+        for (data, end) in [(Bytes::from_static(b"first"), true), (Bytes::from_static(b"more"), false), (big, true)] {
+            let (send, _recv) = pair.client.open_bi().await.unwrap();
+            let mut writer = FrameWriter::new(send);
+            writer.send_head_and_body(&head, data.clone(), end).await.unwrap();
+            writer.finish();
+            let (_send, recv) = pair.server.accept_bi().await.unwrap();
+            let mut reader = FrameReader::new(recv);
+            assert_eq!(reader.next().await.unwrap(), Some(head.clone()));
+            let mut got = Vec::new();
+            while got.len() < data.len() {
+                match reader.next().await.unwrap() {
+                    Some(Frame::Body(piece)) => got.extend_from_slice(&piece),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(got, data);
+            let last = if end { Some(Frame::End) } else { None };
+            assert_eq!(reader.next().await.unwrap(), last);
+        }
     }
 
     #[tokio::test]
