@@ -59,6 +59,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
         return true;
     }
+    // 2001::/32 (Teredo) tunnels to the IPv4 address it embeds (obfuscated):
+    // refused whole, as no webhook receiver needs it.
+    if s[0] == 0x2001 && s[1] == 0 {
+        return true;
+    }
     // 2002::/16 (6to4) carries an IPv4 address in its next 32 bits, which a
     // 6to4 relay would deliver to.
     if s[0] == 0x2002 {
@@ -183,6 +188,7 @@ mod tests {
             "64:ff9b:1:2::808:808",
             "::ffff:0:a00:1",
             "::ffff:0:7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip} should be refused");
         }
