@@ -173,9 +173,13 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
         (["tunnels", id, "regenerate-token"], Method::POST) => regenerate(state, &org, id).await,
         (["tunnels", id, "disconnect"], Method::POST) => {
             let t = owned(state, &org, id)?;
-            if let Some(session) = state.registry.take_session(&t) {
-                end_on_purpose(state, &session, close::DISCONNECTED, "disconnected through the API");
-            }
+            end_on_purpose(
+                state,
+                &t,
+                || state.registry.take_session(&t),
+                close::DISCONNECTED,
+                "disconnected through the API",
+            );
             Ok(ok(json!({ "success": true })))
         }
         (["tunnels", id, "requests", rest @ ..], method) => {
@@ -458,9 +462,7 @@ async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let tunnel = owned(state, org, id)?;
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.delete_tunnel(&tid)).await?;
-    if let Some(session) = state.registry.remove(&tunnel.id) {
-        end_on_purpose(state, &session, close::TUNNEL_DELETED, "tunnel deleted");
-    }
+    end_on_purpose(state, &tunnel, || state.registry.remove(&tunnel.id), close::TUNNEL_DELETED, "tunnel deleted");
     // After the registry: the capture writer re-checks it after each write
     // (see `capture::writer`), so no record can outlive the tunnel.
     state.capture.forget(&tunnel.id);
@@ -499,9 +501,13 @@ async fn regenerate(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.set_token_hash(&tid, &hash)).await?;
     tunnel.update_meta(|m| m.token_hash = hash);
-    if let Some(session) = state.registry.take_session(&tunnel) {
-        end_on_purpose(state, &session, close::TOKEN_REVOKED, "auth token regenerated");
-    }
+    end_on_purpose(
+        state,
+        &tunnel,
+        || state.registry.take_session(&tunnel),
+        close::TOKEN_REVOKED,
+        "auth token regenerated",
+    );
     Ok(ok(json!({
         "tunnel": { "id": tunnel.id, "name": tunnel.meta().name, "subdomain": tunnel.subdomain },
         "authToken": token,

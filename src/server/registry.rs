@@ -47,6 +47,12 @@ pub struct Tunnel {
     /// Whether bodies are captured for inspection: an atomic, since every
     /// forwarded request reads it.
     pub capture_bodies: AtomicBool,
+    /// Held while a session of this tunnel is attached, checked or taken out
+    /// of the routing map together with the events that say so (see
+    /// `session::go_live`): subscribers get them in the order they happened,
+    /// and a client whose token was just regenerated cannot replace one
+    /// holding the new token. Never held across an `.await`.
+    pub(crate) events: Mutex<()>,
 }
 
 impl Tunnel {
@@ -66,7 +72,14 @@ impl Tunnel {
             total_requests: AtomicU64::new(r.total_requests),
             persisted_requests: AtomicU64::new(r.total_requests),
             capture_bodies: AtomicBool::new(r.capture_bodies),
+            events: Mutex::new(()),
         }
+    }
+
+    /// Orders a change of this tunnel's session with its events (see
+    /// [`Tunnel::events`]).
+    pub(crate) fn order_events(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A snapshot of the mutable fields.

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
+use std::sync::atomic::Ordering::{AcqRel, Release};
 use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
@@ -100,9 +100,9 @@ async fn refuse(conn: &quinn::Connection, mut writer: FrameWriter, tunnel_id: &s
 
 /// Makes a new, authenticated client the one serving `tunnel`, whatever its
 /// transport: the newest client wins, and the one it replaces is told so and
-/// gives up. `None` when the token was regenerated between the check and now:
-/// the caller refuses the client as it would a stale token (nothing was
-/// served, so nothing needs closing here).
+/// gives up. `None` when the token was regenerated since the caller checked
+/// it: the caller refuses the client as it would a stale token (nothing was
+/// attached, so nothing needs closing here).
 pub fn go_live(
     state: &State,
     tunnel: &Arc<Tunnel>,
@@ -110,6 +110,14 @@ pub fn go_live(
     client_ip: IpAddr,
     token: &str,
 ) -> Option<Arc<Session>> {
+    // The token is checked again under the tunnel's event order, which a
+    // regeneration takes to end the session: either the new token is in
+    // place and this client is refused before it replaces anyone, or the
+    // regeneration ends this session after it went live.
+    let _order = tunnel.order_events();
+    if !secret_matches(token, &tunnel.meta().token_hash) {
+        return None;
+    }
     let session = Arc::new(Session {
         id: state.registry.next_session_id(),
         tunnel: tunnel.clone(),
@@ -129,27 +137,13 @@ pub fn go_live(
         // disconnect after it would leave subscribers believing it is gone.
         token_offline(state, old);
     }
-    // The token may have been regenerated between the check and the attach.
-    if !secret_matches(token, &tunnel.meta().token_hash) {
-        // Still attached (the regeneration did not end it): taking it out
-        // takes the tunnel offline, and if it replaced a client, subscribers
-        // were last told the tunnel was connected. (If the regeneration ended
-        // it, `end_on_purpose` said so.)
-        if state.registry.detach(&session) && replaced.is_some() {
-            tunnel_offline(state, tunnel);
-        }
-        return None;
-    }
     state.record_connected(tunnel, &session.connected_at);
     let group = tunnel.meta().group;
     if replaced.is_none() {
         state.notifier.emit(EventKind::TunnelConnected, &tunnel.org_id, &tunnel.id, group.as_deref());
     }
-    // Unless a newer client or the API has ended the session meanwhile: then
-    // it is never announced, and owes no disconnect.
-    if session.token_state.compare_exchange(TOKEN_UNANNOUNCED, TOKEN_CONNECTED, AcqRel, Acquire).is_ok() {
-        state.notifier.emit(EventKind::TokenConnected, &tunnel.org_id, &session.token_id, group.as_deref());
-    }
+    session.token_state.store(TOKEN_CONNECTED, Release);
+    state.notifier.emit(EventKind::TokenConnected, &tunnel.org_id, &session.token_id, group.as_deref());
     tracing::info!(tunnel_id = %tunnel.id, subdomain = %tunnel.subdomain, kind = session.transport.kind(), "tunnel connected");
     Some(session)
 }
@@ -161,6 +155,7 @@ pub fn go_live(
 /// offline: a replaced session's tunnel never was, and one the server ended on
 /// purpose was reported by [`end_on_purpose`].
 pub fn end(state: &State, session: &Session, reason: &str) -> bool {
+    let _order = session.tunnel.order_events();
     let was_live = state.registry.detach(session);
     tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
     token_offline(state, session);
@@ -170,14 +165,22 @@ pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     was_live
 }
 
-/// Ends a session the server has just taken out of the routing map on purpose
-/// (API disconnect, new token, deleted tunnel). The tunnel is offline from
+/// Ends on purpose (API disconnect, new token, deleted tunnel) the session
+/// `take` removes from the routing map, if any. The tunnel is offline from
 /// this moment, so `tunnel.disconnected` fires now: by the time the client's
 /// connection closes, a new client may be serving the tunnel, and the event
 /// would be lost between two `tunnel.connected`.
-pub fn end_on_purpose(state: &State, session: &Session, code: quinn::VarInt, reason: &str) {
+pub fn end_on_purpose(
+    state: &State,
+    tunnel: &Tunnel,
+    take: impl FnOnce() -> Option<Arc<Session>>,
+    code: quinn::VarInt,
+    reason: &str,
+) {
+    let _order = tunnel.order_events();
+    let Some(session) = take() else { return };
     session.close(code, reason);
-    token_offline(state, session);
+    token_offline(state, &session);
     tunnel_offline(state, &session.tunnel);
 }
 
