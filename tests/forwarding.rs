@@ -200,6 +200,31 @@ async fn slow_local_app_times_out_with_504() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A small body still arriving at the request timeout is the caller's fault:
+/// 408, and the app never sees the request (a small body is read whole before
+/// the request is forwarded), not a 504 blaming the app.
+#[tokio::test]
+async fn a_small_body_still_arriving_at_the_timeout_is_a_408() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(600)).await;
+    let mut s = Setup::with_server(server).await;
+    let req = format!("POST /t/{}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", s.subdomain);
+    let got = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("x-hookway-error: request-body-timeout"), "{got}");
+    assert!(got.contains("request body did not arrive"), "{got}");
+    // The client never heard of it.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match s.client.events.recv().await {
+                Some(hookway::client::Event::Request(log)) => break log,
+                Some(_) => {}
+                None => std::future::pending().await,
+            }
+        }
+    });
+    assert!(quiet.await.is_err(), "the client logged a request it never got");
+}
+
 /// A local app that answers every request with `reply` and closes.
 async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -152,10 +152,14 @@ where
         Err(_) => return timed_out(timeout),
     };
     let mut reader = FrameReader::new(recv);
+    let mut sent_inline = false;
     let answer = tokio::time::timeout_at(deadline, async {
         match send_request(FrameWriter::new(send), head, body).await {
             Sending::BodyFailed(err) => Err(err),
-            sending => Ok((sending, reader.next().await)),
+            sending => {
+                sent_inline = true;
+                Ok((sending, reader.next().await))
+            }
         }
     })
     .await;
@@ -166,7 +170,12 @@ where
             // Tell the client why: it logs a timeout rather than a caller
             // who went away, and stops waiting on the app's answer.
             reader.stop(close::REQUEST_TIMEOUT);
-            return timed_out(timeout);
+            // A small body is read whole before anything is sent: one still
+            // arriving means the caller is late, and the app never saw the
+            // request. (A large body streams from a task; if it is still
+            // going, the app may be the one not reading it: a 504 as for
+            // any late answer.)
+            return if sent_inline { timed_out(timeout) } else { gateway::body_timed_out() };
         }
     };
     match first {

@@ -266,8 +266,9 @@ where
     }
 }
 
-/// The answer to a request whose body had not arrived whole by the deadline.
-fn body_timed_out() -> Response<Body> {
+/// The answer to a request whose body had not arrived whole by the deadline
+/// (and so was not forwarded).
+pub(super) fn body_timed_out() -> Response<Body> {
     edge_error(
         StatusCode::REQUEST_TIMEOUT,
         "request-body-timeout",
