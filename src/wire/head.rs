@@ -19,7 +19,7 @@ use super::Frame;
 use super::codec::DecodeError;
 use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_header_count, check_target, client_ip_from};
 use super::headers::Headers;
-use super::walk::{self, Fields, Value, varint};
+use super::walk::{self, Fields, HeadField, Value, varint};
 
 /// `Frame` field numbers of the two heads.
 const REQUEST_HEAD: u32 = 6;
@@ -141,11 +141,28 @@ fn write_frame(field: u32, inner: usize, dst: &mut BytesMut, content: impl FnOnc
     debug_assert_eq!(out.pos, total, "head size computed and written agree");
 }
 
-/// The one-byte protobuf key of the header fields numbered `tag` (a
-/// length-delimited field).
-pub(crate) const fn header_key(tag: u32) -> u8 {
-    assert!(tag < 16, "a one-byte key");
-    ((tag << 3) | WireType::LengthDelimited as u32) as u8
+/// Walks the head message at `body[inner]`: checks each header (the fields
+/// numbered `header_tag`) and hands every other field to `other`. Returns how
+/// many headers there are, at most [`super::MAX_HEADERS`].
+#[inline(always)]
+fn walk_head(
+    body: &[u8],
+    inner: Range<usize>,
+    header_tag: u32,
+    mut other: impl FnMut((u32, Value)) -> Result<(), DecodeError>,
+) -> Result<usize, DecodeError> {
+    let mut count = 0;
+    for field in Fields::new(body, inner).of_head(header_tag) {
+        match field? {
+            HeadField::Header(at) => {
+                walk::header(body, at)?;
+                count += 1;
+            }
+            HeadField::Other(tag, v) => other((tag, v))?,
+        }
+    }
+    check_header_count(count)?;
+    Ok(count)
 }
 
 /// Where the head lies in a frame body that is exactly one request or
@@ -179,29 +196,17 @@ pub(crate) fn layout(body: &[u8]) -> Option<Layout> {
 /// itself, so decoding takes one reference count, for the target.
 pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> {
     let Layout { request, inner } = layout;
-    let mut count = 0;
     if request {
         let (mut method, mut target, mut ip) = (0..0, 0..0, 0..0);
-        let mut fields = Fields::new(&body, inner.clone());
-        loop {
-            if let Some(at) = fields.short(header_key(3)) {
-                walk::header(&body, at)?;
-                count += 1;
-                continue;
-            }
-            let Some(field) = fields.next() else { break };
-            match field? {
+        let count = walk_head(&body, inner.clone(), 3, |field| {
+            match field {
                 (1, v) => method = v.range()?,
                 (2, v) => target = v.range()?,
-                (3, v) => {
-                    walk::header(&body, v.range()?)?;
-                    count += 1;
-                }
                 (4, v) => ip = v.range()?,
                 _ => {}
             }
-        }
-        check_header_count(count)?;
+            Ok(())
+        })?;
         let method = Method::from_bytes(&body[method]).map_err(|_| InvalidFrame::Method)?;
         let target = body.slice(target);
         check_target(&target)?;
@@ -210,26 +215,15 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
         Ok(Frame::RequestHead(RequestHead { method, target, headers, client_ip }))
     } else {
         let mut status = 0u64;
-        let mut fields = Fields::new(&body, inner.clone());
-        loop {
-            if let Some(at) = fields.short(header_key(2)) {
-                walk::header(&body, at)?;
-                count += 1;
-                continue;
-            }
-            let Some(field) = fields.next() else { break };
-            match field? {
+        let count = walk_head(&body, inner.clone(), 2, |field| {
+            match field {
                 // uint32, as the generated code reads it: the low 32 bits.
                 (1, Value::Varint(s)) => status = s & u64::from(u32::MAX),
                 (1, _) => return Err(walk::wrong_type()),
-                (2, v) => {
-                    walk::header(&body, v.range()?)?;
-                    count += 1;
-                }
                 _ => {}
             }
-        }
-        check_header_count(count)?;
+            Ok(())
+        })?;
         let status = status as u32;
         let status = u16::try_from(status)
             .ok()

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::frame::InvalidFrame;
-use super::walk::{self, Fields, Value};
+use super::walk::{self, Fields, HeadField, HeadFields};
 
 /// The headers of a request or response head.
 #[derive(Clone)]
@@ -87,13 +87,12 @@ impl Headers {
 /// again (decoding checked it, so nothing here can fail).
 struct WireSpans<'a> {
     buf: &'a [u8],
-    fields: Fields<'a>,
-    tag: u32,
+    fields: HeadFields<'a>,
 }
 
 impl<'a> WireSpans<'a> {
     fn new(buf: &'a [u8], message: &Range<usize>, tag: u32) -> Self {
-        Self { buf, fields: Fields::new(buf, message.clone()), tag }
+        Self { buf, fields: Fields::new(buf, message.clone()).of_head(tag) }
     }
 }
 
@@ -102,18 +101,12 @@ impl Iterator for WireSpans<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(at) = self.fields.short(super::head::header_key(self.tag)) {
-                match walk::header(self.buf, at) {
-                    Ok(spans) => return Some(spans),
-                    Err(_) => break,
-                }
-            }
             match self.fields.next()? {
-                Ok((tag, Value::Range(at))) if tag == self.tag => match walk::header(self.buf, at) {
+                Ok(HeadField::Header(at)) => match walk::header(self.buf, at) {
                     Ok(spans) => return Some(spans),
                     Err(_) => break,
                 },
-                Ok(_) => {}
+                Ok(HeadField::Other(..)) => {}
                 Err(_) => break,
             }
         }

@@ -106,14 +106,20 @@ impl<'a> Fields<'a> {
     }
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
+    /// The fields of a head message whose headers are the fields numbered
+    /// `header_tag` (under 16): [`HeadField::Header`] for each header, with
+    /// the range of its `Header` message, [`HeadField::Other`] for the rest.
+    pub(crate) fn of_head(self, header_tag: u32) -> HeadFields<'a> {
+        assert!(header_tag < 16, "a one-byte key");
+        HeadFields { key: ((header_tag << 3) | 2) as u8, header_tag, fields: self }
+    }
+
     /// If the next field has the one-byte `key` and a length under 128 (the
     /// layout every encoder writes for a header): its range, and the walk
-    /// moves past it. `None` (the walk unmoved) for anything else, which
-    /// [`Iterator::next`] reads. A head is mostly headers: this skips the
-    /// general key and wire-type dispatch for them.
+    /// moves past it. `None` (the walk unmoved) for anything else.
     #[inline(always)]
-    pub(crate) fn short(&mut self, key: u8) -> Option<Range<usize>> {
+    fn short(&mut self, key: u8) -> Option<Range<usize>> {
         let rest = self.buf.get(self.pos..)?;
         if let [k, len, ..] = rest {
             let len = usize::from(*len);
@@ -124,6 +130,39 @@ impl Fields<'_> {
             }
         }
         None
+    }
+}
+
+/// A field of a head message, as [`HeadFields`] yields it.
+pub(crate) enum HeadField {
+    /// A header: the range of its `Header` message (not yet checked).
+    Header(Range<usize>),
+    /// Any other field.
+    Other(u32, Value),
+}
+
+/// The fields of a head message, headers told apart (see [`Fields::of_head`]).
+/// A head is mostly headers: those in the usual layout skip the general key
+/// and wire-type dispatch.
+pub(crate) struct HeadFields<'a> {
+    fields: Fields<'a>,
+    key: u8,
+    header_tag: u32,
+}
+
+impl Iterator for HeadFields<'_> {
+    type Item = Result<HeadField, DecodeError>;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(at) = self.fields.short(self.key) {
+            return Some(Ok(HeadField::Header(at)));
+        }
+        Some(match self.fields.next()? {
+            Ok((tag, v)) if tag == self.header_tag => v.range().map(HeadField::Header),
+            Ok((tag, v)) => Ok(HeadField::Other(tag, v)),
+            Err(err) => Err(err),
+        })
     }
 }
 
