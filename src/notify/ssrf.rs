@@ -44,7 +44,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
     // 64:ff9b::/96 (NAT64) and ::/96 (IPv4-compatible) embed an IPv4 address.
     if (s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0; 4]) || s[..6] == [0; 6] {
-        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        let v4 = embedded_v4(s[6], s[7]);
         if s[..6] == [0; 6] && (ip.is_loopback() || ip.is_unspecified()) {
             return true;
         }
@@ -52,7 +52,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     }
     // ::ffff:0:0/96 (IPv4-translated, RFC 2765) embeds one too.
     if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
-        return forbidden_v4(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
+        return forbidden_v4(embedded_v4(s[6], s[7]));
     }
     // 64:ff9b:1::/48 (local-use NAT64, RFC 8215) is a private translator's:
     // never a public destination, whatever address it embeds.
@@ -67,7 +67,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     // 2002::/16 (6to4) carries an IPv4 address in its next 32 bits, which a
     // 6to4 relay would deliver to.
     if s[0] == 0x2002 {
-        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        let v4 = embedded_v4(s[1], s[2]);
         if forbidden_v4(v4) {
             return true;
         }
@@ -79,6 +79,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+}
+
+/// The IPv4 address an IPv6 address embeds in two of its 16-bit segments.
+fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
+    Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))
 }
 
 /// Checks a webhook URL when it is saved: http(s), a host, and no literal

@@ -152,12 +152,14 @@ where
         Err(_) => return timed_out(timeout),
     };
     let mut reader = FrameReader::new(recv);
-    let mut sent_inline = false;
+    // Set once `send_request` returns: a small request has then gone out
+    // whole, a large one streams from its task.
+    let mut handed_over = false;
     let answer = tokio::time::timeout_at(deadline, async {
         match send_request(FrameWriter::new(send), head, body).await {
             Sending::BodyFailed(err) => Err(err),
             sending => {
-                sent_inline = true;
+                handed_over = true;
                 Ok((sending, reader.next().await))
             }
         }
@@ -175,7 +177,7 @@ where
             // request. (A large body streams from a task; if it is still
             // going, the app may be the one not reading it: a 504 as for
             // any late answer.)
-            return if sent_inline { timed_out(timeout) } else { gateway::body_timed_out() };
+            return if handed_over { timed_out(timeout) } else { gateway::body_timed_out() };
         }
     };
     match first {
