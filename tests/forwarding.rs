@@ -225,6 +225,48 @@ async fn a_small_body_still_arriving_at_the_timeout_is_a_408() {
     assert!(quiet.await.is_err(), "the client logged a request it never got");
 }
 
+/// A large (streamed) body the caller stops sending is the caller's fault
+/// too: a 408, although part of it reached the app. The edge then lets go of
+/// the caller's connection instead of waiting on the rest of the body.
+#[tokio::test]
+async fn a_streamed_body_the_caller_stops_sending_is_a_408() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(600)).await;
+    let mut s = Setup::with_server(server).await;
+    // Chunked, so its length is unknown and it streams: 100 KiB, then nothing.
+    let mut req = format!("POST /t/{}/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", s.subdomain)
+        .into_bytes();
+    req.extend_from_slice(format!("{:x}\r\n", 100 * 1024).as_bytes());
+    req.extend_from_slice(&vec![b'a'; 100 * 1024]);
+    req.extend_from_slice(b"\r\n");
+    let got = raw_exchange(s.server.http, &req).await;
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got}");
+    assert!(got.contains("x-hookway-error: request-body-timeout"), "{got}");
+    assert!(got.contains("too slowly"), "{got}");
+    // The client is told why, and logs it.
+    let logged = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.client.events.recv()).await.unwrap().unwrap() {
+            hookway::client::Event::Request(log) => break log,
+            _ => continue,
+        }
+    };
+    assert!(logged.error.as_deref().is_some_and(|e| e.contains("408")), "{logged:?}");
+}
+
+/// A large body that the app does not read keeps the edge waiting on the app,
+/// not on the caller: still the edge's 504, whatever the caller does.
+#[tokio::test]
+async fn a_streamed_body_the_app_does_not_read_is_a_504() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(800)).await;
+    let s = Setup::with_server(server).await;
+    // 256 MiB offered as fast as the edge takes it: more than the QUIC
+    // windows and the sockets' buffers hold, so sending blocks on the app,
+    // which sleeps without reading (`/slow`).
+    let chunks = futures_util::stream::iter(0..4096).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024]));
+    let resp = http().post(s.url("/slow?ms=5000")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-hookway-error"], "timeout");
+}
+
 /// A local app that answers every request with `reply` and closes.
 async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -177,10 +177,14 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
         r = app.client.request(req) => r,
         code = writer.stopped() => {
             log.duration = started.elapsed();
-            log.error = Some(if code == Some(close::REQUEST_TIMEOUT) {
-                "no answer in time: the server answered the caller 504 (its --request-timeout)".into()
-            } else {
-                "the caller went away".into()
+            log.error = Some(match code {
+                Some(close::REQUEST_TIMEOUT) => {
+                    "no answer in time: the server answered the caller 504 (its --request-timeout)".into()
+                }
+                Some(close::BODY_TIMEOUT) => "the caller's body stopped arriving: the server answered the caller 408 \
+                     (its --request-timeout); the app got part of it"
+                    .into(),
+                _ => "the caller went away".into(),
             });
             return Some(log);
         }

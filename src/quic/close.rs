@@ -31,6 +31,10 @@ pub const REQUEST_TIMEOUT: VarInt = VarInt::from_u32(2);
 /// Stream reset code: the client is stopping and takes no new requests (the
 /// server answers the caller 503 at once rather than after the drain).
 pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
+/// Stream stop and reset code: the caller's streamed body stopped arriving,
+/// the server gave up on it at its request timeout and answered the caller
+/// 408; the app got only part of the body.
+pub const BODY_TIMEOUT: VarInt = VarInt::from_u32(4);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else
 /// `4000 + code` (the range RFC 6455 leaves to applications), so a legacy-socket

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -9,6 +10,8 @@ use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, StreamBody};
+use quinn::VarInt;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -84,7 +87,7 @@ where
                 client_ip: Some(peer.ip()),
             });
             let _in_flight = state.in_flight.enter();
-            quic_exchange(conn, &session, head, body, timeout).instrument(span).await
+            quic_exchange(conn, &session, head, CallerPaced::new(body), timeout).instrument(span).await
         }
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
@@ -136,7 +139,7 @@ async fn quic_exchange<B>(
     conn: &quinn::Connection,
     session: &Session,
     head: Frame,
-    body: B,
+    body: CallerPaced<B>,
     timeout: std::time::Duration,
 ) -> Response<Body>
 where
@@ -144,6 +147,7 @@ where
     B::Error: Into<BoxError> + Send,
 {
     let deadline = tokio::time::Instant::now() + timeout;
+    let pace = body.pace.clone();
     // (A timer is registered only if a step is pending: usually none is for
     // `open_bi`.)
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
@@ -153,13 +157,17 @@ where
     };
     let mut reader = FrameReader::new(recv);
     // Set once `send_request` returns: a small request has then gone out
-    // whole, a large one streams from its task.
+    // whole, a large one streams from its task (stopped through `streaming`).
     let mut handed_over = false;
+    let mut streaming = None;
     let answer = tokio::time::timeout_at(deadline, async {
         match send_request(FrameWriter::new(send), head, body).await {
             Sending::BodyFailed(err) => Err(err),
-            sending => {
+            mut sending => {
                 handed_over = true;
+                if let Sending::Spawned { stop, .. } = &mut sending {
+                    streaming = stop.take();
+                }
                 Ok((sending, reader.next().await))
             }
         }
@@ -169,15 +177,25 @@ where
         Ok(Ok(sent)) => sent,
         Ok(Err(body_err)) => return bad_request_body(body_err),
         Err(_) => {
-            // Tell the client why: it logs a timeout rather than a caller
-            // who went away, and stops waiting on the app's answer.
-            reader.stop(close::REQUEST_TIMEOUT);
             // A small body is read whole before anything is sent: one still
             // arriving means the caller is late, and the app never saw the
-            // request. (A large body streams from a task; if it is still
-            // going, the app may be the one not reading it: a 504 as for
-            // any late answer.)
-            return if handed_over { timed_out(timeout) } else { gateway::body_timed_out() };
+            // request. A large body streams from a task: the caller is late
+            // if that task is waiting on it now and spent most of the time
+            // so; else the app (not reading, or not answering) is: a 504.
+            let (resp, code) = if !handed_over {
+                (gateway::body_timed_out(), close::REQUEST_TIMEOUT)
+            } else if pace.caller_is_late() {
+                (body_cut_by_timeout(), close::BODY_TIMEOUT)
+            } else {
+                (timed_out(timeout), close::REQUEST_TIMEOUT)
+            };
+            // Tell the client why: it logs a timeout rather than a caller
+            // who went away, and stops waiting on the app's answer.
+            reader.stop(code);
+            if let Some(stop) = streaming {
+                let _ = stop.send(code);
+            }
+            return resp;
         }
     };
     match first {
@@ -202,6 +220,101 @@ where
                 "the tunnel client ended the request without a response",
             ),
         },
+    }
+}
+
+/// The answer to a request whose streamed body was still arriving, slowly, at
+/// the deadline: the app got only part of it, and its stream was stopped.
+fn body_cut_by_timeout() -> Response<Body> {
+    edge_error(
+        StatusCode::REQUEST_TIMEOUT,
+        "request-body-timeout",
+        "the request body was still arriving at the request timeout: the caller sent it too slowly; \
+         the local app got only part of it",
+    )
+}
+
+/// A request body that measures how long it keeps its reader waiting on the
+/// caller, so that a timeout in the middle of a streamed upload can tell a
+/// slow caller (408) from an app that does not read or answer (504). The
+/// clock is read only when a frame was not ready at once, and when it then
+/// comes: a body already buffered costs nothing.
+struct CallerPaced<B> {
+    inner: B,
+    pace: Arc<Pace>,
+}
+
+/// What [`CallerPaced`] measured, shared with the exchange waiting on the answer.
+#[derive(Debug)]
+struct Pace {
+    /// When the exchange started; times below are nanoseconds after it.
+    base: std::time::Instant,
+    /// Since when the reader has waited for the caller's next frame, plus one
+    /// (0: it is not waiting).
+    waiting_since: AtomicU64,
+    /// Total time spent waiting on the caller before the current wait.
+    waited: AtomicU64,
+}
+
+impl<B> CallerPaced<B> {
+    fn new(inner: B) -> Self {
+        let pace =
+            Pace { base: std::time::Instant::now(), waiting_since: AtomicU64::new(0), waited: AtomicU64::new(0) };
+        Self { inner, pace: Arc::new(pace) }
+    }
+}
+
+impl Pace {
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the body's reader is waiting on the caller right now and spent
+    /// at least half the exchange's time doing so: then the caller, not the
+    /// app, held the request up.
+    fn caller_is_late(&self) -> bool {
+        let since = self.waiting_since.load(Ordering::Acquire);
+        if since == 0 {
+            return false;
+        }
+        let now = self.now();
+        let waited = self.waited.load(Ordering::Acquire) + now.saturating_sub(since - 1);
+        waited >= now / 2
+    }
+}
+
+impl<B> http_body::Body for CallerPaced<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<BodyFrame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        let pace = &this.pace;
+        let since = pace.waiting_since.load(Ordering::Relaxed);
+        match (&polled, since) {
+            (std::task::Poll::Pending, 0) => pace.waiting_since.store(pace.now() + 1, Ordering::Release),
+            (std::task::Poll::Ready(_), since) if since != 0 => {
+                pace.waited.fetch_add(pace.now().saturating_sub(since - 1), Ordering::Release);
+                pace.waiting_since.store(0, Ordering::Release);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -259,8 +372,9 @@ enum Sending {
     Done,
     /// The caller's body failed, with this error; the stream was reset.
     BodyFailed(String),
-    /// Going on in a task, which returns the caller's body error if any.
-    Spawned(JoinHandle<Option<String>>),
+    /// Going on in a task, which returns the caller's body error if any. A
+    /// code sent through `stop` resets the stream with it and ends the task.
+    Spawned { task: JoinHandle<Option<String>>, stop: Option<oneshot::Sender<VarInt>> },
 }
 
 impl Sending {
@@ -271,8 +385,8 @@ impl Sending {
         match self {
             Sending::Done => None,
             Sending::BodyFailed(err) => Some(err),
-            Sending::Spawned(task) if task.is_finished() => task.await.ok().flatten(),
-            Sending::Spawned(_) => None,
+            Sending::Spawned { task, .. } if task.is_finished() => task.await.ok().flatten(),
+            Sending::Spawned { .. } => None,
         }
     }
 }
@@ -285,8 +399,8 @@ where
     B::Error: Into<BoxError> + Send,
 {
     let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY);
-    let send = async move {
-        match send_message(&mut writer, head, body).await {
+    let outcome = |outcome: SendOutcome, writer: &mut FrameWriter| {
+        match outcome {
             SendOutcome::Sent => writer.finish(),
             SendOutcome::PeerGone => {}
             SendOutcome::BodyFailed { error: err, .. } => {
@@ -297,7 +411,32 @@ where
         }
         None
     };
-    if small { send.await.map_or(Sending::Done, Sending::BodyFailed) } else { Sending::Spawned(tokio::spawn(send)) }
+    if small {
+        let sent = send_message(&mut writer, head, body).await;
+        return outcome(sent, &mut writer).map_or(Sending::Done, Sending::BodyFailed);
+    }
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let sent = {
+            let sending = send_message(&mut writer, head, body);
+            tokio::select! {
+                sent = sending => Ok(sent),
+                // (A stop dropped unsent lets the upload go on.)
+                Ok(code) = stopped => Err(code),
+            }
+        };
+        match sent {
+            Ok(sent) => outcome(sent, &mut writer),
+            // The exchange gave up (timeout): the app gets a reset, not a
+            // body cut short that looks whole, and the caller's body is
+            // dropped, so its connection is not held open for it.
+            Err(code) => {
+                writer.reset(code);
+                None
+            }
+        }
+    });
+    Sending::Spawned { task, stop: Some(stop) }
 }
 
 /// Whether a response of `status` has no content (204, 304), whatever the
