@@ -152,12 +152,14 @@ pub fn detail_json(r: &RequestRecord) -> Value {
 fn part_json(p: &CapturedPart) -> Value {
     let mut headers = Map::new();
     for (name, value) in &p.headers {
+        // Text as it always was: a value that is not UTF-8 shows U+FFFD in place of each bad sequence.
+        let value = Value::String(String::from_utf8_lossy(value).into_owned());
         match headers.get_mut(name) {
             None => {
-                headers.insert(name.clone(), Value::String(value.clone()));
+                headers.insert(name.clone(), value);
             }
-            Some(Value::Array(values)) => values.push(Value::String(value.clone())),
-            Some(first) => *first = Value::Array(vec![first.take(), Value::String(value.clone())]),
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => *first = Value::Array(vec![first.take(), value]),
         }
     }
     let (body, encoding) = match &p.body.data {
@@ -315,7 +317,9 @@ fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<B
 fn replay_headers(original: &RequestRecord, edits: &Map<String, Value>) -> Result<HeaderMap, ApiError> {
     let mut headers = HeaderMap::new();
     for (name, value) in &original.request.headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        // The bytes that arrived, not a text form of them: a replay is faithful.
+        let value = HeaderValue::from_maybe_shared(value.clone());
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), value) {
             headers.append(n, v);
         }
     }

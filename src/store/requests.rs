@@ -21,7 +21,13 @@ pub struct CapturedBody {
 }
 
 /// Headers in arrival order; a repeated header appears once per value.
-pub type HeaderList = Vec<(String, String)>;
+///
+/// Values are bytes, not text: HTTP allows any byte but CR, LF and NUL in a
+/// value (obs-text, 0x80–0xFF, included), senders do put Latin-1 or raw
+/// signatures there, and the tunnel forwards them as they are. A replay must
+/// send exactly what arrived, or a signature over the header fails to check.
+/// Names are ASCII (the `http` crate admits no other).
+pub type HeaderList = Vec<(String, Bytes)>;
 
 /// One side (request or response) of a captured exchange.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -389,6 +389,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
     use crate::store::CapturedBody;
 
@@ -434,6 +436,58 @@ mod tests {
         drop(store);
         // Opening again finds the columns there.
         assert!(SqliteStore::open_in(dir.path()).unwrap().get_request("tun_a", "req_2").unwrap().is_some());
+    }
+
+    /// Issue: header values were stored as text, so a value that is not UTF-8
+    /// (obs-text: Latin-1, a raw signature) came back with U+FFFD in it, and
+    /// a replay sent that. Values are bytes now; rows written before, whose
+    /// values are JSON strings, read as they did.
+    #[test]
+    fn header_values_keep_their_bytes_and_rows_of_the_old_format_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        // A row as a server before this wrote it (one value escaped, one that
+        // capture had turned into text lossily).
+        store
+            .with_log(|c| {
+                c.execute_batch(
+                    r#"INSERT INTO requests (tunnel_id, id, time, method, path, status, duration_us, outcome,
+                         client_ip, replay_of, req_headers, req_body, req_size, req_truncated, resp_headers, resp_body,
+                         resp_size, resp_truncated)
+                     VALUES ('tun_a', 'req_1', 't', 'POST', '/', 200, 5, 'ok', '127.0.0.1', NULL,
+                         '[["x-a","caf\u00e9"],["x-b","caf\ufffd"],["x-b","2"]]', NULL, 0, 0, '[["x-c","1"]]',
+                         NULL, 0, 0)"#,
+                )
+            })
+            .unwrap();
+        let old = store.get_request("tun_a", "req_1").unwrap().unwrap();
+        let text = |n: &str, v: &str| (n.to_owned(), Bytes::copy_from_slice(v.as_bytes()));
+        assert_eq!(old.request.headers, [text("x-a", "café"), text("x-b", "caf\u{fffd}"), text("x-b", "2")]);
+        assert_eq!(old.response.as_ref().unwrap().headers, [text("x-c", "1")]);
+
+        let mut new = old.clone();
+        new.id = "req_2".into();
+        new.request.headers = vec![
+            ("x-signature".into(), Bytes::from_static(b"caf\xe9 \x80\xff=\xc3(")),
+            text("x-a", "café"),
+            ("x-a".into(), Bytes::from_static(b"\xfe")),
+        ];
+        store.insert_requests(&[new.clone()], 10).unwrap();
+        assert_eq!(store.get_request("tun_a", "req_2").unwrap(), Some(new));
+        // UTF-8 values are written as before (a row of them is what a server
+        // from before this wrote, and reads), others as their bytes in base64.
+        let raw: (String, String) = store
+            .with_log(|c| {
+                c.query_row("SELECT req_headers, resp_headers FROM requests WHERE id = 'req_2'", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+            })
+            .unwrap();
+        assert_eq!(
+            raw.0,
+            r#"[["x-signature",{"base64":"Y2Fm6SCA/z3DKA=="}],["x-a","café"],["x-a",{"base64":"/g=="}]]"#
+        );
+        assert_eq!(raw.1, r#"[["x-c","1"]]"#);
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! writes are the busiest writes the server makes, and this way they never
 //! wait for, or hold up, the tunnel and webhook tables.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
 
 use super::requests::{CapturedBody, CapturedPart, HeaderList, RequestRecord};
 
@@ -45,12 +49,48 @@ pub(super) const MIGRATIONS: &[&str] = &[MIGRATION_1];
 const MIGRATION_1: &str = "ALTER TABLE requests ADD COLUMN req_over_budget INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE requests ADD COLUMN resp_over_budget INTEGER NOT NULL DEFAULT 0;";
 
-fn headers_json(h: &HeaderList) -> String {
-    serde_json::to_string(h).unwrap_or_else(|_| "[]".into())
+/// A header value as the header columns keep it, in their JSON list of
+/// `[name, value]` pairs: a value that is UTF-8 is the JSON string it always
+/// was, and one that is not (obs-text) is `{"base64": …}` of its bytes, which
+/// a JSON string cannot carry. So rows of UTF-8 values are written exactly as
+/// before (a server from before this still reads them), and rows written
+/// before are read as they are: the format grew, the schema did not, and no
+/// migration rewrites the file.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredValue<S> {
+    Text(S),
+    Bytes { base64: String },
 }
 
+fn headers_json(h: &HeaderList) -> String {
+    let stored: Vec<(&str, StoredValue<&str>)> = h
+        .iter()
+        .map(|(name, value)| {
+            let value = match std::str::from_utf8(value) {
+                Ok(text) => StoredValue::Text(text),
+                Err(_) => StoredValue::Bytes { base64: BASE64.encode(value) },
+            };
+            (name.as_str(), value)
+        })
+        .collect();
+    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
+}
+
+/// The list in a header column; empty if it does not parse (no row this
+/// server wrote).
 fn headers_from(text: Option<String>) -> HeaderList {
-    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    let Some(stored) = text.and_then(|t| serde_json::from_str::<Vec<(String, StoredValue<String>)>>(&t).ok()) else {
+        return HeaderList::new();
+    };
+    let list: Option<HeaderList> = stored
+        .into_iter()
+        .map(|(name, value)| match value {
+            StoredValue::Text(text) => Some((name, Bytes::from(text))),
+            StoredValue::Bytes { base64 } => Some((name, BASE64.decode(base64).ok()?.into())),
+        })
+        .collect();
+    list.unwrap_or_default()
 }
 
 fn base(r: &Row<'_>) -> rusqlite::Result<RequestRecord> {

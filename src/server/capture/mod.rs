@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::registry::Tunnel;
 use crate::store::RequestRecord;
+use crate::store::requests::HeaderList;
 pub use tap::{Tap, TapBody};
 
 /// Default cap on each captured body.
@@ -187,16 +188,25 @@ impl FlatHeaders {
         Self(buf)
     }
 
-    fn to_list(&self) -> Vec<(String, String)> {
-        self.0
-            .split(|&b| b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(|line| {
+    /// The headers as a list, in the writer (off the forwarding path). Values
+    /// are slices of the buffer, bytes as they arrived: no copy each, and no
+    /// conversion to text, which would turn obs-text into U+FFFD (see
+    /// [`HeaderList`]). Names are ASCII, so the conversion of theirs is exact.
+    fn into_list(self) -> HeaderList {
+        let buf = Bytes::from(self.0);
+        let mut list = Vec::new();
+        let mut start = 0;
+        while start < buf.len() {
+            let end = buf[start..].iter().position(|&b| b == b'\n').map_or(buf.len(), |i| start + i);
+            let line = &buf[start..end];
+            if !line.is_empty() {
                 let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
-                let value = line.get(colon + 1..).unwrap_or_default();
-                (String::from_utf8_lossy(&line[..colon]).into_owned(), String::from_utf8_lossy(value).into_owned())
-            })
-            .collect()
+                let name = String::from_utf8_lossy(&line[..colon]).into_owned();
+                list.push((name, buf.slice((start + colon + 1).min(end)..end)));
+            }
+            start = end + 1;
+        }
+        list
     }
 }
 
@@ -403,6 +413,8 @@ impl Capture {
 mod tests {
     use std::time::{Duration, Instant};
 
+    use bytes::Bytes;
+
     use super::{BodyBuf, Budget, FlatHeaders};
 
     #[test]
@@ -412,12 +424,25 @@ mod tests {
         map.append("set-cookie", "a=1".parse().unwrap());
         map.append("set-cookie", "b=2".parse().unwrap());
         map.insert("x-empty", "".parse().unwrap());
-        let list = FlatHeaders::copy(&map).to_list();
-        let pairs: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let list = FlatHeaders::copy(&map).into_list();
+        let pairs: Vec<(&str, &[u8])> = list.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
         assert_eq!(
             pairs,
-            [("host", "example.com:8080"), ("set-cookie", "a=1"), ("set-cookie", "b=2"), ("x-empty", "")]
+            [("host", &b"example.com:8080"[..]), ("set-cookie", b"a=1"), ("set-cookie", b"b=2"), ("x-empty", b"")]
         );
+    }
+
+    /// Issue: values were turned into text on the way to the store, so a
+    /// Latin-1 byte or a raw signature came back as U+FFFD, and a replay sent
+    /// those three bytes instead of the one that arrived.
+    #[test]
+    fn flat_headers_keep_the_bytes_of_values_that_are_not_utf8() {
+        let raw = b"caf\xe9 \x80\xff sig=\xc3(";
+        let mut map = http::HeaderMap::new();
+        map.insert("x-signature", http::HeaderValue::from_bytes(raw).unwrap());
+        map.insert("x-after", "ok".parse().unwrap());
+        let list = FlatHeaders::copy(&map).into_list();
+        assert_eq!(list, [("x-signature".to_owned(), Bytes::from_static(raw)), ("x-after".into(), "ok".into())]);
     }
 
     #[test]

@@ -228,8 +228,8 @@ fn into_record(c: Captured) -> (RequestRecord, Option<tokio::sync::oneshot::Send
         outcome: c.outcome.to_owned(),
         client_ip: c.client_ip.to_string(),
         replay_of,
-        request: CapturedPart { headers: c.request_headers.to_list(), body: body(c.request_body) },
-        response: c.response_headers.map(|h| CapturedPart { headers: h.to_list(), body: body(c.response_body) }),
+        request: CapturedPart { headers: c.request_headers.into_list(), body: body(c.request_body) },
+        response: c.response_headers.map(|h| CapturedPart { headers: h.into_list(), body: body(c.response_body) }),
     };
     (record, done)
 }
