@@ -66,6 +66,8 @@ async fn a_successful_exchange_is_recorded_in_full() {
     assert_eq!(d["response"]["headers"]["x-app"], "echo");
     assert_eq!(d["response"]["headers"]["set-cookie"], json!(["a=1", "b=2"]), "repeated headers become an array");
     assert_eq!(d["response"]["body"], answer.as_str());
+    // Header values that are all UTF-8: the record looks as it always did.
+    assert!(d["request"].get("headersBase64").is_none() && d["response"].get("headersBase64").is_none(), "{d}");
 }
 
 #[tokio::test]
@@ -297,6 +299,51 @@ async fn replays_reach_the_local_app_with_and_without_edits() {
     }
     let missing = api(&s, "/req_000000000000ffffffff/replay");
     assert_eq!(raw_api(&s.server, Method::POST, &missing, Some(&bearer()), None).await.0, 404);
+}
+
+/// Issue: capture turned header values into text, so a value that is not
+/// UTF-8 (obs-text, 0x80–0xFF: legal in HTTP, forwarded by the tunnel as it
+/// is) was kept with U+FFFD in it, and a replay sent those bytes instead of
+/// the ones that arrived: a signature over such a header failed to check.
+#[tokio::test]
+async fn header_values_that_are_not_utf8_are_kept_and_replayed_byte_for_byte() {
+    let b64 = |v: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(v));
+    let s = Setup::new().await;
+    let signature: &[u8] = b"t=1,v1=caf\xe9\x80\xff";
+    let resp = http()
+        .post(s.url("/raw-headers"))
+        .header("x-signature", reqwest::header::HeaderValue::from_bytes(signature).unwrap())
+        .header("x-multi", "plain")
+        .header("x-multi", reqwest::header::HeaderValue::from_bytes(b"\xfe").unwrap())
+        .header("x-plain", "ok")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-latin1"].as_bytes(), LATIN1, "the tunnel forwards the app's bytes as they are");
+    let arrived: Value = resp.json().await.unwrap();
+    let sent = json!({ "x-signature": [b64(signature)], "x-multi": [b64(b"plain"), b64(b"\xfe")] });
+    assert_eq!((&arrived["x-signature"], &arrived["x-multi"]), (&sent["x-signature"], &sent["x-multi"]));
+
+    let original = wait_for_records(&s.server, &s.tunnel_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let d = detail(&s.server, &s.tunnel_id, &original).await;
+    // `headers` shows them as before, lossily; `headersBase64` has their
+    // bytes, for the headers with a value that is not UTF-8 only.
+    assert_eq!(d["request"]["headers"]["x-signature"], *String::from_utf8_lossy(signature));
+    assert_eq!(d["request"]["headers"]["x-multi"], json!(["plain", "\u{fffd}"]));
+    assert_eq!(d["request"]["headers"]["x-plain"], "ok");
+    let exact = json!({ "x-signature": b64(signature), "x-multi": [b64(b"plain"), b64(b"\xfe")] });
+    assert_eq!(d["request"]["headersBase64"], exact, "{d}");
+    assert_eq!(d["response"]["headers"]["x-latin1"], "\u{fffd}t\u{fffd}");
+    assert_eq!(d["response"]["headersBase64"], json!({ "x-latin1": b64(LATIN1) }), "{d}");
+
+    let replay = api(&s, &format!("/{original}/replay"));
+    let (status, replayed) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), None).await;
+    assert_eq!(status, 200, "{replayed}");
+    let seen: Value = serde_json::from_str(replayed["request"]["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!((&seen["x-signature"], &seen["x-multi"]), (&sent["x-signature"], &sent["x-multi"]), "{seen}");
+    assert_eq!(replayed["request"]["request"]["headersBase64"], exact, "the replay's own record has them too");
 }
 
 /// Issue: a replay request was limited to twice the capture's body limit

@@ -140,7 +140,8 @@ pub fn sse_event(r: &RequestRecord) -> String {
     format!("event: request\nid: {}\ndata: {}\n\n", r.id, summary_json(r))
 }
 
-/// A record in full; bodies as text when UTF-8, else base64.
+/// A record in full; bodies as text when UTF-8, else base64, and the exact
+/// bytes of header values that are not UTF-8 beside their text (see [`headers_base64`]).
 pub fn detail_json(r: &RequestRecord) -> Value {
     let mut v = summary_json(r);
     v["tunnelId"] = Value::String(r.tunnel_id.clone());
@@ -152,15 +153,9 @@ pub fn detail_json(r: &RequestRecord) -> Value {
 fn part_json(p: &CapturedPart) -> Value {
     let mut headers = Map::new();
     for (name, value) in &p.headers {
-        // Text as it always was: a value that is not UTF-8 shows U+FFFD in place of each bad sequence.
-        let value = Value::String(String::from_utf8_lossy(value).into_owned());
-        match headers.get_mut(name) {
-            None => {
-                headers.insert(name.clone(), value);
-            }
-            Some(Value::Array(values)) => values.push(value),
-            Some(first) => *first = Value::Array(vec![first.take(), value]),
-        }
+        // Text as it always was: a value that is not UTF-8 shows U+FFFD in
+        // place of each bad sequence (its bytes are in `headersBase64`).
+        add_header(&mut headers, name, Value::String(String::from_utf8_lossy(value).into_owned()));
     }
     let (body, encoding) = match &p.body.data {
         None => (Value::Null, "utf8"),
@@ -176,14 +171,51 @@ fn part_json(p: &CapturedPart) -> Value {
             Err(_) => (Value::String(BASE64.encode(data)), "base64"),
         },
     };
-    json!({
+    let mut part = json!({
         "headers": headers,
         "body": body,
         "bodyEncoding": encoding,
         "bodySize": p.body.size,
         "truncated": p.body.truncated,
         "overBudget": p.body.over_budget,
-    })
+    });
+    if let Some(exact) = headers_base64(&p.headers) {
+        part["headersBase64"] = exact;
+    }
+    part
+}
+
+/// Adds one value of a header to the API's `headers` object: a string, or an
+/// array of them in arrival order once the header repeats.
+fn add_header(headers: &mut Map<String, Value>, name: &str, value: Value) {
+    match headers.get_mut(name) {
+        None => {
+            headers.insert(name.to_owned(), value);
+        }
+        Some(Value::Array(values)) => values.push(value),
+        Some(first) => *first = Value::Array(vec![first.take(), value]),
+    }
+}
+
+/// `headersBase64`: the exact bytes of the headers that have a value that is
+/// not UTF-8 (obs-text, such as Latin-1 or a raw signature), which `headers`
+/// can only show with U+FFFD in place of each bad sequence, as JSON strings
+/// cannot carry such bytes. Every value of such a header is here, in base64,
+/// in the shape `headers` gives it (a string, or an array in the same order),
+/// so a script takes a header from here when it is here, else from
+/// `headers`. `None` when every value is UTF-8: such records look as they
+/// always did.
+fn headers_base64(list: &[(String, Bytes)]) -> Option<Value> {
+    let not_utf8: Vec<&str> =
+        list.iter().filter(|(_, v)| std::str::from_utf8(v).is_err()).map(|(n, _)| n.as_str()).collect();
+    if not_utf8.is_empty() {
+        return None;
+    }
+    let mut exact = Map::new();
+    for (name, value) in list.iter().filter(|(n, _)| not_utf8.contains(&n.as_str())) {
+        add_header(&mut exact, name, Value::String(BASE64.encode(value)));
+    }
+    Some(Value::Object(exact))
 }
 
 /// `text/event-stream` of the tunnel's new records, until the client leaves,

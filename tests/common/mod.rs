@@ -215,6 +215,9 @@ fn full(data: impl Into<Bytes>) -> Body {
 /// The local app. Routes:
 /// * `/echo…`: JSON of what arrived (method, path with query, headers, body as
 ///   lossy text, body length), status from `?status=`, header `x-app: echo`.
+/// * `/raw-headers`: JSON of the headers as they arrived, each name with the
+///   base64 of its values' bytes (which `/echo` shows lossily), and a response
+///   header that is not UTF-8, `x-latin1: été` in Latin-1 ([`LATIN1`]).
 /// * `/upload`: streams the body, answers `{"bytes": n, "sum": wrapping sum}`.
 /// * `/download?n=N`: N bytes of a known pattern, streamed in 64 KiB chunks.
 /// * `/broken`: 64 KiB of a declared 1 MiB body, then the connection is cut.
@@ -295,6 +298,10 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
+/// The value of the `x-latin1` header `/raw-headers` answers with: "été" in
+/// Latin-1, legal in HTTP (obs-text) and not UTF-8.
+pub const LATIN1: &[u8] = b"\xe9t\xe9";
+
 /// Byte `i` of the download pattern.
 pub fn pattern(i: u64) -> u8 {
     (i % 251) as u8
@@ -322,6 +329,18 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
             resp.headers_mut().insert("x-app", "echo".parse().unwrap());
             resp.headers_mut().append("set-cookie", "a=1".parse().unwrap());
             resp.headers_mut().append("set-cookie", "b=2".parse().unwrap());
+            resp
+        }
+        "/raw-headers" => {
+            use base64::Engine as _;
+            let mut headers = serde_json::Map::new();
+            for name in req.headers().keys() {
+                let values = req.headers().get_all(name).iter();
+                let values = values.map(|v| Value::String(base64::engine::general_purpose::STANDARD.encode(v)));
+                headers.insert(name.to_string(), Value::Array(values.collect()));
+            }
+            let mut resp = Response::new(full(Value::Object(headers).to_string()));
+            resp.headers_mut().insert("x-latin1", http::HeaderValue::from_bytes(LATIN1).unwrap());
             resp
         }
         "/upload" => {
