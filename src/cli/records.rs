@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
@@ -191,12 +192,14 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
     out.push(line(LineKind::Heading, format!("{name} headers")));
     let headers = part["headers"].as_object();
     for (k, v) in headers.into_iter().flatten() {
-        let values: Vec<&str> = match v {
-            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
-            other => other.as_str().into_iter().collect(),
-        };
-        for value in values {
-            out.push(line(LineKind::Header, clean(&format!("  {k}: {value}"))));
+        // A value that is not UTF-8 is text with U+FFFD in `headers`, and its
+        // bytes, at the same place, in `headersBase64`.
+        let exact = values_of(&part["headersBase64"][k]);
+        for (i, value) in values_of(v).iter().enumerate() {
+            let Some(text) = value.as_str() else { continue };
+            let bytes = exact.get(i).and_then(Value::as_str).and_then(|b| BASE64.decode(b).ok());
+            let shown = bytes.map_or_else(|| text.to_owned(), |b| escape_not_utf8(&b));
+            out.push(line(LineKind::Header, clean(&format!("  {k}: {shown}"))));
         }
     }
     let size = part["bodySize"].as_u64().unwrap_or(0);
@@ -207,7 +210,7 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         _ => return out.push(line(LineKind::Note, "  (unreadable body)")),
     };
     let captured = if part["bodyEncoding"] == "base64" {
-        match base64::engine::general_purpose::STANDARD.decode(body) {
+        match BASE64.decode(body) {
             Ok(bytes) => {
                 let preview: Vec<String> = bytes.iter().take(HEX_PREVIEW).map(|b| format!("{b:02x}")).collect();
                 let more = if bytes.len() > HEX_PREVIEW { " …" } else { "" };
@@ -242,6 +245,28 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
     } else if part["truncated"] == true {
         out.push(line(LineKind::Note, format!("  (truncated: {captured} of {size} bytes captured)")));
     }
+}
+
+/// A header's values in the API's shape: a string, or an array of them.
+fn values_of(v: &Value) -> &[Value] {
+    match v {
+        Value::Array(items) => items,
+        other => std::slice::from_ref(other),
+    }
+}
+
+/// `bytes` as text, with each byte of a sequence that is not UTF-8 as `\xNN`:
+/// a header value such as Latin-1 `caf\xe9` shows which bytes it holds,
+/// where U+FFFD would hide them.
+fn escape_not_utf8(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// JSON pretty-printed when it parses, whatever the content type says (senders
@@ -397,6 +422,23 @@ mod tests {
         let t = texts(&detail_lines(&d, 100));
         let note = "  (truncated: 2 of 5000 bytes captured; the server's capture budget was spent)";
         assert!(t.contains(&note.to_owned()), "{t:#?}");
+    }
+
+    /// Issue: a header value that is not UTF-8 showed as U+FFFD, hiding
+    /// which bytes it held; the detail shows them as `\xNN`, still free of
+    /// control characters.
+    #[test]
+    fn header_values_that_are_not_utf8_show_their_bytes() {
+        let b64 = |v: &[u8]| BASE64.encode(v);
+        let d = detail(
+            json!({"headers": {"x-sig": "caf\u{fffd}", "x-multi": ["plain", "\u{fffd}\u{1b}[31m"], "x-ok": "é"},
+                   "headersBase64": {"x-sig": b64(b"caf\xe9"), "x-multi": [b64(b"plain"), b64(b"\xff\x1b[31m")]},
+                   "body": "", "bodyEncoding": "utf8", "bodySize": 0, "truncated": false}),
+            Value::Null,
+        );
+        let t = texts(&detail_lines(&d, 100));
+        let headers: Vec<&str> = t.iter().map(String::as_str).filter(|l| l.starts_with("  x-")).collect();
+        assert_eq!(headers, ["  x-sig: caf\\xe9", "  x-multi: plain", "  x-multi: \\xff\u{fffd}[31m", "  x-ok: é"]);
     }
 
     #[test]
