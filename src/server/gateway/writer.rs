@@ -9,9 +9,10 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::outbox::OutboxRx;
 use super::stall::{Progress, Stalled, unless_stalled};
@@ -59,7 +60,13 @@ enum WriteError {
     Stalled(#[from] Stalled),
     /// The socket failed.
     #[error("WebSocket write failed: {0}")]
-    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    Ws(#[from] WsError),
+}
+
+/// Whether a write failed only because the client's close frame has arrived:
+/// tungstenite then sends nothing but its answer to it.
+fn client_closed(err: &WsError) -> bool {
+    matches!(err, WsError::Protocol(ProtocolError::SendAfterClosing))
 }
 
 /// The socket's sending half, with its write deadline.
@@ -89,6 +96,9 @@ impl Writer {
                 link.end(CloseCode::Away, &format!("the client read nothing for {stall:?}"));
                 return;
             }
+            // The client's close frame came in while this was writing: its
+            // answer is still to go out, below.
+            Err(WriteError::Ws(err)) if client_closed(&err) => link.closing.cancel(),
             Err(err) => {
                 tracing::debug!(%err, "WebSocket write failed");
                 link.closing.cancel();
@@ -99,7 +109,20 @@ impl Writer {
         drop(queues);
         let frame = link.close_frame.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let frame = frame.unwrap_or(CloseFrame { code: CloseCode::Normal, reason: "".into() });
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.close(frame)).await;
+    }
+
+    /// Sends `frame`, or, when the client closed first, the answer tungstenite
+    /// has queued to the client's close frame: the echo of its code (RFC 6455
+    /// §5.5.1), or 1002 for a code no endpoint may send. tungstenite refuses
+    /// a close frame of ours then, and sends its answer only when the socket
+    /// is flushed, which nothing else does once the reader has stopped: the
+    /// client saw its socket drop without one.
+    async fn close(&mut self, frame: CloseFrame) -> Result<(), WsError> {
+        match self.sink.send(Message::Close(Some(frame))).await {
+            Err(err) if client_closed(&err) => self.sink.flush().await,
+            sent => sent,
+        }
     }
 
     /// Writes messages as they come (batching what is already queued into one
@@ -134,7 +157,7 @@ impl Writer {
     /// One operation on the sink, under the write deadline.
     async fn write<'s, F>(&'s mut self, op: impl FnOnce(&'s mut Sink) -> F) -> Result<(), WriteError>
     where
-        F: std::future::Future<Output = Result<(), tokio_tungstenite::tungstenite::Error>> + 's,
+        F: std::future::Future<Output = Result<(), WsError>> + 's,
     {
         unless_stalled(&self.progress, self.stall, op(&mut self.sink)).await??;
         Ok(())
