@@ -1,7 +1,8 @@
 //! How the WebSocket-JSON gateway answers a tunnel client's close frame (RFC
-//! 6455 §5.5.1, §7.4): a valid code is echoed, a code no endpoint may send
-//! fails the connection with 1002. Raw bytes on loopback, since a WebSocket
-//! library will not send an invalid close frame.
+//! 6455 §5.5.1, §7.4): a valid code is echoed; a code no endpoint may send, a
+//! one-byte payload or another broken frame fails the connection with 1002,
+//! text that is not UTF-8 (a close reason too) with 1007. Raw bytes on
+//! loopback, since a WebSocket library will not send an invalid frame.
 
 mod common;
 
@@ -38,11 +39,19 @@ async fn raw_ws(server: &TestServer) -> TcpStream {
 
 /// A masked close frame (clients must mask) carrying `payload` as is.
 fn close_frame(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() <= 125, "a control frame's payload fits in the first length");
+    frame(0x8, payload, true)
+}
+
+/// A final frame of opcode `op` carrying `payload` (at most 125 bytes).
+fn frame(op: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() <= 125, "the payload fits in the first length");
     let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x88, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut frame = vec![0x80 | op, payload.len() as u8];
+    if masked {
+        frame[1] |= 0x80;
+        frame.extend_from_slice(&mask);
+    }
+    frame.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ mask[i % 4] } else { *b }));
     frame
 }
 
@@ -57,10 +66,16 @@ fn payload(code: u16, reason: &[u8]) -> Vec<u8> {
 /// the server closes the socket: the payload of the server's close frame, if
 /// it sent one.
 async fn close_with(server: &TestServer, payload: &[u8]) -> Option<Vec<u8>> {
+    answer_to(server, &close_frame(payload)).await
+}
+
+/// Sends `frame` as the tunnel's client and reads until the server closes the
+/// socket: the payload of the server's close frame, if it sent one.
+async fn answer_to(server: &TestServer, frame: &[u8]) -> Option<Vec<u8>> {
     let mut ws = raw_ws(server).await;
-    ws.write_all(&close_frame(payload)).await.unwrap();
+    ws.write_all(frame).await.unwrap();
     let (got, closed) = read_until_closed(&mut ws, WAIT).await;
-    assert!(closed, "the server closes the socket after a close frame");
+    assert!(closed, "the server closes the socket");
     first_close(&got)
 }
 
@@ -112,5 +127,31 @@ async fn an_invalid_close_code_fails_the_connection_with_1002() {
         let (got, reason) = code_and_reason(&answer.unwrap_or_else(|| panic!("no close frame answers code {code}")));
         assert_eq!(got, 1002, "code {code}: {reason}");
         assert!(!reason.is_empty(), "the answer to {code} says why");
+    }
+}
+
+#[tokio::test]
+async fn a_close_frame_it_cannot_read_fails_the_connection_with_1002_or_1007() {
+    let server = TestServer::start().await;
+    // A one-byte payload: half a code (§5.5.1).
+    let (code, reason) = code_and_reason(&close_with(&server, &[0x03]).await.expect("a close frame answers"));
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.contains("close"), "says why: {reason}");
+    // A reason that is not UTF-8 (§5.5.1, §8.1).
+    let answer = close_with(&server, &payload(1000, b"bye \xff\xfe")).await.expect("a close frame answers");
+    assert_eq!(code_and_reason(&answer), (1007, "invalid UTF-8".to_owned()));
+}
+
+#[tokio::test]
+async fn other_broken_frames_fail_the_connection_too() {
+    let server = TestServer::start().await;
+    // A text message that is not UTF-8 (§8.1).
+    let answer = answer_to(&server, &frame(0x1, b"{\"type\": \"ping\xc3\"}", true)).await;
+    assert_eq!(code_and_reason(&answer.expect("a close frame answers")).0, 1007);
+    // An unmasked frame from a client (§5.1), an unknown opcode (§5.2).
+    for broken in [frame(0x1, br#"{"type":"ping"}"#, false), frame(0x3, b"", true)] {
+        let answer = answer_to(&server, &broken).await;
+        let (code, reason) = code_and_reason(&answer.expect("a close frame answers"));
+        assert_eq!(code, 1002, "{reason}");
     }
 }

@@ -18,6 +18,7 @@ mod log_limit;
 mod outbox;
 mod reader;
 mod stall;
+mod violation;
 mod writer;
 
 use std::collections::HashMap;

@@ -9,10 +9,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::log_limit::{self, LogLimit};
+use super::violation;
 use super::{Reply, Stream, WsLink};
 use crate::wsjson::{self, ClientMessage};
 
@@ -60,15 +60,18 @@ async fn read_messages(mut stream: Stream, link: &WsLink, idle_timeout: Duration
         let text = match msg {
             Some(Ok(Message::Text(text))) => Bytes::from(text),
             Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(Message::Close(Some(frame)))) if violation::is_invalid_close(&frame) => {
+                tracing::warn!("client closed with a code no endpoint may send; answered 1002 (protocol error)");
+                return "client closed with an invalid close code".into();
+            }
             Some(Ok(Message::Close(frame))) => {
                 return frame.map_or_else(|| "client closed".into(), |f| format!("client closed: {}", f.code));
             }
             Some(Ok(_)) => continue, // ping, pong, raw frame
             Some(Err(err)) => {
-                if matches!(err, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                    tracing::warn!(%err, "client sent an oversized message");
-                    *link.close_frame.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(CloseFrame { code: CloseCode::Size, reason: "message too big".into() });
+                if let Some(frame) = violation::for_read_error(&err) {
+                    tracing::warn!(%err, code = %frame.code, "client broke the WebSocket protocol; closing");
+                    link.end(frame.code, &frame.reason);
                 }
                 return format!("read error: {err}");
             }
