@@ -1,6 +1,6 @@
 //! Odd requests at the public edge: host names in any case or with a trailing
-//! dot, HTTP/2's `:authority`, repeated `Host` headers, `CONNECT`, and a
-//! caller's broken body. Real server, real tunnel clients (QUIC and WebSocket),
+//! dot, HTTP/2's `:authority`, repeated `Host` headers, `CONNECT`, too many
+//! headers, and a caller's broken body. Real server, real tunnel clients (QUIC and WebSocket),
 //! raw bytes on loopback where a client library would refuse to send them.
 
 mod common;
@@ -195,4 +195,79 @@ async fn an_absolute_target_sets_the_host_the_app_sees() {
     let seen: Value = serde_json::from_str(body[start..].trim_end_matches(|c| c != '}')).unwrap();
     assert_eq!(seen["path"], "/echo/abs", "{seen}");
     assert_eq!(seen["headers"]["host"], authority.as_str(), "{seen}");
+}
+
+/// A GET of `target` with `lines` header lines in all: `Host`, `Connection:
+/// close`, and fillers.
+fn request_with_headers(target: &str, host: &str, lines: usize) -> String {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for i in 2..lines {
+        req.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    req + "\r\n"
+}
+
+/// The edge's own answer to a request with too many headers: 431 in the
+/// edge's error form, one line saying why.
+fn assert_too_many_headers(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    assert!(answer.contains("x-hookway-error: too-many-headers"), "{answer}");
+    let body = answer.split_once("\r\n\r\n").unwrap().1;
+    assert!(body.starts_with("hookway: ") && body.lines().count() == 1, "one line: {body:?}");
+    assert!(body.contains("100"), "says the limit: {body:?}");
+}
+
+#[tokio::test]
+async fn too_many_headers_get_the_edges_431_on_every_route() {
+    let s = with_domain().await;
+    let (addr, sub) = (s.server.http, &s.subdomain);
+    // The limit: 100 header lines pass, 101 do not (the API here: its answer
+    // does not depend on what the test app accepts).
+    let answer = raw_exchange(addr, request_with_headers("/api/info", &addr.to_string(), 100).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    for (target, host) in [
+        ("/api/info".to_owned(), addr.to_string()),
+        (format!("/t/{sub}/echo"), addr.to_string()),
+        ("/echo".to_owned(), format!("{sub}.{DOMAIN}")),
+        (format!("/tunnels/{sub}/ws"), addr.to_string()),
+    ] {
+        for lines in [101, 150] {
+            let answer = raw_exchange(addr, request_with_headers(&target, &host, lines).as_bytes()).await;
+            assert_too_many_headers(&answer);
+        }
+    }
+    assert_eq!(forwarded(&s).await, 0);
+    // Far past it, hyper refuses the head before the edge sees it (its parser
+    // makes room for a bounded number of headers): still a 431.
+    let far = request_with_headers(&format!("/t/{sub}/echo"), &addr.to_string(), 1000);
+    let answer = raw_exchange(addr, far.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    let resp = http().get(s.url("/echo/after")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the server still serves");
+}
+
+#[tokio::test]
+async fn too_many_headers_over_http2_get_the_edges_431_too() {
+    let s = Setup::new().await;
+    hookway::quic::tls::install_default_provider();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let with_headers = |n: usize, value: &str| {
+        let mut req = h2.get(s.url("/echo/h2"));
+        for i in 0..n {
+            req = req.header(format!("x-filler-{i}"), value);
+        }
+        req
+    };
+    let resp = with_headers(101, "v").send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.headers()["x-hookway-error"], "too-many-headers");
+    assert!(resp.text().await.unwrap().starts_with("hookway: "));
+    // A header list larger than the 16 KiB the edge's HTTP/2 settings allow is
+    // refused by the HTTP/2 layer before the edge sees it: a plain 431.
+    let resp = with_headers(60, &"v".repeat(400)).send().await.unwrap();
+    assert_eq!(resp.status(), 431);
+    let resp = with_headers(90, "v").send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the connection still serves");
+    assert_eq!(forwarded(&s).await, 1);
 }

@@ -59,11 +59,21 @@ pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
     edge_error(StatusCode::BAD_REQUEST, "bad-request-body", format_args!("the request body failed: {err}"))
 }
 
+/// Most header lines a request may carry, on every route and over HTTP/1 and
+/// HTTP/2 alike: hyper's HTTP/1 default, which callers have always met, now
+/// checked here so that its 431 has the edge's error form. hyper's HTTP/1
+/// parser makes room for more ([`super::listener::H1_PARSER_HEADERS`]) and
+/// still answers alone past those, as HTTP/2 does past its header list size.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
 /// The methods the edge forwards, for the `Allow` header of a refused `CONNECT`.
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
 /// Routes one request.
 pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    if req.headers().len() > MAX_REQUEST_HEADERS {
+        return too_many_headers(req.headers().len());
+    }
     if req.method() == Method::CONNECT {
         return connect_refused(req.version());
     }
@@ -131,6 +141,16 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, &'static str> {
         }
         None => Ok(first.and_then(|v| v.to_str().ok())),
     }
+}
+
+/// The answer to a request with more than [`MAX_REQUEST_HEADERS`] header
+/// lines (repeated names counted each time, as hyper counts them).
+fn too_many_headers(lines: usize) -> Response<Body> {
+    edge_error(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "too-many-headers",
+        format_args!("the request has {lines} header lines; the edge accepts at most {MAX_REQUEST_HEADERS}"),
+    )
 }
 
 /// The answer to `CONNECT`: hookway forwards requests, it does not open

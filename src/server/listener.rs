@@ -57,6 +57,15 @@ pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
 /// with three streams stalled, and bounds what a connection's unread bodies
 /// may cost the edge at 4 MiB.
 pub const H2_CONNECTION_WINDOW: u32 = 4 * H2_STREAM_WINDOW;
+/// Header lines hyper's HTTP/1 parser makes room for. Past its room hyper
+/// answers 431 itself, without the edge's error form, so the room is larger
+/// than the edge's own limit ([`http::MAX_REQUEST_HEADERS`]), which the
+/// service then enforces with the usual answer. Bounded, since the parser
+/// allocates the room for each parse (64 bytes a line, 16 KiB here, freed
+/// before the parse returns) rather than for what arrived; hyper's read
+/// buffer, which bounds a head's bytes, stays at its default.
+pub const H1_PARSER_HEADERS: usize = 256;
+const _: () = assert!(H1_PARSER_HEADERS > http::MAX_REQUEST_HEADERS, "else hyper answers before the edge can");
 /// Default limit of open connections when nothing better is known; the
 /// binary derives its own from the process's file-descriptor limit
 /// ([`max_connections_for`]).
@@ -158,7 +167,12 @@ pub fn max_connections_for(nofile: u64) -> usize {
 
 fn builder(limits: &HttpLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true)
+        .max_headers(H1_PARSER_HEADERS);
     // The keep-alive ping costs hyper a mutex per received HTTP/2 frame; webhooks
     // arrive over HTTP/1 far more often, and a dead HTTP/2 peer would keep its
     // socket for ever without it.
