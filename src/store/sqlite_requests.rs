@@ -77,20 +77,20 @@ fn headers_json(h: &HeaderList) -> String {
     serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
 }
 
-/// The list in a header column; empty if it does not parse (no row this
-/// server wrote).
+/// The list in a header column; empty if it does not parse, and without a
+/// value whose base64 does not decode (no row this server wrote has either:
+/// a damaged value costs that value, not the rest of the list).
 fn headers_from(text: Option<String>) -> HeaderList {
     let Some(stored) = text.and_then(|t| serde_json::from_str::<Vec<(String, StoredValue<String>)>>(&t).ok()) else {
         return HeaderList::new();
     };
-    let list: Option<HeaderList> = stored
+    stored
         .into_iter()
-        .map(|(name, value)| match value {
+        .filter_map(|(name, value)| match value {
             StoredValue::Text(text) => Some((name, Bytes::from(text))),
             StoredValue::Bytes { base64 } => Some((name, BASE64.decode(base64).ok()?.into())),
         })
-        .collect();
-    list.unwrap_or_default()
+        .collect()
 }
 
 fn base(r: &Row<'_>) -> rusqlite::Result<RequestRecord> {
