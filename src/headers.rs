@@ -18,6 +18,25 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == "keep-alive" || name == "proxy-connection"
 }
 
+/// Joins the `cookie` fields of an HTTP/2 request into one, with `; `, as
+/// RFC 9113 §8.2.3 requires before the request goes on over HTTP/1.1 (to the
+/// local app): HTTP/2 callers may send each cookie as a field of its own, and
+/// an app sees several `Cookie` lines where HTTP/1.1 allows one (RFC 6265
+/// §5.4), or refuses the request for its number of header lines.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else { return };
+    let mut joined = first.as_bytes().to_vec();
+    for more in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(more.as_bytes());
+    }
+    // Each part was a valid value, and so is `; ` between two.
+    if let Ok(value) = http::HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Removes hop-by-hop headers, including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none, and one pass comparing the names finds that

@@ -271,3 +271,23 @@ async fn too_many_headers_over_http2_get_the_edges_431_too() {
     assert_eq!(resp.status(), 200, "the connection still serves");
     assert_eq!(forwarded(&s).await, 1);
 }
+
+/// HTTP/2 callers may send each cookie as a field of its own (RFC 9113
+/// §8.2.3): 120 of them are one header line, not a 431, and the app, over
+/// HTTP/1.1, gets them joined into one `Cookie`.
+#[tokio::test]
+async fn cookies_split_over_http2_count_once_and_reach_the_app_joined() {
+    let s = Setup::new().await;
+    hookway::quic::tls::install_default_provider();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let mut req = h2.get(s.url("/echo/cookies"));
+    for i in 0..120 {
+        req = req.header("cookie", format!("c{i}=v"));
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let echoed: serde_json::Value = resp.json().await.unwrap();
+    let want: Vec<String> = (0..120).map(|i| format!("c{i}=v")).collect();
+    assert_eq!(echoed["headers"]["cookie"], want.join("; "));
+}
