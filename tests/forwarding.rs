@@ -267,6 +267,73 @@ async fn a_streamed_body_the_app_does_not_read_is_a_504() {
     assert_eq!(resp.headers()["x-hookway-error"], "timeout");
 }
 
+/// A caller that sent its body promptly is not blamed for a tunnel too
+/// congested to take it: uploads the app holds unread fill the tunnel's
+/// window, so the next request's head cannot even go out. Its caller's body
+/// arrived early on; the timeout is the edge's 504, not a 408.
+#[tokio::test]
+async fn a_prompt_caller_behind_a_congested_tunnel_is_not_blamed() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_secs(3)).await;
+    let s = Setup::with_server(server).await;
+    // Six uploads of 24 MiB, answered at once and never read: past the
+    // stream windows (8 MiB) and the connection's (32 MiB).
+    let mut uploads = Vec::new();
+    for i in 0..6 {
+        let chunks = futures_util::stream::iter(0..384).map(|_| Ok::<_, std::io::Error>(vec![0u8; 64 * 1024]));
+        let req =
+            http().post(s.url(&format!("/early?id=congest{i}&hold=60000"))).body(reqwest::Body::wrap_stream(chunks));
+        uploads.push(tokio::spawn(req.send()));
+    }
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap().unwrap().status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Head first, the whole body 50 ms later.
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+    let head = format!("POST /t/{}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", s.subdomain);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut body = format!("{:x}\r\n", 100 * 1024).into_bytes();
+    body.extend_from_slice(&vec![b'a'; 100 * 1024]);
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    stream.write_all(&body).await.unwrap();
+    let (got, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
+    assert!(got.contains("x-hookway-error: timeout"), "{got}");
+}
+
+/// An upload goes on after the app's early answer, to its end: the edge
+/// stops an upload only when it gives up on the exchange.
+#[tokio::test]
+async fn an_upload_goes_on_after_an_early_answer() {
+    let s = Setup::new().await;
+    // Still sending when the answer comes: a chunk every 20 ms.
+    let chunks = futures_util::stream::unfold(0, |i| async move {
+        (i < 16).then_some(())?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Some((Ok::<_, std::io::Error>(vec![7u8; 64 * 1024]), i + 1))
+    });
+    let resp = http()
+        .post(s.url("/early?id=after-answer&hold=0"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "early");
+    for _ in 0..100 {
+        let got = http().get(s.url("/early-result?id=after-answer")).send().await.unwrap();
+        if got.status() == 200 {
+            assert_eq!(got.text().await.unwrap(), (16 * 64 * 1024).to_string(), "the app got the whole body");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the app never finished reading the body");
+}
+
 /// A local app that answers every request with `reply` and closes.
 async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -182,7 +182,7 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
                     "no answer in time: the server answered the caller 504 (its --request-timeout)".into()
                 }
                 Some(close::BODY_TIMEOUT) => "the caller's body stopped arriving: the server answered the caller 408 \
-                     (its --request-timeout); the app got part of it"
+                     (its --request-timeout); the app got part of it at most"
                     .into(),
                 _ => "the caller went away".into(),
             });

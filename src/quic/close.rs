@@ -33,7 +33,7 @@ pub const REQUEST_TIMEOUT: VarInt = VarInt::from_u32(2);
 pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
 /// Stream stop and reset code: the caller's streamed body stopped arriving,
 /// the server gave up on it at its request timeout and answered the caller
-/// 408; the app got only part of the body.
+/// 408; the app got part of the body at most.
 pub const BODY_TIMEOUT: VarInt = VarInt::from_u32(4);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else

@@ -31,6 +31,13 @@ pub enum SendOutcome {
     },
 }
 
+/// Whether [`send_message`] reads `body` whole and sends it with the head (no
+/// body, or one of at most [`INLINE_BODY`] bytes by its size hint), rather than
+/// streaming it.
+pub fn sent_inline<B: http_body::Body>(body: &B) -> bool {
+    body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY)
+}
+
 /// Sends `head`, then `body` as `Body` frames, then `End`. Small sized bodies go
 /// out with the head in one write; others stream chunk by chunk under flow
 /// control, so memory stays bounded by the windows.
@@ -45,7 +52,7 @@ where
     if body.is_end_stream() {
         return sent(writer.send_frames(&[head, Frame::End]).await);
     }
-    if body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY) {
+    if sent_inline(&body) {
         return match body.collect().await {
             Ok(all) => sent(writer.send_frames(&[head, Frame::Body(all.to_bytes()), Frame::End]).await),
             Err(err) => SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false },

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -15,12 +14,13 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::caller_pace::CallerPaced;
 use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
 use super::{State, gateway};
-use crate::headers::strip_hop_by_hop;
-use crate::quic::framed::{INLINE_BODY, ReadFrameError, SendOutcome, send_message};
+use crate::headers::{join_cookies, strip_hop_by_hop};
+use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
 
@@ -54,6 +54,9 @@ where
         );
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if parts.version == http::Version::HTTP_2 {
+            join_cookies(&mut parts.headers);
+        }
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
             Some(tap) => {
                 let body = tap.request_body(body);
@@ -71,6 +74,9 @@ where
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if parts.version == http::Version::HTTP_2 {
+        join_cookies(&mut headers);
+    }
     let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, peer.ip(), replay);
     let body = match &tap {
         Some(tap) => tap.request_body(body),
@@ -147,7 +153,7 @@ where
     B::Error: Into<BoxError> + Send,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let pace = body.pace.clone();
+    let pace = body.pace();
     // (A timer is registered only if a step is pending: usually none is for
     // `open_bi`.)
     let (send, recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
@@ -184,7 +190,7 @@ where
             // so; else the app (not reading, or not answering) is: a 504.
             let (resp, code) = if !handed_over {
                 (gateway::body_timed_out(), close::REQUEST_TIMEOUT)
-            } else if pace.caller_is_late() {
+            } else if pace.as_ref().is_some_and(|p| p.caller_is_late()) {
                 (body_cut_by_timeout(), close::BODY_TIMEOUT)
             } else {
                 (timed_out(timeout), close::REQUEST_TIMEOUT)
@@ -224,98 +230,14 @@ where
 }
 
 /// The answer to a request whose streamed body was still arriving, slowly, at
-/// the deadline: the app got only part of it, and its stream was stopped.
+/// the deadline: the app got part of it at most, and its stream was reset.
 fn body_cut_by_timeout() -> Response<Body> {
     edge_error(
         StatusCode::REQUEST_TIMEOUT,
         "request-body-timeout",
         "the request body was still arriving at the request timeout: the caller sent it too slowly; \
-         the local app got only part of it",
+         the local app got part of it at most",
     )
-}
-
-/// A request body that measures how long it keeps its reader waiting on the
-/// caller, so that a timeout in the middle of a streamed upload can tell a
-/// slow caller (408) from an app that does not read or answer (504). The
-/// clock is read only when a frame was not ready at once, and when it then
-/// comes: a body already buffered costs nothing.
-struct CallerPaced<B> {
-    inner: B,
-    pace: Arc<Pace>,
-}
-
-/// What [`CallerPaced`] measured, shared with the exchange waiting on the answer.
-#[derive(Debug)]
-struct Pace {
-    /// When the exchange started; times below are nanoseconds after it.
-    base: std::time::Instant,
-    /// Since when the reader has waited for the caller's next frame, plus one
-    /// (0: it is not waiting).
-    waiting_since: AtomicU64,
-    /// Total time spent waiting on the caller before the current wait.
-    waited: AtomicU64,
-}
-
-impl<B> CallerPaced<B> {
-    fn new(inner: B) -> Self {
-        let pace =
-            Pace { base: std::time::Instant::now(), waiting_since: AtomicU64::new(0), waited: AtomicU64::new(0) };
-        Self { inner, pace: Arc::new(pace) }
-    }
-}
-
-impl Pace {
-    fn now(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether the body's reader is waiting on the caller right now and spent
-    /// at least half the exchange's time doing so: then the caller, not the
-    /// app, held the request up.
-    fn caller_is_late(&self) -> bool {
-        let since = self.waiting_since.load(Ordering::Acquire);
-        if since == 0 {
-            return false;
-        }
-        let now = self.now();
-        let waited = self.waited.load(Ordering::Acquire) + now.saturating_sub(since - 1);
-        waited >= now / 2
-    }
-}
-
-impl<B> http_body::Body for CallerPaced<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<BodyFrame<Bytes>, B::Error>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        let pace = &this.pace;
-        let since = pace.waiting_since.load(Ordering::Relaxed);
-        match (&polled, since) {
-            (std::task::Poll::Pending, 0) => pace.waiting_since.store(pace.now() + 1, Ordering::Release),
-            (std::task::Poll::Ready(_), since) if since != 0 => {
-                pace.waited.fetch_add(pace.now().saturating_sub(since - 1), Ordering::Release);
-                pace.waiting_since.store(0, Ordering::Release);
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 fn offline(session: &Session) -> Response<Body> {
@@ -398,7 +320,7 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError> + Send,
 {
-    let small = body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY);
+    let small = sent_inline(&body);
     let outcome = |outcome: SendOutcome, writer: &mut FrameWriter| {
         match outcome {
             SendOutcome::Sent => writer.finish(),

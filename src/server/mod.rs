@@ -7,6 +7,7 @@
 //! closes tunnel sessions with a "reconnect later" code and flushes counters.
 
 pub mod api;
+mod caller_pace;
 pub mod capture;
 pub mod clock;
 pub mod edge;

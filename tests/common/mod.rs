@@ -302,6 +302,13 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
 /// Latin-1, legal in HTTP (obs-text) and not UTF-8.
 pub const LATIN1: &[u8] = b"\xe9t\xe9";
 
+/// What `/early` read of each body, by id.
+fn early_results() -> &'static std::sync::Mutex<std::collections::HashMap<String, i64>> {
+    static RESULTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, i64>>> =
+        std::sync::OnceLock::new();
+    RESULTS.get_or_init(Default::default)
+}
+
 /// Byte `i` of the download pattern.
 pub fn pattern(i: u64) -> u8 {
     (i % 251) as u8
@@ -402,6 +409,40 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
             let mut resp = Response::new(StreamBody::new(events).boxed_unsync());
             resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
             resp
+        }
+        // Answers at once, then reads the body after `hold` ms (holding it
+        // unread till then) and notes its length, or -1 if it broke, for
+        // `/early-result?id=`.
+        "/early" => {
+            let id = query_param(&req, "id").unwrap_or_default();
+            let hold: u64 = query_param(&req, "hold").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let mut body = req.into_body();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(hold)).await;
+                let mut n: i64 = 0;
+                while let Some(frame) = body.frame().await {
+                    match frame {
+                        Ok(frame) => n += frame.data_ref().map_or(0, |d| d.len() as i64),
+                        Err(_) => {
+                            n = -1;
+                            break;
+                        }
+                    }
+                }
+                early_results().lock().unwrap().insert(id, n);
+            });
+            Response::new(full("early"))
+        }
+        "/early-result" => {
+            let id = query_param(&req, "id").unwrap_or_default();
+            match early_results().lock().unwrap().get(&id) {
+                Some(n) => Response::new(full(n.to_string())),
+                None => {
+                    let mut resp = Response::new(full("not yet"));
+                    *resp.status_mut() = StatusCode::NOT_FOUND;
+                    resp
+                }
+            }
         }
         "/slow" => {
             let ms: u64 = query_param(&req, "ms").and_then(|s| s.parse().ok()).unwrap_or(1000);
