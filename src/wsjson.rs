@@ -25,10 +25,13 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
-use serde::ser::SerializeMap;
 use serde_json::Value;
+
+mod headers;
+
+use headers::{JsonHeaders, headers_from_json};
 
 /// Default cap on a body crossing a WebSocket tunnel (bodies are buffered).
 pub const DEFAULT_MAX_BODY: usize = 10 << 20;
@@ -249,45 +252,6 @@ pub fn parse_server_message(text: &[u8]) -> Result<ServerMessage, MessageError> 
     }
 }
 
-/// Headers from a JSON object: values are strings, numbers or booleans
-/// (stringified), or arrays of those (one header line each).
-fn headers_from_json(value: Option<&Value>) -> Result<HeaderMap, String> {
-    let obj = match value {
-        None | Some(Value::Null) => return Ok(HeaderMap::new()),
-        Some(Value::Object(obj)) => obj,
-        Some(_) => return Err("\"headers\" must be an object".into()),
-    };
-    let too_many = || format!("more than {} header lines", crate::wire::MAX_HEADERS);
-    if obj.len() > crate::wire::MAX_HEADERS {
-        return Err(too_many());
-    }
-    let mut map = HeaderMap::with_capacity(obj.len());
-    for (name, value) in obj {
-        let quoted = || clip(name, QUOTE_MAX);
-        let header =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {:?}", quoted()))?;
-        let mut add = |v: &Value| -> Result<(), String> {
-            let text = match v {
-                Value::String(s) => HeaderValue::from_str(s),
-                Value::Number(n) => HeaderValue::from_str(&n.to_string()),
-                Value::Bool(b) => HeaderValue::from_str(if *b { "true" } else { "false" }),
-                _ => return Err(format!("header {:?} must be a string or an array of strings", quoted())),
-            };
-            if map.len() == crate::wire::MAX_HEADERS {
-                return Err(too_many());
-            }
-            map.append(header.clone(), text.map_err(|_| format!("invalid value for header {:?}", quoted()))?);
-            Ok(())
-        };
-        match value {
-            Value::Array(items) => items.iter().try_for_each(&mut add)?,
-            Value::Null => {}
-            other => add(other)?,
-        }
-    }
-    Ok(map)
-}
-
 /// A body from its JSON value: a string (base64 when `bodyEncoding` says so),
 /// absent or null (empty), or any other JSON value (sent as its JSON text).
 fn body_from_json(body: Option<Value>, encoding: Option<&Value>) -> Result<Bytes, String> {
@@ -305,46 +269,6 @@ fn body_from_json(body: Option<Value>, encoding: Option<&Value>) -> Result<Bytes
         Some(Value::String(s)) => Ok(Bytes::from(s)),
         Some(_) if base64 => Err("a base64 \"body\" must be a string".into()),
         Some(other) => Ok(Bytes::from(other.to_string())),
-    }
-}
-
-/// Headers as a JSON object of lowercase names. Repeated headers are folded
-/// into one value as HTTP allows (`, `; `; ` for `cookie`), except
-/// `set-cookie`, which cannot be folded and becomes an array when repeated.
-struct JsonHeaders<'a>(&'a HeaderMap);
-
-impl Serialize for JsonHeaders<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.keys_len()))?;
-        for name in self.0.keys() {
-            let mut values = self.0.get_all(name).iter();
-            let first = values.next().map(lossy).unwrap_or_default();
-            let second = values.next();
-            match second {
-                None => map.serialize_entry(name.as_str(), &first)?,
-                Some(second) if name == header::SET_COOKIE => {
-                    let all: Vec<String> = [first, lossy(second)].into_iter().chain(values.map(lossy)).collect();
-                    map.serialize_entry(name.as_str(), &all)?;
-                }
-                Some(second) => {
-                    let sep = if name == header::COOKIE { "; " } else { ", " };
-                    let mut folded = first;
-                    for v in std::iter::once(second).chain(values) {
-                        folded.push_str(sep);
-                        folded.push_str(&lossy(v));
-                    }
-                    map.serialize_entry(name.as_str(), &folded)?;
-                }
-            }
-        }
-        map.end()
-    }
-}
-
-fn lossy(v: &HeaderValue) -> String {
-    match v.to_str() {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
     }
 }
 
@@ -478,6 +402,8 @@ pub fn request_number(id: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderName, HeaderValue};
+
     use super::*;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
