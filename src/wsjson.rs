@@ -12,9 +12,11 @@
 //!
 //! Additions, all optional for a legacy client: a body that is not UTF-8
 //! travels base64-encoded with `"bodyEncoding":"base64"` (both directions); a
-//! response header value may be an array of strings (for several
-//! `set-cookie`s, which cannot be folded); a client may answer a request with
-//! `{"type":"error","id":…,"message":…}` to fail it with a 502.
+//! header value that is not UTF-8 shows U+FFFD in `headers` as it always did,
+//! and its bytes travel in `"headersBase64"` beside it (both directions; see
+//! the `headers` module); a response header value may be an array of strings
+//! (for several `set-cookie`s, which cannot be folded); a client may answer a
+//! request with `{"type":"error","id":…,"message":…}` to fail it with a 502.
 //!
 //! Parsing is deliberately lenient where legacy clients differ (numbers as
 //! header values, a JSON object as a body) and precise in its errors where they
@@ -27,6 +29,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::Value;
 
 mod headers;
@@ -143,6 +146,8 @@ struct Raw {
     path: Option<Value>,
     status: Option<Value>,
     headers: Option<Value>,
+    #[serde(rename = "headersBase64")]
+    headers_base64: Option<Value>,
     body: Option<Value>,
     #[serde(rename = "bodyEncoding")]
     body_encoding: Option<Value>,
@@ -193,7 +198,8 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, MessageError> 
             .and_then(|s| StatusCode::from_u16(s).ok())
             .filter(|s| !s.is_informational())
             .ok_or_else(|| MessageError::new(Some(id), "\"status\" must be a number from 200 to 999"))?;
-            let headers = headers_from_json(raw.headers.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            let headers = headers_from_json(raw.headers.as_ref(), raw.headers_base64.as_ref())
+                .map_err(|e| MessageError::new(Some(id), e))?;
             let body =
                 body_from_json(raw.body, raw.body_encoding.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
             Ok(ClientMessage::Response(Response { id: id.to_owned(), status, headers, body }))
@@ -237,7 +243,8 @@ pub fn parse_server_message(text: &[u8]) -> Result<ServerMessage, MessageError> 
             if !path.starts_with('/') {
                 return Err(MessageError::new(Some(id), "\"path\" must start with '/'"));
             }
-            let headers = headers_from_json(raw.headers.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
+            let headers = headers_from_json(raw.headers.as_ref(), raw.headers_base64.as_ref())
+                .map_err(|e| MessageError::new(Some(id), e))?;
             let body =
                 body_from_json(raw.body, raw.body_encoding.as_ref()).map_err(|e| MessageError::new(Some(id), e))?;
             Ok(ServerMessage::Request(Request { id: id.to_owned(), method, path, headers, body }))
@@ -281,29 +288,48 @@ fn json_body(body: &[u8]) -> (std::borrow::Cow<'_, str>, Option<&'static str>) {
     }
 }
 
-#[derive(Serialize)]
-struct RequestOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: &'a str,
-    method: &'a str,
-    path: &'a str,
+/// What a request or response message starts with, before its headers.
+enum Head<'a> {
+    Request { id: &'a str, method: &'a str, path: &'a str },
+    Response { id: &'a str, status: u16 },
+}
+
+/// A request or response message. Serialized by hand rather than derived:
+/// `headersBase64` follows `headers` only when writing `headers` met a value
+/// that is not UTF-8, which is known once `headers` is written.
+struct MessageOut<'a> {
+    head: Head<'a>,
     headers: JsonHeaders<'a>,
     body: &'a str,
-    #[serde(rename = "bodyEncoding", skip_serializing_if = "Option::is_none")]
     body_encoding: Option<&'static str>,
 }
 
-#[derive(Serialize)]
-struct ResponseOut<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: &'a str,
-    status: u16,
-    headers: JsonHeaders<'a>,
-    body: &'a str,
-    #[serde(rename = "bodyEncoding", skip_serializing_if = "Option::is_none")]
-    body_encoding: Option<&'static str>,
+impl Serialize for MessageOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        match self.head {
+            Head::Request { id, method, path } => {
+                m.serialize_entry("type", "request")?;
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("method", method)?;
+                m.serialize_entry("path", path)?;
+            }
+            Head::Response { id, status } => {
+                m.serialize_entry("type", "response")?;
+                m.serialize_entry("id", id)?;
+                m.serialize_entry("status", &status)?;
+            }
+        }
+        m.serialize_entry("headers", &self.headers)?;
+        if let Some(exact) = self.headers.exact() {
+            m.serialize_entry(headers::EXACT, &exact)?;
+        }
+        m.serialize_entry("body", self.body)?;
+        if let Some(encoding) = self.body_encoding {
+            m.serialize_entry("bodyEncoding", encoding)?;
+        }
+        m.end()
+    }
 }
 
 fn to_json(value: &impl Serialize, capacity: usize) -> String {
@@ -317,12 +343,9 @@ fn to_json(value: &impl Serialize, capacity: usize) -> String {
 /// `{"type":"request",…}` for the server to send.
 pub fn request(id: &str, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> String {
     let (text, body_encoding) = json_body(body);
-    let msg = RequestOut {
-        kind: "request",
-        id,
-        method: method.as_str(),
-        path,
-        headers: JsonHeaders(headers),
+    let msg = MessageOut {
+        head: Head::Request { id, method: method.as_str(), path },
+        headers: JsonHeaders::new(headers),
         body: &text,
         body_encoding,
     };
@@ -332,11 +355,9 @@ pub fn request(id: &str, method: &Method, path: &str, headers: &HeaderMap, body:
 /// `{"type":"response",…}` for a client to send.
 pub fn response(id: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> String {
     let (text, body_encoding) = json_body(body);
-    let msg = ResponseOut {
-        kind: "response",
-        id,
-        status: status.as_u16(),
-        headers: JsonHeaders(headers),
+    let msg = MessageOut {
+        head: Head::Response { id, status: status.as_u16() },
+        headers: JsonHeaders::new(headers),
         body: &text,
         body_encoding,
     };
@@ -369,7 +390,11 @@ pub fn max_message_for(max_body: usize) -> usize {
 }
 
 /// Room for the id, status, headers and JSON escaping overhead of the head.
-const HEAD_ALLOWANCE: usize = 1 << 20;
+/// hyper reads a head of at most 408 KiB (its HTTP/1 buffer cap, for the
+/// edge's requests and the local app's responses; HTTP/2 heads are capped at
+/// 16 KiB), and a value byte costs at most 3 + 4/3 bytes in a message (U+FFFD
+/// in `headers`, base64 in `headersBase64`): 1.73 MiB at worst.
+const HEAD_ALLOWANCE: usize = 2 << 20;
 
 /// Seed 001's `wsUrl`: `{ws_base}/tunnels/{subdomain}/ws?tunnelId=…&token=…`,
 /// `ws_base` being `ws(s)://host[:port][/prefix]`. Built here for the server's
