@@ -6,11 +6,12 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::Engine as _;
 use common::*;
 use hookway::client::{ClientError, Event};
 use hookway::server::gateway::WsLimits;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn forwards_method_path_headers_status_and_bodies() {
@@ -49,6 +50,36 @@ async fn forwards_method_path_headers_status_and_bodies() {
     let status = server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap();
     assert_eq!(status["liveStatus"]["connected"], true, "{status}");
     assert_eq!(status["liveStatus"]["requestsInSession"], 3, "{status}");
+}
+
+/// Issue: over a WebSocket tunnel, a header value that is not UTF-8
+/// (obs-text, legal in HTTP: a raw signature, Latin-1) reached the app as
+/// U+FFFD, and so did the app's on their way to the caller; QUIC tunnels carry
+/// the bytes. Now they cross in `headersBase64`, byte for byte, both ways.
+#[tokio::test]
+async fn header_values_that_are_not_utf8_cross_byte_for_byte() {
+    let b64 = |v: &[u8]| Value::String(base64::engine::general_purpose::STANDARD.encode(v));
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let (client, _) = ws_client(&server, app.port()).await;
+    let signature: &[u8] = b"t=1,v1=caf\xe9\x80\xff";
+    let resp = http()
+        .post(format!("{}/raw-headers", client.tunnel_url))
+        .header("x-signature", reqwest::header::HeaderValue::from_bytes(signature).unwrap())
+        .header("x-multi", "plain")
+        .header("x-multi", reqwest::header::HeaderValue::from_bytes(b"\xfe").unwrap())
+        .header("x-plain", "ok")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-latin1"].as_bytes(), LATIN1, "the app's header reaches the caller as the app sent it");
+    let arrived: Value = resp.json().await.unwrap();
+    assert_eq!(arrived["x-signature"], json!([b64(signature)]), "{arrived}");
+    // Repeated headers are folded into one line on this path, as before; their bytes are kept.
+    assert_eq!(arrived["x-multi"], json!([b64(b"plain, \xfe")]), "{arrived}");
+    assert_eq!(arrived["x-plain"], json!([b64(b"ok")]), "{arrived}");
 }
 
 #[tokio::test]
