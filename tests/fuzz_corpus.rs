@@ -77,3 +77,22 @@ fn wsjson_corpus_replays_cleanly() {
     use wsjson_check::Outcome::*;
     assert_eq!(seen, BTreeSet::from([Response, Request, Control, Rejected]), "the seeds cover every outcome");
 }
+
+/// The seeds with `headersBase64` reach the parsers' byte path: their values
+/// that are not UTF-8 come out as those bytes, not as the U+FFFD of `headers`.
+#[test]
+fn wsjson_seeds_with_headers_base64_carry_exact_bytes() {
+    use hookway::wsjson::{self, ClientMessage, ServerMessage};
+    let read =
+        |name: &str| fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/wsjson").join(name)).unwrap();
+    let Ok(ServerMessage::Request(r)) = wsjson::parse_server_message(&read("request_headers_base64.json")) else {
+        panic!("request_headers_base64.json is a request");
+    };
+    assert_eq!(r.headers["x-sig"].as_bytes(), b"caf\xe9");
+    let Ok(ClientMessage::Response(r)) = wsjson::parse_client_message(&read("response_headers_base64.json")) else {
+        panic!("response_headers_base64.json is a response");
+    };
+    assert_eq!(r.headers["x-latin1"].as_bytes(), b"\xe9t\xe9");
+    let err = wsjson::parse_client_message(&read("response_bad_headers_base64.json")).unwrap_err();
+    assert_eq!(err.id.as_deref(), Some("req_5"), "{err:?}");
+}
