@@ -288,6 +288,24 @@ fn json_body(body: &[u8]) -> (std::borrow::Cow<'_, str>, Option<&'static str>) {
     }
 }
 
+/// How much longer than base64 a response body's escaped text may be and
+/// still go as text: the part of [`HEAD_ALLOWANCE`] the largest head leaves
+/// free, with room to spare. Ordinary text (JSON with its quotes, a page)
+/// stays readable; a large body of control characters goes as base64.
+const ESCAPE_SLACK: usize = 64 << 10;
+
+/// How long `text` is inside a JSON string as serde_json writes it: `"`, `\`
+/// and the short escapes take two bytes, other control characters six.
+fn escaped_len(text: &[u8]) -> usize {
+    text.iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 /// What a request or response message starts with, before its headers.
 enum Head<'a> {
     Request { id: &'a str, method: &'a str, path: &'a str },
@@ -352,9 +370,20 @@ pub fn request(id: &str, method: &Method, path: &str, headers: &HeaderMap, body:
     to_json(&msg, 128 + path.len() + headers.len() * 48 + text.len() * 11 / 10)
 }
 
-/// `{"type":"response",…}` for a client to send.
+/// `{"type":"response",…}` for a client to send. A UTF-8 body goes as base64
+/// when its escaped text would be longer by more than [`ESCAPE_SLACK`]
+/// (control characters take six bytes each as `\u0000`): the server caps a
+/// client's messages at base64's growth of the largest body plus room for the
+/// head, and a message over the cap closes the socket, failing every request
+/// on it. (Requests keep UTF-8 as text, which every client reads; the
+/// client's own cap has room for the escapes.)
 pub fn response(id: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> String {
-    let (text, body_encoding) = json_body(body);
+    let (text, body_encoding) = match json_body(body) {
+        (text, None) if escaped_len(text.as_bytes()) > body.len().div_ceil(3) * 4 + ESCAPE_SLACK => {
+            (B64.encode(body).into(), Some(BASE64))
+        }
+        plain => plain,
+    };
     let msg = MessageOut {
         head: Head::Response { id, status: status.as_u16() },
         headers: JsonHeaders::new(headers),
@@ -437,6 +466,31 @@ mod tests {
             m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         m
+    }
+
+    /// Issue: a response body of control characters (valid UTF-8) grew six
+    /// times as JSON text, past the server's cap on a client's messages,
+    /// which then closed the socket and failed every request on it.
+    #[test]
+    fn a_response_body_that_escapes_badly_goes_as_base64_within_the_cap() {
+        let zeros = vec![0u8; 1 << 20];
+        let msg = response("req_1", StatusCode::OK, &HeaderMap::new(), &zeros);
+        assert!(msg.len() <= max_message_for(zeros.len()), "{} bytes", msg.len());
+        assert!(msg.contains(r#""bodyEncoding":"base64""#));
+        match parse_client_message(msg.as_bytes()).unwrap() {
+            ClientMessage::Response(r) => assert_eq!(r.body, zeros),
+            other => panic!("{other:?}"),
+        }
+        // Text that escapes a little stays text: small JSON, lines of a log.
+        for text in [
+            &br#"{"a":"b"}"#[..],
+            &b"line
+"
+            .repeat(20_000),
+        ] {
+            let msg = response("req_1", StatusCode::OK, &HeaderMap::new(), text);
+            assert!(!msg.contains("bodyEncoding"), "{}", &msg[..80]);
+        }
     }
 
     #[test]
