@@ -344,6 +344,25 @@ async fn header_values_that_are_not_utf8_are_kept_and_replayed_byte_for_byte() {
     let seen: Value = serde_json::from_str(replayed["request"]["response"]["body"].as_str().unwrap()).unwrap();
     assert_eq!((&seen["x-signature"], &seen["x-multi"]), (&sent["x-signature"], &sent["x-multi"]), "{seen}");
     assert_eq!(replayed["request"]["request"]["headersBase64"], exact, "the replay's own record has them too");
+
+    // An edit may set such bytes too, through `headersBase64`; a header
+    // edited both ways, or base64 that does not decode, is a 400.
+    let edit = json!({ "headersBase64": { "x-signature": b64(b"v2=\xe0\xe1") }, "headers": { "x-multi": null } });
+    let (status, edited) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(&edit.to_string())).await;
+    assert_eq!(status, 200, "{edited}");
+    let seen: Value = serde_json::from_str(edited["request"]["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["x-signature"], json!([b64(b"v2=\xe0\xe1")]), "{seen}");
+    assert!(seen.get("x-multi").is_none(), "{seen}");
+    for bad in [
+        json!({ "headersBase64": { "x-a": b64(b"1") }, "headers": { "x-a": "2" } }),
+        json!({ "headersBase64": { "x-a": "not base64!" } }),
+        json!({ "headersBase64": { "x-a": b64(b"line\nbreak") } }),
+        json!({ "headersBase64": "x" }),
+    ] {
+        let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(&bad.to_string())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    }
 }
 
 /// Issue: a replay request was limited to twice the capture's body limit

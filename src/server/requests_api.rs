@@ -274,7 +274,7 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     let small = http_body::Body::size_hint(req.body()).upper().is_some_and(|n| n <= super::api::MAX_API_BODY as u64);
     let _turn = if small { None } else { Some(state.capture.large_replay().await) };
     let edits = read_json_up_to(state, req, limit).await?;
-    super::api::known_fields(&edits, &["headers", "body", "bodyEncoding"])?;
+    super::api::known_fields(&edits, &["headers", "headersBase64", "body", "bodyEncoding"])?;
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;
     let mut headers = replay_headers(&original, &edits)?;
@@ -355,14 +355,43 @@ fn replay_headers(original: &RequestRecord, edits: &Map<String, Value>) -> Resul
             headers.append(n, v);
         }
     }
-    let edited = match edits.get("headers") {
-        None | Some(Value::Null) => return Ok(headers),
-        Some(Value::Object(map)) => map,
-        Some(_) => return Err(ApiError::bad("'headers' must be an object of name: value (or null to remove one)")),
+    let edits_of = |field: &str| match edits.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(_) => Err(ApiError::bad(format!("'{field}' must be an object of name: value (or null to remove one)"))),
     };
-    let value = |name: &str, v: &str| {
+    let (text, exact) = (edits_of("headers")?, edits_of("headersBase64")?);
+    if let Some(name) = exact.and_then(|e| e.keys().find(|n| text.is_some_and(|t| t.contains_key(*n)))) {
+        return Err(ApiError::bad(format!("header '{name}' is edited in both 'headers' and 'headersBase64'")));
+    }
+    // `headersBase64` sets values as bytes, as the record gives them for
+    // values that are not UTF-8, which a JSON string cannot carry.
+    let text_value = |name: &str, v: &str| {
         HeaderValue::from_str(v).map_err(|_| ApiError::bad(format!("header '{name}' has an invalid value")))
     };
+    let exact_value = |name: &str, v: &str| {
+        let bytes = BASE64
+            .decode(v)
+            .map_err(|_| ApiError::bad(format!("header '{name}' in 'headersBase64' is not valid base64")))?;
+        HeaderValue::from_maybe_shared(Bytes::from(bytes))
+            .map_err(|_| ApiError::bad(format!("header '{name}' has an invalid value")))
+    };
+    if let Some(text) = text {
+        edit_headers(&mut headers, text, text_value)?;
+    }
+    if let Some(exact) = exact {
+        edit_headers(&mut headers, exact, exact_value)?;
+    }
+    Ok(headers)
+}
+
+/// Applies `edited` (name: value, array of values, or null to remove) to
+/// `headers`, each value made by `value`.
+fn edit_headers(
+    headers: &mut HeaderMap,
+    edited: &Map<String, Value>,
+    value: impl Fn(&str, &str) -> Result<HeaderValue, ApiError>,
+) -> Result<(), ApiError> {
     for (name, v) in edited {
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ApiError::bad(format!("'{name}' is not a valid header name")))?;
@@ -383,5 +412,5 @@ fn replay_headers(original: &RequestRecord, edits: &Map<String, Value>) -> Resul
             _ => return Err(ApiError::bad(format!("header '{name}' must be a string, an array of strings or null"))),
         }
     }
-    Ok(headers)
+    Ok(())
 }
