@@ -302,6 +302,29 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
 /// Latin-1, legal in HTTP (obs-text) and not UTF-8.
 pub const LATIN1: &[u8] = b"\xe9t\xe9";
 
+/// A signature header value with bytes that are not UTF-8 (obs-text).
+pub const RAW_SIGNATURE: &[u8] = b"t=1,v1=caf\xe9\x80\xff";
+
+/// POSTs to `{base}/raw-headers` with obs-text values: `x-signature`
+/// ([`RAW_SIGNATURE`]), `x-multi` twice (`plain`, then byte 0xfe) and a plain
+/// `x-plain: ok`; checks the app's Latin-1 header came back as sent, and
+/// returns what the app says it received.
+pub async fn post_raw_headers(base: &str) -> Value {
+    let resp = http()
+        .post(format!("{base}/raw-headers"))
+        .header("x-signature", reqwest::header::HeaderValue::from_bytes(RAW_SIGNATURE).unwrap())
+        .header("x-multi", "plain")
+        .header("x-multi", reqwest::header::HeaderValue::from_bytes(b"\xfe").unwrap())
+        .header("x-plain", "ok")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-latin1"].as_bytes(), LATIN1, "the app's header reaches the caller as the app sent it");
+    resp.json().await.unwrap()
+}
+
 /// What `/early` read of each body, by id.
 fn early_results() -> &'static std::sync::Mutex<std::collections::HashMap<String, i64>> {
     static RESULTS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, i64>>> =
