@@ -186,8 +186,9 @@ where
             // A small body is read whole before anything is sent: one still
             // arriving means the caller is late, and the app never saw the
             // request. A large body streams from a task: the caller is late
-            // if that task is waiting on it now and spent most of the time
-            // so; else the app (not reading, or not answering) is: a 504.
+            // if that task is waiting on it now, and long enough (see
+            // `Pace::caller_is_late`); else the app (not reading, or not
+            // answering) or the tunnel is: a 504.
             let (resp, code) = if !handed_over {
                 (gateway::body_timed_out(), close::REQUEST_TIMEOUT)
             } else if pace.as_ref().is_some_and(|p| p.caller_is_late()) {
