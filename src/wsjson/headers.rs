@@ -130,11 +130,8 @@ impl<'a> JsonHeaders<'a> {
         self.not_utf8.get().then_some(ExactHeaders(self.map))
     }
 
-    fn lossy(&self, v: &HeaderValue) -> String {
-        if let Ok(s) = v.to_str() {
-            return s.to_owned();
-        }
-        match String::from_utf8_lossy(v.as_bytes()) {
+    fn lossy(&self, v: &[u8]) -> String {
+        match String::from_utf8_lossy(v) {
             Cow::Borrowed(s) => s.to_owned(),
             Cow::Owned(s) => {
                 self.not_utf8.set(true);
@@ -148,24 +145,7 @@ impl Serialize for JsonHeaders<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.map.keys_len()))?;
         for name in self.map.keys() {
-            let mut values = self.map.get_all(name).iter();
-            let first = values.next().map(|v| self.lossy(v)).unwrap_or_default();
-            match (values.next(), separator(name)) {
-                (None, _) => map.serialize_entry(name.as_str(), &first)?,
-                (Some(second), None) => {
-                    let rest = std::iter::once(second).chain(values).map(|v| self.lossy(v));
-                    let all: Vec<String> = std::iter::once(first).chain(rest).collect();
-                    map.serialize_entry(name.as_str(), &all)?;
-                }
-                (Some(second), Some(sep)) => {
-                    let mut folded = first;
-                    for v in std::iter::once(second).chain(values) {
-                        folded.push_str(sep);
-                        folded.push_str(&self.lossy(v));
-                    }
-                    map.serialize_entry(name.as_str(), &folded)?;
-                }
-            }
+            serialize_values(&mut map, name, self.map, |v| self.lossy(v))?;
         }
         map.end()
     }
@@ -180,29 +160,44 @@ impl Serialize for ExactHeaders<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(None)?;
         for name in self.0.keys() {
-            let all = self.0.get_all(name);
-            if all.iter().all(|v| std::str::from_utf8(v.as_bytes()).is_ok()) {
+            if self.0.get_all(name).iter().all(|v| std::str::from_utf8(v.as_bytes()).is_ok()) {
                 continue;
             }
-            let mut values = all.iter().map(HeaderValue::as_bytes);
-            let first = values.next().unwrap_or_default();
-            match (values.next(), separator(name)) {
-                (None, _) => map.serialize_entry(name.as_str(), &B64.encode(first))?,
-                (Some(second), None) => {
-                    let all: Vec<String> = [first, second].into_iter().chain(values).map(|v| B64.encode(v)).collect();
-                    map.serialize_entry(name.as_str(), &all)?;
-                }
-                (Some(second), Some(sep)) => {
-                    let mut folded = first.to_vec();
-                    for v in std::iter::once(second).chain(values) {
-                        folded.extend_from_slice(sep.as_bytes());
-                        folded.extend_from_slice(v);
-                    }
-                    map.serialize_entry(name.as_str(), &B64.encode(&folded))?;
-                }
-            }
+            serialize_values(&mut map, name, self.0, |v| B64.encode(v))?;
         }
         map.end()
+    }
+}
+
+/// Writes the values of header `name` as one entry of a message's headers
+/// object: one value, several folded into one (see [`separator`]), or an
+/// array for `set-cookie`, each as `render` makes it of the value's bytes.
+/// Both forms share it, so `headersBase64` always has the shape of `headers`.
+/// (Folding bytes first changes no text: a separator is ASCII, which never
+/// continues a byte sequence, so the text of the folded value is the values'
+/// texts folded.)
+fn serialize_values<M: SerializeMap>(
+    map: &mut M,
+    name: &HeaderName,
+    headers: &HeaderMap,
+    render: impl Fn(&[u8]) -> String,
+) -> Result<(), M::Error> {
+    let mut values = headers.get_all(name).iter().map(HeaderValue::as_bytes);
+    let first = values.next().unwrap_or_default();
+    match (values.next(), separator(name)) {
+        (None, _) => map.serialize_entry(name.as_str(), &render(first)),
+        (Some(second), None) => {
+            let all: Vec<String> = [first, second].into_iter().chain(values).map(render).collect();
+            map.serialize_entry(name.as_str(), &all)
+        }
+        (Some(second), Some(sep)) => {
+            let mut folded = first.to_vec();
+            for v in std::iter::once(second).chain(values) {
+                folded.extend_from_slice(sep.as_bytes());
+                folded.extend_from_slice(v);
+            }
+            map.serialize_entry(name.as_str(), &render(&folded))
+        }
     }
 }
 
