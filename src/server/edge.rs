@@ -19,7 +19,7 @@ use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
 use super::{State, gateway};
-use crate::headers::{join_cookies, strip_hop_by_hop};
+use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
@@ -54,9 +54,6 @@ where
         );
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        if parts.version == http::Version::HTTP_2 {
-            join_cookies(&mut parts.headers);
-        }
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
             Some(tap) => {
                 let body = tap.request_body(body);
@@ -74,9 +71,6 @@ where
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    if parts.version == http::Version::HTTP_2 {
-        join_cookies(&mut headers);
-    }
     let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, peer.ip(), replay);
     let body = match &tap {
         Some(tap) => tap.request_body(body),

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 
 use super::{HostRoute, State, api, edge, gateway};
+use crate::headers::join_cookies;
 
 /// Boxed error carried by streaming bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,7 +71,12 @@ pub const MAX_REQUEST_HEADERS: usize = 100;
 const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE";
 
 /// Routes one request.
-pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // Before anything counts or forwards them: an HTTP/2 caller's cookies,
+    // one field each, are one header line, as they will be for the app.
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
+    }
     if req.headers().len() > MAX_REQUEST_HEADERS {
         let lines = header_lines(req.headers());
         if lines > MAX_REQUEST_HEADERS {
@@ -146,10 +152,9 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, &'static str> {
     }
 }
 
-/// Header lines as HTTP/1 would carry them: `cookie` counts once, since
-/// HTTP/2 callers may send each cookie as a field of its own (RFC 9113
-/// §8.2.3), which hyper does not join; a browser with 80 cookies is not
-/// refused over HTTP/2 when it would pass over HTTP/1.
+/// Header lines, `cookie` counted once: an HTTP/1 caller's several `Cookie`
+/// lines as the one an HTTP/2 caller's cookie fields are joined into (see
+/// [`handle`]), so the limit is the same over both.
 fn header_lines(headers: &http::HeaderMap) -> usize {
     let cookies = headers.get_all(http::header::COOKIE).iter().count();
     headers.len() - cookies.saturating_sub(1)
