@@ -316,7 +316,8 @@ where
     B::Error: Into<BoxError> + Send,
 {
     let small = sent_inline(&body);
-    let outcome = |outcome: SendOutcome, writer: &mut FrameWriter| {
+    // Ends the stream as `outcome` says; the caller's body error, if any.
+    let end_stream = |outcome: SendOutcome, writer: &mut FrameWriter| {
         match outcome {
             SendOutcome::Sent => writer.finish(),
             SendOutcome::PeerGone => {}
@@ -330,7 +331,7 @@ where
     };
     if small {
         let sent = send_message(&mut writer, head, body).await;
-        return outcome(sent, &mut writer).map_or(Sending::Done, Sending::BodyFailed);
+        return end_stream(sent, &mut writer).map_or(Sending::Done, Sending::BodyFailed);
     }
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -343,7 +344,7 @@ where
             }
         };
         match sent {
-            Ok(sent) => outcome(sent, &mut writer),
+            Ok(sent) => end_stream(sent, &mut writer),
             // The exchange gave up (timeout): the app gets a reset, not a
             // body cut short that looks whole, and the caller's body is
             // dropped, so its connection is not held open for it.
