@@ -250,7 +250,9 @@ struct ServerArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "HOOKWAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Seconds to wait for the local app's response before answering 504.
+    /// Seconds to wait for the local app's response before answering 504 (or 408
+    /// when the caller's body was what held it up); also how long an upload that
+    /// goes on after the app's answer may wait on a silent caller.
     #[arg(long, env = "HOOKWAY_REQUEST_TIMEOUT", default_value_t = 30, value_parser = seconds())]
     request_timeout: u64,
     /// Seconds in-flight requests get to finish on shutdown.

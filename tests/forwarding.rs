@@ -334,6 +334,41 @@ async fn an_upload_goes_on_after_an_early_answer() {
     panic!("the app never finished reading the body");
 }
 
+/// After the app's early answer, an upload whose caller goes quiet is not
+/// held forever: once the edge has waited on the caller for the request
+/// timeout, it resets the upload (the app sees its body break) and lets go
+/// of the caller's connection.
+#[tokio::test]
+async fn an_upload_whose_caller_stalls_after_an_early_answer_is_ended() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(400)).await;
+    let s = Setup::with_server(server).await;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+    // Chunked, so it streams: 100 KiB, then nothing, the connection left open.
+    let mut req = format!(
+        "POST /t/{}/early?id=stalled&hold=0 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        s.subdomain
+    )
+    .into_bytes();
+    req.extend_from_slice(format!("{:x}\r\n", 100 * 1024).as_bytes());
+    req.extend_from_slice(&vec![b'a'; 100 * 1024]);
+    req.extend_from_slice(b"\r\n");
+    stream.write_all(&req).await.unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 ") && got.ends_with("early"), "{got}");
+    assert!(closed, "the edge kept the stalled upload's connection open");
+    for _ in 0..100 {
+        let got = http().get(s.url("/early-result?id=stalled")).send().await.unwrap();
+        if got.status() == 200 {
+            assert_eq!(got.text().await.unwrap(), "-1", "the app's body should break, not end as if whole");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the app's body neither ended nor broke");
+}
+
 /// A local app that answers every request with `reply` and closes.
 async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -33,7 +33,9 @@ pub const REQUEST_TIMEOUT: VarInt = VarInt::from_u32(2);
 pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
 /// Stream stop and reset code: the caller's streamed body stopped arriving,
 /// the server gave up on it at its request timeout and answered the caller
-/// 408; the app got part of the body at most.
+/// 408; the app got part of the body at most. Also the reset of an upload
+/// that went on after the app's answer, once its caller was silent for the
+/// request timeout.
 pub const BODY_TIMEOUT: VarInt = VarInt::from_u32(4);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else

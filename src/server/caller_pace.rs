@@ -84,6 +84,22 @@ impl Pace {
         let current = since.elapsed();
         waits.ended + current >= elapsed / 2 || current >= elapsed / 4
     }
+
+    /// Resolves once the reader has waited on the caller for `limit` in one
+    /// wait: what ends an upload that goes on after the app's answer, whose
+    /// caller went quiet. A body the reader is not polling (the tunnel or the
+    /// app holds it up) is not waiting on its caller. One timer at a time,
+    /// about one wake-up per `limit` while the upload flows.
+    pub async fn caller_stalls(&self, limit: Duration) {
+        loop {
+            let since = self.waits().since;
+            match since {
+                Some(since) if since.elapsed() >= limit => return,
+                Some(since) => tokio::time::sleep_until(since + limit).await,
+                None => tokio::time::sleep(limit).await,
+            }
+        }
+    }
 }
 
 /// The task's waker, which first ends the wait it was registered for.

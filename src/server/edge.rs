@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::caller_pace::CallerPaced;
+use super::caller_pace::{CallerPaced, Pace};
 use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
@@ -161,7 +161,7 @@ where
     let mut handed_over = false;
     let mut streaming = None;
     let answer = tokio::time::timeout_at(deadline, async {
-        match send_request(FrameWriter::new(send), head, body).await {
+        match send_request(FrameWriter::new(send), head, body, pace.clone(), timeout).await {
             Sending::BodyFailed(err) => Err(err),
             mut sending => {
                 handed_over = true;
@@ -310,7 +310,15 @@ impl Sending {
 
 /// Sends the request: inline when small (the response is awaited right after),
 /// from a task otherwise, so the response can start while a large upload goes on.
-async fn send_request<B>(mut writer: FrameWriter, head: Frame, body: B) -> Sending
+/// Such an upload outlives the exchange only while its caller keeps sending:
+/// after the answer, a wait on the caller (`pace`) of `timeout` ends it.
+async fn send_request<B>(
+    mut writer: FrameWriter,
+    head: Frame,
+    body: B,
+    pace: Option<Arc<Pace>>,
+    timeout: std::time::Duration,
+) -> Sending
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError> + Send,
@@ -337,17 +345,36 @@ where
     let task = tokio::spawn(async move {
         let sent = {
             let sending = send_message(&mut writer, head, body);
+            tokio::pin!(sending);
             tokio::select! {
-                sent = sending => Ok(sent),
-                // (A stop dropped unsent lets the upload go on.)
-                Ok(code) = stopped => Err(code),
+                sent = &mut sending => Ok(sent),
+                stop = stopped => match stop {
+                    Ok(code) => Err(code),
+                    // The exchange ended without a stop (the app answered):
+                    // the upload goes on, unless its caller stalls. A caller
+                    // who sends a few bytes and then nothing would otherwise
+                    // hold this task and its connection for ever.
+                    Err(_) => {
+                        let stalls = async {
+                            match &pace {
+                                Some(pace) => pace.caller_stalls(timeout).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        tokio::select! {
+                            sent = &mut sending => Ok(sent),
+                            () = stalls => Err(close::BODY_TIMEOUT),
+                        }
+                    }
+                },
             }
         };
         match sent {
             Ok(sent) => end_stream(sent, &mut writer),
-            // The exchange gave up (timeout): the app gets a reset, not a
-            // body cut short that looks whole, and the caller's body is
-            // dropped, so its connection is not held open for it.
+            // The exchange gave up (timeout), or the caller stalled after
+            // the answer: the app gets a reset, not a body cut short that
+            // looks whole, and the caller's body is dropped, so its
+            // connection is not held open for it.
             Err(code) => {
                 writer.reset(code);
                 None
