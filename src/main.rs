@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -48,7 +50,7 @@ use hookway::notify::retry::Schedule;
 use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
 use hookway::server::listener::{self, HttpLimits};
-use hookway::server::{self, Server, ServerConfig, TlsSource};
+use hookway::server::{self, KeySource, Server, ServerConfig, TlsSource};
 use hookway::shutdown::Shutdown;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -756,8 +758,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     let shutdown = shutdown_on_signal();
     // One write, and a closed stdout does not stop the server (the binary's
     // `println!` would end the process, as suits a listing piped to `head`).
-    let env_key = std::env::var("HOOKWAY_API_KEY").is_ok_and(|k| !k.is_empty());
-    let banner = banner(&server, &args.data_dir, env_key);
+    let banner = banner(&server, &args.data_dir);
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     server.run(shutdown).await;
     Ok(())
@@ -786,7 +787,7 @@ fn raise_open_file_limit() -> u64 {
 
 /// What the server prints once it listens: where, with what certificate, and
 /// the command that exposes a port (with the key, on the first start).
-fn banner(server: &Server, data_dir: &std::path::Path, env_key: bool) -> String {
+fn banner(server: &Server, data_dir: &std::path::Path) -> String {
     let mut text = format!("hookway server {}\n", env!("CARGO_PKG_VERSION"));
     text += &format!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)\n", server.public_url());
     text += &format!("  HTTP listen:   {}\n", server.http_addr());
@@ -801,25 +802,49 @@ fn banner(server: &Server, data_dir: &std::path::Path, env_key: bool) -> String 
         DEFAULT_SERVER => String::new(),
         url => format!("HOOKWAY_SERVER={url} "),
     };
-    match server.generated_api_key() {
-        Some(key) => {
+    let me = own_command();
+    let expose = |key: &str| format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} {me} start 3000\n");
+    match server.key_source() {
+        KeySource::Generated(key) => {
             text += &format!("\n  API key (shown only this once; store it now): {key}\n");
-            text += &format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} hookway start 3000\n");
+            text += &expose(key);
         }
-        None if env_key => {
-            text += &format!(
-                "\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<the key you set> hookway start 3000\n"
-            );
+        KeySource::Environment { retired } => {
+            text += "\n  API key:       the HOOKWAY_API_KEY in this server's environment\n";
+            if *retired > 0 {
+                text += "                 (it changed: the key it set before no longer works)\n";
+            }
+            text += &expose("<that key>");
         }
-        None => {
-            text += &format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY=<your key> hookway start 3000\n");
+        KeySource::Existing => {
+            text += &expose("<your key>");
             text += &format!(
-                "  (The key was printed on the first start; `hookway keys create --data-dir {}` makes another.)\n",
+                "  (The key the first start printed, or the last HOOKWAY_API_KEY a start had; \
+                 `{me} keys create --data-dir {}` makes another.)\n",
                 data_dir.display()
             );
         }
     }
     text + "\n"
+}
+
+/// How to run this binary from the current directory, for the commands the
+/// server's banner suggests: `hookway` when that name on the `PATH` is this
+/// binary, else its path (`./target/release/hookway` after `cargo run
+/// --release` here), so the suggestion works as printed.
+fn own_command() -> String {
+    let name = format!("hookway{}", std::env::consts::EXE_SUFFIX);
+    let Ok(exe) = std::env::current_exe().and_then(|p| p.canonicalize()) else { return "hookway".into() };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join(&name).canonicalize().is_ok_and(|p| p == exe)) {
+        return "hookway".into();
+    }
+    let here = std::env::current_dir().and_then(|d| d.canonicalize());
+    let shown = match here.ok().and_then(|here| exe.strip_prefix(here).ok().map(|rel| rel.to_path_buf())) {
+        Some(rel) => format!(".{}{}", std::path::MAIN_SEPARATOR, rel.display()),
+        None => exe.display().to_string(),
+    };
+    if shown.contains(char::is_whitespace) { format!("'{shown}'") } else { shown }
 }
 
 fn api(client: &ClientArgs) -> Result<ApiClient> {
@@ -862,8 +887,33 @@ async fn start(args: StartArgs) -> Result<()> {
         }
         Err(err) => return Err(err.into()),
     };
-    let ws_url = if args.connect.ws { Some(parse_ws_url(&ws_url)?) } else { None };
-    serve(&args.client, args.connect, ws_url, id, token, args.port, args.monitor).await
+    let ws_url = match args.connect.ws.then(|| parse_ws_url(&ws_url)).transpose() {
+        Ok(ws_url) => ws_url,
+        Err(err) => {
+            forget_unserved(&api, &id).await;
+            return Err(err);
+        }
+    };
+    let (served, connected) =
+        serve(&args.client, args.connect, ws_url, id.clone(), token, args.port, args.monitor).await;
+    if !connected {
+        // It never served (a wrong fingerprint, an unreachable QUIC port, a
+        // ctrl-c while retrying): each failed try would leave a tunnel behind.
+        forget_unserved(&api, &id).await;
+    } else if !args.monitor {
+        eprintln!("To serve the same URL again: hookway tunnels connect {id} {}", args.port);
+    }
+    served
+}
+
+/// Deletes a tunnel `start` created that no client ever served, saying so.
+async fn forget_unserved(api: &ApiClient, id: &str) {
+    match api.call(Method::DELETE, &format!("/api/tunnels/{id}"), None).await {
+        Ok(_) => eprintln!("Deleted tunnel {id}: it was never connected."),
+        Err(err) => {
+            eprintln!("Tunnel {id} was never connected, and deleting it failed ({err}): `hookway tunnels delete {id}`")
+        }
+    }
 }
 
 /// Why `subdomain` cannot be had, and what to do: serve this organization's
@@ -885,6 +935,7 @@ async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: 
 }
 
 /// Serves the tunnel: with a line per event, or under the monitor (`monitor`).
+/// Also says whether it ever connected (the monitor counts as connected).
 async fn serve(
     client: &ClientArgs,
     connect: ConnectArgs,
@@ -893,7 +944,7 @@ async fn serve(
     token: String,
     port: u16,
     monitor: bool,
-) -> Result<()> {
+) -> (Result<()>, bool) {
     let config = ClientConfig {
         ws_url,
         server: client.server.clone(),
@@ -906,19 +957,24 @@ async fn serve(
         busy_poll: Duration::from_micros(connect.busy_poll_us),
     };
     if monitor {
-        return monitor_cli::run(&client.server, client.key(), config).await;
+        return (monitor_cli::run(&client.server, client.key(), config).await, true);
     }
     let json = client.json;
     let local = format!("http://{}:{port}", connect.local_host);
     let printer = output::Printer::spawn();
     let lines = printer.lines();
+    let connected = Arc::new(AtomicBool::new(false));
+    let served = connected.clone();
     let on_event = move |event: Event| {
+        if matches!(event, Event::Connected { .. }) {
+            served.store(true, Ordering::Relaxed);
+        }
         let (stream, text) = render_event(&event, json, &local);
         lines.send(stream, text);
     };
     let ended = client::run(config, on_event, shutdown_on_signal()).await;
     printer.finish();
-    match ended {
+    let result = match ended {
         Ok(()) => {
             if json {
                 println!("{}", json!({ "event": "stopped" }));
@@ -931,9 +987,10 @@ async fn serve(
             if json {
                 println!("{}", json!({ "event": "ended", "reason": err.to_string() }));
             }
-            bail!("{err}")
+            Err(anyhow::anyhow!("{err}"))
         }
-    }
+    };
+    (result, connected.load(Ordering::Relaxed))
 }
 
 /// The text an event prints (with its newlines), and where it goes.
@@ -1136,7 +1193,7 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
         let tunnel = api(&client)?.tunnel(&id).await?;
         ws_url = Some(parse_ws_url(&ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?)?);
     }
-    serve(&client, connect, ws_url, id, token, port, monitor).await
+    serve(&client, connect, ws_url, id, token, port, monitor).await.0
 }
 
 /// A wsUrl from the API, or built from one of its answers.

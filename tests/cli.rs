@@ -420,6 +420,12 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     }
     assert!(banner.contains("API key (shown only this once"), "{banner}");
     assert!(banner.contains("HOOKWAY_SERVER=http://127.0.0.1:"), "{banner}");
+    // `hookway` is not on the PATH here: the command is the binary's path,
+    // as it runs from this directory.
+    let line = banner.lines().find(|l| l.contains("Expose a local port")).unwrap();
+    let command = line.split_whitespace().rev().nth(2).unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_hookway")).canonicalize().unwrap();
+    assert_eq!(std::path::Path::new(command).canonicalize().ok(), Some(binary), "{line}");
     child.kill().await.unwrap();
     drop(busy);
 
@@ -537,6 +543,37 @@ async fn start_again_with_the_same_subdomain_says_how_to_serve_that_tunnel() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another organization") && !err.contains(&id), "{err}");
+}
+
+/// A `start` that never gets to serve (here: a pinned fingerprint the server
+/// does not have) deletes the tunnel it created, so failed tries leave no
+/// tunnels behind; one that served says how to serve the same URL again.
+#[tokio::test]
+async fn start_cleans_up_a_tunnel_it_never_served() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let port = app.port().to_string();
+    let wrong = "ab".repeat(32);
+    let (code, _, err) = hookway(&["start", &port, "--fingerprint", &wrong], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Deleted tunnel tun_") && err.contains("never connected"), "{err}");
+    let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(listed["tunnels"].as_array().unwrap().len(), 0, "{listed}");
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &port, "--json"]).env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", API_KEY);
+    cmd.stderr(std::process::Stdio::piped());
+    let (mut child, _lines, connected) = spawn_connected(cmd).await;
+    let id = connected["tunnelId"].as_str().unwrap().to_owned();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    child.wait().await.unwrap();
+    assert!(err.contains(&format!("hookway tunnels connect {id} {port}")), "{err}");
+    let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "a tunnel that served is kept: {listed}");
 }
 
 /// A server whose stdout is closed (`hookway server | head -3` after head
