@@ -351,6 +351,37 @@ async fn first_start_generates_a_key_once_and_stores_only_its_hash() {
     }
 }
 
+/// `HOOKWAY_API_KEY` names the server's key: a start with another value
+/// rotates it (the old one stops working), while keys made otherwise (the
+/// first start's, `keys create`) are kept.
+#[tokio::test]
+async fn a_changed_hookway_api_key_replaces_the_one_it_set_before() {
+    let status = |server: &TestServer, key: &str| {
+        let api = server.api_with(key);
+        async move {
+            match api.call(Method::GET, "/api/tunnels", None).await {
+                Ok(_) => 200,
+                Err(hookway::client::ApiError::Status { status, .. }) => status,
+                Err(err) => panic!("{err}"),
+            }
+        }
+    };
+    let first = TestServer::start_with(|c| c.api_key = Some("first-key".into())).await;
+    let made = hookway::server::create_api_key(&first.store, hookway::server::DEFAULT_ORG).unwrap();
+    assert_eq!(status(&first, "first-key").await, 200);
+    let dir = first.stop().await;
+    let same = TestServer::start_in(dir, |c| c.api_key = Some("first-key".into())).await;
+    assert_eq!(status(&same, "first-key").await, 200, "the same value again changes nothing");
+    let dir = same.stop().await;
+    let second = TestServer::start_in(dir, |c| c.api_key = Some("second-key".into())).await;
+    assert_eq!(status(&second, "second-key").await, 200);
+    assert_eq!(status(&second, "first-key").await, 401, "the previous HOOKWAY_API_KEY still works");
+    assert_eq!(status(&second, &made).await, 200, "a key made with `keys create` is kept");
+    let dir = second.stop().await;
+    let unset = TestServer::start_in(dir, |c| c.api_key = None).await;
+    assert_eq!(status(&unset, "second-key").await, 200, "a start without the variable keeps the last one");
+}
+
 #[tokio::test]
 async fn info_endpoint_tells_clients_how_to_connect() {
     let server = TestServer::start().await;

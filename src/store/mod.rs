@@ -55,6 +55,11 @@ pub struct TunnelRecord {
     pub capture_bodies: bool,
 }
 
+/// The [`ApiKeyRecord::prefix`] of a key the server took from its
+/// `HOOKWAY_API_KEY`: a chosen key may be short, so none of it is kept in
+/// clear. (Generated keys keep their first 8 characters, `hwk_…`.)
+pub const ENV_KEY_PREFIX: &str = "env";
+
 /// An API key as persisted (its hash only; the key itself is shown once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -103,6 +108,9 @@ pub trait Store: Send + Sync + 'static {
     fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// How many API keys exist.
     fn count_api_keys(&self) -> Result<u64, StoreError>;
+    /// Deletes the keys taken from the server's environment (prefix
+    /// [`ENV_KEY_PREFIX`]) other than the one hashed `keep`; how many went.
+    fn retire_env_api_keys(&self, keep: &[u8; 32]) -> Result<u64, StoreError>;
     /// Sets or clears a tunnel's group.
     fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError>;
     /// Turns body capture on or off for a tunnel.

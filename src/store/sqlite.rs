@@ -16,7 +16,8 @@ use super::sqlite_live as live;
 use super::sqlite_requests as rq;
 use super::sqlite_webhooks as wh;
 use super::{
-    ApiKeyRecord, CounterUpdate, DeliveryRecord, Health, LiveMark, Store, StoreError, TunnelRecord, WebhookRecord,
+    ApiKeyRecord, CounterUpdate, DeliveryRecord, ENV_KEY_PREFIX, Health, LiveMark, Store, StoreError, TunnelRecord,
+    WebhookRecord,
 };
 
 const SCHEMA: &str = "
@@ -327,6 +328,13 @@ impl Store for SqliteStore {
 
     fn count_api_keys(&self) -> Result<u64, StoreError> {
         self.with(|c| c.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64))
+    }
+
+    fn retire_env_api_keys(&self, keep: &[u8; 32]) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM api_keys WHERE prefix = ?1 AND key_hash != ?2", params![ENV_KEY_PREFIX, &keep[..]])
+                .map(|n| n as u64)
+        })
     }
 
     fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError> {
