@@ -431,3 +431,32 @@ async fn clients_of_a_crashed_server_reconnect_as_soon_as_it_is_back() {
     let resp = http().post(format!("{}/echo", created.tunnel_url)).body("back").send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// A QUIC port that never answers (UDP blocked on the way) is retried, and
+/// the client says what to try instead: `--ws`, over the HTTP port.
+#[tokio::test]
+async fn a_silent_quic_port_suggests_the_websocket_transport() {
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    // Bound, so nothing answers "port unreachable"; never read.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let config = hookway::client::ClientConfig {
+        server: server.url.clone(),
+        tunnel_id: id,
+        token,
+        local_host: "127.0.0.1".into(),
+        local_port: closed_port().await,
+        fingerprint: None,
+        quic_addr: Some(silent.local_addr().unwrap().to_string()),
+        ws_url: None,
+        busy_poll: Duration::ZERO,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+    let event = tokio::time::timeout(Duration::from_secs(20), events.recv()).await.unwrap().unwrap();
+    let hookway::client::Event::Reconnecting { reason, was_connected: false, .. } = event else { panic!("{event:?}") };
+    assert!(reason.contains("timed out connecting over QUIC") && reason.contains("--ws"), "{reason}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -269,22 +269,24 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
     let crypto = trust.client_config_noting(&refusal);
     let endpoint = quic::client_endpoint_with_tls(addr, crypto).map_err(|e| Attempt::Retry(e.to_string()))?;
     let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| {
-            // The API answered (the address came from there), QUIC did not.
-            Attempt::Retry(format!(
-                "timed out connecting over QUIC to {addr} (is UDP to it blocked? `--ws` tunnels over the HTTP \
-                 port instead)"
-            ))
-        })?
-        .map_err(|e| match refusal.take() {
+    // The API answered (the address came from there), QUIC did not: by our
+    // deadline, or by quinn's idle timeout during the handshake.
+    let silent = || {
+        Attempt::Retry(format!(
+            "timed out connecting over QUIC to {addr} (is UDP to it blocked? `--ws` tunnels over the HTTP port \
+             instead)"
+        ))
+    };
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| silent())?.map_err(|e| {
+        match refusal.take() {
             // Fatal on a reconnection too: a server restarted with a certificate
             // we cannot trust is not fixed by waiting, and a silent retry loop
             // would hide a possible interception.
             Some(refused) => Attempt::Fatal(refused.into()),
+            None if e == quinn::ConnectionError::TimedOut => silent(),
             None => Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")),
-        })?;
+        }
+    })?;
     Ok((endpoint, conn))
 }
 
