@@ -321,8 +321,9 @@ struct ClientArgs {
 
 #[derive(Args, Clone)]
 struct ConnectArgs {
-    /// Host of the local app.
-    #[arg(long, default_value = "127.0.0.1")]
+    /// Host of the local app. `localhost` reaches an app listening on 127.0.0.1 or on ::1 (tried in
+    /// that order, without a lookup).
+    #[arg(long, default_value = "localhost")]
     local_host: String,
     /// Pin this SHA-256 certificate fingerprint instead of the one the server announces.
     #[arg(long, env = "HOOKWAY_FINGERPRINT", value_parser = fingerprint)]
@@ -960,7 +961,7 @@ async fn serve(
         return (monitor_cli::run(&client.server, client.key(), config).await, true);
     }
     let json = client.json;
-    let local = format!("http://{}:{port}", connect.local_host);
+    let local = format!("http://{}", client::forward::authority(&connect.local_host, port));
     let printer = output::Printer::spawn();
     let lines = printer.lines();
     let connected = Arc::new(AtomicBool::new(false));

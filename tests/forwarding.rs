@@ -483,3 +483,27 @@ async fn a_local_app_whose_body_breaks_at_once_is_a_502() {
         assert!(text.contains("chunk"), "{url}: {text}");
     }
 }
+
+/// `localhost` (the client's default `--local-host`) reaches an app that
+/// listens on IPv6 only, as Node's and Vite's dev servers often do, and one on
+/// IPv4 only; with neither, the 502 says both were tried.
+#[tokio::test]
+async fn localhost_reaches_an_app_on_either_loopback_address() {
+    let server = TestServer::start().await;
+    for listen in ["[::1]:0", "127.0.0.1:0"] {
+        let app = spawn_app_on(listen).await;
+        let (id, token, _) = create_tunnel(&server, None).await;
+        let mut client = TestClient::spawn_to(&server, &id, &token, "localhost", app.port());
+        let (url, _) = client.wait_connected().await;
+        let resp = http().post(format!("{url}/echo")).body("either").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "app on {listen}");
+        let echoed: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(echoed["body"], "either", "app on {listen}");
+    }
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let mut client = TestClient::spawn_to(&server, &id, &token, "localhost", closed_port().await);
+    let (url, _) = client.wait_connected().await;
+    let resp = http().get(format!("{url}/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert!(resp.text().await.unwrap().contains("tried 127.0.0.1 and ::1"));
+}

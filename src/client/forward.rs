@@ -1,6 +1,10 @@
 //! Serving one request stream: read the request from the tunnel, send it to the
 //! local app, stream the response back.
 
+use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,6 +14,7 @@ use http_body::Frame as BodyFrame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
 use crate::headers::strip_hop_by_hop;
@@ -38,22 +43,56 @@ pub struct RequestLog {
 /// The local app requests are forwarded to.
 #[derive(Clone)]
 pub struct LocalApp {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpConnector<LoopbackFirst>, Body>,
     authority: String,
+}
+
+/// Resolves `localhost` to both loopback addresses, IPv4 first, without a
+/// lookup; other names through the system's resolver.
+///
+/// Why: a development server may listen on either. Python's `http.server`
+/// takes `0.0.0.0`, Node's (17 and later) and Vite's `localhost` often only
+/// `::1`. The connector tries the second address at once when the first one
+/// refuses, so either app is reached, and one on IPv4 without a failed try.
+/// (An IP literal, such as `--local-host 127.0.0.1`, is never resolved.)
+#[derive(Clone, Debug)]
+pub struct LoopbackFirst(GaiResolver);
+
+impl tower_service::Service<Name> for LoopbackFirst {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        if name.as_str().eq_ignore_ascii_case("localhost") {
+            let both = vec![SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), SocketAddr::from((Ipv6Addr::LOCALHOST, 0))];
+            return Box::pin(std::future::ready(Ok(both.into_iter())));
+        }
+        let looked_up = self.0.call(name);
+        Box::pin(async move { Ok(looked_up.await?.collect::<Vec<_>>().into_iter()) })
+    }
+}
+
+/// `host:port` as in a URL: an IPv6 address in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 impl LocalApp {
     /// The app at `host:port`, over a pooled HTTP/1.1 client.
     pub fn new(host: &str, port: u16) -> Self {
-        let mut connector = HttpConnector::new();
+        let mut connector = HttpConnector::new_with_resolver(LoopbackFirst(GaiResolver::new()));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_owned() };
-        Self { client, authority: format!("{host}:{port}") }
+        Self { client, authority: authority(host, port) }
     }
 
     /// `host:port`.
@@ -112,10 +151,11 @@ impl LocalApp {
     /// Explains a failed request to the local app, with the `x-hookway-error` kind.
     fn failure(&self, err: &hyper_util::client::legacy::Error) -> (&'static str, String) {
         if err.is_connect() {
-            (
-                "local-unreachable",
-                format!("the local app at {} refused the connection or is not running", self.authority),
-            )
+            let host = self.authority.rsplit_once(':').map_or("", |(host, _)| host);
+            let tried = if host.eq_ignore_ascii_case("localhost") { " (tried 127.0.0.1 and ::1)" } else { "" };
+            let message =
+                format!("the local app at {} refused the connection or is not running{tried}", self.authority);
+            ("local-unreachable", message)
         } else {
             // hyper-util's error says only "client error (SendRequest)": what
             // the app did wrong is in its sources.

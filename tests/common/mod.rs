@@ -106,12 +106,17 @@ impl TestClient {
     }
 
     pub fn spawn(server: &TestServer, tunnel_id: &str, token: &str, port: u16) -> Self {
+        Self::spawn_to(server, tunnel_id, token, "127.0.0.1", port)
+    }
+
+    /// [`TestClient::spawn`] forwarding to the app at `host` (`--local-host`).
+    pub fn spawn_to(server: &TestServer, tunnel_id: &str, token: &str, host: &str, port: u16) -> Self {
         let (tx, events) = mpsc::unbounded_channel();
         let config = ClientConfig {
             server: server.url.clone(),
             tunnel_id: tunnel_id.into(),
             token: token.into(),
-            local_host: "127.0.0.1".into(),
+            local_host: host.into(),
             local_port: port,
             fingerprint: None,
             quic_addr: None,
@@ -224,7 +229,12 @@ fn full(data: impl Into<Bytes>) -> Body {
 /// * `/sse`: three events 300 ms apart.
 /// * `/slow?ms=N`: answers after N ms.
 pub async fn spawn_app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    spawn_app_on("127.0.0.1:0").await
+}
+
+/// [`spawn_app`] listening on `addr` (e.g. `[::1]:0`, an app on IPv6 only).
+pub async fn spawn_app_on(addr: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
