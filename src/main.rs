@@ -47,6 +47,7 @@ mod webhooks_cli;
 
 use hookway::notify::NotifyConfig;
 use hookway::notify::retry::Schedule;
+use hookway::quic::close;
 use hookway::server::capture::CaptureConfig;
 use hookway::server::gateway::WsLimits;
 use hookway::server::listener::{self, HttpLimits};
@@ -949,7 +950,7 @@ async fn serve(
     let config = ClientConfig {
         ws_url,
         server: client.server.clone(),
-        tunnel_id: id,
+        tunnel_id: id.clone(),
         token,
         local_host: connect.local_host.clone(),
         local_port: port,
@@ -988,7 +989,16 @@ async fn serve(
             if json {
                 println!("{}", json!({ "event": "ended", "reason": err.to_string() }));
             }
-            Err(anyhow::anyhow!("{err}"))
+            // Ended on purpose, but the tunnel is still there to be served.
+            let again = matches!(&err, client::ClientError::Ended(why)
+                if [close::TOKEN_REVOKED, close::DISCONNECTED].iter().any(|&c| why == close::describe(c)));
+            if again {
+                Err(anyhow::anyhow!(
+                    "{err}\nTo serve it again (with a new token, through your API key): hookway tunnels connect {id} {port}"
+                ))
+            } else {
+                Err(anyhow::anyhow!("{err}"))
+            }
         }
     };
     (result, connected.load(Ordering::Relaxed))
@@ -1148,7 +1158,10 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         }
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
             let done = async |_: &Value| {
-                vec![format!("Disconnected tunnel {id}: a connected client was told to stop and will not reconnect.")]
+                vec![format!(
+                    "Disconnected tunnel {id}: its client, if one was connected, was told to stop and will not \
+                     reconnect."
+                )]
             };
             show(&client, Method::POST, &format!("/api/tunnels/{id}/disconnect"), None, done).await?;
         }

@@ -226,8 +226,9 @@ async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
         "{out}"
     );
     assert!(err.contains("did not reach the app") && err.contains("local-unreachable"), "{err}");
-    let (code, out, _) = hookway(&["tunnels", "replay", &unreachable, &req, "--json"], Some(&server), key).await;
+    let (code, out, err) = hookway(&["tunnels", "replay", &unreachable, &req, "--json"], Some(&server), key).await;
     assert_eq!(code, 1, "--json exits alike");
+    assert!(err.contains("the edge answered 502 local-unreachable"), "the same words as without --json: {err}");
     assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["request"]["outcome"], "local-unreachable");
 }
 
@@ -245,6 +246,28 @@ async fn start_exposes_a_port_in_one_command() {
     assert_eq!(logged["path"], "/echo/hook?a=1");
     assert_eq!(logged["status"], 200);
     assert!(logged["durationMs"].as_f64().unwrap() > 0.0);
+}
+
+/// A client whose token was regenerated stops, and says how to serve the
+/// tunnel again.
+#[tokio::test]
+async fn a_client_stopped_by_a_new_token_says_how_to_serve_again() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let port = app.port().to_string();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &port, "--json"]).env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", API_KEY);
+    cmd.stderr(std::process::Stdio::piped());
+    let (mut child, _lines, connected) = spawn_connected(cmd).await;
+    let id = connected["tunnelId"].as_str().unwrap().to_owned();
+    let (code, _, err) = hookway(&["tunnels", "regenerate-token", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0, "{err}");
+    let mut err = String::new();
+    use tokio::io::AsyncReadExt;
+    let mut stderr = child.stderr.take().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), stderr.read_to_string(&mut err)).await.unwrap().unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(1));
+    assert!(err.contains("regenerated") && err.contains(&format!("hookway tunnels connect {id} {port}")), "{err}");
 }
 
 /// The client's line for a request whose answer broke off says so: a plain

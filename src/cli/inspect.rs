@@ -120,15 +120,13 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             let payload = replay_body(body, body_file, &headers)?;
             let path = format!("/api/tunnels/{id}/requests/{req}/replay");
             let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await.map_err(cli_wording)?;
+            let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
             if client.json {
                 println!("{v}");
-                if let Some(kind) = edge_error(&v["request"]) {
-                    bail!("the replay did not reach the app: the edge answered {kind}");
-                }
-                return Ok(());
+            } else {
+                let (status, outcome, took) = (new.status_text(), &new.outcome, new.duration_text());
+                println!("Replayed {req} as {}: {status} {outcome} in {took}", new.id);
             }
-            let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
-            println!("Replayed {req} as {}: {} {} in {}", new.id, new.status_text(), new.outcome, new.duration_text());
             if let Some(kind) = edge_error(&v["request"]) {
                 bail!("the replay did not reach the app: the edge answered {} {kind}", new.status_text());
             }

@@ -41,6 +41,13 @@ where
 {
     let Some(session) = state.registry.route(subdomain) else {
         let Some(tunnel) = state.registry.by_subdomain(subdomain) else {
+            if subdomain.is_empty() {
+                return edge_error(
+                    StatusCode::NOT_FOUND,
+                    "tunnel-not-found",
+                    "no tunnel named in the URL: a tunnel's URLs are /t/<subdomain>/…",
+                );
+            }
             return edge_error(
                 StatusCode::NOT_FOUND,
                 "tunnel-not-found",
