@@ -32,6 +32,7 @@ use super::retry::{Next, Schedule, decide};
 use crate::store::{DeliveryRecord, DeliveryState, StoreHandle, WebhookRecord};
 
 mod owed;
+pub use owed::Settled;
 
 /// Attempts running at once for one webhook.
 pub const PER_WEBHOOK: usize = 4;

@@ -389,10 +389,16 @@ impl Server {
         // Before any client can connect: a session of this run must not be
         // taken for one the previous run left behind.
         let owed = notifier.settle_previous_run()?;
-        if owed > 0 {
+        if owed.deliveries > 0 {
             tracing::warn!(
-                events = owed,
+                events = owed.events,
+                deliveries = owed.deliveries,
                 "the previous run stopped without ending its sessions; their disconnect notifications are queued"
+            );
+        } else if owed.events > 0 {
+            tracing::info!(
+                events = owed.events,
+                "the previous run stopped without ending its sessions (no webhook listens for their disconnects)"
             );
         }
         let in_flight = quic::runtime::InFlight::default();

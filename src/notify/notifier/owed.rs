@@ -15,7 +15,8 @@ const MAX_OWED_PER_TOKEN: i64 = 16;
 impl Notifier {
     /// Queues the disconnects that the previous process announced a connect
     /// for and died before sending (a crash, a power loss, an OOM kill), and
-    /// clears its marks, in one transaction; returns how many events.
+    /// clears its marks, in one transaction; returns how many events, and how
+    /// many deliveries they make.
     ///
     /// Blocking: for start-up, before the notifier runs and before any client
     /// can connect, so no new event moves a mark meanwhile. The events go
@@ -24,11 +25,11 @@ impl Notifier {
     /// is the time of this restart, the moment the server learned of the
     /// disconnect: the crash time is unknown, and the restart time still comes
     /// after the connect and before any new one.
-    pub fn settle_previous_run(&self) -> Result<usize, StoreError> {
+    pub fn settle_previous_run(&self) -> Result<Settled, StoreError> {
         let store = self.store.blocking();
         let marks = store.live_marks()?;
         if marks.is_empty() {
-            return Ok(0);
+            return Ok(Settled::default());
         }
         let at = OffsetDateTime::now_utc();
         let mut events = Vec::new();
@@ -46,8 +47,17 @@ impl Notifier {
         let rows = self.deliveries_for(&events);
         let cleared: Vec<LiveMark> = marks.into_iter().map(|m| LiveMark { open: -m.open, ..m }).collect();
         store.record_events(&rows, &cleared)?;
-        Ok(events.len())
+        Ok(Settled { events: events.len(), deliveries: rows.len() })
     }
+}
+
+/// What [`Notifier::settle_previous_run`] found owed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Disconnect events the previous run never sent.
+    pub events: usize,
+    /// The deliveries queued for them: none when no webhook listens.
+    pub deliveries: usize,
 }
 
 /// How a batch of events moves the live marks: every event counts, whether or
@@ -148,7 +158,9 @@ mod tests {
 
         let store = StoreHandle::new(SqliteStore::open_in(dir.path()).unwrap());
         let notifier = Notifier::new(store.clone(), NotifyConfig::default(), hooks.to_vec());
-        assert_eq!(notifier.settle_previous_run().unwrap(), 6, "events, heard by a webhook or not");
+        let settled = notifier.settle_previous_run().unwrap();
+        assert_eq!(settled.events, 6, "events, heard by a webhook or not");
+        assert_eq!(settled.deliveries, 5, "the deliveries of the events a webhook hears");
         let sqlite = SqliteStore::open_in(dir.path()).unwrap();
         let pair = |e: &str, s: &str| (e.to_owned(), s.to_owned());
         assert_eq!(
@@ -164,6 +176,6 @@ mod tests {
         let due = sqlite.due_deliveries(now_ms(), 100, 100).unwrap();
         assert_eq!(due.len(), 5, "queued as pending, due now");
         assert_eq!(sqlite.live_marks().unwrap(), [], "the marks are cleared");
-        assert_eq!(notifier.settle_previous_run().unwrap(), 0, "and a second restart owes nothing");
+        assert_eq!(notifier.settle_previous_run().unwrap(), Default::default(), "and a second restart owes nothing");
     }
 }
