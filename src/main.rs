@@ -258,6 +258,10 @@ struct ServerArgs {
     /// goes on after the app's answer may wait on a silent caller.
     #[arg(long, env = "HOOKWAY_REQUEST_TIMEOUT", default_value_t = 30, value_parser = seconds())]
     request_timeout: u64,
+    /// Seconds a caller may leave its answer unread (the edge's writes to it blocked) before its
+    /// connection is closed: an unread answer holds the tunnel's flow-control window, or server memory.
+    #[arg(long, env = "HOOKWAY_SEND_TIMEOUT", default_value_t = 30, value_parser = seconds())]
+    send_timeout: u64,
     /// Seconds in-flight requests get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     shutdown_grace: u64,
@@ -735,6 +739,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
                 let nofile = raise_open_file_limit();
                 args.max_connections.map_or_else(|| listener::max_connections_for(nofile), |n| n as usize)
             },
+            send_timeout: Duration::from_secs(args.send_timeout),
             ..HttpLimits::default()
         },
         ws: WsLimits {

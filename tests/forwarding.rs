@@ -511,3 +511,51 @@ async fn localhost_reaches_an_app_on_either_loopback_address() {
     assert_eq!(resp.status(), 502);
     assert!(resp.text().await.unwrap().contains("tried 127.0.0.1 and ::1"));
 }
+
+/// Callers who ask for large answers and then read nothing hold what the
+/// tunnel can carry: over QUIC their unread answers filled the connection's
+/// window, and every other request of the tunnel waited until they left;
+/// over WebSocket each answer was held whole in the server's memory. The edge
+/// closes a connection whose writes have been blocked for its send timeout,
+/// which lets go of both.
+#[tokio::test]
+async fn callers_who_stop_reading_do_not_hold_the_tunnel() {
+    let server = TestServer::start_with(|c| {
+        c.request_timeout = Duration::from_secs(8);
+        c.http.send_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let s = Setup::with_server(server).await;
+    let app = spawn_app().await;
+    let (ws, _) = ws_client(&s.server, app.port()).await;
+    // Over QUIC, eight 8 MiB stream windows: twice the connection's 32 MiB.
+    // Over WebSocket, answers under its 10 MiB cap.
+    // (Slower over WebSocket: each answer is encoded whole before it is sent.)
+    let quic = (s.url(""), 64 << 20, Duration::from_secs(2));
+    for (base, n, fill) in [quic, (ws.tunnel_url.clone(), 8 << 20, Duration::from_secs(6))] {
+        let path = base.split_once("/t/").map(|(_, p)| format!("/t/{p}")).unwrap();
+        let mut stalled = Vec::new();
+        for _ in 0..8 {
+            use tokio::io::AsyncWriteExt;
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let mut stream = socket.connect(s.server.http).await.unwrap();
+            let req = format!("GET {path}/zeros?n={n} HTTP/1.1\r\nHost: x\r\n\r\n");
+            stream.write_all(req.as_bytes()).await.unwrap();
+            stalled.push(stream);
+        }
+        // Long enough for the answers to fill every buffer on their way.
+        tokio::time::sleep(fill).await;
+        let started = Instant::now();
+        let resp = http().get(format!("{base}/echo")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{base} after {:?}", started.elapsed());
+        for mut stream in stalled {
+            let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+            assert!(
+                closed && got.len() < n,
+                "{base}: a caller who stopped reading kept its connection ({} bytes, closed: {closed})",
+                got.len()
+            );
+        }
+    }
+}

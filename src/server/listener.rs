@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::send_watch::{Blocked, send_watched};
 use super::{State, http};
 
 /// Default time a connection has to send a complete request head, counted
@@ -38,6 +39,9 @@ use super::{State, http};
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time a connection may go without starting a request.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time a caller's socket may refuse what the edge writes (the caller
+/// is not reading its answer) before the connection is closed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default time the REST API waits for a request body (at most 64 KiB).
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default interval of HTTP/2 keep-alive pings (sent when nothing was read for that long).
@@ -94,6 +98,9 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Time the REST API waits for a request body before answering 408.
     pub body_timeout: Duration,
+    /// Time a connection's writes may stay blocked, its caller reading
+    /// nothing, before it is closed (see [`super::send_watch`]).
+    pub send_timeout: Duration,
     /// Interval of HTTP/2 keep-alive pings.
     pub h2_keep_alive_interval: Duration,
     /// Time an HTTP/2 peer has to answer a ping before the connection is closed.
@@ -114,6 +121,7 @@ impl Default for HttpLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             h2_keep_alive_interval: DEFAULT_H2_KEEP_ALIVE_INTERVAL,
             h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
@@ -134,6 +142,7 @@ impl HttpLimits {
             ("header timeout", self.header_timeout),
             ("idle timeout", self.idle_timeout),
             ("body timeout", self.body_timeout),
+            ("send timeout", self.send_timeout),
             ("HTTP/2 keep-alive interval", self.h2_keep_alive_interval),
             ("HTTP/2 keep-alive timeout", self.h2_keep_alive_timeout),
         ];
@@ -269,9 +278,10 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(http::handle(state, req, peer).await) }
             })
         };
+        let (stream, blocked) = send_watched(stream);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
         let span = tracing::debug_span!("http", ?peer);
-        let watch = Watch { requests, limits, shutdown: shutdown.clone(), cut: cut.clone(), _slot: slot };
+        let watch = Watch { requests, blocked, limits, shutdown: shutdown.clone(), cut: cut.clone(), _slot: slot };
         connections.spawn(drive(conn, watch).instrument(span));
     }
     drop(listener);
@@ -288,6 +298,8 @@ pub async fn serve(
 struct Watch {
     /// Requests the connection has started, counted by its service.
     requests: Arc<AtomicU64>,
+    /// Since when its writes have been blocked.
+    blocked: Arc<Blocked>,
     limits: HttpLimits,
     /// Graceful shutdown of the server.
     shutdown: CancellationToken,
@@ -314,16 +326,21 @@ impl ConnectionSlot {
 
 /// Runs one connection to its end: shuts it down gracefully at `shutdown` or
 /// once it has started no request (`requests` unchanged) for a while, and
-/// drops it at `cut`.
+/// drops it at `cut` or once its writes have been blocked (`blocked`) for the
+/// send timeout.
 async fn drive<C>(conn: C, watch: Watch)
 where
     C: GracefulConnection,
     C::Error: std::fmt::Display,
 {
-    let Watch { requests, limits, shutdown, cut, _slot } = watch;
+    let Watch { requests, blocked, limits, shutdown, cut, _slot } = watch;
     let mut conn = pin!(conn);
     let idle = tokio::time::sleep(limits.header_timeout);
     let mut idle = pin!(idle);
+    // Checked once per send timeout while writes flow, and at the end of a
+    // blocked run's timeout otherwise: one timer, seldom reset.
+    let stalled = tokio::time::sleep(limits.send_timeout);
+    let mut stalled = pin!(stalled);
     let (mut seen, mut closing) = (0, false);
     loop {
         tokio::select! {
@@ -335,6 +352,16 @@ where
                 return;
             }
             () = cut.cancelled() => return,
+            () = stalled.as_mut() => match blocked.since() {
+                Some(since) if since.elapsed() >= limits.send_timeout => {
+                    // Dropped, not shut down gracefully: that would wait on
+                    // the very writes that are blocked.
+                    tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose caller stopped reading");
+                    return;
+                }
+                Some(since) => stalled.as_mut().reset(since + limits.send_timeout),
+                None => stalled.as_mut().reset(Instant::now() + limits.send_timeout),
+            },
             () = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();

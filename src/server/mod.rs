@@ -15,9 +15,11 @@ pub mod gateway;
 pub mod http;
 pub mod listener;
 pub mod names;
+mod observed;
 pub mod registry;
 pub mod requests_api;
 mod routes;
+mod send_watch;
 pub mod session;
 pub mod webhooks_api;
 

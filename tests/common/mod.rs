@@ -411,6 +411,23 @@ async fn app(req: Request<Incoming>) -> Response<Body> {
             resp.headers_mut().insert("content-length", n.to_string().parse().unwrap());
             resp
         }
+        // `n` zero bytes, cheaply: 256 KiB chunks of one buffer.
+        "/zeros" => {
+            let n: u64 = query_param(&req, "n").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let zeros = Bytes::from(vec![0u8; 256 * 1024]);
+            let chunks = stream::unfold(0u64, move |off| {
+                let zeros = zeros.clone();
+                async move {
+                    (off < n).then(|| {
+                        let len = (zeros.len() as u64).min(n - off);
+                        (Ok::<_, BoxError>(http_body::Frame::data(zeros.slice(..len as usize))), off + len)
+                    })
+                }
+            });
+            let mut resp = Response::new(StreamBody::new(chunks).boxed_unsync());
+            resp.headers_mut().insert("content-length", n.to_string().parse().unwrap());
+            resp
+        }
         "/broken" => {
             // Declares 1 MiB, sends 64 KiB, then fails: hyper cuts the connection
             // mid-response. (The pause lets the head and the first part go out.)

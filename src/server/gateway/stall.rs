@@ -11,14 +11,14 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::server::observed::{Observed, WriteObserver};
 
 /// Bytes the socket has accepted from the server so far.
 #[derive(Debug, Default)]
@@ -36,58 +36,13 @@ impl Progress {
 pub struct Stalled(pub Duration);
 
 /// A socket that counts the bytes written to it in a shared [`Progress`].
-#[derive(Debug)]
-pub struct Counted<T> {
-    io: T,
-    progress: Arc<Progress>,
-}
+pub type Counted<T> = Observed<T, Arc<Progress>>;
 
-impl<T> Counted<T> {
-    /// Wraps `io`, counting into `progress`.
-    pub fn new(io: T, progress: Arc<Progress>) -> Self {
-        Self { io, progress }
-    }
-
-    fn count(&self, written: &Poll<io::Result<usize>>) {
+impl WriteObserver for Arc<Progress> {
+    fn observe(&self, written: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = written {
-            self.progress.0.fetch_add(*n as u64, Ordering::Relaxed);
+            self.0.fetch_add(*n as u64, Ordering::Relaxed);
         }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(&written);
-        written
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(&written);
-        written
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
