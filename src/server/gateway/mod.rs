@@ -217,11 +217,12 @@ where
     let (tx, rx) = oneshot::channel();
     link.lock_pending().insert(n, tx);
     let guard = PendingGuard { link, n, parcel: Arc::default() };
-    let text = wsjson::request(&id, method, target, headers, &body);
-    drop(body);
-    if link.outbox.post(&guard.parcel, text).await.is_err() {
+    let bound = wsjson::request_len_bound(method, target, headers, &body);
+    let build = || wsjson::request(&id, method, target, headers, &body);
+    if link.outbox.post(&guard.parcel, bound, build).await.is_err() {
         return disconnected(subdomain);
     }
+    drop(body);
     drop(admission);
     match rx.await {
         Ok(Reply::Response(r)) if r.body.len() > link.max_body => edge_error(

@@ -109,11 +109,17 @@ impl Outbox {
         self.intake.clone().acquire_many_owned(cost).await.map(|_room| Admission { _room }).map_err(|_| Closed)
     }
 
-    /// Queues `text` in `parcel` once the budget has room for it. Cancel
-    /// safe as long as the caller empties `parcel` when it gives up.
-    pub async fn post(&self, parcel: &Arc<Parcel>, text: String) -> Result<(), Closed> {
-        let cost = u32::try_from(text.len()).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
-        let budget = self.budget.clone().acquire_many_owned(cost).await.map_err(|_| Closed)?;
+    /// Queues the message `build` makes in `parcel`, built once the budget
+    /// has room for `bound` bytes, at least its length: what waits for room
+    /// is not the message, which may be several times its body's size. Room
+    /// taken beyond the message's length is given back at once. Cancel safe
+    /// as long as the caller empties `parcel` when it gives up.
+    pub async fn post(&self, parcel: &Arc<Parcel>, bound: usize, build: impl FnOnce() -> String) -> Result<(), Closed> {
+        let cost = |len: usize| u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
+        let mut budget = self.budget.clone().acquire_many_owned(cost(bound)).await.map_err(|_| Closed)?;
+        let text = build();
+        let spare = budget.num_permits().saturating_sub(cost(text.len()) as usize);
+        drop(budget.split(spare));
         parcel.put(Outgoing { message: Message::text(text), budget });
         self.requests.send(parcel.clone()).await.map_err(|_| Closed)
     }
@@ -143,5 +149,41 @@ impl OutboxRx {
                 return Some(out);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A message is built only once the budget has room for its bound, and
+    /// room beyond its length goes back at once.
+    #[tokio::test]
+    async fn messages_are_built_once_they_have_room() {
+        let (outbox, mut rx) = Outbox::new(100, 1000);
+        let first = Arc::new(Parcel::default());
+        // A bound of 100 for 10 bytes: 90 go back.
+        outbox.post(&first, 100, || "x".repeat(10)).await.unwrap();
+        let second = Arc::new(Parcel::default());
+        let quick = tokio::time::timeout(Duration::from_millis(100), outbox.post(&second, 90, || "y".repeat(90)));
+        quick.await.expect("the spare room was given back").unwrap();
+        // The budget is spent: the next message waits unbuilt.
+        let built = AtomicBool::new(false);
+        let third = Arc::new(Parcel::default());
+        let waiting = outbox.post(&third, 50, || {
+            built.store(true, Ordering::Relaxed);
+            "z".repeat(50)
+        });
+        tokio::pin!(waiting);
+        assert!(tokio::time::timeout(Duration::from_millis(100), &mut waiting).await.is_err());
+        assert!(!built.load(Ordering::Relaxed), "built before it had room");
+        // Writing the first two gives their room back.
+        drop(rx.next().await.unwrap());
+        drop(rx.next().await.unwrap());
+        waiting.await.unwrap();
+        assert!(built.load(Ordering::Relaxed));
     }
 }
