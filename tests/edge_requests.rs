@@ -78,6 +78,12 @@ async fn two_host_headers_or_none_are_a_400_and_nothing_is_forwarded() {
         assert!(answer.to_ascii_lowercase().contains("host"), "says why: {answer}");
     }
     assert_eq!(forwarded(&s).await, 0);
+    // On the API's paths, in the API's error form.
+    let req = "GET /api/tunnels HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("application/json"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert!(body["error"].as_str().unwrap().contains("Host"), "{body}");
     // HTTP/1.0 may leave the Host out.
     let answer = raw_exchange(s.server.http, format!("GET /t/{sub}/echo HTTP/1.0\r\n\r\n").as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.0 200 ") || answer.starts_with("HTTP/1.1 200 "), "{answer}");
@@ -217,6 +223,7 @@ fn assert_too_many_headers(answer: &str) {
     assert!(body.contains("100"), "says the limit: {body:?}");
 }
 
+/// (On the API's paths, in the API's error form.)
 #[tokio::test]
 async fn too_many_headers_get_the_edges_431_on_every_route() {
     let s = with_domain().await;
@@ -233,7 +240,14 @@ async fn too_many_headers_get_the_edges_431_on_every_route() {
     ] {
         for lines in [101, 150] {
             let answer = raw_exchange(addr, request_with_headers(&target, &host, lines).as_bytes()).await;
-            assert_too_many_headers(&answer);
+            if target.starts_with("/api/") {
+                // The API's error form, which its clients parse.
+                assert!(answer.starts_with("HTTP/1.1 431 ") && answer.contains("application/json"), "{answer}");
+                let body: Value = serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+                assert!(body["error"].as_str().unwrap().contains("at most 100"), "{body}");
+            } else {
+                assert_too_many_headers(&answer);
+            }
         }
     }
     assert_eq!(forwarded(&s).await, 0);

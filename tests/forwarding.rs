@@ -105,6 +105,18 @@ async fn host_based_routing() {
         assert_eq!(resp.status(), 404, "{host}");
         assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found", "{host}");
     }
+    // An absolute-form target without a path reaches the app as `/?x=1` (the
+    // app's own 404 for `/`, not the edge's 502).
+    let req = format!("GET http://{}.tunnel.test?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", s.subdomain);
+    let got = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(
+        got.starts_with("HTTP/1.1 404 ") && got.ends_with("not found") && !got.contains("x-hookway-error"),
+        "{got}"
+    );
+    // `OPTIONS *` asks about the server: the edge answers it.
+    let req = format!("OPTIONS * HTTP/1.1\r\nHost: {}.tunnel.test\r\nConnection: close\r\n\r\n", s.subdomain);
+    let got = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200 ") && got.contains("allow: GET, HEAD, POST"), "{got}");
 }
 
 #[tokio::test]

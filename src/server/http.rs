@@ -77,22 +77,36 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
     if req.version() == Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
+    // Refused before routing, but in the API's own error form on its paths.
+    let api = is_api_path(req.uri().path());
     if req.headers().len() > MAX_REQUEST_HEADERS {
         let lines = header_lines(req.headers());
         if lines > MAX_REQUEST_HEADERS {
-            return too_many_headers(lines);
+            return too_many_headers(api, lines);
         }
     }
     if req.method() == Method::CONNECT {
         return connect_refused(req.version());
     }
+    // `OPTIONS *` asks about the server, not a resource (RFC 9110 §9.3.7):
+    // the edge answers it, on any host; an app behind a tunnel has no use for
+    // a target that is not a path.
+    if req.uri().path() == "*" {
+        return asterisk(req.method());
+    }
     let host = match request_host(&req) {
         Ok(host) => host,
-        Err(why) => return edge_error(StatusCode::BAD_REQUEST, "bad-request", why),
+        Err(why) => return refused(api, StatusCode::BAD_REQUEST, "bad-request", why),
     };
     match host.map_or(HostRoute::Elsewhere, |host| state.host_route(host)) {
         HostRoute::Tunnel(sub) => {
-            let target = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+            // Origin form for the app: an absolute-form target may have no
+            // path (`http://host?x=1` is `/?x=1`).
+            let target = match req.uri().path_and_query().map(|p| p.as_str()) {
+                Some(target) if target.starts_with('/') => target.to_owned(),
+                Some(target) => format!("/{target}"),
+                None => "/".to_owned(),
+            };
             return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
         }
         HostRoute::NoTunnel(labels) => {
@@ -117,7 +131,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         let sub = sub.to_owned();
         return gateway::upgrade(state, &sub, req, peer).await;
     }
-    if path == "/api" || path.starts_with("/api/") {
+    if api {
         return api::handle(state, req, peer).await;
     }
     match path {
@@ -130,6 +144,18 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         ))),
         _ => json_error(StatusCode::NOT_FOUND, format!("no route for {path}")),
     }
+}
+
+/// The answer to a request whose target is `*`: the methods the edge
+/// forwards, for `OPTIONS`, and a 400 for any other method, which `*` does not
+/// name a resource for.
+fn asterisk(method: &Method) -> Response<Body> {
+    if method != Method::OPTIONS {
+        return edge_error(StatusCode::BAD_REQUEST, "bad-request", format_args!("{method} * names no resource"));
+    }
+    let mut resp = Response::new(full(Bytes::new()));
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+    resp
 }
 
 /// The host a request is addressed to: its URI's authority when it has one
@@ -162,8 +188,21 @@ fn header_lines(headers: &http::HeaderMap) -> usize {
 
 /// The answer to a request with more than [`MAX_REQUEST_HEADERS`] header
 /// lines (repeated names counted each time, as hyper counts them).
-fn too_many_headers(lines: usize) -> Response<Body> {
-    edge_error(
+/// Whether `path` is the REST API's.
+fn is_api_path(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/")
+}
+
+/// An error refused before routing: in the edge's form, or as the REST API
+/// answers errors (`{"error": "…"}`) when the request was for the API
+/// (`api`), whose clients parse that form.
+fn refused(api: bool, status: StatusCode, kind: &'static str, message: impl std::fmt::Display) -> Response<Body> {
+    if api { json_error(status, message.to_string()) } else { edge_error(status, kind, message) }
+}
+
+fn too_many_headers(api: bool, lines: usize) -> Response<Body> {
+    refused(
+        api,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "too-many-headers",
         format_args!("the request has {lines} header lines; the edge accepts at most {MAX_REQUEST_HEADERS}"),
