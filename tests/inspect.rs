@@ -297,6 +297,15 @@ async fn replays_reach_the_local_app_with_and_without_edits() {
         let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(edits)).await;
         assert_eq!(status.as_u16(), want, "{edits}: {body}");
     }
+    // A head a caller could not send through the edge: refused, saying why,
+    // rather than sent to the tunnel client and answered 502.
+    let many: serde_json::Map<String, Value> = (0..120).map(|i| (format!("x-h{i}"), json!("1"))).collect();
+    let huge = json!({ "headers": { "x-big": "a".repeat(1_100_000) } });
+    for (edits, why) in [(json!({ "headers": many }), "header lines"), (huge, "bytes")] {
+        let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some(&edits.to_string())).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(why), "{body}");
+    }
     let missing = api(&s, "/req_000000000000ffffffff/replay");
     assert_eq!(raw_api(&s.server, Method::POST, &missing, Some(&bearer()), None).await.0, 404);
 }

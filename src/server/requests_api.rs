@@ -278,6 +278,7 @@ async fn replay(state: &Arc<State>, tunnel: &Tunnel, rid: &str, req: Request<Inc
     let original = find(state, tunnel, rid).await?;
     let body = replay_body(&original, &edits)?;
     let mut headers = replay_headers(&original, &edits)?;
+    check_replay_head(&headers)?;
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
     if !body.is_empty() || original.request.body.size > 0 {
@@ -383,6 +384,31 @@ fn replay_headers(original: &RequestRecord, edits: &Map<String, Value>) -> Resul
         edit_headers(&mut headers, exact, exact_value)?;
     }
     Ok(headers)
+}
+
+/// Most bytes of header names and values a replay carries: what hyper's
+/// HTTP/1 read buffer lets a caller's head be (408 KiB), so that any captured
+/// request can be replayed and an edit cannot make a head the edge would
+/// refuse from a caller (or one over the tunnel's frame limit).
+const MAX_REPLAY_HEAD: usize = 408 * 1024;
+
+/// Refuses replay headers a caller could not have sent through the edge: more
+/// lines than it takes, or a head larger than it reads.
+fn check_replay_head(headers: &HeaderMap) -> Result<(), ApiError> {
+    let lines = headers.len();
+    if lines > super::http::MAX_REQUEST_HEADERS {
+        return Err(ApiError::bad(format!(
+            "the replay would carry {lines} header lines; the edge takes at most {}",
+            super::http::MAX_REQUEST_HEADERS
+        )));
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > MAX_REPLAY_HEAD {
+        return Err(ApiError::bad(format!(
+            "the replay's headers would be {bytes} bytes; the edge takes at most {MAX_REPLAY_HEAD}"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies `edited` (name: value, array of values, or null to remove) to
