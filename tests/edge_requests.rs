@@ -190,17 +190,21 @@ async fn a_stalled_http2_upload_leaves_room_for_the_others_on_its_connection() {
 async fn an_absolute_target_sets_the_host_the_app_sees() {
     let s = Setup::new().await;
     let authority = s.server.http.to_string();
-    let req = format!(
-        "GET http://{authority}/t/{}/echo/abs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
-        s.subdomain
-    );
-    let answer = raw_exchange(s.server.http, req.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
-    let start = body.find('{').unwrap_or(0);
-    let seen: Value = serde_json::from_str(body[start..].trim_end_matches(|c| c != '}')).unwrap();
-    assert_eq!(seen["path"], "/echo/abs", "{seen}");
-    assert_eq!(seen["headers"]["host"], authority.as_str(), "{seen}");
+    // With userinfo too, which a `Host` never carries.
+    for target in [authority.clone(), format!("user:secret@{authority}")] {
+        let req = format!(
+            "GET http://{target}/t/{}/echo/abs HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            s.subdomain
+        );
+        let answer = raw_exchange(s.server.http, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+        let start = body.find('{').unwrap_or(0);
+        let seen: Value = serde_json::from_str(body[start..].trim_end_matches(|c| c != '}')).unwrap();
+        assert_eq!(seen["path"], "/echo/abs", "{seen}");
+        assert_eq!(seen["headers"]["host"], authority.as_str(), "{seen}");
+        assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str(), "{seen}");
+    }
 }
 
 /// A GET of `target` with `lines` header lines in all: `Host`, `Connection:

@@ -113,6 +113,11 @@ async fn host_based_routing() {
         got.starts_with("HTTP/1.1 404 ") && got.ends_with("not found") && !got.contains("x-hookway-error"),
         "{got}"
     );
+    // Userinfo in the target is not part of the host it routes by.
+    let req =
+        format!("GET http://u:p@{}.tunnel.test/echo/ui HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", s.subdomain);
+    let got = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 200 ") && got.contains("/echo/ui"), "{got}");
     // `OPTIONS *` asks about the server: the edge answers it.
     let req = format!("OPTIONS * HTTP/1.1\r\nHost: {}.tunnel.test\r\nConnection: close\r\n\r\n", s.subdomain);
     let got = raw_exchange(s.server.http, req.as_bytes()).await;

@@ -277,7 +277,8 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
         // the app saw its own address over HTTP/2, or a `Host` the caller
         // chose apart from the URL it was routed by.
         Some(authority) => {
-            let host = HeaderValue::from_str(authority.as_str()).ok();
+            // (Userinfo is not the app's to see.)
+            let host = HeaderValue::from_str(super::http::without_userinfo(authority)).ok();
             if let Some(host) = &host {
                 headers.insert(header::HOST, host.clone());
             }

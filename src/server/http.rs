@@ -170,12 +170,18 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, &'static str> {
         return Err("the request has more than one Host header");
     }
     match req.uri().authority() {
-        Some(authority) => Ok(Some(authority.as_str())),
+        Some(authority) => Ok(Some(without_userinfo(authority))),
         None if first.is_none() && req.version() == Version::HTTP_11 => {
             Err("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
         }
         None => Ok(first.and_then(|v| v.to_str().ok())),
     }
+}
+
+/// An authority as a `Host` gives it: without userinfo (`user:pass@`), which
+/// a `Host` never has (RFC 9110 §7.2).
+pub(super) fn without_userinfo(authority: &http::uri::Authority) -> &str {
+    authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host)
 }
 
 /// Header lines, `cookie` counted once: an HTTP/1 caller's several `Cookie`
