@@ -354,6 +354,9 @@ async fn webhook_verbs_round_trip_through_the_api() {
     let (code, out, _) = hookway(&["webhooks", "deliveries", &id, "--json"], Some(&server), key).await;
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["deliveries"], serde_json::json!([]));
+    let (code, out, err) = hookway(&["webhooks", "deliveries", &id], Some(&server), key).await;
+    assert_eq!((code, out.as_str()), (0, ""), "no table of nothing");
+    assert!(err.contains("No deliveries in the last 24 hours"), "{err}");
 
     let (code, _, err) =
         hookway(&["webhooks", "create", "--url", "ftp://x", "--events", "all"], Some(&server), key).await;
@@ -597,6 +600,16 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     assert!(err.contains(&format!("hookway tunnels connect {id} {port}")), "{err}");
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "a tunnel that served is kept: {listed}");
+}
+
+/// `https://` for a server that speaks plain HTTP: the error says so.
+#[tokio::test]
+async fn an_https_url_for_a_plain_http_server_says_what_to_use() {
+    let server = TestServer::start().await;
+    let https = server.url.replacen("http://", "https://", 1);
+    let (code, _, err) = hookway(&["tunnels", "list", "--server", &https], None, Some(API_KEY)).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("answered in plain HTTP: use an http:// URL"), "{err}");
 }
 
 /// A server whose stdout is closed (`hookway server | head -3` after head

@@ -313,6 +313,10 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = v["deliveries"].as_array().into_iter().flatten().map(delivery_row).collect();
+            if rows.is_empty() {
+                eprintln!("No deliveries in the last 24 hours (`hookway webhooks test {id}` sends one).");
+                return Ok(());
+            }
             let columns = [
                 ("TIME", Align::Left),
                 ("EVENT", Align::Left),

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The server could not be reached.
-    #[error("cannot reach the hookway server at {url}: {source}")]
+    #[error("cannot reach the hookway server at {url}: {source}{}", tls_hint(url, source))]
     Unreachable {
         /// Base URL used.
         url: String,
@@ -26,6 +26,14 @@ pub enum ApiError {
     /// The answer was not what the API promises.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
+}
+
+/// What to try when an `https://` server URL met a server that answered in
+/// plain HTTP (hookway's listener is plain HTTP unless a TLS terminator
+/// stands in front of it): rustls reports "corrupt message".
+fn tls_hint(url: &str, err: &reqwest::Error) -> &'static str {
+    let plain = url.starts_with("https://") && crate::error_chain(err).contains("InvalidContentType");
+    if plain { " (the server answered in plain HTTP: use an http:// URL)" } else { "" }
 }
 
 /// `GET /api/info`: how to reach the QUIC listener and whom to trust.
