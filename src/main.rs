@@ -559,6 +559,66 @@ enum KeysCommand {
         #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
         data_dir: PathBuf,
     },
+    /// List the API keys: id, organization, the key's first characters (never the key), creation time.
+    List {
+        /// The server's data directory.
+        #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
+        data_dir: PathBuf,
+    },
+    /// Delete an API key; a running server refuses it within 10 s. A server left without keys makes
+    /// and prints a new one on its next start.
+    Revoke {
+        /// The key's id (`key_…`, from `keys list`).
+        id: String,
+        /// The server's data directory.
+        #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// The store in the server's data directory `dir`; refused when it holds no
+/// database, rather than making a new one no running server reads.
+fn existing_store(dir: &std::path::Path) -> Result<hookway::store::StoreHandle> {
+    if !hookway::store::SqliteStore::path_in(dir).is_file() {
+        bail!("no hookway database in {}: pass the server's --data-dir (or set HOOKWAY_DATA_DIR)", dir.display());
+    }
+    Ok(hookway::store::StoreHandle::new(hookway::store::SqliteStore::open_in(dir)?))
+}
+
+/// `hookway keys …`: on the server's machine, against its data directory.
+fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Create { org, data_dir } => {
+            let key = server::create_api_key(&existing_store(&data_dir)?, &org)?;
+            println!("{key}");
+            eprintln!("API key for organization '{org}' (shown once; store it now).");
+        }
+        KeysCommand::List { data_dir } => {
+            let listed = existing_store(&data_dir)?.blocking().list_api_keys()?;
+            let rows: Vec<Vec<String>> = listed
+                .into_iter()
+                .map(|k| {
+                    let key = match k.prefix.as_str() {
+                        hookway::store::ENV_KEY_PREFIX => "(HOOKWAY_API_KEY)".to_owned(),
+                        prefix => format!("{prefix}…"),
+                    };
+                    vec![k.id, k.org, key, k.created_at]
+                })
+                .collect();
+            use table::Align::Left;
+            let columns = [("ID", Left), ("ORG", Left), ("KEY", Left), ("CREATED", Left)];
+            for line in table::render(&columns, &rows, None) {
+                println!("{line}");
+            }
+        }
+        KeysCommand::Revoke { id, data_dir } => {
+            if !existing_store(&data_dir)?.blocking().delete_api_key(&id)? {
+                bail!("no API key {id} (see `hookway keys list --data-dir {}`)", data_dir.display());
+            }
+            eprintln!("Revoked {id}: a running server refuses it within {} s.", server::KEY_RECHECK.as_secs());
+        }
+    }
+    Ok(())
 }
 
 /// Prints errors as one readable chain (`a: b: c`), never a backtrace: they are
@@ -641,20 +701,7 @@ async fn run(command: Command) -> Result<()> {
         Command::Start(args) => start(args).await,
         Command::Tunnels(cmd) => tunnels(cmd).await,
         Command::Webhooks(cmd) => webhooks_cli::run(cmd).await,
-        Command::Keys(KeysCommand::Create { org, data_dir }) => {
-            // A key in a fresh database would be one no running server knows.
-            if !hookway::store::SqliteStore::path_in(&data_dir).is_file() {
-                bail!(
-                    "no hookway database in {}: pass the server's --data-dir (or set HOOKWAY_DATA_DIR)",
-                    data_dir.display()
-                );
-            }
-            let store = hookway::store::StoreHandle::new(hookway::store::SqliteStore::open_in(&data_dir)?);
-            let key = server::create_api_key(&store, &org)?;
-            println!("{key}");
-            eprintln!("API key for organization '{org}' (shown once; store it now).");
-            Ok(())
-        }
+        Command::Keys(cmd) => keys(cmd),
     }
 }
 

@@ -466,6 +466,48 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     assert!(out.starts_with("hwk_"), "{out}");
 }
 
+/// `keys list` shows every key by id, organization and first characters,
+/// never a key; `keys revoke` deletes one, and a running server refuses it
+/// within seconds.
+#[tokio::test]
+async fn keys_are_listed_without_their_secret_and_revoked() {
+    let server = TestServer::start().await;
+    let dir = server.data_dir();
+    let dir = dir.to_str().unwrap();
+    let (code, made, err) = hookway(&["keys", "create", "--org", "team-b", "--data-dir", dir], None, None).await;
+    assert_eq!(code, 0, "{err}");
+    let made = made.trim().to_owned();
+    assert_eq!(
+        server.api_with(&made).call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap()["tunnels"],
+        serde_json::json!([])
+    );
+
+    let (code, out, err) = hookway(&["keys", "list", "--data-dir", dir], None, None).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains(&made) && !out.contains(API_KEY), "a key in clear: {out}");
+    let line = out.lines().find(|l| l.contains("team-b")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains(&format!("{}…", &made[..8])), "{line}");
+    assert!(out.lines().any(|l| l.contains("default") && l.contains("(HOOKWAY_API_KEY)")), "{out}");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+    assert!(id.starts_with("key_"), "{line}");
+
+    let (code, _, err) = hookway(&["keys", "revoke", &id, "--data-dir", dir], None, None).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = hookway(&["keys", "revoke", &id, "--data-dir", dir], None, None).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no API key"), "{err}");
+    let deadline = std::time::Instant::now() + hookway::server::KEY_RECHECK + std::time::Duration::from_secs(5);
+    loop {
+        match server.api_with(&made).call(reqwest::Method::GET, "/api/tunnels", None).await {
+            Err(hookway::client::ApiError::Status { status: 401, .. }) => break,
+            other => assert!(std::time::Instant::now() < deadline, "still accepted: {other:?}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    // The other keys still work.
+    assert!(server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.is_ok());
+}
+
 /// `hookway tunnels list | head -1`: a reader that leaves early ends the
 /// command quietly, not with a panic and exit code 101.
 #[tokio::test]

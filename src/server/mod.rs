@@ -26,7 +26,7 @@ pub mod webhooks_api;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio::net::TcpListener;
@@ -48,6 +48,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often request counters are written to the store.
 pub const COUNTER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a verified API key is trusted without asking the store again:
+/// how soon `hookway keys revoke` takes effect on a running server.
+pub const KEY_RECHECK: Duration = Duration::from_secs(10);
+
 /// Name of the organization that bootstrap keys belong to.
 pub const DEFAULT_ORG: &str = "default";
 
@@ -184,9 +188,10 @@ pub struct State {
     pub store: StoreHandle,
     /// Tunnels and live sessions.
     pub registry: Registry,
-    /// Verified API keys: hash → organization. Keys are never deleted, so a
-    /// cached entry cannot go stale.
-    api_keys: DashMap<[u8; 32], String>,
+    /// Verified API keys: hash → (organization, when the store last said
+    /// so). `hookway keys revoke` deletes a key in the store, from another
+    /// process: an entry older than [`KEY_RECHECK`] is looked up again.
+    api_keys: DashMap<[u8; 32], (String, Instant)>,
     /// Session tasks (QUIC and WebSocket), awaited briefly at shutdown so
     /// their close frames go out.
     pub tasks: TaskTracker,
@@ -256,14 +261,22 @@ impl State {
     /// The organization of a presented API key, if valid.
     pub async fn org_for_key(&self, key: &str) -> Result<Option<String>, StoreError> {
         let hash = names::hash_secret(key);
-        if let Some(org) = self.api_keys.get(&hash) {
-            return Ok(Some(org.clone()));
+        if let Some(entry) = self.api_keys.get(&hash)
+            && entry.1.elapsed() < KEY_RECHECK
+        {
+            return Ok(Some(entry.0.clone()));
         }
         let found = self.store.run(move |s| s.find_api_key(&hash)).await?;
-        Ok(found.map(|k| {
-            self.api_keys.insert(k.key_hash, k.org_id.clone());
-            k.org_id
-        }))
+        match found {
+            Some(k) => {
+                self.api_keys.insert(k.key_hash, (k.org_id.clone(), Instant::now()));
+                Ok(Some(k.org_id))
+            }
+            None => {
+                self.api_keys.remove(&hash);
+                Ok(None)
+            }
+        }
     }
 
     /// Writes dirty counters to the store.

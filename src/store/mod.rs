@@ -60,6 +60,19 @@ pub struct TunnelRecord {
 /// clear. (Generated keys keep their first 8 characters, `hwk_…`.)
 pub const ENV_KEY_PREFIX: &str = "env";
 
+/// An API key as `hookway keys list` shows it: never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyListing {
+    /// `key_…`.
+    pub id: String,
+    /// The name of its organization.
+    pub org: String,
+    /// The key's first characters, or [`ENV_KEY_PREFIX`].
+    pub prefix: String,
+    /// RFC 3339, seconds precision.
+    pub created_at: String,
+}
+
 /// An API key as persisted (its hash only; the key itself is shown once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -108,6 +121,10 @@ pub trait Store: Send + Sync + 'static {
     fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError>;
     /// How many API keys exist.
     fn count_api_keys(&self) -> Result<u64, StoreError>;
+    /// Every API key, oldest first, for `hookway keys list`.
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyListing>, StoreError>;
+    /// Deletes the API key `id`; whether there was one.
+    fn delete_api_key(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes the keys taken from the server's environment (prefix
     /// [`ENV_KEY_PREFIX`]) other than the one hashed `keep`; how many went.
     fn retire_env_api_keys(&self, keep: &[u8; 32]) -> Result<u64, StoreError>;

@@ -16,8 +16,8 @@ use super::sqlite_live as live;
 use super::sqlite_requests as rq;
 use super::sqlite_webhooks as wh;
 use super::{
-    ApiKeyRecord, CounterUpdate, DeliveryRecord, ENV_KEY_PREFIX, Health, LiveMark, Store, StoreError, TunnelRecord,
-    WebhookRecord,
+    ApiKeyListing, ApiKeyRecord, CounterUpdate, DeliveryRecord, ENV_KEY_PREFIX, Health, LiveMark, Store, StoreError,
+    TunnelRecord, WebhookRecord,
 };
 
 const SCHEMA: &str = "
@@ -328,6 +328,23 @@ impl Store for SqliteStore {
 
     fn count_api_keys(&self) -> Result<u64, StoreError> {
         self.with(|c| c.query_row("SELECT COUNT(*) FROM api_keys", [], |r| r.get::<_, i64>(0)).map(|n| n.max(0) as u64))
+    }
+
+    fn list_api_keys(&self) -> Result<Vec<ApiKeyListing>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT k.id, o.name, k.prefix, k.created_at FROM api_keys k JOIN orgs o ON o.id = k.org_id \
+                 ORDER BY k.created_at, k.id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ApiKeyListing { id: r.get(0)?, org: r.get(1)?, prefix: r.get(2)?, created_at: r.get(3)? })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        self.with(|c| c.execute("DELETE FROM api_keys WHERE id = ?1", params![id]).map(|n| n > 0))
     }
 
     fn retire_env_api_keys(&self, keep: &[u8; 32]) -> Result<u64, StoreError> {
