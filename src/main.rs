@@ -953,21 +953,29 @@ async fn start(args: StartArgs) -> Result<()> {
     if !connected {
         // It never served (a wrong fingerprint, an unreachable QUIC port, a
         // ctrl-c while retrying): each failed try would leave a tunnel behind.
+        // (Under `--monitor` it counts as served: the monitor says itself.)
         forget_unserved(&api, &id).await;
-    } else if !args.monitor {
-        eprintln!("To serve the same URL again: hookway tunnels connect {id} {}", args.port);
+    } else if served.is_ok() && !args.monitor {
+        // Stopped here (ctrl-c); an end the server chose says what to do.
+        eprintln!("To serve the same URL again: {} tunnels connect {id} {}", own_command(), args.port);
     }
     served
 }
 
-/// Deletes a tunnel `start` created that no client ever served, saying so.
+/// Deletes a tunnel `start` created that no client ever served, saying so;
+/// briefly, since the server may be what could not be reached.
 async fn forget_unserved(api: &ApiClient, id: &str) {
-    match api.call(Method::DELETE, &format!("/api/tunnels/{id}"), None).await {
-        Ok(_) => eprintln!("Deleted tunnel {id}: it was never connected."),
-        Err(err) => {
-            eprintln!("Tunnel {id} was never connected, and deleting it failed ({err}): `hookway tunnels delete {id}`")
-        }
-    }
+    let path = format!("/api/tunnels/{id}");
+    let delete = api.call(Method::DELETE, &path, None);
+    let failed = match tokio::time::timeout(Duration::from_secs(5), delete).await {
+        Ok(Ok(_)) => return eprintln!("Deleted tunnel {id}: it was never connected."),
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => "no answer within 5 s".to_owned(),
+    };
+    eprintln!(
+        "Tunnel {id} was never connected, and deleting it failed ({failed}): `{} tunnels delete {id}`",
+        own_command()
+    );
 }
 
 /// Why `subdomain` cannot be had, and what to do: serve this organization's
@@ -1046,7 +1054,8 @@ async fn serve(
                 if [close::TOKEN_REVOKED, close::DISCONNECTED].iter().any(|&c| why == close::describe(c)));
             if again {
                 Err(anyhow::anyhow!(
-                    "{err}\nTo serve it again (with a new token, through your API key): hookway tunnels connect {id} {port}"
+                    "{err}\nTo serve it again (with a new token, through your API key): {} tunnels connect {id} {port}",
+                    own_command()
                 ))
             } else {
                 Err(anyhow::anyhow!("{err}"))

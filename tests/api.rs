@@ -378,6 +378,11 @@ async fn a_changed_hookway_api_key_replaces_the_one_it_set_before() {
     assert_eq!(status(&second, "first-key").await, 401, "the previous HOOKWAY_API_KEY still works");
     assert_eq!(status(&second, &made).await, 200, "a key made with `keys create` is kept");
     let dir = second.stop().await;
+    // A start given a key the store already has (one made by `keys create`,
+    // exported for the CLI) replaces nothing.
+    let existing = TestServer::start_in(dir, |c| c.api_key = Some(made.clone())).await;
+    assert_eq!(status(&existing, "second-key").await, 200, "an existing key retired the environment's");
+    let dir = existing.stop().await;
     let unset = TestServer::start_in(dir, |c| c.api_key = None).await;
     assert_eq!(status(&unset, "second-key").await, 200, "a start without the variable keeps the last one");
 }

@@ -361,7 +361,7 @@ async fn an_upload_goes_on_after_an_early_answer() {
 /// of the caller's connection.
 #[tokio::test]
 async fn an_upload_whose_caller_stalls_after_an_early_answer_is_ended() {
-    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(400)).await;
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_secs(1)).await;
     let s = Setup::with_server(server).await;
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();

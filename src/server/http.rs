@@ -77,12 +77,10 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
     if req.version() == Version::HTTP_2 {
         join_cookies(req.headers_mut());
     }
-    // Refused before routing, but in the API's own error form on its paths.
-    let api = is_api_path(req.uri().path());
     if req.headers().len() > MAX_REQUEST_HEADERS {
         let lines = header_lines(req.headers());
         if lines > MAX_REQUEST_HEADERS {
-            return too_many_headers(api, lines);
+            return too_many_headers(api_form(&state, &req), lines);
         }
     }
     if req.method() == Method::CONNECT {
@@ -96,7 +94,8 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
     }
     let host = match request_host(&req) {
         Ok(host) => host,
-        Err(why) => return refused(api, StatusCode::BAD_REQUEST, "bad-request", why),
+        // (Which host it was for is unknown: by its path alone.)
+        Err(why) => return refused(is_api_path(req.uri().path()), StatusCode::BAD_REQUEST, "bad-request", why),
     };
     match host.map_or(HostRoute::Elsewhere, |host| state.host_route(host)) {
         HostRoute::Tunnel(sub) => {
@@ -131,7 +130,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         let sub = sub.to_owned();
         return gateway::upgrade(state, &sub, req, peer).await;
     }
-    if api {
+    if is_api_path(path) {
         return api::handle(state, req, peer).await;
     }
     match path {
@@ -187,7 +186,7 @@ pub(super) fn without_userinfo(authority: &http::uri::Authority) -> &str {
 /// Header lines, `cookie` counted once: an HTTP/1 caller's several `Cookie`
 /// lines as the one an HTTP/2 caller's cookie fields are joined into (see
 /// [`handle`]), so the limit is the same over both.
-fn header_lines(headers: &http::HeaderMap) -> usize {
+pub(super) fn header_lines(headers: &http::HeaderMap) -> usize {
     let cookies = headers.get_all(http::header::COOKIE).iter().count();
     headers.len() - cookies.saturating_sub(1)
 }
@@ -197,6 +196,15 @@ fn header_lines(headers: &http::HeaderMap) -> usize {
 /// Whether `path` is the REST API's.
 fn is_api_path(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
+}
+
+/// Whether a request refused before routing is answered in the API's error
+/// form: it is for the API's paths, on a host that is not a tunnel's (with
+/// `--domain`, `{sub}.{domain}/api/…` is the app's path, and the caller must
+/// tell the edge's answer from the app's by its `x-hookway-error`).
+fn api_form<B>(state: &State, req: &Request<B>) -> bool {
+    let tunnel = |host| !matches!(state.host_route(host), HostRoute::Elsewhere);
+    is_api_path(req.uri().path()) && !request_host(req).ok().flatten().is_some_and(tunnel)
 }
 
 /// An error refused before routing: in the edge's form, or as the REST API

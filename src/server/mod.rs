@@ -652,15 +652,19 @@ fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<KeySou
     let s = store.blocking();
     if let Some(key) = configured {
         let hash = names::hash_secret(key);
-        if s.find_api_key(&hash)?.is_none() {
-            let org_id = s.ensure_org(DEFAULT_ORG)?;
-            s.insert_api_key(&ApiKeyRecord {
-                id: names::api_key_id(),
-                org_id,
-                key_hash: hash,
-                prefix: ENV_KEY_PREFIX.into(),
-            })?;
+        // A key the store already has (the same value again, or one made by
+        // `keys create` and exported for the CLI in the server's shell)
+        // retires nothing: only a new value replaces the one before.
+        if s.find_api_key(&hash)?.is_some() {
+            return Ok(KeySource::Environment { retired: 0 });
         }
+        let org_id = s.ensure_org(DEFAULT_ORG)?;
+        s.insert_api_key(&ApiKeyRecord {
+            id: names::api_key_id(),
+            org_id,
+            key_hash: hash,
+            prefix: ENV_KEY_PREFIX.into(),
+        })?;
         let retired = s.retire_env_api_keys(&hash)?;
         if retired > 0 {
             tracing::info!(retired, "HOOKWAY_API_KEY changed: the key it set before no longer works");

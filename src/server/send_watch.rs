@@ -10,8 +10,16 @@
 //! for [`HttpLimits::send_timeout`](super::listener::HttpLimits::send_timeout)
 //! is closed, as nginx's `send_timeout` does: what it held goes with it.
 //!
-//! Only the time between two writes that make progress counts, so a slow
-//! reader that keeps reading is never cut, however long its answer takes.
+//! Only the time between two writes that make progress counts, so a reader
+//! that keeps reading is not cut, however long its answer takes, as long as
+//! it frees room in the socket within the timeout: Linux wakes a writer once
+//! a third of the send buffer (up to 4 MiB) has drained, so below about
+//! 46 KB/s even a reader that reads can go 30 s without a write passing.
+//!
+//! What it does not see: an HTTP/2 caller that stops reading one stream but
+//! not its connection. HTTP/2's own flow control then stops hyper from
+//! writing that stream, and the socket never blocks. (Left for later: a
+//! deadline on hyper's polls of each response body.)
 
 use std::io;
 use std::sync::Arc;

@@ -118,6 +118,7 @@ impl Outbox {
         let cost = |len: usize| u32::try_from(len).unwrap_or(u32::MAX).clamp(1, self.budget_bytes);
         let mut budget = self.budget.clone().acquire_many_owned(cost(bound)).await.map_err(|_| Closed)?;
         let text = build();
+        debug_assert!(text.len() <= bound.max(1), "a message of {} bytes over its bound of {bound}", text.len());
         let spare = budget.num_permits().saturating_sub(cost(text.len()) as usize);
         drop(budget.split(spare));
         parcel.put(Outgoing { message: Message::text(text), budget });
