@@ -537,12 +537,7 @@ async fn localhost_reaches_an_app_on_either_loopback_address() {
 /// which lets go of both.
 #[tokio::test]
 async fn callers_who_stop_reading_do_not_hold_the_tunnel() {
-    let server = TestServer::start_with(|c| {
-        c.request_timeout = Duration::from_secs(8);
-        c.http.send_timeout = Duration::from_millis(500);
-    })
-    .await;
-    let s = Setup::with_server(server).await;
+    let s = send_timeout_setup().await;
     let app = spawn_app().await;
     let (ws, _) = ws_client(&s.server, app.port()).await;
     // Over QUIC, eight 8 MiB stream windows: twice the connection's 32 MiB.
@@ -575,4 +570,43 @@ async fn callers_who_stop_reading_do_not_hold_the_tunnel() {
             );
         }
     }
+}
+
+/// An HTTP/2 caller that leaves its answers unread but keeps its connection
+/// going never blocks the edge's socket (HTTP/2's flow control stops the
+/// writes first), yet its answers held the tunnel's QUIC window all the same.
+/// Each such answer is dropped once hyper has left it untaken for the send
+/// timeout; the tunnel's other requests go through.
+#[tokio::test]
+async fn http2_callers_who_stop_reading_do_not_hold_the_tunnel() {
+    let s = send_timeout_setup().await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    // Eight streams of one connection, answers never read: past the QUIC
+    // connection's window (eight 8 MiB stream windows against 32 MiB).
+    let mut unread = Vec::new();
+    for _ in 0..8 {
+        let resp = h2.get(s.url(&format!("/zeros?n={}", 64 << 20))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        unread.push(resp);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let resp = http().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+    // The unread answers were cut short, not left open.
+    for resp in unread {
+        let got = tokio::time::timeout(Duration::from_secs(10), resp.bytes()).await.unwrap();
+        assert!(got.is_err(), "an answer left unread was kept whole");
+    }
+}
+
+/// A tunnel on a server whose send timeout is short (500 ms), its request
+/// timeout long enough (8 s) for a blocked request to outlast it.
+async fn send_timeout_setup() -> Setup {
+    let server = TestServer::start_with(|c| {
+        c.request_timeout = Duration::from_secs(8);
+        c.http.send_timeout = Duration::from_millis(500);
+    })
+    .await;
+    Setup::with_server(server).await
 }

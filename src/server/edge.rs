@@ -18,7 +18,7 @@ use super::caller_pace::{CallerPaced, Pace};
 use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport};
-use super::{State, gateway};
+use super::{State, gateway, untaken};
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
@@ -103,11 +103,24 @@ where
             tokio::time::timeout_at(deadline, exchange.instrument(span)).await.unwrap_or_else(|_| timed_out(timeout))
         }
     };
+    // An HTTP/2 caller may leave one answer unread while its connection goes
+    // on, which the socket's watch does not see (see `untaken`). Answers
+    // small enough for HTTP/2's first window never wait on it.
+    let small = http_body::Body::size_hint(resp.body()).upper().is_some_and(|n| n <= UNTAKEN_MIN);
+    let resp = if parts.version == http::Version::HTTP_2 && !small {
+        resp.map(|body| untaken::watch(body, state.config.http.send_timeout))
+    } else {
+        resp
+    };
     match tap {
         Some(tap) => tap.response(resp),
         None => resp,
     }
 }
+
+/// The largest answer that goes to an HTTP/2 caller without a deadline on
+/// its being taken: HTTP/2's initial stream window (65,535 bytes) holds it.
+const UNTAKEN_MIN: u64 = 65_535;
 
 /// How long the edge waits for the body of a request to an offline tunnel.
 const OFFLINE_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -21,6 +21,7 @@ pub mod requests_api;
 mod routes;
 mod send_watch;
 pub mod session;
+mod untaken;
 pub mod webhooks_api;
 
 use std::net::SocketAddr;

@@ -18,8 +18,8 @@
 //!
 //! What it does not see: an HTTP/2 caller that stops reading one stream but
 //! not its connection. HTTP/2's own flow control then stops hyper from
-//! writing that stream, and the socket never blocks. (Left for later: a
-//! deadline on hyper's polls of each response body.)
+//! writing that stream, and the socket never blocks: [`super::untaken`]
+//! watches those answers instead.
 
 use std::io;
 use std::sync::Arc;
