@@ -365,6 +365,9 @@ struct StartArgs {
     /// that one again (`tunnels connect`).
     #[arg(long)]
     subdomain: Option<String>,
+    /// Group label of the new tunnel, for webhooks that subscribe to one group.
+    #[arg(long)]
+    group: Option<String>,
     /// Full-screen view of the requests (live list, details, replay) instead of a line per request.
     ///
     /// Keys: ↑/↓ or k/j select, Home/End newest/oldest, PgUp/PgDn scroll the detail, r replays the selected
@@ -924,7 +927,8 @@ async fn start(args: StartArgs) -> Result<()> {
     }
     let name = args.name.unwrap_or_else(|| format!("localhost:{}", args.port));
     let quiet = args.client.json || args.monitor;
-    let (id, token, ws_url) = match api.create_tunnel(&name, args.subdomain.as_deref()).await {
+    let (id, token, ws_url) = match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref()).await
+    {
         Ok(created) => {
             if !quiet {
                 println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);

@@ -173,7 +173,7 @@ async fn tunnels_start_is_start() {
     let server = TestServer::start().await;
     let app = spawn_app().await;
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
-    cmd.args(["tunnels", "start", &app.port().to_string(), "--json", "--name", "seed-verb"])
+    cmd.args(["tunnels", "start", &app.port().to_string(), "--json", "--name", "seed-verb", "--group", "prod"])
         .env("HOOKWAY_SERVER", &server.url)
         .env("HOOKWAY_API_KEY", API_KEY);
     let (_child, _lines, connected) = spawn_connected(cmd).await;
@@ -184,6 +184,8 @@ async fn tunnels_start_is_start() {
     assert_eq!((echoed["method"].as_str(), echoed["body"].as_str()), (Some("POST"), Some("payload")), "{echoed}");
     let (code, out, _) = hookway(&["tunnels", "list"], Some(&server), Some(API_KEY)).await;
     assert!(code == 0 && out.contains("seed-verb") && out.contains("connected"), "{out}");
+    let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
+    assert_eq!(listed["tunnels"][0]["group"], "prod", "--group: {listed}");
 }
 
 /// Runs `hookway start <app port> --json` against `server`; returns the

@@ -103,12 +103,12 @@ async fn listings_line_up_whatever_the_values() {
     let refusing = receiver(400, "nope:\n  the payload\tlooks wrong").await;
     let id = create_webhook(
         &server,
-        json!({"url": format!("http://{refusing}/hook"), "events": ["tunnel.connected", "token.connected"]}),
+        json!({"url": format!("http://{refusing}/hook"), "events": ["tunnel.connected", "token.connected"], "name": "ops alerts"}),
     )
     .await;
     create_webhook(
         &server,
-        json!({"url": "http://127.0.0.1:9/a-much-longer-path/than-the-other", "events": ["tunnel.disconnected"], "enabled": false}),
+        json!({"url": "http://127.0.0.1:9/a-much-longer-path/than-the-other", "events": ["tunnel.disconnected"], "enabled": false, "group": "prod"}),
     )
     .await;
     let (tunnel, token, _) = create_tunnel(&server, None).await;
@@ -118,7 +118,9 @@ async fn listings_line_up_whatever_the_values() {
     let (code, out, err) = hookway(&["webhooks", "list"], &server).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    assert_aligned(&out, &["ID", "ENABLED", "URL", "EVENTS"], &["REQS/24H", "SUCCESS"]);
+    assert_aligned(&out, &["ID", "NAME", "GROUP", "ENABLED", "URL", "EVENTS"], &["REQS/24H", "SUCCESS"]);
+    assert!(out.lines().any(|l| l.contains("ops alerts")), "the name: {out}");
+    assert!(out.lines().any(|l| l.contains(" prod ")), "the group: {out}");
     assert!(out.contains("false") && out.contains("0%") && out.contains(&id), "{out}");
 
     let (code, out, err) = hookway(&["webhooks", "deliveries", &id], &server).await;

@@ -137,8 +137,11 @@ fn fields_json(fields: WebhookFields, body: &mut Map<String, Value>) -> Result<(
 fn list_row(w: &Value) -> Vec<String> {
     let rate = w["health"]["successRate24h"].as_f64().map_or("-".into(), |r| format!("{:.0}%", r * 100.0));
     let events: Vec<&str> = w["events"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let optional = |v: &Value| v.as_str().filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
     vec![
         text(&w["id"]),
+        optional(&w["name"]),
+        optional(&w["group"]),
         w["enabled"].as_bool().map_or("-".into(), |e| e.to_string()),
         w["health"]["requests24h"].as_u64().map_or("-".into(), |n| n.to_string()),
         rate,
@@ -230,6 +233,8 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
             let columns = [
                 ("ID", Align::Left),
+                ("NAME", Align::Left),
+                ("GROUP", Align::Left),
                 ("ENABLED", Align::Left),
                 ("REQS/24H", Align::Right),
                 ("SUCCESS", Align::Right),

@@ -154,9 +154,22 @@ impl ApiClient {
 
     /// `POST /api/tunnels`.
     pub async fn create_tunnel(&self, name: &str, subdomain: Option<&str>) -> Result<CreatedTunnel, ApiError> {
+        self.create_tunnel_in(name, subdomain, None).await
+    }
+
+    /// `POST /api/tunnels`, in `group` (for webhooks that subscribe to one).
+    pub async fn create_tunnel_in(
+        &self,
+        name: &str,
+        subdomain: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<CreatedTunnel, ApiError> {
         let mut body = serde_json::json!({ "name": name });
         if let Some(s) = subdomain {
             body["subdomain"] = Value::String(s.to_owned());
+        }
+        if let Some(g) = group {
+            body["group"] = Value::String(g.to_owned());
         }
         Self::typed(self.call(Method::POST, "/api/tunnels", Some(&body)).await?)
     }
