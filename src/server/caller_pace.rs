@@ -91,14 +91,7 @@ impl Pace {
     /// app holds it up) is not waiting on its caller. One timer at a time,
     /// about one wake-up per `limit` while the upload flows.
     pub async fn caller_stalls(&self, limit: Duration) {
-        loop {
-            let since = self.waits().since;
-            match since {
-                Some(since) if since.elapsed() >= limit => return,
-                Some(since) => tokio::time::sleep_until(since + limit).await,
-                None => tokio::time::sleep(limit).await,
-            }
-        }
+        super::held::held_for(limit, || self.waits().since).await;
     }
 }
 

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::held::held_for;
 use super::send_watch::{Blocked, send_watched};
 use super::{State, http};
 
@@ -337,9 +338,7 @@ where
     let mut conn = pin!(conn);
     let idle = tokio::time::sleep(limits.header_timeout);
     let mut idle = pin!(idle);
-    // Checked once per send timeout while writes flow, and at the end of a
-    // blocked run's timeout otherwise: one timer, seldom reset.
-    let stalled = tokio::time::sleep(limits.send_timeout);
+    let stalled = held_for(limits.send_timeout, || blocked.since());
     let mut stalled = pin!(stalled);
     let (mut seen, mut closing) = (0, false);
     loop {
@@ -352,16 +351,12 @@ where
                 return;
             }
             () = cut.cancelled() => return,
-            () = stalled.as_mut() => match blocked.since() {
-                Some(since) if since.elapsed() >= limits.send_timeout => {
-                    // Dropped, not shut down gracefully: that would wait on
-                    // the very writes that are blocked.
-                    tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose caller stopped reading");
-                    return;
-                }
-                Some(since) => stalled.as_mut().reset(since + limits.send_timeout),
-                None => stalled.as_mut().reset(Instant::now() + limits.send_timeout),
-            },
+            () = stalled.as_mut() => {
+                // Dropped, not shut down gracefully: that would wait on the
+                // very writes that are blocked.
+                tracing::debug!(timeout = ?limits.send_timeout, "closing a connection whose caller stopped reading");
+                return;
+            }
             () = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();

@@ -12,6 +12,7 @@ pub mod capture;
 pub mod clock;
 pub mod edge;
 pub mod gateway;
+mod held;
 pub mod http;
 pub mod listener;
 pub mod names;

@@ -24,6 +24,7 @@ use http_body_util::BodyExt;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::held::held_for;
 use super::http::{Body, BoxError};
 
 struct State {
@@ -39,22 +40,19 @@ pub fn watch(body: Body, limit: Duration) -> Body {
     let end = body.is_end_stream();
     let state = Arc::new(Mutex::new(State { body: Some(body), handed: None }));
     let weak = Arc::downgrade(&state);
+    // (Aborted when the body is dropped, so it never outlives the answer.)
     let watchdog = tokio::spawn(async move {
+        let handed = || weak.upgrade().and_then(|state| lock(&state).handed);
         loop {
-            let next = {
-                let Some(state) = weak.upgrade() else { return };
-                let mut state = lock(&state);
-                match state.handed {
-                    Some(at) if at.elapsed() >= limit => {
-                        tracing::debug!(?limit, "dropping an answer its HTTP/2 caller stopped reading");
-                        state.body = None;
-                        return;
-                    }
-                    Some(at) => at + limit,
-                    None => Instant::now() + limit,
-                }
-            };
-            tokio::time::sleep_until(next).await;
+            held_for(limit, handed).await;
+            // Under the lock, in case hyper polled in between.
+            let Some(state) = weak.upgrade() else { return };
+            let mut state = lock(&state);
+            if state.handed.is_some_and(|at| at.elapsed() >= limit) {
+                tracing::debug!(?limit, "dropping an answer its HTTP/2 caller stopped reading");
+                state.body = None;
+                return;
+            }
         }
     });
     Untaken { state, watchdog: watchdog.abort_handle(), hint, end }.boxed_unsync()
