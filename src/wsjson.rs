@@ -360,31 +360,60 @@ fn to_json(value: &impl Serialize, capacity: usize) -> String {
 
 /// `{"type":"request",…}` for the server to send.
 pub fn request(id: &str, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> String {
-    let (text, body_encoding) = json_body(body);
-    let msg = MessageOut {
-        head: Head::Request { id, method: method.as_str(), path },
-        headers: JsonHeaders::new(headers),
-        body: &text,
-        body_encoding,
-    };
-    to_json(&msg, 128 + path.len() + headers.len() * 48 + text.len() * 11 / 10)
+    RequestMessage::new(id, method, path, headers, body).build()
 }
 
-/// At least the length of [`request`]'s message for the same request,
-/// known before it is built, so that the gateway takes its room from the
-/// outbox's budget first: a body of control characters, valid UTF-8 that
-/// goes as text, grows sixfold as `\u0001` escapes, and messages built
-/// before their room was known held several times what the budget allows.
-/// Counts six bytes for each byte of the path and of the headers (the most
-/// any byte takes), and the body's exact length in the message.
-pub fn request_len_bound(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> usize {
-    let head: usize = headers.iter().map(|(k, v)| 8 + 6 * (k.as_str().len() + v.len())).sum();
-    let body = match std::str::from_utf8(body) {
-        Ok(text) => escaped_len(text.as_bytes()),
-        Err(_) => body.len().div_ceil(3) * 4,
-    };
-    // The fixed keys and the id, with room to spare.
-    256 + method.as_str().len() + 6 * path.len() + head + body
+/// A request message for the server to send, whose body's form (text when
+/// UTF-8, else base64) is decided once, for both its length bound and the
+/// message: the gateway takes the bound's room from its outbox's budget
+/// before it builds the message (see [`RequestMessage::len_bound`]).
+pub struct RequestMessage<'a> {
+    id: &'a str,
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    /// The body, when it goes as text.
+    text: Option<&'a str>,
+}
+
+impl<'a> RequestMessage<'a> {
+    /// The message of this request.
+    pub fn new(id: &'a str, method: &'a Method, path: &'a str, headers: &'a HeaderMap, body: &'a [u8]) -> Self {
+        Self { id, method, path, headers, body, text: std::str::from_utf8(body).ok() }
+    }
+
+    /// At least the message's length, known before it is built: a body of
+    /// control characters, valid UTF-8 that goes as text, grows sixfold as
+    /// `\u0001` escapes, and messages built before their room was known held
+    /// several times what the budget allows. Counts six bytes for each byte
+    /// of the path and of the headers (the most any byte takes), and the
+    /// body's exact length in the message.
+    pub fn len_bound(&self) -> usize {
+        let head: usize = self.headers.iter().map(|(k, v)| 8 + 6 * (k.as_str().len() + v.len())).sum();
+        let body = match self.text {
+            Some(text) => escaped_len(text.as_bytes()),
+            None => self.body.len().div_ceil(3) * 4,
+        };
+        // The fixed keys and the id, with room to spare.
+        256 + self.method.as_str().len() + 6 * self.path.len() + head + body
+    }
+
+    /// The message.
+    pub fn build(&self) -> String {
+        let (text, body_encoding) = match self.text {
+            Some(text) => (text.into(), None),
+            None => (std::borrow::Cow::Owned(B64.encode(self.body)), Some(BASE64)),
+        };
+        let (id, path, headers) = (self.id, self.path, self.headers);
+        let msg = MessageOut {
+            head: Head::Request { id, method: self.method.as_str(), path },
+            headers: JsonHeaders::new(headers),
+            body: &text,
+            body_encoding,
+        };
+        to_json(&msg, 128 + path.len() + headers.len() * 48 + text.len() * 11 / 10)
+    }
 }
 
 /// `{"type":"response",…}` for a client to send. A UTF-8 body goes as base64
@@ -568,8 +597,8 @@ mod tests {
         headers.insert("x-latin", HeaderValue::from_bytes(b"caf\xe9").unwrap());
         let bodies: [&[u8]; 5] = [b"", b"{\"a\":1}", &[1u8; 4096], &[0xff; 999], "\"\\\n\u{1}é".as_bytes()];
         for body in bodies {
-            let msg = request("req_123456", &Method::POST, "/a/b?c=\"d\"", &headers, body);
-            let bound = request_len_bound(&Method::POST, "/a/b?c=\"d\"", &headers, body);
+            let message = RequestMessage::new("req_123456", &Method::POST, "/a/b?c=\"d\"", &headers, body);
+            let (msg, bound) = (message.build(), message.len_bound());
             assert!(msg.len() <= bound, "{} > {bound}: {}", msg.len(), &msg[..msg.len().min(200)]);
         }
     }

@@ -217,9 +217,8 @@ where
     let (tx, rx) = oneshot::channel();
     link.lock_pending().insert(n, tx);
     let guard = PendingGuard { link, n, parcel: Arc::default() };
-    let bound = wsjson::request_len_bound(method, target, headers, &body);
-    let build = || wsjson::request(&id, method, target, headers, &body);
-    if link.outbox.post(&guard.parcel, bound, build).await.is_err() {
+    let message = wsjson::RequestMessage::new(&id, method, target, headers, &body);
+    if link.outbox.post(&guard.parcel, message.len_bound(), || message.build()).await.is_err() {
         return disconnected(subdomain);
     }
     drop(body);
