@@ -251,8 +251,7 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
         .ok_or_else(|| Attempt::Fatal(ClientError::Config(format!("cannot find a host in '{}'", config.server))))?;
     let target = match config.quic_addr.clone().or(info.quic_addr.clone()) {
         Some(addr) => addr,
-        None if base_host.contains(':') => format!("[{base_host}]:{}", info.quic_port),
-        None => format!("{base_host}:{}", info.quic_port),
+        None => forward::authority(&base_host, info.quic_port),
     };
     let addr: SocketAddr = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&target))
         .await

@@ -374,10 +374,9 @@ impl Server {
         let public_url = match &config.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {
-                let host =
-                    if http_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { http_addr.ip().to_string() };
-                let host = if host.contains(':') { format!("[{host}]") } else { host };
-                format!("http://{host}:{}", http_addr.port())
+                // (A socket address prints an IPv6 host in brackets.)
+                let ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
+                format!("http://{}", SocketAddr::new(ip, http_addr.port()))
             }
         };
         let public = PublicUrl::parse(&public_url)?;
