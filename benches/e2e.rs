@@ -25,8 +25,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod support;
 use support::{
-    API_KEY, ServerProcess, full, http_client, load, serve_app_if_asked, spawn_app, spawn_app_process, spawn_server,
-    spawn_server_with, wait_line,
+    API_KEY, ServerProcess, full, hookway_bin, http_client, load, serve_app_if_asked, spawn_app, spawn_app_process,
+    spawn_server, spawn_server_with, wait_line,
 };
 
 /// A tunnel client process serving one tunnel of the bench server.
@@ -38,7 +38,7 @@ struct Tunnel {
 /// Creates a tunnel and connects the real client to it, over QUIC or (`ws`)
 /// the WebSocket-JSON gateway.
 async fn start_tunnel(server: &ServerProcess, app_port: u16, ws: bool) -> Tunnel {
-    start_tunnel_with(env!("CARGO_BIN_EXE_hookway"), server, app_port, ws).await
+    start_tunnel_with(&hookway_bin(), server, app_port, ws).await
 }
 
 /// [`start_tunnel`] with another client binary.

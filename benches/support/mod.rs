@@ -44,6 +44,13 @@ pub async fn wait_line<R: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The `hookway` binary the benchmarks run as server and client: the one
+/// cargo built, or `HOOKWAY_BENCH_BIN`, so that two builds (another profile,
+/// another commit) can be compared with the same load generator and app.
+pub fn hookway_bin() -> String {
+    std::env::var("HOOKWAY_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookway").to_owned())
+}
+
 /// Starts `hookway server` on ephemeral ports and waits until it listens.
 pub async fn spawn_server() -> ServerProcess {
     spawn_server_with(&[]).await
@@ -52,7 +59,7 @@ pub async fn spawn_server() -> ServerProcess {
 /// [`spawn_server`] with extra command-line flags.
 pub async fn spawn_server_with(extra: &[&str]) -> ServerProcess {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+    let mut child = tokio::process::Command::new(hookway_bin())
         .args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(extra)
