@@ -1305,3 +1305,33 @@ async fn a_killed_server_reports_its_tunnels_disconnected_when_it_restarts() {
     );
     stop_client(client).await;
 }
+
+/// Issue: a second server started on a data dir in use took the first one's
+/// live sessions for those of a crashed run, and queued their `disconnected`
+/// webhooks (even when it then failed to bind a port), for tunnels still
+/// connected. It is now refused before it reads the dir.
+#[tokio::test]
+async fn a_second_server_on_a_data_dir_in_use_is_refused_and_changes_nothing() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
+
+    let mut second = ServerConfig::local(server.data_dir());
+    second.http_addr = "127.0.0.1:0".parse().unwrap();
+    second.quic_addr = "127.0.0.1:0".parse().unwrap();
+    fast(&mut second);
+    let err = hookway::server::Server::bind(second).await.err().expect("a second server on the dir is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("in use by another hookway server") && msg.contains("--data-dir"), "{msg}");
+
+    let queued: Vec<Value> =
+        deliveries(&server, &wh).await.into_iter().filter(|d| d["event"] != "tunnel.connected").collect();
+    assert!(queued.iter().all(|d| d["event"] == "token.connected"), "disconnects were queued: {queued:?}");
+    let (status, live) = call(&server, Method::GET, &format!("/api/tunnels/{tunnel_id}/status"), None).await;
+    assert_eq!((status, &live["liveStatus"]["connected"]), (StatusCode::OK, &json!(true)), "{live}");
+}

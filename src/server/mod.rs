@@ -10,6 +10,7 @@ pub mod api;
 mod caller_pace;
 pub mod capture;
 pub mod clock;
+mod dir_lock;
 pub mod edge;
 pub mod gateway;
 mod held;
@@ -146,6 +147,9 @@ pub enum ServerError {
     /// Store error.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The data dir is another server's, or cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] dir_lock::DirLockError),
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -355,12 +359,16 @@ pub struct Server {
     quic_addr: SocketAddr,
     grace: Duration,
     key_source: KeySource,
+    /// Held until [`Server::run`] returns (or its future is dropped).
+    dir_lock: dir_lock::DirLock,
 }
 
 impl Server {
     /// Opens the store, prepares TLS and binds both listeners.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.http.validate().map_err(ServerError::Config)?;
+        // First: nothing of the dir may be read or changed while another server has it.
+        let dir_lock = dir_lock::DirLock::acquire(&config.data_dir)?;
         let store = StoreHandle::new(SqliteStore::open_in(&config.data_dir)?);
         let registry = Registry::default();
         for record in store.blocking().load_tunnels()? {
@@ -449,7 +457,7 @@ impl Server {
             capture: Arc::new(Capture::new(config.capture.clone())),
             in_flight,
         });
-        Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, key_source })
+        Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, key_source, dir_lock })
     }
 
     /// Bound HTTP address.
@@ -494,7 +502,7 @@ impl Server {
     /// in flight get the shutdown grace to finish, unless the stop is cut
     /// short (a plain `CancellationToken` never cuts it).
     pub async fn run(self, shutdown: impl Into<Shutdown>) {
-        let Server { state, http, quic, grace, .. } = self;
+        let Server { state, http, quic, grace, dir_lock, .. } = self;
         let stop: Shutdown = shutdown.into();
         let (shutdown, cut) = (stop.stop_token().clone(), stop.cut_token().clone());
         let tracker = state.tasks.clone();
@@ -543,6 +551,7 @@ impl Server {
         let _ = capture.await;
         let _ = flusher.await;
         state.flush_counters().await;
+        drop(dir_lock);
         tracing::info!("server stopped");
     }
 }

@@ -19,6 +19,17 @@ pub use requests::{CapturedBody, CapturedPart, RequestRecord};
 pub use sqlite::SqliteStore;
 pub use webhooks::{DeliveryRecord, DeliveryState, Health, LiveMark, WebhookRecord};
 
+/// Creates `dir` and its parents if missing, the dir itself readable by this
+/// user only (0700): it holds the database, with webhook signing keys, and
+/// the TLS key.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

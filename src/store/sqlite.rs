@@ -94,11 +94,8 @@ impl SqliteStore {
     /// A directory it creates is its owner's only (0700 on Unix): it holds
     /// the databases, and beside them the TLS key.
     pub fn open_in(dir: &Path) -> Result<Self, StoreError> {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
+        super::create_private_dir(dir)
+            .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", dir.display())))?;
         Self::open(&Self::path_in(dir))
     }
 
