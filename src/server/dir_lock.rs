@@ -11,7 +11,9 @@
 //! `hookway keys` commands do not take it: they are meant to run beside the
 //! server, and SQLite keeps their writes consistent with its own.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
+
+use fs4::TryLockError;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -59,7 +61,9 @@ impl DirLock {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&path).map_err(open)?;
-        match file.try_lock() {
+        // fs4's, not std's `File::try_lock`: that one needs Rust 1.89, and the
+        // crate builds with 1.85 (Debian's).
+        match fs4::FileExt::try_lock(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut text = String::new();

@@ -413,6 +413,12 @@ impl Server {
         // Before any client can connect: a session of this run must not be
         // taken for one the previous run left behind.
         let owed = notifier.settle_previous_run()?;
+        if owed.released > 0 {
+            tracing::info!(
+                deliveries = owed.released,
+                "webhook deliveries the previous run was attempting when it stopped are retried now"
+            );
+        }
         if owed.deliveries > 0 {
             tracing::warn!(
                 events = owed.events,

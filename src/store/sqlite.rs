@@ -48,7 +48,7 @@ CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 
 /// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
 /// many a database has had, so an older data dir upgrades in place.
-const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3];
+const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3, wh::MIGRATION_4];
 
 /// Schema version 2: per-tunnel body capture switch.
 const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
@@ -377,6 +377,10 @@ impl Store for SqliteStore {
 
     fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError> {
         self.with(|c| wh::lease_deliveries(c, ids, until_ms))
+    }
+
+    fn release_leases(&self) -> Result<usize, StoreError> {
+        self.with(|c| wh::release_leases(c))
     }
 
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {

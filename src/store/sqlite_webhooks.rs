@@ -158,11 +158,15 @@ pub(super) fn insert_delivery_rows(tx: &Connection, deliveries: &[DeliveryRecord
     Ok(())
 }
 
-/// Moves the due time of `ids` to `until_ms`, in one transaction.
+/// Schema version 4: whether a delivery's due time is a lease (an attempt
+/// was started) rather than its schedule, so a restart can tell the two apart.
+pub(super) const MIGRATION_4: &str = "ALTER TABLE deliveries ADD COLUMN leased INTEGER NOT NULL DEFAULT 0;";
+
+/// Moves the due time of `ids` to `until_ms`, marked as a lease, in one transaction.
 pub(super) fn lease_deliveries(c: &mut Connection, ids: &[String], until_ms: i64) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
     {
-        let mut stmt = tx.prepare_cached("UPDATE deliveries SET next_attempt_ms = ?2 WHERE id = ?1")?;
+        let mut stmt = tx.prepare_cached("UPDATE deliveries SET next_attempt_ms = ?2, leased = 1 WHERE id = ?1")?;
         for id in ids {
             stmt.execute(params![id, until_ms])?;
         }
@@ -170,11 +174,20 @@ pub(super) fn lease_deliveries(c: &mut Connection, ids: &[String], until_ms: i64
     tx.commit()
 }
 
+/// Makes the pending deliveries whose attempt a previous run started, and
+/// never recorded, due at once, in the order of their events; returns how many.
+pub(super) fn release_leases(c: &Connection) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE deliveries SET next_attempt_ms = created_ms, leased = 0 WHERE leased = 1 AND state = 'pending'",
+        [],
+    )
+}
+
 /// Records the outcome of an attempt (every mutable column of the delivery).
 pub(super) fn update_delivery(c: &Connection, d: &DeliveryRecord) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_ms = ?4, last_status = ?5, last_response = ?6,
-             last_error = ?7, duration_ms = ?8, updated_ms = ?9
+             last_error = ?7, duration_ms = ?8, updated_ms = ?9, leased = 0
          WHERE id = ?1",
         params![
             d.id,

@@ -16,7 +16,8 @@ impl Notifier {
     /// Queues the disconnects that the previous process announced a connect
     /// for and died before sending (a crash, a power loss, an OOM kill), and
     /// clears its marks, in one transaction; returns how many events, and how
-    /// many deliveries they make.
+    /// many deliveries they make. First, the deliveries it was attempting are
+    /// made due at once (see [`crate::store::Store::release_leases`]).
     ///
     /// Blocking: for start-up, before the notifier runs and before any client
     /// can connect, so no new event moves a mark meanwhile. The events go
@@ -27,9 +28,10 @@ impl Notifier {
     /// after the connect and before any new one.
     pub fn settle_previous_run(&self) -> Result<Settled, StoreError> {
         let store = self.store.blocking();
+        let released = store.release_leases()?;
         let marks = store.live_marks()?;
         if marks.is_empty() {
-            return Ok(Settled::default());
+            return Ok(Settled { released, ..Settled::default() });
         }
         let at = OffsetDateTime::now_utc();
         let mut events = Vec::new();
@@ -47,7 +49,7 @@ impl Notifier {
         let rows = self.deliveries_for(&events);
         let cleared: Vec<LiveMark> = marks.into_iter().map(|m| LiveMark { open: -m.open, ..m }).collect();
         store.record_events(&rows, &cleared)?;
-        Ok(Settled { events: events.len(), deliveries: rows.len() })
+        Ok(Settled { events: events.len(), deliveries: rows.len(), released })
     }
 }
 
@@ -58,6 +60,8 @@ pub struct Settled {
     pub events: usize,
     /// The deliveries queued for them: none when no webhook listens.
     pub deliveries: usize,
+    /// Deliveries the previous run was attempting when it stopped, due again at once.
+    pub released: usize,
 }
 
 /// How a batch of events moves the live marks: every event counts, whether or
