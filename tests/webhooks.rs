@@ -1197,6 +1197,25 @@ async fn call_at(url: &str, method: Method, path: &str, body: Option<Value>) -> 
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A tunnel client of the server at `url` (a process), in a task.
+fn client_at(url: &str, tunnel_id: &str, token: &str, port: u16) -> TestClient {
+    let config = hookway::client::ClientConfig {
+        server: url.to_owned(),
+        tunnel_id: tunnel_id.to_owned(),
+        token: token.to_owned(),
+        local_host: "127.0.0.1".into(),
+        local_port: port,
+        fingerprint: None,
+        quic_addr: None,
+        ws_url: None,
+        busy_poll: Duration::ZERO,
+    };
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), stop.clone()));
+    TestClient { events, shutdown: stop, task, tunnel_url: String::new(), host_url: None }
+}
+
 /// Issue: a server killed with tunnels connected (`kill -9`, power loss, OOM)
 /// never told subscribers they went down; after a restart the API said
 /// disconnected, the receiver had only heard "Connected", and the client's
@@ -1218,22 +1237,7 @@ async fn a_killed_server_reports_its_tunnels_disconnected_when_it_restarts() {
     let token_id = expected_token_id(&token);
 
     let app = spawn_app().await;
-    let config = hookway::client::ClientConfig {
-        server: url.clone(),
-        tunnel_id: tunnel_id.clone(),
-        token,
-        local_host: "127.0.0.1".into(),
-        local_port: app.port(),
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: None,
-        busy_poll: Duration::ZERO,
-    };
-    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let client_task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), stop.clone()));
-    let mut client =
-        TestClient { events, shutdown: stop, task: client_task, tunnel_url: String::new(), host_url: None };
+    let mut client = client_at(&url, &tunnel_id, &token, app.port());
     client.wait_connected().await;
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
@@ -1334,4 +1338,54 @@ async fn a_second_server_on_a_data_dir_in_use_is_refused_and_changes_nothing() {
     assert!(queued.iter().all(|d| d["event"] == "token.connected"), "disconnects were queued: {queued:?}");
     let (status, live) = call(&server, Method::GET, &format!("/api/tunnels/{tunnel_id}/status"), None).await;
     assert_eq!((status, &live["liveStatus"]["connected"]), (StatusCode::OK, &json!(true)), "{live}");
+}
+
+/// Issue: a delivery whose attempt a crash cut short kept its lease after the
+/// restart (the attempt timeout and 30 s), so its event reached the receiver
+/// after the events that followed it. The restart now retries it at once.
+#[tokio::test]
+async fn an_attempt_cut_short_by_a_crash_is_retried_at_once_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = server_process("127.0.0.1:0", dir.path()).await;
+    let receiver = Receiver::start(|i, _| if i == 0 { Reply::Hang } else { Reply::Status(200) }).await;
+    let hook = json!({ "url": receiver.url(), "events": ["tunnel.connected"] });
+    let (status, created) = call_at(&url, Method::POST, "/api/webhooks", Some(hook)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, created) = call_at(&url, Method::POST, "/api/tunnels", Some(json!({ "name": "cut" }))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (tunnel_id, token) = (created["tunnel"]["id"].as_str().unwrap(), created["authToken"].as_str().unwrap());
+    let app = spawn_app().await;
+    let mut client = client_at(&url, tunnel_id, token, app.port());
+    client.wait_connected().await;
+    // The first attempt reached the receiver, which holds it.
+    let held = receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await[0].msg_id().to_owned();
+    stop_client(client).await;
+
+    server.start_kill().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.wait()).await.expect("the server dies").unwrap();
+    let (mut server, _) = server_process(url.trim_start_matches("http://"), dir.path()).await;
+    let again = receiver.wait_for(Duration::from_secs(5), |rs| rs[1..].iter().any(|r| r.msg_id() == held)).await;
+    assert!(again[1..].iter().any(|r| r.msg_id() == held), "not retried at once: {:?}", receiver.summary());
+    server.start_kill().unwrap();
+}
+
+/// Issue: a batch of events the store refused (a full disk) was logged and
+/// dropped, so its webhooks never heard of those connects. It is now kept and
+/// written again until the store takes it.
+#[tokio::test]
+async fn events_the_store_refuses_for_a_while_are_delivered_once_it_takes_them() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    // The database refuses the outbox's rows, as a full disk would.
+    let db = rusqlite::Connection::open(server.data_dir().join("hookway.db")).unwrap();
+    db.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON deliveries BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    let app = spawn_app().await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(receiver.requests().is_empty(), "written while refused: {:?}", receiver.summary());
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
 }

@@ -43,6 +43,10 @@ pub const MAX_IN_FLIGHT: usize = 512;
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long finished deliveries are kept (the API shows the last 24 h).
 pub const RETENTION: Duration = Duration::from_secs(48 * 3600);
+/// First wait before writing again a batch of events the store refused.
+const RETRY_WRITE: Duration = Duration::from_millis(500);
+/// Longest such wait.
+const MAX_RETRY_WRITE: Duration = Duration::from_secs(30);
 /// Extra time a lease allows beyond the attempt timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -177,13 +181,32 @@ impl Notifier {
     }
 
     /// Turns events into delivery rows, a batch per transaction.
+    ///
+    /// A batch the store refuses (a full disk, a locked file) is kept and
+    /// written again, with what arrived meanwhile, every [`RETRY_WRITE`] at
+    /// first and then less often: the events are few and small, and each one
+    /// lost is a notification nobody gets. Only a stop while the store still
+    /// refuses loses them, and says so.
     async fn write_outbox(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Emitted>, shutdown: CancellationToken) {
+        let mut batch: Vec<Emitted> = Vec::new();
+        let mut backoff = RETRY_WRITE;
         loop {
-            let first = tokio::select! {
-                e = queue.recv() => e,
-                _ = shutdown.cancelled() => None,
+            let stopping = if batch.is_empty() {
+                tokio::select! {
+                    e = queue.recv() => {
+                        let closed = e.is_none();
+                        batch.extend(e);
+                        closed
+                    }
+                    _ = shutdown.cancelled() => true,
+                }
+            } else {
+                // The refused batch again, with what arrived meanwhile.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => false,
+                    _ = shutdown.cancelled() => true,
+                }
             };
-            let mut batch: Vec<Emitted> = first.into_iter().collect();
             while let Ok(e) = queue.try_recv() {
                 batch.push(e);
             }
@@ -193,11 +216,30 @@ impl Notifier {
             let rows = self.deliveries_for(&batch);
             let changes = owed::live_changes(&batch);
             let n = rows.len();
-            if let Err(err) = self.store.run(move |s| s.record_events(&rows, &changes)).await {
-                tracing::error!(%err, deliveries = n, "could not write webhook deliveries to the outbox");
+            match self.store.run(move |s| s.record_events(&rows, &changes)).await {
+                Ok(()) => {
+                    if backoff > RETRY_WRITE {
+                        tracing::info!(events = batch.len(), "webhook deliveries written to the outbox after all");
+                    }
+                    batch.clear();
+                    backoff = RETRY_WRITE;
+                    if n > 0 {
+                        self.wake.notify_one();
+                    }
+                }
+                Err(err) if stopping => {
+                    let events = batch.len();
+                    tracing::error!(%err, events, deliveries = n, "stopping: webhook deliveries the outbox refused are lost");
+                    return;
+                }
+                Err(err) => {
+                    let events = batch.len();
+                    tracing::error!(%err, events, deliveries = n, retry_in = ?backoff, "cannot write webhook deliveries to the outbox: kept, to try again");
+                    backoff = (backoff * 2).min(MAX_RETRY_WRITE);
+                }
             }
-            if n > 0 {
-                self.wake.notify_one();
+            if stopping {
+                return;
             }
         }
     }
