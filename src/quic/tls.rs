@@ -46,6 +46,16 @@ pub enum TlsError {
         /// Why.
         what: String,
     },
+    /// One file of the generated certificate is there, the other is not.
+    #[error(
+        "{missing} is missing, but {present} is there: restore it, or delete {present} too to have a new certificate generated (clients that pinned the old one's fingerprint will then refuse the new one)"
+    )]
+    HalfIdentity {
+        /// The file not found.
+        missing: PathBuf,
+        /// The file left.
+        present: PathBuf,
+    },
     /// Generating the self-signed certificate failed.
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -128,7 +138,15 @@ impl Identity {
     pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
-        if !cert_path.exists() || !key_path.exists() {
+        // Both or neither: generating a pair when one file is left would
+        // overwrite it, and a new certificate changes the fingerprint that
+        // clients may have pinned.
+        match (cert_path.exists(), key_path.exists()) {
+            (true, false) => return Err(TlsError::HalfIdentity { missing: key_path, present: cert_path }),
+            (false, true) => return Err(TlsError::HalfIdentity { missing: cert_path, present: key_path }),
+            _ => {}
+        }
+        if !cert_path.exists() {
             let io = |path: &Path| {
                 let path = path.to_path_buf();
                 move |source| TlsError::Io { path, source }
@@ -487,6 +505,30 @@ mod tests {
         let err = Identity::from_pem_files(&a.join("cert.pem"), &b.join("key.pem")).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
         assert!(err.to_string().ends_with("cannot be used together: the key is not the certificate's"), "{err}");
+    }
+
+    /// Issue: with one of the two files gone, a start generated a new pair
+    /// over the one left, silently changing the fingerprint clients pin. Now
+    /// it stops and says which is missing, and both files stay as they were.
+    #[test]
+    fn a_lone_certificate_or_key_is_an_error_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = Identity::self_signed_in(dir.path(), &[]).unwrap().fingerprint();
+        for (gone, left) in [("cert.pem", "key.pem"), ("key.pem", "cert.pem")] {
+            let (gone, left) = (dir.path().join(gone), dir.path().join(left));
+            let (kept, before) = (std::fs::read(&gone).unwrap(), std::fs::read(&left).unwrap());
+            std::fs::remove_file(&gone).unwrap();
+            let err = Identity::self_signed_in(dir.path(), &[]).expect_err("a lone file is an error");
+            assert!(matches!(err, TlsError::HalfIdentity { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("{} is missing, but {} is there", gone.display(), left.display())),
+                "{msg}"
+            );
+            assert!(!gone.exists() && std::fs::read(&left).unwrap() == before, "{} was changed", left.display());
+            std::fs::write(&gone, kept).unwrap();
+            assert_eq!(Identity::self_signed_in(dir.path(), &[]).unwrap().fingerprint(), fingerprint);
+        }
     }
 
     /// The reset key survives restarts; a damaged one is replaced rather
