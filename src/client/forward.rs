@@ -215,16 +215,22 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
         // draw on every poll, about 1% of the client's CPU at concurrency 64).
         biased;
         r = app.client.request(req) => r,
-        code = writer.stopped() => {
+        stopped = writer.stopped() => {
             log.duration = started.elapsed();
-            log.error = Some(match code {
-                Some(close::REQUEST_TIMEOUT) => {
+            log.error = Some(match stopped {
+                Ok(Some(close::REQUEST_TIMEOUT)) => {
                     "no answer in time: the server answered the caller 504 (its --request-timeout)".into()
                 }
-                Some(close::BODY_TIMEOUT) => "the caller's body stopped arriving: the server answered the caller 408 \
-                     (its --request-timeout); the app got part of it at most"
+                Ok(Some(close::BODY_TIMEOUT)) => "the caller's body stopped arriving: the server answered the caller \
+                     408 (its --request-timeout); the app got part of it at most"
                     .into(),
-                _ => "the caller went away".into(),
+                Ok(_) => "the caller went away".into(),
+                // This client's stop (the drain after ctrl-c ran out) or the
+                // end of its session: not the caller's doing.
+                Err(quinn::StoppedError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
+                    "not answered before this client stopped".into()
+                }
+                Err(_) => "the connection to the server ended before the app answered".into(),
             });
             return Some(log);
         }

@@ -283,10 +283,11 @@ impl FrameWriter {
         Ok(())
     }
 
-    /// Resolves when the peer no longer wants what we send (it stopped reading,
-    /// or the connection is gone), with the peer's stop code if it gave one.
-    pub async fn stopped(&self) -> Option<quinn::VarInt> {
-        self.send.stopped().await.ok().flatten()
+    /// Resolves when the peer no longer wants what we send: with its stop
+    /// code if it stopped reading (none once all was sent and acknowledged),
+    /// or why the connection is gone.
+    pub async fn stopped(&self) -> Result<Option<quinn::VarInt>, quinn::StoppedError> {
+        self.send.stopped().await
     }
 
     /// Ends the stream after everything written.

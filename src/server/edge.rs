@@ -236,7 +236,14 @@ where
             // The client went away (said goodbye, or died) after the request
             // reached it: as over the WebSocket gateway, a 502, since the app
             // may have seen the request (a 503 says it was not processed).
-            None if conn.close_reason().is_some() => gateway::disconnected(&session.tunnel.subdomain),
+            None if conn.close_reason().is_some() => {
+                let ended = session.ending.borrow().as_ref().map(|e| u64::from(e.close_code));
+                if ended == Some(close::SERVER_SHUTDOWN.into_inner()) {
+                    gateway::cut_by_shutdown(&session.tunnel.subdomain)
+                } else {
+                    gateway::disconnected(&session.tunnel.subdomain)
+                }
+            }
             None => edge_error(
                 StatusCode::BAD_GATEWAY,
                 "tunnel-error",

@@ -286,6 +286,17 @@ pub(super) fn disconnected(subdomain: &str) -> Response<Body> {
     )
 }
 
+/// The answer to a request still unanswered when the server's shutdown grace
+/// ran out and it closed the tunnel: the same kind as [`disconnected`] (the
+/// app may have seen the request), with the reason that is true.
+pub(crate) fn cut_by_shutdown(subdomain: &str) -> Response<Body> {
+    edge_error(
+        StatusCode::BAD_GATEWAY,
+        "tunnel-disconnected",
+        format_args!("the server shut down before the client of tunnel '{subdomain}' answered"),
+    )
+}
+
 /// Query parameters of the upgrade URL.
 fn query_params(req: &Request<Incoming>) -> (Option<String>, Option<String>) {
     let (mut id, mut token) = (None, None);
