@@ -299,3 +299,41 @@ async fn an_expired_certificate_on_the_first_connection_stops_the_client() {
     let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
     assert!(err.contains("not trusted (expired"), "{err}");
 }
+
+/// Issue: a client that learned the server's fingerprint from the API (no
+/// `--fingerprint`) learned it again at each reconnection, so a server that
+/// came back announcing another certificate (or someone in the middle
+/// answering for it) was trusted. The first fingerprint now holds for the run.
+#[tokio::test]
+async fn a_fingerprint_learned_from_the_api_holds_for_the_whole_run() {
+    let server = TestServer::start().await;
+    let first = server.api().info().await.unwrap().cert_fingerprint.expect("a self-signed server announces one");
+    let mut cmd = connect_cli(&server, &["--json"], &[]).await;
+    cmd.stderr(Stdio::null());
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+
+    // The same server and data, but a new certificate: as after a lost `tls/`.
+    let (http_addr, quic_addr) = (server.http, server.quic);
+    let data = server.stop().await;
+    for file in ["cert.pem", "key.pem"] {
+        std::fs::remove_file(data.path().join("tls").join(file)).unwrap();
+    }
+    let server = TestServer::start_in(data, |c| (c.http_addr, c.quic_addr) = (http_addr, quic_addr)).await;
+    let now = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    assert_ne!(now, first);
+
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("the client stops").unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut ended = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["event"] == "ended" {
+            ended = event["reason"].as_str().map(str::to_owned);
+        }
+    }
+    let reason = ended.expect("an `ended` event");
+    assert!(
+        reason.contains(&format!("another certificate than when this client started (fingerprint {now}, was {first})")),
+        "{reason}"
+    );
+}

@@ -134,6 +134,8 @@ pub async fn run(
     let api = ApiClient::new(&config.server, None);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    // The fingerprint first learned from the API, pinned for the whole run.
+    let mut learned = None;
     let spinner = spin::Spinner::new(config.busy_poll);
     let _polling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
         let spinner = spinner.clone();
@@ -141,7 +143,10 @@ pub async fn run(
     }));
     loop {
         let (connected, end) = match &config.ws_url {
-            None => quic_session(&api, &config, &app, &spinner, &on_event, &shutdown, connected_before).await,
+            None => {
+                let link = Link { api: &api, config: &config, learned: &mut learned };
+                quic_session(link, &app, &spinner, &on_event, &shutdown, connected_before).await
+            }
             Some(url) => ws::session(url, &app, &on_event, &shutdown, connected_before).await,
         };
         if connected {
@@ -170,19 +175,27 @@ pub async fn run(
     }
 }
 
+/// What a QUIC connection is made from: the API, the configuration, and the
+/// certificate fingerprint learned on the run's first connection.
+struct Link<'a> {
+    api: &'a ApiClient,
+    config: &'a ClientConfig,
+    learned: &'a mut Option<String>,
+}
+
 /// One QUIC connection: connect, handshake, serve; (connected, how it ended).
 async fn quic_session(
-    api: &ApiClient,
-    config: &ClientConfig,
+    link: Link<'_>,
     app: &LocalApp,
     spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
+    let Link { api, config, learned } = link;
     let attempt = async {
         // Each step of `connect` has its own deadline, and says which timed out.
-        let (endpoint, conn) = connect(api, config).await?;
+        let (endpoint, conn) = connect(api, config, learned).await?;
         let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
             .await
             .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
@@ -242,7 +255,17 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Learns the QUIC address and certificate from the API, then connects.
-async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
+///
+/// A fingerprint learned from the API (no `--fingerprint`) is trusted on
+/// first use and kept in `learned` for the rest of the run: a server that
+/// announces another one after a reconnection (its data dir lost, or someone
+/// in the middle answering for it) stops the client, as a pin given by hand
+/// would.
+async fn connect(
+    api: &ApiClient,
+    config: &ClientConfig,
+    learned: &mut Option<String>,
+) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
     let info = tokio::time::timeout(CONNECT_TIMEOUT, api.info())
         .await
         .map_err(|_| Attempt::Retry(format!("the server's API at {} did not answer in time", config.server)))?
@@ -259,7 +282,23 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
         .and_then(Result::ok)
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| Attempt::Retry(format!("cannot resolve QUIC address {target}")))?;
-    let trust = match config.fingerprint.as_deref().or(info.cert_fingerprint.as_deref()) {
+    let announced = info.cert_fingerprint.as_deref();
+    let pin = match (config.fingerprint.as_deref(), learned.as_deref(), announced) {
+        (Some(given), ..) => Some(given.to_owned()),
+        (None, Some(first), Some(now)) if !same_fingerprint(first, now) => {
+            return Err(Attempt::Fatal(ClientError::Config(format!(
+                "the server now announces another certificate than when this client started (fingerprint {now}, \
+                 was {first}): if it was replaced on purpose (a new data dir), start the client again; otherwise \
+                 someone may be intercepting the connection"
+            ))));
+        }
+        (None, Some(first), _) => Some(first.to_owned()),
+        (None, None, now) => {
+            *learned = now.map(str::to_owned);
+            learned.clone()
+        }
+    };
+    let trust = match pin.as_deref() {
         Some(fp) => tls::Trust::pinned(fp).map_err(|e| Attempt::Fatal(ClientError::Config(e.to_string())))?,
         None => tls::Trust::SystemRoots,
     };
@@ -287,6 +326,12 @@ async fn connect(api: &ApiClient, config: &ClientConfig) -> Result<(quinn::Endpo
         }
     })?;
     Ok((endpoint, conn))
+}
+
+/// Whether two fingerprints name the same certificate (case and `:` aside).
+fn same_fingerprint(a: &str, b: &str) -> bool {
+    let digits = |s: &str| s.chars().filter(|c| *c != ':').map(|c| c.to_ascii_lowercase()).collect::<String>();
+    digits(a) == digits(b)
 }
 
 /// The host part of a URL like `http://host:port/…`, without IPv6 brackets.
