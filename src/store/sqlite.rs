@@ -107,11 +107,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file at `path`, and beside it
     /// the captured-requests file (`hookway.db` → `hookway-requests.db`).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = open_wal(path)?;
-        conn.execute_batch(SCHEMA).map_err(db)?;
-        migrate(&mut conn, MIGRATIONS).map_err(db)?;
+        let conn = open_main(path).map_err(in_file(path))?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
-        let log = open_log(&path.with_file_name(format!("{stem}-requests.db")))?;
+        let log_path = path.with_file_name(format!("{stem}-requests.db"));
+        let log = open_log(&log_path).map_err(in_file(&log_path))?;
         Ok(Self { conn: Mutex::new(conn), log: Mutex::new(log) })
     }
 
@@ -147,6 +146,24 @@ fn owner_only(path: &Path) -> Result<(), StoreError> {
     #[cfg(not(unix))]
     let _ = path;
     Ok(())
+}
+
+fn open_main(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = open_wal(path)?;
+    conn.execute_batch(SCHEMA).map_err(db)?;
+    migrate(&mut conn, MIGRATIONS).map_err(db)?;
+    Ok(conn)
+}
+
+/// Names the file an opening error is about: the data dir holds two
+/// databases, and "file is not a database" alone does not say which.
+fn in_file(path: &Path) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |err| match err {
+        StoreError::Database(msg) if !msg.contains(&*path.to_string_lossy()) => {
+            StoreError::Database(format!("{}: {msg}", path.display()))
+        }
+        other => other,
+    }
 }
 
 fn open_wal(path: &Path) -> Result<Connection, StoreError> {
@@ -419,6 +436,20 @@ mod tests {
 
     use super::*;
     use crate::store::CapturedBody;
+
+    /// Issue: a damaged database failed the start with "file is not a
+    /// database", without saying which of the data dir's two files it was.
+    #[test]
+    fn an_unreadable_database_is_named() {
+        for damaged in ["hookway.db", "hookway-requests.db"] {
+            let dir = tempfile::tempdir().unwrap();
+            SqliteStore::open_in(dir.path()).unwrap();
+            std::fs::write(dir.path().join(damaged), vec![b'x'; 8192]).unwrap();
+            let err = SqliteStore::open_in(dir.path()).err().expect("a damaged file is refused").to_string();
+            let named = format!("{}: ", dir.path().join(damaged).display());
+            assert!(err.starts_with(&format!("database error: {named}")), "{err}");
+        }
+    }
 
     fn tunnel(id: &str, sub: &str, org: &str) -> TunnelRecord {
         TunnelRecord {
