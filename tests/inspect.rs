@@ -597,3 +597,26 @@ async fn an_open_live_stream_does_not_hold_up_shutdown() {
     let rest = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await.expect("stream ends");
     assert!(!matches!(rest, Ok(Some(_))), "no more events after shutdown");
 }
+
+/// Issue: a batch of records the store refused (a full disk) was logged and
+/// lost. The records are now kept and written once the store takes them.
+#[tokio::test]
+async fn records_the_store_refuses_for_a_while_are_stored_once_it_takes_them() {
+    let s = Setup::new().await;
+    let db = rusqlite::Connection::open(s.server.data_dir().join("hookway-requests.db")).unwrap();
+    db.execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON requests BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+        .unwrap();
+    for i in 0..5 {
+        let resp = http().post(s.url(&format!("/echo?i={i}"))).body("kept").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "forwarding goes on while the store refuses");
+    }
+    // Past a few batch windows and the writer's attempts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored: i64 = db.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 0, "stored while refused");
+    db.execute_batch("DROP TRIGGER refuse").unwrap();
+    let list = wait_for_records(&s.server, &s.tunnel_id, 5).await;
+    let mut paths: Vec<&str> = list.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    paths.sort_unstable();
+    assert_eq!(paths, ["/echo?i=0", "/echo?i=1", "/echo?i=2", "/echo?i=3", "/echo?i=4"]);
+}

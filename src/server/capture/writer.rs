@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use time::OffsetDateTime;
 use time::macros::format_description;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,8 @@ pub const BUSY_BATCH: usize = 256;
 const MAX_BATCH: usize = super::MAX_QUEUED;
 /// Least time between two warnings about dropped records.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// How soon records the store refused are written again when no new ones come.
+const RETRY_HELD: Duration = Duration::from_secs(1);
 /// How often records past `max_age` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -49,11 +52,17 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     let mut warned = (0, 0);
     let mut window = BATCH_WINDOW;
     let mut last_warning = None;
+    let mut held = Held::default();
     loop {
         let first = tokio::select! {
             biased;
             r = rx.recv() => r,
             _ = stop.cancelled() => None,
+            // Records the store refused, again, though no new ones come.
+            _ = tokio::time::sleep(RETRY_HELD), if !held.entries.is_empty() => {
+                write(&hub, &state, Vec::new(), &mut held).await;
+                continue;
+            }
             // An idle server still forgets records past their age.
             _ = tokio::time::sleep_until(next_prune) => {
                 prune(&hub, &state, false).await;
@@ -87,7 +96,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
             }
         }
         window = if batch.len() >= BUSY_BATCH { BUSY_WINDOW } else { BATCH_WINDOW };
-        write(&hub, &state, batch).await;
+        write(&hub, &state, batch, &mut held).await;
         let seen = (hub.dropped(), hub.cut());
         if seen != warned && last_warning.is_none_or(|at: Instant| at.elapsed() >= WARN_EVERY) {
             last_warning = Some(Instant::now());
@@ -117,43 +126,88 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     while let Ok(c) = rx.try_recv() {
         rest.push(c);
     }
-    if !rest.is_empty() {
-        write(&hub, &state, rest).await;
+    if !rest.is_empty() || !held.entries.is_empty() {
+        write(&hub, &state, rest, &mut held).await;
+    }
+    if !held.entries.is_empty() {
+        tracing::error!(records = held.entries.len(), "stopping: captured requests the store refused are lost");
     }
 }
 
-async fn write(hub: &Capture, state: &State, batch: Vec<Captured>) {
-    let weight: usize = batch.iter().map(Captured::weight).sum();
-    let records = batch.len() as u64;
-    store_batch(hub, state, batch).await;
-    // Released only now: until written, the batch's memory counts against the queue's bound.
-    hub.queued_bytes.fetch_sub(weight, Ordering::Relaxed);
-    hub.settled.send_modify(|n| *n += records);
+/// Records the store refused (a full disk), kept to be written with the next
+/// batch. Their memory still counts against the queue's bound, so while the
+/// store refuses, new records are the ones dropped (and counted), not these.
+#[derive(Default)]
+pub(super) struct Held {
+    entries: Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>,
+    /// Queue weight and records of every batch since the last write, released
+    /// (and settled) once written.
+    weight: usize,
+    records: u64,
+    /// When the store's refusal was last logged.
+    warned: Option<Instant>,
 }
 
-async fn store_batch(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
+async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mut Held) {
+    held.weight += batch.iter().map(Captured::weight).sum::<usize>();
+    held.records += batch.len() as u64;
     // A deleted tunnel's records would outlive it.
     batch.retain(|c| state.registry.get(&c.tunnel_id).is_some());
     let keep = hub.config.max_records;
     if batch.len() > keep {
         trim(&mut batch, keep);
     }
-    if batch.is_empty() || keep == 0 {
-        return;
+    if keep > 0 {
+        held.entries.extend(batch.into_iter().map(into_record));
     }
+    held.entries.retain(|(r, _)| state.registry.get(&r.tunnel_id).is_some());
+    if !held.entries.is_empty() {
+        let retried = held.warned.is_some();
+        match store_entries(hub, state, std::mem::take(&mut held.entries), keep).await {
+            Ok(n) if retried => {
+                tracing::info!(records = n, "captured requests the store refused are stored after all");
+                held.warned = None;
+            }
+            Ok(_) => {}
+            Err((entries, err)) => {
+                if held.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(%err, records = entries.len(), "could not store captured requests: kept, to try again");
+                    held.warned = Some(Instant::now());
+                }
+                held.entries = entries;
+                return;
+            }
+        }
+    }
+    // Released only now: until written, a batch's memory counts against the queue's bound.
+    hub.queued_bytes.fetch_sub(std::mem::take(&mut held.weight), Ordering::Relaxed);
+    let records = std::mem::take(&mut held.records);
+    hub.settled.send_modify(|n| *n += records);
+}
+
+/// Stores `entries`, then fans them out to live streams and waiting replays;
+/// how many, or the entries back if the store refused them.
+async fn store_entries(
+    hub: &Capture,
+    state: &State,
+    entries: Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>,
+    keep: usize,
+) -> Result<usize, Refused> {
+    let (records, replays): (Vec<RequestRecord>, Vec<_>) = entries.into_iter().unzip();
     let written = state
         .store
         .run(move |s| {
-            let (records, replays): (Vec<RequestRecord>, Vec<_>) = batch.into_iter().map(into_record).unzip();
-            s.insert_requests(&records, keep)?;
-            Ok((records, replays))
+            let outcome = s.insert_requests(&records, keep);
+            Ok((records, outcome))
         })
         .await;
-    let (records, replays) = match written {
-        Ok(done) => done,
+    let records = match written {
+        Ok((records, Ok(()))) => records,
+        Ok((records, Err(err))) => return Err((records.into_iter().zip(replays).collect(), err)),
+        // The store's task itself failed (a panic): the records went with it.
         Err(err) => {
             tracing::warn!(%err, "could not store captured requests");
-            return;
+            return Ok(0);
         }
     };
     // A tunnel deleted while the batch was written: the API removes it from
@@ -166,6 +220,7 @@ async fn store_batch(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
     for tunnel in gone {
         let _ = state.store.run(move |s| s.delete_requests(&tunnel)).await;
     }
+    let n = records.len();
     for (record, replay) in records.into_iter().zip(replays) {
         if let Some(watch) = hub.watchers.get(&record.tunnel_id) {
             if watch.receiver_count() > 0 {
@@ -178,7 +233,11 @@ async fn store_batch(hub: &Capture, state: &State, mut batch: Vec<Captured>) {
     }
     // Streams of deleted tunnels end here too (one may have subscribed as the tunnel went).
     hub.watchers.retain(|id, w| w.receiver_count() > 0 && state.registry.get(id).is_some());
+    Ok(n)
 }
+
+/// Entries the store refused, with its error.
+type Refused = (Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>, crate::store::StoreError);
 
 /// Keeps the newest `keep` records of each tunnel (and every replay, which someone waits for).
 fn trim(batch: &mut Vec<Captured>, keep: usize) {
