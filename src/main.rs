@@ -247,6 +247,12 @@ struct ServerArgs {
     /// QUIC address clients should dial, if not <public host>:<quic port> (e.g. behind NAT).
     #[arg(long, env = "HOOKWAY_QUIC_PUBLIC_ADDR")]
     quic_public_addr: Option<String>,
+    /// Reverse proxies in front of the HTTP listener (addresses or CIDR ranges, comma-separated, e.g.
+    /// 127.0.0.1,::1): for requests from them, the caller recorded (request inspection, a WebSocket
+    /// client's clientIp, the client IP the tunnel client sees) is the last X-Forwarded-For address
+    /// that is not one of them. Default: none, the connection's peer is the caller.
+    #[arg(long, env = "HOOKWAY_TRUSTED_PROXIES")]
+    trusted_proxies: Vec<hookway::server::proxies::TrustedProxies>,
     /// PEM certificate chain for QUIC; without it a self-signed one is generated and pinned by clients.
     #[arg(long, env = "HOOKWAY_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -781,6 +787,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         quic_public_addr: args.quic_public_addr,
         tls,
         request_timeout: Duration::from_secs(args.request_timeout),
+        trusted_proxies: hookway::server::proxies::TrustedProxies::merged(args.trusted_proxies),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
         http: HttpLimits {

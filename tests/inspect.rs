@@ -620,3 +620,25 @@ async fn records_the_store_refuses_for_a_while_are_stored_once_it_takes_them() {
     paths.sort_unstable();
     assert_eq!(paths, ["/echo?i=0", "/echo?i=1", "/echo?i=2", "/echo?i=3", "/echo?i=4"]);
 }
+
+/// Behind a reverse proxy named in `--trusted-proxies`, the caller recorded is
+/// the one the proxy wrote into `X-Forwarded-For` (the last address that is
+/// not a trusted proxy), not the proxy; from any other peer such a header is
+/// not believed.
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_for_names_the_caller() {
+    let behind = start_with(|c| c.trusted_proxies = "127.0.0.1,::1".parse().unwrap()).await;
+    let direct = Setup::new().await;
+    for (s, caller) in [(&behind, "203.0.113.7"), (&direct, "127.0.0.1")] {
+        let resp = http()
+            .post(s.url("/echo"))
+            .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
+        assert_eq!(list[0]["clientIp"], caller, "{}", list[0]);
+    }
+}

@@ -61,7 +61,8 @@ where
         );
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, peer.ip(), replay) {
+        let caller = state.config.trusted_proxies.caller(peer.ip(), &parts.headers);
+        return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, caller, replay) {
             Some(tap) => {
                 let body = tap.request_body(body);
                 // (A tunnel that keeps no bodies has nothing to wait for.)
@@ -78,7 +79,9 @@ where
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, peer.ip(), replay);
+    // Before our own hop joins `X-Forwarded-For`.
+    let caller = state.config.trusted_proxies.caller(peer.ip(), &headers);
+    let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, caller, replay);
     let body = match &tap {
         Some(tap) => tap.request_body(body),
         None => TapBody::plain(body),
@@ -91,7 +94,7 @@ where
                 method: parts.method,
                 target,
                 headers: headers.into(),
-                client_ip: Some(peer.ip()),
+                client_ip: Some(caller),
             });
             let _in_flight = state.in_flight.enter();
             quic_exchange(conn, &session, head, CallerPaced::new(body), timeout).instrument(span).await

@@ -18,6 +18,7 @@ pub mod http;
 pub mod listener;
 pub mod names;
 mod observed;
+pub mod proxies;
 pub mod registry;
 pub mod requests_api;
 mod routes;
@@ -103,6 +104,8 @@ pub struct ServerConfig {
     pub webhooks: NotifyConfig,
     /// Request capture for inspection.
     pub capture: CaptureConfig,
+    /// Reverse proxies whose `X-Forwarded-For` names the caller.
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 impl ServerConfig {
@@ -123,6 +126,7 @@ impl ServerConfig {
             ws: WsLimits::default(),
             webhooks: NotifyConfig::default(),
             capture: CaptureConfig::default(),
+            trusted_proxies: proxies::TrustedProxies::default(),
         }
     }
 }
@@ -184,6 +188,8 @@ pub struct RuntimeConfig {
     pub http: HttpLimits,
     /// WebSocket gateway limits.
     pub ws: WsLimits,
+    /// Reverse proxies whose `X-Forwarded-For` names the caller.
+    pub trusted_proxies: proxies::TrustedProxies,
 }
 
 /// State shared by every task of the server.
@@ -454,6 +460,7 @@ impl Server {
                 fingerprint: identity.self_signed.then(|| identity.fingerprint()),
                 http: config.http,
                 ws: config.ws,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             store,
             registry,

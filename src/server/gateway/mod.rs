@@ -376,7 +376,8 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         max_body: limits.max_body,
     });
     let transport = Transport::WebSocket(link.clone());
-    let Some(session) = session::go_live(&state, &tunnel, transport, peer.ip(), &token) else {
+    let caller = state.config.trusted_proxies.caller(peer.ip(), req.headers());
+    let Some(session) = session::go_live(&state, &tunnel, transport, caller, &token) else {
         return json_error(StatusCode::UNAUTHORIZED, "the auth token was regenerated while connecting");
     };
     // The session keeps the socket, and so its place under the connection
