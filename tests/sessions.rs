@@ -186,6 +186,64 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_clients_wait_to_recon
     assert!(!client.task.is_finished(), "a server shutdown is not a reason to give up");
 }
 
+/// The client's next request log line (within 5 s).
+async fn next_request_log(client: &mut TestClient) -> hookway::client::RequestLog {
+    let logged = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match client.events.recv().await {
+                Some(hookway::client::Event::Request(log)) => return log,
+                Some(_) => {}
+                None => panic!("the client ended without logging the request"),
+            }
+        }
+    });
+    logged.await.expect("the request is logged")
+}
+
+/// Issue: a request still waiting for the app when the server's shutdown
+/// grace ran out had its caller's connection dropped without an answer, and
+/// the client logged that the caller went away. The caller now gets a 502
+/// saying the server shut down, and the client's log says so too.
+#[tokio::test]
+async fn a_request_the_shutdown_grace_cuts_is_answered_why() {
+    let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_millis(300)).await;
+    let mut app = spawn_held_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let mut client = TestClient::connect(&server, &tunnel_id, &token, app.addr.port()).await;
+    let held = tokio::spawn(http().get(format!("{}/hold", client.tunnel_url)).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+    server.shutdown.cancel();
+
+    let resp = tokio::time::timeout(Duration::from_secs(5), held).await.expect("answered in time").unwrap().unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "tunnel-disconnected");
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("the server shut down before the client of tunnel"), "{body}");
+    let log = next_request_log(&mut client).await;
+    assert!(
+        log.error.as_deref().is_some_and(|e| e.contains("the server shut down before the app answered")),
+        "{log:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap();
+}
+
+/// A request still waiting for the app when the server ends the session
+/// (here `disconnect`) is logged as cut by that, not by its caller.
+#[tokio::test]
+async fn a_request_cut_by_the_end_of_the_session_is_logged_as_such() {
+    let server = TestServer::start().await;
+    let mut app = spawn_held_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let mut client = TestClient::connect(&server, &tunnel_id, &token, app.addr.port()).await;
+    let held = tokio::spawn(http().get(format!("{}/hold", client.tunnel_url)).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+    server.api().call(reqwest::Method::POST, &format!("/api/tunnels/{tunnel_id}/disconnect"), None).await.unwrap();
+    let log = next_request_log(&mut client).await;
+    let error = log.error.unwrap_or_default();
+    assert!(error.starts_with("not answered before the server ended the session ("), "{error}");
+    held.abort();
+}
+
 /// Ending a session mid-transfer, with the server sending as fast as it can,
 /// still tells the client why and stops it for good (a client that missed the
 /// reason would reconnect and bring the tunnel back).

@@ -164,8 +164,26 @@ impl LocalApp {
     }
 }
 
+/// Why this client is closing its connection, once it is: the log of a
+/// request still waiting for the app then says so, rather than blaming a
+/// lost connection or the caller.
+#[derive(Clone, Debug, Default)]
+pub struct Closing(std::sync::Arc<std::sync::OnceLock<String>>);
+
+impl Closing {
+    /// Records why, before the close (the first reason given stays).
+    pub fn because(&self, why: impl Into<String>) {
+        let _ = self.0.set(why.into());
+    }
+}
+
 /// Serves one stream opened by the server; returns what happened, for the log.
-pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &LocalApp) -> Option<RequestLog> {
+pub async fn serve(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    app: &LocalApp,
+    closing: &Closing,
+) -> Option<RequestLog> {
     let started = Instant::now();
     let mut reader = FrameReader::new(recv);
     let mut writer = FrameWriter::new(send);
@@ -224,11 +242,19 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
                 Ok(Some(close::BODY_TIMEOUT)) => "the caller's body stopped arriving: the server answered the caller \
                      408 (its --request-timeout); the app got part of it at most"
                     .into(),
+                // Told by the stream's stop, or by the connection's close,
+                // whichever quinn sees first.
+                Ok(Some(close::SHUTTING_DOWN)) => SERVER_SHUT_DOWN.into(),
+                Err(quinn::StoppedError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(closed)))
+                    if closed.error_code == close::SERVER_SHUTDOWN =>
+                {
+                    SERVER_SHUT_DOWN.into()
+                }
                 Ok(_) => "the caller went away".into(),
                 // This client's stop (the drain after ctrl-c ran out) or the
                 // end of its session: not the caller's doing.
                 Err(quinn::StoppedError::ConnectionLost(quinn::ConnectionError::LocallyClosed)) => {
-                    "not answered before this client stopped".into()
+                    format!("not answered before {}", closing.0.get().map_or("the connection closed", String::as_str))
                 }
                 Err(_) => "the connection to the server ended before the app answered".into(),
             });
@@ -259,6 +285,9 @@ pub async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, app: &Local
     send_response(writer, head, body, &mut log).await;
     Some(log)
 }
+
+/// The log of a request the server's shutdown cut before the app answered.
+const SERVER_SHUT_DOWN: &str = "the server shut down before the app answered (the caller got a 502 saying so)";
 
 fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
     Frame::Error(StreamError { code, message: message.to_owned() })

@@ -209,9 +209,10 @@ async fn quic_session(
         },
     };
     on_event(Event::Connected { hello: hello.clone(), reconnected });
-    let requests = TaskTracker::new();
+    let streams = Streams { requests: TaskTracker::new(), closing: forward::Closing::default() };
+    let Streams { requests, closing } = &streams;
     let end = tokio::select! {
-        end = serve(&conn, &mut control, app, spinner, on_event, hello.heartbeat_interval_ms, &requests) => end,
+        end = serve(&conn, &mut control, app, spinner, on_event, hello.heartbeat_interval_ms, &streams) => end,
         _ = shutdown.stop_token().cancelled() => {
             // The control stream stays open during the drain: its end ends
             // the session. A refused stream tells the edge "going offline".
@@ -220,7 +221,8 @@ async fn quic_session(
                     let _ = send.reset(close::STREAM_REFUSED);
                 }
             };
-            drain::drain(&requests, shutdown, on_event, refuse).await;
+            drain::drain(requests, shutdown, on_event, refuse).await;
+            closing.because("this client stopped");
             conn.close(close::NORMAL, b"client shutting down");
             // The close must leave before the process does, or the server
             // learns of it only from its idle timeout, failing what it sends
@@ -392,6 +394,13 @@ impl Attempt {
     }
 }
 
+/// A connection's request streams: the tasks serving them, and why the
+/// connection is closing once it is.
+struct Streams {
+    requests: TaskTracker,
+    closing: forward::Closing,
+}
+
 /// Serves request streams and heartbeats until the connection ends.
 async fn serve(
     conn: &quinn::Connection,
@@ -400,7 +409,7 @@ async fn serve(
     spinner: &Arc<spin::Spinner>,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     heartbeat_ms: u32,
-    requests: &TaskTracker,
+    Streams { requests, closing }: &Streams,
 ) -> Attempt {
     let mut ping = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms.max(1000))));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -411,9 +420,9 @@ async fn serve(
                 Ok((send, recv)) => {
                     let in_flight = spinner.request();
                     let app = app.clone();
-                    let on_event = on_event.clone();
+                    let (on_event, closing) = (on_event.clone(), closing.clone());
                     requests.spawn(async move {
-                        let log = forward::serve(send, recv, &app).await;
+                        let log = forward::serve(send, recv, &app, &closing).await;
                         drop(in_flight);
                         if let Some(log) = log {
                             on_event(Event::Request(log));
@@ -433,6 +442,7 @@ async fn serve(
                 Ok(Some(Frame::SessionEnded(notice))) => {
                     // The server ended the session on purpose and said why
                     // here, in case its close packet never comes.
+                    closing.because(format!("the server ended the session ({})", notice.message));
                     conn.close(close::NORMAL, b"session ended by the server");
                     return Attempt::closed_with(quinn::VarInt::from_u32(notice.close_code));
                 }

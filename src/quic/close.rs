@@ -37,6 +37,9 @@ pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
 /// that went on after the app's answer, once its caller was silent for the
 /// request timeout.
 pub const BODY_TIMEOUT: VarInt = VarInt::from_u32(4);
+/// Stream stop and reset code: the server's shutdown grace ran out before the
+/// response head came; it answered the caller 502 saying so.
+pub const SHUTTING_DOWN: VarInt = VarInt::from_u32(5);
 
 /// The WebSocket close code carrying `code`: 1000 for a normal close, else
 /// `4000 + code` (the range RFC 6455 leaves to applications), so a legacy-socket

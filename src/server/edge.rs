@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, StreamBody};
 use quinn::VarInt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::caller_pace::{CallerPaced, Pace};
@@ -97,13 +98,19 @@ where
                 client_ip: Some(caller),
             });
             let _in_flight = state.in_flight.enter();
-            quic_exchange(conn, &session, head, CallerPaced::new(body), timeout).instrument(span).await
+            let exchange = quic_exchange(conn, &session, head, CallerPaced::new(body), timeout, &state.cutting);
+            exchange.instrument(span).await
         }
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
             let deadline = tokio::time::Instant::now() + timeout;
             let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body, deadline);
-            tokio::time::timeout_at(deadline, exchange.instrument(span)).await.unwrap_or_else(|_| timed_out(timeout))
+            tokio::select! {
+                resp = tokio::time::timeout_at(deadline, exchange.instrument(span)) => {
+                    resp.unwrap_or_else(|_| timed_out(timeout))
+                }
+                () = state.cutting.cancelled() => gateway::cut_by_shutdown(subdomain),
+            }
         }
     };
     // An HTTP/2 caller may leave one answer unread while its connection goes
@@ -166,6 +173,7 @@ async fn quic_exchange<B>(
     head: Frame,
     body: CallerPaced<B>,
     timeout: std::time::Duration,
+    cutting: &CancellationToken,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -185,7 +193,7 @@ where
     // whole, a large one streams from its task (stopped through `streaming`).
     let mut handed_over = false;
     let mut streaming = None;
-    let answer = tokio::time::timeout_at(deadline, async {
+    let exchange = tokio::time::timeout_at(deadline, async {
         match send_request(FrameWriter::new(send), head, body, pace.clone(), timeout).await {
             Sending::BodyFailed(err) => Err(err),
             mut sending => {
@@ -196,8 +204,20 @@ where
                 Ok((sending, reader.next().await))
             }
         }
-    })
-    .await;
+    });
+    let answer = tokio::select! {
+        answer = exchange => Some(answer),
+        () = cutting.cancelled() => None,
+    };
+    let Some(answer) = answer else {
+        // The shutdown grace ran out: the caller hears why before its
+        // connection closes, and the client that the server gave up.
+        reader.stop(close::SHUTTING_DOWN);
+        if let Some(stop) = streaming {
+            let _ = stop.send(close::SHUTTING_DOWN);
+        }
+        return gateway::cut_by_shutdown(&session.tunnel.subdomain);
+    };
     let (sending, first) = match answer {
         Ok(Ok(sent)) => sent,
         Ok(Err(body_err)) => return bad_request_body(body_err),
@@ -239,14 +259,7 @@ where
             // The client went away (said goodbye, or died) after the request
             // reached it: as over the WebSocket gateway, a 502, since the app
             // may have seen the request (a 503 says it was not processed).
-            None if conn.close_reason().is_some() => {
-                let ended = session.ending.borrow().as_ref().map(|e| u64::from(e.close_code));
-                if ended == Some(close::SERVER_SHUTDOWN.into_inner()) {
-                    gateway::cut_by_shutdown(&session.tunnel.subdomain)
-                } else {
-                    gateway::disconnected(&session.tunnel.subdomain)
-                }
-            }
+            None if conn.close_reason().is_some() => gateway::disconnected(&session.tunnel.subdomain),
             None => edge_error(
                 StatusCode::BAD_GATEWAY,
                 "tunnel-error",

@@ -209,7 +209,9 @@ pub async fn serve(
     let limits = state.config.http;
     let builder = builder(&limits);
     let connections = TaskTracker::new();
-    let cut = CancellationToken::new();
+    // The edge watches it too: a request still waiting for its answer then
+    // answers the caller why, in the moment its connection has left.
+    let cut = state.cutting.clone();
     let mut backoff = AcceptBackoff::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let mut warned_full: Option<Instant> = None;
@@ -350,7 +352,12 @@ where
                 }
                 return;
             }
-            () = cut.cancelled() => return,
+            () = cut.cancelled() => {
+                // The edge answers the requests still waiting (502, the server
+                // shut down): a moment to write those answers, then dropped.
+                let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;
+                return;
+            }
             () = stalled.as_mut() => {
                 // Dropped, not shut down gracefully: that would wait on the
                 // very writes that are blocked.
@@ -375,6 +382,10 @@ where
         }
     }
 }
+
+/// How long a connection still open at the end of the shutdown grace has to
+/// write the answers the edge then gives its waiting requests.
+const CUT_FLUSH: Duration = Duration::from_millis(250);
 
 /// Errors that concern only the connection being accepted.
 fn is_connection_error(err: &io::Error) -> bool {

@@ -214,6 +214,9 @@ pub struct State {
     /// Requests being forwarded over QUIC; the QUIC endpoint batches sends
     /// while there are several.
     pub in_flight: quic::runtime::InFlight,
+    /// The end of the shutdown grace: connections still open are dropped,
+    /// and requests still waiting for their answer are answered why first.
+    pub cutting: CancellationToken,
 }
 
 impl State {
@@ -469,6 +472,7 @@ impl Server {
             notifier,
             capture: Arc::new(Capture::new(config.capture.clone())),
             in_flight,
+            cutting: CancellationToken::new(),
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, key_source, dir_lock })
     }

@@ -287,8 +287,8 @@ pub(super) fn disconnected(subdomain: &str) -> Response<Body> {
 }
 
 /// The answer to a request still unanswered when the server's shutdown grace
-/// ran out and it closed the tunnel: the same kind as [`disconnected`] (the
-/// app may have seen the request), with the reason that is true.
+/// ran out: the same kind as [`disconnected`] (the app may have seen the
+/// request), with the reason that is true.
 pub(crate) fn cut_by_shutdown(subdomain: &str) -> Response<Body> {
     edge_error(
         StatusCode::BAD_GATEWAY,
