@@ -244,16 +244,7 @@ async fn a_new_certificate_after_a_restart_stops_a_reconnecting_client() {
     let renewed = tempfile::tempdir().unwrap();
     let (_, second) = private_ca(renewed.path());
     let _server = restart_with(server, second.source()).await;
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("the client stops").unwrap();
-    assert_eq!(status.code(), Some(1));
-    let mut ended = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if event["event"] == "ended" {
-            ended = event["reason"].as_str().map(str::to_owned);
-        }
-    }
-    let reason = ended.expect("an `ended` event");
+    let reason = ended_reason(&mut child, &mut lines).await;
     let says = format!("the pinned fingerprint {} (it presents {})", first.fingerprint, second.fingerprint);
     assert!(reason.contains(&says), "{reason}");
 }
@@ -322,6 +313,18 @@ async fn a_fingerprint_learned_from_the_api_holds_for_the_whole_run() {
     let now = server.api().info().await.unwrap().cert_fingerprint.unwrap();
     assert_ne!(now, first);
 
+    let reason = ended_reason(&mut child, &mut lines).await;
+    assert!(
+        reason.contains(&format!("another certificate than when this client started (fingerprint {now}, was {first})")),
+        "{reason}"
+    );
+}
+
+/// The `ended` event's reason, once the client has exited with code 1 (within 30 s).
+async fn ended_reason(
+    child: &mut tokio::process::Child,
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("the client stops").unwrap();
     assert_eq!(status.code(), Some(1));
     let mut ended = None;
@@ -331,9 +334,38 @@ async fn a_fingerprint_learned_from_the_api_holds_for_the_whole_run() {
             ended = event["reason"].as_str().map(str::to_owned);
         }
     }
-    let reason = ended.expect("an `ended` event");
-    assert!(
-        reason.contains(&format!("another certificate than when this client started (fingerprint {now}, was {first})")),
-        "{reason}"
-    );
+    ended.expect("an `ended` event")
+}
+
+/// A client whose first connection verified the server's certificate against
+/// the (here: private CA's) roots stops when the server comes back announcing
+/// a self-signed one: someone in the middle answering the API could otherwise
+/// have it pin theirs.
+#[tokio::test]
+async fn a_switch_from_a_verified_certificate_to_a_self_signed_one_stops_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, verified) = private_ca(dir.path());
+    let server = TestServer::start_with(|c| c.tls = verified.source()).await;
+    let mut cmd = connect_cli(&server, &["--json"], &[("SSL_CERT_FILE", &ca.cert)]).await;
+    cmd.stderr(Stdio::null());
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+    let _server = restart_with(server, TlsSource::SelfSigned).await;
+    let reason = ended_reason(&mut child, &mut lines).await;
+    assert!(reason.contains("now announces a self-signed certificate"), "{reason}");
+}
+
+/// The other way round is followed: a certificate the roots verify cannot be
+/// presented by someone in the middle.
+#[tokio::test]
+async fn a_switch_from_a_self_signed_certificate_to_a_verified_one_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, verified) = private_ca(dir.path());
+    let server = TestServer::start().await;
+    let mut cmd = connect_cli(&server, &["--json"], &[("SSL_CERT_FILE", &ca.cert)]).await;
+    cmd.stderr(Stdio::null());
+    let (mut child, mut lines, _) = spawn_connected(cmd).await;
+    let _server = restart_with(server, verified.source()).await;
+    let back = |e: &serde_json::Value| e["event"] == "reconnected";
+    next_event(&mut lines, Duration::from_secs(30), "reconnection with the verified certificate", back).await;
+    assert!(child.try_wait().unwrap().is_none(), "still running");
 }

@@ -134,7 +134,7 @@ pub async fn run(
     let api = ApiClient::new(&config.server, None);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
-    // The fingerprint first learned from the API, pinned for the whole run.
+    // What the run's first connection trusted, kept for the whole run.
     let mut learned = None;
     let spinner = spin::Spinner::new(config.busy_poll);
     let _polling = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
@@ -176,11 +176,11 @@ pub async fn run(
 }
 
 /// What a QUIC connection is made from: the API, the configuration, and the
-/// certificate fingerprint learned on the run's first connection.
+/// trust the run's first connection settled on.
 struct Link<'a> {
     api: &'a ApiClient,
     config: &'a ClientConfig,
-    learned: &'a mut Option<String>,
+    learned: &'a mut Option<Learned>,
 }
 
 /// One QUIC connection: connect, handshake, serve; (connected, how it ended).
@@ -258,15 +258,19 @@ fn jitter(d: Duration) -> Duration {
 
 /// Learns the QUIC address and certificate from the API, then connects.
 ///
-/// A fingerprint learned from the API (no `--fingerprint`) is trusted on
-/// first use and kept in `learned` for the rest of the run: a server that
-/// announces another one after a reconnection (its data dir lost, or someone
-/// in the middle answering for it) stops the client, as a pin given by hand
-/// would.
+/// Without `--fingerprint`, the trust the server's API announces is taken on
+/// first use and kept in `learned` for the rest of the run, once a connection
+/// with it succeeded: a server that announces another self-signed
+/// certificate after a reconnection (its `tls/` files replaced, or someone in
+/// the middle answering for it) stops the client, as a pin given by hand
+/// would, and so does one that announces a self-signed certificate where the
+/// first connection verified one against the system roots. A server that
+/// moves from a self-signed certificate to one the system roots verify is
+/// followed: nobody in the middle can present such a certificate.
 async fn connect(
     api: &ApiClient,
     config: &ClientConfig,
-    learned: &mut Option<String>,
+    learned: &mut Option<Learned>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
     let info = tokio::time::timeout(CONNECT_TIMEOUT, api.info())
         .await
@@ -285,20 +289,23 @@ async fn connect(
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| Attempt::Retry(format!("cannot resolve QUIC address {target}")))?;
     let announced = info.cert_fingerprint.as_deref();
-    let pin = match (config.fingerprint.as_deref(), learned.as_deref(), announced) {
+    let pin = match (config.fingerprint.as_deref(), &*learned, announced) {
         (Some(given), ..) => Some(given.to_owned()),
-        (None, Some(first), Some(now)) if !same_fingerprint(first, now) => {
+        (None, Some(Learned::Pin(first)), Some(now)) if !same_fingerprint(first, now) => {
             return Err(Attempt::Fatal(ClientError::Config(format!(
                 "the server now announces another certificate than when this client started (fingerprint {now}, \
-                 was {first}): if it was replaced on purpose (a new data dir), start the client again; otherwise \
-                 someone may be intercepting the connection"
+                 was {first}): if it was regenerated on purpose (its tls/ files replaced), start the client \
+                 again; otherwise someone may be intercepting the connection"
             ))));
         }
-        (None, Some(first), _) => Some(first.to_owned()),
-        (None, None, now) => {
-            *learned = now.map(str::to_owned);
-            learned.clone()
+        (None, Some(Learned::Roots), Some(now)) => {
+            return Err(Attempt::Fatal(ClientError::Config(format!(
+                "the server now announces a self-signed certificate (fingerprint {now}) where it had one the \
+                 system roots verify when this client started: if that is intended, start the client again (or \
+                 pin it with --fingerprint); otherwise someone may be intercepting the connection"
+            ))));
         }
+        (None, _, now) => now.map(str::to_owned),
     };
     let trust = match pin.as_deref() {
         Some(fp) => tls::Trust::pinned(fp).map_err(|e| Attempt::Fatal(ClientError::Config(e.to_string())))?,
@@ -327,7 +334,19 @@ async fn connect(
             None => Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")),
         }
     })?;
+    if config.fingerprint.is_none() && learned.is_none() {
+        *learned = Some(pin.map_or(Learned::Roots, Learned::Pin));
+    }
     Ok((endpoint, conn))
+}
+
+/// The trust a run's first connection settled on, from the server's API.
+#[derive(Debug)]
+enum Learned {
+    /// The certificate verified against the system roots.
+    Roots,
+    /// This pinned self-signed certificate.
+    Pin(String),
 }
 
 /// Whether two fingerprints name the same certificate (case and `:` aside).
