@@ -1178,7 +1178,9 @@ async fn a_burst_of_events_sends_each_message_exactly_once() {
 async fn server_process(http: &str, dir: &std::path::Path) -> (tokio::process::Child, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
     cmd.args(["server", "--http", http, "--quic", "127.0.0.1:0", "--allow-private-webhooks"])
-        .args(["--webhook-retry-schedule", "100ms,100ms,100ms", "--data-dir"])
+        // A long attempt timeout: an attempt a crash cuts short must still be
+        // running when the server restarts, however slow the machine.
+        .args(["--webhook-retry-schedule", "100ms,100ms,100ms", "--webhook-timeout", "60", "--data-dir"])
         .arg(dir)
         .env("HOOKWAY_API_KEY", API_KEY)
         .env_remove("HOOKWAY_ALLOW_PRIVATE_WEBHOOKS");
@@ -1388,4 +1390,31 @@ async fn events_the_store_refuses_for_a_while_are_delivered_once_it_takes_them()
     assert!(receiver.requests().is_empty(), "written while refused: {:?}", receiver.summary());
     db.execute_batch("DROP TRIGGER refuse").unwrap();
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+}
+
+/// Review: a stopping server left its attempts running (up to their timeout)
+/// after it let go of the data dir, so a server started next on the same dir
+/// in this process, retrying the leased rows at once, raced them: the old
+/// attempt's outcome then overwrote the new one's. A stopping server now
+/// abandons its attempts.
+#[tokio::test]
+async fn a_stopped_server_leaves_no_attempt_behind_to_overwrite_the_next_ones() {
+    let receiver = Receiver::start(|i, _| if i == 0 { Reply::Hang } else { Reply::Status(200) }).await;
+    let server = fast_server().await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    stop_client(client).await;
+    let server = TestServer::start_in(server.stop().await, fast).await;
+    let done = |l: &[Value]| l.len() == 1 && l[0]["status"] == "succeeded";
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), done).await;
+    assert!(done(&list), "{list:?}");
+    // Past the first attempt's timeout (3 s): had it run on, its failure
+    // would be recorded over the success, and the message sent again.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let list = deliveries(&server, &wh).await;
+    assert!(done(&list), "{list:?}");
+    assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.summary());
 }

@@ -169,15 +169,21 @@ impl Notifier {
             return;
         };
         let attempts = TaskTracker::new();
+        let abandon = CancellationToken::new();
         let writer = tokio::spawn(self.clone().write_outbox(queue, shutdown.clone()));
         let pruner = tokio::spawn(self.clone().prune(shutdown.clone()));
-        self.dispatch(&attempts, &shutdown).await;
+        self.dispatch(&attempts, &shutdown, &abandon).await;
         let _ = writer.await;
         let _ = pruner.await;
-        // Attempts still running finish on their own timeout; their rows are
-        // leased, so if the process ends first they are retried after restart.
+        // Attempts still running get a moment to finish, then are abandoned:
+        // their rows stay leased, and the next start retries them at once.
+        // None may outlive the server: a server started next on the same
+        // data dir (in this process too) takes their rows for its own.
         attempts.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), attempts.wait()).await;
+        if tokio::time::timeout(Duration::from_secs(2), attempts.wait()).await.is_err() {
+            abandon.cancel();
+            attempts.wait().await;
+        }
     }
 
     /// Turns events into delivery rows, a batch per transaction.
@@ -279,7 +285,12 @@ impl Notifier {
 
     /// Starts due attempts within the concurrency limits, then sleeps until
     /// something is due, an event arrives or an attempt ends.
-    async fn dispatch(self: &Arc<Self>, attempts: &TaskTracker, shutdown: &CancellationToken) {
+    async fn dispatch(
+        self: &Arc<Self>,
+        attempts: &TaskTracker,
+        shutdown: &CancellationToken,
+        abandon: &CancellationToken,
+    ) {
         let global = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         let mut per_webhook: HashMap<String, Arc<Semaphore>> = HashMap::new();
         loop {
@@ -308,9 +319,9 @@ impl Notifier {
                 }
             }
             for (delivery, mine, all) in starting {
-                let this = self.clone();
+                let (this, abandon) = (self.clone(), abandon.clone());
                 attempts.spawn(async move {
-                    this.deliver(delivery).await;
+                    abandon.run_until_cancelled(this.deliver(delivery)).await;
                     drop((mine, all));
                     this.wake.notify_one();
                 });

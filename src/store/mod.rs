@@ -178,12 +178,13 @@ pub trait Store: Send + Sync + 'static {
     fn live_marks(&self) -> Result<Vec<LiveMark>, StoreError>;
     /// Makes deliveries not due before `until_ms` (a lease while they are attempted), in one transaction.
     fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
-    /// Makes every leased delivery due at once (those of its event order
-    /// first): for start-up only, when no attempt of a previous run can still
-    /// be running (the server holds the data dir). Without it, an attempt a
-    /// crash cut short waited out its lease (the attempt timeout and 30 s)
-    /// and reached its receiver after the events that followed it. Returns
-    /// how many.
+    /// Makes every leased delivery due at once, from the time of its event,
+    /// so ahead of deliveries queued after it: for start-up only, when no
+    /// attempt of a previous run can still be running (the server holds the
+    /// data dir, and a stopping server abandons its attempts). Without it, an
+    /// attempt a crash cut short waited out its lease (the attempt timeout
+    /// and 30 s) and reached its receiver after the events that followed it.
+    /// Returns how many.
     fn release_leases(&self) -> Result<usize, StoreError>;
     /// Records an attempt's outcome.
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
