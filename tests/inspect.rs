@@ -614,6 +614,11 @@ async fn records_the_store_refuses_for_a_while_are_stored_once_it_takes_them() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stored: i64 = db.query_row("SELECT COUNT(*) FROM requests", [], |r| r.get(0)).unwrap();
     assert_eq!(stored, 0, "stored while refused");
+    // A listing does not wait (up to 2 s) for records the store refused.
+    let asked = std::time::Instant::now();
+    let (status, body) = raw_api(&s.server, Method::GET, &api(&s, ""), Some(&bearer()), None).await;
+    assert_eq!((status, body["requests"].as_array().map(Vec::len)), (reqwest::StatusCode::OK, Some(0)), "{body}");
+    assert!(asked.elapsed() < Duration::from_secs(1), "the listing waited {:?}", asked.elapsed());
     db.execute_batch("DROP TRIGGER refuse").unwrap();
     let list = wait_for_records(&s.server, &s.tunnel_id, 5).await;
     let mut paths: Vec<&str> = list.iter().map(|r| r["path"].as_str().unwrap()).collect();

@@ -36,8 +36,10 @@ pub const BUSY_BATCH: usize = 256;
 const MAX_BATCH: usize = super::MAX_QUEUED;
 /// Least time between two warnings about dropped records.
 const WARN_EVERY: Duration = Duration::from_secs(10);
-/// How soon records the store refused are written again when no new ones come.
+/// First wait before writing again records the store refused.
 const RETRY_HELD: Duration = Duration::from_secs(1);
+/// Longest such wait.
+const MAX_RETRY_HELD: Duration = Duration::from_secs(30);
 /// How often records past `max_age` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -59,7 +61,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
             r = rx.recv() => r,
             _ = stop.cancelled() => None,
             // Records the store refused, again, though no new ones come.
-            _ = tokio::time::sleep(RETRY_HELD), if !held.entries.is_empty() => {
+            _ = tokio::time::sleep_until(held.retry_at.unwrap_or_else(Instant::now)), if !held.entries.is_empty() => {
                 write(&hub, &state, Vec::new(), &mut held).await;
                 continue;
             }
@@ -104,7 +106,7 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
                 tracing::warn!(
                     dropped = seen.0 - warned.0,
                     total = seen.0,
-                    "request capture fell behind; records dropped (forwarding was not slowed)"
+                    "request capture fell behind, or the store refuses records; records dropped (forwarding was not slowed)"
                 );
             }
             if seen.1 > warned.1 {
@@ -134,54 +136,107 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
     }
 }
 
-/// Records the store refused (a full disk), kept to be written with the next
-/// batch. Their memory still counts against the queue's bound, so while the
-/// store refuses, new records are the ones dropped (and counted), not these.
+/// Records the store refused (a full disk), kept to be written again.
+///
+/// Their memory still counts against the queue's bound, and they are
+/// bounded in number too ([`super::MAX_QUEUED`], the oldest dropped first): while
+/// the store refuses, new records are dropped and counted, as when the
+/// writer falls behind. They are tried again after a backoff (1 s, doubling
+/// to 30 s), with what arrived meanwhile, not at every batch. Readers do not
+/// wait for them: each record is settled once a write was tried for it, so a
+/// listing answers at once without them rather than waiting its 2 s.
 #[derive(Default)]
 pub(super) struct Held {
-    entries: Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>,
-    /// Queue weight and records of every batch since the last write, released
-    /// (and settled) once written.
-    weight: usize,
-    records: u64,
+    entries: std::collections::VecDeque<Entry>,
+    /// When to try again, and the wait after that.
+    retry_at: Option<Instant>,
+    backoff: Duration,
     /// When the store's refusal was last logged.
     warned: Option<Instant>,
 }
 
+/// One record for the store, with who waits for it and its weight in the queue's bound.
+pub(super) struct Entry {
+    record: RequestRecord,
+    replay: Option<oneshot::Sender<RequestRecord>>,
+    weight: usize,
+}
+
+impl Held {
+    /// Drops the oldest entries past [`MAX_QUEUED`], and those of deleted
+    /// tunnels; the weight they gave back.
+    fn shed(&mut self, hub: &Capture, state: &State) -> usize {
+        let mut freed = 0;
+        while self.entries.len() > super::MAX_QUEUED {
+            if let Some(e) = self.entries.pop_front() {
+                freed += e.weight;
+                hub.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.entries.retain(|e| {
+            let alive = state.registry.get(&e.record.tunnel_id).is_some();
+            if !alive {
+                freed += e.weight;
+            }
+            alive
+        });
+        freed
+    }
+}
+
 async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mut Held) {
-    held.weight += batch.iter().map(Captured::weight).sum::<usize>();
-    held.records += batch.len() as u64;
+    let records = batch.len() as u64;
+    let mut freed = 0;
     // A deleted tunnel's records would outlive it.
-    batch.retain(|c| state.registry.get(&c.tunnel_id).is_some());
+    batch.retain(|c| {
+        let alive = state.registry.get(&c.tunnel_id).is_some();
+        if !alive {
+            freed += c.weight();
+        }
+        alive
+    });
     let keep = hub.config.max_records;
     if batch.len() > keep {
+        let before: usize = batch.iter().map(Captured::weight).sum();
         trim(&mut batch, keep);
+        freed += before - batch.iter().map(Captured::weight).sum::<usize>();
     }
-    if keep > 0 {
-        held.entries.extend(batch.into_iter().map(into_record));
+    if keep == 0 {
+        freed += batch.drain(..).map(|c| c.weight()).sum::<usize>();
     }
-    held.entries.retain(|(r, _)| state.registry.get(&r.tunnel_id).is_some());
-    if !held.entries.is_empty() {
-        let retried = held.warned.is_some();
-        match store_entries(hub, state, std::mem::take(&mut held.entries), keep).await {
-            Ok(n) if retried => {
-                tracing::info!(records = n, "captured requests the store refused are stored after all");
-                held.warned = None;
+    held.entries.extend(batch.into_iter().map(|c| {
+        let weight = c.weight();
+        let (record, replay) = into_record(c);
+        Entry { record, replay, weight }
+    }));
+    freed += held.shed(hub, state);
+    if held.entries.is_empty() {
+        held.warned = None;
+    } else if held.retry_at.is_none_or(|at| Instant::now() >= at) {
+        let entries = std::mem::take(&mut held.entries);
+        let weight: usize = entries.iter().map(|e| e.weight).sum();
+        match store_entries(hub, state, entries, keep).await {
+            Ok(n) => {
+                if held.warned.take().is_some() {
+                    tracing::info!(records = n, "captured requests the store refused are stored after all");
+                }
+                (held.retry_at, held.backoff) = (None, Duration::ZERO);
+                freed += weight;
             }
-            Ok(_) => {}
             Err((entries, err)) => {
+                held.backoff = (held.backoff * 2).clamp(RETRY_HELD, MAX_RETRY_HELD);
+                held.retry_at = Some(Instant::now() + held.backoff);
                 if held.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-                    tracing::warn!(%err, records = entries.len(), "could not store captured requests: kept, to try again");
+                    let (n, retry_in) = (entries.len(), held.backoff);
+                    tracing::warn!(%err, records = n, ?retry_in, "could not store captured requests: kept, to try again");
                     held.warned = Some(Instant::now());
                 }
                 held.entries = entries;
-                return;
             }
         }
     }
-    // Released only now: until written, a batch's memory counts against the queue's bound.
-    hub.queued_bytes.fetch_sub(std::mem::take(&mut held.weight), Ordering::Relaxed);
-    let records = std::mem::take(&mut held.records);
+    // Memory counts against the queue's bound until written (or given up).
+    hub.queued_bytes.fetch_sub(freed, Ordering::Relaxed);
     hub.settled.send_modify(|n| *n += records);
 }
 
@@ -190,10 +245,14 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mu
 async fn store_entries(
     hub: &Capture,
     state: &State,
-    entries: Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>,
+    entries: std::collections::VecDeque<Entry>,
     keep: usize,
 ) -> Result<usize, Refused> {
-    let (records, replays): (Vec<RequestRecord>, Vec<_>) = entries.into_iter().unzip();
+    let (mut records, mut others) = (Vec::with_capacity(entries.len()), Vec::with_capacity(entries.len()));
+    for Entry { record, replay, weight } in entries {
+        records.push(record);
+        others.push((replay, weight));
+    }
     let written = state
         .store
         .run(move |s| {
@@ -203,7 +262,11 @@ async fn store_entries(
         .await;
     let records = match written {
         Ok((records, Ok(()))) => records,
-        Ok((records, Err(err))) => return Err((records.into_iter().zip(replays).collect(), err)),
+        Ok((records, Err(err))) => {
+            let back =
+                records.into_iter().zip(others).map(|(record, (replay, weight))| Entry { record, replay, weight });
+            return Err((back.collect(), err));
+        }
         // The store's task itself failed (a panic): the records went with it.
         Err(err) => {
             tracing::warn!(%err, "could not store captured requests");
@@ -221,7 +284,7 @@ async fn store_entries(
         let _ = state.store.run(move |s| s.delete_requests(&tunnel)).await;
     }
     let n = records.len();
-    for (record, replay) in records.into_iter().zip(replays) {
+    for (record, (replay, _)) in records.into_iter().zip(others) {
         if let Some(watch) = hub.watchers.get(&record.tunnel_id) {
             if watch.receiver_count() > 0 {
                 let _ = watch.send(crate::server::requests_api::sse_event(&record).into());
@@ -237,7 +300,7 @@ async fn store_entries(
 }
 
 /// Entries the store refused, with its error.
-type Refused = (Vec<(RequestRecord, Option<oneshot::Sender<RequestRecord>>)>, crate::store::StoreError);
+type Refused = (std::collections::VecDeque<Entry>, crate::store::StoreError);
 
 /// Keeps the newest `keep` records of each tunnel (and every replay, which someone waits for).
 fn trim(batch: &mut Vec<Captured>, keep: usize) {
