@@ -194,14 +194,18 @@ impl Notifier {
     /// lost is a notification nobody gets. Only a stop while the store still
     /// refuses loses them, and says so.
     async fn write_outbox(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Emitted>, shutdown: CancellationToken) {
-        let mut batch: Vec<Emitted> = Vec::new();
+        // Rows are made once per event, so a batch written again keeps its
+        // `webhook-id`s (a write reported failed may have landed after all:
+        // receivers de-duplicate on them) and the webhooks it was meant for.
+        let (mut events, mut rows, mut changes) = (0, Vec::new(), Vec::new());
         let mut backoff = RETRY_WRITE;
         loop {
-            let stopping = if batch.is_empty() {
+            let mut fresh = Vec::new();
+            let stopping = if events == 0 {
                 tokio::select! {
                     e = queue.recv() => {
                         let closed = e.is_none();
-                        batch.extend(e);
+                        fresh.extend(e);
                         closed
                     }
                     _ = shutdown.cancelled() => true,
@@ -214,32 +218,52 @@ impl Notifier {
                 }
             };
             while let Ok(e) = queue.try_recv() {
-                batch.push(e);
+                fresh.push(e);
             }
-            if batch.is_empty() {
+            events += fresh.len();
+            rows.extend(self.deliveries_for(&fresh));
+            changes.extend(owed::live_changes(&fresh));
+            if events == 0 {
                 return; // shut down with nothing left to write
             }
-            let rows = self.deliveries_for(&batch);
-            let changes = owed::live_changes(&batch);
             let n = rows.len();
-            match self.store.run(move |s| s.record_events(&rows, &changes)).await {
+            let written = self
+                .store
+                .run(move |s| {
+                    let outcome = s.record_events(&rows, &changes);
+                    Ok((rows, changes, outcome))
+                })
+                .await;
+            let outcome = match written {
+                Ok((kept_rows, kept_changes, outcome)) => {
+                    (rows, changes) = (kept_rows, kept_changes);
+                    outcome
+                }
+                // The store's task itself failed (a panic): the batch went with it.
+                Err(err) => {
+                    tracing::error!(%err, events, deliveries = n, "webhook deliveries for the outbox are lost");
+                    (events, rows, changes) = (0, Vec::new(), Vec::new());
+                    if stopping {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match outcome {
                 Ok(()) => {
                     if backoff > RETRY_WRITE {
-                        tracing::info!(events = batch.len(), "webhook deliveries written to the outbox after all");
+                        tracing::info!(events, "webhook deliveries written to the outbox after all");
                     }
-                    batch.clear();
-                    backoff = RETRY_WRITE;
+                    (events, backoff) = (0, RETRY_WRITE);
+                    (rows, changes) = (Vec::new(), Vec::new());
                     if n > 0 {
                         self.wake.notify_one();
                     }
                 }
                 Err(err) if stopping => {
-                    let events = batch.len();
                     tracing::error!(%err, events, deliveries = n, "stopping: webhook deliveries the outbox refused are lost");
-                    return;
                 }
                 Err(err) => {
-                    let events = batch.len();
                     tracing::error!(%err, events, deliveries = n, retry_in = ?backoff, "cannot write webhook deliveries to the outbox: kept, to try again");
                     backoff = (backoff * 2).min(MAX_RETRY_WRITE);
                 }
