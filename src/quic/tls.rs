@@ -138,6 +138,17 @@ impl Identity {
     pub fn self_signed_in(dir: &Path, names: &[String]) -> Result<Self, TlsError> {
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Io { path, source }
+        };
+        // A pair is written under temporary names and renamed into place, the
+        // certificate last: a start cut short between the two renames left
+        // the key and the new certificate, which the next start puts in place.
+        let cert_new = dir.join("cert.pem.new");
+        if key_path.exists() && !cert_path.exists() && cert_new.exists() {
+            std::fs::rename(&cert_new, &cert_path).map_err(io(&cert_path))?;
+        }
         // Both or neither: generating a pair when one file is left would
         // overwrite it, and a new certificate changes the fingerprint that
         // clients may have pinned.
@@ -147,17 +158,16 @@ impl Identity {
             _ => {}
         }
         if !cert_path.exists() {
-            let io = |path: &Path| {
-                let path = path.to_path_buf();
-                move |source| TlsError::Io { path, source }
-            };
             std::fs::create_dir_all(dir).map_err(io(dir))?;
             let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
             sans.extend(names.iter().cloned());
             sans.dedup();
             let generated = rcgen::generate_simple_self_signed(sans)?;
-            write_private(&key_path, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
-            std::fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
+            let key_new = dir.join("key.pem.new");
+            write_private(&key_new, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_new))?;
+            std::fs::write(&cert_new, generated.cert.pem()).map_err(io(&cert_new))?;
+            std::fs::rename(&key_new, &key_path).map_err(io(&key_path))?;
+            std::fs::rename(&cert_new, &cert_path).map_err(io(&cert_path))?;
         }
         let mut identity = Self::from_pem_files(&cert_path, &key_path)?;
         identity.self_signed = true;
@@ -529,6 +539,18 @@ mod tests {
             std::fs::write(&gone, kept).unwrap();
             assert_eq!(Identity::self_signed_in(dir.path(), &[]).unwrap().fingerprint(), fingerprint);
         }
+    }
+
+    /// A first start cut short between its two renames left the key and the
+    /// certificate's temporary file: the next start completes the pair
+    /// rather than refusing a lone key.
+    #[test]
+    fn a_pair_cut_short_between_its_renames_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = Identity::self_signed_in(dir.path(), &[]).unwrap().fingerprint();
+        std::fs::rename(dir.path().join("cert.pem"), dir.path().join("cert.pem.new")).unwrap();
+        assert_eq!(Identity::self_signed_in(dir.path(), &[]).unwrap().fingerprint(), fingerprint);
+        assert!(!dir.path().join("cert.pem.new").exists());
     }
 
     /// The reset key survives restarts; a damaged one is replaced rather
