@@ -10,6 +10,10 @@
 //!
 //! `hookway keys` commands do not take it: they are meant to run beside the
 //! server, and SQLite keeps their writes consistent with its own.
+//!
+//! On a network file system the lock is only as good as the mount's: NFS
+//! may keep a crashed holder's lock for its lease (about 90 s), and a mount
+//! without locking refuses it, which is then only a warning.
 
 use std::fs::{File, OpenOptions};
 
@@ -40,6 +44,14 @@ pub enum DirLockError {
         /// ` (pid N)` when the holder wrote it, else empty.
         pid: String,
     },
+    /// The data dir could not be created.
+    #[error("cannot create the data dir {dir}: {source}")]
+    Create {
+        /// The data dir.
+        dir: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
     /// The lock file could not be created or opened.
     #[error("cannot open {path}: {source}")]
     Open {
@@ -54,8 +66,9 @@ impl DirLock {
     /// Takes `dir` (creating it, private to this user, if needed) for this process.
     pub fn acquire(dir: &Path) -> Result<Self, DirLockError> {
         let path = dir.join(LOCK_FILE);
+        crate::store::create_private_dir(dir)
+            .map_err(|source| DirLockError::Create { dir: dir.to_path_buf(), source })?;
         let open = |source| DirLockError::Open { path: path.clone(), source };
-        crate::store::create_private_dir(dir).map_err(open)?;
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]

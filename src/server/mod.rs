@@ -151,7 +151,7 @@ pub enum ServerError {
     /// Store error.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The data dir is another server's, or cannot be locked.
+    /// The data dir is another server's, or cannot be opened.
     #[error(transparent)]
     DataDir(#[from] dir_lock::DirLockError),
     /// Invalid configuration.
