@@ -211,7 +211,8 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mu
     }));
     freed += held.shed(hub, state);
     if held.entries.is_empty() {
-        held.warned = None;
+        // (Nothing held: the next records are written at once.)
+        (held.warned, held.retry_at, held.backoff) = (None, None, Duration::ZERO);
     } else if held.retry_at.is_none_or(|at| Instant::now() >= at) {
         let entries = std::mem::take(&mut held.entries);
         let weight: usize = entries.iter().map(|e| e.weight).sum();
