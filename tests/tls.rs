@@ -369,3 +369,26 @@ async fn a_switch_from_a_self_signed_certificate_to_a_verified_one_is_followed()
     next_event(&mut lines, Duration::from_secs(30), "reconnection with the verified certificate", back).await;
     assert!(child.try_wait().unwrap().is_none(), "still running");
 }
+
+/// Review: with no pin, a client verified the server's certificate for the
+/// QUIC host the API announced, so whoever answered the API could send it to
+/// a host of theirs with a valid certificate for that host. The certificate
+/// must now be issued for the host of the server's URL.
+#[tokio::test]
+async fn a_verified_certificate_must_be_for_the_servers_own_host() {
+    let dir = tempfile::tempdir().unwrap();
+    // A certificate for `localhost` only, announced at `localhost` while the
+    // client was given 127.0.0.1.
+    let (ca, elsewhere) = private_ca_with(dir.path(), |p| {
+        p.subject_alt_names = vec![rcgen::SanType::DnsName("localhost".try_into().unwrap())];
+    });
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = TestServer::start_with(|c| {
+        c.tls = elsewhere.source();
+        c.quic_addr = format!("127.0.0.1:{port}").parse().unwrap();
+        c.quic_public_addr = Some(format!("localhost:{port}"));
+    })
+    .await;
+    let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
+    assert!(err.contains("not issued for 127.0.0.1"), "{err}");
+}

@@ -266,7 +266,8 @@ fn jitter(d: Duration) -> Duration {
 /// would, and so does one that announces a self-signed certificate where the
 /// first connection verified one against the system roots. A server that
 /// moves from a self-signed certificate to one the system roots verify is
-/// followed: nobody in the middle can present such a certificate.
+/// followed: such a certificate is verified for the host of the server's
+/// URL, which nobody in the middle can present one for.
 async fn connect(
     api: &ApiClient,
     config: &ClientConfig,
@@ -311,7 +312,14 @@ async fn connect(
         Some(fp) => tls::Trust::pinned(fp).map_err(|e| Attempt::Fatal(ClientError::Config(e.to_string())))?,
         None => tls::Trust::SystemRoots,
     };
-    let server_name = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned();
+    // The name a certificate verified against the system roots must carry:
+    // the host of the server's URL, which the user gave, unless they named
+    // the QUIC address too. Not the address the API announces: whoever
+    // answers the API could name a host of theirs with a valid certificate.
+    let server_name = match (&trust, &config.quic_addr) {
+        (tls::Trust::SystemRoots, None) => base_host.clone(),
+        _ => target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_owned(),
+    };
     let refusal = tls::Refusal::default();
     let crypto = trust.client_config_noting(&refusal);
     let endpoint = quic::client_endpoint_with_tls(addr, crypto).map_err(|e| Attempt::Retry(e.to_string()))?;
@@ -461,7 +469,11 @@ async fn serve(
                 Ok(Some(Frame::SessionEnded(notice))) => {
                     // The server ended the session on purpose and said why
                     // here, in case its close packet never comes.
-                    closing.because(format!("the server ended the session ({})", notice.message));
+                    if notice.close_code == close::SERVER_SHUTDOWN.into_inner() as u32 {
+                        closing.because("the server shut down");
+                    } else {
+                        closing.because(format!("the server ended the session ({})", notice.message));
+                    }
                     conn.close(close::NORMAL, b"session ended by the server");
                     return Attempt::closed_with(quinn::VarInt::from_u32(notice.close_code));
                 }
