@@ -204,7 +204,7 @@ async fn next_request_log(client: &mut TestClient) -> hookway::client::RequestLo
 /// grace ran out had its caller's connection dropped without an answer, and
 /// the client logged that the caller went away. The caller now gets a 502
 /// saying the server shut down, and the client's log says so too.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_shutdown_grace_cuts_is_answered_why() {
     let server = TestServer::start_with(|c| c.shutdown_grace = Duration::from_millis(300)).await;
     let mut app = spawn_held_app().await;

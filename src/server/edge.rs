@@ -106,10 +106,13 @@ where
             let deadline = tokio::time::Instant::now() + timeout;
             let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body, deadline);
             tokio::select! {
+                // The cut first: once it came, a link already closing must not
+                // answer "disconnected" in its place.
+                biased;
+                () = state.cutting.cancelled() => gateway::cut_by_shutdown(subdomain),
                 resp = tokio::time::timeout_at(deadline, exchange.instrument(span)) => {
                     resp.unwrap_or_else(|_| timed_out(timeout))
                 }
-                () = state.cutting.cancelled() => gateway::cut_by_shutdown(subdomain),
             }
         }
     };
@@ -183,7 +186,12 @@ where
     let pace = body.pace();
     // (A timer is registered only if a step is pending: usually none is for
     // `open_bi`.)
-    let (send, recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
+    let opened = tokio::select! {
+        biased;
+        () = cutting.cancelled() => return gateway::cut_by_shutdown(&session.tunnel.subdomain),
+        opened = tokio::time::timeout_at(deadline, conn.open_bi()) => opened,
+    };
+    let (send, recv) = match opened {
         Ok(Ok(pair)) => pair,
         Ok(Err(_)) => return offline(session),
         Err(_) => return timed_out(timeout),
@@ -206,8 +214,11 @@ where
         }
     });
     let answer = tokio::select! {
-        answer = exchange => Some(answer),
+        // The cut first: once it came, a connection already closing must not
+        // answer "disconnected" in its place.
+        biased;
         () = cutting.cancelled() => None,
+        answer = exchange => Some(answer),
     };
     let Some(answer) = answer else {
         // The shutdown grace ran out: the caller hears why before its
@@ -259,7 +270,16 @@ where
             // The client went away (said goodbye, or died) after the request
             // reached it: as over the WebSocket gateway, a 502, since the app
             // may have seen the request (a 503 says it was not processed).
-            None if conn.close_reason().is_some() => gateway::disconnected(&session.tunnel.subdomain),
+            None if conn.close_reason().is_some() => {
+                // (A shutdown that closed the connection before the cut reached
+                // this request, should one ever.)
+                let ended = session.ending.borrow().as_ref().map(|e| u64::from(e.close_code));
+                if ended == Some(close::SERVER_SHUTDOWN.into_inner()) {
+                    gateway::cut_by_shutdown(&session.tunnel.subdomain)
+                } else {
+                    gateway::disconnected(&session.tunnel.subdomain)
+                }
+            }
             None => edge_error(
                 StatusCode::BAD_GATEWAY,
                 "tunnel-error",

@@ -295,6 +295,10 @@ pub async fn serve(
         () = cut_short.cancelled() => tracing::warn!("asked again to stop: closing in-flight requests now"),
     }
     cut.cancel();
+    // The requests still waiting answer why (see `drive`), before the server
+    // closes the tunnels' connections: else some would see a closed tunnel
+    // first, and a process that exits next would not write the answers.
+    let _ = tokio::time::timeout(CUT_FLUSH, connections.wait()).await;
 }
 
 /// What [`drive`] watches a connection with.
