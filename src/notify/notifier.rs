@@ -195,8 +195,9 @@ impl Notifier {
     /// refuses loses them, and says so.
     async fn write_outbox(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Emitted>, shutdown: CancellationToken) {
         // Rows are made once per event, so a batch written again keeps its
-        // `webhook-id`s (a write reported failed may have landed after all:
-        // receivers de-duplicate on them) and the webhooks it was meant for.
+        // `webhook-id`s, times and the webhooks it was meant for when it
+        // happened. (A refused write is rolled back whole: rows and marks
+        // are applied once.)
         let (mut events, mut rows, mut changes) = (0, Vec::new(), Vec::new());
         let mut backoff = RETRY_WRITE;
         loop {
@@ -345,7 +346,7 @@ impl Notifier {
             for (delivery, mine, all) in starting {
                 let (this, abandon) = (self.clone(), abandon.clone());
                 attempts.spawn(async move {
-                    abandon.run_until_cancelled(this.deliver(delivery)).await;
+                    this.deliver(delivery, &abandon).await;
                     drop((mine, all));
                     this.wake.notify_one();
                 });
@@ -365,8 +366,11 @@ impl Notifier {
         }
     }
 
-    /// One attempt of one delivery, and its record.
-    async fn deliver(&self, mut d: DeliveryRecord) {
+    /// One attempt of one delivery, and its record; `abandon` ends a
+    /// request still waiting for its receiver, and then nothing is recorded
+    /// (the row stays leased): a record written once abandoned might land
+    /// after the server let go of its data dir.
+    async fn deliver(&self, mut d: DeliveryRecord, abandon: &CancellationToken) {
         let Some(webhook) = self.webhook(&d.webhook_id) else { return }; // deleted: its rows went with it
         if !webhook.enabled {
             d.state = DeliveryState::Failed;
@@ -375,15 +379,15 @@ impl Notifier {
             self.save(d).await;
             return;
         }
-        let a = deliver::attempt(
+        let attempt = deliver::attempt(
             &self.http,
             &webhook,
             &d.id,
             &d.payload,
             self.config.attempt_timeout,
             self.config.allow_private,
-        )
-        .await;
+        );
+        let Some(a) = abandon.run_until_cancelled(attempt).await else { return };
         d.attempts += 1;
         let next = decide(&a.result, d.attempts, &self.config.schedule);
         let now = now_ms();

@@ -166,8 +166,15 @@ impl Identity {
             let key_new = dir.join("key.pem.new");
             write_private(&key_new, generated.signing_key.serialize_pem().as_bytes()).map_err(io(&key_new))?;
             std::fs::write(&cert_new, generated.cert.pem()).map_err(io(&cert_new))?;
+            // On disk before the names are: after a power loss, a rename
+            // may otherwise outlive its file's contents.
+            for new in [&key_new, &cert_new] {
+                std::fs::File::open(new).and_then(|f| f.sync_all()).map_err(io(new))?;
+            }
             std::fs::rename(&key_new, &key_path).map_err(io(&key_path))?;
             std::fs::rename(&cert_new, &cert_path).map_err(io(&cert_path))?;
+            #[cfg(unix)]
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         let mut identity = Self::from_pem_files(&cert_path, &key_path)?;
         identity.self_signed = true;

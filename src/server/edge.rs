@@ -62,7 +62,7 @@ where
         );
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let caller = state.config.trusted_proxies.caller(peer.ip(), &parts.headers);
+        let caller = caller(&state, peer, &parts.headers, replay.is_some());
         return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, caller, replay) {
             Some(tap) => {
                 let body = tap.request_body(body);
@@ -81,7 +81,7 @@ where
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     // Before our own hop joins `X-Forwarded-For`.
-    let caller = state.config.trusted_proxies.caller(peer.ip(), &headers);
+    let caller = caller(&state, peer, &headers, replay.is_some());
     let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, caller, replay);
     let body = match &tap {
         Some(tap) => tap.request_body(body),
@@ -314,6 +314,14 @@ fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {
         StreamErrorCode::LocalTimeout => edge_error(StatusCode::GATEWAY_TIMEOUT, "local-timeout", message),
         _ => edge_error(StatusCode::BAD_GATEWAY, "local-error", message),
     }
+}
+
+/// The caller of a request from `peer`, for its record and the tunnel
+/// client: behind a trusted proxy, the one its `X-Forwarded-For` names. Not
+/// for a replay, whose headers are a captured request's (with the API
+/// user's edits), not what a proxy wrote for this one.
+fn caller(state: &State, peer: SocketAddr, headers: &HeaderMap, replay: bool) -> std::net::IpAddr {
+    if replay { peer.ip().to_canonical() } else { state.config.trusted_proxies.caller(peer.ip(), headers) }
 }
 
 /// Adds `X-Forwarded-For/-Proto/-Host`; the host is the request's URI

@@ -39,11 +39,17 @@ impl TrustedProxies {
         }
         // Every `X-Forwarded-For` field, as one list (RFC 9110 §5.3), read
         // from the nearest hop back.
-        let fields: Vec<&str> = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        let fields: Vec<Option<&str>> = headers.get_all("x-forwarded-for").iter().map(|v| v.to_str().ok()).collect();
         let mut caller = peer;
-        for entry in fields.iter().rev().flat_map(|field| field.rsplit(',')) {
-            // What cannot be read ends the chain: the last hop read is the caller.
-            let Some(ip) = hop(entry) else { break };
+        // What cannot be read ends the chain, a whole field that is not
+        // text too (else a caller's earlier field would be read in its
+        // place): the last hop read is the caller.
+        let entries = fields.iter().rev().flat_map(|field| match field {
+            Some(text) => text.rsplit(',').map(Some).collect::<Vec<_>>(),
+            None => vec![None],
+        });
+        for entry in entries {
+            let Some(ip) = entry.and_then(hop) else { break };
             caller = ip;
             if !self.trusts(ip) {
                 break;
@@ -130,6 +136,10 @@ mod tests {
         // Unreadable entries end the chain at the last hop read.
         assert_eq!(trusted.caller(local, &xff(&["203.0.113.7, unknown"])), local);
         assert_eq!(trusted.caller(local, &xff(&["garbage, 10.0.0.5"])), ip("10.0.0.5"));
+        // A field that is not text ends the chain there, not read past.
+        let mut latin1 = xff(&["203.0.113.7"]);
+        latin1.append("x-forwarded-for", http::HeaderValue::from_bytes(b"caf\xe9, 10.0.0.5").unwrap());
+        assert_eq!(trusted.caller(local, &latin1), local);
         // No header: the proxy itself.
         assert_eq!(trusted.caller(local, &HeaderMap::new()), local);
     }

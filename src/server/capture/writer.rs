@@ -129,6 +129,8 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
         rest.push(c);
     }
     if !rest.is_empty() || !held.entries.is_empty() {
+        // One last try for all of it, backoff or not.
+        held.retry_at = None;
         write(&hub, &state, rest, &mut held).await;
     }
     if !held.entries.is_empty() {
@@ -143,8 +145,9 @@ pub(super) async fn run(hub: Arc<Capture>, state: Arc<State>, stop: Cancellation
 /// the store refuses, new records are dropped and counted, as when the
 /// writer falls behind. They are tried again after a backoff (1 s, doubling
 /// to 30 s), with what arrived meanwhile, not at every batch. Readers do not
-/// wait for them: each record is settled once a write was tried for it, so a
-/// listing answers at once without them rather than waiting its 2 s.
+/// wait for them: each record is settled once it reached the writer, so a
+/// listing answers at once without them rather than waiting its 2 s. A
+/// stop makes one last try, backoff or not.
 #[derive(Default)]
 pub(super) struct Held {
     entries: std::collections::VecDeque<Entry>,
@@ -196,7 +199,7 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mu
         alive
     });
     let keep = hub.config.max_records;
-    if batch.len() > keep {
+    if keep > 0 && batch.len() > keep {
         let before: usize = batch.iter().map(Captured::weight).sum();
         trim(&mut batch, keep);
         freed += before - batch.iter().map(Captured::weight).sum::<usize>();
@@ -218,7 +221,8 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mu
         let weight: usize = entries.iter().map(|e| e.weight).sum();
         match store_entries(hub, state, entries, keep).await {
             Ok(n) => {
-                if held.warned.take().is_some() {
+                // (None stored: the store's task failed, and said so.)
+                if held.warned.take().is_some() && n > 0 {
                     tracing::info!(records = n, "captured requests the store refused are stored after all");
                 }
                 (held.retry_at, held.backoff) = (None, Duration::ZERO);
