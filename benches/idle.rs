@@ -38,17 +38,8 @@ fn main() {
         let shutdown = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for t in &tunnels {
-            let config = ClientConfig {
-                server: base.clone(),
-                tunnel_id: t.tunnel.id.clone(),
-                token: t.auth_token.clone(),
-                local_host: "127.0.0.1".into(),
-                local_port: 9, // never called: the tunnels stay idle
-                fingerprint: None,
-                quic_addr: None,
-                ws_url: None,
-                busy_poll: hookway::client::spin::DEFAULT_BUDGET,
-            };
+            // Port 9 is never called: the tunnels stay idle.
+            let config = ClientConfig::new(&base, &t.tunnel.id, &t.auth_token, 9);
             let tx = tx.clone();
             tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
         }

@@ -34,17 +34,7 @@ async fn hanging_receiver() -> String {
 }
 
 fn config(base: &str, id: &str, token: &str, port: u16) -> ClientConfig {
-    ClientConfig {
-        server: base.to_owned(),
-        tunnel_id: id.to_owned(),
-        token: token.to_owned(),
-        local_host: "127.0.0.1".into(),
-        local_port: port,
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: None,
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
-    }
+    ClientConfig::new(base, id, token, port)
 }
 
 /// Connects and disconnects a tunnel `cycles` times; connect and disconnect latencies.

@@ -886,15 +886,8 @@ async fn a_second_sigterm_cuts_the_server_drain_short() {
     let api = hookway::client::ApiClient::new(&url, Some(API_KEY.into()));
     let created = api.create_tunnel("drained", None).await.unwrap();
     let config = hookway::client::ClientConfig {
-        server: url.clone(),
-        tunnel_id: created.tunnel.id.clone(),
-        token: created.auth_token.clone(),
-        local_host: "127.0.0.1".into(),
-        local_port: app.addr.port(),
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: None,
         busy_poll: std::time::Duration::ZERO,
+        ..hookway::client::ClientConfig::new(&url, &created.tunnel.id, &created.auth_token, app.addr.port())
     };
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -308,15 +308,9 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
     });
 
     let config = hookway::client::ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: "tun_fake".into(),
-        token: "tok".into(),
-        local_host: "127.0.0.1".into(),
-        local_port: closed_port().await,
         fingerprint: Some(identity.fingerprint()),
         quic_addr: Some(fake_addr.to_string()),
-        ws_url: None,
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
+        ..hookway::client::ClientConfig::new(&server.url, "tun_fake", "tok", closed_port().await)
     };
     let client = hookway::client::run(config, |_| {}, tokio_util::sync::CancellationToken::new());
     // Well within the server's grace period: the notice, not a timeout, ended it.
@@ -500,15 +494,9 @@ async fn a_silent_quic_port_suggests_the_websocket_transport() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let config = hookway::client::ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: id,
-        token,
-        local_host: "127.0.0.1".into(),
-        local_port: closed_port().await,
-        fingerprint: None,
         quic_addr: Some(silent.local_addr().unwrap().to_string()),
-        ws_url: None,
         busy_poll: Duration::ZERO,
+        ..hookway::client::ClientConfig::new(&server.url, id, token, closed_port().await)
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));

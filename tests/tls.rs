@@ -52,15 +52,8 @@ async fn configured_certificate_is_served_and_pins_are_enforced() {
     let app = spawn_app().await;
     let (id, token, _) = create_tunnel(&server, None).await;
     let config = |fp: Option<String>| ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: id.clone(),
-        token: token.clone(),
-        local_host: "127.0.0.1".into(),
-        local_port: app.port(),
         fingerprint: fp,
-        quic_addr: None,
-        ws_url: None,
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
+        ..ClientConfig::new(&server.url, &id, &token, app.port())
     };
 
     // Not in the system roots: refused for good, on the first attempt.

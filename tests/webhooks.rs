@@ -1202,15 +1202,8 @@ async fn call_at(url: &str, method: Method, path: &str, body: Option<Value>) -> 
 /// A tunnel client of the server at `url` (a process), in a task.
 fn client_at(url: &str, tunnel_id: &str, token: &str, port: u16) -> TestClient {
     let config = hookway::client::ClientConfig {
-        server: url.to_owned(),
-        tunnel_id: tunnel_id.to_owned(),
-        token: token.to_owned(),
-        local_host: "127.0.0.1".into(),
-        local_port: port,
-        fingerprint: None,
-        quic_addr: None,
-        ws_url: None,
         busy_poll: Duration::ZERO,
+        ..hookway::client::ClientConfig::new(url, tunnel_id, token, port)
     };
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let stop = tokio_util::sync::CancellationToken::new();

@@ -58,6 +58,32 @@ pub struct ClientConfig {
     pub busy_poll: Duration,
 }
 
+impl ClientConfig {
+    /// Serves tunnel `tunnel_id` with `token`, from the server at `server`,
+    /// to the app at `127.0.0.1:local_port`, trusting what the server
+    /// announces (QUIC address, certificate) and busy-polling for
+    /// [`spin::DEFAULT_BUDGET`], over QUIC. The fields are public: set others
+    /// with struct update syntax.
+    pub fn new(
+        server: impl Into<String>,
+        tunnel_id: impl Into<String>,
+        token: impl Into<String>,
+        local_port: u16,
+    ) -> Self {
+        Self {
+            server: server.into(),
+            tunnel_id: tunnel_id.into(),
+            token: token.into(),
+            local_host: "127.0.0.1".into(),
+            local_port,
+            fingerprint: None,
+            quic_addr: None,
+            ws_url: None,
+            busy_poll: spin::DEFAULT_BUDGET,
+        }
+    }
+}
+
 /// Things worth telling the user about.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -112,17 +112,7 @@ impl TestClient {
     /// [`TestClient::spawn`] forwarding to the app at `host` (`--local-host`).
     pub fn spawn_to(server: &TestServer, tunnel_id: &str, token: &str, host: &str, port: u16) -> Self {
         let (tx, events) = mpsc::unbounded_channel();
-        let config = ClientConfig {
-            server: server.url.clone(),
-            tunnel_id: tunnel_id.into(),
-            token: token.into(),
-            local_host: host.into(),
-            local_port: port,
-            fingerprint: None,
-            quic_addr: None,
-            ws_url: None,
-            busy_poll: hookway::client::spin::DEFAULT_BUDGET,
-        };
+        let config = ClientConfig { local_host: host.into(), ..ClientConfig::new(&server.url, tunnel_id, token, port) };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
         Self { events, shutdown, task, tunnel_url: String::new(), host_url: None }
@@ -640,15 +630,8 @@ pub async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
     let created = server.api().create_tunnel("ws tunnel", None).await.unwrap();
     let (tx, events) = mpsc::unbounded_channel();
     let config = ClientConfig {
-        server: server.url.clone(),
-        tunnel_id: created.tunnel.id.clone(),
-        token: created.auth_token.clone(),
-        local_host: "127.0.0.1".into(),
-        local_port: port,
-        fingerprint: None,
-        quic_addr: None,
         ws_url: Some(created.ws_url.parse().unwrap()),
-        busy_poll: hookway::client::spin::DEFAULT_BUDGET,
+        ..ClientConfig::new(&server.url, &created.tunnel.id, &created.auth_token, port)
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
