@@ -166,16 +166,10 @@ pub(super) struct Entry {
 }
 
 impl Held {
-    /// Drops the oldest entries past [`MAX_QUEUED`], and those of deleted
-    /// tunnels; the weight they gave back.
-    fn shed(&mut self, hub: &Capture, state: &State) -> usize {
+    /// Drops the entries of tunnels deleted since they were held; the weight
+    /// they gave back. (A new batch is filtered before it joins them.)
+    fn forget_deleted(&mut self, state: &State) -> usize {
         let mut freed = 0;
-        while self.entries.len() > super::MAX_QUEUED {
-            if let Some(e) = self.entries.pop_front() {
-                freed += e.weight;
-                hub.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         self.entries.retain(|e| {
             let alive = state.registry.get(&e.record.tunnel_id).is_some();
             if !alive {
@@ -184,6 +178,14 @@ impl Held {
             alive
         });
         freed
+    }
+
+    /// Drops (and counts) the oldest entries past [`super::MAX_QUEUED`]; the
+    /// weight they gave back.
+    fn cap(&mut self, hub: &Capture) -> usize {
+        let excess = self.entries.len().saturating_sub(super::MAX_QUEUED);
+        hub.dropped.fetch_add(excess as u64, Ordering::Relaxed);
+        self.entries.drain(..excess).map(|e| e.weight).sum()
     }
 }
 
@@ -207,12 +209,13 @@ async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mu
     if keep == 0 {
         freed += batch.drain(..).map(|c| c.weight()).sum::<usize>();
     }
+    freed += held.forget_deleted(state);
     held.entries.extend(batch.into_iter().map(|c| {
         let weight = c.weight();
         let (record, replay) = into_record(c);
         Entry { record, replay, weight }
     }));
-    freed += held.shed(hub, state);
+    freed += held.cap(hub);
     if held.entries.is_empty() {
         // (Nothing held: the next records are written at once.)
         (held.warned, held.retry_at, held.backoff) = (None, None, Duration::ZERO);
