@@ -108,6 +108,18 @@ struct Cli {
 /// The subcommands that are not clients of a server's API, and so take no [`ClientArgs`].
 const NOT_CLIENTS: [&str; 2] = ["server", "keys"];
 
+/// `--help` shows an option's `[env: NAME=value]` only while `NAME` is set:
+/// unset, clap would print `[env: NAME=]`, which reads as set to the empty
+/// string. Secrets (`hide_env_values` already) never show their value.
+fn env_shown_when_set(command: clap::Command) -> clap::Command {
+    let command = command.mut_args(|arg| match arg.get_env() {
+        Some(name) if std::env::var_os(name).is_none() => arg.hide_env_values(true),
+        _ => arg,
+    });
+    let names: Vec<String> = command.get_subcommands().map(|sub| sub.get_name().to_owned()).collect();
+    names.iter().fold(command, |command, name| command.mut_subcommand(name, env_shown_when_set))
+}
+
 /// Parses the command line. The client options are clap globals, which clap
 /// copies into every subcommand: `server` and `keys` get hidden copies instead
 /// (clap then skips them), so their `--help` does not list options they
@@ -115,7 +127,7 @@ const NOT_CLIENTS: [&str; 2] = ["server", "keys"];
 fn parse() -> Cli {
     let client_args: Vec<clap::Arg> =
         ClientArgs::augment_args(clap::Command::new("client")).get_arguments().cloned().collect();
-    let mut command = NOT_CLIENTS.iter().fold(Cli::command(), |cmd, name| {
+    let mut command = NOT_CLIENTS.iter().fold(env_shown_when_set(Cli::command()), |cmd, name| {
         cmd.mut_subcommand(name, |sub| sub.args(client_args.iter().map(|arg| arg.clone().global(false).hide(true))))
     });
     let matches = command.get_matches_mut();

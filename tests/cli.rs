@@ -49,6 +49,29 @@ async fn help_explains_every_command() {
     }
 }
 
+/// `--help` names each option's environment variable, and shows its value
+/// only while it is set (clap's `[env: NAME=]` read as set to ""), a
+/// secret's never.
+#[tokio::test]
+async fn help_shows_env_values_only_when_set() {
+    let (code, out, _) = hookway(&["tunnels", "connect", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("[env: HOOKWAY_SERVER]") && out.contains("[env: HOOKWAY_API_KEY]"), "{out}");
+    assert!(!out.contains("=]"), "an unset variable shown with a value: {out}");
+    let (code, out, _) = hookway(&["start", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("[env: HOOKWAY_FINGERPRINT]") && !out.contains("=]"), "{out}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "list", "--help"])
+        .env("HOOKWAY_SERVER", "http://127.0.0.1:9")
+        .env("HOOKWAY_API_KEY", "sekrit")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("[env: HOOKWAY_SERVER=http://127.0.0.1:9]"), "{out}");
+    assert!(out.contains("[env: HOOKWAY_API_KEY]") && !out.contains("sekrit"), "{out}");
+}
+
 #[tokio::test]
 async fn missing_key_and_unreachable_server_are_explained() {
     let (code, _, err) = hookway(&["tunnels", "list"], None, None).await;
