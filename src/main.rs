@@ -346,7 +346,7 @@ struct ClientArgs {
 struct ConnectArgs {
     /// Host of the local app. `localhost` reaches an app listening on 127.0.0.1 or on ::1 (tried in
     /// that order, without a lookup).
-    #[arg(long, default_value = "localhost")]
+    #[arg(long, default_value = "localhost", value_parser = client::forward::local_host)]
     local_host: String,
     /// Pin this SHA-256 certificate fingerprint instead of the one the server announces.
     #[arg(long, env = "HOOKWAY_FINGERPRINT", value_parser = fingerprint)]
@@ -375,7 +375,7 @@ struct StartArgs {
     /// Local port to expose.
     #[arg(value_parser = local_port)]
     port: u16,
-    /// Tunnel name (default: "localhost:<port>").
+    /// Tunnel name (default: "<local host>:<port>", like "localhost:3000").
     #[arg(long)]
     name: Option<String>,
     /// Custom subdomain (3-63 chars: lowercase letters, digits, hyphens; starts with a letter, not ending in a hyphen).
@@ -944,7 +944,7 @@ async fn start(args: StartArgs) -> Result<()> {
     if args.monitor && args.client.json {
         bail!("--monitor shows a full-screen view: it does not combine with --json");
     }
-    let name = args.name.unwrap_or_else(|| format!("localhost:{}", args.port));
+    let name = args.name.unwrap_or_else(|| client::forward::authority(&args.connect.local_host, args.port));
     let quiet = args.client.json || args.monitor;
     let (id, token, ws_url) = match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref()).await
     {

@@ -72,6 +72,18 @@ async fn help_shows_env_values_only_when_set() {
     assert!(out.contains("[env: HOOKWAY_API_KEY]") && !out.contains("sekrit"), "{out}");
 }
 
+/// A `--local-host` with a port or a scheme is a usage error, not a tunnel
+/// whose every request fails with "refused" (it was `[127.0.0.1:3000]:3000`).
+#[tokio::test]
+async fn local_host_is_a_host_alone() {
+    for (host, says) in [("127.0.0.1:3000", "without a port"), ("http://localhost", "without a scheme"), ("", "empty")]
+    {
+        let (code, _, err) = hookway(&["start", "3000", "--local-host", host], None, Some("k")).await;
+        assert_eq!(code, 2, "{host}: {err}");
+        assert!(err.contains("--local-host") && err.contains(says), "{host}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn missing_key_and_unreachable_server_are_explained() {
     let (code, _, err) = hookway(&["tunnels", "list"], None, None).await;

@@ -77,6 +77,41 @@ impl tower_service::Service<Name> for LoopbackFirst {
     }
 }
 
+/// Checks a `--local-host`: a host name or an IP address (an IPv6 one with
+/// or without brackets), returned as [`authority`] takes it. Anything else
+/// used to be accepted and made every request fail with a misleading
+/// "refused": `127.0.0.1:3000` became `[127.0.0.1:3000]:3000`.
+pub fn local_host(s: &str) -> Result<String, String> {
+    const PORT: &str = "the port is the command's own argument, as in `hookway start 3000 --local-host 127.0.0.1`";
+    let host = s.trim();
+    if host.is_empty() {
+        return Err("the local app's host is empty (the default is localhost)".into());
+    }
+    if host.contains("://") {
+        return Err(format!("give the host alone, without a scheme: {PORT}"));
+    }
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if unbracketed.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(unbracketed.to_owned());
+    }
+    if host.parse::<SocketAddr>().is_ok() || host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+    {
+        return Err(format!("give the host alone, without a port: {PORT}"));
+    }
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{host:?} is not a host name or an IP address"));
+    }
+    Ok(host.to_owned())
+}
+
 /// `host:port` as in a URL: an IPv6 address in brackets.
 pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
@@ -153,8 +188,14 @@ impl LocalApp {
         if err.is_connect() {
             let host = self.authority.rsplit_once(':').map_or("", |(host, _)| host);
             let tried = if host.eq_ignore_ascii_case("localhost") { " (tried 127.0.0.1 and ::1)" } else { "" };
-            let message =
-                format!("the local app at {} refused the connection or is not running{tried}", self.authority);
+            let app = &self.authority;
+            let message = match connect_failure(err) {
+                ConnectFailure::Refused => {
+                    format!("the local app at {app} refused the connection or is not running{tried}")
+                }
+                ConnectFailure::TimedOut => format!("the local app at {app} did not accept the connection within 5 s"),
+                ConnectFailure::Other(why) => format!("the local app at {app} cannot be reached: {why}"),
+            };
             ("local-unreachable", message)
         } else {
             // hyper-util's error says only "client error (SendRequest)": what
@@ -162,6 +203,33 @@ impl LocalApp {
             ("local-error", format!("the local app at {} failed: {}", self.authority, crate::error_chain(err)))
         }
     }
+}
+
+/// Why a connection to the local app failed: a refusal is the usual case
+/// (the app is not running), but a name that does not resolve, or a host that
+/// does not answer, calls for another fix.
+enum ConnectFailure {
+    Refused,
+    TimedOut,
+    Other(String),
+}
+
+fn connect_failure(err: &hyper_util::client::legacy::Error) -> ConnectFailure {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
+                std::io::ErrorKind::TimedOut => return ConnectFailure::TimedOut,
+                _ => {}
+            }
+        }
+        source = cause.source();
+    }
+    // hyper-util's message ("client error (Connect)") says nothing its
+    // sources do not: "dns error: failed to lookup address information: …".
+    let chain = std::error::Error::source(err).map_or_else(|| err.to_string(), crate::error_chain);
+    ConnectFailure::Other(chain)
 }
 
 /// Why this client is closing its connection, once it is: the log of a
@@ -341,5 +409,58 @@ async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::
                 format!("the app's response body failed: {error} (the caller was answered 502)")
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_host_takes_names_and_addresses_only() {
+        for (given, taken) in [
+            ("localhost", "localhost"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("my-app.internal", "my-app.internal"),
+            ("host.docker.internal.", "host.docker.internal."),
+        ] {
+            assert_eq!(local_host(given).as_deref(), Ok(taken), "{given}");
+        }
+        for (given, says) in [
+            ("", "empty"),
+            ("  ", "empty"),
+            ("http://localhost", "without a scheme"),
+            ("127.0.0.1:3000", "without a port"),
+            ("[::1]:3000", "without a port"),
+            ("localhost:3000", "without a port"),
+            ("local host", "not a host name"),
+            ("app/path", "not a host name"),
+            ("-app", "not a host name"),
+            ("a..b", "not a host name"),
+        ] {
+            let err = local_host(given).unwrap_err();
+            assert!(err.contains(says), "{given:?}: {err}");
+        }
+    }
+
+    /// A refusal says the app is not running. (The other failures, a name
+    /// that does not resolve or a host that does not answer, would need a
+    /// look-up or a host that is not on this machine.)
+    #[tokio::test]
+    async fn a_refusal_says_the_app_is_not_running() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let app = LocalApp::new("127.0.0.1", port);
+        let (kind, message) = exchange_error(&app).await;
+        assert_eq!(kind, "local-unreachable");
+        assert!(message.contains("refused the connection or is not running"), "{message}");
+    }
+
+    async fn exchange_error(app: &LocalApp) -> (&'static str, String) {
+        let result = app.exchange_buffered(http::Method::GET, "/", http::HeaderMap::new(), Bytes::new(), 1024).await;
+        result.err().expect("no app there")
     }
 }
