@@ -250,7 +250,9 @@ struct ServerArgs {
     /// Where the database and the generated certificate live.
     #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
     data_dir: PathBuf,
-    /// Public base URL of the HTTP listener, as callers reach it (default: http://<http addr>).
+    /// Public base URL of the HTTP listener, as callers reach it (default: http://<http addr>). It may
+    /// have a path (https://example.com/hooks) for a reverse proxy that serves hookway under it:
+    /// requests are routed with that path or without it, whether the proxy strips it or not.
     #[arg(long, env = "HOOKWAY_PUBLIC_URL")]
     public_url: Option<String>,
     /// Domain for host-based URLs: <subdomain>.<domain> routes to that tunnel.

@@ -68,6 +68,31 @@ async fn binary_bodies_are_byte_exact() {
     assert_eq!(got["sum"], sum);
 }
 
+/// A public URL with a path, for a reverse proxy serving hookway under it:
+/// the API, the client's connection and the tunnels work with the path (a
+/// proxy that passes it on) and without it (one that strips it).
+#[tokio::test]
+async fn a_public_url_path_is_served_with_and_without_it() {
+    let server = TestServer::start_with(|c| c.public_url = Some("http://hooks.test/hooks".into())).await;
+    // The API and the client, through the prefix.
+    let url = format!("http://127.0.0.1:{}/hooks", server.http.port());
+    let s = Setup::with_server(TestServer { url, ..server }).await;
+    assert_eq!(s.client.tunnel_url, format!("http://hooks.test/hooks/t/{}", s.subdomain));
+    let base = format!("http://{}", s.server.http);
+    for prefix in ["/hooks", ""] {
+        let resp = http().post(format!("{base}{prefix}/t/{}/echo/x?q=1", s.subdomain)).body("hi").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{prefix:?}");
+        let seen: Value = resp.json().await.unwrap();
+        assert_eq!(seen["path"], "/echo/x?q=1", "{prefix:?}");
+        let list = http().get(format!("{base}{prefix}/api/tunnels")).bearer_auth(API_KEY).send().await.unwrap();
+        assert_eq!(list.status(), 200, "{prefix:?}");
+    }
+    // Only a whole segment is the prefix.
+    let resp = http().get(format!("{base}/hooksmith/t/{}/echo", s.subdomain)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.text().await.unwrap().contains("no route for /hooksmith/t/"));
+}
+
 #[tokio::test]
 async fn host_based_routing() {
     let server = TestServer::start_with(|c| c.domain = Some("tunnel.test".into())).await;

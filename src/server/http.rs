@@ -113,6 +113,9 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         }
         HostRoute::Elsewhere => {}
     }
+    if let Some(uri) = state.config.path_prefix.as_deref().and_then(|prefix| without_prefix(req.uri(), prefix)) {
+        *req.uri_mut() = uri;
+    }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/t/") {
         let (sub, tail) = rest.split_once('/').map_or((rest, ""), |(s, t)| (s, t));
@@ -143,6 +146,23 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         ))),
         _ => json_error(StatusCode::NOT_FOUND, format!("no route for {path}")),
     }
+}
+
+/// `uri` without the public URL's path `prefix`, when it starts with that
+/// path (a whole segment: `/hooks` is not the start of `/hooksmith`).
+fn without_prefix(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
+    let rest = uri.path().strip_prefix(prefix)?;
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return None;
+    }
+    let path = if rest.is_empty() { "/" } else { rest };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// The answer to a request whose target is `*`: the methods the edge

@@ -170,6 +170,10 @@ pub struct RuntimeConfig {
     pub public_port: Option<u16>,
     /// `ws(s)://` + the public URL after its scheme, for `wsUrl`.
     pub ws_base: String,
+    /// The public URL's path (`/hooks`), for a reverse proxy that serves
+    /// hookway under it: requests are routed with it (a proxy that passes
+    /// the path on) and without it (one that strips it), so either works.
+    pub path_prefix: Option<String>,
     /// Lowercased domain for host-based routing.
     pub domain: Option<String>,
     /// The public URL's own host as labels under `domain`, when it is under it
@@ -455,6 +459,7 @@ impl Server {
                 scheme: public.scheme,
                 public_port: public.port,
                 ws_base: public.ws_base,
+                path_prefix: public.path_prefix,
                 domain,
                 own_subdomain,
                 request_timeout: config.request_timeout,
@@ -580,7 +585,14 @@ struct PublicUrl {
     host: String,
     port: Option<u16>,
     ws_base: String,
+    /// Its path, without a trailing slash, when it has one.
+    path_prefix: Option<String>,
 }
+
+/// First path segments of the server's own routes: a public URL's path
+/// starting with one would make requests ambiguous (under `/t`, is `/t/x/y`
+/// tunnel `x`, or tunnel `y` under the prefix?).
+const ROUTE_SEGMENTS: [&str; 4] = ["t", "tunnels", "api", "healthz"];
 
 impl PublicUrl {
     /// Tunnel URLs are this URL with `/t/{subdomain}` appended, so it must be
@@ -608,12 +620,18 @@ impl PublicUrl {
         if uri.port_u16() == Some(0) {
             return Err(bad("has port 0"));
         }
+        let path = uri.path().trim_end_matches('/');
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if ROUTE_SEGMENTS.contains(&first) {
+            return Err(bad(&format!("has a path starting with /{first}, one of hookway's own routes: pick another")));
+        }
         let rest = &url[scheme.len() + "://".len()..];
         Ok(Self {
             scheme,
             host: host.trim_matches(['[', ']']).to_owned(),
             port: uri.port_u16(),
             ws_base: format!("{ws}://{rest}"),
+            path_prefix: (!path.is_empty()).then(|| path.to_owned()),
         })
     }
 }
@@ -740,8 +758,13 @@ mod tests {
         let p = PublicUrl::parse("https://tunnels.example.com").unwrap();
         assert_eq!((p.scheme, p.host.as_str(), p.port), ("https", "tunnels.example.com", None));
         assert_eq!(p.ws_base, "wss://tunnels.example.com");
+        assert_eq!(p.path_prefix, None);
         let p = PublicUrl::parse("http://h.test:8080/prefix").unwrap();
         assert_eq!((p.port, p.ws_base.as_str()), (Some(8080), "ws://h.test:8080/prefix"));
+        assert_eq!(p.path_prefix.as_deref(), Some("/prefix"));
+        assert_eq!(PublicUrl::parse("http://h.test/a/b/").unwrap().path_prefix.as_deref(), Some("/a/b"));
+        assert_eq!(PublicUrl::parse("http://h.test/").unwrap().path_prefix, None);
+        assert_eq!(PublicUrl::parse("http://h.test/tx").unwrap().path_prefix.as_deref(), Some("/tx"));
         let p = PublicUrl::parse("http://[::1]:9000").unwrap();
         assert_eq!((p.host.as_str(), p.port), ("::1", Some(9000)));
         for bad in [
@@ -754,6 +777,10 @@ mod tests {
             "https://user:pw@h.test",
             "http://h.test:99999",
             "http://h.test:0",
+            "http://h.test/t",
+            "http://h.test/api/x",
+            "http://h.test/tunnels",
+            "http://h.test/healthz/",
         ] {
             assert!(PublicUrl::parse(bad).is_err(), "{bad}");
         }
