@@ -151,7 +151,7 @@ async fn host_based_routing() {
 
 #[tokio::test]
 async fn server_sent_events_arrive_chunk_by_chunk() {
-    let s = Setup::new().await;
+    let mut s = Setup::new().await;
     let started = Instant::now();
     let resp = http().get(s.url("/sse")).send().await.unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -169,6 +169,15 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
     // reach the caller long before the response ends.
     assert!(total >= Duration::from_millis(600), "{total:?}");
     assert!(first_at + Duration::from_millis(400) < total, "first chunk at {first_at:?}, end at {total:?}");
+    // The client's line counts the whole response, not the time to its head.
+    let logged = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.client.events.recv()).await.unwrap().unwrap() {
+            hookway::client::Event::Request(log) => break log,
+            _ => continue,
+        }
+    };
+    assert_eq!((logged.path.as_str(), logged.status), ("/sse", Some(200)));
+    assert!(logged.duration >= Duration::from_millis(550), "{logged:?}");
 }
 
 #[tokio::test]

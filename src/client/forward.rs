@@ -34,7 +34,9 @@ pub struct RequestLog {
     pub path: String,
     /// Status returned, or `None` when the local app failed.
     pub status: Option<u16>,
-    /// Time to the response head.
+    /// Time until the response went out whole (or failed), as the server's
+    /// request record counts it. (Time to the head alone hid an app slow to
+    /// send its body: one writing head and body apart met Nagle's 40 ms.)
     pub duration: Duration,
     /// What went wrong, when something did.
     pub error: Option<String>,
@@ -351,6 +353,7 @@ pub async fn serve(
     strip_hop_by_hop(&mut headers);
     let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into() });
     send_response(writer, head, body, &mut log).await;
+    log.duration = started.elapsed();
     Some(log)
 }
 
