@@ -1006,7 +1006,7 @@ async fn forget_unserved(api: &ApiClient, id: &str) {
 /// Why `subdomain` cannot be had, and what to do: serve this organization's
 /// tunnel on it with `tunnels connect`, or pick another name.
 async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: &str) -> Result<String> {
-    let listed = api.call(Method::GET, "/api/tunnels", None).await?;
+    let listed = api.list("/api/tunnels", "tunnels").await?;
     let Some(t) = listed["tunnels"].as_array().into_iter().flatten().find(|t| t["subdomain"] == subdomain) else {
         return Ok(format!("{conflict}: another organization has it; pick another --subdomain"));
     };
@@ -1176,7 +1176,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
     match cmd {
         TunnelsCommand::Start(args) => start(args).await?,
         TunnelsCommand::List(ClientOnly { client }) => {
-            let v = api(&client)?.call(Method::GET, "/api/tunnels", None).await?;
+            let v = api(&client)?.list("/api/tunnels", "tunnels").await?;
             if client.json {
                 println!("{v}");
             } else {

@@ -84,6 +84,35 @@ async fn local_host_is_a_host_alone() {
     }
 }
 
+/// Another HTTP service at `--server` that answers JSON is not taken for an
+/// empty hookway: a listing without its list is an error that says so.
+#[tokio::test]
+async fn a_server_that_is_not_hookway_is_not_an_empty_list() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let body = r#"{"ok":true}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    for args in [&["tunnels", "list"][..], &["webhooks", "list"], &["tunnels", "requests", "tun_x"]] {
+        let args: Vec<&str> = args.iter().copied().chain(["--server", &url]).collect();
+        let (code, out, err) = hookway(&args, None, Some("k")).await;
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(err.contains("is http://127.0.0.1") && err.contains("a hookway server?"), "{args:?}: {err}");
+    }
+}
+
 #[tokio::test]
 async fn missing_key_and_unreachable_server_are_explained() {
     let (code, _, err) = hookway(&["tunnels", "list"], None, None).await;

@@ -84,7 +84,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             if let Some(before) = &before {
                 path.push_str(&format!("&before={before}"));
             }
-            let v = api(&client)?.call(Method::GET, &path, None).await?;
+            let v = api(&client)?.list(&path, "requests").await?;
             if client.json {
                 println!("{v}");
                 return Ok(());

@@ -221,7 +221,7 @@ fn webhook_lines(w: &Value, signing_key: Option<&str>) -> Vec<String> {
 pub async fn run(cmd: WebhooksCommand) -> Result<()> {
     match cmd {
         WebhooksCommand::List(ClientOnly { client }) => {
-            let v = api(&client)?.call(Method::GET, "/api/webhooks", None).await?;
+            let v = api(&client)?.list("/api/webhooks", "webhooks").await?;
             if client.json {
                 println!("{v}");
                 return Ok(());
@@ -312,7 +312,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
         }
         WebhooksCommand::Deliveries(WebhookId { id, client }) => {
-            let v = api(&client)?.call(Method::GET, &format!("/api/webhooks/{id}/deliveries"), None).await?;
+            let v = api(&client)?.list(&format!("/api/webhooks/{id}/deliveries"), "deliveries").await?;
             if client.json {
                 println!("{v}");
                 return Ok(());

@@ -143,6 +143,20 @@ impl ApiClient {
         Ok(value)
     }
 
+    /// [`call`](Self::call) for a listing: the answer must hold a `field`
+    /// array. Another HTTP service at the server URL that answers JSON would
+    /// otherwise read as an empty list ("No tunnels yet").
+    pub async fn list(&self, path: &str, field: &str) -> Result<Value, ApiError> {
+        let value = self.call(Method::GET, path, None).await?;
+        if !value[field].is_array() {
+            let base = &self.base;
+            return Err(ApiError::Decode(format!(
+                "{path}: no `{field}` list in the answer (is {base} a hookway server?)"
+            )));
+        }
+        Ok(value)
+    }
+
     fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
         serde_json::from_value(value).map_err(|e| ApiError::Decode(e.to_string()))
     }
