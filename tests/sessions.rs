@@ -487,6 +487,24 @@ async fn clients_of_a_crashed_server_reconnect_as_soon_as_it_is_back() {
 /// A QUIC port that never answers (UDP blocked on the way) is retried, and
 /// the client says what to try instead: `--ws`, over the HTTP port.
 #[tokio::test]
+async fn retries_name_the_root_cause() {
+    let url = format!("http://127.0.0.1:{}", closed_port().await);
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let config = hookway::client::ClientConfig {
+        busy_poll: Duration::ZERO,
+        ..hookway::client::ClientConfig::new(&url, "tun_x", "t", closed_port().await)
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(hookway::client::run(config, move |e| drop(tx.send(e)), shutdown.clone()));
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    let hookway::client::Event::Reconnecting { reason, .. } = event else { panic!("{event:?}") };
+    // reqwest's own message stops at "error sending request for url (…)".
+    assert!(reason.contains("cannot reach") && reason.contains("Connection refused"), "{reason}");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_silent_quic_port_suggests_the_websocket_transport() {
     let server = TestServer::start().await;
     let (id, token, _) = create_tunnel(&server, None).await;

@@ -302,7 +302,7 @@ async fn connect(
     let info = tokio::time::timeout(CONNECT_TIMEOUT, api.info())
         .await
         .map_err(|_| Attempt::Retry(format!("the server's API at {} did not answer in time", config.server)))?
-        .map_err(|e| Attempt::Retry(e.to_string()))?;
+        .map_err(|e| Attempt::Retry(crate::error_chain(&e)))?;
     let base_host = host_of(&config.server)
         .ok_or_else(|| Attempt::Fatal(ClientError::Config(format!("cannot find a host in '{}'", config.server))))?;
     let target = match config.quic_addr.clone().or(info.quic_addr.clone()) {
