@@ -55,6 +55,9 @@ async fn tunnel_root_and_bodiless_methods() {
     }
     let head = http().head(s.url("/echo")).send().await.unwrap();
     assert_eq!(head.status(), 200);
+    // The subdomain in the path compares as a host name does: in any case.
+    let upper = format!("{}/t/{}/echo", s.server.url, s.subdomain.to_ascii_uppercase());
+    assert_eq!(http().get(upper).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -91,6 +94,19 @@ async fn a_public_url_path_is_served_with_and_without_it() {
     let resp = http().get(format!("{base}/hooksmith/t/{}/echo", s.subdomain)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("no route for /hooksmith/t/"));
+}
+
+/// QUIC on another address than HTTP (`--http 127.0.0.1:… --quic [::1]:…`)
+/// and no public URL: the server announces QUIC's own address, where
+/// clients dialed the HTTP host's and timed out.
+#[tokio::test]
+async fn quic_on_its_own_address_is_announced() {
+    let server = TestServer::start_with(|c| c.quic_addr = "[::1]:0".parse().unwrap()).await;
+    let info: Value = http().get(format!("{}/api/info", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["quicAddr"], server.quic.to_string());
+    let s = Setup::with_server(server).await;
+    let seen: Value = http().get(s.url("/echo/v6")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(seen["path"], "/echo/v6");
 }
 
 #[tokio::test]

@@ -126,7 +126,9 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
             target.push('?');
             target.push_str(q);
         }
-        let sub = sub.to_owned();
+        // Subdomains are lower case, as host names compare: `/t/My-App` is
+        // `my-app`, as `My-App.{domain}` is.
+        let sub = sub.to_ascii_lowercase();
         return edge::forward(state, &sub, Bytes::from(target), req, peer, None).await;
     }
     if let Some(sub) = path.strip_prefix("/tunnels/").and_then(|rest| rest.strip_suffix("/ws")) {
