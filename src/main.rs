@@ -283,7 +283,7 @@ struct ServerArgs {
     #[arg(long, env = "HOOKWAY_SEND_TIMEOUT", default_value_t = 30, value_parser = seconds())]
     send_timeout: u64,
     /// Seconds in-flight requests get to finish on shutdown.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "HOOKWAY_SHUTDOWN_GRACE", default_value_t = 10)]
     shutdown_grace: u64,
     /// Open HTTP connections at most (WebSocket tunnels included); more wait until one closes.
     /// Default: seven eighths of the open-file limit, which the server first raises to its maximum.
@@ -293,18 +293,18 @@ struct ServerArgs {
     #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
     ws_max_body: usize,
     /// Seconds between the server's pings to WebSocket clients.
-    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs(), value_parser = seconds())]
+    #[arg(long, env = "HOOKWAY_WS_PING_INTERVAL", default_value_t = hookway::server::gateway::DEFAULT_PING_INTERVAL.as_secs(), value_parser = seconds())]
     ws_ping_interval: u64,
     /// Seconds a WebSocket client may stay silent (no message, no pong), or leave what the server
     /// writes unread, before it is dropped.
-    #[arg(long, default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = seconds())]
+    #[arg(long, env = "HOOKWAY_WS_IDLE_TIMEOUT", default_value_t = hookway::server::gateway::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = seconds())]
     ws_idle_timeout: u64,
     /// Delays before each retry of a failed status-webhook delivery; its length is the number of
     /// retries (units ms, s, m, h; "" for none). Retried: 5xx, 429, timeouts, connection errors.
     #[arg(long, env = "HOOKWAY_WEBHOOK_RETRY_SCHEDULE", default_value = hookway::notify::retry::DEFAULT_SCHEDULE)]
     webhook_retry_schedule: String,
     /// Seconds allowed per webhook delivery attempt.
-    #[arg(long, default_value_t = hookway::notify::notifier::DEFAULT_ATTEMPT_TIMEOUT.as_secs(), value_parser = seconds())]
+    #[arg(long, env = "HOOKWAY_WEBHOOK_TIMEOUT", default_value_t = hookway::notify::notifier::DEFAULT_ATTEMPT_TIMEOUT.as_secs(), value_parser = seconds())]
     webhook_timeout: u64,
     /// Allow webhook URLs on loopback, private and link-local addresses (refused by default so a
     /// webhook cannot reach the server's own network; needed when everything runs on one machine).

@@ -142,7 +142,7 @@ fn list_row(w: &Value) -> Vec<String> {
         text(&w["id"]),
         optional(&w["name"]),
         optional(&w["group"]),
-        w["enabled"].as_bool().map_or("-".into(), |e| e.to_string()),
+        w["enabled"].as_bool().map_or("-", |e| if e { "yes" } else { "no" }).to_owned(),
         w["health"]["requests24h"].as_u64().map_or("-".into(), |n| n.to_string()),
         rate,
         text(&w["url"]),
