@@ -242,10 +242,10 @@ enum Command {
 #[derive(Args)]
 struct ServerArgs {
     /// TCP address for public HTTP traffic and the REST API.
-    #[arg(long, env = "HOOKWAY_HTTP", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HOOKWAY_HTTP", default_value = "127.0.0.1:8080", value_parser = listen_addr)]
     http: SocketAddr,
     /// UDP address for tunnel clients (QUIC).
-    #[arg(long, env = "HOOKWAY_QUIC", default_value = "127.0.0.1:4443")]
+    #[arg(long, env = "HOOKWAY_QUIC", default_value = "127.0.0.1:4443", value_parser = listen_addr)]
     quic: SocketAddr,
     /// Where the database and the generated certificate live.
     #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
@@ -534,6 +534,28 @@ fn local_port(s: &str) -> Result<u16, String> {
 }
 
 /// Checked before anything is created: a typo must not leave a tunnel behind.
+/// An address to listen on: `IP:PORT`, or `localhost:PORT` for 127.0.0.1
+/// (the name `--server http://localhost:…` takes). Other names are refused
+/// rather than looked up: which of its addresses a name would bind is
+/// anyone's guess.
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+            .map_err(|_| format!("{port:?} is not a port")),
+        Some((_, port)) if port.parse::<u16>().is_ok() => {
+            Err("give an IP address and port, like 127.0.0.1:8080 (this machine only), 0.0.0.0:8080 (every IPv4 \
+             address) or [::]:8080 (every address)"
+                .into())
+        }
+        _ => Err("give an address and port, like 127.0.0.1:8080".into()),
+    }
+}
+
 fn fingerprint(s: &str) -> Result<String, String> {
     hookway::quic::tls::Trust::pinned(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }
@@ -1375,6 +1397,17 @@ mod allocator_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_are_ips_or_localhost() {
+        assert_eq!(listen_addr("0.0.0.0:80"), Ok("0.0.0.0:80".parse().unwrap()));
+        assert_eq!(listen_addr("[::]:4443"), Ok("[::]:4443".parse().unwrap()));
+        assert_eq!(listen_addr("localhost:8080"), Ok("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(listen_addr("LocalHost:0"), Ok("127.0.0.1:0".parse().unwrap()));
+        assert!(listen_addr("localhost:http").unwrap_err().contains("not a port"));
+        assert!(listen_addr("example.com:80").unwrap_err().contains("give an IP address and port"));
+        assert!(listen_addr("8080").unwrap_err().contains("like 127.0.0.1:8080"));
+    }
 
     #[test]
     fn error_chains_name_each_cause_once() {
