@@ -479,6 +479,8 @@ async fn logs_to_a_pipe_carry_no_colour_codes() {
     assert!(child.wait().await.unwrap().success());
     assert!(err.contains("server stopped") && err.contains("SIGTERM"), "{err}");
     assert!(!err.contains('\x1b'), "colour codes in {err:?}");
+    // (A key of 8 characters, as tests choose: accepted, with a warning.)
+    assert!(err.contains("HOOKWAY_API_KEY is short"), "{err}");
 }
 
 /// A first start that fails (its HTTP port is taken) must not use up the

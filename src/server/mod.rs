@@ -720,9 +720,20 @@ pub enum KeySource {
 /// Makes sure the server has an API key: the configured one (replacing the
 /// one an earlier start was configured with), or on a first start a
 /// generated one.
+/// A chosen `HOOKWAY_API_KEY` shorter than this is warned about (accepted:
+/// a throwaway key on a laptop is the user's call).
+const WEAK_KEY_CHARS: usize = 16;
+
 fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<KeySource, StoreError> {
     let s = store.blocking();
     if let Some(key) = configured {
+        if key.chars().count() < WEAK_KEY_CHARS {
+            tracing::warn!(
+                chars = key.chars().count(),
+                "HOOKWAY_API_KEY is short: whoever guesses it manages every tunnel of the organization; \
+                 a generated key (`hookway keys create`, or none set: the first start makes one) has 32 random characters"
+            );
+        }
         let hash = names::hash_secret(key);
         // A key the store already has (the same value again, or one made by
         // `keys create` and exported for the CLI in the server's shell)
