@@ -1364,15 +1364,36 @@ async fn show(
 fn tunnel_lines(client: &ClientArgs) -> impl AsyncFnOnce(&Value) -> Vec<String> + '_ {
     async move |v: &Value| {
         let mut base = client.server.clone();
+        let mut with_host = None;
         if v["tunnelUrl"].is_null()
-            && v["tunnel"]["subdomain"].is_string()
+            && let Some(sub) = v["tunnel"]["subdomain"].as_str()
             && let Ok(api) = api(client)
             && let Ok(info) = api.info().await
         {
+            // The host-based URL too, which only `create` carries.
+            if let Some(url) = info.domain.as_deref().and_then(|domain| host_url(&info.public_url, domain, sub)) {
+                let mut v = v.clone();
+                v["hostUrl"] = Value::String(url);
+                with_host = Some(v);
+            }
             base = info.public_url;
         }
-        tunnels_cli::tunnel_lines(v, &base)
+        tunnels_cli::tunnel_lines(with_host.as_ref().unwrap_or(v), &base)
     }
+}
+
+/// `{scheme}://{subdomain}.{domain}[:port]`, as the server makes a tunnel's
+/// host-based URL from its public URL; none for the public URL's own host.
+fn host_url(public_url: &str, domain: &str, subdomain: &str) -> Option<String> {
+    let url = url::Url::parse(public_url).ok()?;
+    let host = format!("{subdomain}.{domain}");
+    if url.host_str().is_some_and(|own| own.eq_ignore_ascii_case(&host)) {
+        return None;
+    }
+    Some(match url.port() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    })
 }
 
 /// After an answer that issued an auth token: it is not shown again.

@@ -229,6 +229,22 @@ async fn tunnel_urls_are_the_public_ones() {
     let (code, out, err) = hookway(&["tunnels", "get", id, "--server", &local], None, key).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().any(|l| l == format!("url:            https://tunnels.example.test/t/{sub}")), "{out}");
+    assert!(!out.contains("host url"), "no --domain, no host-based URL: {out}");
+    // With a domain, `get` shows the host-based URL that `create` printed.
+    let server = TestServer::start_with(|c| {
+        c.public_url = Some("https://hooks.example.test:8443".into());
+        c.domain = Some("example.test".into());
+    })
+    .await;
+    let local = format!("http://{}", server.http);
+    let (code, out, err) = hookway(&["tunnels", "create", "--name", "n", "--server", &local], None, key).await;
+    assert_eq!(code, 0, "{err}");
+    let id = out.lines().find_map(|l| l.strip_prefix("id:")).unwrap().trim().to_owned();
+    let host_line = out.lines().find(|l| l.starts_with("host url:")).expect("create prints it").to_owned();
+    assert!(host_line.ends_with(".example.test:8443"), "{host_line}");
+    let (code, out, err) = hookway(&["tunnels", "get", &id, "--server", &local], None, key).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().any(|l| l == host_line), "{out}");
 }
 
 /// seed 001's `tunnels start 3000` is `hookway start 3000` by another name.
