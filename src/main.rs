@@ -717,7 +717,10 @@ fn real_main(cli: Cli) -> Result<()> {
     // serves one tunnel; on one thread its request path never pays a cross-thread
     // wake-up, which is a large part of a tunnel's added latency.
     let runtime = match cli.command {
-        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        // Blocking threads at most: store calls wait their turn for the
+        // database in tokio's queue, not each on a thread of its own (a slow
+        // query once backed 500 of them up, 100 MB of stacks).
+        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().max_blocking_threads(64).enable_all().build(),
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
     .context("cannot start the async runtime")?;

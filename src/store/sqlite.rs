@@ -48,7 +48,7 @@ CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 
 /// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
 /// many a database has had, so an older data dir upgrades in place.
-const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3, wh::MIGRATION_4];
+const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3, wh::MIGRATION_4, wh::MIGRATION_5];
 
 /// Schema version 2: per-tunnel body capture switch.
 const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
@@ -708,6 +708,55 @@ mod tests {
         assert_eq!(store.prune_deliveries(1_500).unwrap(), 1);
         store.delete_webhook("wh_1").unwrap();
         assert!(store.deliveries_since("wh_1", 0, 10).unwrap().is_empty(), "deliveries go with their webhook");
+    }
+
+    /// A receiver that never answers cannot make the outbox grow without
+    /// end: past `MAX_PENDING`, the oldest waiting deliveries (not one being
+    /// attempted) are given up, saying why; past `MAX_KEPT`, the oldest
+    /// finished ones go at the prune. Picking due rows still takes each
+    /// webhook's oldest.
+    #[test]
+    fn a_webhooks_backlog_and_log_are_bounded() {
+        use super::super::DeliveryState::*;
+        use super::super::webhooks::{MAX_KEPT, MAX_PENDING};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("default").unwrap();
+        store.save_webhook(&webhook("wh_slow", &org)).unwrap();
+        store.save_webhook(&webhook("wh_ok", &org)).unwrap();
+        let id = |i: usize| format!("msg_{i:06}");
+        store.record_events(&[delivery(&id(0), "wh_slow", 0), delivery(&id(1), "wh_slow", 1)], &[]).unwrap();
+        store.lease_deliveries(&[id(0)], 1_000_000).unwrap();
+        let more: Vec<_> = (2..MAX_PENDING + 3).map(|i| delivery(&id(i), "wh_slow", i as i64)).collect();
+        store.record_events(&more, &[]).unwrap();
+        store.record_events(&[delivery("msg_ok", "wh_ok", 5)], &[]).unwrap();
+        let log = store.deliveries_since("wh_slow", 0, MAX_PENDING + 10).unwrap();
+        let dropped: Vec<&str> = log.iter().filter(|d| d.state == Failed).map(|d| d.id.as_str()).collect();
+        assert_eq!(dropped, [id(3), id(2), id(1)], "the oldest not being attempted, newest first");
+        let why = log.iter().find(|d| d.id == id(1)).unwrap().last_error.clone().unwrap();
+        assert!(why.contains("dropped") && why.contains("not keeping up"), "{why}");
+        assert_eq!(log.iter().filter(|d| d.state == Pending).count(), MAX_PENDING);
+        assert!(log.iter().any(|d| d.id == id(0) && d.state == Pending), "the leased one stays");
+        let due = store.due_deliveries(999_999, 4, 100).unwrap();
+        let ids: Vec<&str> = due.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, [&id(4), &id(5), "msg_ok", &id(6), &id(7)], "each webhook's oldest, by due time");
+        assert_eq!(store.due_deliveries(999_999, 4, 2).unwrap().len(), 2, "the limit in all");
+
+        // The log: finished deliveries beyond the newest MAX_KEPT go at the prune.
+        let done: Vec<_> = (0..MAX_KEPT + 2)
+            .map(|i| {
+                let mut d = delivery(&format!("old_{i:06}"), "wh_ok", 10 + i as i64);
+                (d.state, d.attempts) = (Succeeded, 1);
+                d
+            })
+            .collect();
+        store.record_events(&done, &[]).unwrap();
+        assert_eq!(store.prune_deliveries(0).unwrap(), 2);
+        let log = store.deliveries_since("wh_ok", 0, MAX_KEPT + 10).unwrap();
+        assert_eq!(log.len(), MAX_KEPT + 1, "the pending one and the newest finished");
+        assert!(!log.iter().any(|d| d.id == "old_000000" || d.id == "old_000001"), "the oldest went");
+        assert_eq!(store.prune_deliveries(0).unwrap(), 0, "and no more");
+        drop(store);
     }
 
     /// The databases hold signing keys and captured requests: no other user

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::webhooks::{DeliveryRecord, DeliveryState, Health, WebhookRecord};
+use super::webhooks::{DeliveryRecord, DeliveryState, Health, MAX_KEPT, MAX_PENDING, WebhookRecord};
 
 /// Schema version 1: tunnel groups, webhooks and the delivery outbox.
 pub(super) const MIGRATION_1: &str = "
@@ -138,7 +138,11 @@ pub(super) fn insert_delivery_rows(tx: &Connection, deliveries: &[DeliveryRecord
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
          WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?2)"
     ))?;
+    let mut webhooks: Vec<&str> = Vec::new();
     for d in deliveries {
+        if !webhooks.contains(&d.webhook_id.as_str()) {
+            webhooks.push(&d.webhook_id);
+        }
         stmt.execute(params![
             d.id,
             d.webhook_id,
@@ -155,8 +159,45 @@ pub(super) fn insert_delivery_rows(tx: &Connection, deliveries: &[DeliveryRecord
             d.updated_ms
         ])?;
     }
+    let now_ms = deliveries.iter().map(|d| d.created_ms).max().unwrap_or(0);
+    for webhook in webhooks {
+        drop_over_backlog(tx, webhook, now_ms)?;
+    }
     Ok(())
 }
+
+/// Gives up the oldest pending deliveries of `webhook` beyond
+/// [`MAX_PENDING`], as failed, saying why: a receiver that never answers
+/// finishes about one delivery per attempt timeout and slot, and the events
+/// of busy tunnels would otherwise pile up without end. (Not those being
+/// attempted now: their outcome is still to come.)
+fn drop_over_backlog(tx: &Connection, webhook: &str, now_ms: i64) -> rusqlite::Result<()> {
+    let pending: i64 = tx
+        .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND state = 'pending'")?
+        .query_row(params![webhook], |r| r.get(0))?;
+    let over = pending - MAX_PENDING as i64;
+    if over <= 0 {
+        return Ok(());
+    }
+    let why = format!(
+        "dropped before it was sent: {MAX_PENDING} newer deliveries were waiting for this receiver, which is not \
+         keeping up (it fails, or answers slowly)"
+    );
+    tx.prepare_cached(
+        "UPDATE deliveries SET state = 'failed', last_error = ?3, updated_ms = ?4 WHERE id IN (
+             SELECT id FROM deliveries WHERE webhook_id = ?1 AND state = 'pending' AND leased = 0
+             ORDER BY created_ms, id LIMIT ?2)",
+    )?
+    .execute(params![webhook, over, why, now_ms])?;
+    Ok(())
+}
+
+/// Schema version 5: a webhook's pending deliveries by due time, so that
+/// picking the next few of each, and counting a backlog, reads only those
+/// (the query before ranked every due row of every webhook: 280 ms at a
+/// backlog of 117k rows, on the store's one connection).
+pub(super) const MIGRATION_5: &str =
+    "CREATE INDEX deliveries_pending ON deliveries(webhook_id, state, next_attempt_ms, id);";
 
 /// Schema version 4: whether a delivery's due time is a lease (an attempt
 /// was started) rather than its schedule, so a restart can tell the two apart.
@@ -213,14 +254,25 @@ pub(super) fn due_deliveries(
     per_webhook: usize,
     limit: usize,
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
+    // Webhook by webhook, each an index range of its first due rows: the
+    // cost is in webhooks, not in how many deliveries wait.
+    let webhooks: Vec<String> =
+        c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT {DELIVERY_COLUMNS} FROM (
-             SELECT *, ROW_NUMBER() OVER (PARTITION BY webhook_id ORDER BY next_attempt_ms, id) AS rank
-             FROM deliveries WHERE state = 'pending' AND next_attempt_ms <= ?1)
-         WHERE rank <= ?2 ORDER BY next_attempt_ms, id LIMIT ?3"
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries
+         WHERE webhook_id = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
+         ORDER BY next_attempt_ms, id LIMIT ?3"
     ))?;
-    let rows = stmt.query_map(params![now_ms, per_webhook as i64, limit as i64], delivery_from)?;
-    rows.collect()
+    let mut due = Vec::new();
+    for webhook in &webhooks {
+        let rows = stmt.query_map(params![webhook, now_ms, per_webhook as i64], delivery_from)?;
+        for row in rows {
+            due.push(row?);
+        }
+    }
+    due.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+    due.truncate(limit);
+    Ok(due)
 }
 
 /// When the earliest pending delivery is due.
@@ -260,7 +312,21 @@ pub(super) fn health(c: &Connection, org_id: &str, since_ms: i64) -> rusqlite::R
     rows.collect()
 }
 
-/// Deletes finished deliveries created before `before_ms`.
+/// Deletes finished deliveries created before `before_ms`, and those of a
+/// webhook beyond its newest [`MAX_KEPT`] (a tunnel that flaps all day
+/// would otherwise fill the disk within the retention).
 pub(super) fn prune_deliveries(c: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
-    c.execute("DELETE FROM deliveries WHERE state != 'pending' AND created_ms < ?1", params![before_ms])
+    let mut pruned =
+        c.execute("DELETE FROM deliveries WHERE state != 'pending' AND created_ms < ?1", params![before_ms])?;
+    let webhooks: Vec<String> =
+        c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut over = c.prepare_cached(
+        "DELETE FROM deliveries WHERE webhook_id = ?1 AND state != 'pending' AND created_ms < (
+             SELECT created_ms FROM deliveries WHERE webhook_id = ?1 AND state != 'pending'
+             ORDER BY created_ms DESC LIMIT 1 OFFSET ?2)",
+    )?;
+    for webhook in &webhooks {
+        pruned += over.execute(params![webhook, MAX_KEPT as i64 - 1])?;
+    }
+    Ok(pruned)
 }

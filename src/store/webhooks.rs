@@ -27,6 +27,15 @@ pub struct WebhookRecord {
     pub updated_at: String,
 }
 
+/// Most deliveries of one webhook that wait to be sent; the oldest beyond
+/// it are given up as failed, saying why. Enough for a receiver down for
+/// hours while a few tunnels come and go.
+pub const MAX_PENDING: usize = 10_000;
+
+/// Most finished deliveries of one webhook kept in its log (within the
+/// retention); the oldest beyond it go at the next hourly prune.
+pub const MAX_KEPT: usize = 10_000;
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryState {
