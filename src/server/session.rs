@@ -245,7 +245,9 @@ async fn heartbeats(
                     return "protocol error".into();
                 }
                 Ok(None) => return "client closed the control stream".into(),
-                Err(err) => return err.to_string(),
+                // The connection's end, when that is why the read failed: the
+                // same reason whichever of the two quinn woke first.
+                Err(err) => return conn.close_reason().map_or_else(|| err.to_string(), |closed| closed.to_string()),
             },
         }
     }
