@@ -533,7 +533,6 @@ fn local_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Checked before anything is created: a typo must not leave a tunnel behind.
 /// An address to listen on: `IP:PORT`, or `localhost:PORT` for 127.0.0.1
 /// (the name `--server http://localhost:…` takes). Other names are refused
 /// rather than looked up: which of its addresses a name would bind is
@@ -556,6 +555,7 @@ fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     }
 }
 
+/// Checked before anything is created: a typo must not leave a tunnel behind.
 fn fingerprint(s: &str) -> Result<String, String> {
     hookway::quic::tls::Trust::pinned(s).map(|_| s.to_owned()).map_err(|e| e.to_string())
 }
@@ -717,10 +717,7 @@ fn real_main(cli: Cli) -> Result<()> {
     // serves one tunnel; on one thread its request path never pays a cross-thread
     // wake-up, which is a large part of a tunnel's added latency.
     let runtime = match cli.command {
-        // Blocking threads at most: store calls wait their turn for the
-        // database in tokio's queue, not each on a thread of its own (a slow
-        // query once backed 500 of them up, 100 MB of stacks).
-        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().max_blocking_threads(64).enable_all().build(),
+        Command::Server(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     }
     .context("cannot start the async runtime")?;
@@ -971,7 +968,10 @@ async fn start(args: StartArgs) -> Result<()> {
     if args.monitor && args.client.json {
         bail!("--monitor shows a full-screen view: it does not combine with --json");
     }
-    let name = args.name.unwrap_or_else(|| client::forward::authority(&args.connect.local_host, args.port));
+    // (Cut to the API's 200 characters: a long `--local-host` is no reason to fail.)
+    let name = args
+        .name
+        .unwrap_or_else(|| client::forward::authority(&args.connect.local_host, args.port).chars().take(200).collect());
     let quiet = args.client.json || args.monitor;
     let (id, token, ws_url) = match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref()).await
     {
@@ -1388,14 +1388,17 @@ fn tunnel_lines(client: &ClientArgs) -> impl AsyncFnOnce(&Value) -> Vec<String> 
 /// `{scheme}://{subdomain}.{domain}[:port]`, as the server makes a tunnel's
 /// host-based URL from its public URL; none for the public URL's own host.
 fn host_url(public_url: &str, domain: &str, subdomain: &str) -> Option<String> {
-    let url = url::Url::parse(public_url).ok()?;
+    // `http::Uri`, as the server parses it: it keeps an explicit default port
+    // (`https://h:443`), which `url::Url` drops.
+    let url: http::Uri = public_url.parse().ok()?;
     let host = format!("{subdomain}.{domain}");
-    if url.host_str().is_some_and(|own| own.eq_ignore_ascii_case(&host)) {
+    if url.host().is_some_and(|own| own.eq_ignore_ascii_case(&host)) {
         return None;
     }
-    Some(match url.port() {
-        Some(port) => format!("{}://{host}:{port}", url.scheme()),
-        None => format!("{}://{host}", url.scheme()),
+    let scheme = url.scheme_str()?;
+    Some(match url.port_u16() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
     })
 }
 
@@ -1421,6 +1424,13 @@ mod allocator_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_urls_are_made_as_the_server_makes_them() {
+        assert_eq!(host_url("https://h.test:443", "t.test", "a").as_deref(), Some("https://a.t.test:443"));
+        assert_eq!(host_url("http://h.test/hooks", "t.test", "a").as_deref(), Some("http://a.t.test"));
+        assert_eq!(host_url("https://a.t.test", "t.test", "a"), None, "the public URL's own host");
+    }
 
     #[test]
     fn listen_addresses_are_ips_or_localhost() {

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 async fn hookway(args: &[&str], server: Option<&TestServer>, key: Option<&str>) -> (i32, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
-    cmd.args(args).env_remove("HOOKWAY_API_KEY").env_remove("HOOKWAY_SERVER");
+    cmd.args(args).env_remove("HOOKWAY_API_KEY").env_remove("HOOKWAY_SERVER").env_remove("HOOKWAY_FINGERPRINT");
     if let Some(s) = server {
         cmd.env("HOOKWAY_SERVER", &s.url);
     }

@@ -90,10 +90,36 @@ async fn a_public_url_path_is_served_with_and_without_it() {
         let list = http().get(format!("{base}{prefix}/api/tunnels")).bearer_auth(API_KEY).send().await.unwrap();
         assert_eq!(list.status(), 200, "{prefix:?}");
     }
-    // Only a whole segment is the prefix.
+    // Only a whole segment is the prefix; a 404 names the path as given.
     let resp = http().get(format!("{base}/hooksmith/t/{}/echo", s.subdomain)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert!(resp.text().await.unwrap().contains("no route for /hooksmith/t/"));
+    let resp = http().get(format!("{base}/hooks/nothing-here")).send().await.unwrap();
+    assert!(resp.text().await.unwrap().contains("no route for /hooks/nothing-here"));
+    // An API request refused before routing answers in the API's form there too.
+    let mut many = reqwest::header::HeaderMap::new();
+    for i in 0..120 {
+        many.insert(
+            reqwest::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+            "1".parse().unwrap(),
+        );
+    }
+    let resp = http().get(format!("{base}/hooks/api/tunnels")).headers(many).send().await.unwrap();
+    assert_eq!(resp.status(), 431);
+    let err: Value = resp.json().await.expect("the API's JSON error form");
+    assert!(err["error"].as_str().unwrap().contains("header lines"), "{err}");
+    // The WebSocket gateway's wsUrl carries the path, and is served.
+    let target = format!("/hooks/tunnels/{}/ws?tunnelId={}&token={}", s.subdomain, s.tunnel_id, s.token);
+    let upgrade = format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let mut ws = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut ws, upgrade.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    let read = tokio::io::AsyncReadExt::read_exact(&mut ws, &mut head);
+    tokio::time::timeout(Duration::from_secs(5), read).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101", "{}", String::from_utf8_lossy(&head));
 }
 
 /// QUIC on another address than HTTP (`--http 127.0.0.1:… --quic [::1]:…`)

@@ -484,8 +484,8 @@ async fn clients_of_a_crashed_server_reconnect_as_soon_as_it_is_back() {
     assert_eq!(resp.status(), 200);
 }
 
-/// A QUIC port that never answers (UDP blocked on the way) is retried, and
-/// the client says what to try instead: `--ws`, over the HTTP port.
+/// A server that cannot be reached is retried, and each retry says why in
+/// full, as the start-up error does.
 #[tokio::test]
 async fn retries_name_the_root_cause() {
     let url = format!("http://127.0.0.1:{}", closed_port().await);
@@ -504,6 +504,8 @@ async fn retries_name_the_root_cause() {
     task.await.unwrap().unwrap();
 }
 
+/// A QUIC port that never answers (UDP blocked on the way) is retried, and
+/// the client says what to try instead: `--ws`, over the HTTP port.
 #[tokio::test]
 async fn a_silent_quic_port_suggests_the_websocket_transport() {
     let server = TestServer::start().await;

@@ -103,7 +103,8 @@ pub fn local_host(s: &str) -> Result<String, String> {
     let label_ok = |label: &str| {
         !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            // (`_`: Docker Compose names its containers `project_web_1`.)
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };
@@ -428,6 +429,7 @@ mod tests {
             ("[::1]", "::1"),
             ("my-app.internal", "my-app.internal"),
             ("host.docker.internal.", "host.docker.internal."),
+            ("project_web_1", "project_web_1"),
         ] {
             assert_eq!(local_host(given).as_deref(), Ok(taken), "{given}");
         }

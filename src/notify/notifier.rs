@@ -200,6 +200,7 @@ impl Notifier {
         // are applied once.)
         let (mut events, mut rows, mut changes) = (0, Vec::new(), Vec::new());
         let mut backoff = RETRY_WRITE;
+        let mut drops = Drops::default();
         loop {
             let mut fresh = Vec::new();
             let stopping = if events == 0 {
@@ -251,7 +252,8 @@ impl Notifier {
                 }
             };
             match outcome {
-                Ok(()) => {
+                Ok(dropped) => {
+                    drops.note(dropped);
                     if backoff > RETRY_WRITE {
                         tracing::info!(events, "webhook deliveries written to the outbox after all");
                     }
@@ -339,8 +341,13 @@ impl Notifier {
                 // again until these attempts have surely ended.
                 let until = now_ms() + (self.config.attempt_timeout + LEASE_MARGIN).as_millis() as i64;
                 let ids: Vec<String> = starting.iter().map(|(d, ..)| d.id.clone()).collect();
-                if let Err(err) = self.store.run(move |s| s.lease_deliveries(&ids, until)).await {
-                    tracing::error!(%err, "cannot lease webhook deliveries");
+                match self.store.run(move |s| s.lease_deliveries(&ids, until)).await {
+                    // Given up since they were read (a backlog's drop): not sent.
+                    Ok(leased) => {
+                        let leased: std::collections::HashSet<String> = leased.into_iter().collect();
+                        starting.retain(|(d, ..)| leased.contains(&d.id));
+                    }
+                    Err(err) => tracing::error!(%err, "cannot lease webhook deliveries"),
                 }
             }
             for (delivery, mine, all) in starting {
@@ -409,16 +416,53 @@ impl Notifier {
         }
     }
 
-    /// Deletes finished deliveries older than [`RETENTION`], hourly.
+    /// Deletes finished deliveries older than [`RETENTION`], and beyond each
+    /// webhook's newest [`MAX_KEPT`](crate::store::webhooks::MAX_KEPT), every
+    /// minute: a flapping tunnel makes hundreds of rows a second, which the
+    /// list, the health figures and every write then read through.
     async fn prune(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
         while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
             let before = now_ms() - RETENTION.as_millis() as i64;
             match self.store.run(move |s| s.prune_deliveries(before)).await {
-                Ok(n) if n > 0 => tracing::info!(deliveries = n, "pruned old webhook deliveries"),
+                Ok(n) if n > 0 => tracing::debug!(deliveries = n, "pruned old webhook deliveries"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%err, "could not prune webhook deliveries"),
             }
         }
+    }
+}
+
+/// Deliveries the outbox gave up for webhooks whose receivers do not keep up
+/// (see [`crate::store::webhooks::MAX_PENDING`]), told in the log at most
+/// every [`DROP_WARNING_EVERY`]: their rows are soon too old for the
+/// deliveries list, and under a burst a line per batch would flood the log.
+#[derive(Default)]
+struct Drops {
+    since_told: std::collections::BTreeMap<String, usize>,
+    told_at: Option<std::time::Instant>,
+}
+
+/// How often [`Drops`] speaks up at most.
+const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+impl Drops {
+    fn note(&mut self, dropped: Vec<(String, usize)>) {
+        for (webhook, n) in dropped {
+            *self.since_told.entry(webhook).or_default() += n;
+        }
+        if self.since_told.is_empty() || self.told_at.is_some_and(|at| at.elapsed() < DROP_WARNING_EVERY) {
+            return;
+        }
+        for (webhook, dropped) in std::mem::take(&mut self.since_told) {
+            tracing::warn!(
+                webhook,
+                dropped,
+                waiting = crate::store::webhooks::MAX_PENDING,
+                "webhook deliveries given up: the receiver is not keeping up (it fails or answers slowly), and the \
+                 most that wait per webhook were waiting"
+            );
+        }
+        self.told_at = Some(std::time::Instant::now());
     }
 }

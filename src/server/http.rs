@@ -95,7 +95,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
     let host = match request_host(&req) {
         Ok(host) => host,
         // (Which host it was for is unknown: by its path alone.)
-        Err(why) => return refused(is_api_path(req.uri().path()), StatusCode::BAD_REQUEST, "bad-request", why),
+        Err(why) => return refused(is_api_path(&state, req.uri().path()), StatusCode::BAD_REQUEST, "bad-request", why),
     };
     match host.map_or(HostRoute::Elsewhere, |host| state.host_route(host)) {
         HostRoute::Tunnel(sub) => {
@@ -113,7 +113,10 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         }
         HostRoute::Elsewhere => {}
     }
+    // The path as the caller gave it, for a 404, when the prefix was taken off.
+    let mut given = None;
     if let Some(uri) = state.config.path_prefix.as_deref().and_then(|prefix| without_prefix(req.uri(), prefix)) {
+        given = Some(req.uri().path().to_owned());
         *req.uri_mut() = uri;
     }
     let path = req.uri().path();
@@ -135,7 +138,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         let sub = sub.to_owned();
         return gateway::upgrade(state, &sub, req, peer).await;
     }
-    if is_api_path(path) {
+    if is_api_path(&state, path) {
         return api::handle(state, req, peer).await;
     }
     match path {
@@ -146,7 +149,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
             state.config.public_url,
             state.config.public_url
         ))),
-        _ => json_error(StatusCode::NOT_FOUND, format!("no route for {path}")),
+        _ => json_error(StatusCode::NOT_FOUND, format!("no route for {}", given.as_deref().unwrap_or(path))),
     }
 }
 
@@ -215,8 +218,15 @@ pub(super) fn header_lines(headers: &http::HeaderMap) -> usize {
 
 /// The answer to a request with more than [`MAX_REQUEST_HEADERS`] header
 /// lines (repeated names counted each time, as hyper counts them).
-/// Whether `path` is the REST API's.
-fn is_api_path(path: &str) -> bool {
+/// Whether `path` is the REST API's, under the public URL's path or not.
+fn is_api_path(state: &State, path: &str) -> bool {
+    let path = state
+        .config
+        .path_prefix
+        .as_deref()
+        .and_then(|prefix| path.strip_prefix(prefix))
+        .filter(|rest| rest.starts_with('/'))
+        .unwrap_or(path);
     path == "/api" || path.starts_with("/api/")
 }
 
@@ -226,7 +236,7 @@ fn is_api_path(path: &str) -> bool {
 /// tell the edge's answer from the app's by its `x-hookway-error`).
 fn api_form<B>(state: &State, req: &Request<B>) -> bool {
     let tunnel = |host| !matches!(state.host_route(host), HostRoute::Elsewhere);
-    is_api_path(req.uri().path()) && !request_host(req).ok().flatten().is_some_and(tunnel)
+    is_api_path(state, req.uri().path()) && !request_host(req).ok().flatten().is_some_and(tunnel)
 }
 
 /// An error refused before routing: in the edge's form, or as the REST API

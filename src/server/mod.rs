@@ -452,10 +452,12 @@ impl Server {
             Some(addr) => Some(addr.clone()),
             None if quic_reaches(quic_addr, &public.host) => None,
             // Clients would dial QUIC at the public URL's host, where nothing
-            // listens (`--http 127.0.0.1:… --quic [::1]:…`). Without a public
-            // URL, the server's own addresses are the public ones: announce
-            // QUIC's. With one, the operator's setup may route it; say so.
-            None if config.public_url.is_none() => Some(quic_addr.to_string()),
+            // listens (`--http 127.0.0.1:… --quic [::1]:…`). A first try on
+            // one machine (no public URL, QUIC on loopback): announce QUIC's
+            // own address. Anywhere else the operator's setup (NAT, a port
+            // mapping) may route it, and clients dial the host they were
+            // given, as before: say what would fix it, should it not.
+            None if config.public_url.is_none() && quic_addr.ip().is_loopback() => Some(quic_addr.to_string()),
             None => {
                 tracing::warn!(
                     quic = %quic_addr,
@@ -717,13 +719,13 @@ pub enum KeySource {
     Existing,
 }
 
-/// Makes sure the server has an API key: the configured one (replacing the
-/// one an earlier start was configured with), or on a first start a
-/// generated one.
 /// A chosen `HOOKWAY_API_KEY` shorter than this is warned about (accepted:
 /// a throwaway key on a laptop is the user's call).
 const WEAK_KEY_CHARS: usize = 16;
 
+/// Makes sure the server has an API key: the configured one (replacing the
+/// one an earlier start was configured with), or on a first start a
+/// generated one.
 fn bootstrap_key(store: &StoreHandle, configured: Option<&str>) -> Result<KeySource, StoreError> {
     let s = store.blocking();
     if let Some(key) = configured {

@@ -172,12 +172,21 @@ pub trait Store: Send + Sync + 'static {
     /// Appends the deliveries of a batch of events and applies the events'
     /// changes to the live marks, in one transaction: the outbox and the marks
     /// move together, so after a crash the marks left are exactly the
-    /// disconnects that subscribers were owed and never queued.
-    fn record_events(&self, deliveries: &[DeliveryRecord], changes: &[LiveMark]) -> Result<(), StoreError>;
+    /// disconnects that subscribers were owed and never queued. A webhook
+    /// then waiting on more than [`webhooks::MAX_PENDING`] deliveries has
+    /// those due first (not leased) given up as failed, saying why; returns
+    /// how many, by webhook.
+    fn record_events(
+        &self,
+        deliveries: &[DeliveryRecord],
+        changes: &[LiveMark],
+    ) -> Result<Vec<(String, usize)>, StoreError>;
     /// Every live mark (none at zero).
     fn live_marks(&self) -> Result<Vec<LiveMark>, StoreError>;
-    /// Makes deliveries not due before `until_ms` (a lease while they are attempted), in one transaction.
-    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError>;
+    /// Makes deliveries not due before `until_ms` (a lease while they are
+    /// attempted), in one transaction; returns those leased: the ones still
+    /// pending (a backlog's drop may have given others up since they were read).
+    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<Vec<String>, StoreError>;
     /// Makes every leased delivery due at once, from the time of its event,
     /// so ahead of deliveries queued after it: for start-up only, when no
     /// attempt of a previous run can still be running (the server holds the
@@ -206,7 +215,8 @@ pub trait Store: Send + Sync + 'static {
         org_id: &str,
         since_ms: i64,
     ) -> Result<std::collections::HashMap<String, Health>, StoreError>;
-    /// Deletes finished deliveries created before `before_ms`; returns how many.
+    /// Deletes finished deliveries created before `before_ms`, and each
+    /// webhook's beyond its newest [`webhooks::MAX_KEPT`]; returns how many.
     fn prune_deliveries(&self, before_ms: i64) -> Result<usize, StoreError>;
 }
 
@@ -214,12 +224,20 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct StoreHandle {
     inner: Arc<dyn Store>,
+    /// Calls on the blocking pool at once; the rest wait here, as futures.
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Store calls running at once. SQLite serves one at a time per
+/// connection, so more would only wait on its lock, each holding a thread
+/// of the blocking pool that other work (webhook address look-ups) needs:
+/// behind one slow query, 500 of them once piled up.
+const CONCURRENT_CALLS: usize = 8;
 
 impl StoreHandle {
     /// Wraps a store.
     pub fn new(store: impl Store) -> Self {
-        Self { inner: Arc::new(store) }
+        Self { inner: Arc::new(store), calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)) }
     }
 
     /// Runs `f` against the store on the blocking pool.
@@ -229,9 +247,13 @@ impl StoreHandle {
         F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+        let permit = self.calls.clone().acquire_owned().await.expect("the semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _running = permit;
+            f(store.as_ref())
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
     }
 
     /// Direct, blocking access: for start-up and offline commands only.

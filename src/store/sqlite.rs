@@ -384,7 +384,11 @@ impl Store for SqliteStore {
         self.with(|c| wh::delete_webhook(c, id))
     }
 
-    fn record_events(&self, deliveries: &[DeliveryRecord], changes: &[LiveMark]) -> Result<(), StoreError> {
+    fn record_events(
+        &self,
+        deliveries: &[DeliveryRecord],
+        changes: &[LiveMark],
+    ) -> Result<Vec<(String, usize)>, StoreError> {
         self.with(|c| live::record_events(c, deliveries, changes))
     }
 
@@ -392,7 +396,7 @@ impl Store for SqliteStore {
         self.with(|c| live::live_marks(c))
     }
 
-    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<(), StoreError> {
+    fn lease_deliveries(&self, ids: &[String], until_ms: i64) -> Result<Vec<String>, StoreError> {
         self.with(|c| wh::lease_deliveries(c, ids, until_ms))
     }
 
@@ -726,21 +730,28 @@ mod tests {
         store.save_webhook(&webhook("wh_ok", &org)).unwrap();
         let id = |i: usize| format!("msg_{i:06}");
         store.record_events(&[delivery(&id(0), "wh_slow", 0), delivery(&id(1), "wh_slow", 1)], &[]).unwrap();
-        store.lease_deliveries(&[id(0)], 1_000_000).unwrap();
+        assert_eq!(store.lease_deliveries(&[id(0), id(1)], 1_000_000).unwrap(), [id(0), id(1)]);
+        // msg 1 was tried once, and waits for its retry; msg 0 is being tried.
+        let mut retrying = delivery(&id(1), "wh_slow", 1);
+        (retrying.attempts, retrying.last_error, retrying.next_attempt_ms) = (1, Some("timed out".into()), 2);
+        store.update_delivery(&retrying).unwrap();
         let more: Vec<_> = (2..MAX_PENDING + 3).map(|i| delivery(&id(i), "wh_slow", i as i64)).collect();
-        store.record_events(&more, &[]).unwrap();
+        assert_eq!(store.record_events(&more, &[]).unwrap(), [("wh_slow".to_owned(), 3)], "how many were dropped");
         store.record_events(&[delivery("msg_ok", "wh_ok", 5)], &[]).unwrap();
         let log = store.deliveries_since("wh_slow", 0, MAX_PENDING + 10).unwrap();
         let dropped: Vec<&str> = log.iter().filter(|d| d.state == Failed).map(|d| d.id.as_str()).collect();
         assert_eq!(dropped, [id(3), id(2), id(1)], "the oldest not being attempted, newest first");
-        let why = log.iter().find(|d| d.id == id(1)).unwrap().last_error.clone().unwrap();
-        assert!(why.contains("dropped") && why.contains("not keeping up"), "{why}");
+        let why = |i: usize| log.iter().find(|d| d.id == id(i)).unwrap().last_error.clone().unwrap();
+        assert!(why(2).starts_with("dropped before it was sent: ") && why(2).contains("not keeping up"), "{}", why(2));
+        assert!(why(1).starts_with("given up before its next retry: "), "{}", why(1));
+        assert!(why(1).ends_with("(last attempt: timed out)"), "{}", why(1));
         assert_eq!(log.iter().filter(|d| d.state == Pending).count(), MAX_PENDING);
         assert!(log.iter().any(|d| d.id == id(0) && d.state == Pending), "the leased one stays");
         let due = store.due_deliveries(999_999, 4, 100).unwrap();
         let ids: Vec<&str> = due.iter().map(|d| d.id.as_str()).collect();
         assert_eq!(ids, [&id(4), &id(5), "msg_ok", &id(6), &id(7)], "each webhook's oldest, by due time");
         assert_eq!(store.due_deliveries(999_999, 4, 2).unwrap().len(), 2, "the limit in all");
+        assert_eq!(store.lease_deliveries(&[id(1), id(4)], 999_999).unwrap(), [id(4)], "a dropped one is not leased");
 
         // The log: finished deliveries beyond the newest MAX_KEPT go at the prune.
         let done: Vec<_> = (0..MAX_KEPT + 2)

@@ -26,9 +26,9 @@ pub(super) fn record_events(
     c: &mut Connection,
     deliveries: &[DeliveryRecord],
     changes: &[LiveMark],
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<(String, usize)>> {
     let tx = c.transaction()?;
-    insert_delivery_rows(&tx, deliveries)?;
+    let dropped = insert_delivery_rows(&tx, deliveries)?;
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO live_marks (owed, subject, org_id, group_name, open) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -42,7 +42,8 @@ pub(super) fn record_events(
     if !changes.is_empty() {
         tx.execute("DELETE FROM live_marks WHERE open = 0", [])?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(dropped)
 }
 
 /// Every mark, in a stable order.

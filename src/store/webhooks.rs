@@ -33,7 +33,7 @@ pub struct WebhookRecord {
 pub const MAX_PENDING: usize = 10_000;
 
 /// Most finished deliveries of one webhook kept in its log (within the
-/// retention); the oldest beyond it go at the next hourly prune.
+/// retention); the oldest beyond it go at the next prune (every minute).
 pub const MAX_KEPT: usize = 10_000;
 
 /// Where a delivery stands.
