@@ -155,6 +155,9 @@ async fn host_based_routing() {
     let unknown =
         http().get(format!("http://{}/", s.server.http)).header("host", "nobody.tunnel.test").send().await.unwrap();
     assert_eq!(unknown.status(), 404);
+    let bad_port = format!("GET / HTTP/1.1\r\nHost: {}.tunnel.test:abc\r\nConnection: close\r\n\r\n", s.subdomain);
+    let answer = raw_exchange(s.server.http, bad_port.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("port is not a number"), "{answer}");
     // Reserved names are never tunnels: `api.<domain>` serves the API.
     let api = http()
         .get(format!("http://{}/api/info", s.server.http))

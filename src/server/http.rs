@@ -198,8 +198,26 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, &'static str> {
         None if first.is_none() && req.version() == Version::HTTP_11 => {
             Err("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")
         }
-        None => Ok(first.and_then(|v| v.to_str().ok())),
+        None => match first.and_then(|v| v.to_str().ok()) {
+            Some(host) if !port_is_digits(host) => Err("the Host header's port is not a number"),
+            host => Ok(host),
+        },
     }
+}
+
+/// Whether a `Host` header's port, if it has one, is digits (RFC 3986
+/// §3.2.3; empty is allowed). Else `sub.example.com:abc` was no tunnel's
+/// host, and fell through to the API's "no route".
+fn port_is_digits(host: &str) -> bool {
+    let port = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        Some(rest) => match rest.split_once(']') {
+            Some((_, after)) => after.strip_prefix(':').unwrap_or(after),
+            None => return false,
+        },
+        None => host.rsplit_once(':').map_or("", |(_, port)| port),
+    };
+    port.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// An authority as a `Host` gives it: without userinfo (`user:pass@`), which
@@ -271,4 +289,19 @@ fn connect_refused(version: Version) -> Response<Body> {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_is_digits;
+
+    #[test]
+    fn host_ports_are_digits() {
+        for ok in ["example.com", "example.com:8080", "example.com:", "[::1]", "[::1]:80", "127.0.0.1:1"] {
+            assert!(port_is_digits(ok), "{ok}");
+        }
+        for bad in ["example.com:abc", "a.b:80x", "[::1]:x", "[::1", "[::1]x"] {
+            assert!(!port_is_digits(bad), "{bad}");
+        }
+    }
 }
