@@ -434,9 +434,10 @@ impl Notifier {
 }
 
 /// Deliveries the outbox gave up for webhooks whose receivers do not keep up
-/// (see [`crate::store::webhooks::MAX_PENDING`]), told in the log at most
-/// every [`DROP_WARNING_EVERY`]: their rows are soon too old for the
-/// deliveries list, and under a burst a line per batch would flood the log.
+/// (see [`crate::store::webhooks::MAX_PENDING`]), told in the log at once,
+/// then at most every [`DROP_WARNING_EVERY`] (those of the meantime with the
+/// next drop): their rows are soon too old for the deliveries list, and
+/// under a burst a line per batch would flood the log.
 #[derive(Default)]
 struct Drops {
     since_told: std::collections::BTreeMap<String, usize>,
