@@ -211,6 +211,11 @@ impl Notifier {
                         closed
                     }
                     _ = shutdown.cancelled() => true,
+                    // Drops of the last window, told once it is over.
+                    () = tokio::time::sleep_until(drops.next_told()), if drops.owed() => {
+                        drops.tell();
+                        continue;
+                    }
                 }
             } else {
                 // The refused batch again, with what arrived meanwhile.
@@ -435,26 +440,41 @@ impl Notifier {
 
 /// Deliveries the outbox gave up for webhooks whose receivers do not keep up
 /// (see [`crate::store::webhooks::MAX_PENDING`]), told in the log at once,
-/// then at most every [`DROP_WARNING_EVERY`] (those of the meantime with the
-/// next drop): their rows are soon too old for the deliveries list, and
+/// then at most every [`DROP_WARNING_EVERY`], what came meanwhile at the end
+/// of that window: their rows are soon too old for the deliveries list, and
 /// under a burst a line per batch would flood the log.
 #[derive(Default)]
 struct Drops {
     since_told: std::collections::BTreeMap<String, usize>,
-    told_at: Option<std::time::Instant>,
+    told_at: Option<tokio::time::Instant>,
 }
 
 /// How often [`Drops`] speaks up at most.
 const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
 
 impl Drops {
+    /// Counts `dropped`, and tells at once unless a warning went out within the window.
     fn note(&mut self, dropped: Vec<(String, usize)>) {
         for (webhook, n) in dropped {
             *self.since_told.entry(webhook).or_default() += n;
         }
-        if self.since_told.is_empty() || self.told_at.is_some_and(|at| at.elapsed() < DROP_WARNING_EVERY) {
-            return;
+        let window_over = self.told_at.is_none_or(|at| at.elapsed() >= DROP_WARNING_EVERY);
+        if self.owed() && window_over {
+            self.tell();
         }
+    }
+
+    /// Whether drops wait to be told.
+    fn owed(&self) -> bool {
+        !self.since_told.is_empty()
+    }
+
+    /// When the next warning may go out.
+    fn next_told(&self) -> tokio::time::Instant {
+        self.told_at.map_or_else(tokio::time::Instant::now, |at| at + DROP_WARNING_EVERY)
+    }
+
+    fn tell(&mut self) {
         for (webhook, dropped) in std::mem::take(&mut self.since_told) {
             tracing::warn!(
                 webhook,
@@ -464,6 +484,30 @@ impl Drops {
                  most that wait per webhook were waiting"
             );
         }
-        self.told_at = Some(std::time::Instant::now());
+        self.told_at = Some(tokio::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The first drop is told at once; those within the window wait for its
+    /// end (the writer's timer), rather than for a drop after it, which may
+    /// never come.
+    #[tokio::test]
+    async fn drops_are_told_at_once_then_at_the_end_of_each_window() {
+        let mut drops = Drops::default();
+        assert!(!drops.owed());
+        drops.note(vec![("wh_a".into(), 3)]);
+        assert!(!drops.owed(), "the first is told at once");
+        drops.note(vec![("wh_a".into(), 2), ("wh_b".into(), 1)]);
+        drops.note(Vec::new());
+        assert!(drops.owed(), "within the window: kept");
+        let wait = drops.next_told() - tokio::time::Instant::now();
+        assert!(wait > DROP_WARNING_EVERY - Duration::from_secs(1) && wait <= DROP_WARNING_EVERY, "{wait:?}");
+        assert_eq!(drops.since_told.values().sum::<usize>(), 3);
+        drops.tell();
+        assert!(!drops.owed());
     }
 }

@@ -32,6 +32,14 @@ pub struct WebhookRecord {
 /// hours while a few tunnels come and go.
 pub const MAX_PENDING: usize = 10_000;
 
+/// How long the first due of a webhook's waiting deliveries must have
+/// waited before a backlog over [`MAX_PENDING`] is given up. A receiver that
+/// keeps up drains a burst well within it (another webhook's backlog or a
+/// busy machine may slow it for a while); one that does not is held at the
+/// cap after it. So the rows that wait are at most [`MAX_PENDING`] and what
+/// arrives in this time.
+pub const BACKLOG_GRACE_MS: i64 = 60_000;
+
 /// Most finished deliveries of one webhook kept in its log (within the
 /// retention); the oldest beyond it go at the next prune (every minute).
 pub const MAX_KEPT: usize = 10_000;
