@@ -735,16 +735,21 @@ mod tests {
         let mut retrying = delivery(&id(1), "wh_slow", 1);
         (retrying.attempts, retrying.last_error, retrying.next_attempt_ms) = (1, Some("timed out".into()), 2);
         store.update_delivery(&retrying).unwrap();
-        let more: Vec<_> = (2..MAX_PENDING + 3).map(|i| delivery(&id(i), "wh_slow", i as i64)).collect();
-        // Over the cap, but the first due waited 10 s only: a burst, kept.
+        let more: Vec<_> = (2..MAX_PENDING + 1503).map(|i| delivery(&id(i), "wh_slow", i as i64)).collect();
+        // Over the cap, but the first due waited 11.5 s only: a burst, kept.
         assert_eq!(store.record_events(&more, &[]).unwrap(), [], "a burst is not dropped");
-        // A minute on, the backlog is still there: what is over the cap goes.
-        let late = delivery("msg_late", "wh_slow", BACKLOG_GRACE_MS + 1_000);
-        assert_eq!(store.record_events(&[late], &[]).unwrap(), [("wh_slow".to_owned(), 4)], "how many were dropped");
+        // A minute on, the backlog is still there: what is over the cap goes,
+        // a thousand rows a batch.
+        let late = |i: i64| delivery(&format!("msg_late{i}"), "wh_slow", BACKLOG_GRACE_MS + 20_000 + i);
+        assert_eq!(store.record_events(&[late(0)], &[]).unwrap(), [("wh_slow".to_owned(), 1000)]);
+        assert_eq!(store.record_events(&[late(1)], &[]).unwrap(), [("wh_slow".to_owned(), 505)], "the rest");
+        assert_eq!(store.record_events(&[late(2)], &[]).unwrap(), [("wh_slow".to_owned(), 1)], "and one per new one");
         store.record_events(&[delivery("msg_ok", "wh_ok", 5)], &[]).unwrap();
-        let log = store.deliveries_since("wh_slow", 0, MAX_PENDING + 10).unwrap();
-        let dropped: Vec<&str> = log.iter().filter(|d| d.state == Failed).map(|d| d.id.as_str()).collect();
-        assert_eq!(dropped, [id(4), id(3), id(2), id(1)], "the first due not being attempted, newest first");
+        let log = store.deliveries_since("wh_slow", 0, MAX_PENDING + 2000).unwrap();
+        let mut dropped: Vec<&str> = log.iter().filter(|d| d.state == Failed).map(|d| d.id.as_str()).collect();
+        dropped.sort_unstable();
+        let first_due: Vec<String> = (1..=1506).map(id).collect();
+        assert_eq!(dropped, first_due, "the first due, not the one being attempted");
         let why = |i: usize| log.iter().find(|d| d.id == id(i)).unwrap().last_error.clone().unwrap();
         assert!(why(2).starts_with("dropped before it was sent: ") && why(2).contains("not keeping up"), "{}", why(2));
         assert!(why(1).starts_with("given up before its next retry: "), "{}", why(1));
@@ -753,9 +758,14 @@ mod tests {
         assert!(log.iter().any(|d| d.id == id(0) && d.state == Pending), "the leased one stays");
         let due = store.due_deliveries(999_999, 4, 100).unwrap();
         let ids: Vec<&str> = due.iter().map(|d| d.id.as_str()).collect();
-        assert_eq!(ids, [&id(5), "msg_ok", &id(6), &id(7), &id(8)], "each webhook's first due, by due time");
+        assert_eq!(
+            ids,
+            ["msg_ok", &id(1507), &id(1508), &id(1509), &id(1510)],
+            "each webhook's first due, by due time"
+        );
         assert_eq!(store.due_deliveries(999_999, 4, 2).unwrap().len(), 2, "the limit in all");
-        assert_eq!(store.lease_deliveries(&[id(1), id(5)], 999_999).unwrap(), [id(5)], "a dropped one is not leased");
+        let leased = store.lease_deliveries(&[id(1), id(1507)], 999_999).unwrap();
+        assert_eq!(leased, [id(1507)], "a dropped one is not leased");
 
         // The log: finished deliveries beyond the newest MAX_KEPT go at the prune.
         let done: Vec<_> = (0..MAX_KEPT + 2)

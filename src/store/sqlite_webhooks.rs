@@ -141,10 +141,12 @@ pub(super) fn insert_delivery_rows(
          SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
          WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?2)"
     ))?;
-    let mut webhooks: Vec<&str> = Vec::new();
+    // Each webhook of the batch, with how many rows it got.
+    let mut webhooks: Vec<(&str, usize)> = Vec::new();
     for d in deliveries {
-        if !webhooks.contains(&d.webhook_id.as_str()) {
-            webhooks.push(&d.webhook_id);
+        match webhooks.iter_mut().find(|(id, _)| *id == d.webhook_id) {
+            Some((_, n)) => *n += 1,
+            None => webhooks.push((&d.webhook_id, 1)),
         }
         stmt.execute(params![
             d.id,
@@ -164,14 +166,18 @@ pub(super) fn insert_delivery_rows(
     }
     let now_ms = deliveries.iter().map(|d| d.created_ms).max().unwrap_or(0);
     let mut dropped = Vec::new();
-    for webhook in webhooks {
-        let n = drop_over_backlog(tx, webhook, now_ms)?;
+    for (webhook, arrived) in webhooks {
+        let n = drop_over_backlog(tx, webhook, now_ms, arrived)?;
         if n > 0 {
             dropped.push((webhook.to_owned(), n));
         }
     }
     Ok(dropped)
 }
+
+/// Most rows [`drop_over_backlog`] gives up in one batch, unless the batch
+/// brought more.
+const DROP_STEP: usize = 1_000;
 
 /// Gives up the pending deliveries of `webhook` beyond [`MAX_PENDING`], as
 /// failed, saying why, and returns how many: a receiver that never answers
@@ -185,7 +191,12 @@ pub(super) fn insert_delivery_rows(
 /// the webhook's pending rows, through `deliveries_pending`: ordered by
 /// creation time they read every row the webhook has, finished ones too
 /// (93 ms at 116k, in every batch of the outbox's writer).
-fn drop_over_backlog(tx: &Connection, webhook: &str, now_ms: i64) -> rusqlite::Result<usize> {
+///
+/// At most [`DROP_STEP`] rows a batch, or as many as it brought: a backlog
+/// far over the cap (a burst's, once its grace is over) is worked down over
+/// the batches that follow rather than in one long transaction, which held
+/// the store for half a second at 14.5k rows.
+fn drop_over_backlog(tx: &Connection, webhook: &str, now_ms: i64, arrived: usize) -> rusqlite::Result<usize> {
     let pending: i64 = tx
         .prepare_cached("SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND state = 'pending'")?
         .query_row(params![webhook], |r| r.get(0))?;
@@ -203,6 +214,7 @@ fn drop_over_backlog(tx: &Connection, webhook: &str, now_ms: i64) -> rusqlite::R
     if first_made.is_none_or(|made| now_ms - made < BACKLOG_GRACE_MS) {
         return Ok(0); // a burst, which a receiver that keeps up is still draining
     }
+    let over = over.min(DROP_STEP.max(arrived) as i64);
     let why = format!(
         "{MAX_PENDING} newer deliveries were waiting for this receiver, which is not keeping up (it fails, or \
          answers slowly)"
