@@ -86,8 +86,9 @@ impl Summary {
     }
 }
 
-/// Full arrival time in local time, with the date and offset.
-fn full_time(rfc3339: &str) -> String {
+/// Full time in local time, with the date and offset: for lines that have
+/// the room (a table's column takes [`local_time`]).
+pub fn full_time(rfc3339: &str) -> String {
     let format = format_description!(
         "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3] [offset_hour sign:mandatory]:[offset_minute]"
     );

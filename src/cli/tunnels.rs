@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::inspect_cli::records::{clean, local_time, text};
+use super::inspect_cli::records::{clean, full_time, local_time, text};
 use super::table::{self, Align};
 
 /// Lines for an API answer that carries a tunnel (get, create, update,
@@ -32,9 +32,9 @@ pub fn tunnel_lines(v: &Value, public_url: &str) -> Vec<String> {
     }
     if t["createdAt"].is_string() {
         // A whole tunnel object: one without `lastConnectedAt` never connected.
-        let last = t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), local_time);
+        let last = t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), full_time);
         fields.push(("last connected", last));
-        fields.push(("created", local_time(t["createdAt"].as_str().unwrap_or(""))));
+        fields.push(("created", full_time(t["createdAt"].as_str().unwrap_or(""))));
     }
     let live = &v["liveStatus"];
     if live.is_object() {
@@ -95,7 +95,7 @@ fn connected(live: &Value) -> String {
     }
     let mut s = "yes".to_owned();
     if let Some(at) = live["connectedAt"].as_str() {
-        s += &format!(", since {}", local_time(at));
+        s += &format!(", since {}", full_time(at));
     }
     if let Some(ip) = live["clientIp"].as_str() {
         s += &format!(", from {}", clean(ip));
@@ -148,6 +148,10 @@ mod tests {
         assert!(lines.contains(&"group:          ops".to_owned()), "{lines:#?}");
         assert!(lines.iter().any(|l| l.starts_with("bodies:         not captured")), "{lines:#?}");
         assert!(!lines.iter().any(|l| l.contains("never")), "{lines:#?}");
+        // Lines have room for the offset, which says what zone the time is in.
+        let created = lines.iter().find(|l| l.starts_with("created:")).expect("a created line");
+        let offset = created.rsplit(' ').next().unwrap();
+        assert!(offset.len() == 6 && offset.starts_with(['+', '-']) && offset.as_bytes()[3] == b':', "{created}");
     }
 
     #[test]

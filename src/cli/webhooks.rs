@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::inspect_cli::records::{clean, local_time, text};
+use super::inspect_cli::records::{clean, full_time, local_time, text};
 use super::inspect_cli::terminal_width;
 use super::table::{self, Align};
 use super::{ClientArgs, ClientOnly, api, show};
@@ -209,8 +209,8 @@ fn webhook_lines(w: &Value, signing_key: Option<&str>) -> Vec<String> {
         }
     }
     fields.push(("health", health));
-    fields.push(("created", local_time(w["createdAt"].as_str().unwrap_or(""))));
-    fields.push(("updated", local_time(w["updatedAt"].as_str().unwrap_or(""))));
+    fields.push(("created", full_time(w["createdAt"].as_str().unwrap_or(""))));
+    fields.push(("updated", full_time(w["updatedAt"].as_str().unwrap_or(""))));
     if let Some(key) = signing_key {
         fields.push(("signing key", clean(key)));
     }
