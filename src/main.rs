@@ -1391,15 +1391,10 @@ fn host_url(public_url: &str, domain: &str, subdomain: &str) -> Option<String> {
     // `http::Uri`, as the server parses it: it keeps an explicit default port
     // (`https://h:443`), which `url::Url` drops.
     let url: http::Uri = public_url.parse().ok()?;
-    let host = format!("{subdomain}.{domain}");
-    if url.host().is_some_and(|own| own.eq_ignore_ascii_case(&host)) {
+    if url.host().is_some_and(|own| own.eq_ignore_ascii_case(&format!("{subdomain}.{domain}"))) {
         return None;
     }
-    let scheme = url.scheme_str()?;
-    Some(match url.port_u16() {
-        Some(port) => format!("{scheme}://{host}:{port}"),
-        None => format!("{scheme}://{host}"),
-    })
+    Some(hookway::server::host_url(url.scheme_str()?, subdomain, domain, url.port_u16()))
 }
 
 /// After an answer that issued an auth token: it is not shown again.

@@ -156,11 +156,7 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
 /// `uri` without the public URL's path `prefix`, when it starts with that
 /// path (a whole segment: `/hooks` is not the start of `/hooksmith`).
 fn without_prefix(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
-    let rest = uri.path().strip_prefix(prefix)?;
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return None;
-    }
-    let path = if rest.is_empty() { "/" } else { rest };
+    let path = unprefixed(uri.path(), prefix)?;
     let target = match uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
@@ -168,6 +164,16 @@ fn without_prefix(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(target.parse().ok()?);
     http::Uri::from_parts(parts).ok()
+}
+
+/// `path` after `prefix`, when it starts with that path as a whole segment
+/// (`/hooks` is not the start of `/hooksmith`); `/` for the prefix itself.
+fn unprefixed<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    match path.strip_prefix(prefix)? {
+        "" => Some("/"),
+        rest if rest.starts_with('/') => Some(rest),
+        _ => None,
+    }
 }
 
 /// The answer to a request whose target is `*`: the methods the edge
@@ -238,13 +244,7 @@ pub(super) fn header_lines(headers: &http::HeaderMap) -> usize {
 /// lines (repeated names counted each time, as hyper counts them).
 /// Whether `path` is the REST API's, under the public URL's path or not.
 fn is_api_path(state: &State, path: &str) -> bool {
-    let path = state
-        .config
-        .path_prefix
-        .as_deref()
-        .and_then(|prefix| path.strip_prefix(prefix))
-        .filter(|rest| rest.starts_with('/'))
-        .unwrap_or(path);
+    let path = state.config.path_prefix.as_deref().and_then(|prefix| unprefixed(path, prefix)).unwrap_or(path);
     path == "/api" || path.starts_with("/api/")
 }
 

@@ -254,10 +254,7 @@ impl State {
     /// it was the server's): that host serves the API.
     pub fn host_url(&self, subdomain: &str) -> Option<String> {
         let domain = self.config.domain.as_deref().filter(|_| !self.is_own_subdomain(subdomain))?;
-        Some(match self.config.public_port {
-            Some(p) => format!("{}://{subdomain}.{domain}:{p}", self.config.scheme),
-            None => format!("{}://{subdomain}.{domain}", self.config.scheme),
-        })
+        Some(host_url(self.config.scheme, subdomain, domain, self.config.public_port))
     }
 
     /// `ws(s)://{host}/tunnels/{subdomain}/ws?tunnelId=…&token=…` (seed 001).
@@ -653,6 +650,16 @@ impl PublicUrl {
             ws_base: format!("{ws}://{rest}"),
             path_prefix: (!path.is_empty()).then(|| path.to_owned()),
         })
+    }
+}
+
+/// `{scheme}://{subdomain}.{domain}[:port]`: a tunnel's host-based URL, with
+/// the public URL's scheme and explicit port. The CLI makes it too, from
+/// `/api/info`, for answers that do not carry it.
+pub fn host_url(scheme: &str, subdomain: &str, domain: &str, port: Option<u16>) -> String {
+    match port {
+        Some(p) => format!("{scheme}://{subdomain}.{domain}:{p}"),
+        None => format!("{scheme}://{subdomain}.{domain}"),
     }
 }
 

@@ -305,8 +305,7 @@ pub(super) fn due_deliveries(
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     // Webhook by webhook, each an index range of its first due rows: the
     // cost is in webhooks, not in how many deliveries wait.
-    let webhooks: Vec<String> =
-        c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let webhooks = webhook_ids(c)?;
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries
          WHERE webhook_id = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
@@ -322,6 +321,12 @@ pub(super) fn due_deliveries(
     due.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
     due.truncate(limit);
     Ok(due)
+}
+
+/// Every webhook's id: the due query and the prune go webhook by webhook,
+/// each an index range.
+fn webhook_ids(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect()
 }
 
 /// When the earliest pending delivery is due.
@@ -367,8 +372,7 @@ pub(super) fn health(c: &Connection, org_id: &str, since_ms: i64) -> rusqlite::R
 pub(super) fn prune_deliveries(c: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
     let mut pruned =
         c.execute("DELETE FROM deliveries WHERE state != 'pending' AND created_ms < ?1", params![before_ms])?;
-    let webhooks: Vec<String> =
-        c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let webhooks = webhook_ids(c)?;
     let mut over = c.prepare_cached(
         "DELETE FROM deliveries WHERE webhook_id = ?1 AND state != 'pending' AND created_ms < (
              SELECT created_ms FROM deliveries WHERE webhook_id = ?1 AND state != 'pending'

@@ -170,13 +170,7 @@ impl Held {
     /// they gave back. (A new batch is filtered before it joins them.)
     fn forget_deleted(&mut self, state: &State) -> usize {
         let mut freed = 0;
-        self.entries.retain(|e| {
-            let alive = state.registry.get(&e.record.tunnel_id).is_some();
-            if !alive {
-                freed += e.weight;
-            }
-            alive
-        });
+        self.entries.retain(|e| tunnel_kept(state, &e.record.tunnel_id, e.weight, &mut freed));
         freed
     }
 
@@ -189,17 +183,21 @@ impl Held {
     }
 }
 
+/// Whether a record of `tunnel_id` is kept: its tunnel was not deleted
+/// meanwhile. Else its `weight` is added to `freed`.
+fn tunnel_kept(state: &State, tunnel_id: &str, weight: usize, freed: &mut usize) -> bool {
+    let alive = state.registry.get(tunnel_id).is_some();
+    if !alive {
+        *freed += weight;
+    }
+    alive
+}
+
 async fn write(hub: &Capture, state: &State, mut batch: Vec<Captured>, held: &mut Held) {
     let records = batch.len() as u64;
     let mut freed = 0;
     // A deleted tunnel's records would outlive it.
-    batch.retain(|c| {
-        let alive = state.registry.get(&c.tunnel_id).is_some();
-        if !alive {
-            freed += c.weight();
-        }
-        alive
-    });
+    batch.retain(|c| tunnel_kept(state, &c.tunnel_id, c.weight(), &mut freed));
     let keep = hub.config.max_records;
     if keep > 0 && batch.len() > keep {
         let before: usize = batch.iter().map(Captured::weight).sum();
