@@ -158,6 +158,9 @@ async fn host_based_routing() {
     let bad_port = format!("GET / HTTP/1.1\r\nHost: {}.tunnel.test:abc\r\nConnection: close\r\n\r\n", s.subdomain);
     let answer = raw_exchange(s.server.http, bad_port.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("port is not a number"), "{answer}");
+    let empty_label = format!("GET / HTTP/1.1\r\nHost: {}..tunnel.test\r\nConnection: close\r\n\r\n", s.subdomain);
+    let answer = raw_exchange(s.server.http, empty_label.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("has an empty label"), "{answer}");
     // Reserved names are never tunnels: `api.<domain>` serves the API.
     let api = http()
         .get(format!("http://{}/api/info", s.server.http))

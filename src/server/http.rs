@@ -111,6 +111,13 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         HostRoute::NoTunnel(labels) => {
             return edge_error(StatusCode::NOT_FOUND, "tunnel-not-found", format_args!("no tunnel named '{labels}'"));
         }
+        HostRoute::EmptyLabel => {
+            return edge_error(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                format_args!("the host '{}' has an empty label: it is no host name", host.unwrap_or_default()),
+            );
+        }
         HostRoute::Elsewhere => {}
     }
     // The path as the caller gave it, for a 404, when the prefix was taken off.

@@ -318,6 +318,9 @@ pub enum HostRoute {
     /// `x_y.{domain}`): the labels before the domain, lowercase. A 404, not
     /// the API: the caller meant a tunnel.
     NoTunnel(String),
+    /// Under the domain, with an empty label before it (`a..{domain}`,
+    /// `.a.{domain}`): no host name at all (RFC 1035 §2.3.1), a 400.
+    EmptyLabel,
     /// The domain itself, a reserved name (`api.`, `www.`), or another host:
     /// the API and path-based routes.
     Elsewhere,
@@ -336,6 +339,9 @@ fn host_route(host: &str, domain: &str) -> HostRoute {
     };
     if dot_domain[0] != b'.' || !dot_domain[1..].eq_ignore_ascii_case(domain.as_bytes()) || sub.is_empty() {
         return HostRoute::Elsewhere;
+    }
+    if sub.split(|&b| b == b'.').any(<[u8]>::is_empty) {
+        return HostRoute::EmptyLabel;
     }
     let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
     match names::validate_subdomain(&sub) {
@@ -401,7 +407,7 @@ impl Server {
         let domain = config.domain.as_deref().map(parse_domain).transpose()?;
         let own_subdomain = domain.as_deref().and_then(|d| match host_route(&public.host, d) {
             HostRoute::Tunnel(labels) | HostRoute::NoTunnel(labels) => Some(labels),
-            HostRoute::Elsewhere => None,
+            HostRoute::EmptyLabel | HostRoute::Elsewhere => None,
         });
         if let Some(own) = own_subdomain.as_deref().filter(|own| registry.subdomain_exists(own)) {
             tracing::warn!(
@@ -798,6 +804,9 @@ mod tests {
             ("ab.example.com", "ab"),
         ] {
             assert_eq!(host_route(host, "example.com"), HostRoute::NoTunnel(labels.into()), "{host}");
+        }
+        for host in ["sub..example.com", "..example.com", ".sub.example.com", "a..b.example.com:80"] {
+            assert_eq!(host_route(host, "example.com"), HostRoute::EmptyLabel, "{host}");
         }
     }
 
