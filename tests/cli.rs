@@ -49,6 +49,20 @@ async fn help_explains_every_command() {
     }
 }
 
+/// `webhooks update --help` words the fields it shares with `create` for a
+/// change: that given headers replace all, how to clear a group.
+#[tokio::test]
+async fn webhooks_update_help_is_worded_for_a_change() {
+    let (code, update, _) = hookway(&["webhooks", "update", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    for says in ["New name", "replace all the webhook had", "`--no-group` for all"] {
+        assert!(update.contains(says), "{says}: {update}");
+    }
+    let (code, create, _) = hookway(&["webhooks", "create", "--help"], None, None).await;
+    assert_eq!(code, 0);
+    assert!(create.contains("for your reference") && !create.contains("replace"), "{create}");
+}
+
 /// `--help` names each option's environment variable, and shows its value
 /// only while it is set (clap's `[env: NAME=]` read as set to ""), a
 /// secret's never.

@@ -37,6 +37,13 @@ pub enum WebhooksCommand {
         client: ClientArgs,
     },
     /// Change a webhook's fields.
+    // The shared fields' help is worded for `create`.
+    #[command(
+        mut_arg("name", |a| a.help("New name")),
+        mut_arg("group", |a| a.help("Only events of tunnels with this group label from now on (`--no-group` for all)")),
+        mut_arg("headers", |a| a.help("Extra header sent with every delivery, as \"Name: value\" (repeatable); \
+            the ones given replace all the webhook had (`--no-headers` for none)")),
+    )]
     Update {
         /// Webhook id (wh_…).
         #[arg(value_parser = crate::resource_id)]
@@ -77,13 +84,13 @@ pub enum WebhooksCommand {
 /// Fields shared by create and update.
 #[derive(Args)]
 pub struct WebhookFields {
-    /// Name, for your reference (`create` without it: the URL's host).
+    /// Name, for your reference (without it: the URL's host).
     #[arg(long)]
     name: Option<String>,
     /// Only events of tunnels with this group label.
     #[arg(long)]
     group: Option<String>,
-    /// Extra header sent with every delivery, as "Name: value" (repeatable; replaces all on update).
+    /// Extra header sent with every delivery, as "Name: value" (repeatable).
     #[arg(long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
 }
