@@ -434,8 +434,48 @@ impl Notifier {
                 Ok(_) => {}
                 Err(err) => tracing::warn!(%err, "could not prune webhook deliveries"),
             }
+            self.trim_backlogs().await;
         }
     }
+
+    /// Cuts back the backlogs over the cap of webhooks that get no new
+    /// events (those that do are cut back as their events are written): a
+    /// burst's rows would otherwise wait, at a hanging receiver's pace, until
+    /// the next event. A step of at most a thousand rows per webhook a store
+    /// call, so that other calls get the store in between; bounded, so that
+    /// a store that keeps dropping cannot hold the prune.
+    async fn trim_backlogs(&self) {
+        let mut dropped = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..MAX_TRIM_STEPS {
+            let now = now_ms();
+            match self.store.run(move |s| s.trim_backlogs(now)).await {
+                Ok(step) if step.is_empty() => break,
+                Ok(step) => step.into_iter().for_each(|(webhook, n)| *dropped.entry(webhook).or_default() += n),
+                Err(err) => {
+                    tracing::warn!(%err, "could not cut back webhook backlogs");
+                    break;
+                }
+            }
+        }
+        for (webhook, dropped) in dropped {
+            warn_dropped(&webhook, dropped);
+        }
+    }
+}
+
+/// Most store calls of one [`Notifier::trim_backlogs`]: 100,000 rows of one
+/// webhook, more than a minute of any burst brings.
+const MAX_TRIM_STEPS: usize = 100;
+
+/// Tells that `dropped` deliveries of `webhook` were given up.
+fn warn_dropped(webhook: &str, dropped: usize) {
+    tracing::warn!(
+        webhook,
+        dropped,
+        waiting = crate::store::webhooks::MAX_PENDING,
+        "webhook deliveries given up: the receiver is not keeping up (it fails or answers slowly), and the most \
+         that wait per webhook were waiting"
+    );
 }
 
 /// Deliveries the outbox gave up for webhooks whose receivers do not keep up
@@ -476,13 +516,7 @@ impl Drops {
 
     fn tell(&mut self) {
         for (webhook, dropped) in std::mem::take(&mut self.since_told) {
-            tracing::warn!(
-                webhook,
-                dropped,
-                waiting = crate::store::webhooks::MAX_PENDING,
-                "webhook deliveries given up: the receiver is not keeping up (it fails or answers slowly), and the \
-                 most that wait per webhook were waiting"
-            );
+            warn_dropped(&webhook, dropped);
         }
         self.told_at = Some(tokio::time::Instant::now());
     }

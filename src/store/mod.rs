@@ -218,6 +218,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes finished deliveries created before `before_ms`, and each
     /// webhook's beyond its newest [`webhooks::MAX_KEPT`]; returns how many.
     fn prune_deliveries(&self, before_ms: i64) -> Result<usize, StoreError>;
+    /// What [`Store::record_events`] gives up for the webhooks of its batch,
+    /// for every webhook, a step of at most a thousand rows each: a backlog
+    /// whose webhook gets no new events is cut back too. Returns how many,
+    /// by webhook; none once every backlog is within the cap (or its grace).
+    fn trim_backlogs(&self, now_ms: i64) -> Result<Vec<(String, usize)>, StoreError>;
 }
 
 /// Shared, async-friendly access to a [`Store`].

@@ -432,6 +432,10 @@ impl Store for SqliteStore {
     fn prune_deliveries(&self, before_ms: i64) -> Result<usize, StoreError> {
         self.with(|c| wh::prune_deliveries(c, before_ms))
     }
+
+    fn trim_backlogs(&self, now_ms: i64) -> Result<Vec<(String, usize)>, StoreError> {
+        self.with(|c| wh::trim_backlogs(c, now_ms))
+    }
 }
 
 #[cfg(test)]
@@ -782,6 +786,30 @@ mod tests {
         assert!(!log.iter().any(|d| d.id == "old_000000" || d.id == "old_000001"), "the oldest went");
         assert_eq!(store.prune_deliveries(0).unwrap(), 0, "and no more");
         drop(store);
+    }
+
+    /// A backlog over the cap whose webhook gets no new events is cut back
+    /// too, once its grace is over, a step at a time, and only its own.
+    #[test]
+    fn an_idle_backlog_is_trimmed() {
+        use super::super::webhooks::{BACKLOG_GRACE_MS, MAX_PENDING};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("default").unwrap();
+        store.save_webhook(&webhook("wh_slow", &org)).unwrap();
+        store.save_webhook(&webhook("wh_ok", &org)).unwrap();
+        let burst: Vec<_> = (0..MAX_PENDING + 1200).map(|i| delivery(&format!("msg_{i:06}"), "wh_slow", 0)).collect();
+        store.record_events(&burst, &[]).unwrap();
+        let few: Vec<_> = (0..5).map(|i| delivery(&format!("ok_{i}"), "wh_ok", 0)).collect();
+        store.record_events(&few, &[]).unwrap();
+        assert_eq!(store.trim_backlogs(BACKLOG_GRACE_MS - 1).unwrap(), [], "within its grace");
+        let later = BACKLOG_GRACE_MS + 1;
+        assert_eq!(store.trim_backlogs(later).unwrap(), [("wh_slow".to_owned(), 1000)]);
+        assert_eq!(store.trim_backlogs(later).unwrap(), [("wh_slow".to_owned(), 200)]);
+        assert_eq!(store.trim_backlogs(later).unwrap(), [], "within the cap");
+        let pending = store.due_deliveries(later, MAX_PENDING + 10, 2 * MAX_PENDING).unwrap();
+        assert_eq!(pending.iter().filter(|d| d.webhook_id == "wh_slow").count(), MAX_PENDING);
+        assert_eq!(pending.iter().filter(|d| d.webhook_id == "wh_ok").count(), 5, "the other webhook's untouched");
     }
 
     /// The databases hold signing keys and captured requests: no other user
