@@ -17,6 +17,7 @@
 
 pub mod client;
 pub mod headers;
+pub mod inbound;
 pub mod notify;
 pub mod quic;
 pub mod server;
