@@ -22,6 +22,7 @@ use super::names;
 use super::registry::Tunnel;
 use super::routes::{ANY, Routes, unrouted};
 use super::session::end_on_purpose;
+use crate::inbound::{BasicAuth, InboundConfig, RateLimit, Rules, Verification, VerificationKind};
 use crate::quic::close;
 use crate::store::{StoreError, TunnelRecord};
 
@@ -90,10 +91,22 @@ struct TunnelJson {
     /// (`false`; seed 001's shape is unchanged for tunnels left at the default).
     #[serde(skip_serializing_if = "Option::is_none")]
     capture_bodies: Option<bool>,
+    /// Additions to seed 001, present only when set (seed 004's inbound
+    /// options), without their secrets: `{"username": "…"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    basic_auth: Option<Value>,
+    /// `{"type": "facebook" | "fitbit"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verification: Option<Value>,
+    /// `{"requests": N, "windowSeconds": S}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
 }
 
 fn tunnel_json(state: &State, t: &Tunnel) -> Value {
     let meta = t.meta();
+    let rules = t.inbound();
+    let inbound = rules.as_deref().map(Rules::config);
     serde_json::to_value(TunnelJson {
         id: t.id.clone(),
         name: meta.name,
@@ -104,6 +117,9 @@ fn tunnel_json(state: &State, t: &Tunnel) -> Value {
         created_at: t.created_at.clone(),
         group: meta.group,
         capture_bodies: (!t.capture_bodies.load(std::sync::atomic::Ordering::Relaxed)).then_some(false),
+        basic_auth: inbound.and_then(|i| i.basic_auth.as_ref()).map(|a| json!({ "username": a.username })),
+        verification: inbound.and_then(|i| i.verification.as_ref()).map(|v| json!({ "type": v.kind.as_str() })),
+        rate_limit: inbound.and_then(|i| i.rate_limit),
     })
     .unwrap_or(Value::Null)
 }
@@ -311,6 +327,85 @@ pub(super) fn bool_field(body: &serde_json::Map<String, Value>, field: &str) -> 
     }
 }
 
+/// The inbound options (seed 004) a create or update body sets, over
+/// `current`: None when it names none of `basicAuth`, `verification` and
+/// `rateLimit`; each one given is set (an object) or turned off (null).
+fn inbound_fields(
+    body: &serde_json::Map<String, Value>,
+    current: &InboundConfig,
+) -> Result<Option<InboundConfig>, ApiError> {
+    if !["basicAuth", "verification", "rateLimit"].iter().any(|f| body.contains_key(*f)) {
+        return Ok(None);
+    }
+    let mut next = current.clone();
+    if let Some(v) = body.get("basicAuth") {
+        next.basic_auth = object_field(v, "basicAuth", &["username", "password"])?
+            .map(|o| {
+                let username = opt_string(o, "basicAuth.username")?;
+                let password = opt_string(o, "basicAuth.password")?;
+                BasicAuth::new(&username, &password).map_err(ApiError::bad)
+            })
+            .transpose()?;
+    }
+    if let Some(v) = body.get("verification") {
+        next.verification = object_field(v, "verification", &["type", "code"])?
+            .map(|o| {
+                let kind = match o.get("type").and_then(Value::as_str) {
+                    Some("facebook") => VerificationKind::Facebook,
+                    Some("fitbit") => VerificationKind::Fitbit,
+                    _ => return Err(ApiError::bad("'verification.type' must be \"facebook\" or \"fitbit\"")),
+                };
+                let code = opt_string(o, "verification.code")?;
+                Verification::new(kind, &code).map_err(ApiError::bad)
+            })
+            .transpose()?;
+    }
+    if let Some(v) = body.get("rateLimit") {
+        next.rate_limit = object_field(v, "rateLimit", &["requests", "windowSeconds"])?
+            .map(|o| {
+                let count = |field: &str| {
+                    o.get(field)
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| ApiError::bad(format!("'rateLimit.{field}' must be a whole number")))
+                };
+                RateLimit { requests: count("requests")?, window_seconds: count("windowSeconds")? }
+                    .validate()
+                    .map_err(ApiError::bad)
+            })
+            .transpose()?;
+    }
+    Ok(Some(next))
+}
+
+/// An inbound option's value: null (off) or an object of `known` fields.
+fn object_field<'a>(
+    v: &'a Value,
+    field: &str,
+    known: &[&str],
+) -> Result<Option<&'a serde_json::Map<String, Value>>, ApiError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Object(o) => {
+            if let Some(unknown) = o.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(ApiError::bad(format!("unknown field '{field}.{unknown}' (known: {})", known.join(", "))));
+            }
+            Ok(Some(o))
+        }
+        _ => Err(ApiError::bad(format!("'{field}' must be an object or null"))),
+    }
+}
+
+/// A string field of an inbound option, "" when left out.
+fn opt_string(o: &serde_json::Map<String, Value>, path: &str) -> Result<String, ApiError> {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(ApiError::bad(format!("'{path}' must be a string"))),
+    }
+}
+
 /// Longest group label accepted.
 pub const MAX_GROUP_LEN: usize = 64;
 
@@ -370,7 +465,7 @@ fn list(state: &State, org: &str) -> Response<Body> {
 }
 
 async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Value>) -> ApiResult {
-    known_fields(&body, &["name", "subdomain", "group", "captureBodies"])?;
+    known_fields(&body, &["name", "subdomain", "group", "captureBodies", "basicAuth", "verification", "rateLimit"])?;
     let name = valid_name(string_field(&body, "name")?.ok_or_else(|| ApiError::bad("'name' is required"))?)?;
     let subdomain = match string_field(&body, "subdomain")? {
         Some(s) => {
@@ -390,6 +485,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
     };
     let group = group_field(&body)?.flatten();
     let capture_bodies = bool_field(&body, "captureBodies")?.unwrap_or(true);
+    let inbound = inbound_fields(&body, &InboundConfig::default())?.unwrap_or_default();
     let token = names::auth_token();
     let record = TunnelRecord {
         id: names::tunnel_id(),
@@ -402,6 +498,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
         created_at: super::clock::now_rfc3339(),
         group,
         capture_bodies,
+        inbound,
     };
     let stored = record.clone();
     state.store.run(move |s| s.insert_tunnel(&stored)).await.map_err(|e| match e {
@@ -431,13 +528,16 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if body.contains_key("subdomain") {
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
-    known_fields(&body, &["name", "group", "captureBodies"])?;
+    known_fields(&body, &["name", "group", "captureBodies", "basicAuth", "verification", "rateLimit"])?;
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
     let group = group_field(&body)?;
     let capture_bodies = bool_field(&body, "captureBodies")?;
-    if name.is_none() && group.is_none() && capture_bodies.is_none() {
+    let current = tunnel.inbound().map(|rules| rules.config().clone()).unwrap_or_default();
+    let inbound = inbound_fields(&body, &current)?;
+    if name.is_none() && group.is_none() && capture_bodies.is_none() && inbound.is_none() {
         return Err(ApiError::bad(
-            "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null} and/or {\"captureBodies\": true | false}",
+            "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null}, {\"captureBodies\": true | false}, \
+             {\"basicAuth\": {…} | null}, {\"verification\": {…} | null} and/or {\"rateLimit\": {…} | null}",
         ));
     }
     if let Some(name) = name {
@@ -454,6 +554,11 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
         let tid = tunnel.id.clone();
         state.store.run(move |s| s.set_capture_bodies(&tid, on)).await?;
         tunnel.capture_bodies.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(inbound) = inbound {
+        let (tid, stored) = (tunnel.id.clone(), inbound.clone());
+        state.store.run(move |s| s.set_inbound(&tid, &stored)).await?;
+        tunnel.set_inbound(inbound);
     }
     Ok(ok(json!({ "tunnel": tunnel_json(state, &tunnel) })))
 }

@@ -18,9 +18,10 @@ use tracing::Instrument;
 use super::caller_pace::{CallerPaced, Pace};
 use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
-use super::registry::{Session, Transport};
-use super::{State, gateway, untaken};
+use super::registry::{Session, Transport, Tunnel};
+use super::{State, gateway, inbound, untaken};
 use crate::headers::strip_hop_by_hop;
+use crate::inbound::Verdict;
 use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
@@ -40,40 +41,52 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError> + std::fmt::Display + Send,
 {
-    let Some(session) = state.registry.route(subdomain) else {
-        let Some(tunnel) = state.registry.by_subdomain(subdomain) else {
-            if subdomain.is_empty() {
-                return edge_error(
-                    StatusCode::NOT_FOUND,
-                    "tunnel-not-found",
-                    "no tunnel named in the URL: a tunnel's URLs are /t/<subdomain>/…",
-                );
+    let session = state.registry.route(subdomain);
+    let offline;
+    let tunnel = match &session {
+        Some(session) => &session.tunnel,
+        None => {
+            offline = match state.registry.by_subdomain(subdomain) {
+                Some(tunnel) => tunnel,
+                None if subdomain.is_empty() => {
+                    return edge_error(
+                        StatusCode::NOT_FOUND,
+                        "tunnel-not-found",
+                        "no tunnel named in the URL: a tunnel's URLs are /t/<subdomain>/…",
+                    );
+                }
+                None => {
+                    return edge_error(
+                        StatusCode::NOT_FOUND,
+                        "tunnel-not-found",
+                        format_args!("no tunnel named '{subdomain}'"),
+                    );
+                }
+            };
+            &offline
+        }
+    };
+    let mut req = req;
+    // (A replay comes from the tunnel's owner, through the API: what the
+    // caller's credentials were checked against then is no more.)
+    if let Some(rules) = tunnel.inbound().filter(|_| replay.is_none()) {
+        match rules.screen(req.method(), req.uri().query(), req.headers().get(header::AUTHORIZATION)) {
+            Verdict::Pass { strip_authorization: true } => drop(req.headers_mut().remove(header::AUTHORIZATION)),
+            Verdict::Pass { strip_authorization: false } => {}
+            verdict => {
+                if let Some(resp) = inbound::answer(verdict, &rules) {
+                    return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp).await;
+                }
             }
-            return edge_error(
-                StatusCode::NOT_FOUND,
-                "tunnel-not-found",
-                format_args!("no tunnel named '{subdomain}'"),
-            );
-        };
+        }
+    }
+    let Some(session) = session else {
         let resp = edge_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "tunnel-offline",
             format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
         );
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        let caller = caller(&state, peer, &parts.headers, replay.is_some());
-        return match state.capture.tap(&tunnel, &parts.method, &target, &parts.headers, caller, replay) {
-            Some(tap) => {
-                let body = tap.request_body(body);
-                // (A tunnel that keeps no bodies has nothing to wait for.)
-                if tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
-                    keep_offline_body(body, state.capture.config().body_limit).await;
-                }
-                tap.response(resp)
-            }
-            None => resp,
-        };
+        return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp).await;
     };
     session.count_request();
     let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
@@ -136,6 +149,38 @@ where
 /// The largest answer that goes to an HTTP/2 caller without a deadline on
 /// its being taken: HTTP/2's initial stream window (65,535 bytes) holds it.
 const UNTAKEN_MIN: u64 = 65_535;
+
+/// Answers a request at the edge with `resp` (its tunnel is offline, or its
+/// inbound options answered it), capturing it as a forwarded one is: the
+/// owner sees what arrived and what it was told, and can replay it.
+async fn answer_at_edge<B>(
+    state: &State,
+    tunnel: &Tunnel,
+    req: Request<B>,
+    target: &Bytes,
+    peer: SocketAddr,
+    replay: Option<Replay>,
+    resp: Response<Body>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display + Send,
+{
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let caller = caller(state, peer, &parts.headers, replay.is_some());
+    match state.capture.tap(tunnel, &parts.method, target, &parts.headers, caller, replay) {
+        Some(tap) => {
+            let body = tap.request_body(body);
+            // (A tunnel that keeps no bodies has nothing to wait for.)
+            if tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
+                keep_offline_body(body, state.capture.config().body_limit).await;
+            }
+            tap.response(resp)
+        }
+        None => resp,
+    }
+}
 
 /// How long the edge waits for the body of a request to an offline tunnel.
 const OFFLINE_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -15,6 +15,7 @@ pub mod edge;
 pub mod gateway;
 mod held;
 pub mod http;
+mod inbound;
 pub mod listener;
 pub mod names;
 mod observed;

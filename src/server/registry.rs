@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::inbound::{InboundConfig, Rules};
 use crate::store::{CounterUpdate, TunnelRecord};
 use crate::wire::SessionEnded;
 
@@ -47,6 +48,11 @@ pub struct Tunnel {
     /// Whether bodies are captured for inspection: an atomic, since every
     /// forwarded request reads it.
     pub capture_bodies: AtomicBool,
+    /// Whether [`Tunnel::inbound`] holds rules: every forwarded request reads
+    /// it, and most tunnels have none, so they never take the lock.
+    has_inbound: AtomicBool,
+    /// The inbound options in force (seed 004), with their rate limit's state.
+    inbound: Mutex<Option<Arc<Rules>>>,
     /// Held while a session of this tunnel is attached, checked or taken out
     /// of the routing map together with the events that say so (see
     /// `session::go_live`): subscribers get them in the order they happened,
@@ -72,8 +78,26 @@ impl Tunnel {
             total_requests: AtomicU64::new(r.total_requests),
             persisted_requests: AtomicU64::new(r.total_requests),
             capture_bodies: AtomicBool::new(r.capture_bodies),
+            has_inbound: AtomicBool::new(!r.inbound.is_empty()),
+            inbound: Mutex::new((!r.inbound.is_empty()).then(|| Arc::new(Rules::new(r.inbound)))),
             events: Mutex::new(()),
         }
+    }
+
+    /// The inbound options in force, if any.
+    pub fn inbound(&self) -> Option<Arc<Rules>> {
+        if !self.has_inbound.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inbound.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `config` in force, with a full rate-limit allowance.
+    pub fn set_inbound(&self, config: InboundConfig) {
+        let rules = (!config.is_empty()).then(|| Arc::new(Rules::new(config)));
+        let mut held = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        self.has_inbound.store(rules.is_some(), Ordering::Release);
+        *held = rules;
     }
 
     /// Orders a change of this tunnel's session with its events (see

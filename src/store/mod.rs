@@ -64,6 +64,9 @@ pub struct TunnelRecord {
     pub group: Option<String>,
     /// Whether request and response bodies are captured for inspection.
     pub capture_bodies: bool,
+    /// What the edge answers by itself (seed 004): basic auth, verification,
+    /// throttling; secrets as salted digests.
+    pub inbound: crate::inbound::InboundConfig,
 }
 
 /// The [`ApiKeyRecord::prefix`] of a key the server took from its
@@ -143,6 +146,8 @@ pub trait Store: Send + Sync + 'static {
     fn set_tunnel_group(&self, id: &str, group: Option<&str>) -> Result<(), StoreError>;
     /// Turns body capture on or off for a tunnel.
     fn set_capture_bodies(&self, id: &str, on: bool) -> Result<(), StoreError>;
+    /// Sets a tunnel's inbound options (all of them: those left out are off).
+    fn set_inbound(&self, id: &str, inbound: &crate::inbound::InboundConfig) -> Result<(), StoreError>;
 
     /// Adds captured requests and trims each tunnel they touch to its newest
     /// `keep_per_tunnel`, in one transaction. A record whose id exists is ignored.

@@ -48,10 +48,31 @@ CREATE INDEX IF NOT EXISTS tunnels_org ON tunnels(org_id);
 
 /// Changes to [`SCHEMA`], applied in order; `PRAGMA user_version` records how
 /// many a database has had, so an older data dir upgrades in place.
-const MIGRATIONS: &[&str] = &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3, wh::MIGRATION_4, wh::MIGRATION_5];
+const MIGRATIONS: &[&str] =
+    &[wh::MIGRATION_1, MIGRATION_2, live::MIGRATION_3, wh::MIGRATION_4, wh::MIGRATION_5, MIGRATION_6];
 
 /// Schema version 2: per-tunnel body capture switch.
 const MIGRATION_2: &str = "ALTER TABLE tunnels ADD COLUMN capture_bodies INTEGER NOT NULL DEFAULT 1;";
+
+/// Schema version 6: a tunnel's inbound options, as JSON
+/// ([`crate::inbound::InboundConfig`]); NULL when none is set.
+const MIGRATION_6: &str = "ALTER TABLE tunnels ADD COLUMN inbound TEXT;";
+
+/// A tunnel's inbound options from their column.
+fn inbound_from(json: Option<String>) -> rusqlite::Result<crate::inbound::InboundConfig> {
+    json.map_or_else(
+        || Ok(Default::default()),
+        |json| {
+            serde_json::from_str(&json)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(10, rusqlite::types::Type::Text, Box::new(e)))
+        },
+    )
+}
+
+/// A tunnel's inbound options for their column.
+fn inbound_json(inbound: &crate::inbound::InboundConfig) -> Option<String> {
+    (!inbound.is_empty()).then(|| serde_json::to_string(inbound).unwrap_or_default())
+}
 
 /// Applies the `migrations` a database has not had yet (each file of the
 /// store keeps its own count in `user_version`).
@@ -209,7 +230,7 @@ impl Store for SqliteStore {
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name,
-                        capture_bodies
+                        capture_bodies, inbound
                  FROM tunnels ORDER BY created_at, id",
             )?;
             let rows = stmt.query_map([], |r| {
@@ -224,6 +245,7 @@ impl Store for SqliteStore {
                     created_at: r.get(7)?,
                     group: r.get(8)?,
                     capture_bodies: r.get(9)?,
+                    inbound: inbound_from(r.get(10)?)?,
                 })
             })?;
             rows.collect()
@@ -233,9 +255,9 @@ impl Store for SqliteStore {
     fn insert_tunnel(&self, t: &TunnelRecord) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name, capture_bodies)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at, t.group, t.capture_bodies],
+                "INSERT INTO tunnels (id, org_id, name, subdomain, token_hash, total_requests, last_connected_at, created_at, group_name, capture_bodies, inbound)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![t.id, t.org_id, t.name, t.subdomain, &t.token_hash[..], t.total_requests as i64, t.last_connected_at, t.created_at, t.group, t.capture_bodies, inbound_json(&t.inbound)],
             )
             .map(drop)
         })
@@ -259,6 +281,11 @@ impl Store for SqliteStore {
 
     fn set_capture_bodies(&self, id: &str, on: bool) -> Result<(), StoreError> {
         self.with(|c| c.execute("UPDATE tunnels SET capture_bodies = ?2 WHERE id = ?1", params![id, on]).map(drop))
+    }
+
+    fn set_inbound(&self, id: &str, inbound: &crate::inbound::InboundConfig) -> Result<(), StoreError> {
+        let json = inbound_json(inbound);
+        self.with(|c| c.execute("UPDATE tunnels SET inbound = ?2 WHERE id = ?1", params![id, json]).map(drop))
     }
 
     fn insert_requests(&self, records: &[RequestRecord], keep_per_tunnel: usize) -> Result<(), StoreError> {
@@ -471,6 +498,7 @@ mod tests {
             created_at: "2024-01-20T15:00:00Z".into(),
             group: None,
             capture_bodies: true,
+            inbound: Default::default(),
         }
     }
 

@@ -1,0 +1,68 @@
+//! The edge's answers for a tunnel's inbound options (seed 004; the rules are
+//! in [`crate::inbound`]).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::http::{Body, EdgeErrorKind, edge_error, full};
+use crate::inbound::{Rules, Verdict, VerificationKind};
+
+/// The edge's answer for `verdict`, None for [`Verdict::Pass`]. Every
+/// answer says in `x-hookway-error` or `x-hookway-verification` that it came
+/// from the edge, and the capture records its kind as the outcome.
+pub fn answer(verdict: Verdict, rules: &Rules) -> Option<Response<Body>> {
+    let resp = match verdict {
+        Verdict::Pass { .. } => return None,
+        Verdict::Throttled { retry_after } => {
+            let limit = rules.config().rate_limit.map_or_else(String::new, |l| {
+                format!(": this tunnel takes {} requests per {} s", l.requests, l.window_seconds)
+            });
+            let mut resp = edge_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format_args!("Over rate limit, request throttled{limit}"),
+            );
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            resp
+        }
+        Verdict::Unauthorized => {
+            let mut resp = edge_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this tunnel needs HTTP basic auth: the Authorization header was missing or wrong",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Basic realm="hookway", charset="UTF-8""#),
+            );
+            resp
+        }
+        Verdict::Challenge(challenge) => verified(StatusCode::OK, VerificationKind::Facebook, challenge.into()),
+        Verdict::Verified => verified(StatusCode::NO_CONTENT, VerificationKind::Fitbit, Bytes::new()),
+        Verdict::VerificationFailed(VerificationKind::Facebook) => edge_error(
+            StatusCode::FORBIDDEN,
+            "verification-failed",
+            "Facebook verification: hub.verify_token does not match this tunnel's code, or hub.mode is not subscribe",
+        ),
+        // Fitbit checks that a wrong code gets a 404.
+        Verdict::VerificationFailed(VerificationKind::Fitbit) => edge_error(
+            StatusCode::NOT_FOUND,
+            "verification-failed",
+            "Fitbit verification: the verify code does not match this tunnel's",
+        ),
+    };
+    Some(resp)
+}
+
+/// A handshake's answer: `status` with `body`, marked as the edge's.
+fn verified(status: StatusCode, kind: VerificationKind, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.extensions_mut().insert(EdgeErrorKind("verified"));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    // The challenge is the caller's own text: never to be read as markup.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert("x-hookway-verification", HeaderValue::from_static(kind.as_str()));
+    resp
+}

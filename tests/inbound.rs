@@ -1,0 +1,171 @@
+//! A tunnel's inbound options (seed 004) through the real server, client and
+//! app: basic auth, Facebook and Fitbit verification handshakes, throttling;
+//! set, shown, changed and kept over a restart through the REST API.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::Value;
+
+async fn patch(s: &Setup, body: &str) -> (reqwest::StatusCode, Value) {
+    let path = format!("/api/tunnels/{}", s.tunnel_id);
+    raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(body)).await
+}
+
+#[tokio::test]
+async fn basic_auth_guards_the_app_and_keeps_the_credential_from_it() {
+    let s = Setup::new().await;
+    let (status, body) = patch(&s, r#"{"basicAuth": {"username": "alice", "password": "s3cret"}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tunnel"]["basicAuth"], serde_json::json!({"username": "alice"}), "never the password");
+    assert!(!body.to_string().contains("s3cret"), "{body}");
+
+    let none = http().post(s.url("/echo/a")).body("x").send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(none.headers()["www-authenticate"], r#"Basic realm="hookway", charset="UTF-8""#);
+    assert_eq!(none.headers()["x-hookway-error"], "unauthorized");
+    let wrong = http().post(s.url("/echo/a")).basic_auth("alice", Some("nope")).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let ok = http().post(s.url("/echo/b?q=1")).basic_auth("alice", Some("s3cret")).body("hi").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let seen: Value = ok.json().await.unwrap();
+    assert_eq!((seen["path"].as_str(), seen["body"].as_str()), (Some("/echo/b?q=1"), Some("hi")));
+    assert!(seen["headers"].get("authorization").is_none(), "the tunnel's credential reached the app: {seen}");
+
+    // The refused ones are in the request log, with the edge's kind.
+    let records = wait_for_records(&s.server, &s.tunnel_id, 3).await;
+    let outcomes: Vec<&str> = records.iter().filter_map(|r| r["outcome"].as_str()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "unauthorized").count(), 2, "{records:?}");
+
+    // Off again: no credential needed, and one sent reaches the app.
+    let (status, body) = patch(&s, r#"{"basicAuth": null}"#).await;
+    assert_eq!(status, 200);
+    assert!(body["tunnel"].get("basicAuth").is_none(), "{body}");
+    let open = http().get(s.url("/echo/c")).basic_auth("app", Some("own")).send().await.unwrap();
+    assert_eq!(open.status(), 200);
+    let seen: Value = open.json().await.unwrap();
+    assert!(seen["headers"]["authorization"].as_str().is_some_and(|v| v.starts_with("Basic ")), "{seen}");
+}
+
+#[tokio::test]
+async fn verification_handshakes_are_answered_at_the_edge_even_offline() {
+    let s = Setup::new().await;
+    let (status, body) = patch(&s, r#"{"verification": {"type": "facebook", "code": "my verify token"}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tunnel"]["verification"], serde_json::json!({"type": "facebook"}), "never the code");
+    let handshake = "/webhook?hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=my+verify+token";
+    let resp = http().get(s.url(handshake)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-hookway-verification"], "facebook");
+    assert_eq!(resp.text().await.unwrap(), "1158201444");
+    let wrong = http().get(s.url("/webhook?hub.mode=subscribe&hub.challenge=1&hub.verify_token=x")).send().await;
+    assert_eq!(wrong.unwrap().status(), 403);
+    // Anything else reaches the app.
+    let event = http().post(s.url("/echo/event?hub.mode=subscribe")).body("{}").send().await.unwrap();
+    assert_eq!(event.headers()["x-app"], "echo");
+
+    let (status, _) = patch(&s, r#"{"verification": {"type": "fitbit", "code": "c0ffee"}}"#).await;
+    assert_eq!(status, 200);
+    s.client.shutdown.cancel();
+    let path = format!("/api/tunnels/{}", s.tunnel_id);
+    for _ in 0..100 {
+        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+        if got["tunnel"]["status"] == "disconnected" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Offline: the handshake is still answered, the rest is the edge's 503.
+    let fitbit = http().get(s.url("/fitbit?verify=c0ffee")).send().await.unwrap();
+    assert_eq!(fitbit.status(), 204);
+    assert_eq!(fitbit.headers()["x-hookway-verification"], "fitbit");
+    assert_eq!(
+        http().get(s.url("/fitbit?verify=bad")).send().await.unwrap().status(),
+        404,
+        "Fitbit's wrong-code check"
+    );
+    assert_eq!(http().post(s.url("/fitbit")).send().await.unwrap().status(), 503);
+}
+
+#[tokio::test]
+async fn throttling_answers_429_past_the_limit_and_can_be_lifted() {
+    let s = Setup::new().await;
+    let (status, body) = patch(&s, r#"{"rateLimit": {"requests": 3, "windowSeconds": 60}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tunnel"]["rateLimit"], serde_json::json!({"requests": 3, "windowSeconds": 60}));
+    for i in 0..3 {
+        let resp = http().get(s.url(&format!("/echo/{i}"))).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i} is within the limit");
+    }
+    let over = http().get(s.url("/echo/3")).send().await.unwrap();
+    assert_eq!(over.status(), 429);
+    assert_eq!(over.headers()["x-hookway-error"], "throttled");
+    let retry: u64 = over.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert!(over.text().await.unwrap().contains("Over rate limit, request throttled"));
+    let (_, listed) =
+        raw_api(&s.server, Method::GET, &format!("/api/tunnels/{}", s.tunnel_id), Some(&bearer()), None).await;
+    assert_eq!(listed["tunnel"]["totalRequests"], 3, "a throttled request is not forwarded: {listed}");
+
+    let (status, _) = patch(&s, r#"{"rateLimit": null}"#).await;
+    assert_eq!(status, 200);
+    assert_eq!(http().get(s.url("/echo/4")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn inbound_options_are_validated_and_survive_a_restart() {
+    let server = TestServer::start().await;
+    let create =
+        r#"{"name": "guarded", "basicAuth": {"password": "pw"}, "rateLimit": {"requests": 100, "windowSeconds": 10}}"#;
+    let (status, created) = raw_api(&server, Method::POST, "/api/tunnels", Some(&bearer()), Some(create)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["tunnel"]["basicAuth"], serde_json::json!({"username": ""}));
+    let id = created["tunnel"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/tunnels/{id}");
+    for (bad, says) in [
+        (r#"{"basicAuth": {}}"#, "a username, a password or both"),
+        (r#"{"basicAuth": {"username": "a:b", "password": "x"}}"#, "':'"),
+        (r#"{"basicAuth": {"user": "a"}}"#, "unknown field 'basicAuth.user'"),
+        (r#"{"basicAuth": "alice:pw"}"#, "must be an object or null"),
+        (r#"{"basicAuth": {"password": 5}}"#, "'basicAuth.password' must be a string"),
+        (r#"{"verification": {"type": "alexa", "code": "x"}}"#, "\"facebook\" or \"fitbit\""),
+        (r#"{"verification": {"type": "fitbit"}}"#, "verification code"),
+        (r#"{"rateLimit": {"requests": 0, "windowSeconds": 10}}"#, "1 to 1000000 requests"),
+        (r#"{"rateLimit": {"requests": 10, "windowSeconds": 86401}}"#, "1 to 86400 seconds"),
+        (r#"{"rateLimit": {"requests": 1.5, "windowSeconds": 10}}"#, "whole number"),
+        (r#"{"rateLimit": {"requests": 10}}"#, "'rateLimit.windowSeconds'"),
+    ] {
+        let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(says), "{bad}: {body}");
+    }
+    let (status, _) = raw_api(
+        &server,
+        Method::PATCH,
+        &path,
+        Some(&bearer()),
+        Some(r#"{"verification": {"type": "fitbit", "code": "abc"}}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let dir = server.stop().await;
+    let server = TestServer::start_in(dir, |_| {}).await;
+    let (_, got) = raw_api(&server, Method::GET, &path, Some(&bearer()), None).await;
+    assert_eq!(got["tunnel"]["basicAuth"], serde_json::json!({"username": ""}), "{got}");
+    assert_eq!(got["tunnel"]["verification"], serde_json::json!({"type": "fitbit"}), "{got}");
+    assert_eq!(got["tunnel"]["rateLimit"], serde_json::json!({"requests": 100, "windowSeconds": 10}), "{got}");
+    // And in force: the handshake, the password (no client is connected).
+    let url = format!("{}/t/{}", server.url, created["tunnel"]["subdomain"].as_str().unwrap());
+    assert_eq!(http().get(format!("{url}/?verify=abc")).send().await.unwrap().status(), 204);
+    assert_eq!(http().get(format!("{url}/x")).send().await.unwrap().status(), 401);
+    let authed = http().get(format!("{url}/x")).basic_auth("", Some("pw")).send().await.unwrap();
+    assert_eq!(authed.status(), 503, "past the password: the tunnel is offline");
+    // A tunnel without options shows none of the fields (seed 001's shape).
+    let (_, plain) =
+        raw_api(&server, Method::POST, "/api/tunnels", Some(&bearer()), Some(r#"{"name": "plain"}"#)).await;
+    for field in ["basicAuth", "verification", "rateLimit"] {
+        assert!(plain["tunnel"].get(field).is_none(), "{plain}");
+    }
+}
