@@ -32,6 +32,8 @@ macro_rules! eprintln {
     }};
 }
 
+#[path = "cli/inbound.rs"]
+mod inbound_cli;
 #[path = "cli/inspect.rs"]
 mod inspect_cli;
 #[path = "cli/monitor.rs"]
@@ -395,6 +397,8 @@ struct StartArgs {
     #[arg(long)]
     monitor: bool,
     #[command(flatten)]
+    inbound: inbound_cli::InboundArgs,
+    #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
     client: ClientArgs,
@@ -424,9 +428,12 @@ enum TunnelsCommand {
         #[arg(long)]
         no_capture_bodies: bool,
         #[command(flatten)]
+        inbound: inbound_cli::InboundArgs,
+        #[command(flatten)]
         client: ClientArgs,
     },
-    /// Rename a tunnel, change its group, or turn body capture on or off.
+    /// Rename a tunnel, change its group, turn body capture on or off, or set or lift its basic auth,
+    /// verification handshake and rate limit.
     Update {
         /// Tunnel id.
         #[arg(value_parser = crate::resource_id)]
@@ -446,6 +453,10 @@ enum TunnelsCommand {
         /// Stop capturing bodies (method, path, headers and sizes are still kept).
         #[arg(long)]
         no_capture_bodies: bool,
+        #[command(flatten)]
+        inbound: inbound_cli::InboundArgs,
+        #[command(flatten)]
+        inbound_off: inbound_cli::InboundOffArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -973,24 +984,25 @@ async fn start(args: StartArgs) -> Result<()> {
         .name
         .unwrap_or_else(|| client::forward::authority(&args.connect.local_host, args.port).chars().take(200).collect());
     let quiet = args.client.json || args.monitor;
-    let (id, token, ws_url) = match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref()).await
-    {
-        Ok(created) => {
-            if !quiet {
-                println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
+    let inbound = args.inbound.fields();
+    let (id, token, ws_url) =
+        match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref(), inbound).await {
+            Ok(created) => {
+                if !quiet {
+                    println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
+                }
+                (created.tunnel.id, created.auth_token, created.ws_url)
             }
-            (created.tunnel.id, created.auth_token, created.ws_url)
-        }
-        // Running the same `start --subdomain` again: say which tunnel has the
-        // name and how to serve it. Not done here on our own: a new token would
-        // end a client of it that is only reconnecting (a server restart, a
-        // network change), for good.
-        Err(client::ApiError::Status { status: 409, message }) if args.subdomain.is_some() => {
-            let subdomain = args.subdomain.as_deref().unwrap_or_default();
-            bail!("{}", taken_subdomain(&api, subdomain, args.port, &message).await?);
-        }
-        Err(err) => return Err(err.into()),
-    };
+            // Running the same `start --subdomain` again: say which tunnel has the
+            // name and how to serve it. Not done here on our own: a new token would
+            // end a client of it that is only reconnecting (a server restart, a
+            // network change), for good.
+            Err(client::ApiError::Status { status: 409, message }) if args.subdomain.is_some() => {
+                let subdomain = args.subdomain.as_deref().unwrap_or_default();
+                bail!("{}", taken_subdomain(&api, subdomain, args.port, &message).await?);
+            }
+            Err(err) => return Err(err.into()),
+        };
     let ws_url = match args.connect.ws.then(|| parse_ws_url(&ws_url)).transpose() {
         Ok(ws_url) => ws_url,
         Err(err) => {
@@ -1218,7 +1230,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
         TunnelsCommand::Get(IdArg { id, client }) => {
             show(&client, Method::GET, &format!("/api/tunnels/{id}"), None, tunnel_lines(&client)).await?;
         }
-        TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, client } => {
+        TunnelsCommand::Create { name, subdomain, group, no_capture_bodies, inbound, client } => {
             let mut body = json!({ "name": name });
             if let Some(s) = subdomain {
                 body["subdomain"] = Value::String(s);
@@ -1229,12 +1241,25 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if no_capture_bodies {
                 body["captureBodies"] = Value::Bool(false);
             }
+            if let Value::Object(body) = &mut body {
+                body.extend(inbound.fields());
+            }
             let v = show(&client, Method::POST, "/api/tunnels", Some(&body), tunnel_lines(&client)).await?;
             if !client.json {
                 token_reminder(&v);
             }
         }
-        TunnelsCommand::Update { id, name, group, no_group, capture_bodies, no_capture_bodies, client } => {
+        TunnelsCommand::Update {
+            id,
+            name,
+            group,
+            no_group,
+            capture_bodies,
+            no_capture_bodies,
+            inbound,
+            inbound_off,
+            client,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(name) = name {
                 body.insert("name".into(), Value::String(name));
@@ -1247,8 +1272,13 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if capture_bodies || no_capture_bodies {
                 body.insert("captureBodies".into(), Value::Bool(capture_bodies));
             }
+            body.extend(inbound.fields());
+            inbound_off.add_to(&mut body);
             if body.is_empty() {
-                bail!("nothing to update: pass --name, --group, --no-group, --capture-bodies or --no-capture-bodies");
+                bail!(
+                    "nothing to update: pass --name, --group, --no-group, --capture-bodies, --no-capture-bodies, \
+                     --basic-auth, --no-basic-auth, --verify, --no-verify, --rate-limit or --no-rate-limit"
+                );
             }
             let body = Value::Object(body);
             show(&client, Method::PATCH, &format!("/api/tunnels/{id}"), Some(&body), tunnel_lines(&client)).await?;

@@ -1050,3 +1050,44 @@ async fn a_closed_stderr_does_not_turn_an_error_into_a_crash() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "the error goes to stderr, which is closed");
 }
+
+/// `--basic-auth`, `--verify` and `--rate-limit` set a tunnel's inbound
+/// options from `tunnels create` and `update` (the `--no-…` flags lift
+/// them), and `tunnels get` shows them without their secrets.
+#[tokio::test]
+async fn inbound_flags_set_and_lift_a_tunnels_options() {
+    let server = TestServer::start().await;
+    let args =
+        ["tunnels", "create", "--name", "guarded", "--basic-auth", "alice:pa:ss", "--rate-limit", "5/1m", "--json"];
+    let (code, out, err) = hookway(&args, Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["tunnel"]["id"].as_str().unwrap().to_owned();
+    let url = created["tunnelUrl"].as_str().unwrap().to_owned();
+    assert_eq!(created["tunnel"]["rateLimit"], serde_json::json!({"requests": 5, "windowSeconds": 60}));
+    // The password is the part after the first colon, colons and all.
+    assert_eq!(http().get(&url).basic_auth("alice", Some("pa")).send().await.unwrap().status(), 401);
+    let through = http().get(&url).basic_auth("alice", Some("pa:ss")).send().await.unwrap();
+    assert_eq!(through.status(), 503, "past the password: the tunnel is offline");
+
+    let args = ["tunnels", "update", &id, "--no-basic-auth", "--verify", "fitbit:c0de"];
+    let (code, _, err) = hookway(&args, Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(http().get(format!("{url}/?verify=c0de")).send().await.unwrap().status(), 204);
+    let (code, out, _) = hookway(&["tunnels", "get", &id], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("fitbit handshakes answered") && out.contains("5 requests per 60 s"), "{out}");
+    assert!(!out.contains("basic auth") && !out.contains("c0de"), "{out}");
+
+    for (bad, says) in [
+        (&["--basic-auth", "alice"][..], "USER:PASSWORD"),
+        (&["--verify", "alexa:x"], "facebook or fitbit"),
+        (&["--rate-limit", "lots"], "100/10s"),
+        (&["--rate-limit", "5/1m", "--no-rate-limit"], "cannot be used with"),
+    ] {
+        let args: Vec<&str> = ["tunnels", "update", &id].into_iter().chain(bad.iter().copied()).collect();
+        let (code, _, err) = hookway(&args, Some(&server), Some(API_KEY)).await;
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains(says), "{bad:?}: {err}");
+    }
+}

@@ -30,6 +30,17 @@ pub fn tunnel_lines(v: &Value, public_url: &str) -> Vec<String> {
     if t["captureBodies"] == false {
         fields.push(("bodies", "not captured (method, path, headers and sizes only)".to_owned()));
     }
+    if t["basicAuth"].is_object() {
+        let user = t["basicAuth"]["username"].as_str().unwrap_or_default();
+        let who = if user.is_empty() { "a password".to_owned() } else { format!("user {}", clean(user)) };
+        fields.push(("basic auth", format!("required ({who})")));
+    }
+    if let Some(kind) = t["verification"]["type"].as_str() {
+        fields.push(("verification", format!("{} handshakes answered by the server", clean(kind))));
+    }
+    if let (Some(n), Some(secs)) = (t["rateLimit"]["requests"].as_u64(), t["rateLimit"]["windowSeconds"].as_u64()) {
+        fields.push(("rate limit", format!("{n} requests per {secs} s (then 429)")));
+    }
     if t["createdAt"].is_string() {
         // A whole tunnel object: one without `lastConnectedAt` never connected.
         let last = t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), full_time);
@@ -152,6 +163,26 @@ mod tests {
         let created = lines.iter().find(|l| l.starts_with("created:")).expect("a created line");
         let offset = created.rsplit(' ').next().unwrap();
         assert!(offset.len() == 6 && offset.starts_with(['+', '-']) && offset.as_bytes()[3] == b':', "{created}");
+    }
+
+    #[test]
+    fn inbound_options_are_shown_without_secrets() {
+        let v = json!({"tunnel": {"id": "tun_1", "name": "Dev", "basicAuth": {"username": "alice"},
+                                  "verification": {"type": "fitbit"},
+                                  "rateLimit": {"requests": 100, "windowSeconds": 10}}});
+        let lines = tunnel_lines(&v, "http://127.0.0.1:8080");
+        let says = |lines: &[String], key: &str, value: &str| {
+            lines.iter().any(|l| l.split_once(':').is_some_and(|(k, v)| k == key && v.trim() == value))
+        };
+        for (key, value) in [
+            ("basic auth", "required (user alice)"),
+            ("verification", "fitbit handshakes answered by the server"),
+            ("rate limit", "100 requests per 10 s (then 429)"),
+        ] {
+            assert!(says(&lines, key, value), "{key}: {lines:#?}");
+        }
+        let v = json!({"tunnel": {"id": "tun_1", "name": "Dev", "basicAuth": {"username": ""}}});
+        assert!(says(&tunnel_lines(&v, ""), "basic auth", "required (a password)"));
     }
 
     #[test]

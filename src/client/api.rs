@@ -168,23 +168,27 @@ impl ApiClient {
 
     /// `POST /api/tunnels`.
     pub async fn create_tunnel(&self, name: &str, subdomain: Option<&str>) -> Result<CreatedTunnel, ApiError> {
-        self.create_tunnel_in(name, subdomain, None).await
+        self.create_tunnel_in(name, subdomain, None, serde_json::Map::new()).await
     }
 
-    /// `POST /api/tunnels`, in `group` (for webhooks that subscribe to one).
+    /// `POST /api/tunnels`, in `group` (for webhooks that subscribe to one),
+    /// with `more` fields (its inbound options: `basicAuth`, …).
     pub async fn create_tunnel_in(
         &self,
         name: &str,
         subdomain: Option<&str>,
         group: Option<&str>,
+        more: serde_json::Map<String, Value>,
     ) -> Result<CreatedTunnel, ApiError> {
-        let mut body = serde_json::json!({ "name": name });
+        let mut body = more;
+        body.insert("name".into(), Value::String(name.to_owned()));
         if let Some(s) = subdomain {
-            body["subdomain"] = Value::String(s.to_owned());
+            body.insert("subdomain".into(), Value::String(s.to_owned()));
         }
         if let Some(g) = group {
-            body["group"] = Value::String(g.to_owned());
+            body.insert("group".into(), Value::String(g.to_owned()));
         }
+        let body = Value::Object(body);
         Self::typed(self.call(Method::POST, "/api/tunnels", Some(&body)).await?)
     }
 
