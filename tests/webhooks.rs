@@ -454,6 +454,38 @@ async fn a_pending_retry_survives_an_update_and_goes_to_the_new_url() {
     assert_eq!(webhook_object(&server, &wh).await["health"]["requests24h"], 1);
 }
 
+/// Disabling is a pause: a delivery waiting for its retry is neither sent
+/// nor given up while the webhook is disabled, and goes once it is enabled.
+#[tokio::test]
+async fn a_pending_retry_waits_out_a_pause() {
+    let server = TestServer::start_with(|c| {
+        fast(c);
+        c.webhooks.schedule = Schedule(vec![ms(700), ms(700), ms(700)]);
+    })
+    .await;
+    let receiver = Receiver::statuses(&[500, 200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
+    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
+    let path = format!("/api/webhooks/{wh}");
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "enabled": false }))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    // Well past the retry's time: nothing sent, and the delivery still waits.
+    tokio::time::sleep(ms(1500)).await;
+    assert_eq!(receiver.requests().len(), 1, "sent while disabled: {:?}", receiver.summary());
+    let list = deliveries(&server, &wh).await;
+    assert_eq!((list.len(), list[0]["status"].as_str()), (1, Some("pending")), "{list:?}");
+
+    let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "enabled": true }))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    receiver.wait_event("tunnel.connected", 2, Duration::from_secs(5)).await;
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
+    assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("succeeded"), Some(2)), "{list:?}");
+}
+
 #[tokio::test]
 async fn client_errors_are_final() {
     let server = fast_server().await;

@@ -139,9 +139,11 @@ impl Notifier {
         v
     }
 
-    /// Updates the cache after the store accepted a change.
+    /// Updates the cache after the store accepted a change, and wakes the
+    /// dispatcher: a webhook enabled again has deliveries to resume.
     pub fn put_webhook(&self, webhook: WebhookRecord) {
         self.webhooks.insert(webhook.id.clone(), Arc::new(webhook));
+        self.wake.notify_one();
     }
 
     /// Drops a deleted webhook from the cache.
@@ -385,9 +387,9 @@ impl Notifier {
     async fn deliver(&self, mut d: DeliveryRecord, abandon: &CancellationToken) {
         let Some(webhook) = self.webhook(&d.webhook_id) else { return }; // deleted: its rows went with it
         if !webhook.enabled {
-            d.state = DeliveryState::Failed;
-            d.last_error = Some("the webhook was disabled before delivery".into());
-            d.updated_ms = now_ms();
+            // Disabled since it was read: it waits, as the webhook's other
+            // deliveries do, until the webhook is enabled again (a pause).
+            (d.next_attempt_ms, d.updated_ms) = (now_ms(), now_ms());
             self.save(d).await;
             return;
         }

@@ -202,10 +202,11 @@ pub trait Store: Send + Sync + 'static {
     fn release_leases(&self) -> Result<usize, StoreError>;
     /// Records an attempt's outcome.
     fn update_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError>;
-    /// Pending deliveries due by `now_ms`, oldest due first, at most
-    /// `per_webhook` of any one webhook and `limit` in all.
+    /// Pending deliveries of enabled webhooks due by `now_ms`, oldest due
+    /// first, at most `per_webhook` of any one webhook and `limit` in all (a
+    /// disabled webhook's wait: disabling is a pause).
     fn due_deliveries(&self, now_ms: i64, per_webhook: usize, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError>;
-    /// When the earliest pending delivery is due.
+    /// When the earliest pending delivery of an enabled webhook is due.
     fn next_due_ms(&self) -> Result<Option<i64>, StoreError>;
     /// A webhook's deliveries created since `since_ms`, newest first.
     fn deliveries_since(

@@ -711,6 +711,10 @@ mod tests {
         assert_eq!(store.load_webhooks().unwrap(), [changed]);
 
         store.record_events(&[delivery("msg_a", "wh_1", 1_000), delivery("msg_b", "wh_1", 2_000)], &[]).unwrap();
+        // Disabled: its deliveries wait (a pause), due to nobody.
+        assert_eq!(store.next_due_ms().unwrap(), None);
+        assert!(store.due_deliveries(10_000, 4, 10).unwrap().is_empty());
+        store.save_webhook(&webhook("wh_1", &org)).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(1_000));
         store.lease_deliveries(&["msg_a".into()], 5_000).unwrap();
         assert_eq!(store.next_due_ms().unwrap(), Some(2_000), "a leased delivery is not due");

@@ -320,8 +320,9 @@ pub(super) fn due_deliveries(
     limit: usize,
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     // Webhook by webhook, each an index range of its first due rows: the
-    // cost is in webhooks, not in how many deliveries wait.
-    let webhooks = webhook_ids(c)?;
+    // cost is in webhooks, not in how many deliveries wait. A disabled
+    // webhook's wait until it is enabled again.
+    let webhooks = enabled_webhook_ids(c)?;
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries
          WHERE webhook_id = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
@@ -345,11 +346,26 @@ fn webhook_ids(c: &Connection) -> rusqlite::Result<Vec<String>> {
     c.prepare_cached("SELECT id FROM webhooks")?.query_map([], |r| r.get(0))?.collect()
 }
 
-/// When the earliest pending delivery is due.
+/// The ids of the webhooks that are enabled: [`due_deliveries`] and
+/// [`next_due_ms`] pass the others by, whose deliveries wait.
+fn enabled_webhook_ids(c: &Connection) -> rusqlite::Result<Vec<String>> {
+    c.prepare_cached("SELECT id FROM webhooks WHERE enabled = 1")?.query_map([], |r| r.get(0))?.collect()
+}
+
+/// When the earliest pending delivery of an enabled webhook is due (one
+/// index lookup per webhook).
 pub(super) fn next_due_ms(c: &Connection) -> rusqlite::Result<Option<i64>> {
-    c.query_row("SELECT MIN(next_attempt_ms) FROM deliveries WHERE state = 'pending'", [], |r| r.get(0))
-        .optional()
-        .map(Option::flatten)
+    let mut first = c.prepare_cached(
+        "SELECT next_attempt_ms FROM deliveries WHERE webhook_id = ?1 AND state = 'pending'
+         ORDER BY next_attempt_ms LIMIT 1",
+    )?;
+    let mut earliest: Option<i64> = None;
+    for webhook in enabled_webhook_ids(c)? {
+        if let Some(at) = first.query_row(params![webhook], |r| r.get::<_, i64>(0)).optional()? {
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+    }
+    Ok(earliest)
 }
 
 /// A webhook's deliveries created since `since_ms`, newest first.
