@@ -139,6 +139,36 @@ async fn a_broken_request_body_is_the_callers_fault_over_quic_and_websocket() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A caller that declares a length and breaks off after a few bytes is
+/// recorded with what it sent, not with what it promised, and not as a body
+/// the capture cut: the outcome says it is incomplete.
+#[tokio::test]
+async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
+    use tokio::io::AsyncWriteExt;
+    let s = Setup::new().await;
+    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+    let head = format!("POST /t/{}/echo/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", s.subdomain);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"aaaaaaaaaa").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+    let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
+    assert_eq!(
+        (list[0]["requestSize"].as_u64(), list[0]["outcome"].as_str()),
+        (Some(10), Some("incomplete")),
+        "{}",
+        list[0]
+    );
+    let path = format!("/api/tunnels/{}/requests/{}", s.tunnel_id, list[0]["id"].as_str().unwrap());
+    let (_, detail) = raw_api(&s.server, reqwest::Method::GET, &path, Some(&bearer()), None).await;
+    let body = &detail["request"]["request"];
+    assert_eq!(
+        (body["bodySize"].as_u64(), body["truncated"].as_bool(), body["body"].as_str()),
+        (Some(10), Some(false), Some("aaaaaaaaaa")),
+        "{detail}"
+    );
+}
+
 /// One caller's upload that its app does not read must not stop the uploads of
 /// other requests multiplexed on the same HTTP/2 connection (to another
 /// tunnel here): the connection's receive window is larger than a stream's,

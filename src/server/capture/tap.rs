@@ -63,9 +63,11 @@ impl Progress {
     fn seal(&mut self, started: Instant) -> Captured {
         let complete = self.response_done();
         let mut record = std::mem::replace(&mut self.record, placeholder());
-        if !self.request_read {
+        if !self.request_read && !self.request_failed {
             // Not read to its end (tunnel offline, body refused, caller gone):
-            // what was kept is at most a start, and the declared size is the truth.
+            // what was kept is at most a start, and the declared size is the
+            // truth. (A body that broke off was read to where it broke: what
+            // arrived is all there was, and the outcome says it is incomplete.)
             let body = &mut record.request_body;
             body.size = body.size.max(self.declared.unwrap_or(0));
             body.truncated |= body.data.is_some() && self.declared.is_none_or(|n| n > body.kept() as u64);
