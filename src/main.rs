@@ -1017,8 +1017,9 @@ async fn start(args: StartArgs) -> Result<()> {
         // ctrl-c while retrying): each failed try would leave a tunnel behind.
         // (Under `--monitor` it counts as served: the monitor says itself.)
         forget_unserved(&api, &id).await;
-    } else if served.is_ok() && !args.monitor {
-        // Stopped here (ctrl-c); an end the server chose says what to do.
+    } else if served.is_ok() {
+        // Stopped here (ctrl-c, or q in the monitor, once its screen is
+        // gone); an end the server chose says what to do.
         eprintln!("To serve the same URL again: {} tunnels connect {id} {}", own_command(), args.port);
     }
     served

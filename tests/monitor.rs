@@ -444,6 +444,10 @@ async fn start_with_monitor_serves_a_new_tunnel_and_quits_on_ctrl_c() {
     tmux.keys(&["C-c"]);
     let screen = tmux.wait_for("the monitor to exit", |s| s.contains("EXITED:")).await;
     assert!(screen.contains("EXITED:0") && !screen.contains("Requests (newest first)"), "{screen}");
+    // Back on the terminal's own screen: how to serve the same URL again.
+    let id = tunnels(&server).await[0]["id"].as_str().unwrap().to_owned();
+    let again = format!("tunnels connect {id} {}", app.port());
+    assert!(screen.contains("To serve the same URL again:") && screen.contains(&again), "{screen}");
 }
 
 /// The tunnels the server has.
