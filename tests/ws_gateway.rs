@@ -240,6 +240,7 @@ async fn handshake_refusals_are_json_errors_before_the_upgrade() {
     // No tunnelId at all.
     let (code, body) = refusal(&format!("{base}?token={}", t.token)).await;
     assert_eq!(code, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.starts_with("missing tunnelId")), "{body}");
 
     // A valid URL fetched without upgrade headers.
     let resp = http().get(t.ws_url.replacen("ws://", "http://", 1)).send().await.unwrap();

@@ -343,7 +343,14 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return json_error(StatusCode::UNAUTHORIZED, "missing auth token: connect with ?tunnelId=…&token=…");
     };
-    if id.as_deref() != Some(tunnel.id.as_str()) {
+    let Some(id) = id.filter(|id| !id.is_empty()) else {
+        // (404, as for a tunnelId that is not this tunnel's: no tunnel named.)
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "missing tunnelId: connect with ?tunnelId=…&token=… (the wsUrl has both)",
+        );
+    };
+    if id != tunnel.id {
         return json_error(
             StatusCode::NOT_FOUND,
             format!("tunnel '{subdomain}' does not have the id given in tunnelId (check the wsUrl)"),
