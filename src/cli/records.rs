@@ -87,15 +87,31 @@ impl Summary {
 }
 
 /// Full time in local time, with the date and offset: for lines that have
-/// the room (a table's column takes [`local_time`]).
+/// the room (a table's column takes [`local_time`]). To the millisecond when
+/// the time has a fraction; a time kept to the second (a tunnel's, a
+/// webhook's) is shown so, not with a `.000` it never had.
 pub fn full_time(rfc3339: &str) -> String {
-    let format = format_description!(
+    let with_ms = format_description!(
         "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3] [offset_hour sign:mandatory]:[offset_minute]"
     );
+    let whole = format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory]:[offset_minute]"
+    );
+    let format = if rfc3339.contains('.') { with_ms } else { whole };
     OffsetDateTime::parse(rfc3339, &Rfc3339)
         .ok()
         .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
         .unwrap_or_else(|| rfc3339.to_owned())
+}
+
+/// Date and time in local time, to the second, always 19 characters: a
+/// column of times the server keeps to the second (a tunnel's last connection).
+pub fn local_time_s(rfc3339: &str) -> String {
+    let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    OffsetDateTime::parse(rfc3339, &Rfc3339)
+        .ok()
+        .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
+        .unwrap_or_else(|| clean(rfc3339))
 }
 
 /// Date and time in local time, to the millisecond, always 23 characters
@@ -472,6 +488,11 @@ mod tests {
         assert_eq!(local_time("2026-11-22T10:00:00.1Z").len(), "2026-11-22 10:00:00.100".len());
         assert!(local_time("2026-11-22T10:00:00.1Z").ends_with(":00.100"));
         assert!(local_time("2026-11-22T10:00:00Z").ends_with(":00.000"));
+        assert_eq!(local_time_s("2026-11-22T10:00:00Z").len(), "2026-11-22 10:00:00".len());
+        // Lines show a time kept to the second without a fraction it never had.
+        let (whole, ms) = (full_time("2026-11-22T10:00:07Z"), full_time("2026-11-22T10:00:07.25Z"));
+        assert!(whole.contains(":07 ") && !whole.contains(".000"), "{whole}");
+        assert!(ms.contains(":07.250 "), "{ms}");
         assert_eq!(local_time("not a time"), "not a time");
         assert_eq!(fit("/abcdef", 4), "/ab…");
         assert_eq!(fit("/ab", 4), "/ab");

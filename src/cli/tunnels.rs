@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::inspect_cli::records::{clean, full_time, local_time, text};
+use super::inspect_cli::records::{clean, full_time, local_time_s, text};
 use super::table::{self, Align};
 
 /// Lines for an API answer that carries a tunnel (get, create, update,
@@ -80,7 +80,7 @@ pub fn list_lines(v: &Value) -> Vec<String> {
                 text(&t["subdomain"]),
                 text(&t["status"]),
                 t["totalRequests"].as_u64().unwrap_or(0).to_string(),
-                t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), local_time),
+                t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), local_time_s),
                 text(&t["name"]),
             ]
         })
