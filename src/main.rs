@@ -1289,7 +1289,19 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             show(&client, Method::DELETE, &format!("/api/tunnels/{id}"), None, done).await?;
         }
         TunnelsCommand::Status(IdArg { id, client }) => {
-            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, tunnel_lines(&client)).await?;
+            // For a person, what `get` shows too (when it last connected, its
+            // URL): seed 001's status answer carries only the id, name and status.
+            let human = async |v: &Value| {
+                let mut v = v.clone();
+                if let Ok(api) = api(&client)
+                    && let Ok(got) = api.call(Method::GET, &format!("/api/tunnels/{id}"), None).await
+                    && got["tunnel"].is_object()
+                {
+                    v["tunnel"] = got["tunnel"].clone();
+                }
+                tunnel_lines(&client)(&v).await
+            };
+            show(&client, Method::GET, &format!("/api/tunnels/{id}/status"), None, human).await?;
         }
         TunnelsCommand::RegenerateToken(IdArg { id, client }) => {
             let path = format!("/api/tunnels/{id}/regenerate-token");

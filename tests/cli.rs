@@ -215,7 +215,13 @@ async fn tunnel_verbs_round_trip_through_the_api() {
     assert!(token.starts_with("hwt_"), "{out}");
     assert!(err.contains("shown only now"), "{err}");
     let (code, out, _) = hookway(&["tunnels", "status", &id], Some(&server), Some(API_KEY)).await;
-    assert_eq!((code, out.lines().last()), (0, Some("connected: no")), "{out}");
+    assert_eq!(code, 0, "{out}");
+    let says = |key: &str, value: &str| {
+        out.lines().any(|l| l.split_once(':').is_some_and(|(k, v)| k == key && v.trim() == value))
+    };
+    // What `get` shows too: when it last connected, its URL.
+    assert!(says("connected", "no") && says("last connected", "never"), "{out}");
+    assert!(says("url", &format!("{}/t/cli-made", server.url)), "{out}");
     let (code, out, _) = hookway(&["tunnels", "disconnect", &id], Some(&server), Some(API_KEY)).await;
     assert_eq!(code, 0);
     assert!(out.starts_with(&format!("Disconnected tunnel {id}")), "{out}");
