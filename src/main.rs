@@ -669,7 +669,7 @@ fn keys(cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Revoke { id, data_dir } => {
             if !existing_store(&data_dir)?.blocking().delete_api_key(&id)? {
-                bail!("no API key {id} (see `hookway keys list --data-dir {}`)", data_dir.display());
+                bail!("no API key {id} (see `{} keys list --data-dir {}`)", own_command(), data_dir.display());
             }
             eprintln!("Revoked {id}: a running server refuses it within {} s.", server::KEY_RECHECK.as_secs());
         }
@@ -1054,7 +1054,8 @@ async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: 
     } else {
         format!(
             "subdomain '{subdomain}' is your tunnel {id} from before: serve it again at the same URL with \
-             `hookway tunnels connect {id} {port}` (a new token: a client of it still reconnecting stops)"
+             `{} tunnels connect {id} {port}` (a new token: a client of it still reconnecting stops)",
+            own_command()
         )
     })
 }
@@ -1220,7 +1221,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             } else {
                 let lines = tunnels_cli::list_lines(&v);
                 if lines.is_empty() {
-                    eprintln!("No tunnels yet: `hookway start <port>` creates one and serves it.");
+                    eprintln!("No tunnels yet: `{} start <port>` creates one and serves it.", own_command());
                     return Ok(());
                 }
                 for line in lines {
@@ -1443,7 +1444,8 @@ fn host_url(public_url: &str, domain: &str, subdomain: &str) -> Option<String> {
 /// After an answer that issued an auth token: it is not shown again.
 fn token_reminder(v: &Value) {
     eprintln!(
-        "\nThe auth token is shown only now: store it. Connect with: hookway tunnels connect {} <port> --token <auth token>",
+        "\nThe auth token is shown only now: store it. Connect with: {} tunnels connect {} <port> --token <auth token>",
+        own_command(),
         v["tunnel"]["id"].as_str().unwrap_or("")
     );
 }

@@ -95,7 +95,8 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                     Some(before) => eprintln!("No captured requests of {id} before {before}."),
                     None => eprintln!(
                         "No captured requests yet: requests to the tunnel's URL show here \
-                         (`hookway tunnels monitor {id} <port>` serves it and watches them arrive)."
+                         (`{} tunnels monitor {id} <port>` serves it and watches them arrive).",
+                        crate::own_command()
                     ),
                 }
                 return Ok(());
@@ -103,7 +104,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             print_table(&v, terminal_width());
             if items > 0 && items == limit as usize {
                 let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
-                eprintln!("More: hookway tunnels requests {id} --limit {limit} --before {last}");
+                eprintln!("More: {} tunnels requests {id} --limit {limit} --before {last}", crate::own_command());
             }
         }
         InspectCommand::Request(RequestArg { id, req, client }) => {

@@ -235,7 +235,10 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
             let rows: Vec<Vec<String>> = v["webhooks"].as_array().into_iter().flatten().map(list_row).collect();
             if rows.is_empty() {
-                eprintln!("No webhooks yet: `hookway webhooks create --url URL --events all` adds one.");
+                eprintln!(
+                    "No webhooks yet: `{} webhooks create --url URL --events all` adds one.",
+                    crate::own_command()
+                );
                 return Ok(());
             }
             let columns = [
@@ -326,7 +329,10 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
             let rows: Vec<Vec<String>> = v["deliveries"].as_array().into_iter().flatten().map(delivery_row).collect();
             if rows.is_empty() {
-                eprintln!("No deliveries in the last 24 hours (`hookway webhooks test {id}` sends one).");
+                eprintln!(
+                    "No deliveries in the last 24 hours (`{} webhooks test {id}` sends one).",
+                    crate::own_command()
+                );
                 return Ok(());
             }
             let columns = [
