@@ -1194,8 +1194,12 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
         (Event::Reconnecting { reason, retry_in, .. }, true) => {
             json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 }).to_string()
         }
-        (Event::Reconnecting { reason, retry_in, was_connected }, false) => {
-            let what = if *was_connected { "Connection lost" } else { "Cannot connect yet" };
+        (Event::Reconnecting { reason, retry_in, was_connected, lost }, false) => {
+            let what = match (lost, was_connected) {
+                (true, _) => "Connection lost",
+                (false, true) => "Still cannot reconnect",
+                (false, false) => "Cannot connect yet",
+            };
             let text = format!("{what} ({reason}); retrying in {:.1}s…\n", retry_in.as_secs_f64());
             return (Stderr, text);
         }

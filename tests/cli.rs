@@ -666,7 +666,8 @@ async fn flags_that_cannot_work_are_refused_up_front() {
     let url = format!("http://127.0.0.1:{port}");
     let (code, _, err) = hookway(&["tunnels", "list", "--server", &url], None, Some("k")).await;
     assert_eq!(code, 1);
-    assert_eq!(err.matches("error sending request").count(), 1, "{err}");
+    assert_eq!(err.matches(&url).count(), 1, "{err}");
+    assert!(err.contains("Connection refused") && !err.contains("error sending request"), "the root cause: {err}");
 }
 
 /// `start --subdomain` run again after a stop says which tunnel has the name
@@ -1095,5 +1096,50 @@ async fn inbound_flags_set_and_lift_a_tunnels_options() {
         let (code, _, err) = hookway(&args, Some(&server), Some(API_KEY)).await;
         assert_eq!(code, 2, "{bad:?}: {err}");
         assert!(err.contains(says), "{bad:?}: {err}");
+    }
+}
+
+/// A lost connection is told once; the failed tries after it say they still
+/// cannot reconnect, with the root cause rather than reqwest's layers (which
+/// named the URL twice in every line).
+#[tokio::test]
+async fn a_lost_connection_is_told_once_and_retries_say_why_briefly() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &app.port().to_string(), "--server", &server.url, "--api-key", API_KEY]);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = async {
+        while let Some(line) = out.next_line().await.unwrap() {
+            if line.contains("Press ctrl-c to stop") {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), ready).await.expect("the client connects");
+    server.shutdown.cancel();
+    let _ = server.task.await;
+    // A few retries' worth (the backoff starts at a fraction of a second).
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
+    let read = async {
+        while let Ok(Some(line)) = err.next_line().await {
+            lines.push(line);
+            if lines.iter().filter(|l| l.starts_with("Still cannot reconnect")).count() >= 2 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    child.kill().await.unwrap();
+    assert_eq!(lines.iter().filter(|l| l.starts_with("Connection lost")).count(), 1, "{lines:#?}");
+    let retries: Vec<&String> = lines.iter().filter(|l| l.starts_with("Still cannot reconnect")).collect();
+    assert_eq!(retries.len(), 2, "{lines:#?}");
+    for line in retries {
+        assert!(line.contains("cannot reach the hookway server at") && line.contains("refused"), "{line}");
+        assert!(!line.contains("error sending request") && line.matches(&server.url).count() == 1, "{line}");
     }
 }

@@ -8,12 +8,15 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The server could not be reached.
-    #[error("cannot reach the hookway server at {url}: {source}{}", tls_hint(url, source))]
+    #[error("cannot reach the hookway server at {url}: {}{}", root_cause(error), tls_hint(url, error))]
     Unreachable {
         /// Base URL used.
         url: String,
-        /// Underlying error.
-        source: reqwest::Error,
+        /// Underlying error. Not a `source`: the message names its root
+        /// cause, and the layers between (reqwest's "error sending request
+        /// for url (…)", hyper's "client error (Connect)") only repeated the
+        /// URL in every retry line.
+        error: reqwest::Error,
     },
     /// The server answered with an error.
     #[error("{message} (HTTP {status})")]
@@ -26,6 +29,19 @@ pub enum ApiError {
     /// The answer was not what the API promises.
     #[error("unexpected answer from the server: {0}")]
     Decode(String),
+}
+
+/// The innermost cause of `err` ("Connection refused (os error 111)"), or
+/// that it timed out.
+fn root_cause(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        return "no answer in time".into();
+    }
+    let mut cause: &dyn std::error::Error = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// What to try when an `https://` server URL met a server that answered in
@@ -126,9 +142,9 @@ impl ApiClient {
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req.send().await.map_err(|source| ApiError::Unreachable { url: self.base.clone(), source })?;
+        let resp = req.send().await.map_err(|error| ApiError::Unreachable { url: self.base.clone(), error })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|source| ApiError::Unreachable { url: self.base.clone(), source })?;
+        let bytes = resp.bytes().await.map_err(|error| ApiError::Unreachable { url: self.base.clone(), error })?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
             let message = value["error"]

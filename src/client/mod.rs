@@ -106,6 +106,9 @@ pub enum Event {
         /// Whether the tunnel was ever live in this run (else nothing was
         /// "lost": the first connection has not been made yet).
         was_connected: bool,
+        /// Whether a live session just ended (else a try to reconnect
+        /// failed, and the loss was told already).
+        lost: bool,
     },
     /// Asked to stop: requests in flight get [`DRAIN`] to finish first.
     Stopping {
@@ -192,7 +195,7 @@ pub async fn run(
             Attempt::Retry(reason) => reason,
         };
         let delay = jitter(backoff);
-        on_event(Event::Reconnecting { reason, retry_in: delay, was_connected: connected_before });
+        on_event(Event::Reconnecting { reason, retry_in: delay, was_connected: connected_before, lost: connected });
         tokio::select! {
             _ = shutdown.stop_token().cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
