@@ -44,7 +44,7 @@ pub fn detail_size(screen: Rect) -> (u16, u16) {
 /// Draws everything.
 pub fn draw(f: &mut Frame, app: &App, list: &mut TableState) {
     let [header, list_area, detail, status, help] = areas(f.area());
-    f.render_widget(Paragraph::new(header_lines(app)), header);
+    f.render_widget(Paragraph::new(header_lines(app, usize::from(header.width))), header);
     draw_list(f, app, list, list_area);
     draw_detail(f, app, detail);
     f.render_widget(Paragraph::new(format!(" {}", clean(&app.status))), status);
@@ -55,7 +55,10 @@ pub fn draw(f: &mut Frame, app: &App, list: &mut TableState) {
     }
 }
 
-fn header_lines(app: &App) -> Vec<Line<'static>> {
+/// The header, `width` columns wide: the connection state first, so a narrow
+/// terminal keeps it (at 80 columns it was cut to "con" after the URL), then
+/// the URL, cut with an ellipsis rather than mid-port, then the tunnel id.
+fn header_lines(app: &App, width: usize) -> Vec<Line<'static>> {
     let (state, colour) = match &app.conn {
         Conn::Connecting => ("connecting…".to_owned(), Color::Yellow),
         Conn::Connected => ("connected".to_owned(), Color::Green),
@@ -65,12 +68,22 @@ fn header_lines(app: &App) -> Vec<Line<'static>> {
         Conn::Ended { reason } => (format!("ended: {reason} (q to quit)"), Color::Red),
     };
     let bold = Style::new().add_modifier(Modifier::BOLD);
+    const TITLE: &str = " hookway monitor  ";
+    let mut room = width.saturating_sub(TITLE.len());
+    // The state keeps at least its start; a long reason leaves room for the URL.
+    let state = fit(&clean(&state), room.min(24.max(room / 2)));
+    room = room.saturating_sub(state.chars().count() + 2);
+    let url = app.url.as_deref().map(clean).unwrap_or_default();
+    let url = if url.chars().count() <= room { url } else { fit(&url, room) };
+    room = room.saturating_sub(url.chars().count() + 2);
+    let id = if app.tunnel_id.len() <= room { app.tunnel_id.clone() } else { String::new() };
     let first = Line::from(vec![
-        Span::styled(" hookway monitor ", bold),
-        Span::raw(format!("{}  ", app.tunnel_id)),
-        Span::styled(app.url.clone().unwrap_or_default(), Style::new().fg(Color::Cyan)),
+        Span::styled(TITLE, bold),
+        Span::styled(state, Style::new().fg(colour)),
         Span::raw("  "),
-        Span::styled(clean(&state), Style::new().fg(colour)),
+        Span::styled(url, Style::new().fg(Color::Cyan)),
+        Span::raw("  "),
+        Span::raw(id),
     ]);
     let stream = match &app.stream_error {
         None => Span::raw("live"),
@@ -282,6 +295,33 @@ mod tests {
         assert_eq!(list_offset(3, 6, 4), 2);
         assert_eq!(list_offset(1, 6, 4), 1);
         assert_eq!(list_offset(5, 6, 0), 5);
+    }
+
+    /// At 80 columns and less, the header keeps the connection state whole
+    /// and cuts the URL with an ellipsis (it was cut mid-port, and the state
+    /// to "con").
+    #[test]
+    fn a_narrow_header_keeps_the_state_and_cuts_the_url_visibly() {
+        let mut app = App::new("tun_0123456789abcdef");
+        app.apply(Msg::Connected { url: "https://tunnels.example.com/t/cool-sunset-x7kf".into() });
+        let s = draw_at(&app, &mut TableState::default(), 80, 20);
+        let first = s.lines().next().unwrap();
+        assert!(
+            first.contains(" connected ") && first.contains("https://tunnels.example.com/t/cool-sunset-x7kf"),
+            "{first}"
+        );
+        let s = draw_at(&app, &mut TableState::default(), 60, 20);
+        let first = s.lines().next().unwrap();
+        assert!(first.contains(" connected ") && first.contains("https://tunnels.example.com/t/…"), "{first}");
+        app.apply(Msg::Reconnecting {
+            reason: "the server is shutting down".into(),
+            retry_in: std::time::Duration::from_millis(200),
+        });
+        let s = draw_at(&app, &mut TableState::default(), 60, 20);
+        let first = s.lines().next().unwrap();
+        assert!(first.contains("reconnecting in 0.2s") && first.contains("https://"), "{first}");
+        let s = draw_at(&app, &mut TableState::default(), 140, 20);
+        assert!(s.lines().next().unwrap().contains("tun_0123456789abcdef"), "{s}");
     }
 
     #[test]
