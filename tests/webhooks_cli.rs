@@ -129,11 +129,16 @@ async fn listings_line_up_whatever_the_values() {
     let (code, out, err) = hookway(&["webhooks", "deliveries", &id], &server).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 3, "{out}");
-    assert_aligned(&out, &["TIME", "EVENT", "STATUS", "DETAIL"], &["ATTEMPTS", "HTTP"]);
+    assert_aligned(&out, &["TIME", "EVENT", "SUBJECT", "STATUS", "DETAIL"], &["ATTEMPTS", "HTTP"]);
     // No error text: the receiver's answer shows, on one line.
     for row in out.lines().skip(1) {
         assert!(row.ends_with("  400  nope: the payload looks wrong"), "{row}");
     }
+    // Whose event each is: the tunnel, or its token's public id.
+    let subject =
+        |event: &str| out.lines().find(|l| l.contains(event)).map(|l| l.split_whitespace().nth(3).unwrap_or(""));
+    assert_eq!(subject("tunnel.connected"), Some(tunnel.as_str()), "{out}");
+    assert!(subject("token.connected").is_some_and(|s| s.starts_with("tok_")), "{out}");
     for row in out.lines().skip(1) {
         let time: String = row.chars().take("2026-11-22 10:00:00.123".len()).collect();
         let b = time.as_bytes();

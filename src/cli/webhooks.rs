@@ -162,6 +162,8 @@ fn delivery_row(d: &Value) -> Vec<String> {
     vec![
         local_time(d["createdAt"].as_str().unwrap_or("")),
         text(&d["event"]),
+        // Whose event: the tunnel's id, or the token's public id (`tok_…`).
+        d["payload"]["Id"].as_str().map_or_else(|| "-".to_owned(), clean),
         text(&d["status"]),
         d["attempts"].as_u64().map_or("-".into(), |n| n.to_string()),
         d["lastResponseStatus"].as_u64().map_or("-".into(), |s| s.to_string()),
@@ -338,6 +340,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             let columns = [
                 ("TIME", Align::Left),
                 ("EVENT", Align::Left),
+                ("SUBJECT", Align::Left),
                 ("STATUS", Align::Left),
                 ("ATTEMPTS", Align::Right),
                 ("HTTP", Align::Right),
