@@ -86,6 +86,38 @@ pub struct Notifier {
     queue: Mutex<Option<mpsc::UnboundedReceiver<Emitted>>>,
     wake: Notify,
     http: reqwest::Client,
+    trouble: Trouble,
+}
+
+/// The dispatcher's store failures, told at most every [`TROUBLE_EVERY`],
+/// with how many came meanwhile: a full disk fails the record of every
+/// attempt in flight at once (20 lines in one millisecond, found by a
+/// walkthrough), and a line per failure says nothing more.
+#[derive(Default)]
+struct Trouble(std::sync::Mutex<(Option<std::time::Instant>, usize)>);
+
+/// How often [`Trouble`] speaks up at most.
+const TROUBLE_EVERY: Duration = Duration::from_secs(10);
+
+impl Trouble {
+    /// Logs `what` failed with `err`, unless a failure was told within the
+    /// window (then it is counted for the next line); whether it logged.
+    fn tell(&self, what: &str, err: &crate::store::StoreError) -> bool {
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0.is_some_and(|at| at.elapsed() < TROUBLE_EVERY) {
+            held.1 += 1;
+            return false;
+        }
+        let more = std::mem::take(&mut held.1);
+        held.0 = Some(std::time::Instant::now());
+        drop(held);
+        if more > 0 {
+            tracing::error!(%err, store_errors_since_last = more, "{what}");
+        } else {
+            tracing::error!(%err, "{what}");
+        }
+        true
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -106,6 +138,7 @@ impl Notifier {
             queue: Mutex::new(Some(queue)),
             wake: Notify::new(),
             http,
+            trouble: Trouble::default(),
         }
     }
 
@@ -332,7 +365,7 @@ impl Notifier {
             let mut blocked = false;
             let mut starting = Vec::new();
             for delivery in due.unwrap_or_else(|err| {
-                tracing::error!(%err, "cannot read the webhook outbox");
+                self.trouble.tell("cannot read the webhook outbox", &err);
                 Vec::new()
             }) {
                 let slot = per_webhook
@@ -354,7 +387,7 @@ impl Notifier {
                         let leased: std::collections::HashSet<String> = leased.into_iter().collect();
                         starting.retain(|(d, ..)| leased.contains(&d.id));
                     }
-                    Err(err) => tracing::error!(%err, "cannot lease webhook deliveries"),
+                    Err(err) => drop(self.trouble.tell("cannot lease webhook deliveries", &err)),
                 }
             }
             for (delivery, mine, all) in starting {
@@ -419,7 +452,7 @@ impl Notifier {
 
     async fn save(&self, d: DeliveryRecord) {
         if let Err(err) = self.store.run(move |s| s.update_delivery(&d)).await {
-            tracing::error!(%err, "could not record a webhook delivery attempt");
+            self.trouble.tell("could not record a webhook delivery attempt", &err);
         }
     }
 
@@ -527,6 +560,22 @@ impl Drops {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of store failures is one line, and the next line after the
+    /// window says how many came meanwhile.
+    #[test]
+    fn store_failures_are_told_once_a_window() {
+        let trouble = Trouble::default();
+        let err = crate::store::StoreError::Database("database or disk is full".into());
+        assert!(trouble.tell("could not record a webhook delivery attempt", &err));
+        for _ in 0..19 {
+            assert!(!trouble.tell("could not record a webhook delivery attempt", &err));
+        }
+        assert_eq!(trouble.0.lock().unwrap().1, 19, "counted for the next line");
+        trouble.0.lock().unwrap().0 = Some(std::time::Instant::now() - TROUBLE_EVERY);
+        assert!(trouble.tell("cannot lease webhook deliveries", &err), "told again after the window");
+        assert_eq!(trouble.0.lock().unwrap().1, 0);
+    }
 
     /// The first drop is told at once; those within the window wait for its
     /// end (the writer's timer), rather than for a drop after it, which may
