@@ -183,6 +183,16 @@ async fn inspection_commands_list_show_replay_and_clear() {
     let (code, out, _) = hookway(&["tunnels", "request", &id, bin_id], &server).await;
     assert_eq!(code, 0);
     assert!(out.contains("<5 bytes binary>") && out.contains("ff fe 00 01 02"), "{out}");
+    // The exact bytes, for a file or a pipe.
+    let raw = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "request", &id, bin_id, "--body-only", "request"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .output()
+        .await
+        .unwrap();
+    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
+    assert_eq!(raw.stdout, [0xff, 0xfe, 0x00, 0x01, 0x02]);
     let (code, out, _) = hookway(&["tunnels", "request", &id, get_id], &server).await;
     assert_eq!(code, 0);
     assert!(out.contains("GET /cli/get?x=1") && out.contains("(empty)"), "{out}");

@@ -39,7 +39,14 @@ pub enum InspectCommand {
         client: ClientArgs,
     },
     /// One captured request in full: headers and bodies of the request and the response.
-    Request(RequestArg),
+    Request {
+        #[command(flatten)]
+        request: RequestArg,
+        /// Print only this body, byte for byte (binary too), for a file or a pipe:
+        /// `--body-only response > out.bin`.
+        #[arg(long, value_name = "request|response", value_parser = ["request", "response"])]
+        body_only: Option<String>,
+    },
     /// Send a captured request to the tunnel again, optionally with another body or headers.
     Replay {
         #[command(flatten)]
@@ -76,6 +83,26 @@ pub struct RequestArg {
     client: ClientArgs,
 }
 
+/// The exact bytes of a captured `part` (`request` or `response`, its
+/// `which`): an error when none was captured, a note on stderr when the
+/// capture kept only its start.
+fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let Some(body) = part["body"].as_str() else {
+        bail!("the {which} body was not captured (no {which}, or the tunnel keeps no bodies)");
+    };
+    let bytes = if part["bodyEncoding"] == "base64" {
+        base64::engine::general_purpose::STANDARD.decode(body).context("the captured body is not valid base64")?
+    } else {
+        body.as_bytes().to_vec()
+    };
+    if part["truncated"] == true {
+        let size = part["bodySize"].as_u64().unwrap_or(0);
+        eprintln!("(truncated: the first {} of {size} bytes were captured)", bytes.len());
+    }
+    Ok(bytes)
+}
+
 /// Runs an inspection subcommand.
 pub async fn run(cmd: InspectCommand) -> Result<()> {
     match cmd {
@@ -107,8 +134,15 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                 eprintln!("More: {} tunnels requests {id} --limit {limit} --before {last}", crate::own_command());
             }
         }
-        InspectCommand::Request(RequestArg { id, req, client }) => {
+        InspectCommand::Request { request: RequestArg { id, req, client }, body_only } => {
             let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await?;
+            if let Some(which) = body_only {
+                let bytes = body_bytes(&v["request"][&which], &which)?;
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes).and_then(|()| out.flush()).context("cannot write the body")?;
+                return Ok(());
+            }
             if client.json {
                 println!("{v}");
                 return Ok(());

@@ -15,7 +15,7 @@ const HELP: &str = " ↑/↓ j/k select   PgUp/PgDn scroll detail   r replay   ?
 /// The help line while the expanded help is open.
 const HELP_OPEN: &str = " ?/Esc close this help   q quit";
 /// The expanded help (`?`).
-const HELP_LONG: [&str; 8] = [
+const HELP_LONG: [&str; 9] = [
     "Up/Down, k/j    select a newer/older request",
     "Home/End        newest/oldest request",
     "PgUp/PgDn       scroll the selected request's detail",
@@ -24,6 +24,7 @@ const HELP_LONG: [&str; 8] = [
     "q, Esc, Ctrl-C  quit (the tunnel goes offline)",
     "?, Esc          close this help",
     "Full bodies: hookway tunnels request <tunnel> <request>",
+    "  (--body-only request|response > FILE: one body's exact bytes)",
 ];
 
 /// The areas of the screen: header, list, detail, status line, help line.
