@@ -598,6 +598,45 @@ async fn an_open_live_stream_does_not_hold_up_shutdown() {
     assert!(!matches!(rest, Ok(Some(_))), "no more events after shutdown");
 }
 
+/// A client that reconnects with `Last-Event-ID` (as a browser's
+/// `EventSource` does) gets the records it missed first, oldest first, then
+/// the live ones, none twice.
+#[tokio::test]
+async fn a_live_stream_resumed_with_last_event_id_sends_what_was_missed() {
+    let s = Setup::new().await;
+    for i in 0..4 {
+        let resp = http().post(s.url(&format!("/echo?i={i}"))).body("x").send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let list = wait_for_records(&s.server, &s.tunnel_id, 4).await; // newest first
+    let seen = list[2]["id"].as_str().unwrap().to_owned(); // the second request's
+    let mut stream = http()
+        .get(format!("{}/api/tunnels/{}/requests/stream", s.server.url, s.tunnel_id))
+        .header("authorization", bearer())
+        .header("last-event-id", &seen)
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    let mut read_until = async |text: &mut String, n: usize| {
+        while text.matches("event: request").count() < n {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await.unwrap().unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until(&mut text, 2).await;
+    let resp = http().post(s.url("/echo?i=live")).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    read_until(&mut text, 3).await;
+    let paths: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap()["path"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(paths, ["/echo?i=2", "/echo?i=3", "/echo?i=live"], "{text}");
+    assert!(text.starts_with(": connected\n\n"), "{text}");
+}
+
 /// Issue: a batch of records the store refused (a full disk) was logged and
 /// lost. The records are now kept and written once the store takes them.
 #[tokio::test]

@@ -25,7 +25,6 @@ use super::State;
 use super::api::{ApiError, ApiResult, ok, read_json_up_to};
 use super::capture::Replay;
 use super::edge;
-use super::http::Body;
 use super::registry::Tunnel;
 use super::routes::{ANY, Routes, unrouted};
 use crate::store::{CapturedPart, RequestRecord};
@@ -58,7 +57,10 @@ pub(super) async fn route(
             let deleted = state.store.run(move |s| s.delete_requests(&tid)).await?;
             Ok(ok(json!({ "success": true, "deleted": deleted })))
         }
-        (["stream"], Method::GET) => Ok(live_stream(state, &tunnel)),
+        (["stream"], Method::GET) => {
+            let since = req.headers().get("last-event-id").and_then(|v| v.to_str().ok()).filter(|id| is_request_id(id));
+            live_stream(state, &tunnel, since.map(str::to_owned)).await
+        }
         ([rid], Method::GET) => {
             state.capture.settle(SETTLE_WAIT).await;
             let record = find(state, &tunnel, rid).await?;
@@ -100,8 +102,7 @@ async fn list(state: &State, tunnel: &Tunnel, query: Option<&str>) -> ApiResult 
                 // The ids this server makes (`req_` and 20 hex digits, in time
                 // order): any other string would be compared as text and
                 // silently page from somewhere else.
-                let hex = v.strip_prefix("req_").unwrap_or_default();
-                if hex.len() != 20 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                if !is_request_id(&v) {
                     return Err(ApiError::bad("'before' must be a request id (req_ and 20 hex digits)"));
                 }
                 before = Some(v.into_owned());
@@ -113,6 +114,13 @@ async fn list(state: &State, tunnel: &Tunnel, query: Option<&str>) -> ApiResult 
     let records = state.store.run(move |s| s.list_requests(&tid, before.as_deref(), limit)).await?;
     let requests: Vec<Value> = records.iter().map(summary_json).collect();
     Ok(ok(json!({ "requests": requests })))
+}
+
+/// Whether `id` is one this server makes: `req_` and 20 lowercase hex
+/// digits, in time order, so that ids compare as text in that order.
+fn is_request_id(id: &str) -> bool {
+    let hex = id.strip_prefix("req_").unwrap_or_default();
+    hex.len() == 20 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// A record without headers and bodies: list items and live-stream events.
@@ -219,28 +227,52 @@ fn headers_base64(list: &[(String, Bytes)]) -> Option<Value> {
 }
 
 /// `text/event-stream` of the tunnel's new records, until the client leaves,
-/// the tunnel is deleted or the server shuts down.
-fn live_stream(state: &State, tunnel: &Tunnel) -> Response<Body> {
+/// the tunnel is deleted or the server shuts down. A client that reconnects
+/// with `Last-Event-ID` (an `EventSource` does, from the events' `id:`) first
+/// gets the records it missed since that one, among those kept.
+async fn live_stream(state: &State, tunnel: &Tunnel, since: Option<String>) -> ApiResult {
     struct Live {
         rx: broadcast::Receiver<Arc<str>>,
         closing: tokio_util::sync::CancellationToken,
-        started: bool,
+        /// What goes first: the comment that says the stream is up, and the
+        /// records missed since `Last-Event-ID`.
+        first: Option<String>,
+        /// The newest record sent from the store: live events up to it
+        /// were sent already.
+        sent_up_to: Option<String>,
     }
-    let live =
-        Live { rx: state.capture.subscribe(&tunnel.id), closing: state.capture.closing().clone(), started: false };
-    let events = stream::unfold(live, |mut live| async move {
-        if !live.started {
-            live.started = true;
-            return Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b": connected\n\n"))), live));
+    // Subscribed before the store is read, so a record is in one or the other.
+    let rx = state.capture.subscribe(&tunnel.id);
+    let mut first = ": connected\n\n".to_owned();
+    let mut sent_up_to = None;
+    if let Some(since) = since {
+        state.capture.settle(SETTLE_WAIT).await;
+        let tid = tunnel.id.clone();
+        let kept = state.store.run(move |s| s.list_requests(&tid, None, MAX_PAGE)).await?;
+        let missed: Vec<&RequestRecord> = kept.iter().take_while(|r| r.id > since).collect();
+        sent_up_to = missed.first().map(|r| r.id.clone());
+        for r in missed.into_iter().rev() {
+            first.push_str(&sse_event(r));
         }
-        let text = tokio::select! {
-            _ = live.closing.cancelled() => return None,
-            _ = tokio::time::sleep(KEEP_ALIVE) => ": keep-alive\n\n".to_owned(),
-            r = live.rx.recv() => match r {
-                Ok(event) => event.to_string(),
-                Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            },
+    }
+    let live = Live { rx, closing: state.capture.closing().clone(), first: Some(first), sent_up_to };
+    let events = stream::unfold(live, |mut live| async move {
+        if let Some(first) = live.first.take() {
+            return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(first))), live));
+        }
+        let text = loop {
+            break tokio::select! {
+                _ = live.closing.cancelled() => return None,
+                _ = tokio::time::sleep(KEEP_ALIVE) => ": keep-alive\n\n".to_owned(),
+                r = live.rx.recv() => match r {
+                    Ok(event) if live.sent_up_to.as_deref().is_some_and(|up_to| event_id(&event) <= Some(up_to)) => {
+                        continue;
+                    }
+                    Ok(event) => event.to_string(),
+                    Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
         };
         Some((Ok(Frame::data(Bytes::from(text))), live))
     });
@@ -248,7 +280,12 @@ fn live_stream(state: &State, tunnel: &Tunnel) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    Ok(resp)
+}
+
+/// The `id:` of a rendered [`sse_event`].
+fn event_id(event: &str) -> Option<&str> {
+    event.lines().find_map(|l| l.strip_prefix("id: "))
 }
 
 /// Largest replay request, less 64 KiB for its headers: a body of 32 MiB sent
