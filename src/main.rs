@@ -42,6 +42,8 @@ mod monitor_cli;
 mod output;
 #[path = "cli/table.rs"]
 mod table;
+#[path = "cli/test_request.rs"]
+mod test_request_cli;
 #[path = "cli/tunnels.rs"]
 mod tunnels_cli;
 #[path = "cli/webhooks.rs"]
@@ -468,6 +470,9 @@ enum TunnelsCommand {
     RegenerateToken(IdArg),
     /// End the tunnel's live session.
     Disconnect(IdArg),
+    /// Send a test request to the tunnel's public URL, as a webhook sender would (through its
+    /// inbound options, the client and the app), and print the answer; exits 1 unless it is a 2xx.
+    Test(test_request_cli::TestArgs),
     /// Serve an existing tunnel from a local port.
     Connect(ConnectCmd),
     /// Serve an existing tunnel like `connect`, in a full-screen view of its requests (live list,
@@ -1319,6 +1324,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
                 token_reminder(&v);
             }
         }
+        TunnelsCommand::Test(args) => test_request_cli::run(args).await?,
         TunnelsCommand::Disconnect(IdArg { id, client }) => {
             let done = async |_: &Value| {
                 vec![format!(

@@ -169,3 +169,38 @@ async fn inbound_options_are_validated_and_survive_a_restart() {
         assert!(plain["tunnel"].get(field).is_none(), "{plain}");
     }
 }
+
+/// `hookway tunnels test` sends one request to the tunnel's public URL, as a
+/// sender would: through its inbound options, the client and the app.
+#[tokio::test]
+async fn a_test_request_goes_the_way_a_senders_does() {
+    let s = Setup::new().await;
+    let run = async |args: &[&str]| {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+            .args(["tunnels", "test", &s.tunnel_id])
+            .args(args)
+            .env("HOOKWAY_SERVER", &s.server.url)
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .output()
+            .await
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = run(&["--path", "/echo/test?x=1"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("POST {}/echo/test?x=1 → 200 OK", s.client.tunnel_url)), "{out}");
+    assert!(out.contains(r#""body":"{\"test\": true}""#) && out.contains("application/json"), "the app's echo: {out}");
+
+    let (status, _) = patch(&s, r#"{"basicAuth": {"username": "ci", "password": "pw"}}"#).await;
+    assert_eq!(status, 200);
+    let (code, out, err) = run(&["--path", "/echo/t", "-X", "get"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("401") && out.contains("answered by the hookway server: unauthorized"), "{out}");
+    assert!(err.contains("answered 401"), "{err}");
+    let (code, out, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:pw", "--body", "[1,2]"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#""body":"[1,2]""#), "{out}");
+    let (code, _, err) = run(&["--body", "not json"]).await;
+    assert!(code != 0 && err.contains("valid JSON"), "{err}");
+}

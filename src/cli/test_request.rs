@@ -1,0 +1,108 @@
+//! `hookway tunnels test`: one request to a tunnel's public URL, as a webhook
+//! sender would make it (seed 004's "test request"), through everything a
+//! real one meets: the edge, the tunnel's inbound options, the client, the app.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::ClientArgs;
+
+/// Longest part of the answer's body printed (the rest is counted).
+const SHOWN: usize = 64 * 1024;
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Tunnel id (tun_…).
+    #[arg(value_parser = crate::resource_id)]
+    id: String,
+    /// Method of the request.
+    #[arg(long, short = 'X', default_value = "POST")]
+    method: String,
+    /// Path and query, after the tunnel's URL.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Body, which must be valid JSON (sent as application/json). Default for a POST, PUT or
+    /// PATCH: {"test": true}.
+    #[arg(long)]
+    body: Option<String>,
+    /// Header to send, as "Name: value" (repeatable), such as a signature the app checks.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Basic auth credentials, as USER:PASSWORD, for a tunnel that requires them.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Sends the test request; fails (exit 1) unless the answer is a 2xx.
+pub async fn run(args: TestArgs) -> Result<()> {
+    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| anyhow::anyhow!("'{}' is no HTTP method", args.method))?;
+    if !args.path.starts_with('/') {
+        bail!("--path starts with '/', like /webhooks/stripe?test=1");
+    }
+    let body = match &args.body {
+        Some(text) => {
+            serde_json::from_str::<Value>(text).context("--body must be valid JSON")?;
+            Some(text.clone())
+        }
+        None if [Method::POST, Method::PUT, Method::PATCH].contains(&method) => Some(r#"{"test": true}"#.to_owned()),
+        None => None,
+    };
+    let api = crate::api(&args.client)?;
+    let tunnel = api.call(Method::GET, &format!("/api/tunnels/{}", args.id), None).await?;
+    let subdomain = tunnel["tunnel"]["subdomain"].as_str().context("the API's tunnel has no subdomain")?;
+    // The public URL, as a sender uses it (the server may be reached here by
+    // another address).
+    let base = api.info().await.map(|i| i.public_url).unwrap_or_else(|_| args.client.server.clone());
+    let url = format!("{}/t/{subdomain}{}", base.trim_end_matches('/'), args.path);
+
+    hookway::quic::tls::install_default_provider();
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+    let mut req = http.request(method.clone(), &url);
+    if let Some(body) = body {
+        req = req.header("content-type", "application/json").body(body);
+    }
+    for h in &args.headers {
+        let (name, value) = h.split_once(':').with_context(|| format!("-H '{h}': give \"Name: value\""))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    if let Some(credentials) = &args.basic_auth {
+        let (user, password) = credentials.split_once(':').context("--basic-auth: give USER:PASSWORD")?;
+        req = req.basic_auth(user, Some(password));
+    }
+    let started = Instant::now();
+    let resp = req.send().await.with_context(|| format!("cannot send the test request to {url}"))?;
+    let status = resp.status();
+    let edge = resp.headers().get("x-hookway-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = resp.bytes().await.context("the answer's body broke off")?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
+    if args.client.json {
+        println!(
+            "{}",
+            json!({ "url": url, "status": status.as_u16(), "durationMs": ms, "edgeError": edge, "body": text })
+        );
+    } else {
+        let from = match &edge {
+            Some(kind) => format!(" (answered by the hookway server: {kind})"),
+            None => String::new(),
+        };
+        println!("{method} {url} → {status}{from} in {ms:.1} ms");
+        if !text.is_empty() {
+            println!("{}", text.trim_end());
+        }
+        if bytes.len() > SHOWN {
+            println!("… ({} more bytes)", bytes.len() - SHOWN);
+        }
+    }
+    if !status.is_success() {
+        bail!("the test request was answered {status}");
+    }
+    Ok(())
+}
