@@ -254,6 +254,26 @@ impl Rules {
         &self.config
     }
 
+    /// `target` (path and query) with the verification code's value masked,
+    /// for the capture of a handshake; None when it names no such field.
+    pub fn masked(&self, target: &[u8]) -> Option<String> {
+        let field = match self.config.verification.as_ref()?.kind {
+            VerificationKind::Facebook => "hub.verify_token",
+            VerificationKind::Fitbit => "verify",
+        };
+        let target = std::str::from_utf8(target).ok()?;
+        let (path, query) = target.split_once('?')?;
+        let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
+        if !pairs.iter().any(|(k, _)| k == field) {
+            return None;
+        }
+        let mut masked = form_urlencoded::Serializer::for_suffix(format!("{path}?"), path.len() + 1);
+        for (k, v) in &pairs {
+            masked.append_pair(k, if k == field { "(masked)" } else { v });
+        }
+        Some(masked.finish())
+    }
+
     /// What the edge does with a request of `method`, `query` and
     /// `authorization`: throttling first (every request counts, handshakes
     /// too), then a verification handshake (a sender's handshake carries no
@@ -425,6 +445,24 @@ mod tests {
         assert_eq!(r.screen(&Method::POST, Some(ok), None), Verdict::Unauthorized, "a POST is no handshake");
         assert_eq!(r.screen(&Method::GET, Some("x=1"), None), Verdict::Unauthorized);
         assert_eq!(r.screen(&Method::GET, Some("x=1"), Some(&basic("alice:pw"))), AUTHED);
+    }
+
+    #[test]
+    fn a_handshakes_code_is_masked_for_the_capture() {
+        let fb = rules(InboundConfig {
+            verification: Some(Verification::new(VerificationKind::Facebook, "tok").unwrap()),
+            ..Default::default()
+        });
+        let masked = fb.masked(b"/fb?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42").unwrap();
+        assert_eq!(masked, "/fb?hub.mode=subscribe&hub.verify_token=%28masked%29&hub.challenge=42");
+        assert_eq!(fb.masked(b"/fb?x=1"), None);
+        assert_eq!(fb.masked(b"/fb"), None);
+        let fitbit = rules(InboundConfig {
+            verification: Some(Verification::new(VerificationKind::Fitbit, "c0de").unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(fitbit.masked(b"/?verify=c0de").unwrap(), "/?verify=%28masked%29");
+        assert_eq!(rules(InboundConfig::default()).masked(b"/?verify=c0de"), None);
     }
 
     #[test]

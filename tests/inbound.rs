@@ -204,3 +204,82 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     let (code, _, err) = run(&["--body", "not json"]).await;
     assert!(code != 0 && err.contains("valid JSON"), "{err}");
 }
+
+/// The tunnel's secrets are nowhere but in their digests: not in the capture
+/// of a refused or a throttled request (its `Authorization`), nor of a
+/// handshake (its code), not in the capture database's file, and a replay
+/// does not hand a credential to the app.
+#[tokio::test]
+async fn secrets_stay_out_of_captures_and_replays() {
+    let s = Setup::new().await;
+    let set = r#"{"basicAuth": {"username": "alice", "password": "s3cret-pw"},
+                  "verification": {"type": "facebook", "code": "fb-code-77"},
+                  "rateLimit": {"requests": 3, "windowSeconds": 600}}"#;
+    let (status, _) = patch(&s, set).await;
+    assert_eq!(status, 200);
+    let fb = "/hook?hub.mode=subscribe&hub.challenge=9&hub.verify_token=fb-code-77";
+    assert_eq!(http().get(s.url(fb)).send().await.unwrap().status(), 200);
+    let near_miss = http().post(s.url("/echo/a")).basic_auth("alice", Some("s3cret-pw!")).send().await.unwrap();
+    assert_eq!(near_miss.status(), 401);
+    assert_eq!(
+        http().post(s.url("/echo/b")).basic_auth("alice", Some("s3cret-pw")).send().await.unwrap().status(),
+        200
+    );
+    let throttled = http().post(s.url("/echo/c")).basic_auth("alice", Some("s3cret-pw")).send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+
+    let list = wait_for_records(&s.server, &s.tunnel_id, 4).await;
+    let mut all = String::new();
+    for r in &list {
+        let path = format!("/api/tunnels/{}/requests/{}", s.tunnel_id, r["id"].as_str().unwrap());
+        let (_, detail) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+        all.push_str(&detail.to_string());
+    }
+    let basic = |pw: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}"))
+    };
+    for secret in ["s3cret-pw", "fb-code-77", &basic("s3cret-pw"), &basic("s3cret-pw!")] {
+        assert!(!all.contains(secret), "{secret} in a capture: {all}");
+    }
+    assert!(all.contains("hub.verify_token=%28masked%29"), "the handshake is there, masked: {all}");
+    let db = std::fs::read(s.server.data_dir().join("hookway-requests.db")).unwrap();
+    let wal = std::fs::read(s.server.data_dir().join("hookway-requests.db-wal")).unwrap_or_default();
+    for secret in ["s3cret-pw", "fb-code-77"] {
+        let found = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found(&db) && !found(&wal), "{secret} in the capture database");
+    }
+
+    // A replay given a credential does not pass it to the app.
+    let refused = list.iter().find(|r| r["outcome"] == "unauthorized").unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/tunnels/{}/requests/{refused}/replay", s.tunnel_id);
+    let edits = r#"{"headers": {"authorization": "Basic YWxpY2U6czNjcmV0LXB3"}}"#;
+    let (status, replayed) = raw_api(&s.server, Method::POST, &path, Some(&bearer()), Some(edits)).await;
+    assert_eq!(status, 200, "{replayed}");
+    assert_eq!(replayed["request"]["status"], 200, "{replayed}");
+    let body = replayed["request"]["response"]["body"].as_str().unwrap();
+    let seen: Value = serde_json::from_str(body).unwrap();
+    assert!(seen["headers"].get("authorization").is_none(), "the app saw a credential: {seen}");
+}
+
+/// Two updates at once both take effect: each held the tunnel from reading
+/// its options to setting them.
+#[tokio::test]
+async fn concurrent_updates_are_not_lost() {
+    let s = Setup::new().await;
+    for round in 0..10 {
+        let (a, b) = tokio::join!(
+            patch(&s, r#"{"basicAuth": {"username": "u", "password": "p"}}"#),
+            patch(&s, r#"{"rateLimit": {"requests": 50, "windowSeconds": 10}}"#),
+        );
+        assert_eq!((a.0, b.0), (reqwest::StatusCode::OK, reqwest::StatusCode::OK));
+        let path = format!("/api/tunnels/{}", s.tunnel_id);
+        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+        assert!(
+            got["tunnel"]["basicAuth"].is_object() && got["tunnel"]["rateLimit"].is_object(),
+            "round {round}: {got}"
+        );
+        let (status, _) = patch(&s, r#"{"basicAuth": null, "rateLimit": null}"#).await;
+        assert_eq!(status, 200);
+    }
+}

@@ -421,8 +421,10 @@ impl Notifier {
         let Some(webhook) = self.webhook(&d.webhook_id) else { return }; // deleted: its rows went with it
         if !webhook.enabled {
             // Disabled since it was read: it waits, as the webhook's other
-            // deliveries do, until the webhook is enabled again (a pause).
-            (d.next_attempt_ms, d.updated_ms) = (now_ms(), now_ms());
+            // deliveries do, until the webhook is enabled again (a pause),
+            // in its place among them (its due time as it was; the save
+            // lifts the lease).
+            d.updated_ms = now_ms();
             self.save(d).await;
             return;
         }

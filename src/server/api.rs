@@ -528,6 +528,7 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if body.contains_key("subdomain") {
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
+    let _one_at_a_time = tunnel.updates.lock().await;
     known_fields(&body, &["name", "group", "captureBodies", "basicAuth", "verification", "rateLimit"])?;
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
     let group = group_field(&body)?;

@@ -67,16 +67,26 @@ where
         }
     };
     let mut req = req;
-    // (A replay comes from the tunnel's owner, through the API: what the
-    // caller's credentials were checked against then is no more.)
-    if let Some(rules) = tunnel.inbound().filter(|_| replay.is_none()) {
-        match rules.screen(req.method(), req.uri().query(), req.headers().get(header::AUTHORIZATION)) {
-            Verdict::Pass { strip_authorization: true } => drop(req.headers_mut().remove(header::AUTHORIZATION)),
-            Verdict::Pass { strip_authorization: false } => {}
-            verdict => {
-                if let Some(resp) = inbound::answer(verdict, &rules) {
-                    return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp).await;
-                }
+    if let Some(rules) = tunnel.inbound() {
+        // (A replay comes from the tunnel's owner, through the API: not screened.)
+        let verdict = match replay {
+            None => rules.screen(req.method(), req.uri().query(), req.headers().get(header::AUTHORIZATION)),
+            Some(_) => Verdict::Pass { strip_authorization: false },
+        };
+        // With basic auth, `Authorization` is the tunnel's credential (or a
+        // try at it): for no one else, not the app, not the capture, whatever
+        // the verdict.
+        if rules.config().basic_auth.is_some() {
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
+        if !matches!(verdict, Verdict::Pass { .. }) {
+            // Refused callers' bodies are not waited for: throttling is for a
+            // flood, and an unauthenticated caller's body is no one's business.
+            let keep_body = !matches!(verdict, Verdict::Throttled { .. } | Verdict::Unauthorized);
+            if let Some(resp) = inbound::answer(verdict, &rules) {
+                // A handshake's code is captured masked.
+                let target = rules.masked(&target).map_or(target, Bytes::from);
+                return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp, keep_body).await;
             }
         }
     }
@@ -86,7 +96,7 @@ where
             "tunnel-offline",
             format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
         );
-        return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp).await;
+        return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp, true).await;
     };
     session.count_request();
     let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
@@ -152,7 +162,9 @@ const UNTAKEN_MIN: u64 = 65_535;
 
 /// Answers a request at the edge with `resp` (its tunnel is offline, or its
 /// inbound options answered it), capturing it as a forwarded one is: the
-/// owner sees what arrived and what it was told, and can replay it.
+/// owner sees what arrived and what it was told, and can replay it (with
+/// its body, when `keep_body`).
+#[allow(clippy::too_many_arguments)] // one call per case, each with all of it
 async fn answer_at_edge<B>(
     state: &State,
     tunnel: &Tunnel,
@@ -161,6 +173,7 @@ async fn answer_at_edge<B>(
     peer: SocketAddr,
     replay: Option<Replay>,
     resp: Response<Body>,
+    keep_body: bool,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -173,7 +186,7 @@ where
         Some(tap) => {
             let body = tap.request_body(body);
             // (A tunnel that keeps no bodies has nothing to wait for.)
-            if tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
+            if keep_body && tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
                 keep_offline_body(body, state.capture.config().body_limit).await;
             }
             tap.response(resp)

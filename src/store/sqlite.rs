@@ -834,6 +834,13 @@ mod tests {
         store.record_events(&burst, &[]).unwrap();
         let few: Vec<_> = (0..5).map(|i| delivery(&format!("ok_{i}"), "wh_ok", 0)).collect();
         store.record_events(&few, &[]).unwrap();
+        // A paused webhook's backlog waits, however long.
+        store.save_webhook(&webhook("wh_paused", &org)).unwrap();
+        let held: Vec<_> = (0..MAX_PENDING + 10).map(|i| delivery(&format!("held_{i:06}"), "wh_paused", 0)).collect();
+        store.record_events(&held, &[]).unwrap();
+        let mut paused = webhook("wh_paused", &org);
+        paused.enabled = false;
+        store.save_webhook(&paused).unwrap();
         assert_eq!(store.trim_backlogs(BACKLOG_GRACE_MS - 1).unwrap(), [], "within its grace");
         let later = BACKLOG_GRACE_MS + 1;
         assert_eq!(store.trim_backlogs(later).unwrap(), [("wh_slow".to_owned(), 1000)]);
@@ -842,6 +849,8 @@ mod tests {
         let pending = store.due_deliveries(later, MAX_PENDING + 10, 2 * MAX_PENDING).unwrap();
         assert_eq!(pending.iter().filter(|d| d.webhook_id == "wh_slow").count(), MAX_PENDING);
         assert_eq!(pending.iter().filter(|d| d.webhook_id == "wh_ok").count(), 5, "the other webhook's untouched");
+        let paused = store.deliveries_since("wh_paused", 0, 2 * MAX_PENDING).unwrap();
+        assert!(paused.iter().all(|d| d.state == super::super::DeliveryState::Pending), "a paused backlog is kept");
     }
 
     /// The databases hold signing keys and captured requests: no other user

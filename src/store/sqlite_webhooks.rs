@@ -175,13 +175,15 @@ pub(super) fn insert_delivery_rows(
     Ok(dropped)
 }
 
-/// [`drop_over_backlog`] for every webhook, in one transaction, with no rows
-/// arrived: a backlog whose webhook gets no new events is cut back too (the
-/// notifier calls it every minute); returns how many rows each webhook gave up.
+/// [`drop_over_backlog`] for every enabled webhook, in one transaction, with
+/// no rows arrived: a backlog whose webhook gets no new events is cut back
+/// too (the notifier calls it every minute); returns how many rows each
+/// webhook gave up. A disabled webhook's deliveries wait, neither sent nor
+/// given up (a pause).
 pub(super) fn trim_backlogs(c: &mut Connection, now_ms: i64) -> rusqlite::Result<Vec<(String, usize)>> {
     let tx = c.transaction()?;
     let mut dropped = Vec::new();
-    for webhook in webhook_ids(&tx)? {
+    for webhook in enabled_webhook_ids(&tx)? {
         let n = drop_over_backlog(&tx, &webhook, now_ms, 0)?;
         if n > 0 {
             dropped.push((webhook, n));
