@@ -226,7 +226,9 @@ pub enum Verdict {
 /// A tunnel's inbound options in force: the config, and the rate limit's state.
 pub struct Rules {
     config: InboundConfig,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Shared with the rules that replace these when the rate limit stays
+    /// the same (a change of another option does not refill it).
+    limiter: Option<std::sync::Arc<DefaultDirectRateLimiter>>,
 }
 
 impl std::fmt::Debug for Rules {
@@ -236,6 +238,15 @@ impl std::fmt::Debug for Rules {
 }
 
 impl Rules {
+    /// Rules for `config` that replace `previous`: the rate limit's
+    /// allowance goes on as it was when the limit is the same.
+    pub fn replacing(config: InboundConfig, previous: Option<&Rules>) -> Self {
+        match previous {
+            Some(old) if old.config.rate_limit == config.rate_limit => Self { config, limiter: old.limiter.clone() },
+            _ => Self::new(config),
+        }
+    }
+
     /// Rules for `config`, with a full rate-limit allowance.
     pub fn new(config: InboundConfig) -> Self {
         let limiter = config.rate_limit.map(|limit| {
@@ -244,7 +255,7 @@ impl Rules {
             let period = Duration::from_secs(limit.window_seconds.max(1).into()) / requests.get();
             let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
                 .map_or_else(|| Quota::per_second(requests), |quota| quota.allow_burst(requests));
-            DefaultDirectRateLimiter::direct(quota)
+            std::sync::Arc::new(DefaultDirectRateLimiter::direct(quota))
         });
         Self { config, limiter }
     }
@@ -494,6 +505,20 @@ mod tests {
             Verdict::Throttled { retry_after } => assert!((19..=20).contains(&retry_after), "{retry_after}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn another_options_change_does_not_refill_the_allowance() {
+        let limited =
+            InboundConfig { rate_limit: Some(RateLimit { requests: 1, window_seconds: 60 }), ..Default::default() };
+        let r = rules(limited.clone());
+        assert_eq!(r.screen(&Method::POST, None, None), PASS);
+        let with_auth = InboundConfig { basic_auth: Some(BasicAuth::new("a", "b").unwrap()), ..limited };
+        let r = Rules::replacing(with_auth.clone(), Some(&r));
+        assert!(matches!(r.screen(&Method::POST, None, None), Verdict::Throttled { .. }), "still spent");
+        let raised = InboundConfig { rate_limit: Some(RateLimit { requests: 2, window_seconds: 60 }), ..with_auth };
+        let r = Rules::replacing(raised, Some(&r));
+        assert_eq!(r.screen(&Method::POST, None, Some(&basic("a:b"))), AUTHED, "a new limit starts full");
     }
 
     #[test]

@@ -97,10 +97,11 @@ impl Tunnel {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Puts `config` in force, with a full rate-limit allowance.
+    /// Puts `config` in force; the rate limit's allowance goes on as it was
+    /// if the limit is the same.
     pub fn set_inbound(&self, config: InboundConfig) {
-        let rules = (!config.is_empty()).then(|| Arc::new(Rules::new(config)));
         let mut held = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = (!config.is_empty()).then(|| Arc::new(Rules::replacing(config, held.as_deref())));
         self.has_inbound.store(rules.is_some(), Ordering::Release);
         *held = rules;
     }
