@@ -34,12 +34,41 @@ pub struct InboundConfig {
     /// At most so many requests in a window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// What the edge answers while no client is connected, instead of 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_reply: Option<OfflineReply>,
 }
 
 impl InboundConfig {
     /// Whether no option is set.
     pub fn is_empty(&self) -> bool {
-        self.basic_auth.is_none() && self.verification.is_none() && self.rate_limit.is_none()
+        self.basic_auth.is_none()
+            && self.verification.is_none()
+            && self.rate_limit.is_none()
+            && self.offline_reply.is_none()
+    }
+}
+
+/// The status the edge answers with while no client is connected (seed
+/// 004's reply status code): a sender that disables an endpoint after a run
+/// of failures (most do) sees a success, and the request is captured, to be
+/// replayed once the laptop is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OfflineReply {
+    /// 200 to 599.
+    pub status: u16,
+}
+
+impl OfflineReply {
+    /// Checks the status: a final one (not 1xx), and no redirect (a sender
+    /// would follow it elsewhere).
+    pub fn validate(self) -> Result<Self, String> {
+        if (200..300).contains(&self.status) || (400..600).contains(&self.status) {
+            Ok(self)
+        } else {
+            Err("an offline reply's status is 200-299 or 400-599".into())
+        }
     }
 }
 

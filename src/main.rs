@@ -1292,7 +1292,8 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             if body.is_empty() {
                 bail!(
                     "nothing to update: pass --name, --group, --no-group, --capture-bodies, --no-capture-bodies, \
-                     --basic-auth, --no-basic-auth, --verify, --no-verify, --rate-limit or --no-rate-limit"
+                     --basic-auth, --no-basic-auth, --verify, --no-verify, --rate-limit, --no-rate-limit, \
+                     --offline-reply or --no-offline-reply"
                 );
             }
             let body = Value::Object(body);

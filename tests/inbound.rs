@@ -283,3 +283,54 @@ async fn concurrent_updates_are_not_lost() {
         assert_eq!(status, 200);
     }
 }
+
+/// With an offline reply, a request while no client is connected gets that
+/// status, not the 503, and is recorded as offline with its body, to be
+/// replayed once the client is back.
+#[tokio::test]
+async fn an_offline_reply_answers_for_the_laptop_and_the_request_is_replayed_later() {
+    let s = Setup::new().await;
+    let (status, body) = patch(&s, r#"{"offlineReply": {"status": 202}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tunnel"]["offlineReply"], serde_json::json!({"status": 202}));
+    let online = http().post(s.url("/echo/on")).body("1").send().await.unwrap();
+    assert_eq!(online.status(), 200, "online, the app answers");
+    s.client.shutdown.cancel();
+    let path = format!("/api/tunnels/{}", s.tunnel_id);
+    for _ in 0..100 {
+        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+        if got["tunnel"]["status"] == "disconnected" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let offline = http().post(s.url("/echo/while-away")).body(r#"{"event":"paid"}"#).send().await.unwrap();
+    assert_eq!(offline.status(), 202);
+    assert_eq!(offline.headers()["x-hookway-offline"], "recorded");
+    assert!(offline.text().await.unwrap().contains("recorded"));
+
+    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
+    assert_eq!(
+        (list[0]["outcome"].as_str(), list[0]["status"].as_u64()),
+        (Some("tunnel-offline"), Some(202)),
+        "{}",
+        list[0]
+    );
+    // Back: the recorded request replays to the app, body and all.
+    let app = spawn_app().await;
+    let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
+    let replay = format!("/api/tunnels/{}/requests/{}/replay", s.tunnel_id, list[0]["id"].as_str().unwrap());
+    let (status, replayed) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), Some("{}")).await;
+    assert_eq!((status, replayed["request"]["status"].as_u64()), (reqwest::StatusCode::OK, Some(200)), "{replayed}");
+    let seen: Value = serde_json::from_str(replayed["request"]["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["body"], r#"{"event":"paid"}"#);
+
+    for bad in [
+        r#"{"offlineReply": {"status": 302}}"#,
+        r#"{"offlineReply": {"status": "ok"}}"#,
+        r#"{"offlineReply": {"code": 1}}"#,
+    ] {
+        let (status, body) = patch(&s, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+}

@@ -2,7 +2,7 @@
 //! `tunnels update`, as fields of the API's create and update bodies.
 
 use clap::Args;
-use hookway::inbound::RateLimit;
+use hookway::inbound::{OfflineReply, RateLimit};
 use serde_json::{Map, Value, json};
 
 /// Options a new tunnel may have (`start`, `tunnels create`).
@@ -21,6 +21,10 @@ pub struct InboundArgs {
     /// Answer 429 past so many requests in a window, like 100/10s (also 60/1m, 1000/1h, 5/1d).
     #[arg(long, value_name = "N/WINDOW", value_parser = RateLimit::parse)]
     pub rate_limit: Option<RateLimit>,
+    /// While no client is connected, answer with this status (like 202) instead of 503, so that a
+    /// sender does not disable the endpoint; the requests are recorded, to be replayed later.
+    #[arg(long, value_name = "STATUS", value_parser = offline_reply)]
+    pub offline_reply: Option<OfflineReply>,
 }
 
 impl InboundArgs {
@@ -35,6 +39,9 @@ impl InboundArgs {
         }
         if let Some(limit) = self.rate_limit {
             body.insert("rateLimit".into(), json!(limit));
+        }
+        if let Some(reply) = self.offline_reply {
+            body.insert("offlineReply".into(), json!(reply));
         }
         body
     }
@@ -52,19 +59,31 @@ pub struct InboundOffArgs {
     /// Stop throttling.
     #[arg(long, conflicts_with = "rate_limit")]
     pub no_rate_limit: bool,
+    /// Answer 503 again while no client is connected.
+    #[arg(long, conflicts_with = "offline_reply")]
+    pub no_offline_reply: bool,
 }
 
 impl InboundOffArgs {
     /// Adds a null for each option turned off to `body`.
     pub fn add_to(&self, body: &mut Map<String, Value>) {
-        for (off, field) in
-            [(self.no_basic_auth, "basicAuth"), (self.no_verify, "verification"), (self.no_rate_limit, "rateLimit")]
-        {
+        for (off, field) in [
+            (self.no_basic_auth, "basicAuth"),
+            (self.no_verify, "verification"),
+            (self.no_rate_limit, "rateLimit"),
+            (self.no_offline_reply, "offlineReply"),
+        ] {
             if off {
                 body.insert(field.into(), Value::Null);
             }
         }
     }
+}
+
+/// An HTTP status for `--offline-reply`.
+fn offline_reply(s: &str) -> Result<OfflineReply, String> {
+    let status = s.parse().map_err(|_| format!("'{s}' is no HTTP status: give one like 202"))?;
+    OfflineReply { status }.validate()
 }
 
 /// `USER:PASSWORD`, split at the first colon (a user name has none).
@@ -98,6 +117,7 @@ mod tests {
             basic_auth: Some(basic_auth("alice:pa:ss").unwrap()),
             verify: Some(verification("Facebook:tok").unwrap()),
             rate_limit: Some(RateLimit::parse("100/10s").unwrap()),
+            offline_reply: Some(offline_reply("202").unwrap()),
         };
         assert_eq!(
             Value::Object(args.fields()),
@@ -105,6 +125,7 @@ mod tests {
                 "basicAuth": {"username": "alice", "password": "pa:ss"},
                 "verification": {"type": "facebook", "code": "tok"},
                 "rateLimit": {"requests": 100, "windowSeconds": 10},
+                "offlineReply": {"status": 202},
             })
         );
         assert!(InboundArgs::default().fields().is_empty());
@@ -121,5 +142,7 @@ mod tests {
         assert!(verification("alexa:x").unwrap_err().contains("facebook or fitbit"));
         assert!(verification("fitbit:").unwrap_err().contains("empty"));
         assert!(verification("fitbit").unwrap_err().contains("KIND:CODE"));
+        assert!(offline_reply("ok").unwrap_err().contains("like 202"));
+        assert!(offline_reply("302").unwrap_err().contains("200-299 or 400-599"));
     }
 }

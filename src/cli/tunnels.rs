@@ -41,6 +41,9 @@ pub fn tunnel_lines(v: &Value, public_url: &str) -> Vec<String> {
     if let (Some(n), Some(secs)) = (t["rateLimit"]["requests"].as_u64(), t["rateLimit"]["windowSeconds"].as_u64()) {
         fields.push(("rate limit", format!("{n} requests per {secs} s (then 429)")));
     }
+    if let Some(status) = t["offlineReply"]["status"].as_u64() {
+        fields.push(("offline reply", format!("{status}, and the request recorded (while no client is connected)")));
+    }
     if t["createdAt"].is_string() {
         // A whole tunnel object: one without `lastConnectedAt` never connected.
         let last = t["lastConnectedAt"].as_str().map_or_else(|| "never".to_owned(), full_time);

@@ -22,7 +22,7 @@ use super::names;
 use super::registry::Tunnel;
 use super::routes::{ANY, Routes, unrouted};
 use super::session::end_on_purpose;
-use crate::inbound::{BasicAuth, InboundConfig, RateLimit, Rules, Verification, VerificationKind};
+use crate::inbound::{BasicAuth, InboundConfig, OfflineReply, RateLimit, Rules, Verification, VerificationKind};
 use crate::quic::close;
 use crate::store::{StoreError, TunnelRecord};
 
@@ -101,6 +101,9 @@ struct TunnelJson {
     /// `{"requests": N, "windowSeconds": S}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
+    /// `{"status": N}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offline_reply: Option<OfflineReply>,
 }
 
 fn tunnel_json(state: &State, t: &Tunnel) -> Value {
@@ -120,6 +123,7 @@ fn tunnel_json(state: &State, t: &Tunnel) -> Value {
         basic_auth: inbound.and_then(|i| i.basic_auth.as_ref()).map(|a| json!({ "username": a.username })),
         verification: inbound.and_then(|i| i.verification.as_ref()).map(|v| json!({ "type": v.kind.as_str() })),
         rate_limit: inbound.and_then(|i| i.rate_limit),
+        offline_reply: inbound.and_then(|i| i.offline_reply),
     })
     .unwrap_or(Value::Null)
 }
@@ -327,14 +331,17 @@ pub(super) fn bool_field(body: &serde_json::Map<String, Value>, field: &str) -> 
     }
 }
 
-/// The inbound options (seed 004) a create or update body sets, over
-/// `current`: None when it names none of `basicAuth`, `verification` and
-/// `rateLimit`; each one given is set (an object) or turned off (null).
+/// The fields of the inbound options (seed 004) in create and update bodies.
+const INBOUND_FIELDS: [&str; 4] = ["basicAuth", "verification", "rateLimit", "offlineReply"];
+
+/// The inbound options a create or update body sets, over `current`: None
+/// when it names none of [`INBOUND_FIELDS`]; each one given is set (an
+/// object) or turned off (null).
 fn inbound_fields(
     body: &serde_json::Map<String, Value>,
     current: &InboundConfig,
 ) -> Result<Option<InboundConfig>, ApiError> {
-    if !["basicAuth", "verification", "rateLimit"].iter().any(|f| body.contains_key(*f)) {
+    if !INBOUND_FIELDS.iter().any(|f| body.contains_key(*f)) {
         return Ok(None);
     }
     let mut next = current.clone();
@@ -372,6 +379,15 @@ fn inbound_fields(
                 RateLimit { requests: count("requests")?, window_seconds: count("windowSeconds")? }
                     .validate()
                     .map_err(ApiError::bad)
+            })
+            .transpose()?;
+    }
+    if let Some(v) = body.get("offlineReply") {
+        next.offline_reply = object_field(v, "offlineReply", &["status"])?
+            .map(|o| {
+                let status = o.get("status").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok());
+                let status = status.ok_or_else(|| ApiError::bad("'offlineReply.status' must be an HTTP status"))?;
+                OfflineReply { status }.validate().map_err(ApiError::bad)
             })
             .transpose()?;
     }
@@ -465,7 +481,8 @@ fn list(state: &State, org: &str) -> Response<Body> {
 }
 
 async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Value>) -> ApiResult {
-    known_fields(&body, &["name", "subdomain", "group", "captureBodies", "basicAuth", "verification", "rateLimit"])?;
+    let known: Vec<&str> = ["name", "subdomain", "group", "captureBodies"].into_iter().chain(INBOUND_FIELDS).collect();
+    known_fields(&body, &known)?;
     let name = valid_name(string_field(&body, "name")?.ok_or_else(|| ApiError::bad("'name' is required"))?)?;
     let subdomain = match string_field(&body, "subdomain")? {
         Some(s) => {
@@ -529,7 +546,8 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
     let _one_at_a_time = tunnel.updates.lock().await;
-    known_fields(&body, &["name", "group", "captureBodies", "basicAuth", "verification", "rateLimit"])?;
+    let known: Vec<&str> = ["name", "group", "captureBodies"].into_iter().chain(INBOUND_FIELDS).collect();
+    known_fields(&body, &known)?;
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
     let group = group_field(&body)?;
     let capture_bodies = bool_field(&body, "captureBodies")?;
@@ -538,7 +556,8 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if name.is_none() && group.is_none() && capture_bodies.is_none() && inbound.is_none() {
         return Err(ApiError::bad(
             "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null}, {\"captureBodies\": true | false}, \
-             {\"basicAuth\": {…} | null}, {\"verification\": {…} | null} and/or {\"rateLimit\": {…} | null}",
+             {\"basicAuth\": {…} | null}, {\"verification\": {…} | null}, {\"rateLimit\": {…} | null} and/or \
+             {\"offlineReply\": {…} | null}",
         ));
     }
     if let Some(name) = name {

@@ -91,11 +91,14 @@ where
         }
     }
     let Some(session) = session else {
-        let resp = edge_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "tunnel-offline",
-            format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
-        );
+        let resp = match tunnel.inbound().and_then(|rules| rules.config().offline_reply) {
+            Some(reply) if replay.is_none() => inbound::offline_reply(reply, subdomain),
+            _ => edge_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tunnel-offline",
+                format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
+            ),
+        };
         return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp, true).await;
     };
     session.count_request();

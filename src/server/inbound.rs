@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::http::{Body, EdgeErrorKind, edge_error, full};
-use crate::inbound::{Rules, Verdict, VerificationKind};
+use crate::inbound::{OfflineReply, Rules, Verdict, VerificationKind};
 
 /// The edge's answer for `verdict`, None for [`Verdict::Pass`]. Every
 /// answer says in `x-hookway-error` or `x-hookway-verification` that it came
@@ -52,6 +52,22 @@ pub fn answer(verdict: Verdict, rules: &Rules) -> Option<Response<Body>> {
         ),
     };
     Some(resp)
+}
+
+/// The answer while no client is connected, for a tunnel that has an
+/// offline reply: its status, saying what happened in a line, and recorded
+/// as `tunnel-offline` like the 503 it stands for (so it can be replayed).
+pub fn offline_reply(reply: OfflineReply, subdomain: &str) -> Response<Body> {
+    let text = format!(
+        "hookway: tunnel '{subdomain}' is offline; the request was recorded, to be replayed once its client is back\n"
+    );
+    let mut resp = Response::new(full(text));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    resp.extensions_mut().insert(EdgeErrorKind("tunnel-offline"));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("x-hookway-offline", HeaderValue::from_static("recorded"));
+    resp
 }
 
 /// A handshake's answer: `status` with `body`, marked as the edge's.
