@@ -295,7 +295,8 @@ impl Rules {
     }
 
     /// `target` (path and query) with the verification code's value masked,
-    /// for the capture of a handshake; None when it names no such field.
+    /// for the capture; None when it names no such field. Only that value
+    /// changes: the rest of the query stays byte for byte as it came.
     pub fn masked(&self, target: &[u8]) -> Option<String> {
         let field = match self.config.verification.as_ref()?.kind {
             VerificationKind::Facebook => "hub.verify_token",
@@ -303,15 +304,21 @@ impl Rules {
         };
         let target = std::str::from_utf8(target).ok()?;
         let (path, query) = target.split_once('?')?;
-        let pairs: Vec<_> = form_urlencoded::parse(query.as_bytes()).collect();
-        if !pairs.iter().any(|(k, _)| k == field) {
-            return None;
-        }
-        let mut masked = form_urlencoded::Serializer::for_suffix(format!("{path}?"), path.len() + 1);
-        for (k, v) in &pairs {
-            masked.append_pair(k, if k == field { "(masked)" } else { v });
-        }
-        Some(masked.finish())
+        let mut found = false;
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let key = pair.split('=').next().unwrap_or_default();
+                let decoded = form_urlencoded::parse(key.as_bytes()).next().map(|(k, _)| k);
+                if decoded.as_deref() == Some(field) {
+                    found = true;
+                    format!("{key}=(masked)")
+                } else {
+                    pair.to_owned()
+                }
+            })
+            .collect();
+        found.then(|| format!("{path}?{}", pairs.join("&")))
     }
 
     /// What the edge does with a request of `method`, `query` and
@@ -494,14 +501,17 @@ mod tests {
             ..Default::default()
         });
         let masked = fb.masked(b"/fb?hub.mode=subscribe&hub.verify_token=tok&hub.challenge=42").unwrap();
-        assert_eq!(masked, "/fb?hub.mode=subscribe&hub.verify_token=%28masked%29&hub.challenge=42");
+        assert_eq!(masked, "/fb?hub.mode=subscribe&hub.verify_token=(masked)&hub.challenge=42");
+        // The rest as it came; an encoded or repeated key is masked too.
+        let odd = fb.masked(b"/fb?a=%20x+y&flag&hub%2Everify_token=tok&hub.verify_token=again").unwrap();
+        assert_eq!(odd, "/fb?a=%20x+y&flag&hub%2Everify_token=(masked)&hub.verify_token=(masked)");
         assert_eq!(fb.masked(b"/fb?x=1"), None);
         assert_eq!(fb.masked(b"/fb"), None);
         let fitbit = rules(InboundConfig {
             verification: Some(Verification::new(VerificationKind::Fitbit, "c0de").unwrap()),
             ..Default::default()
         });
-        assert_eq!(fitbit.masked(b"/?verify=c0de").unwrap(), "/?verify=%28masked%29");
+        assert_eq!(fitbit.masked(b"/?verify=c0de").unwrap(), "/?verify=(masked)");
         assert_eq!(rules(InboundConfig::default()).masked(b"/?verify=c0de"), None);
     }
 

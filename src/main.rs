@@ -435,7 +435,7 @@ enum TunnelsCommand {
         client: ClientArgs,
     },
     /// Rename a tunnel, change its group, turn body capture on or off, or set or lift its basic auth,
-    /// verification handshake and rate limit.
+    /// verification handshake, rate limit and offline reply.
     Update {
         /// Tunnel id.
         #[arg(value_parser = crate::resource_id)]

@@ -13,6 +13,21 @@ async fn patch(s: &Setup, body: &str) -> (reqwest::StatusCode, Value) {
     raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(body)).await
 }
 
+/// Stops the setup's client and waits (up to 10 s) until the server has the
+/// tunnel offline.
+async fn take_offline(s: &Setup) {
+    s.client.shutdown.cancel();
+    let path = format!("/api/tunnels/{}", s.tunnel_id);
+    for _ in 0..100 {
+        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
+        if got["tunnel"]["status"] == "disconnected" {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the tunnel was still connected after 10 s");
+}
+
 #[tokio::test]
 async fn basic_auth_guards_the_app_and_keeps_the_credential_from_it() {
     let s = Setup::new().await;
@@ -67,15 +82,7 @@ async fn verification_handshakes_are_answered_at_the_edge_even_offline() {
 
     let (status, _) = patch(&s, r#"{"verification": {"type": "fitbit", "code": "c0ffee"}}"#).await;
     assert_eq!(status, 200);
-    s.client.shutdown.cancel();
-    let path = format!("/api/tunnels/{}", s.tunnel_id);
-    for _ in 0..100 {
-        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
-        if got["tunnel"]["status"] == "disconnected" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    take_offline(&s).await;
     // Offline: the handshake is still answered, the rest is the edge's 503.
     let fitbit = http().get(s.url("/fitbit?verify=c0ffee")).send().await.unwrap();
     assert_eq!(fitbit.status(), 204);
@@ -203,6 +210,10 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     assert!(out.contains(r#""body":"[1,2]""#), "{out}");
     let (code, _, err) = run(&["--body", "not json"]).await;
     assert!(code != 0 && err.contains("valid JSON"), "{err}");
+    for path in ["/../api/tunnels", "/%2E%2e/x", "/a#frag"] {
+        let (code, _, err) = run(&["--path", path]).await;
+        assert!(code != 0 && err.contains("without '.' or '..' segments"), "{path}: {err}");
+    }
 }
 
 /// The tunnel's secrets are nowhere but in their digests: not in the capture
@@ -242,7 +253,7 @@ async fn secrets_stay_out_of_captures_and_replays() {
     for secret in ["s3cret-pw", "fb-code-77", &basic("s3cret-pw"), &basic("s3cret-pw!")] {
         assert!(!all.contains(secret), "{secret} in a capture: {all}");
     }
-    assert!(all.contains("hub.verify_token=%28masked%29"), "the handshake is there, masked: {all}");
+    assert!(all.contains("hub.verify_token=(masked)"), "the handshake is there, masked: {all}");
     let db = std::fs::read(s.server.data_dir().join("hookway-requests.db")).unwrap();
     let wal = std::fs::read(s.server.data_dir().join("hookway-requests.db-wal")).unwrap_or_default();
     for secret in ["s3cret-pw", "fb-code-77"] {
@@ -295,15 +306,7 @@ async fn an_offline_reply_answers_for_the_laptop_and_the_request_is_replayed_lat
     assert_eq!(body["tunnel"]["offlineReply"], serde_json::json!({"status": 202}));
     let online = http().post(s.url("/echo/on")).body("1").send().await.unwrap();
     assert_eq!(online.status(), 200, "online, the app answers");
-    s.client.shutdown.cancel();
-    let path = format!("/api/tunnels/{}", s.tunnel_id);
-    for _ in 0..100 {
-        let (_, got) = raw_api(&s.server, Method::GET, &path, Some(&bearer()), None).await;
-        if got["tunnel"]["status"] == "disconnected" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    take_offline(&s).await;
     let offline = http().post(s.url("/echo/while-away")).body(r#"{"event":"paid"}"#).send().await.unwrap();
     assert_eq!(offline.status(), 202);
     assert_eq!(offline.headers()["x-hookway-offline"], "recorded");
@@ -333,4 +336,36 @@ async fn an_offline_reply_answers_for_the_laptop_and_the_request_is_replayed_lat
         let (status, body) = patch(&s, bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }
+    // It answers for requests only their record will deliver: not without bodies.
+    let (status, body) = patch(&s, r#"{"captureBodies": false}"#).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("captureBodies"), "{body}");
+    let (status, body) = patch(&s, r#"{"offlineReply": null, "captureBodies": false}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = patch(&s, r#"{"offlineReply": {"status": 200}}"#).await;
+    assert_eq!(status, 409);
+}
+
+/// The offline reply goes out only for a request recorded whole: one whose
+/// body the capture could not keep gets the 503, as a sender should see it.
+#[tokio::test]
+async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
+    let s = Setup::with_server(TestServer::start_with(|c| c.capture.body_limit = 64).await).await;
+    let (status, _) = patch(&s, r#"{"offlineReply": {"status": 202}}"#).await;
+    assert_eq!(status, 200);
+    take_offline(&s).await;
+    assert_eq!(http().post(s.url("/small")).body("x".repeat(64)).send().await.unwrap().status(), 202);
+    let big = http().post(s.url("/big")).body("x".repeat(65)).send().await.unwrap();
+    assert_eq!(big.status(), 503, "over the capture's body limit");
+    // Nor does a test request count an offline reply as reaching the app.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(["tunnels", "test", &s.tunnel_id])
+        .env("HOOKWAY_SERVER", &s.server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
 }

@@ -46,6 +46,16 @@ pub async fn run(args: TestArgs) -> Result<()> {
     if !args.path.starts_with('/') {
         bail!("--path starts with '/', like /webhooks/stripe?test=1");
     }
+    // The URL parser would resolve dot segments out of the tunnel's URL
+    // (`/../api/…`), and a fragment is never sent.
+    let path_part = args.path.split('?').next().unwrap_or_default();
+    let dots = path_part.split('/').any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    if dots || args.path.contains('#') {
+        bail!("--path is a path in the tunnel, without '.' or '..' segments or a '#' fragment");
+    }
     let body = match &args.body {
         Some(text) => {
             serde_json::from_str::<Value>(text).context("--body must be valid JSON")?;
@@ -63,7 +73,11 @@ pub async fn run(args: TestArgs) -> Result<()> {
     let url = format!("{}/t/{subdomain}{}", base.trim_end_matches('/'), args.path);
 
     hookway::quic::tls::install_default_provider();
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+    // Redirects are the app's answer, not followed (senders do not).
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let mut req = http.request(method.clone(), &url);
     if let Some(body) = body {
         req = req.header("content-type", "application/json").body(body);
@@ -79,7 +93,12 @@ pub async fn run(args: TestArgs) -> Result<()> {
     let started = Instant::now();
     let resp = req.send().await.with_context(|| format!("cannot send the test request to {url}"))?;
     let status = resp.status();
-    let edge = resp.headers().get("x-hookway-error").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // Whether the server answered by itself, not the app: an error, a
+    // handshake, or the offline reply.
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let edge = header("x-hookway-error")
+        .or_else(|| header("x-hookway-verification").map(|kind| format!("{kind} verification")))
+        .or_else(|| header("x-hookway-offline").map(|_| "offline reply: the tunnel has no client".to_owned()));
     let bytes = resp.bytes().await.context("the answer's body broke off")?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
@@ -103,6 +122,9 @@ pub async fn run(args: TestArgs) -> Result<()> {
     }
     if !status.is_success() {
         bail!("the test request was answered {status}");
+    }
+    if let Some(kind) = edge {
+        bail!("the test request did not reach the app: the hookway server answered ({kind})");
     }
     Ok(())
 }

@@ -394,6 +394,27 @@ fn inbound_fields(
     Ok(Some(next))
 }
 
+/// An offline reply answers for requests that only their record will ever
+/// deliver: it needs the capture on, with bodies (409 otherwise).
+fn check_offline_reply(state: &State, reply: Option<OfflineReply>, bodies: bool) -> Result<(), ApiError> {
+    if reply.is_none() {
+        return Ok(());
+    }
+    if !state.capture.config().enabled {
+        return Err(ApiError::conflict(
+            "an offline reply needs request capture, which is off on this server (--no-capture): the requests it \
+             answered would be lost",
+        ));
+    }
+    if !bodies {
+        return Err(ApiError::conflict(
+            "an offline reply needs the tunnel's bodies captured (\"captureBodies\": true): the requests it answered \
+             could not be replayed whole",
+        ));
+    }
+    Ok(())
+}
+
 /// An inbound option's value: null (off) or an object of `known` fields.
 fn object_field<'a>(
     v: &'a Value,
@@ -503,6 +524,7 @@ async fn create(state: &Arc<State>, org: &str, body: serde_json::Map<String, Val
     let group = group_field(&body)?.flatten();
     let capture_bodies = bool_field(&body, "captureBodies")?.unwrap_or(true);
     let inbound = inbound_fields(&body, &InboundConfig::default())?.unwrap_or_default();
+    check_offline_reply(state, inbound.offline_reply, capture_bodies)?;
     let token = names::auth_token();
     let record = TunnelRecord {
         id: names::tunnel_id(),
@@ -553,6 +575,8 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     let capture_bodies = bool_field(&body, "captureBodies")?;
     let current = tunnel.inbound().map(|rules| rules.config().clone()).unwrap_or_default();
     let inbound = inbound_fields(&body, &current)?;
+    let bodies = capture_bodies.unwrap_or_else(|| tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed));
+    check_offline_reply(state, inbound.as_ref().unwrap_or(&current).offline_reply, bodies)?;
     if name.is_none() && group.is_none() && capture_bodies.is_none() && inbound.is_none() {
         return Err(ApiError::bad(
             "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null}, {\"captureBodies\": true | false}, \

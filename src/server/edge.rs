@@ -21,7 +21,7 @@ use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport, Tunnel};
 use super::{State, gateway, inbound, untaken};
 use crate::headers::strip_hop_by_hop;
-use crate::inbound::Verdict;
+use crate::inbound::{OfflineReply, Verdict};
 use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
@@ -67,7 +67,11 @@ where
         }
     };
     let mut req = req;
+    // What the capture records as the target: with a verification handshake
+    // set, its code masked (passing requests too: a POST may carry `?verify=`).
+    let mut recorded_target = None;
     if let Some(rules) = tunnel.inbound() {
+        recorded_target = rules.masked(&target).map(Bytes::from);
         // (A replay comes from the tunnel's owner, through the API: not screened.)
         let verdict = match replay {
             None => rules.screen(req.method(), req.uri().query(), req.headers().get(header::AUTHORIZATION)),
@@ -84,22 +88,22 @@ where
             // flood, and an unauthenticated caller's body is no one's business.
             let keep_body = !matches!(verdict, Verdict::Throttled { .. } | Verdict::Unauthorized);
             if let Some(resp) = inbound::answer(verdict, &rules) {
-                // A handshake's code is captured masked.
-                let target = rules.masked(&target).map_or(target, Bytes::from);
-                return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp, keep_body).await;
+                let answer = AtEdge { resp, keep_body, offline_reply: None };
+                let target = recorded_target.unwrap_or(target);
+                return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
             }
         }
     }
     let Some(session) = session else {
-        let resp = match tunnel.inbound().and_then(|rules| rules.config().offline_reply) {
-            Some(reply) if replay.is_none() => inbound::offline_reply(reply, subdomain),
-            _ => edge_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "tunnel-offline",
-                format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
-            ),
-        };
-        return answer_at_edge(&state, tunnel, req, &target, peer, replay, resp, true).await;
+        let resp = edge_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tunnel-offline",
+            format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
+        );
+        let reply = tunnel.inbound().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
+        let answer = AtEdge { resp, keep_body: true, offline_reply: reply };
+        let target = recorded_target.unwrap_or(target);
+        return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
     };
     session.count_request();
     let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
@@ -108,7 +112,8 @@ where
     strip_hop_by_hop(&mut headers);
     // Before our own hop joins `X-Forwarded-For`.
     let caller = caller(&state, peer, &headers, replay.is_some());
-    let tap = state.capture.tap(&session.tunnel, &parts.method, &target, &headers, caller, replay);
+    let recorded = recorded_target.as_ref().unwrap_or(&target);
+    let tap = state.capture.tap(&session.tunnel, &parts.method, recorded, &headers, caller, replay);
     let body = match &tap {
         Some(tap) => tap.request_body(body),
         None => TapBody::plain(body),
@@ -163,11 +168,21 @@ where
 /// its being taken: HTTP/2's initial stream window (65,535 bytes) holds it.
 const UNTAKEN_MIN: u64 = 65_535;
 
-/// Answers a request at the edge with `resp` (its tunnel is offline, or its
-/// inbound options answered it), capturing it as a forwarded one is: the
-/// owner sees what arrived and what it was told, and can replay it (with
-/// its body, when `keep_body`).
-#[allow(clippy::too_many_arguments)] // one call per case, each with all of it
+/// What the edge answers a request with by itself.
+struct AtEdge {
+    /// The answer.
+    resp: Response<Body>,
+    /// Whether the body is read for the record (not a refused caller's).
+    keep_body: bool,
+    /// The tunnel's offline reply, given instead of `resp` only when the
+    /// request is recorded whole, body and all: the sender takes it for
+    /// delivered, and the replay is all the app will ever get of it.
+    offline_reply: Option<OfflineReply>,
+}
+
+/// Answers a request at the edge (its tunnel is offline, or its inbound
+/// options answered it), capturing it as a forwarded one is: the owner sees
+/// what arrived and what it was told, and can replay it.
 async fn answer_at_edge<B>(
     state: &State,
     tunnel: &Tunnel,
@@ -175,8 +190,7 @@ async fn answer_at_edge<B>(
     target: &Bytes,
     peer: SocketAddr,
     replay: Option<Replay>,
-    resp: Response<Body>,
-    keep_body: bool,
+    answer: AtEdge,
 ) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -189,12 +203,16 @@ where
         Some(tap) => {
             let body = tap.request_body(body);
             // (A tunnel that keeps no bodies has nothing to wait for.)
-            if keep_body && tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed) {
-                keep_offline_body(body, state.capture.config().body_limit).await;
-            }
+            let bodies = tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed);
+            let read = answer.keep_body && bodies && keep_offline_body(body, state.capture.config().body_limit).await;
+            let whole = read && tap.request_kept_whole();
+            let resp = match answer.offline_reply {
+                Some(reply) if whole => inbound::offline_reply(reply, &tunnel.subdomain),
+                _ => answer.resp,
+            };
             tap.response(resp)
         }
-        None => resp,
+        None => answer.resp,
     }
 }
 
@@ -205,24 +223,30 @@ const OFFLINE_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// record keeps it: replaying the webhooks that arrived while the laptop was
 /// away is what a replay is most wanted for. Only up to the capture limit
 /// (a body declared larger is not read at all) and for at most
-/// [`OFFLINE_BODY_WAIT`]: the caller is answered 503 either way.
-async fn keep_offline_body<B>(mut body: TapBody<B>, limit: usize)
+/// [`OFFLINE_BODY_WAIT`]; whether it was read whole, to its end.
+async fn keep_offline_body<B>(mut body: TapBody<B>, limit: usize) -> bool
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
-        return;
+        return false;
     }
     let read = async {
         let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, Bytes::len);
-            if seen > limit {
-                break;
+        loop {
+            match body.frame().await {
+                None => return true,
+                Some(Err(_)) => return false,
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, Bytes::len);
+                    if seen > limit {
+                        return false;
+                    }
+                }
             }
         }
     };
-    let _ = tokio::time::timeout(OFFLINE_BODY_WAIT, read).await;
+    tokio::time::timeout(OFFLINE_BODY_WAIT, read).await.unwrap_or(false)
 }
 
 pub(super) fn timed_out(timeout: std::time::Duration) -> Response<Body> {

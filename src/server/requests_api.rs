@@ -237,25 +237,26 @@ async fn live_stream(state: &State, tunnel: &Tunnel, since: Option<String>) -> A
         /// What goes first: the comment that says the stream is up, and the
         /// records missed since `Last-Event-ID`.
         first: Option<String>,
-        /// The newest record sent from the store: live events up to it
-        /// were sent already.
-        sent_up_to: Option<String>,
+        /// The records sent from the store: their live events (a record
+        /// stored between the subscription and the read) were sent already.
+        sent: std::collections::HashSet<String>,
     }
     // Subscribed before the store is read, so a record is in one or the other.
     let rx = state.capture.subscribe(&tunnel.id);
     let mut first = ": connected\n\n".to_owned();
-    let mut sent_up_to = None;
+    let mut sent = std::collections::HashSet::new();
     if let Some(since) = since {
         state.capture.settle(SETTLE_WAIT).await;
         let tid = tunnel.id.clone();
         let kept = state.store.run(move |s| s.list_requests(&tid, None, MAX_PAGE)).await?;
+        // Ids are in the order requests started: those that started after it.
         let missed: Vec<&RequestRecord> = kept.iter().take_while(|r| r.id > since).collect();
-        sent_up_to = missed.first().map(|r| r.id.clone());
         for r in missed.into_iter().rev() {
             first.push_str(&sse_event(r));
+            sent.insert(r.id.clone());
         }
     }
-    let live = Live { rx, closing: state.capture.closing().clone(), first: Some(first), sent_up_to };
+    let live = Live { rx, closing: state.capture.closing().clone(), first: Some(first), sent };
     let events = stream::unfold(live, |mut live| async move {
         if let Some(first) = live.first.take() {
             return Some((Ok::<_, Infallible>(Frame::data(Bytes::from(first))), live));
@@ -265,9 +266,7 @@ async fn live_stream(state: &State, tunnel: &Tunnel, since: Option<String>) -> A
                 _ = live.closing.cancelled() => return None,
                 _ = tokio::time::sleep(KEEP_ALIVE) => ": keep-alive\n\n".to_owned(),
                 r = live.rx.recv() => match r {
-                    Ok(event) if live.sent_up_to.as_deref().is_some_and(|up_to| event_id(&event) <= Some(up_to)) => {
-                        continue;
-                    }
+                    Ok(event) if event_id(&event).is_some_and(|id| live.sent.remove(id)) => continue,
                     Ok(event) => event.to_string(),
                     Err(broadcast::error::RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
                     Err(broadcast::error::RecvError::Closed) => return None,

@@ -194,6 +194,13 @@ impl Tap {
         }))
     }
 
+    /// Whether the request's body is kept whole so far: bodies are captured,
+    /// and neither the limit nor the budget cut it.
+    pub fn request_kept_whole(&self) -> bool {
+        let p = self.0.lock();
+        p.record.request_body.data.is_some() && !p.record.request_body.truncated
+    }
+
     /// Wraps the request body so its bytes are copied as they are forwarded.
     /// Dropping the wrapper unread records the body as not kept.
     pub fn request_body<B: HttpBody>(&self, body: B) -> TapBody<B> {
