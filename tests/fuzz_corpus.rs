@@ -2,7 +2,8 @@
 //! as the `decode` fuzz target: no panic, `Ok(None)` consumes nothing, and every
 //! decoded frame re-encodes and decodes to an equal frame. Each file is fed as is
 //! and once more behind a length prefix announcing the whole file. The `wsjson`
-//! corpus goes through the WebSocket-JSON parsers the same way.
+//! corpus goes through the WebSocket-JSON parsers the same way, and the
+//! `inbound` corpus through a tunnel's inbound options.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 #[path = "../fuzz/src/decode_loop.rs"]
 mod decode_loop;
+#[path = "../fuzz/src/inbound_check.rs"]
+mod inbound_check;
 #[path = "../fuzz/src/wsjson_check.rs"]
 mod wsjson_check;
 
@@ -76,6 +79,23 @@ fn wsjson_corpus_replays_cleanly() {
     }
     use wsjson_check::Outcome::*;
     assert_eq!(seen, BTreeSet::from([Response, Request, Control, Rejected]), "the seeds cover every outcome");
+}
+
+#[test]
+fn inbound_corpus_replays_cleanly() {
+    let mut seen = BTreeSet::new();
+    for path in corpus_files("inbound") {
+        let data = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let outcome = std::panic::catch_unwind(|| inbound_check::check(&data))
+            .unwrap_or_else(|_| panic!("inbound check failed on {}", path.display()));
+        seen.insert(outcome);
+    }
+    use inbound_check::Outcome::*;
+    assert_eq!(
+        seen,
+        BTreeSet::from([Authed, Unauthorized, Challenge, Verified, Failed]),
+        "the seeds cover every outcome"
+    );
 }
 
 /// The seeds with `headersBase64` reach the parsers' byte path: their values
