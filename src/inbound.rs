@@ -179,6 +179,9 @@ impl RateLimit {
         let (requests, window) = s.split_once('/').ok_or_else(bad)?;
         let requests = requests.trim().parse().map_err(|_| bad())?;
         let window = window.trim();
+        if window.is_empty() {
+            return Err(bad());
+        }
         let (digits, unit) = window.find(|c: char| !c.is_ascii_digit()).map_or((window, ""), |at| window.split_at(at));
         let n: u32 = if digits.is_empty() { 1 } else { digits.parse().map_err(|_| bad())? };
         let scale = match unit {
@@ -567,7 +570,7 @@ mod tests {
         {
             assert_eq!(RateLimit::parse(s), Ok(RateLimit { requests, window_seconds }), "{s}");
         }
-        for bad in ["", "100", "0/10s", "x/10s", "10/0s", "10/10y", "10/-1s", "10/99999999999s", "10/2d"] {
+        for bad in ["", "100", "100/", "0/10s", "x/10s", "10/0s", "10/10y", "10/-1s", "10/99999999999s", "10/2d"] {
             assert!(RateLimit::parse(bad).is_err(), "{bad}");
         }
     }

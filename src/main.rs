@@ -471,7 +471,8 @@ enum TunnelsCommand {
     /// End the tunnel's live session.
     Disconnect(IdArg),
     /// Send a test request to the tunnel's public URL, as a webhook sender would (through its
-    /// inbound options, the client and the app), and print the answer; exits 1 unless it is a 2xx.
+    /// inbound options, the client and the app), and print the answer; exits 1 unless your app
+    /// answered it with a 2xx (not the server: an error, a handshake, an offline reply).
     Test(test_request_cli::TestArgs),
     /// Serve an existing tunnel from a local port.
     Connect(ConnectCmd),

@@ -1083,7 +1083,10 @@ async fn inbound_flags_set_and_lift_a_tunnels_options() {
     assert_eq!(http().get(format!("{url}/?verify=c0de")).send().await.unwrap().status(), 204);
     let (code, out, _) = hookway(&["tunnels", "get", &id], Some(&server), Some(API_KEY)).await;
     assert_eq!(code, 0);
-    assert!(out.contains("fitbit handshakes answered") && out.contains("5 requests per 60 s"), "{out}");
+    assert!(
+        out.contains("fitbit handshakes answered") && out.contains("bursts of 5, then 5 per 60 s on average"),
+        "{out}"
+    );
     assert!(!out.contains("basic auth") && !out.contains("c0de"), "{out}");
 
     for (bad, says) in [

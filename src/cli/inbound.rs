@@ -18,7 +18,8 @@ pub struct InboundArgs {
     /// with hub.challenge) or fitbit:CODE (GET ?verify=CODE answered 204, a wrong code 404).
     #[arg(long, value_name = "KIND:CODE", value_parser = verification)]
     pub verify: Option<(String, String)>,
-    /// Answer 429 past so many requests in a window, like 100/10s (also 60/1m, 1000/1h, 5/1d).
+    /// Throttle: like 100/10s (also 60/1m, 1000/1h, 5/1d), bursts of up to 100, then 10 a second
+    /// on average (one back every window/N); past it, 429 with Retry-After.
     #[arg(long, value_name = "N/WINDOW", value_parser = RateLimit::parse)]
     pub rate_limit: Option<RateLimit>,
     /// While no client is connected, answer with this status (like 202) instead of 503, so that a

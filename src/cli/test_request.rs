@@ -105,7 +105,7 @@ pub async fn run(args: TestArgs) -> Result<()> {
     if args.client.json {
         println!(
             "{}",
-            json!({ "url": url, "status": status.as_u16(), "durationMs": ms, "edgeError": edge, "body": text })
+            json!({ "url": url, "status": status.as_u16(), "durationMs": ms, "answeredByServer": edge, "body": text })
         );
     } else {
         let from = match &edge {

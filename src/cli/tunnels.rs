@@ -39,7 +39,7 @@ pub fn tunnel_lines(v: &Value, public_url: &str) -> Vec<String> {
         fields.push(("verification", format!("{} handshakes answered by the server", clean(kind))));
     }
     if let (Some(n), Some(secs)) = (t["rateLimit"]["requests"].as_u64(), t["rateLimit"]["windowSeconds"].as_u64()) {
-        fields.push(("rate limit", format!("{n} requests per {secs} s (then 429)")));
+        fields.push(("rate limit", format!("bursts of {n}, then {n} per {secs} s on average (then 429)")));
     }
     if let Some(status) = t["offlineReply"]["status"].as_u64() {
         fields.push(("offline reply", format!("{status}, and the request recorded (while no client is connected)")));
@@ -180,7 +180,7 @@ mod tests {
         for (key, value) in [
             ("basic auth", "required (user alice)"),
             ("verification", "fitbit handshakes answered by the server"),
-            ("rate limit", "100 requests per 10 s (then 429)"),
+            ("rate limit", "bursts of 100, then 100 per 10 s on average (then 429)"),
         ] {
             assert!(says(&lines, key, value), "{key}: {lines:#?}");
         }

@@ -348,8 +348,10 @@ fn inbound_fields(
     if let Some(v) = body.get("basicAuth") {
         next.basic_auth = object_field(v, "basicAuth", &["username", "password"])?
             .map(|o| {
-                let username = opt_string(o, "basicAuth.username")?;
-                let password = opt_string(o, "basicAuth.password")?;
+                // Both given, "" for none: a password left out is not taken
+                // for an empty one (it was, and the tunnel looked the same).
+                let username = given_string(o, "basicAuth.username")?;
+                let password = given_string(o, "basicAuth.password")?;
                 BasicAuth::new(&username, &password).map_err(ApiError::bad)
             })
             .transpose()?;
@@ -400,10 +402,10 @@ fn check_offline_reply(state: &State, reply: Option<OfflineReply>, bodies: bool)
     if reply.is_none() {
         return Ok(());
     }
-    if !state.capture.config().enabled {
+    if !state.capture.config().enabled || state.capture.config().body_limit == 0 {
         return Err(ApiError::conflict(
-            "an offline reply needs request capture, which is off on this server (--no-capture): the requests it \
-             answered would be lost",
+            "an offline reply needs request capture with bodies, which this server does not keep (--no-capture or \
+             --capture-body-limit 0): the requests it answered would be lost",
         ));
     }
     if !bodies {
@@ -430,6 +432,16 @@ fn object_field<'a>(
             Ok(Some(o))
         }
         _ => Err(ApiError::bad(format!("'{field}' must be an object or null"))),
+    }
+}
+
+/// A string field of an inbound option that must be given ("" for none).
+fn given_string(o: &serde_json::Map<String, Value>, path: &str) -> Result<String, ApiError> {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    match o.get(field) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(ApiError::bad(format!("'{path}' is required (\"\" for none)"))),
+        Some(_) => Err(ApiError::bad(format!("'{path}' must be a string"))),
     }
 }
 

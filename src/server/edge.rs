@@ -84,11 +84,18 @@ where
             req.headers_mut().remove(header::AUTHORIZATION);
         }
         if !matches!(verdict, Verdict::Pass { .. }) {
-            // Refused callers' bodies are not waited for: throttling is for a
-            // flood, and an unauthenticated caller's body is no one's business.
-            let keep_body = !matches!(verdict, Verdict::Throttled { .. } | Verdict::Unauthorized);
+            // Refused callers (401, 429) are not recorded: the capture keeps a
+            // tunnel's newest records, and a stranger's requests would push
+            // out the webhooks recorded while it was offline, which may be
+            // the only copy (an offline reply told their sender they were
+            // delivered). Handshakes are recorded.
+            let refused = matches!(verdict, Verdict::Throttled { .. } | Verdict::Unauthorized);
             if let Some(resp) = inbound::answer(verdict, &rules) {
-                let answer = AtEdge { resp, keep_body, offline_reply: None };
+                if refused {
+                    tracing::debug!(tunnel_id = %tunnel.id, status = resp.status().as_u16(), "refused by its inbound options");
+                    return resp;
+                }
+                let answer = AtEdge { resp, offline_reply: None };
                 let target = recorded_target.unwrap_or(target);
                 return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
             }
@@ -101,7 +108,7 @@ where
             format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
         );
         let reply = tunnel.inbound().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
-        let answer = AtEdge { resp, keep_body: true, offline_reply: reply };
+        let answer = AtEdge { resp, offline_reply: reply };
         let target = recorded_target.unwrap_or(target);
         return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
     };
@@ -172,8 +179,6 @@ const UNTAKEN_MIN: u64 = 65_535;
 struct AtEdge {
     /// The answer.
     resp: Response<Body>,
-    /// Whether the body is read for the record (not a refused caller's).
-    keep_body: bool,
     /// The tunnel's offline reply, given instead of `resp` only when the
     /// request is recorded whole, body and all: the sender takes it for
     /// delivered, and the replay is all the app will ever get of it.
@@ -204,7 +209,7 @@ where
             let body = tap.request_body(body);
             // (A tunnel that keeps no bodies has nothing to wait for.)
             let bodies = tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed);
-            let read = answer.keep_body && bodies && keep_offline_body(body, state.capture.config().body_limit).await;
+            let read = bodies && keep_offline_body(body, state.capture.config().body_limit).await;
             let whole = read && tap.request_kept_whole();
             let resp = match answer.offline_reply {
                 Some(reply) if whole => inbound::offline_reply(reply, &tunnel.subdomain),

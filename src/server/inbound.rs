@@ -42,7 +42,8 @@ pub fn answer(verdict: Verdict, rules: &Rules) -> Option<Response<Body>> {
         Verdict::VerificationFailed(VerificationKind::Facebook) => edge_error(
             StatusCode::FORBIDDEN,
             "verification-failed",
-            "Facebook verification: hub.verify_token does not match this tunnel's code, or hub.mode is not subscribe",
+            "Facebook verification failed: it needs hub.mode=subscribe, hub.verify_token with this tunnel's code and a \
+             hub.challenge of at most 256 characters",
         ),
         // Fitbit checks that a wrong code gets a 404.
         Verdict::VerificationFailed(VerificationKind::Fitbit) => edge_error(

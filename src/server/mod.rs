@@ -389,6 +389,16 @@ impl Server {
         let store = StoreHandle::new(SqliteStore::open_in(&config.data_dir)?);
         let registry = Registry::default();
         for record in store.blocking().load_tunnels()? {
+            // Answered only for requests recorded whole (see `edge`): without
+            // capture, or without bodies, its callers get the 503 again.
+            let unkept = !config.capture.enabled || config.capture.body_limit == 0 || !record.capture_bodies;
+            if record.inbound.offline_reply.is_some() && unkept {
+                tracing::warn!(
+                    tunnel_id = %record.id,
+                    "this tunnel's offline reply is not given: requests are not recorded with their bodies \
+                     (--no-capture, --capture-body-limit 0 or the tunnel's captureBodies off), so callers get 503"
+                );
+            }
             registry.insert(Arc::new(Tunnel::from_record(record)));
         }
 
