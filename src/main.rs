@@ -1001,6 +1001,9 @@ async fn start(args: StartArgs) -> Result<()> {
             Ok(created) => {
                 if !quiet {
                     println!("Created tunnel {} ({})", created.tunnel.id, created.tunnel.name);
+                    if let Some(options) = args.inbound.summary() {
+                        println!("  Inbound:     {options}");
+                    }
                 }
                 (created.tunnel.id, created.auth_token, created.ws_url)
             }

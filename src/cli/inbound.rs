@@ -48,6 +48,30 @@ impl InboundArgs {
     }
 }
 
+impl InboundArgs {
+    /// The options given, in a line for `start`'s banner (never a secret).
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some((user, _)) = &self.basic_auth {
+            parts.push(if user.is_empty() {
+                "basic auth (a password)".to_owned()
+            } else {
+                format!("basic auth (user {user})")
+            });
+        }
+        if let Some((kind, _)) = &self.verify {
+            parts.push(format!("{kind} handshakes answered"));
+        }
+        if let Some(limit) = self.rate_limit {
+            parts.push(format!("rate limit {}/{} s", limit.requests, limit.window_seconds));
+        }
+        if let Some(reply) = self.offline_reply {
+            parts.push(format!("offline reply {}", reply.status));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 /// Turning options off (`tunnels update`).
 #[derive(Args, Debug, Default)]
 pub struct InboundOffArgs {
@@ -130,6 +154,13 @@ mod tests {
             })
         );
         assert!(InboundArgs::default().fields().is_empty());
+        let line = args.summary().unwrap();
+        assert_eq!(
+            line,
+            "basic auth (user alice), facebook handshakes answered, rate limit 100/10 s, offline reply 202"
+        );
+        assert!(!line.contains("pa:ss") && !line.contains("tok"), "{line}");
+        assert_eq!(InboundArgs::default().summary(), None);
         let mut body = Map::new();
         InboundOffArgs { no_basic_auth: true, no_rate_limit: true, ..Default::default() }.add_to(&mut body);
         assert_eq!(Value::Object(body), json!({"basicAuth": null, "rateLimit": null}));
