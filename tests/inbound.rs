@@ -375,3 +375,39 @@ async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
 }
+
+/// `tunnels replay-offline` replays, oldest first, what was recorded while
+/// the tunnel was offline and has no replay yet; a second run finds nothing.
+#[tokio::test]
+async fn replay_offline_sends_what_the_offline_reply_answered_for() {
+    let s = Setup::new().await;
+    let (status, _) = patch(&s, r#"{"offlineReply": {"status": 202}}"#).await;
+    assert_eq!(status, 200);
+    take_offline(&s).await;
+    for i in 1..=3 {
+        let resp = http().post(s.url(&format!("/echo/away-{i}"))).body(format!("event {i}")).send().await.unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+    let app = spawn_app().await;
+    let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
+    let run = async || {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+            .args(["tunnels", "replay-offline", &s.tunnel_id])
+            .env("HOOKWAY_SERVER", &s.server.url)
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .output()
+            .await
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    wait_for_records(&s.server, &s.tunnel_id, 3).await;
+    let (code, out, err) = run().await;
+    assert_eq!(code, Some(0), "{err}");
+    let order: Vec<&str> = out.lines().filter_map(|l| l.split(" (POST ").nth(1)?.split(')').next()).collect();
+    assert_eq!(order, ["/echo/away-1", "/echo/away-2", "/echo/away-3"], "{out}");
+    assert!(out.lines().all(|l| l.ends_with(": 200 ok")), "{out}");
+    let (code, out, err) = run().await;
+    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+    assert!(err.contains("Nothing to replay"), "{err}");
+}

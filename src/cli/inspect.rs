@@ -14,7 +14,7 @@ use hookway::client::ApiError;
 use hookway::server::requests_api::REPLAY_BODY_HINT;
 
 use super::{ClientArgs, api};
-use records::{Summary, detail_lines, fit};
+use records::{Summary, clean, detail_lines, fit};
 
 /// Width assumed when stdout is not a terminal and `COLUMNS` is unset: wide
 /// enough that typical webhook paths are not cut in logs and pipes.
@@ -60,6 +60,15 @@ pub enum InspectCommand {
         /// Header to set, as "Name: value" (repeatable); "Name:" with no value removes it.
         #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
         headers: Vec<String>,
+    },
+    /// Replay, oldest first, every request recorded while the tunnel was offline (an offline
+    /// reply's, or a 503's) that was not replayed yet; stops at the first that does not reach the app.
+    ReplayOffline {
+        /// Tunnel id (tun_…).
+        #[arg(value_parser = crate::resource_id)]
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Delete every captured request of the tunnel.
     ClearRequests {
@@ -166,6 +175,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                 bail!("the replay did not reach the app: the edge answered {} {kind}", new.status_text());
             }
         }
+        InspectCommand::ReplayOffline { id, client } => replay_offline(&id, &client).await?,
         InspectCommand::ClearRequests { id, client } => {
             let v = api(&client)?.call(Method::DELETE, &format!("/api/tunnels/{id}/requests"), None).await?;
             if client.json {
@@ -236,6 +246,46 @@ pub fn terminal_width() -> usize {
 
 /// The replay request: the body (UTF-8 as text, anything else base64, as the
 /// API wants) and the header changes.
+/// `tunnels replay-offline`: the tunnel's kept records of requests that met
+/// it offline and have no replay yet, each replayed in the order they came.
+async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
+    let api = api(client)?;
+    let v = api.call(Method::GET, &format!("/api/tunnels/{id}/requests?limit=1000"), None).await?;
+    let list = v["requests"].as_array().cloned().unwrap_or_default();
+    let replayed: std::collections::HashSet<&str> = list.iter().filter_map(|r| r["replayOf"].as_str()).collect();
+    let waiting: Vec<&Value> = list
+        .iter()
+        .rev() // oldest first
+        .filter(|r| r["outcome"] == "tunnel-offline" && r["replayOf"].is_null())
+        .filter(|r| !r["id"].as_str().is_some_and(|rid| replayed.contains(rid)))
+        .collect();
+    if waiting.is_empty() {
+        eprintln!("Nothing to replay: no request recorded while {id} was offline is waiting.");
+        return Ok(());
+    }
+    for (done, r) in waiting.iter().enumerate() {
+        let rid = r["id"].as_str().unwrap_or_default();
+        let path = format!("/api/tunnels/{id}/requests/{rid}/replay");
+        let v = api.call(Method::POST, &path, Some(&serde_json::json!({}))).await.map_err(cli_wording)?;
+        let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
+        if client.json {
+            println!("{v}");
+        } else {
+            let what =
+                format!("{} {}", clean(r["method"].as_str().unwrap_or("")), clean(r["path"].as_str().unwrap_or("")));
+            println!("Replayed {rid} ({what}) as {}: {} {}", new.id, new.status_text(), new.outcome);
+        }
+        if let Some(kind) = edge_error(&v["request"]) {
+            bail!(
+                "stopped after {done} of {}: the replay of {rid} did not reach the app (the edge answered {} {kind})",
+                waiting.len(),
+                new.status_text()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn replay_body(body: Option<String>, body_file: Option<std::path::PathBuf>, headers: &[String]) -> Result<Value> {
     let mut out = Map::new();
     if let Some(file) = body_file {
