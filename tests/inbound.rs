@@ -13,6 +13,21 @@ async fn patch(s: &Setup, body: &str) -> (reqwest::StatusCode, Value) {
     raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(body)).await
 }
 
+/// Runs `hookway tunnels <args…>` against the setup's server: (exit code,
+/// stdout, stderr).
+async fn tunnels_cli(s: &Setup, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .arg("tunnels")
+        .args(args)
+        .env("HOOKWAY_SERVER", &s.server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
 /// Stops the setup's client and waits (up to 10 s) until the server has the
 /// tunnel offline.
 async fn take_offline(s: &Setup) {
@@ -187,16 +202,8 @@ async fn inbound_options_are_validated_and_survive_a_restart() {
 async fn a_test_request_goes_the_way_a_senders_does() {
     let s = Setup::new().await;
     let run = async |args: &[&str]| {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-            .args(["tunnels", "test", &s.tunnel_id])
-            .args(args)
-            .env("HOOKWAY_SERVER", &s.server.url)
-            .env("HOOKWAY_API_KEY", API_KEY)
-            .output()
-            .await
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+        let args: Vec<&str> = ["test", s.tunnel_id.as_str()].into_iter().chain(args.iter().copied()).collect();
+        tunnels_cli(&s, &args).await
     };
     let (code, out, err) = run(&["--path", "/echo/test?x=1"]).await;
     assert_eq!(code, 0, "{err}");
@@ -364,15 +371,8 @@ async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
     let big = http().post(s.url("/big")).body("x".repeat(65)).send().await.unwrap();
     assert_eq!(big.status(), 503, "over the capture's body limit");
     // Nor does a test request count an offline reply as reaching the app.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "test", &s.tunnel_id])
-        .env("HOOKWAY_SERVER", &s.server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = tunnels_cli(&s, &["test", &s.tunnel_id]).await;
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
 }
 
@@ -390,24 +390,14 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
     }
     let app = spawn_app().await;
     let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
-    let run = async || {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-            .args(["tunnels", "replay-offline", &s.tunnel_id])
-            .env("HOOKWAY_SERVER", &s.server.url)
-            .env("HOOKWAY_API_KEY", API_KEY)
-            .output()
-            .await
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    };
+    let run = async || tunnels_cli(&s, &["replay-offline", &s.tunnel_id]).await;
     wait_for_records(&s.server, &s.tunnel_id, 3).await;
     let (code, out, err) = run().await;
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     let order: Vec<&str> = out.lines().filter_map(|l| l.split(" (POST ").nth(1)?.split(')').next()).collect();
     assert_eq!(order, ["/echo/away-1", "/echo/away-2", "/echo/away-3"], "{out}");
     assert!(out.lines().all(|l| l.ends_with(": 200 ok")), "{out}");
     let (code, out, err) = run().await;
-    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("Nothing to replay"), "{err}");
 }
