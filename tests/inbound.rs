@@ -401,3 +401,25 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("Nothing to replay"), "{err}");
 }
+
+/// A stored offline reply on a server restarted without capture is not
+/// given (callers get the 503), and it does not block unrelated updates.
+#[tokio::test]
+async fn an_offline_reply_without_capture_is_not_given_and_blocks_nothing() {
+    let server = TestServer::start().await;
+    let body = r#"{"name": "away", "offlineReply": {"status": 202}}"#;
+    let (status, created) = raw_api(&server, Method::POST, "/api/tunnels", Some(&bearer()), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["tunnel"]["id"].as_str().unwrap().to_owned();
+    let url = format!("/t/{}/hook", created["tunnel"]["subdomain"].as_str().unwrap());
+    let server = TestServer::start_in(server.stop().await, |c| c.capture.enabled = false).await;
+    let resp = http().post(format!("{}{url}", server.url)).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 503, "not recorded, so not answered for");
+    let path = format!("/api/tunnels/{id}");
+    let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"name": "renamed"}"#)).await;
+    assert_eq!(status, 200, "{body}");
+    let set = r#"{"offlineReply": {"status": 200}}"#;
+    let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(set)).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("--no-capture"), "{body}");
+}

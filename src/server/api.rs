@@ -587,8 +587,12 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     let capture_bodies = bool_field(&body, "captureBodies")?;
     let current = tunnel.inbound().map(|rules| rules.config().clone()).unwrap_or_default();
     let inbound = inbound_fields(&body, &current)?;
-    let bodies = capture_bodies.unwrap_or_else(|| tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed));
-    check_offline_reply(state, inbound.as_ref().unwrap_or(&current).offline_reply, bodies)?;
+    // Checked when this update sets an offline reply or stops keeping bodies,
+    // not on an unrelated change (a rename after a restart with --no-capture).
+    if body.get("offlineReply").is_some_and(|v| !v.is_null()) || capture_bodies == Some(false) {
+        let bodies = capture_bodies.unwrap_or_else(|| tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed));
+        check_offline_reply(state, inbound.as_ref().unwrap_or(&current).offline_reply, bodies)?;
+    }
     if name.is_none() && group.is_none() && capture_bodies.is_none() && inbound.is_none() {
         return Err(ApiError::bad(
             "nothing to update: send {\"name\": \"…\"}, {\"group\": \"…\" | null}, {\"captureBodies\": true | false}, \
