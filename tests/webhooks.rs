@@ -1294,6 +1294,9 @@ async fn a_killed_server_reports_its_tunnels_disconnected_when_it_restarts() {
             .map(|r| (r.json["ActionDate"].as_str().unwrap().to_owned(), r.json["Status"].as_str().unwrap().to_owned()))
             .collect();
         seen.sort();
+        // An attempt the kill cut short after the receiver had it is sent
+        // again by the restart (at least once, same webhook-id): one event.
+        seen.dedup();
         let statuses: Vec<&str> = seen.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(statuses, ["Connected", "Disconnected", "Connected"], "{kind}: {seen:?}");
     }
