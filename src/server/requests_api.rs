@@ -229,7 +229,8 @@ fn headers_base64(list: &[(String, Bytes)]) -> Option<Value> {
 /// `text/event-stream` of the tunnel's new records, until the client leaves,
 /// the tunnel is deleted or the server shuts down. A client that reconnects
 /// with `Last-Event-ID` (an `EventSource` does, from the events' `id:`) first
-/// gets the records it missed since that one, among those kept.
+/// gets the kept records of the requests that started after that one (ids
+/// are in start order; a request running at that time comes live when it ends).
 async fn live_stream(state: &State, tunnel: &Tunnel, since: Option<String>) -> ApiResult {
     struct Live {
         rx: broadcast::Receiver<Arc<str>>,
