@@ -215,7 +215,14 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     let (code, out, err) = run(&["--path", "/echo/t", "-X", "get"]).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("401") && out.contains("answered by the hookway server: unauthorized"), "{out}");
-    assert!(err.contains("answered 401"), "{err}");
+    assert!(err.contains("answered 401") && err.contains("pass --basic-auth"), "{err}");
+    let (code, out, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:pw", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let answer: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&answer["answeredBy"], &answer["serverAnswer"], &answer["status"]),
+        (&"app".into(), &Value::Null, &200.into())
+    );
     let (code, out, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:pw", "--body", "[1,2]"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(r#""body":"[1,2]""#), "{out}");
@@ -400,6 +407,10 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
     let (code, out, err) = run().await;
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("Nothing to replay"), "{err}");
+    // With --json, one document: the new records, none this time.
+    let (code, out, err) = tunnels_cli(&s, &["replay-offline", &s.tunnel_id, "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), serde_json::json!({"requests": []}), "{out}");
 }
 
 /// A stored offline reply on a server restarted without capture is not

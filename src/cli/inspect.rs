@@ -144,6 +144,9 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             }
         }
         InspectCommand::Request { request: RequestArg { id, req, client }, body_only } => {
+            if body_only.is_some() && client.json {
+                bail!("--body-only prints the body's raw bytes: it does not combine with --json");
+            }
             let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await?;
             if let Some(which) = body_only {
                 let bytes = body_bytes(&v["request"][&which], &which)?;
@@ -259,31 +262,44 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
         .filter(|r| r["outcome"] == "tunnel-offline" && r["replayOf"].is_null())
         .filter(|r| !r["id"].as_str().is_some_and(|rid| replayed.contains(rid)))
         .collect();
-    if waiting.is_empty() {
+    if waiting.is_empty() && !client.json {
         eprintln!("Nothing to replay: no request recorded while {id} was offline is waiting.");
-        return Ok(());
     }
+    // With --json, one document at the end: {"requests": [the new records…]}.
+    let mut replayed = Vec::new();
+    let mut stopped = None;
     for (done, r) in waiting.iter().enumerate() {
         let rid = r["id"].as_str().unwrap_or_default();
         let path = format!("/api/tunnels/{id}/requests/{rid}/replay");
-        let v = api.call(Method::POST, &path, Some(&serde_json::json!({}))).await.map_err(cli_wording)?;
+        let v = match api.call(Method::POST, &path, Some(&serde_json::json!({}))).await.map_err(cli_wording) {
+            Ok(v) => v,
+            Err(err) => {
+                stopped = Some(anyhow::anyhow!("stopped after {done} of {}: {err:#}", waiting.len()));
+                break;
+            }
+        };
         let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
-        if client.json {
-            println!("{v}");
-        } else {
-            let what =
-                format!("{} {}", clean(r["method"].as_str().unwrap_or("")), clean(r["path"].as_str().unwrap_or("")));
+        if !client.json {
+            let (method, path) = (r["method"].as_str().unwrap_or(""), r["path"].as_str().unwrap_or(""));
+            let what = format!("{} {}", clean(method), clean(path));
             println!("Replayed {rid} ({what}) as {}: {} {}", new.id, new.status_text(), new.outcome);
         }
-        if let Some(kind) = edge_error(&v["request"]) {
-            bail!(
-                "stopped after {done} of {}: the replay of {rid} did not reach the app (the edge answered {} {kind})",
+        let kind = edge_error(&v["request"]);
+        replayed.push(v["request"].clone());
+        if let Some(kind) = kind {
+            stopped = Some(anyhow::anyhow!(
+                "stopped after {} of {}: the replay of {rid} did not reach the app (the edge answered {} {kind})",
+                done + 1,
                 waiting.len(),
                 new.status_text()
-            );
+            ));
+            break;
         }
     }
-    Ok(())
+    if client.json {
+        println!("{}", serde_json::json!({ "requests": replayed }));
+    }
+    stopped.map_or(Ok(()), Err)
 }
 
 fn replay_body(body: Option<String>, body_file: Option<std::path::PathBuf>, headers: &[String]) -> Result<Value> {

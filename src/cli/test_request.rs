@@ -103,10 +103,10 @@ pub async fn run(args: TestArgs) -> Result<()> {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
     if args.client.json {
-        println!(
-            "{}",
-            json!({ "url": url, "status": status.as_u16(), "durationMs": ms, "answeredByServer": edge, "body": text })
-        );
+        let by = if edge.is_some() { "server" } else { "app" };
+        let line = json!({ "url": url, "status": status.as_u16(), "durationMs": ms, "answeredBy": by,
+                           "serverAnswer": edge, "body": text });
+        println!("{line}");
     } else {
         let from = match &edge {
             Some(kind) => format!(" (answered by the hookway server: {kind})"),
@@ -121,6 +121,11 @@ pub async fn run(args: TestArgs) -> Result<()> {
         }
     }
     if !status.is_success() {
+        if edge.as_deref() == Some("unauthorized") && args.basic_auth.is_none() {
+            bail!(
+                "the test request was answered {status}: the tunnel requires basic auth (pass --basic-auth USER:PASSWORD)"
+            );
+        }
         bail!("the test request was answered {status}");
     }
     if let Some(kind) = edge {
