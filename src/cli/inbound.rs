@@ -46,9 +46,7 @@ impl InboundArgs {
         }
         body
     }
-}
 
-impl InboundArgs {
     /// The options given, in a line for `start`'s banner (never a secret).
     pub fn summary(&self) -> Option<String> {
         let mut parts = Vec::new();

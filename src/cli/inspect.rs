@@ -247,13 +247,11 @@ pub fn terminal_width() -> usize {
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_WIDTH)
 }
 
-/// The replay request: the body (UTF-8 as text, anything else base64, as the
-/// API wants) and the header changes.
 /// `tunnels replay-offline`: the tunnel's kept records of requests that met
 /// it offline and have no replay yet, each replayed in the order they came.
 async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
     let api = api(client)?;
-    let v = api.call(Method::GET, &format!("/api/tunnels/{id}/requests?limit=1000"), None).await?;
+    let v = api.list(&format!("/api/tunnels/{id}/requests?limit=1000"), "requests").await?;
     let list = v["requests"].as_array().cloned().unwrap_or_default();
     let replayed: std::collections::HashSet<&str> = list.iter().filter_map(|r| r["replayOf"].as_str()).collect();
     let waiting: Vec<&Value> = list
@@ -302,6 +300,8 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
     stopped.map_or(Ok(()), Err)
 }
 
+/// The replay request: the body (UTF-8 as text, anything else base64, as the
+/// API wants) and the header changes.
 fn replay_body(body: Option<String>, body_file: Option<std::path::PathBuf>, headers: &[String]) -> Result<Value> {
     let mut out = Map::new();
     if let Some(file) = body_file {

@@ -70,7 +70,8 @@ where
     // What the capture records as the target: with a verification handshake
     // set, its code masked (passing requests too: a POST may carry `?verify=`).
     let mut recorded_target = None;
-    if let Some(rules) = tunnel.inbound() {
+    let options = tunnel.inbound();
+    if let Some(rules) = &options {
         recorded_target = rules.masked(&target).map(Bytes::from);
         // (A replay comes from the tunnel's owner, through the API: not screened.)
         let verdict = match replay {
@@ -90,7 +91,7 @@ where
             // the only copy (an offline reply told their sender they were
             // delivered). Handshakes are recorded.
             let refused = matches!(verdict, Verdict::Throttled { .. } | Verdict::Unauthorized);
-            if let Some(resp) = inbound::answer(verdict, &rules) {
+            if let Some(resp) = inbound::answer(verdict, rules) {
                 if refused {
                     tracing::debug!(tunnel_id = %tunnel.id, status = resp.status().as_u16(), "refused by its inbound options");
                     return resp;
@@ -107,7 +108,7 @@ where
             "tunnel-offline",
             format_args!("tunnel '{subdomain}' is offline: no client is connected to it"),
         );
-        let reply = tunnel.inbound().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
+        let reply = options.and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
         let answer = AtEdge { resp, offline_reply: reply };
         let target = recorded_target.unwrap_or(target);
         return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
