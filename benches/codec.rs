@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 
 const TARGET: &str = "/webhooks/github?x=1";
 const CLIENT_IP: &str = "140.82.115.10";
+/// The id of the server's record of the request, as every captured head carries.
+const REQUEST_ID: &str = "req_0192f3a4b5c600000001";
 const HEADERS: [(&str, &str); 12] = [
     ("host", "brisk-otter.hookway.example"),
     ("user-agent", "GitHub-Hookshot/abc1234"),
@@ -53,6 +55,7 @@ struct JsonRequestHead {
     path: String,
     headers: Vec<(String, String)>,
     client_ip: String,
+    request_id: String,
 }
 
 /// The JSON message for a body chunk: the bytes as a base64 string.
@@ -71,6 +74,7 @@ fn request_head_frame() -> Frame {
             .collect::<HeaderMap>()
             .into(),
         client_ip: Some(CLIENT_IP.parse::<IpAddr>().expect("valid ip")),
+        request_id: Bytes::from_static(REQUEST_ID.as_bytes()),
     })
 }
 
@@ -80,6 +84,7 @@ fn request_head_json() -> JsonRequestHead {
         path: TARGET.to_owned(),
         headers: HEADERS.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
         client_ip: CLIENT_IP.to_owned(),
+        request_id: REQUEST_ID.to_owned(),
     }
 }
 

@@ -1143,7 +1143,6 @@ async fn serve(
     (result, connected.load(Ordering::Relaxed))
 }
 
-/// The text an event prints (with its newlines), and where it goes.
 /// A forwarded request as a `--json` line. Borrowed and serialized directly:
 /// this runs once per request, and building a `serde_json::Value` for it was
 /// 4% of a busy client's CPU. `event` first, as in every other event line.
@@ -1151,6 +1150,7 @@ async fn serve(
 #[serde(rename_all = "camelCase")]
 struct RequestLine<'a> {
     event: &'static str,
+    request_id: Option<&'a str>,
     method: &'a str,
     path: &'a str,
     status: Option<u16>,
@@ -1166,6 +1166,7 @@ impl RequestLine<'_> {
             duration_ms: log.duration.as_micros() as f64 / 1000.0,
             error: log.error.as_deref(),
             event: "request",
+            request_id: log.id.as_deref(),
             method: &log.method,
             path: &log.path,
             status: log.status,
@@ -1175,6 +1176,7 @@ impl RequestLine<'_> {
     }
 }
 
+/// The text an event prints (with its newlines), and where it goes.
 fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, String) {
     use output::Stream::{Stderr, Stdout};
     let text = match (event, json) {
@@ -1199,10 +1201,13 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
         (Event::Request(log), false) => {
             let status = log.status.map_or_else(|| "ERR".to_string(), |s| s.to_string());
             let ms = log.duration.as_secs_f64() * 1000.0;
-            match &log.error {
-                Some(err) => format!("{:<7} {:<40} {status}  {ms:.1}ms  {err}", log.method, log.path),
-                None => format!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path),
+            let mut line = format!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path);
+            // The record's id, to look the request up or replay it.
+            for extra in [&log.id, &log.error].into_iter().flatten() {
+                line.push_str("  ");
+                line.push_str(extra);
             }
+            line
         }
         (Event::Reconnecting { reason, retry_in, .. }, true) => {
             json!({ "event": "reconnecting", "reason": reason, "retryInMs": retry_in.as_millis() as u64 }).to_string()
@@ -1520,11 +1525,12 @@ mod tests {
     }
 
     /// The `--json` request line is byte for byte what the `Value` it replaced
-    /// printed, with and without a status and an error.
+    /// printed, with and without a status, an error and a record's id.
     #[test]
     fn request_line_reads_as_before() {
         let logs = [
             client::RequestLog {
+                id: Some("req_0192f3a4b5c600000001".into()),
                 method: "POST".into(),
                 path: "/hook?a=\"1\"".into(),
                 status: Some(201),
@@ -1532,6 +1538,7 @@ mod tests {
                 error: None,
             },
             client::RequestLog {
+                id: None,
                 method: "GET".into(),
                 path: "/".into(),
                 status: None,
@@ -1542,7 +1549,7 @@ mod tests {
         for log in &logs {
             // `event` first, as in every event line.
             let before = json!({
-                "event": "request", "method": log.method, "path": log.path, "status": log.status,
+                "event": "request", "requestId": log.id, "method": log.method, "path": log.path, "status": log.status,
                 "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error,
             })
             .to_string();
@@ -1550,6 +1557,16 @@ mod tests {
             let (stream, text) = render_event(&Event::Request(log.clone()), true, "127.0.0.1:3000");
             assert_eq!((stream, text), (output::Stream::Stdout, before + "\n"));
         }
+        // Plain lines end with the record's id, then what went wrong.
+        let plain: Vec<String> =
+            logs.iter().map(|log| render_event(&Event::Request(log.clone()), false, "").1).collect();
+        assert_eq!(
+            plain,
+            [
+                format!("POST    {:<40} 201  1.2ms  req_0192f3a4b5c600000001\n", "/hook?a=\"1\""),
+                format!("GET     {:<40} ERR  5.0ms  the local app at 127.0.0.1:3000 refused the connection\n", "/"),
+            ]
+        );
     }
 
     /// With `--json`, a hint on a line of its own is a field of its own:

@@ -29,7 +29,7 @@ async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Setup {
 
 #[tokio::test]
 async fn a_successful_exchange_is_recorded_in_full() {
-    let s = Setup::new().await;
+    let mut s = Setup::new().await;
     let resp = http()
         .post(s.url("/echo?x=1&y=two"))
         .header("content-type", "application/json")
@@ -54,6 +54,9 @@ async fn a_successful_exchange_is_recorded_in_full() {
     assert!(summary["time"].as_str().unwrap().ends_with('Z'), "{summary}");
     assert!(summary.get("request").is_none() && summary.get("replayOf").is_none(), "summaries carry no bodies");
 
+    // The client's line names the record: its id is the one to look up or replay.
+    let log = next_request_log(&mut s.client).await;
+    assert_eq!((log.id.as_deref(), log.status), (summary["id"].as_str(), Some(200)), "{log:?}");
     let d = detail(&s.server, &s.tunnel_id, summary["id"].as_str().unwrap()).await;
     assert_eq!(d["tunnelId"], s.tunnel_id.as_str());
     assert_eq!(d["request"]["headers"]["x-signature"], "sig-123");
@@ -169,6 +172,15 @@ async fn past_the_body_budget_records_are_all_kept_with_their_bodies_cut_short()
     let kept = second["request"]["body"].as_str().unwrap().as_bytes();
     assert!(kept.len() < 2500 && body.starts_with(kept), "a cut body is a short prefix: {} bytes", kept.len());
     assert_eq!(second["status"], 200);
+}
+
+/// A server run without capture keeps no record: the client's line names none.
+#[tokio::test]
+async fn without_capture_the_clients_line_names_no_record() {
+    let mut s = start_with(|c| c.capture.enabled = false).await;
+    assert_eq!(http().post(s.url("/echo")).body("hello").send().await.unwrap().status(), 200);
+    let log = next_request_log(&mut s.client).await;
+    assert_eq!((log.id, log.status), (None, Some(200)));
 }
 
 #[tokio::test]

@@ -186,20 +186,6 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_clients_wait_to_recon
     assert!(!client.task.is_finished(), "a server shutdown is not a reason to give up");
 }
 
-/// The client's next request log line (within 5 s).
-async fn next_request_log(client: &mut TestClient) -> hookway::client::RequestLog {
-    let logged = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match client.events.recv().await {
-                Some(hookway::client::Event::Request(log)) => return log,
-                Some(_) => {}
-                None => panic!("the client ended without logging the request"),
-            }
-        }
-    });
-    logged.await.expect("the request is logged")
-}
-
 /// Issue: a request still waiting for the app when the server's shutdown
 /// grace ran out had its caller's connection dropped without an answer, and
 /// the client logged that the caller went away. The caller now gets a 502

@@ -54,6 +54,7 @@ fn sample_frames() -> Vec<Frame> {
             target: Bytes::from_static(b"/webhooks/github?x=1"),
             headers: headers(&[("content-type", "application/json"), ("x-github-event", "push")]),
             client_ip: Some("203.0.113.7".parse().expect("ip")),
+            request_id: Bytes::from_static(b"req_0192f3a4b5c600000001"),
         }),
         Frame::ResponseHead(ResponseHead {
             status: StatusCode::ACCEPTED,
@@ -226,7 +227,7 @@ fn roundtrip_corpus(dir: &Path) {
             .iter()
             .filter_map(|b| match b {
                 Built::Valid(f) => Some(f),
-                Built::BadTarget(_) => None,
+                Built::Refused(..) => None,
             })
             .collect();
         if frames.len() != built.len() || frames.is_empty() {

@@ -55,6 +55,7 @@ pub enum FuzzFrame {
         target: Vec<u8>,
         headers: Vec<(Vec<u8>, Vec<u8>)>,
         client_ip: Option<FuzzIp>,
+        request_id: Vec<u8>,
     },
     ResponseHead {
         status: u16,
@@ -119,15 +120,22 @@ pub enum FuzzStreamErrorCode {
 pub enum Built {
     /// A frame that must round-trip exactly.
     Valid(Frame),
-    /// A `RequestHead` whose target is not origin-form: `RequestHead` has no
-    /// validating constructor for it, so the decoder must be the one to refuse it.
-    BadTarget(Frame),
+    /// A `RequestHead` whose target is not origin-form, or whose request id
+    /// breaks its rule: `RequestHead` has no validating constructor, so the
+    /// decoder must be the one to refuse it, with this error.
+    Refused(Frame, InvalidFrame),
 }
 
 /// The request target rule from the protocol: origin-form, i.e. starts with `/`,
 /// no controls, spaces, DEL or fragment.
 pub fn target_is_valid(target: &[u8]) -> bool {
     target.first() == Some(&b'/') && target.iter().all(|&b| b > 0x20 && b != 0x7f && b != b'#')
+}
+
+/// The request id rule from the protocol: at most 64 ASCII letters, digits,
+/// `_` and `-`.
+pub fn request_id_is_valid(id: &[u8]) -> bool {
+    id.len() <= 64 && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn headers(raw: &[(Vec<u8>, Vec<u8>)]) -> Option<Headers> {
@@ -174,7 +182,7 @@ impl FuzzFrame {
             }
             FuzzFrame::Ping(seq) => Frame::Ping(*seq),
             FuzzFrame::Pong(seq) => Frame::Pong(*seq),
-            FuzzFrame::RequestHead { method, target, headers: raw_headers, client_ip } => {
+            FuzzFrame::RequestHead { method, target, headers: raw_headers, client_ip, request_id } => {
                 let method = match method {
                     FuzzMethod::Get => Method::GET,
                     FuzzMethod::Post => Method::POST,
@@ -193,9 +201,13 @@ impl FuzzFrame {
                         FuzzIp::V4(o) => IpAddr::from(o),
                         FuzzIp::V6(o) => IpAddr::from(o),
                     }),
+                    request_id: Bytes::copy_from_slice(request_id),
                 };
                 if !target_is_valid(target) {
-                    return Some(Built::BadTarget(Frame::RequestHead(head)));
+                    return Some(Built::Refused(Frame::RequestHead(head), InvalidFrame::Target));
+                }
+                if !request_id_is_valid(request_id) {
+                    return Some(Built::Refused(Frame::RequestHead(head), InvalidFrame::RequestId));
                 }
                 Frame::RequestHead(head)
             }
@@ -242,14 +254,15 @@ pub fn build_all(input: &RoundtripInput) -> Option<Vec<Built>> {
 pub fn check(input: &RoundtripInput) {
     let Some(built) = build_all(input) else { return };
 
-    // A non-origin-form target must be refused by the decoder, on its own.
+    // A non-origin-form target or a bad request id must be refused by the
+    // decoder, on its own.
     for b in &built {
-        if let Built::BadTarget(frame) = b {
+        if let Built::Refused(frame, why) = b {
             let mut buf = BytesMut::from(&wire::encode_to_bytes(frame)[..]);
             assert_eq!(
                 wire::decode(&mut buf),
-                Err(DecodeError::Invalid(InvalidFrame::Target)),
-                "a request target the protocol forbids was accepted"
+                Err(DecodeError::Invalid(why.clone())),
+                "a request head the protocol forbids was accepted"
             );
         }
     }
@@ -257,7 +270,7 @@ pub fn check(input: &RoundtripInput) {
         .into_iter()
         .filter_map(|b| match b {
             Built::Valid(frame) => Some(frame),
-            Built::BadTarget(_) => None,
+            Built::Refused(..) => None,
         })
         .collect();
 

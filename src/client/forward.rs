@@ -28,6 +28,9 @@ type Body = UnsyncBoxBody<Bytes, BoxError>;
 /// One forwarded exchange, as reported to the user.
 #[derive(Debug, Clone)]
 pub struct RequestLog {
+    /// The server's record of the request (`req_…`), when it keeps one: what
+    /// `hookway tunnels request` and `replay` take.
+    pub id: Option<String>,
     /// HTTP method.
     pub method: String,
     /// Path and query.
@@ -266,6 +269,8 @@ pub async fn serve(
         }
     };
     let mut log = RequestLog {
+        // (Checked on decode: ASCII letters, digits, `_` and `-`.)
+        id: (!head.request_id.is_empty()).then(|| String::from_utf8_lossy(&head.request_id).into_owned()),
         method: head.method.to_string(),
         path: String::from_utf8_lossy(&head.target).into_owned(),
         status: None,

@@ -135,6 +135,7 @@ where
                 target,
                 headers: headers.into(),
                 client_ip: Some(caller),
+                request_id: tap.as_ref().map(|tap| tap.id().clone()).unwrap_or_default(),
             });
             let _in_flight = state.in_flight.enter();
             let exchange = quic_exchange(conn, &session, head, CallerPaced::new(body), timeout, &state.cutting);

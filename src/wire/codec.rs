@@ -282,6 +282,7 @@ mod tests {
             target: Bytes::from_static(b"/hooks/github?delivery=1"),
             headers: headers.into(),
             client_ip: Some("203.0.113.7".parse().unwrap()),
+            request_id: Bytes::from_static(b"req_0192f3a4b5c600000001"),
         })
     }
 
@@ -510,6 +511,7 @@ mod tests {
                 target: Bytes::from_static(b"/"),
                 headers: vec![pb::Header { name: Bytes::from_static(b"bad name"), value: Bytes::new() }],
                 client_ip: Bytes::new(),
+                request_id: Bytes::new(),
             })),
         };
         let mut buf = BytesMut::new();

@@ -66,6 +66,10 @@ pub enum InvalidFrame {
     /// The client address is neither 4 nor 16 bytes.
     #[error("invalid client address")]
     ClientIp,
+    /// The request id is longer than [`MAX_REQUEST_ID`] or holds other than
+    /// ASCII letters, digits, `_` and `-`.
+    #[error("invalid request id")]
+    RequestId,
 }
 
 /// Handshake opening: which tunnel, and the token that proves the right to serve it.
@@ -155,6 +159,10 @@ pub struct RequestHead {
     pub headers: Headers,
     /// The public caller's address.
     pub client_ip: Option<IpAddr>,
+    /// The server's record of the request (`req_…`), empty when it keeps
+    /// none: what the client shows beside the request, for the user to look
+    /// it up or replay it. Checked by [`check_request_id`], so it is ASCII.
+    pub request_id: Bytes,
 }
 
 /// The start of the local app's response.
@@ -234,7 +242,25 @@ fn request_head_from(h: pb::RequestHead) -> Result<RequestHead, InvalidFrame> {
     let method = Method::from_bytes(&h.method).map_err(|_| InvalidFrame::Method)?;
     check_target(&h.target)?;
     let client_ip = client_ip_from(&h.client_ip)?;
-    Ok(RequestHead { method, target: h.target, headers: headers_from_pb(h.headers)?, client_ip })
+    check_request_id(&h.request_id)?;
+    Ok(RequestHead {
+        method,
+        target: h.target,
+        headers: headers_from_pb(h.headers)?,
+        client_ip,
+        request_id: h.request_id,
+    })
+}
+
+/// The longest request id a head may carry: the server's are 24 bytes.
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// A request id is shown to the user and typed back into commands: short,
+/// and only ASCII letters, digits, `_` and `-` (no control characters for a
+/// terminal, nothing a shell would read).
+pub(crate) fn check_request_id(id: &[u8]) -> Result<(), InvalidFrame> {
+    let ok = id.len() <= MAX_REQUEST_ID && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(InvalidFrame::RequestId) }
 }
 
 /// A request target must be origin-form: a path, maybe a query, no fragment.
@@ -363,6 +389,7 @@ impl From<&Frame> for pb::Frame {
                 target: h.target.clone(),
                 headers: headers_to_pb(&h.headers),
                 client_ip: ip_bytes(h.client_ip),
+                request_id: h.request_id.clone(),
             }),
             Frame::ResponseHead(h) => Kind::ResponseHead(pb::ResponseHead {
                 status: u32::from(h.status.as_u16()),

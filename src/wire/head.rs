@@ -17,7 +17,9 @@ use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 use super::Frame;
 use super::codec::DecodeError;
-use super::frame::{InvalidFrame, RequestHead, ResponseHead, check_header_count, check_target, client_ip_from};
+use super::frame::{
+    InvalidFrame, RequestHead, ResponseHead, check_header_count, check_request_id, check_target, client_ip_from,
+};
 use super::headers::Headers;
 use super::walk::{self, Fields, HeadField, Value, varint};
 
@@ -106,12 +108,14 @@ pub(crate) fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
     let inner = bytes_field_len(1, method)
         + bytes_field_len(2, &head.target)
         + headers_len(3, &head.headers)
-        + bytes_field_len(4, ip);
+        + bytes_field_len(4, ip)
+        + bytes_field_len(5, &head.request_id);
     write_frame(REQUEST_HEAD, inner, dst, |out| {
         out.bytes_field(1, method);
         out.bytes_field(2, &head.target);
         out.headers(3, &head.headers);
         out.bytes_field(4, ip);
+        out.bytes_field(5, &head.request_id);
     });
 }
 
@@ -197,12 +201,13 @@ pub(crate) fn layout(body: &[u8]) -> Option<Layout> {
 pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> {
     let Layout { request, inner } = layout;
     if request {
-        let (mut method, mut target, mut ip) = (0..0, 0..0, 0..0);
+        let (mut method, mut target, mut ip, mut id) = (0..0, 0..0, 0..0, 0..0);
         let count = walk_head(&body, inner.clone(), 3, |field| {
             match field {
                 (1, v) => method = v.range()?,
                 (2, v) => target = v.range()?,
                 (4, v) => ip = v.range()?,
+                (5, v) => id = v.range()?,
                 _ => {}
             }
             Ok(())
@@ -211,8 +216,10 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
         let target = body.slice(target);
         check_target(&target)?;
         let client_ip = client_ip_from(&body[ip])?;
+        check_request_id(&body[id.clone()])?;
+        let request_id = body.slice(id);
         let headers = Headers::wire(body, inner, 3, count);
-        Ok(Frame::RequestHead(RequestHead { method, target, headers, client_ip }))
+        Ok(Frame::RequestHead(RequestHead { method, target, headers, client_ip, request_id }))
     } else {
         let mut status = 0u64;
         let count = walk_head(&body, inner.clone(), 2, |field| {
@@ -241,6 +248,7 @@ mod tests {
     use prost::encoding::{encode_key, encode_varint};
 
     use super::*;
+    use crate::wire::frame::MAX_REQUEST_ID;
     use crate::wire::{MAX_HEADERS, codec, pb};
 
     /// `decode` as the codec calls it: `None` for other layouts.
@@ -270,18 +278,21 @@ mod tests {
                 target: Bytes::from_static(b"/hooks/github?delivery=1"),
                 headers: hdrs.clone().into(),
                 client_ip: Some("203.0.113.7".parse().unwrap()),
+                request_id: Bytes::from_static(b"req_0192f3a4b5c600000001"),
             }),
             Frame::RequestHead(RequestHead {
                 method: Method::from_bytes(b"PROPFIND").unwrap(),
                 target: Bytes::from_static(b"/"),
                 headers: Headers::default(),
                 client_ip: Some("2001:db8::1".parse().unwrap()),
+                request_id: Bytes::new(),
             }),
             Frame::RequestHead(RequestHead {
                 method: Method::GET,
                 target: Bytes::from_static(b"/x"),
                 headers: hdrs.clone().into(),
                 client_ip: None,
+                request_id: Bytes::from_static(b"x-1_Z"),
             }),
             Frame::ResponseHead(ResponseHead { status: StatusCode::OK, headers: hdrs.into() }),
             Frame::ResponseHead(ResponseHead { status: StatusCode::NO_CONTENT, headers: Headers::default() }),
@@ -292,6 +303,15 @@ mod tests {
         encode_key(tag, WireType::LengthDelimited, dst);
         encode_varint(value.len() as u64, dst);
         dst.put_slice(value);
+    }
+
+    /// A frame body holding one request head whose content is `inner`.
+    fn request_head_body(inner: &[u8]) -> Bytes {
+        let mut body = BytesMut::new();
+        encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+        encode_varint(inner.len() as u64, &mut body);
+        body.extend_from_slice(inner);
+        body.freeze()
     }
 
     /// What the generated code writes for `frame`.
@@ -348,11 +368,9 @@ mod tests {
         encode_key(10, WireType::ThirtyTwoBit, &mut inner);
         inner.put_u32(7);
         put_bytes_field(2, b"/p", &mut inner);
-        let mut body = BytesMut::new();
-        encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
-        encode_varint(inner.len() as u64, &mut body);
-        body.extend_from_slice(&inner);
-        let Some(Frame::RequestHead(head)) = fast(&body.freeze()).unwrap() else { panic!("a request head") };
+        let Some(Frame::RequestHead(head)) = fast(&request_head_body(&inner)).unwrap() else {
+            panic!("a request head")
+        };
         assert_eq!((head.method, &head.target[..]), (Method::GET, &b"/p"[..]));
     }
 
@@ -368,11 +386,7 @@ mod tests {
                 // `a: ` (name 1 = "a", no value).
                 put_bytes_field(3, b"\x0a\x01a", &mut inner);
             }
-            let mut body = BytesMut::new();
-            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
-            encode_varint(inner.len() as u64, &mut body);
-            body.extend_from_slice(&inner);
-            let body = body.freeze();
+            let body = request_head_body(&inner);
             match fast(&body) {
                 Ok(Some(Frame::RequestHead(head))) => {
                     assert!(ok, "{count} headers accepted");
@@ -389,6 +403,42 @@ mod tests {
         }
     }
 
+    /// A request id is shown in a terminal and typed back into commands: one
+    /// with another byte than a letter, digit, `_` or `-`, or longer than
+    /// `MAX_REQUEST_ID`, is refused in either layout.
+    #[test]
+    fn request_ids_are_checked() {
+        let long_ok = "r".repeat(MAX_REQUEST_ID);
+        let too_long = "r".repeat(MAX_REQUEST_ID + 1);
+        let cases: [(&[u8], bool); 6] = [
+            (b"req_0192f3a4b5c600000001", true),
+            (long_ok.as_bytes(), true),
+            (too_long.as_bytes(), false),
+            (b"req 1", false),
+            (b"req_1[2J", false),
+            ("req_é".as_bytes(), false),
+        ];
+        for (id, ok) in cases {
+            let mut inner = BytesMut::new();
+            put_bytes_field(1, b"GET", &mut inner);
+            put_bytes_field(2, b"/", &mut inner);
+            put_bytes_field(5, id, &mut inner);
+            let body = request_head_body(&inner);
+            match fast(&body) {
+                Ok(Some(Frame::RequestHead(head))) => {
+                    assert!(ok, "{id:?} accepted");
+                    assert_eq!(&head.request_id[..], id);
+                }
+                Err(err) => assert_eq!((ok, err), (false, InvalidFrame::RequestId.into()), "{id:?}"),
+                Ok(other) => panic!("{other:?}"),
+            }
+            let mut unusual = BytesMut::from(&[0x78, 0x01][..]);
+            unusual.extend_from_slice(&body);
+            let slow = pb::Frame::decode(unusual.freeze()).map(|raw| Frame::try_from(raw).map(|_| ()));
+            assert_eq!(slow, Ok(if ok { Ok(()) } else { Err(InvalidFrame::RequestId) }), "{id:?}");
+        }
+    }
+
     #[test]
     fn malformed_heads_are_errors() {
         let good = codec::encode_to_bytes(&heads()[0]).slice(4..);
@@ -397,11 +447,7 @@ mod tests {
         let inner_start = good.len() - inner_len;
         for cut in inner_start + 1..good.len() {
             let inner = &good[inner_start..cut];
-            let mut body = BytesMut::new();
-            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
-            encode_varint(inner.len() as u64, &mut body);
-            body.extend_from_slice(inner);
-            let body = body.freeze();
+            let body = request_head_body(inner);
             // Cut at a field boundary it is a smaller valid head or an invalid
             // one; inside a field it is malformed. Never a panic, and the
             // generated decoder agrees on whether it is acceptable.
@@ -420,11 +466,7 @@ mod tests {
             encode_key(3, WireType::LengthDelimited, &mut inner);
             encode_varint(h.len() as u64, &mut inner);
             inner.extend_from_slice(&h);
-            let mut body = BytesMut::new();
-            encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
-            encode_varint(inner.len() as u64, &mut body);
-            body.extend_from_slice(&inner);
-            body.freeze()
+            request_head_body(&inner)
         };
         // Well-formed protobuf: the frame decodes, and the HTTP grammar is
         // checked where the `HeaderMap` is built.

@@ -641,3 +641,17 @@ pub async fn ws_client(server: &TestServer, port: u16) -> (TestClient, String) {
     (client.tunnel_url, client.host_url) = (url, host);
     (client, created.tunnel.id)
 }
+
+/// The client's next request log line (within 5 s).
+pub async fn next_request_log(client: &mut TestClient) -> hookway::client::RequestLog {
+    let logged = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match client.events.recv().await {
+                Some(hookway::client::Event::Request(log)) => return log,
+                Some(_) => {}
+                None => panic!("the client ended without logging the request"),
+            }
+        }
+    });
+    logged.await.expect("the request is logged")
+}

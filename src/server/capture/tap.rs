@@ -85,6 +85,9 @@ impl Progress {
 #[derive(Debug)]
 struct Shared {
     hub: Arc<Capture>,
+    /// The record's id, outside the lock: it goes to the client in the
+    /// request's head.
+    id: Bytes,
     started: Instant,
     progress: Mutex<Progress>,
 }
@@ -181,6 +184,7 @@ impl Tap {
     pub(super) fn new(hub: Arc<Capture>, record: Captured, declared: Option<u64>) -> Self {
         Self(Arc::new(Shared {
             hub,
+            id: Bytes::copy_from_slice(record.id.as_bytes()),
             started: Instant::now(),
             progress: Mutex::new(Progress {
                 record,
@@ -192,6 +196,11 @@ impl Tap {
                 submitted: false,
             }),
         }))
+    }
+
+    /// The record's id (`req_…`).
+    pub fn id(&self) -> &Bytes {
+        &self.0.id
     }
 
     /// Whether the request's body is kept whole so far: bodies are captured,
