@@ -315,6 +315,39 @@ async fn concurrent_updates_are_not_lost() {
     }
 }
 
+/// A client that stops says so first (`Leaving`): its tunnel is offline from
+/// then on, so a request during its drain gets the offline reply, recorded
+/// whole to replay, instead of the client's own 503; the request its app is
+/// still answering finishes.
+#[tokio::test]
+async fn a_stopping_client_leaves_its_tunnel_to_the_offline_reply() {
+    let server = TestServer::start().await;
+    let mut app = spawn_held_app().await;
+    let (tunnel_id, token, subdomain) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &tunnel_id, &token, app.addr.port()).await;
+    let s = Setup { server, app: app.addr, client, tunnel_id, token, subdomain };
+    let (status, body) = patch(&s, r#"{"offlineReply": {"status": 202}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let held = tokio::spawn(http().get(s.url("/hold")).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+
+    // Offline at once, not once the drain is over (the app still holds `/hold`).
+    take_offline(&s).await;
+    assert!(!held.is_finished(), "the request in flight is still being answered");
+    let during = http().post(s.url("/echo/during")).body(r#"{"n":1}"#).send().await.unwrap();
+    assert_eq!(during.status(), 202, "{:?}", during.text().await);
+
+    app.release.add_permits(1);
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), held).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the request in flight finished");
+    assert_eq!(resp.text().await.unwrap(), "released");
+    let list = wait_for_records(&s.server, &s.tunnel_id, 2).await;
+    let during = list.iter().find(|r| r["path"] == "/echo/during").expect("the request during the drain is recorded");
+    assert_eq!((during["outcome"].as_str(), during["status"].as_u64()), (Some("tunnel-offline"), Some(202)));
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), s.client.task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "the client stops once its request is done: {stopped:?}");
+}
+
 /// With an offline reply, a request while no client is connected gets that
 /// status, not the 503, and is recorded as offline with its body, to be
 /// replayed once the client is back.

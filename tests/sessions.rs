@@ -255,23 +255,30 @@ async fn disconnect_during_an_upload_still_ends_the_client_for_good() {
     assert_eq!(status(&s.server, &s.tunnel_id).await["liveStatus"]["connected"], false);
 }
 
-/// A server whose close packet never comes (quinn sends none while
-/// congestion-blocked, and a lost one is not resent): the client learns from
-/// the notice on the control stream alone that its session was ended on
-/// purpose, closes by itself and stops for good, without a reconnect.
-#[tokio::test]
-async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
-    use hookway::quic::{self, FrameReader, FrameWriter, close, tls};
-    use hookway::wire::{Frame, ServerHello, SessionEnded};
+/// A bare QUIC endpoint standing in for the server (the real one answers
+/// `/api/info`): it takes one client's handshake, answers with `hello`, and
+/// hands the connection and its control stream to `then`.
+async fn fake_quic_server<F, Fut, T>(
+    accepts_leaving: bool,
+    then: F,
+) -> (TestServer, hookway::client::ClientConfig, tokio::task::JoinHandle<T>)
+where
+    F: FnOnce(quinn::Endpoint, quinn::Connection, hookway::quic::FrameWriter, hookway::quic::FrameReader) -> Fut
+        + Send
+        + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    use hookway::quic::{self, FrameReader, FrameWriter, tls};
+    use hookway::wire::{Frame, ServerHello};
 
-    // The real server answers `/api/info`; QUIC goes to a bare endpoint that
-    // speaks the handshake, sends the notice and then never closes.
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
     let fake = quic::server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
     let fake_addr = fake.local_addr().unwrap();
     let peer = tokio::spawn(async move {
+        let _dir = dir;
         let conn = fake.accept().await.unwrap().await.unwrap();
         let (send, recv) = conn.accept_bi().await.unwrap();
         let (mut tx, mut rx) = (FrameWriter::new(send), FrameReader::new(recv));
@@ -283,21 +290,38 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
             tunnel_url: "http://127.0.0.1/t/fake".into(),
             host_url: None,
             heartbeat_interval_ms: 5000,
+            accepts_leaving,
         };
         tx.send(&Frame::ServerHello(hello)).await.unwrap();
+        then(fake, conn, tx, rx).await
+    });
+    let config = hookway::client::ClientConfig {
+        fingerprint: Some(identity.fingerprint()),
+        quic_addr: Some(fake_addr.to_string()),
+        ..hookway::client::ClientConfig::new(&server.url, "tun_fake", "tok", closed_port().await)
+    };
+    (server, config, peer)
+}
+
+/// A server whose close packet never comes (quinn sends none while
+/// congestion-blocked, and a lost one is not resent): the client learns from
+/// the notice on the control stream alone that its session was ended on
+/// purpose, closes by itself and stops for good, without a reconnect.
+#[tokio::test]
+async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
+    use hookway::quic::close;
+    use hookway::wire::{Frame, SessionEnded};
+
+    // The fake sends the notice and then never closes.
+    let (_server, config, peer) = fake_quic_server(false, |fake, conn, mut tx, _rx| async move {
         let notice = SessionEnded { close_code: close::DISCONNECTED.into_inner() as u32, message: "bye".into() };
         tx.send(&Frame::SessionEnded(notice)).await.unwrap();
         let closed = conn.closed().await;
         // A reconnect would show up here; none may within a backoff or two.
         let again = tokio::time::timeout(Duration::from_secs(1), fake.accept()).await.is_ok();
         (closed, again)
-    });
-
-    let config = hookway::client::ClientConfig {
-        fingerprint: Some(identity.fingerprint()),
-        quic_addr: Some(fake_addr.to_string()),
-        ..hookway::client::ClientConfig::new(&server.url, "tun_fake", "tok", closed_port().await)
-    };
+    })
+    .await;
     let client = hookway::client::run(config, |_| {}, tokio_util::sync::CancellationToken::new());
     // Well within the server's grace period: the notice, not a timeout, ended it.
     match tokio::time::timeout(Duration::from_secs(1), client).await.expect("the client stops on the notice") {
@@ -310,6 +334,53 @@ async fn the_client_stops_on_the_end_notice_even_if_no_close_packet_arrives() {
         other => panic!("the client should close the connection itself, got {other}"),
     }
     assert!(!reconnected, "the client reconnected after a final end");
+}
+
+/// A stopping client says it is leaving only to a server whose hello says it
+/// takes that: one from before it would read the frame as a protocol error
+/// and end the session with the requests still in flight.
+#[tokio::test]
+async fn a_stopping_client_says_it_is_leaving_only_to_a_server_that_takes_it() {
+    use hookway::quic::FrameWriter;
+    use hookway::wire::{Frame, RequestHead};
+
+    for accepts in [true, false] {
+        let mut app = spawn_held_app().await;
+        let (_server, mut config, peer) = fake_quic_server(accepts, |fake, conn, tx, mut rx| async move {
+            // (Held: a control stream dropped would end the session.)
+            let _held = (fake, tx);
+            // A request the app holds: the client drains while it is answered.
+            let (send, _recv) = conn.open_bi().await.unwrap();
+            let mut request = FrameWriter::new(send);
+            let head = RequestHead {
+                method: http::Method::GET,
+                target: bytes::Bytes::from_static(b"/hold"),
+                headers: Default::default(),
+                client_ip: None,
+                request_id: bytes::Bytes::new(),
+            };
+            request.send(&Frame::RequestHead(head)).await.unwrap();
+            request.send(&Frame::End).await.unwrap();
+            let mut frames = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+            while let Ok(Ok(Some(frame))) = tokio::time::timeout_at(deadline, rx.next()).await {
+                frames.push(frame);
+            }
+            (conn, frames)
+        })
+        .await;
+        config.local_port = app.addr.port();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let client = tokio::spawn(hookway::client::run(config, |_| {}, stop.clone()));
+        assert_eq!(app.next_arrival().await, "/hold");
+        stop.cancel();
+        let (_conn, frames) = peer.await.unwrap();
+        let left = frames.iter().any(|f| matches!(f, Frame::Leaving));
+        assert_eq!(left, accepts, "hello accepts leaving: {accepts}; frames: {frames:?}");
+        app.release.add_permits(1);
+        let stopped = tokio::time::timeout(Duration::from_secs(5), client).await;
+        assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    }
 }
 
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`.

@@ -44,9 +44,11 @@ fn sample_frames() -> Vec<Frame> {
             tunnel_url: "https://hw.example/t/brisk-otter".into(),
             host_url: Some("https://brisk-otter.hw.example".into()),
             heartbeat_interval_ms: 15_000,
+            accepts_leaving: true,
         }),
         Frame::Rejected(Rejected { code: RejectCode::BadToken, message: "bad token".into() }),
         Frame::SessionEnded(SessionEnded { close_code: 0x10, message: "disconnected through the API".into() }),
+        Frame::Leaving,
         Frame::Ping(1),
         Frame::Pong(u64::MAX),
         Frame::RequestHead(RequestHead {
@@ -206,7 +208,7 @@ fn rich(frame: &Frame) -> bool {
         Frame::RequestHead(h) => !h.headers.is_empty() && h.client_ip.is_some() && h.target.len() > 1,
         Frame::ResponseHead(h) => !h.headers.is_empty(),
         Frame::Body(b) => !b.is_empty(),
-        Frame::End => true,
+        Frame::End | Frame::Leaving => true,
         Frame::Error(e) => !e.message.is_empty(),
     }
 }

@@ -21,11 +21,12 @@ use bytes::BytesMut;
 use hookway::wire::{self, DecodeError, Frame, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN};
 
 /// Every frame kind, named as the corpus files and reports name them.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 12] = [
     "client_hello",
     "server_hello",
     "rejected",
     "session_ended",
+    "leaving",
     "ping",
     "pong",
     "request_head",
@@ -42,6 +43,7 @@ pub fn kind(frame: &Frame) -> &'static str {
         Frame::ServerHello(_) => "server_hello",
         Frame::Rejected(_) => "rejected",
         Frame::SessionEnded(_) => "session_ended",
+        Frame::Leaving => "leaving",
         Frame::Ping(_) => "ping",
         Frame::Pong(_) => "pong",
         Frame::RequestHead(_) => "request_head",

@@ -43,6 +43,7 @@ pub enum FuzzFrame {
         tunnel_url: String,
         host_url: Option<String>,
         heartbeat_interval_ms: u32,
+        accepts_leaving: bool,
     },
     Rejected {
         code: FuzzRejectCode,
@@ -71,6 +72,7 @@ pub enum FuzzFrame {
         close_code: u32,
         message: String,
     },
+    Leaving,
 }
 
 /// Either a standard method or arbitrary bytes for `Method::from_bytes`.
@@ -159,7 +161,15 @@ impl FuzzFrame {
                     client_version: client_version.clone(),
                 })
             }
-            FuzzFrame::ServerHello { tunnel_id, name, subdomain, tunnel_url, host_url, heartbeat_interval_ms } => {
+            FuzzFrame::ServerHello {
+                tunnel_id,
+                name,
+                subdomain,
+                tunnel_url,
+                host_url,
+                heartbeat_interval_ms,
+                accepts_leaving,
+            } => {
                 // The wire encodes "no host URL" as an empty string, so `Some("")`
                 // cannot survive a round trip: it is not a meaningful value.
                 if host_url.as_deref() == Some("") {
@@ -172,6 +182,7 @@ impl FuzzFrame {
                     tunnel_url: tunnel_url.clone(),
                     host_url: host_url.clone(),
                     heartbeat_interval_ms: *heartbeat_interval_ms,
+                    accepts_leaving: *accepts_leaving,
                 })
             }
             FuzzFrame::Rejected { code, message } => {
@@ -180,6 +191,7 @@ impl FuzzFrame {
             FuzzFrame::SessionEnded { close_code, message } => {
                 Frame::SessionEnded(SessionEnded { close_code: *close_code, message: message.clone() })
             }
+            FuzzFrame::Leaving => Frame::Leaving,
             FuzzFrame::Ping(seq) => Frame::Ping(*seq),
             FuzzFrame::Pong(seq) => Frame::Pong(*seq),
             FuzzFrame::RequestHead { method, target, headers: raw_headers, client_ip, request_id } => {

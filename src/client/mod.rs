@@ -243,8 +243,15 @@ async fn quic_session(
     let end = tokio::select! {
         end = serve(&conn, &mut control, app, spinner, on_event, hello.heartbeat_interval_ms, &streams) => end,
         _ = shutdown.stop_token().cancelled() => {
-            // The control stream stays open during the drain: its end ends
-            // the session. A refused stream tells the edge "going offline".
+            // The server routes no new request here once it reads this: the
+            // tunnel is offline, and its callers get what an offline tunnel
+            // gives (its offline reply, if set). The control stream stays
+            // open during the drain: its end ends the session. A stream
+            // opened before the server read it is refused, which tells the
+            // edge "going offline".
+            if hello.accepts_leaving {
+                let _ = control.1.send(&Frame::Leaving).await;
+            }
             let refuse = async {
                 while let Ok((mut send, _)) = conn.accept_bi().await {
                     let _ = send.reset(close::STREAM_REFUSED);

@@ -281,6 +281,7 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
         host_url: Some(text("x-hookway-host-url")).filter(|u| !u.is_empty()),
         subdomain,
         heartbeat_interval_ms: ping_ms as u32,
+        accepts_leaving: false,
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
     Ok((ws, Welcome { hello, max_body, ping_interval: Duration::from_millis(ping_ms) }))

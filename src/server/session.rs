@@ -74,12 +74,19 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
         tunnel_url: state.tunnel_url(&tunnel.subdomain),
         host_url: state.host_url(&tunnel.subdomain),
         heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
+        accepts_leaving: true,
     };
     if writer.send(&Frame::ServerHello(hello)).await.is_err() {
         end(&state, &session, "handshake answer not delivered");
         return;
     }
-    let reason = heartbeats(&conn, reader, writer, session.ending.subscribe()).await;
+    // A client that says it is leaving is taken out of the routing map at
+    // once: its tunnel is offline (new requests get an offline tunnel's
+    // answer, its offline reply among them) while the requests it has finish.
+    let leaving = || {
+        end(&state, &session, "its client is stopping");
+    };
+    let reason = heartbeats(&conn, reader, writer, session.ending.subscribe(), &leaving).await;
     if end(&state, &session, &reason) {
         conn.close(close::NORMAL, b"session ended");
     }
@@ -157,10 +164,13 @@ pub fn go_live(
 pub fn end(state: &State, session: &Session, reason: &str) -> bool {
     let _order = session.tunnel.order_events();
     let was_live = state.registry.detach(session);
-    tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
     token_offline(state, session);
     if was_live {
+        tracing::info!(tunnel_id = %session.tunnel.id, %reason, "tunnel disconnected");
         tunnel_offline(state, &session.tunnel);
+    } else {
+        // Replaced, ended on purpose or left: said when that happened.
+        tracing::debug!(tunnel_id = %session.tunnel.id, %reason, "an ended session's connection closed");
     }
     was_live
 }
@@ -204,13 +214,15 @@ fn tunnel_offline(state: &State, t: &Tunnel) {
     state.notifier.emit(EventKind::TunnelDisconnected, &t.org_id, &t.id, t.meta().group.as_deref());
 }
 
-/// Answers pings on the control stream until it or the connection ends, and
-/// tells the client if the server ends the session ([`Session::close`]).
+/// Answers pings on the control stream until it or the connection ends,
+/// tells the client if the server ends the session ([`Session::close`]), and
+/// calls `leaving` when the client says it is stopping.
 async fn heartbeats(
     conn: &quinn::Connection,
     mut reader: FrameReader,
     mut writer: FrameWriter,
     mut ending: tokio::sync::watch::Receiver<Option<SessionEnded>>,
+    leaving: &(dyn Fn() + Sync),
 ) -> String {
     // The session may have been ended before this task subscribed.
     ending.mark_changed();
@@ -239,6 +251,9 @@ async fn heartbeats(
                     }
                 }
                 Ok(Some(Frame::Pong(_))) => {}
+                // The connection stays for the requests in flight; the client
+                // closes it once they are done.
+                Ok(Some(Frame::Leaving)) => leaving(),
                 Ok(Some(other)) => {
                     tracing::debug!(?other, "unexpected frame on the control stream");
                     conn.close(close::PROTOCOL_ERROR, b"unexpected frame on control stream");

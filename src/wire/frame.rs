@@ -26,6 +26,9 @@ pub enum Frame {
     Rejected(Rejected),
     /// Server → client, on the control stream: the server ended the session.
     SessionEnded(SessionEnded),
+    /// Client → server, on the control stream: it is stopping; route it no
+    /// new requests (sent only to a server whose hello accepts it).
+    Leaving,
     /// Heartbeat request, answered by [`Frame::Pong`] with the same sequence number.
     Ping(u64),
     /// Heartbeat answer.
@@ -112,6 +115,9 @@ pub struct ServerHello {
     pub host_url: Option<String>,
     /// How often the client should ping, in milliseconds.
     pub heartbeat_interval_ms: u32,
+    /// Whether the server takes [`Frame::Leaving`]: one from before it
+    /// would end the session on it.
+    pub accepts_leaving: bool,
 }
 
 /// Why the server refused a handshake.
@@ -218,9 +224,11 @@ impl TryFrom<pb::Frame> for Frame {
                 tunnel_url: h.tunnel_url,
                 host_url: Some(h.host_url).filter(|u| !u.is_empty()),
                 heartbeat_interval_ms: h.heartbeat_interval_ms,
+                accepts_leaving: h.accepts_leaving,
             }),
             Kind::Rejected(r) => Frame::Rejected(Rejected { code: reject_code_from(r.code), message: r.message }),
             Kind::SessionEnded(e) => Frame::SessionEnded(SessionEnded { close_code: e.close_code, message: e.message }),
+            Kind::Leaving(_) => Frame::Leaving,
             Kind::Ping(h) => Frame::Ping(h.seq),
             Kind::Pong(h) => Frame::Pong(h.seq),
             Kind::RequestHead(h) => Frame::RequestHead(request_head_from(h)?),
@@ -375,6 +383,7 @@ impl From<&Frame> for pb::Frame {
                 tunnel_url: h.tunnel_url.clone(),
                 host_url: h.host_url.clone().unwrap_or_default(),
                 heartbeat_interval_ms: h.heartbeat_interval_ms,
+                accepts_leaving: h.accepts_leaving,
             }),
             Frame::Rejected(r) => {
                 Kind::Rejected(pb::Rejected { code: reject_code_to(r.code) as i32, message: r.message.clone() })
@@ -382,6 +391,7 @@ impl From<&Frame> for pb::Frame {
             Frame::SessionEnded(e) => {
                 Kind::SessionEnded(pb::SessionEnded { close_code: e.close_code, message: e.message.clone() })
             }
+            Frame::Leaving => Kind::Leaving(pb::Leaving {}),
             Frame::Ping(seq) => Kind::Ping(pb::Heartbeat { seq: *seq }),
             Frame::Pong(seq) => Kind::Pong(pb::Heartbeat { seq: *seq }),
             Frame::RequestHead(h) => Kind::RequestHead(pb::RequestHead {
