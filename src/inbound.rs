@@ -234,11 +234,13 @@ fn digest(salt: &[u8], secret: &[u8]) -> [u8; 32] {
 /// What the edge does with a request, by a tunnel's inbound options.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Forward it; without its `Authorization` when `strip_authorization`
-    /// (the tunnel's basic auth took it: it is no credential of the app's).
+    /// Forward it.
     Pass {
-        /// Take `Authorization` off.
-        strip_authorization: bool,
+        /// Whether it passed by the tunnel's basic auth (else the tunnel has
+        /// none). Either way, with basic auth set the edge takes
+        /// `Authorization` off every request, whatever the verdict: it is
+        /// the tunnel's credential, or a try at it, never one of the app's.
+        authenticated: bool,
     },
     /// Over the rate limit: a `429`, to retry after so many seconds.
     Throttled {
@@ -342,9 +344,9 @@ impl Rules {
             }
         }
         match &self.config.basic_auth {
-            None => Verdict::Pass { strip_authorization: false },
+            None => Verdict::Pass { authenticated: false },
             Some(auth) if basic_credentials(authorization).is_some_and(|given| auth.secret.matches(&given)) => {
-                Verdict::Pass { strip_authorization: true }
+                Verdict::Pass { authenticated: true }
             }
             Some(_) => Verdict::Unauthorized,
         }
@@ -401,8 +403,8 @@ mod tests {
         Rules::new(config)
     }
 
-    const PASS: Verdict = Verdict::Pass { strip_authorization: false };
-    const AUTHED: Verdict = Verdict::Pass { strip_authorization: true };
+    const PASS: Verdict = Verdict::Pass { authenticated: false };
+    const AUTHED: Verdict = Verdict::Pass { authenticated: true };
 
     #[test]
     fn no_options_pass_everything() {

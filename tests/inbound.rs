@@ -226,6 +226,9 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     let (code, out, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:pw", "--body", "[1,2]"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(r#""body":"[1,2]""#), "{out}");
+    // Credentials are read as `start --basic-auth` reads them: a usage error.
+    let (code, _, err) = run(&["--basic-auth", "ci"]).await;
+    assert!(code == 2 && err.contains("give USER:PASSWORD"), "{code}: {err}");
     let (code, _, err) = run(&["--body", "not json"]).await;
     assert!(code != 0 && err.contains("valid JSON"), "{err}");
     for path in ["/../api/tunnels", "/%2E%2e/x", "/a#frag"] {

@@ -45,8 +45,8 @@ pub fn check(data: &[u8]) -> Outcome {
     });
     let pairs = || form_pairs(query.unwrap_or_default());
     let outcome = match rules.screen(&method, query, auth.as_ref()) {
-        Verdict::Pass { strip_authorization } => {
-            assert!(strip_authorization, "basic auth is set: a pass takes the credential");
+        Verdict::Pass { authenticated } => {
+            assert!(authenticated, "basic auth is set: a pass is by the credential");
             let given = auth.as_ref().map(|a| a.as_bytes().to_vec()).unwrap_or_default();
             assert!(given.len() > 6, "a pass without credentials: {given:?}");
             Outcome::Authed

@@ -110,7 +110,7 @@ fn offline_reply(s: &str) -> Result<OfflineReply, String> {
 }
 
 /// `USER:PASSWORD`, split at the first colon (a user name has none).
-fn basic_auth(s: &str) -> Result<(String, String), String> {
+pub(crate) fn basic_auth(s: &str) -> Result<(String, String), String> {
     let (user, password) =
         s.split_once(':').ok_or("give USER:PASSWORD (either may be empty: \"alice:\" or \":secret\")")?;
     hookway::inbound::BasicAuth::new(user, password)?;

@@ -33,8 +33,8 @@ pub struct TestArgs {
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
     /// Basic auth credentials, as USER:PASSWORD, for a tunnel that requires them.
-    #[arg(long, value_name = "USER:PASSWORD")]
-    basic_auth: Option<String>,
+    #[arg(long, value_name = "USER:PASSWORD", value_parser = crate::inbound_cli::basic_auth)]
+    basic_auth: Option<(String, String)>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -86,8 +86,7 @@ pub async fn run(args: TestArgs) -> Result<()> {
         let (name, value) = h.split_once(':').with_context(|| format!("-H '{h}': give \"Name: value\""))?;
         req = req.header(name.trim(), value.trim());
     }
-    if let Some(credentials) = &args.basic_auth {
-        let (user, password) = credentials.split_once(':').context("--basic-auth: give USER:PASSWORD")?;
+    if let Some((user, password)) = &args.basic_auth {
         req = req.basic_auth(user, Some(password));
     }
     let started = Instant::now();

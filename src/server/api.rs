@@ -315,11 +315,15 @@ pub(super) fn known_fields(body: &serde_json::Map<String, Value>, known: &[&str]
     }
 }
 
-pub(super) fn string_field(body: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+/// A string field, `None` when left out or null. `path` is the field's name,
+/// or for one inside an object its path (`basicAuth.username`), which errors
+/// name.
+pub(super) fn string_field(body: &serde_json::Map<String, Value>, path: &str) -> Result<Option<String>, ApiError> {
+    let field = path.rsplit('.').next().unwrap_or(path);
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad(format!("'{field}' must be a string"))),
+        Some(_) => Err(ApiError::bad(format!("'{path}' must be a string"))),
     }
 }
 
@@ -350,8 +354,10 @@ fn inbound_fields(
             .map(|o| {
                 // Both given, "" for none: a password left out is not taken
                 // for an empty one (it was, and the tunnel looked the same).
-                let username = given_string(o, "basicAuth.username")?;
-                let password = given_string(o, "basicAuth.password")?;
+                let given = |path: &str| {
+                    string_field(o, path)?.ok_or_else(|| ApiError::bad(format!("'{path}' is required (\"\" for none)")))
+                };
+                let (username, password) = (given("basicAuth.username")?, given("basicAuth.password")?);
                 BasicAuth::new(&username, &password).map_err(ApiError::bad)
             })
             .transpose()?;
@@ -364,7 +370,7 @@ fn inbound_fields(
                     Some("fitbit") => VerificationKind::Fitbit,
                     _ => return Err(ApiError::bad("'verification.type' must be \"facebook\" or \"fitbit\"")),
                 };
-                let code = opt_string(o, "verification.code")?;
+                let code = string_field(o, "verification.code")?.unwrap_or_default();
                 Verification::new(kind, &code).map_err(ApiError::bad)
             })
             .transpose()?;
@@ -432,26 +438,6 @@ fn object_field<'a>(
             Ok(Some(o))
         }
         _ => Err(ApiError::bad(format!("'{field}' must be an object or null"))),
-    }
-}
-
-/// A string field of an inbound option that must be given ("" for none).
-fn given_string(o: &serde_json::Map<String, Value>, path: &str) -> Result<String, ApiError> {
-    let field = path.rsplit('.').next().unwrap_or(path);
-    match o.get(field) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) => Err(ApiError::bad(format!("'{path}' is required (\"\" for none)"))),
-        Some(_) => Err(ApiError::bad(format!("'{path}' must be a string"))),
-    }
-}
-
-/// A string field of an inbound option, "" when left out.
-fn opt_string(o: &serde_json::Map<String, Value>, path: &str) -> Result<String, ApiError> {
-    let field = path.rsplit('.').next().unwrap_or(path);
-    match o.get(field) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(ApiError::bad(format!("'{path}' must be a string"))),
     }
 }
 

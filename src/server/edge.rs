@@ -76,7 +76,7 @@ where
         // (A replay comes from the tunnel's owner, through the API: not screened.)
         let verdict = match replay {
             None => rules.screen(req.method(), req.uri().query(), req.headers().get(header::AUTHORIZATION)),
-            Some(_) => Verdict::Pass { strip_authorization: false },
+            Some(_) => Verdict::Pass { authenticated: false },
         };
         // With basic auth, `Authorization` is the tunnel's credential (or a
         // try at it): for no one else, not the app, not the capture, whatever
