@@ -189,6 +189,7 @@ pub fn end_on_purpose(
 ) {
     let _order = tunnel.order_events();
     let Some(session) = take() else { return };
+    tracing::info!(tunnel_id = %tunnel.id, %reason, "tunnel disconnected");
     session.close(code, reason);
     token_offline(state, &session);
     tunnel_offline(state, &session.tunnel);
