@@ -431,10 +431,17 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
         let resp = http().post(s.url(&format!("/echo/away-{i}"))).body(format!("event {i}")).send().await.unwrap();
         assert_eq!(resp.status(), 202);
     }
-    let app = spawn_app().await;
-    let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
     let run = async || tunnels_cli(&s, &["replay-offline", &s.tunnel_id]).await;
     wait_for_records(&s.server, &s.tunnel_id, 3).await;
+    // Too early, still offline: the first replay meets the edge's 503, and
+    // the run stops with all three still waiting (a failed replay does not
+    // count as one).
+    let (code, out, err) = run().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("(POST /echo/away-1)") && out.contains("503 tunnel-offline"), "{out}");
+    assert!(err.contains("replayed 0 of 3, then stopped") && err.contains("still wait"), "{err}");
+    let app = spawn_app().await;
+    let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
     let (code, out, err) = run().await;
     assert_eq!(code, 0, "{err}");
     let order: Vec<&str> = out.lines().filter_map(|l| l.split(" (POST ").nth(1)?.split(')').next()).collect();

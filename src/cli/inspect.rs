@@ -62,7 +62,7 @@ pub enum InspectCommand {
         headers: Vec<String>,
     },
     /// Replay, oldest first, every request recorded while the tunnel was offline (an offline
-    /// reply's, or a 503's) that was not replayed yet; stops at the first that does not reach the app.
+    /// reply's, or a 503's) that no replay brought to the app yet; stops at the first that does not reach the app.
     ReplayOffline {
         /// Tunnel id (tun_…).
         #[arg(value_parser = crate::resource_id)]
@@ -248,12 +248,20 @@ pub fn terminal_width() -> usize {
 }
 
 /// `tunnels replay-offline`: the tunnel's kept records of requests that met
-/// it offline and have no replay yet, each replayed in the order they came.
+/// it offline and have no replay that reached the app yet, each replayed in
+/// the order they came.
 async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
     let api = api(client)?;
     let v = api.list(&format!("/api/tunnels/{id}/requests?limit=1000"), "requests").await?;
     let list = v["requests"].as_array().cloned().unwrap_or_default();
-    let replayed: std::collections::HashSet<&str> = list.iter().filter_map(|r| r["replayOf"].as_str()).collect();
+    // Only a replay that reached the app takes a request off the list: one
+    // the edge answered (the tunnel still offline, the app down) leaves it
+    // waiting, or it would never reach the app at all.
+    let replayed: std::collections::HashSet<&str> = list
+        .iter()
+        .filter(|r| r["outcome"] == "ok" || r["outcome"] == "incomplete")
+        .filter_map(|r| r["replayOf"].as_str())
+        .collect();
     let waiting: Vec<&Value> = list
         .iter()
         .rev() // oldest first
@@ -272,7 +280,7 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
         let v = match api.call(Method::POST, &path, Some(&serde_json::json!({}))).await.map_err(cli_wording) {
             Ok(v) => v,
             Err(err) => {
-                stopped = Some(anyhow::anyhow!("stopped after {done} of {}: {err:#}", waiting.len()));
+                stopped = Some(anyhow::anyhow!("replayed {done} of {}, then stopped: {err:#}", waiting.len()));
                 break;
             }
         };
@@ -286,8 +294,8 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
         replayed.push(v["request"].clone());
         if let Some(kind) = kind {
             stopped = Some(anyhow::anyhow!(
-                "stopped after {} of {}: the replay of {rid} did not reach the app (the edge answered {} {kind})",
-                done + 1,
+                "replayed {done} of {}, then stopped: the replay of {rid} did not reach the app (the edge answered \
+                 {} {kind}); it and those after it still wait: run this again once the app is reachable",
                 waiting.len(),
                 new.status_text()
             ));
