@@ -395,6 +395,7 @@ async fn info_endpoint_tells_clients_how_to_connect() {
     assert_eq!(info["quicPort"], server.quic.port());
     assert_eq!(info["publicUrl"], server.url);
     assert_eq!(info["certFingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(info["capture"], true);
 }
 
 /// A 405 names the methods its path accepts in `Allow` (RFC 9110 §15.5.6),

@@ -13,13 +13,13 @@ async fn patch(s: &Setup, body: &str) -> (reqwest::StatusCode, Value) {
     raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(body)).await
 }
 
-/// Runs `hookway tunnels <args…>` against the setup's server: (exit code,
-/// stdout, stderr).
-async fn tunnels_cli(s: &Setup, args: &[&str]) -> (i32, String, String) {
+/// Runs `hookway tunnels <args…>` against `server`: (exit code, stdout,
+/// stderr).
+async fn tunnels_cli(server: &TestServer, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
         .arg("tunnels")
         .args(args)
-        .env("HOOKWAY_SERVER", &s.server.url)
+        .env("HOOKWAY_SERVER", &server.url)
         .env("HOOKWAY_API_KEY", API_KEY)
         .output()
         .await
@@ -203,7 +203,7 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     let s = Setup::new().await;
     let run = async |args: &[&str]| {
         let args: Vec<&str> = ["test", s.tunnel_id.as_str()].into_iter().chain(args.iter().copied()).collect();
-        tunnels_cli(&s, &args).await
+        tunnels_cli(&s.server, &args).await
     };
     let (code, out, err) = run(&["--path", "/echo/test?x=1"]).await;
     assert_eq!(code, 0, "{err}");
@@ -414,7 +414,7 @@ async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
     let big = http().post(s.url("/big")).body("x".repeat(65)).send().await.unwrap();
     assert_eq!(big.status(), 503, "over the capture's body limit");
     // Nor does a test request count an offline reply as reaching the app.
-    let (code, _, err) = tunnels_cli(&s, &["test", &s.tunnel_id]).await;
+    let (code, _, err) = tunnels_cli(&s.server, &["test", &s.tunnel_id]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
 }
@@ -431,7 +431,7 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
         let resp = http().post(s.url(&format!("/echo/away-{i}"))).body(format!("event {i}")).send().await.unwrap();
         assert_eq!(resp.status(), 202);
     }
-    let run = async || tunnels_cli(&s, &["replay-offline", &s.tunnel_id]).await;
+    let run = async || tunnels_cli(&s.server, &["replay-offline", &s.tunnel_id]).await;
     wait_for_records(&s.server, &s.tunnel_id, 3).await;
     // Too early, still offline: the first replay meets the edge's 503, and
     // the run stops with all three still waiting (a failed replay does not
@@ -451,7 +451,7 @@ async fn replay_offline_sends_what_the_offline_reply_answered_for() {
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
     assert!(err.contains("Nothing to replay"), "{err}");
     // With --json, one document: the new records, none this time.
-    let (code, out, err) = tunnels_cli(&s, &["replay-offline", &s.tunnel_id, "--json"]).await;
+    let (code, out, err) = tunnels_cli(&s.server, &["replay-offline", &s.tunnel_id, "--json"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), serde_json::json!({"requests": []}), "{out}");
 }
@@ -469,6 +469,9 @@ async fn an_offline_reply_without_capture_is_not_given_and_blocks_nothing() {
     let server = TestServer::start_in(server.stop().await, |c| c.capture.enabled = false).await;
     let resp = http().post(format!("{}{url}", server.url)).body("x").send().await.unwrap();
     assert_eq!(resp.status(), 503, "not recorded, so not answered for");
+    // Nothing to inspect, and the CLI says why rather than "not yet".
+    let (code, _, err) = tunnels_cli(&server, &["requests", &id]).await;
+    assert!(code == 0 && err.contains("runs with --no-capture, so it records none"), "{err}");
     let path = format!("/api/tunnels/{id}");
     let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"name": "renamed"}"#)).await;
     assert_eq!(status, 200, "{body}");

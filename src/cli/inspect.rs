@@ -120,15 +120,21 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             if let Some(before) = &before {
                 path.push_str(&format!("&before={before}"));
             }
-            let v = api(&client)?.list(&path, "requests").await?;
+            let api = api(&client)?;
+            let v = api.list(&path, "requests").await?;
             if client.json {
                 println!("{v}");
                 return Ok(());
             }
             let items = v["requests"].as_array().map_or(0, Vec::len);
             if items == 0 {
+                let capture = api.info().await.map_or(true, |info| info.capture);
                 match &before {
                     Some(before) => eprintln!("No captured requests of {id} before {before}."),
+                    None if !capture => eprintln!(
+                        "No captured requests: this server runs with --no-capture, so it records none \
+                         (restart it without that flag to inspect requests)."
+                    ),
                     None => eprintln!(
                         "No captured requests yet: requests to the tunnel's URL show here \
                          (`{} tunnels monitor {id} <port>` serves it and watches them arrive).",

@@ -70,6 +70,14 @@ pub struct ServerInfo {
     pub quic_addr: Option<String>,
     /// SHA-256 of a self-signed certificate, to pin.
     pub cert_fingerprint: Option<String>,
+    /// Whether the server captures requests for inspection (absent from an
+    /// older server, which always did).
+    #[serde(default = "captures")]
+    pub capture: bool,
+}
+
+fn captures() -> bool {
+    true
 }
 
 /// `POST /api/tunnels` answer.

@@ -491,6 +491,7 @@ fn info(state: &State) -> Response<Body> {
         "quicPort": c.quic_port,
         "quicAddr": c.quic_public_addr,
         "certFingerprint": c.fingerprint,
+        "capture": state.capture.config().enabled,
     }))
 }
 
