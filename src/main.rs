@@ -601,12 +601,15 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// Checks an id argument (`tun_…`, `wh_…`, `req_…`) before it goes into a URL
 /// path: ids are letters, digits, `_` and `-`, so a typo or a pasted path
 /// (`../keys`, `x?y`) is an error here rather than a request to another route.
+/// (Spaces around it, as a copy from a terminal may bring, are dropped.)
 fn resource_id(s: &str) -> Result<String, String> {
+    let s = s.trim();
     let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(s.to_owned())
     } else {
-        Err("not an id: ids are letters, digits, '_' and '-' (like tun_x3v10sgorhdgipbm)".into())
+        Err("not an id: ids are letters, digits, '_' and '-' (like tun_x3v10sgorhdgipbm or req_01a20d8b5945866f1903)"
+            .into())
     }
 }
 
@@ -1033,8 +1036,14 @@ async fn start(args: StartArgs) -> Result<()> {
         forget_unserved(&api, &id).await;
     } else if served.is_ok() {
         // Stopped here (ctrl-c, or q in the monitor, once its screen is
-        // gone); an end the server chose says what to do.
-        eprintln!("To serve the same URL again: {} tunnels connect {id} {}", own_command(), args.port);
+        // gone); an end the server chose says what to do. With --json, as a
+        // failure's hint is: a field of a JSON line on stderr.
+        let hint = format!("To serve the same URL again: {} tunnels connect {id} {}", own_command(), args.port);
+        if args.client.json {
+            eprintln!("{}", json!({ "hint": hint }));
+        } else {
+            eprintln!("{hint}");
+        }
     }
     served
 }
@@ -1176,6 +1185,10 @@ impl RequestLine<'_> {
     }
 }
 
+/// The most of a request's path its line shows: the id after it stays in
+/// reach, and `tunnels request` shows the path whole.
+const LINE_PATH_MAX: usize = 60;
+
 /// The text an event prints (with its newlines), and where it goes.
 fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, String) {
     use output::Stream::{Stderr, Stdout};
@@ -1201,7 +1214,10 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
         (Event::Request(log), false) => {
             let status = log.status.map_or_else(|| "ERR".to_string(), |s| s.to_string());
             let ms = log.duration.as_secs_f64() * 1000.0;
-            let mut line = format!("{:<7} {:<40} {status}  {ms:.1}ms", log.method, log.path);
+            // A caller's path, cut (the record keeps it whole) and made safe
+            // to print: a C1 control in it could drive the terminal.
+            let path = inspect_cli::records::fit(&inspect_cli::records::clean(&log.path), LINE_PATH_MAX);
+            let mut line = format!("{:<7} {path:<40} {status}  {ms:.1}ms", log.method);
             // The record's id, to look the request up or replay it.
             for extra in [&log.id, &log.error].into_iter().flatten() {
                 line.push_str("  ");
@@ -1557,16 +1573,36 @@ mod tests {
             let (stream, text) = render_event(&Event::Request(log.clone()), true, "127.0.0.1:3000");
             assert_eq!((stream, text), (output::Stream::Stdout, before + "\n"));
         }
-        // Plain lines end with the record's id, then what went wrong.
-        let plain: Vec<String> =
-            logs.iter().map(|log| render_event(&Event::Request(log.clone()), false, "").1).collect();
+        // Plain lines end with the record's id, then what went wrong; a long
+        // path is cut, and a control character in it cannot reach the terminal.
+        let long = client::RequestLog {
+            path: format!("/\u{9b}2J/{}", "a".repeat(100)),
+            status: Some(200),
+            error: None,
+            ..logs[0].clone()
+        };
+        let plain: Vec<String> = [&logs[0], &logs[1], &long]
+            .iter()
+            .map(|log| render_event(&Event::Request((*log).clone()), false, "").1)
+            .collect();
         assert_eq!(
             plain,
             [
                 format!("POST    {:<40} 201  1.2ms  req_0192f3a4b5c600000001\n", "/hook?a=\"1\""),
                 format!("GET     {:<40} ERR  5.0ms  the local app at 127.0.0.1:3000 refused the connection\n", "/"),
+                format!("POST    /\u{fffd}2J/{}… 200  1.2ms  req_0192f3a4b5c600000001\n", "a".repeat(54)),
             ]
         );
+    }
+
+    /// An id pasted with the spaces around it is the id; one with a space,
+    /// a slash or a query inside is refused before it reaches a URL.
+    #[test]
+    fn ids_are_taken_trimmed_and_checked() {
+        assert_eq!(resource_id(" req_01a20d8b5945866f1903  ").as_deref(), Ok("req_01a20d8b5945866f1903"));
+        for bad in ["", "  ", "req 1", "../keys", "x?y", "tun_é"] {
+            assert!(resource_id(bad).unwrap_err().starts_with("not an id"), "{bad:?}");
+        }
     }
 
     /// With `--json`, a hint on a line of its own is a field of its own:

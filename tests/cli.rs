@@ -744,7 +744,9 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     use tokio::io::AsyncReadExt;
     child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
     child.wait().await.unwrap();
-    assert!(err.contains(&format!("hookway tunnels connect {id} {port}")), "{err}");
+    // With --json, the hint is a JSON line on stderr too.
+    let hint: Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert!(hint["hint"].as_str().unwrap().ends_with(&format!("hookway tunnels connect {id} {port}")), "{err}");
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "a tunnel that served is kept: {listed}");
 }
