@@ -2,6 +2,27 @@
 
 use http::{HeaderMap, HeaderName, header};
 
+/// `X-Forwarded-For`, `-Proto` and `-Host`, which the edge adds to every
+/// forwarded request: as constants, since a custom name given as a `&str` is
+/// parsed and copied into an allocation of its own at each use, and the
+/// client meets all three in every request it reads.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// See [`X_FORWARDED_FOR`].
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// See [`X_FORWARDED_FOR`].
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The header name `bytes` spell (lowercase, as a `HeaderMap` keeps them),
+/// without an allocation for the forwarding headers every request carries.
+pub fn header_name(bytes: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    match bytes {
+        b"x-forwarded-for" => Ok(X_FORWARDED_FOR.clone()),
+        b"x-forwarded-proto" => Ok(X_FORWARDED_PROTO.clone()),
+        b"x-forwarded-host" => Ok(X_FORWARDED_HOST.clone()),
+        _ => HeaderName::from_bytes(bytes),
+    }
+}
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
@@ -90,6 +111,18 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The forwarding headers' constants are the names `http` makes of the
+    /// same bytes, in any case; other names are made as before.
+    #[test]
+    fn header_names_are_the_ones_http_makes() {
+        for name in ["x-forwarded-for", "X-Forwarded-Proto", "x-forwarded-host", "x-github-event", "content-type"] {
+            let made = header_name(name.as_bytes()).unwrap();
+            assert_eq!(made, HeaderName::from_bytes(name.as_bytes()).unwrap());
+            assert_eq!(made.as_str(), name.to_ascii_lowercase());
+        }
+        assert!(header_name(b"bad name").is_err() && header_name(b"").is_err());
+    }
 
     #[test]
     fn removes_hop_by_hop_and_connection_named_headers() {

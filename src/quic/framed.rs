@@ -244,6 +244,10 @@ impl FrameWriter {
     /// Encodes several frames and writes them at once (one packet for a small
     /// request: head, body, end).
     pub async fn send_frames(&mut self, frames: &[Frame]) -> Result<(), quinn::WriteError> {
+        // One allocation for the whole write: grown frame by frame, the
+        // buffer was reallocated (and copied) up to twice per request.
+        let bodies: usize = frames.iter().map(|f| if let Frame::Body(data) = f { data.len() + 16 } else { 0 }).sum();
+        self.buf.reserve(bodies + 512);
         for frame in frames {
             wire::encode(frame, &mut self.buf);
         }

@@ -20,7 +20,7 @@ use super::capture::{Replay, TapBody};
 use super::http::{Body, BoxError, bad_request_body, edge_error};
 use super::registry::{Session, Transport, Tunnel};
 use super::{State, gateway, inbound, untaken};
-use crate::headers::strip_hop_by_hop;
+use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, strip_hop_by_hop};
 use crate::inbound::{OfflineReply, Verdict};
 use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
@@ -420,14 +420,14 @@ fn caller(state: &State, peer: SocketAddr, headers: &HeaderMap, replay: bool) ->
 /// authority when it has one (HTTP/2, which has no `Host` header), else its `Host`.
 fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, authority: Option<&Authority>) {
     let ip = peer.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
     if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(state.config.scheme));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(state.config.scheme));
     let host = match authority {
         // The request was routed by this authority (HTTP/2's `:authority`, or
         // an HTTP/1.1 target in absolute form), so the app gets it as its
@@ -445,7 +445,7 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
         None => headers.get(header::HOST).cloned(),
     };
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(&X_FORWARDED_HOST, host);
     }
 }
 

@@ -14,7 +14,7 @@ use std::fmt;
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::frame::InvalidFrame;
 use super::walk::{self, Fields, HeadField, HeadFields};
@@ -73,7 +73,7 @@ impl Headers {
             Repr::Wire { buf, message, tag, count } => {
                 let mut map = HeaderMap::with_capacity(count);
                 for (name, value) in WireSpans::new(&buf, &message, tag) {
-                    let name = HeaderName::from_bytes(&buf[name]).map_err(|_| InvalidFrame::Header)?;
+                    let name = crate::headers::header_name(&buf[name]).map_err(|_| InvalidFrame::Header)?;
                     let value = HeaderValue::from_maybe_shared(buf.slice(value)).map_err(|_| InvalidFrame::Header)?;
                     map.append(name, value);
                 }
