@@ -159,7 +159,7 @@ impl Drop for Shared {
 
 fn placeholder() -> Captured {
     Captured {
-        id: String::new(),
+        id: Bytes::new(),
         tunnel_id: String::new(),
         at: std::time::SystemTime::UNIX_EPOCH,
         method: Method::GET,
@@ -184,7 +184,7 @@ impl Tap {
     pub(super) fn new(hub: Arc<Capture>, record: Captured, declared: Option<u64>) -> Self {
         Self(Arc::new(Shared {
             hub,
-            id: Bytes::copy_from_slice(record.id.as_bytes()),
+            id: record.id.clone(),
             started: Instant::now(),
             progress: Mutex::new(Progress {
                 record,

@@ -310,15 +310,15 @@ type Refused = (std::collections::VecDeque<Entry>, crate::store::StoreError);
 
 /// Keeps the newest `keep` records of each tunnel (and every replay, which someone waits for).
 fn trim(batch: &mut Vec<Captured>, keep: usize) {
-    let mut per_tunnel: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut per_tunnel: HashMap<&str, Vec<&bytes::Bytes>> = HashMap::new();
     for c in batch.iter() {
         per_tunnel.entry(&c.tunnel_id).or_default().push(&c.id);
     }
-    let mut cut: HashMap<String, String> = HashMap::new();
+    let mut cut: HashMap<String, bytes::Bytes> = HashMap::new();
     for (tunnel, mut ids) in per_tunnel {
         if ids.len() > keep {
             ids.sort_unstable();
-            cut.insert(tunnel.to_owned(), ids[ids.len() - keep].to_owned());
+            cut.insert(tunnel.to_owned(), ids[ids.len() - keep].clone());
         }
     }
     batch.retain(|c| c.replay.is_some() || cut.get(&c.tunnel_id).is_none_or(|floor| c.id >= *floor));
@@ -346,7 +346,8 @@ fn into_record(c: Captured) -> (RequestRecord, Option<tokio::sync::oneshot::Send
         None => (None, None),
     };
     let record = RequestRecord {
-        id: c.id,
+        // (ASCII, as `record_id` writes it.)
+        id: String::from_utf8_lossy(&c.id).into_owned(),
         tunnel_id: c.tunnel_id,
         time: format_time(c.at),
         method: c.method.to_string(),
@@ -378,7 +379,7 @@ mod tests {
 
     fn captured(tunnel: &str, id: &str, replay: bool) -> Captured {
         Captured {
-            id: id.into(),
+            id: bytes::Bytes::copy_from_slice(id.as_bytes()),
             tunnel_id: tunnel.into(),
             at: SystemTime::UNIX_EPOCH,
             method: http::Method::GET,
@@ -406,7 +407,8 @@ mod tests {
             captured("a", "req_4", false),
         ];
         trim(&mut batch, 2);
-        let kept: Vec<(&str, &str)> = batch.iter().map(|c| (c.tunnel_id.as_str(), c.id.as_str())).collect();
+        let kept: Vec<(&str, &str)> =
+            batch.iter().map(|c| (c.tunnel_id.as_str(), std::str::from_utf8(&c.id).unwrap())).collect();
         assert_eq!(kept, [("a", "req_1"), ("b", "req_2"), ("a", "req_5"), ("a", "req_4")]);
     }
 
