@@ -123,3 +123,35 @@ async fn an_ended_session_hears_why_on_the_control_stream_then_is_closed() {
     assert!(matches!(control_rx.next().await, Ok(None) | Err(_)));
     assert_eq!(closed_with(&conn).await, close::DISCONNECTED);
 }
+
+/// A client stopping refuses the streams the server opened before it read
+/// the client's `Leaving`: no app saw those requests, so, with an offline
+/// reply set, their callers get it (the request recorded whole, to replay),
+/// as a request a moment later does; without one, the 503 "going offline".
+#[tokio::test]
+async fn a_stream_refused_by_a_leaving_client_gets_the_offline_reply() {
+    let server = TestServer::start().await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    let (conn, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
+    let peer = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((mut send, _recv)) = peer.accept_bi().await {
+            let _ = send.reset(close::STREAM_REFUSED);
+        }
+    });
+    let url = format!("{}/t/{subdomain}/hook", server.url);
+    let before = http().post(&url).body(r#"{"n":1}"#).send().await.unwrap();
+    assert_eq!(before.status(), 503);
+    assert!(before.text().await.unwrap().contains("going offline"));
+
+    let path = format!("/api/tunnels/{id}");
+    let set = r#"{"offlineReply": {"status": 202}}"#;
+    let (status, body) = raw_api(&server, reqwest::Method::PATCH, &path, Some(&bearer()), Some(set)).await;
+    assert_eq!(status, 200, "{body}");
+    let after = http().post(&url).body(r#"{"n":2}"#).send().await.unwrap();
+    assert_eq!(after.status(), 202);
+    assert_eq!(after.headers()["x-hookway-offline"], "recorded");
+    let list = wait_for_records(&server, &id, 2).await;
+    assert_eq!((list[0]["outcome"].as_str(), list[0]["status"].as_u64()), (Some("tunnel-offline"), Some(202)));
+    assert_eq!((list[1]["outcome"].as_str(), list[1]["status"].as_u64()), (Some("tunnel-offline"), Some(503)));
+}

@@ -128,7 +128,7 @@ async fn disconnect_ends_the_client_with_a_clear_reason() {
 async fn a_stopped_client_finishes_its_requests_and_refuses_new_ones() {
     let server = TestServer::start().await;
     let mut app = spawn_held_app().await;
-    let (mut client, _) = ws_client(&server, app.addr.port()).await;
+    let (mut client, id) = ws_client(&server, app.addr.port()).await;
     let url = client.tunnel_url.clone();
     let held = tokio::spawn(http().get(format!("{url}/hold")).send());
     assert_eq!(app.next_arrival().await, "/hold");
@@ -154,12 +154,44 @@ async fn a_stopped_client_finishes_its_requests_and_refuses_new_ones() {
     let text = during.text().await.unwrap();
     assert!(text.contains("going offline"), "{text}");
     assert!(app.arrived.try_recv().is_err(), "a request during the drain reached the app");
+    // No app saw it: recorded as the tunnel going offline, for replay-offline.
+    let list = wait_for_records(&server, &id, 1).await;
+    let during = list.iter().find(|r| r["path"] == "/echo").expect("recorded");
+    assert_eq!((during["outcome"].as_str(), during["status"].as_u64()), (Some("tunnel-offline"), Some(503)));
 
     app.release.add_permits(1);
     let resp = tokio::time::timeout(Duration::from_secs(5), held).await.unwrap().unwrap().unwrap();
     assert_eq!(resp.status(), 200, "the request in flight finished");
     assert_eq!(resp.text().await.unwrap(), "released");
     client.finished(Duration::from_secs(2)).await.expect("a stop is not an error");
+}
+
+/// With an offline reply, a request a stopping `--ws` client refuses gets
+/// it, as over QUIC: no app saw the request, and it is recorded whole.
+#[tokio::test]
+async fn a_stopping_client_leaves_its_callers_to_the_offline_reply() {
+    let server = TestServer::start().await;
+    let mut app = spawn_held_app().await;
+    let (mut client, id) = ws_client(&server, app.addr.port()).await;
+    let set = r#"{"offlineReply": {"status": 202}}"#;
+    let path = format!("/api/tunnels/{id}");
+    let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(set)).await;
+    assert_eq!(status, 200, "{body}");
+    let url = client.tunnel_url.clone();
+    let held = tokio::spawn(http().get(format!("{url}/hold")).send());
+    assert_eq!(app.next_arrival().await, "/hold");
+    client.shutdown.cancel();
+    while !matches!(client.events.recv().await, Some(Event::Stopping { .. })) {}
+
+    let during = http().post(format!("{url}/echo/during")).body("x").send().await.unwrap();
+    assert_eq!(during.status(), 202);
+    assert_eq!(during.headers()["x-hookway-offline"], "recorded");
+    app.release.add_permits(1);
+    let resp = tokio::time::timeout(Duration::from_secs(5), held).await.unwrap().unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let list = wait_for_records(&server, &id, 2).await;
+    let during = list.iter().find(|r| r["path"] == "/echo/during").expect("recorded");
+    assert_eq!((during["outcome"].as_str(), during["status"].as_u64()), (Some("tunnel-offline"), Some(202)));
 }
 
 async fn status_sub(server: &TestServer, id: &str) -> String {

@@ -114,6 +114,9 @@ where
         return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
     };
     session.count_request();
+    // The offline reply is also for a request the client refused as it was
+    // leaving (see below); not for a replay, whose caller is the API.
+    let offline_reply = options.as_ref().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
     let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
@@ -168,9 +171,28 @@ where
         resp
     };
     match tap {
-        Some(tap) => tap.response(resp),
+        Some(tap) => {
+            // Refused by a client that is stopping, before its app saw it (a
+            // stream opened just before the server read its `Leaving`, or a
+            // `--ws` client's drain): the tunnel is going offline, and a
+            // request recorded whole gets its offline reply, as one that
+            // came a moment later does.
+            let resp = match offline_reply {
+                Some(reply) if went_offline(&resp) && tap.request_recorded_whole() => {
+                    inbound::offline_reply(reply, &session.tunnel.subdomain)
+                }
+                _ => resp,
+            };
+            tap.response(resp)
+        }
         None => resp,
     }
+}
+
+/// Whether `resp` is the edge's "tunnel offline" 503, the answer for a
+/// request no app saw.
+fn went_offline(resp: &Response<Body>) -> bool {
+    resp.extensions().get::<super::http::EdgeErrorKind>().is_some_and(|kind| kind.0 == "tunnel-offline")
 }
 
 /// The largest answer that goes to an HTTP/2 caller without a deadline on

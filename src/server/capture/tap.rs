@@ -210,6 +210,13 @@ impl Tap {
         p.record.request_body.data.is_some() && !p.record.request_body.truncated
     }
 
+    /// Whether the request's body was read to its end and kept whole: the
+    /// record holds all of the request, as a replay needs it.
+    pub fn request_recorded_whole(&self) -> bool {
+        let p = self.0.lock();
+        p.request_read && !p.request_failed && p.record.request_body.data.is_some() && !p.record.request_body.truncated
+    }
+
     /// Wraps the request body so its bytes are copied as they are forwarded.
     /// Dropping the wrapper unread records the body as not kept.
     pub fn request_body<B: HttpBody>(&self, body: B) -> TapBody<B> {

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::State;
-use super::http::{Body, bad_request_body, edge_error, full, json_error};
+use super::http::{Body, EdgeErrorKind, bad_request_body, edge_error, full, json_error};
 use super::listener::ConnectionSlot;
 use super::names::secret_matches;
 use super::registry::Transport;
@@ -257,9 +257,19 @@ where
                 }
             }
             let body = if super::edge::no_content(r.status, &mut headers) { Bytes::new() } else { r.body };
+            // Our own `--ws` client refuses requests this way while it stops
+            // (the WebSocket protocol has no word for "leaving"): the app
+            // never saw them, so they are the tunnel's going offline, as a
+            // refused QUIC stream is, not an answer of the app's. (An app
+            // that answers so itself is taken at its word.)
+            let leaving = r.status == StatusCode::SERVICE_UNAVAILABLE
+                && headers.get("x-hookway-error").is_some_and(|kind| kind == "tunnel-offline");
             let mut resp = Response::new(full(body));
             *resp.status_mut() = r.status;
             *resp.headers_mut() = headers;
+            if leaving {
+                resp.extensions_mut().insert(EdgeErrorKind("tunnel-offline"));
+            }
             resp
         }
         Ok(Reply::Failed(why)) => edge_error(StatusCode::BAD_GATEWAY, "tunnel-error", why),
