@@ -514,6 +514,23 @@ async fn body_capture_can_be_turned_off_per_tunnel() {
         raw_api(&s.server, Method::POST, &api(&s, &format!("/{id}/replay")), Some(&bearer()), Some(edits)).await;
     assert_eq!(status, 200, "a replay with a given body works: {body}");
 
+    // A chunked body to a tunnel that is offline is not read: its length is
+    // not known, and a replay must not send it as empty.
+    let (offline_id, _, offline_sub) = create_tunnel(&s.server, None).await;
+    let off_path = format!("/api/tunnels/{offline_id}");
+    let (status, _) =
+        raw_api(&s.server, Method::PATCH, &off_path, Some(&bearer()), Some(r#"{"captureBodies": false}"#)).await;
+    assert_eq!(status, 200);
+    let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>("event=paid")]);
+    let url = format!("{}/t/{offline_sub}/hook", s.server.url);
+    let resp = http().post(url).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let rid = wait_for_records(&s.server, &offline_id, 1).await[0]["id"].as_str().unwrap().to_owned();
+    let replay = format!("/api/tunnels/{offline_id}/requests/{rid}/replay");
+    let (status, body) = raw_api(&s.server, Method::POST, &replay, Some(&bearer()), None).await;
+    assert_eq!(status, 409, "not replayed as an empty body: {body}");
+    assert!(body["error"].as_str().unwrap().contains("not captured"), "{body}");
+
     // Back on, and the default shape of the tunnel object returns.
     let (_, body) = raw_api(&s.server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"captureBodies": true}"#)).await;
     assert!(body["tunnel"].get("captureBodies").is_none(), "{body}");

@@ -369,14 +369,22 @@ fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<B
         Some(Value::String(text)) => Ok(Bytes::from(text.clone())),
         None | Some(Value::Null) => {
             let body = &original.request.body;
+            // (Truncated before empty: a body never read, of unknown length,
+            // is recorded with size 0, and is not known to be empty.)
             match &body.data {
-                _ if body.size == 0 => Ok(Bytes::new()),
-                None => Err(ApiError::conflict(format!("bodies are not captured for this tunnel; {REPLAY_BODY_HINT}"))),
-                Some(_) if body.truncated => Err(ApiError::conflict(format!(
+                Some(_) if body.truncated && body.size == 0 => Err(ApiError::conflict(format!(
+                    "the request's body was not read (no client took the request, or its caller left first), so \
+                     its length is not known; {REPLAY_BODY_HINT}"
+                ))),
+                Some(data) if body.truncated => Err(ApiError::conflict(format!(
                     "the captured body was cut at {} of {} bytes; {REPLAY_BODY_HINT}",
-                    body.data.as_ref().map_or(0, |d| d.len()),
+                    data.len(),
                     body.size
                 ))),
+                None if body.truncated || body.size > 0 => {
+                    Err(ApiError::conflict(format!("bodies are not captured for this tunnel; {REPLAY_BODY_HINT}")))
+                }
+                None => Ok(Bytes::new()),
                 Some(data) => Ok(data.clone()),
             }
         }

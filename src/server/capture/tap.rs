@@ -68,9 +68,15 @@ impl Progress {
             // what was kept is at most a start, and the declared size is the
             // truth. (A body that broke off was read to where it broke: what
             // arrived is all there was, and the outcome says it is incomplete.)
+            // Without bodies kept, a body of unknown length is marked so too:
+            // its size (0) is not known to be the truth, and a replay must
+            // not send it as empty.
             let body = &mut record.request_body;
             body.size = body.size.max(self.declared.unwrap_or(0));
-            body.truncated |= body.data.is_some() && self.declared.is_none_or(|n| n > body.kept() as u64);
+            body.truncated |= match body.data {
+                Some(_) => self.declared.is_none_or(|n| n > body.kept() as u64),
+                None => self.declared.is_none(),
+            };
         }
         if (!complete || self.request_failed) && record.outcome == "ok" {
             // The caller went away, or the body stopped, before its end.
