@@ -253,6 +253,12 @@ pub fn terminal_width() -> usize {
     std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()).unwrap_or(DEFAULT_WIDTH)
 }
 
+/// Edge answers that say the app never saw a request: no client took it, or
+/// the app refused the connection. After any other (a timeout, the client
+/// gone mid-request) the app may have seen it, and replaying it again could
+/// deliver it twice.
+const NOT_DELIVERED: [&str; 2] = ["tunnel-offline", "local-unreachable"];
+
 /// `tunnels replay-offline`: the tunnel's kept records of requests that met
 /// it offline and have no replay that reached the app yet, each replayed in
 /// the order they came.
@@ -260,12 +266,12 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
     let api = api(client)?;
     let v = api.list(&format!("/api/tunnels/{id}/requests?limit=1000"), "requests").await?;
     let list = v["requests"].as_array().cloned().unwrap_or_default();
-    // Only a replay that reached the app takes a request off the list: one
-    // the edge answered (the tunnel still offline, the app down) leaves it
-    // waiting, or it would never reach the app at all.
+    // A replay the app never saw (the tunnel still offline, the app down)
+    // leaves its request waiting, or it would never reach the app at all;
+    // any other takes it off the list, since the app may have seen it.
     let replayed: std::collections::HashSet<&str> = list
         .iter()
-        .filter(|r| r["outcome"] == "ok" || r["outcome"] == "incomplete")
+        .filter(|r| !r["outcome"].as_str().is_some_and(|o| NOT_DELIVERED.contains(&o)))
         .filter_map(|r| r["replayOf"].as_str())
         .collect();
     let waiting: Vec<&Value> = list
@@ -299,12 +305,23 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
         let kind = edge_error(&v["request"]);
         replayed.push(v["request"].clone());
         if let Some(kind) = kind {
-            stopped = Some(anyhow::anyhow!(
-                "replayed {done} of {}, then stopped: the replay of {rid} did not reach the app (the edge answered \
-                 {} {kind}); it and those after it still wait: run this again once the app is reachable",
-                waiting.len(),
-                new.status_text()
-            ));
+            let (total, status) = (waiting.len(), new.status_text());
+            stopped = Some(if NOT_DELIVERED.contains(&kind.as_str()) {
+                anyhow::anyhow!(
+                    "replayed {done} of {total}, then stopped: the replay of {rid} did not reach the app (the edge \
+                     answered {status} {kind}); it and those after it still wait: run this again once the app is \
+                     reachable"
+                )
+            } else {
+                anyhow::anyhow!(
+                    "replayed {} of {total}, then stopped: the edge answered the replay of {rid} {status} {kind}, \
+                     after the app may have seen it, so it is not replayed again (`{} tunnels request {id} {}` \
+                     shows it); those after it still wait: run this again",
+                    done + 1,
+                    crate::own_command(),
+                    new.id
+                )
+            });
             break;
         }
     }
