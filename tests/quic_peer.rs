@@ -155,3 +155,37 @@ async fn a_stream_refused_by_a_leaving_client_gets_the_offline_reply() {
     assert_eq!((list[0]["outcome"].as_str(), list[0]["status"].as_u64()), (Some("tunnel-offline"), Some(202)));
     assert_eq!((list[1]["outcome"].as_str(), list[1]["status"].as_u64()), (Some("tunnel-offline"), Some(503)));
 }
+
+/// A client that says it is leaving is offline at once, and one that then
+/// never closes its connection (buggy, or holding on) is closed by the server
+/// once twice our client's drain has passed: out of the routing map, no API
+/// call could end it any more.
+#[tokio::test]
+async fn a_leaving_client_that_never_closes_is_closed_after_its_drain() {
+    let server = TestServer::start().await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    let (conn, mut control_tx, _control_rx) = live_peer(&server, &id, &token).await;
+    control_tx.send(&Frame::Leaving).await.unwrap();
+    let left = tokio::time::Instant::now();
+    let url = format!("{}/t/{subdomain}/x", server.url);
+    let offline = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let resp = http().get(&url).send().await.unwrap();
+            if resp.status() == 503 && resp.text().await.unwrap().contains("no client is connected") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    offline.await.expect("the tunnel is offline once the server read Leaving");
+    let closed = tokio::time::timeout(Duration::from_secs(15), conn.closed()).await.expect("closed by the server");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == close::NORMAL),
+        "{closed}"
+    );
+    let after = left.elapsed();
+    assert!(
+        after >= hookway::server::session::LEFT_DRAIN - Duration::from_millis(500),
+        "closed after {after:?}, in its drain"
+    );
+}

@@ -250,7 +250,12 @@ async fn quic_session(
             // opened before the server read it is refused, which tells the
             // edge "going offline".
             if hello.accepts_leaving {
-                let _ = control.1.send(&Frame::Leaving).await;
+                // (Bounded: behind a full connection window, the send could
+                // wait, and a second ctrl-c must still quit at once.)
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(1), control.1.send(&Frame::Leaving)) => {}
+                    _ = shutdown.cut_token().cancelled() => {}
+                }
             }
             let refuse = async {
                 while let Ok((mut send, _)) = conn.accept_bi().await {

@@ -189,10 +189,11 @@ where
     }
 }
 
-/// Whether `resp` is the edge's "tunnel offline" 503, the answer for a
-/// request no app saw.
+/// Whether `resp` answers a request a stopping client refused, which no app
+/// saw. (Not any "tunnel offline": a stream that could not be opened on a
+/// connection just replaced belongs to a tunnel that is live.)
 fn went_offline(resp: &Response<Body>) -> bool {
-    resp.extensions().get::<super::http::EdgeErrorKind>().is_some_and(|kind| kind.0 == "tunnel-offline")
+    resp.extensions().get::<super::http::RefusedByLeavingClient>().is_some()
 }
 
 /// The largest answer that goes to an HTTP/2 caller without a deadline on
@@ -372,11 +373,15 @@ where
     match first {
         Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
         Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
-        Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_REFUSED => edge_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "tunnel-offline",
-            format_args!("tunnel '{}' is going offline: its client is stopping", session.tunnel.subdomain),
-        ),
+        Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_REFUSED => {
+            let mut resp = edge_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tunnel-offline",
+                format_args!("tunnel '{}' is going offline: its client is stopping", session.tunnel.subdomain),
+            );
+            resp.extensions_mut().insert(super::http::RefusedByLeavingClient);
+            resp
+        }
         // The client gives up on a request whose stream we reset because the
         // caller's body failed: that is the caller's fault, not the tunnel's.
         Ok(_) | Err(_) => match sending.body_error().await {

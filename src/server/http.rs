@@ -42,6 +42,12 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response<Bo
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeErrorKind(pub &'static str);
 
+/// Marks the answer for a request a stopping client refused before its app
+/// saw it (a refused QUIC stream, a `--ws` client's "going offline"): the
+/// one answer besides an offline tunnel's that the offline reply may replace.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedByLeavingClient;
+
 /// A one-line plain-text error from the edge, with a machine-readable kind in
 /// `x-hookway-error` so callers can tell our errors from the local app's.
 pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt::Display) -> Response<Body> {

@@ -22,6 +22,11 @@ use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, Rejected, Se
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval at which clients are asked to ping.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a client that said it is leaving keeps its connection for the
+/// requests in flight before the server closes it: twice the drain our
+/// client gives them (`client::DRAIN`), so that one honest client is never
+/// cut short, while a client that never closes is.
+pub const LEFT_DRAIN: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `shutdown`; each runs as a task on `state.tasks`.
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken) {
@@ -83,11 +88,15 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
     // A client that says it is leaving is taken out of the routing map at
     // once: its tunnel is offline (new requests get an offline tunnel's
     // answer, its offline reply among them) while the requests it has finish.
+    let left = std::sync::atomic::AtomicBool::new(false);
     let leaving = || {
+        left.store(true, Release);
         end(&state, &session, "its client is stopping");
     };
     let reason = heartbeats(&conn, reader, writer, session.ending.subscribe(), &leaving).await;
-    if end(&state, &session, &reason) {
+    // (A client that left and then ended its control stream is closed too:
+    // nothing else would supervise its connection.)
+    if end(&state, &session, &reason) || left.load(std::sync::atomic::Ordering::Acquire) {
         conn.close(close::NORMAL, b"session ended");
     }
 }
@@ -228,9 +237,18 @@ async fn heartbeats(
     // The session may have been ended before this task subscribed.
     ending.mark_changed();
     let mut told = false;
+    // Once the client left, no API call can reach the session (it is out of
+    // the routing map): the server ends its drain itself if the client does not.
+    let mut left = false;
+    let drain_over = tokio::time::sleep(LEFT_DRAIN);
+    tokio::pin!(drain_over);
     loop {
         tokio::select! {
             err = conn.closed() => return err.to_string(),
+            () = &mut drain_over, if left => {
+                conn.close(close::NORMAL, b"drain over");
+                return "its client left and did not close within its drain".into();
+            }
             changed = ending.changed(), if !told => {
                 let notice = ending.borrow_and_update().clone();
                 match (changed, notice) {
@@ -254,7 +272,12 @@ async fn heartbeats(
                 Ok(Some(Frame::Pong(_))) => {}
                 // The connection stays for the requests in flight; the client
                 // closes it once they are done.
-                Ok(Some(Frame::Leaving)) => leaving(),
+                Ok(Some(Frame::Leaving)) if !left => {
+                    left = true;
+                    drain_over.as_mut().reset(tokio::time::Instant::now() + LEFT_DRAIN);
+                    leaving();
+                }
+                Ok(Some(Frame::Leaving)) => {}
                 Ok(Some(other)) => {
                     tracing::debug!(?other, "unexpected frame on the control stream");
                     conn.close(close::PROTOCOL_ERROR, b"unexpected frame on control stream");

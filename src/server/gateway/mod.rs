@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::State;
-use super::http::{Body, EdgeErrorKind, bad_request_body, edge_error, full, json_error};
+use super::http::{Body, EdgeErrorKind, RefusedByLeavingClient, bad_request_body, edge_error, full, json_error};
 use super::listener::ConnectionSlot;
 use super::names::secret_matches;
 use super::registry::Transport;
@@ -269,6 +269,7 @@ where
             *resp.headers_mut() = headers;
             if leaving {
                 resp.extensions_mut().insert(EdgeErrorKind("tunnel-offline"));
+                resp.extensions_mut().insert(RefusedByLeavingClient);
             }
             resp
         }
