@@ -1237,6 +1237,17 @@ fn render_event(event: &Event, json: bool, local: &str) -> (output::Stream, Stri
             let text = format!("{what} ({reason}); retrying in {:.1}s…\n", retry_in.as_secs_f64());
             return (Stderr, text);
         }
+        (Event::SlowConnect { to, waited }, true) => {
+            json!({ "event": "slowConnect", "quicAddr": to, "waitedMs": waited.as_millis() as u64 }).to_string()
+        }
+        (Event::SlowConnect { to, waited }, false) => {
+            let text = format!(
+                "Still connecting over QUIC (UDP) to {to} after {}s; if this network blocks UDP, --ws tunnels over \
+                 the server's HTTP port instead.\n",
+                waited.as_secs()
+            );
+            return (Stderr, text);
+        }
         (Event::Stopping { in_flight }, true) => json!({ "event": "stopping", "inFlight": in_flight }).to_string(),
         (Event::Stopping { in_flight }, false) => {
             let text = format!(

@@ -196,6 +196,8 @@ async fn client_task(config: ClientConfig, tx: mpsc::Sender<Msg>, stop: Shutdown
             Event::Reconnecting { reason, retry_in, .. } => Msg::Reconnecting { reason, retry_in },
             // The record arrives through the stream, with more than the client knows.
             Event::Request(_) => return,
+            // (The header already says it is connecting.)
+            Event::SlowConnect { .. } => return,
             // Only after the screen is gone (the client is stopped once the
             // UI loop has ended), so the line `start` prints is safe here too.
             stopping @ Event::Stopping { .. } => {

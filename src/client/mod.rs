@@ -29,6 +29,8 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Time allowed to connect and complete the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After how long a first QUIC connection still being made is told of.
+pub const SLOW_CONNECT: Duration = Duration::from_secs(3);
 /// On stop (ctrl-c), how long requests the local app is answering get to
 /// finish; a second stop ([`Shutdown::cut`]) ends the wait at once.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -110,6 +112,16 @@ pub enum Event {
         /// failed, and the loss was told already).
         lost: bool,
     },
+    /// The run's first connection over QUIC is still being made after
+    /// [`SLOW_CONNECT`] (where it takes milliseconds): told once, while it
+    /// goes on, since a network that drops UDP shows nothing else until the
+    /// attempt times out.
+    SlowConnect {
+        /// The QUIC address it is trying.
+        to: String,
+        /// How long it has been trying.
+        waited: Duration,
+    },
     /// Asked to stop: requests in flight get [`DRAIN`] to finish first.
     Stopping {
         /// Requests the local app is still answering.
@@ -163,6 +175,7 @@ pub async fn run(
     let api = ApiClient::new(&config.server, None);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    let mut first_try = true;
     // What the run's first connection trusted, kept for the whole run.
     let mut learned = None;
     let spinner = spin::Spinner::new(config.busy_poll);
@@ -173,11 +186,12 @@ pub async fn run(
     loop {
         let (connected, end) = match &config.ws_url {
             None => {
-                let link = Link { api: &api, config: &config, learned: &mut learned };
+                let link = Link { api: &api, config: &config, learned: &mut learned, first_try };
                 quic_session(link, &app, &spinner, &on_event, &shutdown, connected_before).await
             }
             Some(url) => ws::session(url, &app, &on_event, &shutdown, connected_before).await,
         };
+        first_try = false;
         if connected {
             backoff = MIN_BACKOFF;
             connected_before = true;
@@ -210,6 +224,8 @@ struct Link<'a> {
     api: &'a ApiClient,
     config: &'a ClientConfig,
     learned: &'a mut Option<Learned>,
+    /// The run's first attempt: the one a slow connection is told of.
+    first_try: bool,
 }
 
 /// One QUIC connection: connect, handshake, serve; (connected, how it ended).
@@ -221,10 +237,12 @@ async fn quic_session(
     shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
-    let Link { api, config, learned } = link;
+    let Link { api, config, learned, first_try } = link;
     let attempt = async {
         // Each step of `connect` has its own deadline, and says which timed out.
-        let (endpoint, conn) = connect(api, config, learned).await?;
+        let tell_slow = |to: String| on_event(Event::SlowConnect { to, waited: SLOW_CONNECT });
+        let slow: Option<&(dyn Fn(String) + Send + Sync)> = if first_try { Some(&tell_slow) } else { None };
+        let (endpoint, conn) = connect(api, config, learned, slow).await?;
         let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
             .await
             .map_err(|_| Attempt::Retry("timed out in the handshake".into()))??;
@@ -309,10 +327,14 @@ fn jitter(d: Duration) -> Duration {
 /// moves from a self-signed certificate to one the system roots verify is
 /// followed: such a certificate is verified for the host of the server's
 /// URL, which nobody in the middle can present one for.
+///
+/// `slow`, if given, hears the QUIC address once the QUIC handshake has taken
+/// [`SLOW_CONNECT`] (the attempt goes on).
 async fn connect(
     api: &ApiClient,
     config: &ClientConfig,
     learned: &mut Option<Learned>,
+    slow: Option<&(dyn Fn(String) + Send + Sync)>,
 ) -> Result<(quinn::Endpoint, quinn::Connection), Attempt> {
     let info = tokio::time::timeout(CONNECT_TIMEOUT, api.info())
         .await
@@ -373,7 +395,19 @@ async fn connect(
              instead)"
         ))
     };
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting).await.map_err(|_| silent())?.map_err(|e| {
+    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, connecting);
+    tokio::pin!(connecting);
+    let connected = match slow {
+        Some(tell) => tokio::select! {
+            connected = &mut connecting => connected,
+            () = tokio::time::sleep(SLOW_CONNECT) => {
+                tell(addr.to_string());
+                connecting.await
+            }
+        },
+        None => connecting.await,
+    };
+    let conn = connected.map_err(|_| silent())?.map_err(|e| {
         match refusal.take() {
             // Fatal on a reconnection too: a server restarted with a certificate
             // we cannot trust is not fixed by waiting, and a silent retry loop
