@@ -480,3 +480,26 @@ async fn an_offline_reply_without_capture_is_not_given_and_blocks_nothing() {
     assert_eq!(status, 409, "{body}");
     assert!(body["error"].as_str().unwrap().contains("--no-capture"), "{body}");
 }
+
+/// A record `replay-offline` cannot replay as it came (its body not kept
+/// whole: here a chunked body to a tunnel that keeps no bodies) is passed
+/// over with the command that can, and the run goes on to the next, instead
+/// of stopping at it on every run.
+#[tokio::test]
+async fn replay_offline_passes_over_a_record_without_its_body() {
+    let s = Setup::new().await;
+    let (status, _) = patch(&s, r#"{"captureBodies": false}"#).await;
+    assert_eq!(status, 200);
+    take_offline(&s).await;
+    let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>("event=paid")]);
+    let resp = http().post(s.url("/echo/chunked")).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(http().get(s.url("/echo/ping")).send().await.unwrap().status(), 503);
+    wait_for_records(&s.server, &s.tunnel_id, 2).await;
+    let app = spawn_app().await;
+    let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;
+    let (code, out, err) = tunnels_cli(&s.server, &["replay-offline", &s.tunnel_id]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("Skipped req_") && err.contains("--body-file FILE"), "{err}");
+    assert!(out.contains("(GET /echo/ping)") && out.trim_end().ends_with(": 200 ok"), "{out}");
+}

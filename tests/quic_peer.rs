@@ -189,3 +189,22 @@ async fn a_leaving_client_that_never_closes_is_closed_after_its_drain() {
         "closed after {after:?}, in its drain"
     );
 }
+
+/// After `Leaving`, pings go unanswered (a client that pings without reading
+/// could otherwise block the server's pong, and with it the close at the end
+/// of its drain), and a client that then ends its control stream is closed
+/// at once: nothing else supervises a session out of the routing map.
+#[tokio::test]
+async fn after_leaving_pings_are_not_answered_and_the_control_streams_end_closes() {
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let (conn, mut control_tx, mut control_rx) = live_peer(&server, &id, &token).await;
+    control_tx.send(&Frame::Ping(1)).await.unwrap();
+    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::Pong(1))), "answered before leaving");
+    control_tx.send(&Frame::Leaving).await.unwrap();
+    control_tx.send(&Frame::Ping(2)).await.unwrap();
+    let pong = tokio::time::timeout(Duration::from_millis(500), control_rx.next()).await;
+    assert!(pong.is_err(), "a pong after leaving: {pong:?}");
+    control_tx.finish();
+    assert_eq!(closed_with(&conn).await, close::NORMAL);
+}

@@ -220,6 +220,12 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         }
     }
     let size = part["bodySize"].as_u64().unwrap_or(0);
+    // A body never read (no client took the request, or its caller left
+    // first) whose length was not declared: size 0 is not known to be it.
+    if size == 0 && part["truncated"] == true {
+        out.push(line(LineKind::Heading, format!("{name} body")));
+        return out.push(line(LineKind::Note, "  (not read, and its length was not declared: not known)"));
+    }
     out.push(line(LineKind::Heading, format!("{name} body ({size} bytes)")));
     let body = match &part["body"] {
         Value::Null => return out.push(line(LineKind::Note, "  (body capture is off)")),
@@ -427,6 +433,21 @@ mod tests {
         assert!(t.contains(&"  00 01 02 ff".to_owned()), "{t:#?}");
         assert!(t.contains(&"  (truncated: 4 of 9000 bytes captured)".to_owned()), "{t:#?}");
         assert!(t.contains(&"  (body capture is off)".to_owned()), "{t:#?}");
+    }
+
+    /// A body never read, of undeclared length, kept or not, is not shown as
+    /// empty nor as "0 of 0 bytes".
+    #[test]
+    fn a_body_never_read_says_its_length_is_not_known() {
+        for body in [json!(""), Value::Null] {
+            let request =
+                json!({"headers": {}, "body": body, "bodyEncoding": "utf8", "bodySize": 0, "truncated": true});
+            let d = detail(request, json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}));
+            let t = texts(&detail_lines(&d, 100));
+            assert!(t.contains(&"Request body".to_owned()), "{t:#?}");
+            assert!(t.contains(&"  (not read, and its length was not declared: not known)".to_owned()), "{t:#?}");
+            assert!(!t.iter().any(|l| l.contains("0 of 0")), "{t:#?}");
+        }
     }
 
     #[test]

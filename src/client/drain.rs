@@ -14,14 +14,25 @@ use crate::shutdown::Shutdown;
 /// still arrive "going offline", so their callers hear it now rather than
 /// after the drain. The connection stays open throughout: closing it is the
 /// caller's next step.
+///
+/// With nothing in flight it still waits `linger` (refusing meanwhile): after
+/// `Leaving`, the streams the server opened before it read it are still on
+/// their way, and a refusal is what lets the edge give them the tunnel's
+/// offline reply; a close would fail them as a lost connection.
 pub(super) async fn drain(
     requests: &TaskTracker,
     shutdown: &Shutdown,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     refuse: impl Future<Output = ()>,
+    linger: std::time::Duration,
 ) {
     requests.close();
     if requests.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep(linger) => {}
+            _ = shutdown.cut_token().cancelled() => {}
+            _ = refuse => {}
+        }
         return;
     }
     on_event(Event::Stopping { in_flight: requests.len() });

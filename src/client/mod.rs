@@ -29,6 +29,9 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// Time allowed to connect and complete the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a stopping client with nothing in flight waits, after
+/// `Leaving`, for the streams the server opened before it read it.
+const LEAVING_LINGER_MAX: Duration = Duration::from_secs(1);
 /// After how long a first QUIC connection still being made is told of.
 pub const SLOW_CONNECT: Duration = Duration::from_secs(3);
 /// On stop (ctrl-c), how long requests the local app is answering get to
@@ -112,10 +115,10 @@ pub enum Event {
         /// failed, and the loss was told already).
         lost: bool,
     },
-    /// The run's first connection over QUIC is still being made after
-    /// [`SLOW_CONNECT`] (where it takes milliseconds): told once, while it
-    /// goes on, since a network that drops UDP shows nothing else until the
-    /// attempt times out.
+    /// A QUIC handshake, before the run's first connection, still has no
+    /// answer after [`SLOW_CONNECT`] (where it takes milliseconds): told once
+    /// per run, while it goes on, since a network that drops UDP shows
+    /// nothing else until the attempt times out.
     SlowConnect {
         /// The QUIC address it is trying.
         to: String,
@@ -175,7 +178,9 @@ pub async fn run(
     let api = ApiClient::new(&config.server, None);
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
-    let mut first_try = true;
+    // Whether a slow first connection was told of: once per run, on
+    // whichever attempt first meets a silent QUIC handshake.
+    let slow_told = std::sync::atomic::AtomicBool::new(false);
     // What the run's first connection trusted, kept for the whole run.
     let mut learned = None;
     let spinner = spin::Spinner::new(config.busy_poll);
@@ -186,12 +191,12 @@ pub async fn run(
     loop {
         let (connected, end) = match &config.ws_url {
             None => {
-                let link = Link { api: &api, config: &config, learned: &mut learned, first_try };
+                let tell_slow = !connected_before && !slow_told.load(std::sync::atomic::Ordering::Relaxed);
+                let link = Link { api: &api, config: &config, learned: &mut learned, tell_slow, slow_told: &slow_told };
                 quic_session(link, &app, &spinner, &on_event, &shutdown, connected_before).await
             }
             Some(url) => ws::session(url, &app, &on_event, &shutdown, connected_before).await,
         };
-        first_try = false;
         if connected {
             backoff = MIN_BACKOFF;
             connected_before = true;
@@ -224,8 +229,10 @@ struct Link<'a> {
     api: &'a ApiClient,
     config: &'a ClientConfig,
     learned: &'a mut Option<Learned>,
-    /// The run's first attempt: the one a slow connection is told of.
-    first_try: bool,
+    /// Whether a slow QUIC handshake is to be told of (not yet told, and
+    /// never connected in this run), and where to note that it was.
+    tell_slow: bool,
+    slow_told: &'a std::sync::atomic::AtomicBool,
 }
 
 /// One QUIC connection: connect, handshake, serve; (connected, how it ended).
@@ -237,11 +244,14 @@ async fn quic_session(
     shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
-    let Link { api, config, learned, first_try } = link;
+    let Link { api, config, learned, tell_slow, slow_told } = link;
     let attempt = async {
         // Each step of `connect` has its own deadline, and says which timed out.
-        let tell_slow = |to: String| on_event(Event::SlowConnect { to, waited: SLOW_CONNECT });
-        let slow: Option<&(dyn Fn(String) + Send + Sync)> = if first_try { Some(&tell_slow) } else { None };
+        let tell = |to: String| {
+            slow_told.store(true, std::sync::atomic::Ordering::Relaxed);
+            on_event(Event::SlowConnect { to, waited: SLOW_CONNECT });
+        };
+        let slow: Option<&(dyn Fn(String) + Send + Sync)> = if tell_slow { Some(&tell) } else { None };
         let (endpoint, conn) = connect(api, config, learned, slow).await?;
         let (hello, control) = tokio::time::timeout(CONNECT_TIMEOUT, handshake(&conn, config))
             .await
@@ -267,6 +277,7 @@ async fn quic_session(
             // open during the drain: its end ends the session. A stream
             // opened before the server read it is refused, which tells the
             // edge "going offline".
+            let mut linger = Duration::ZERO;
             if hello.accepts_leaving {
                 // (Bounded: behind a full connection window, the send could
                 // wait, and a second ctrl-c must still quit at once.)
@@ -274,13 +285,16 @@ async fn quic_session(
                     _ = tokio::time::timeout(Duration::from_secs(1), control.1.send(&Frame::Leaving)) => {}
                     _ = shutdown.cut_token().cancelled() => {}
                 }
+                // A round trip and a half: `Leaving` on its way, then the
+                // streams opened before the server read it on theirs.
+                linger = (conn.rtt() * 3 / 2 + Duration::from_millis(20)).min(LEAVING_LINGER_MAX);
             }
             let refuse = async {
                 while let Ok((mut send, _)) = conn.accept_bi().await {
                     let _ = send.reset(close::STREAM_REFUSED);
                 }
             };
-            drain::drain(requests, shutdown, on_event, refuse).await;
+            drain::drain(requests, shutdown, on_event, refuse, linger).await;
             closing.because("this client stopped");
             conn.close(close::NORMAL, b"client shutting down");
             // The close must leave before the process does, or the server

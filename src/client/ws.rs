@@ -74,7 +74,7 @@ pub(super) async fn session(
                     }
                 }
             };
-            drain::drain(&requests, shutdown, on_event, refuse).await;
+            drain::drain(&requests, shutdown, on_event, refuse, Duration::ZERO).await;
             let frame = CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() };
             // Bounded like the writer below: a server that stopped reading
             // would otherwise hold the client here with the queue full.

@@ -308,7 +308,7 @@ where
     };
     let (send, recv) = match opened {
         Ok(Ok(pair)) => pair,
-        Ok(Err(_)) => return offline(session),
+        Ok(Err(_)) => return offline(session, conn),
         Err(_) => return timed_out(timeout),
     };
     let mut reader = FrameReader::new(recv);
@@ -419,12 +419,21 @@ fn body_cut_by_timeout() -> Response<Body> {
     )
 }
 
-fn offline(session: &Session) -> Response<Body> {
-    edge_error(
+/// The answer when a request's stream cannot be opened: the connection is
+/// gone. If its client closed it (a client that left and then closed), the
+/// request met a tunnel going offline, which no app saw: the offline reply
+/// may stand in (a connection the server closed, replaced by a newer
+/// client's, is not that).
+fn offline(session: &Session, conn: &quinn::Connection) -> Response<Body> {
+    let mut resp = edge_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "tunnel-offline",
         format_args!("tunnel '{}' lost its client connection", session.tunnel.subdomain),
-    )
+    );
+    if matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(_))) {
+        resp.extensions_mut().insert(super::http::RefusedByLeavingClient);
+    }
+    resp
 }
 
 fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {

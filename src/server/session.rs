@@ -263,7 +263,10 @@ async fn heartbeats(
                 }
             }
             frame = reader.next() => match frame {
-                Ok(Some(Frame::Ping(_))) if told => {}
+                // (After `Leaving` too: a client that left and pings without
+                // reading would block the pong's write, and with it the close
+                // at the end of its drain.)
+                Ok(Some(Frame::Ping(_))) if told || left => {}
                 Ok(Some(Frame::Ping(seq))) => {
                     if writer.send(&Frame::Pong(seq)).await.is_err() {
                         return "control stream closed".into();
