@@ -64,10 +64,7 @@ impl Summary {
     /// watching webhooks arrive; the detail view has it).
     pub fn clock(&self) -> String {
         let format = format_description!("[hour]:[minute]:[second].[subsecond digits:3]");
-        OffsetDateTime::parse(&self.time, &Rfc3339)
-            .ok()
-            .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
-            .unwrap_or_else(|| self.time.clone())
+        in_local(&self.time, format).unwrap_or_else(|| self.time.clone())
     }
 
     /// The status, or `-` when the caller got none.
@@ -86,6 +83,12 @@ impl Summary {
     }
 }
 
+/// `rfc3339` in local time, written as `format`; `None` when it is no
+/// RFC 3339 time (each caller shows it otherwise).
+fn in_local(rfc3339: &str, format: &(impl time::formatting::Formattable + ?Sized)) -> Option<String> {
+    OffsetDateTime::parse(rfc3339, &Rfc3339).ok()?.to_offset(local_offset()).format(format).ok()
+}
+
 /// Full time in local time, with the date and offset: for lines that have
 /// the room (a table's column takes [`local_time`]). To the millisecond when
 /// the time has a fraction; a time kept to the second (a tunnel's, a
@@ -98,20 +101,14 @@ pub fn full_time(rfc3339: &str) -> String {
         "[year]-[month]-[day] [hour]:[minute]:[second] [offset_hour sign:mandatory]:[offset_minute]"
     );
     let format = if rfc3339.contains('.') { with_ms } else { whole };
-    OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .ok()
-        .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
-        .unwrap_or_else(|| rfc3339.to_owned())
+    in_local(rfc3339, format).unwrap_or_else(|| rfc3339.to_owned())
 }
 
 /// Date and time in local time, to the second, always 19 characters: a
 /// column of times the server keeps to the second (a tunnel's last connection).
 pub fn local_time_s(rfc3339: &str) -> String {
     let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .ok()
-        .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
-        .unwrap_or_else(|| clean(rfc3339))
+    in_local(rfc3339, format).unwrap_or_else(|| clean(rfc3339))
 }
 
 /// Date and time in local time, to the millisecond, always 23 characters
@@ -119,10 +116,7 @@ pub fn local_time_s(rfc3339: &str) -> String {
 /// which would change a column's width from row to row).
 pub fn local_time(rfc3339: &str) -> String {
     let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]");
-    OffsetDateTime::parse(rfc3339, &Rfc3339)
-        .ok()
-        .and_then(|t| t.to_offset(local_offset()).format(&format).ok())
-        .unwrap_or_else(|| clean(rfc3339))
+    in_local(rfc3339, format).unwrap_or_else(|| clean(rfc3339))
 }
 
 /// `s` cut to `width` characters, ending with `…` when cut.
