@@ -68,28 +68,29 @@ fn roundtrip_corpus_replays_cleanly() {
     replay("roundtrip");
 }
 
-#[test]
-fn wsjson_corpus_replays_cleanly() {
+/// Runs `check` on every file of `fuzz/corpus/<dir>`, failing on a panic
+/// (naming the file); the outcomes seen.
+fn outcomes<O: Ord>(dir: &str, check: impl Fn(&[u8]) -> O + std::panic::RefUnwindSafe) -> BTreeSet<O> {
     let mut seen = BTreeSet::new();
-    for path in corpus_files("wsjson") {
+    for path in corpus_files(dir) {
         let data = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| wsjson_check::check(&data))
-            .unwrap_or_else(|_| panic!("wsjson check failed on {}", path.display()));
+        let outcome = std::panic::catch_unwind(|| check(&data))
+            .unwrap_or_else(|_| panic!("{dir} check failed on {}", path.display()));
         seen.insert(outcome);
     }
+    seen
+}
+
+#[test]
+fn wsjson_corpus_replays_cleanly() {
+    let seen = outcomes("wsjson", wsjson_check::check);
     use wsjson_check::Outcome::*;
     assert_eq!(seen, BTreeSet::from([Response, Request, Control, Rejected]), "the seeds cover every outcome");
 }
 
 #[test]
 fn inbound_corpus_replays_cleanly() {
-    let mut seen = BTreeSet::new();
-    for path in corpus_files("inbound") {
-        let data = fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let outcome = std::panic::catch_unwind(|| inbound_check::check(&data))
-            .unwrap_or_else(|_| panic!("inbound check failed on {}", path.display()));
-        seen.insert(outcome);
-    }
+    let seen = outcomes("inbound", inbound_check::check);
     use inbound_check::Outcome::*;
     assert_eq!(
         seen,
