@@ -604,8 +604,7 @@ const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 /// (Spaces around it, as a copy from a terminal may bring, are dropped.)
 fn resource_id(s: &str) -> Result<String, String> {
     let s = s.trim();
-    let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if !s.is_empty() && hookway::wire::is_id(s.as_bytes()) {
         Ok(s.to_owned())
     } else {
         Err("not an id: ids are letters, digits, '_' and '-' (like tun_x3v10sgorhdgipbm or req_01a20d8b5945866f1903)"

@@ -260,15 +260,20 @@ fn request_head_from(h: pb::RequestHead) -> Result<RequestHead, InvalidFrame> {
     })
 }
 
-/// The longest request id a head may carry: the server's are 24 bytes.
+/// The longest id a request head may carry, or a command take: the server's are 24 bytes.
 pub const MAX_REQUEST_ID: usize = 64;
 
-/// A request id is shown to the user and typed back into commands: short,
-/// and only ASCII letters, digits, `_` and `-` (no control characters for a
-/// terminal, nothing a shell would read).
+/// Whether `id` is made as hookway's ids are (`tun_…`, `wh_…`, `req_…`): at
+/// most [`MAX_REQUEST_ID`] ASCII letters, digits, `_` and `-`. Ids are shown
+/// to the user and typed back into commands and URL paths: no control
+/// characters for a terminal, nothing a shell or a path would read.
+pub fn is_id(id: &[u8]) -> bool {
+    id.len() <= MAX_REQUEST_ID && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A request head's id: empty (no record), or an id ([`is_id`]).
 pub(crate) fn check_request_id(id: &[u8]) -> Result<(), InvalidFrame> {
-    let ok = id.len() <= MAX_REQUEST_ID && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(InvalidFrame::RequestId) }
+    if is_id(id) { Ok(()) } else { Err(InvalidFrame::RequestId) }
 }
 
 /// A request target must be origin-form: a path, maybe a query, no fragment.
