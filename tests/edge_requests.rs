@@ -140,8 +140,9 @@ async fn a_broken_request_body_is_the_callers_fault_over_quic_and_websocket() {
 }
 
 /// A caller that declares a length and breaks off after a few bytes is
-/// recorded with what it sent, not with what it promised, and not as a body
-/// the capture cut: the outcome says it is incomplete.
+/// recorded with what it sent, not with what it promised: the outcome says it
+/// is incomplete, the body that it is short, and a replay asks for a body
+/// rather than sending those bytes as if they were the whole webhook.
 #[tokio::test]
 async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
     use tokio::io::AsyncWriteExt;
@@ -164,9 +165,24 @@ async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
     let body = &detail["request"]["request"];
     assert_eq!(
         (body["bodySize"].as_u64(), body["truncated"].as_bool(), body["body"].as_str()),
-        (Some(10), Some(false), Some("aaaaaaaaaa")),
+        (Some(10), Some(true), Some("aaaaaaaaaa")),
         "{detail}"
     );
+    let (status, answer) =
+        raw_api(&s.server, reqwest::Method::POST, &format!("{path}/replay"), Some(&bearer()), Some("{}")).await;
+    assert_eq!(status, 409, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("only the first 10 bytes") && error.contains("\"body\""), "{error}");
+    // With the body given, it is replayed.
+    let (status, answer) = raw_api(
+        &s.server,
+        reqwest::Method::POST,
+        &format!("{path}/replay"),
+        Some(&bearer()),
+        Some(r#"{"body": "whole"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// One caller's upload that its app does not read must not stop the uploads of

@@ -108,8 +108,10 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
     } else {
         body.as_bytes().to_vec()
     };
-    if part["truncated"] == true {
-        let size = part["bodySize"].as_u64().unwrap_or(0);
+    let size = part["bodySize"].as_u64().unwrap_or(0);
+    if part["truncated"] == true && bytes.len() as u64 == size {
+        eprintln!("(incomplete: only these {size} bytes arrived, not the whole body)");
+    } else if part["truncated"] == true {
         eprintln!("(truncated: the first {} of {size} bytes were captured)", bytes.len());
     }
     Ok(bytes)

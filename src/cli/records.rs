@@ -259,6 +259,9 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
             LineKind::Note,
             format!("  (truncated: {captured} of {size} bytes captured; the server's capture budget was spent)"),
         ));
+    } else if part["truncated"] == true && captured as u64 == size {
+        // All that arrived was kept, and it is short of the body: it broke off.
+        out.push(line(LineKind::Note, format!("  (incomplete: only these {size} bytes arrived, not the whole body)")));
     } else if part["truncated"] == true {
         out.push(line(LineKind::Note, format!("  (truncated: {captured} of {size} bytes captured)")));
     }
@@ -442,6 +445,19 @@ mod tests {
             assert!(t.contains(&"  (not read, and its length was not declared: not known)".to_owned()), "{t:#?}");
             assert!(!t.iter().any(|l| l.contains("0 of 0")), "{t:#?}");
         }
+    }
+
+    /// A body its caller broke off: all that arrived was kept, and it is
+    /// still short of the body, which is not "n of n bytes captured".
+    #[test]
+    fn a_body_broken_off_says_only_that_much_arrived() {
+        let d = detail(
+            json!({"headers": {}, "body": "aaaa", "bodyEncoding": "utf8", "bodySize": 4, "truncated": true}),
+            json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}),
+        );
+        let t = texts(&detail_lines(&d, 100));
+        assert!(t.contains(&"  (incomplete: only these 4 bytes arrived, not the whole body)".to_owned()), "{t:#?}");
+        assert!(!t.iter().any(|l| l.contains("4 of 4")), "{t:#?}");
     }
 
     #[test]

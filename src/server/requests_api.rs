@@ -376,6 +376,14 @@ fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<B
                     "the request's body was not read (no client took the request, or its caller left first), so \
                      its length is not known; {REPLAY_BODY_HINT}"
                 ))),
+                // All that arrived was kept, and yet it is short: the caller
+                // broke the body off (or it was not read to an end it never
+                // declared). Sent as it is, the app would take it for whole.
+                Some(data) if body.truncated && data.len() as u64 == body.size => Err(ApiError::conflict(format!(
+                    "only the first {} bytes of the request's body arrived (its caller broke it off, or it was \
+                     not read to its end), so the whole body is not known; {REPLAY_BODY_HINT}",
+                    data.len()
+                ))),
                 Some(data) if body.truncated => Err(ApiError::conflict(format!(
                     "the captured body was cut at {} of {} bytes; {REPLAY_BODY_HINT}",
                     data.len(),

@@ -13,7 +13,9 @@ pub struct CapturedBody {
     pub data: Option<Bytes>,
     /// The body's full size, however much of it was kept.
     pub size: u64,
-    /// Whether `data` stops short of `size`.
+    /// Whether `data` stops short of the body: of `size`, or, when the caller
+    /// broke the body off (`size` then being what arrived), of the body it
+    /// meant to send. Such a body is never replayed as if whole.
     pub truncated: bool,
     /// Whether it stops short because the server's capture budget for bodies
     /// was spent (rather than at the body limit, or because the body ended early).

@@ -63,14 +63,18 @@ impl Progress {
     fn seal(&mut self, started: Instant) -> Captured {
         let complete = self.response_done();
         let mut record = std::mem::replace(&mut self.record, placeholder());
-        if !self.request_read && !self.request_failed {
+        if self.request_failed {
+            // The caller broke its body off: its size is what arrived, but
+            // that is not the body it meant to send. Marked short, so that a
+            // replay asks for a body instead of sending the start of one as
+            // if whole (the app would take it for the webhook itself).
+            record.request_body.truncated = true;
+        } else if !self.request_read {
             // Not read to its end (tunnel offline, body refused, caller gone):
             // what was kept is at most a start, and the declared size is the
-            // truth. (A body that broke off was read to where it broke: what
-            // arrived is all there was, and the outcome says it is incomplete.)
-            // Without bodies kept, a body of unknown length is marked so too:
-            // its size (0) is not known to be the truth, and a replay must
-            // not send it as empty.
+            // truth. Without bodies kept, a body of unknown length is marked
+            // so too: its size (0) is not known to be the truth, and a replay
+            // must not send it as empty.
             let body = &mut record.request_body;
             body.size = body.size.max(self.declared.unwrap_or(0));
             body.truncated |= match body.data {
