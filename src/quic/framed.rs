@@ -214,6 +214,10 @@ impl FrameReader {
 pub struct FrameWriter {
     send: SendStream,
     buf: BytesMut,
+    /// What a cancelled [`FrameWriter::send`] left unwritten of its frame:
+    /// the next write sends it first, so the stream never holds half a frame
+    /// followed by another.
+    unsent: Bytes,
 }
 
 /// Send priority of a control stream; request streams keep quinn's 0.
@@ -222,7 +226,7 @@ const CONTROL_PRIORITY: i32 = 1;
 impl FrameWriter {
     /// Wraps a send stream.
     pub fn new(send: SendStream) -> Self {
-        Self { send, buf: BytesMut::new() }
+        Self { send, buf: BytesMut::new(), unsent: Bytes::new() }
     }
 
     /// Wraps a control stream, whose frames go out before request bodies
@@ -235,15 +239,33 @@ impl FrameWriter {
     }
 
     /// Encodes and writes one frame.
+    ///
+    /// Cancel-safe at frame granularity: dropped while flow control holds it
+    /// back, it keeps the rest of its frame, and the next write on this writer
+    /// sends that first. Why: the client's control stream is written by the
+    /// heartbeat loop, which a ctrl-c drops mid-ping, and then by `Leaving`;
+    /// half a ping before it would be a malformed frame to the server.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), quinn::WriteError> {
+        self.send_unsent().await?;
         wire::encode(frame, &mut self.buf);
-        let bytes = self.buf.split().freeze();
-        self.send.write_chunk(bytes).await
+        self.unsent = self.buf.split().freeze();
+        self.send_unsent().await
+    }
+
+    /// Finishes the frame a cancelled [`FrameWriter::send`] left. (Each
+    /// `write_chunks` call either writes and advances `unsent` or does
+    /// nothing, so dropping this future loses no byte and repeats none.)
+    async fn send_unsent(&mut self) -> Result<(), quinn::WriteError> {
+        while !self.unsent.is_empty() {
+            self.send.write_chunks(std::slice::from_mut(&mut self.unsent)).await?;
+        }
+        Ok(())
     }
 
     /// Encodes several frames and writes them at once (one packet for a small
     /// request: head, body, end).
     pub async fn send_frames(&mut self, frames: &[Frame]) -> Result<(), quinn::WriteError> {
+        self.send_unsent().await?;
         // One allocation for the whole write: grown frame by frame, the
         // buffer was reallocated (and copied) up to twice per request.
         let bodies: usize = frames.iter().map(|f| if let Frame::Body(data) = f { data.len() + 16 } else { 0 }).sum();
@@ -258,6 +280,7 @@ impl FrameWriter {
     /// Writes `head`, then `data` as a body, then `End` if `end`, in one
     /// write where the body fits one frame (the body itself is not copied).
     pub async fn send_head_and_body(&mut self, head: &Frame, data: Bytes, end: bool) -> Result<(), quinn::WriteError> {
+        self.send_unsent().await?;
         if data.len() > wire::MAX_BODY_CHUNK {
             self.send(head).await?;
             self.send_body(data).await?;
@@ -277,6 +300,7 @@ impl FrameWriter {
 
     /// Writes a body, split into frames of at most [`wire::MAX_BODY_CHUNK`].
     pub async fn send_body(&mut self, mut data: Bytes) -> Result<(), quinn::WriteError> {
+        self.send_unsent().await?;
         while !data.is_empty() {
             let piece = data.split_to(data.len().min(wire::MAX_BODY_CHUNK));
             // Header and body go out as two buffers: the body is never copied.
@@ -396,6 +420,50 @@ mod tests {
             let last = if end { Some(Frame::End) } else { None };
             assert_eq!(reader.next().await.unwrap(), last);
         }
+    }
+
+    /// A `send` dropped while flow control holds its frame back (as ctrl-c
+    /// drops the client's heartbeat loop mid-ping) leaves no half frame: the
+    /// next frame follows the whole of it, and the reader reads every frame.
+    #[tokio::test]
+    async fn a_send_cancelled_midway_finishes_its_frame_before_the_next() {
+        let pair = Pair::new().await;
+        let (send, _recv) = pair.client.open_bi().await.unwrap();
+        let mut writer = FrameWriter::control(send);
+        // Frames of a size that does not divide the stream's window, sent
+        // until one waits for a window the server, not reading, never opens.
+        let frame = Frame::Body(Bytes::from(vec![b'x'; 100_000]));
+        let mut whole = 0;
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(200), writer.send(&frame)).await {
+                Ok(sent) => sent.unwrap(),
+                Err(_) => break,
+            }
+            whole += 1;
+            assert!(whole < 1000, "the window never filled");
+        }
+        assert!(!writer.unsent.is_empty(), "the cancelled frame was written in part");
+        let (_send, recv) = pair.server.accept_bi().await.unwrap();
+        let mut reader = FrameReader::new(recv);
+        let next = tokio::spawn(async move {
+            writer.send(&Frame::Leaving).await.unwrap();
+            writer
+        });
+        // (The reader hands a large body on in pieces: count its bytes.)
+        let mut bytes = 0;
+        let read = async {
+            loop {
+                match reader.next().await {
+                    Ok(Some(Frame::Body(piece))) => bytes += piece.len(),
+                    other => break other.map(|f| f.map(|f| format!("{f:?}"))),
+                }
+            }
+        };
+        // (A half frame would have the reader wait for bytes that never come.)
+        let last = tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("frames end");
+        assert_eq!(bytes, (whole + 1) * 100_000, "every body frame whole");
+        assert_eq!(last.unwrap().as_deref(), Some("Leaving"), "then the next frame");
+        drop(next.await.unwrap());
     }
 
     #[tokio::test]
