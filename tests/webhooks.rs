@@ -389,9 +389,7 @@ async fn server_errors_are_retried_with_the_same_message_id() {
     let server = fast_server().await;
     let receiver = Receiver::statuses(&[500, 500, 200]).await;
     let (wh, key) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (tunnel_id, _client) = connected_tunnel(&server).await;
 
     receiver.wait_event("tunnel.connected", 3, Duration::from_secs(5)).await;
     tokio::time::sleep(ms(800)).await; // longer than the whole schedule: nothing more may come
@@ -434,9 +432,7 @@ async fn a_pending_retry_survives_an_update_and_goes_to_the_new_url() {
     let failing = Receiver::statuses(&[500]).await;
     let fixed = Receiver::statuses(&[200]).await;
     let (wh, _) = create_webhook(&server, json!({ "url": failing.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, _client) = connected_tunnel(&server).await;
     failing.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
 
     let path = format!("/api/webhooks/{wh}");
@@ -465,9 +461,7 @@ async fn a_pending_retry_waits_out_a_pause() {
     .await;
     let receiver = Receiver::statuses(&[500, 200]).await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, _client) = connected_tunnel(&server).await;
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     let path = format!("/api/webhooks/{wh}");
     let (status, v) = call(&server, Method::PATCH, &path, Some(json!({ "enabled": false }))).await;
@@ -491,9 +485,7 @@ async fn client_errors_are_final() {
     let server = fast_server().await;
     let receiver = Receiver::statuses(&[404, 200]).await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, _client) = connected_tunnel(&server).await;
 
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     tokio::time::sleep(ms(1000)).await; // the schedule would have retried three times by now
@@ -511,9 +503,7 @@ async fn delivery_gives_up_after_four_attempts() {
     let server = fast_server().await;
     let receiver = Receiver::statuses(&[503]).await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, _client) = connected_tunnel(&server).await;
 
     receiver.wait_event("tunnel.connected", 4, Duration::from_secs(5)).await;
     tokio::time::sleep(ms(1000)).await;
@@ -532,9 +522,7 @@ async fn rate_limited_deliveries_wait_for_retry_after() {
     let server = fast_server().await;
     let receiver = Receiver::start(|i, _| if i == 0 { Reply::RetryAfter(429, 1) } else { Reply::Status(200) }).await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, _client) = connected_tunnel(&server).await;
 
     let got = receiver.wait_event("tunnel.connected", 2, Duration::from_secs(5)).await;
     let gap = got[1].at - got[0].at;
@@ -565,9 +553,7 @@ async fn health_counts_deliveries_and_success_rate() {
     let fresh = webhook_object(&server, &wh).await;
     assert_eq!(fresh["health"], json!({ "requests24h": 0, "successRate24h": null }), "{fresh}");
 
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, client) = connected_tunnel(&server).await;
     stop_client(client).await;
     let list = wait_deliveries(&server, &wh, Duration::from_secs(5), |l| l.len() == 4 && all_final(l)).await;
     assert_eq!(list.len(), 4, "{list:?}");
@@ -642,9 +628,7 @@ async fn disabled_webhooks_stay_silent() {
     let (wh, _) =
         create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS, "enabled": false })).await;
     assert_eq!(webhook_object(&server, &wh).await["enabled"], false);
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, client) = connected_tunnel(&server).await;
     tokio::time::sleep(ms(1000)).await;
     assert!(receiver.requests().is_empty(), "disabled: {:?}", receiver.summary());
     assert!(deliveries(&server, &wh).await.is_empty(), "disabled webhooks get no delivery records");
@@ -1144,9 +1128,7 @@ async fn scheduled_retries_survive_a_server_restart() {
     let server = TestServer::start_with(config).await;
     let receiver = Receiver::statuses(&[500, 200]).await;
     let (wh, key) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, client) = connected_tunnel(&server).await;
     let first = receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     // Let the 500 be recorded (pending, retry scheduled in 3 s), then stop everything.
     let pending =
@@ -1349,9 +1331,7 @@ async fn a_second_server_on_a_data_dir_in_use_is_refused_and_changes_nothing() {
     let server = fast_server().await;
     let receiver = Receiver::statuses(&[200]).await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let _client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (tunnel_id, _client) = connected_tunnel(&server).await;
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     receiver.wait_event("token.connected", 1, Duration::from_secs(5)).await;
 
@@ -1430,9 +1410,7 @@ async fn a_stopped_server_leaves_no_attempt_behind_to_overwrite_the_next_ones() 
     let receiver = Receiver::start(|i, _| if i == 0 { Reply::Hang } else { Reply::Status(200) }).await;
     let server = fast_server().await;
     let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let app = spawn_app().await;
-    let (tunnel_id, token, _) = create_tunnel(&server, None).await;
-    let client = TestClient::connect(&server, &tunnel_id, &token, app.port()).await;
+    let (_, client) = connected_tunnel(&server).await;
     receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
     stop_client(client).await;
     let server = TestServer::start_in(server.stop().await, fast).await;

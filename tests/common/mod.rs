@@ -172,6 +172,15 @@ impl Setup {
     }
 }
 
+/// A new tunnel on `server`, its client connected and serving an echo app of
+/// its own: the tunnel's id and the client (for tests that keep the server).
+pub async fn connected_tunnel(server: &TestServer) -> (String, TestClient) {
+    let app = spawn_app().await;
+    let (tunnel_id, token, _) = create_tunnel(server, None).await;
+    let client = TestClient::connect(server, &tunnel_id, &token, app.port()).await;
+    (tunnel_id, client)
+}
+
 /// A plain HTTP client (no pool surprises between tests).
 pub fn http() -> reqwest::Client {
     hookway::quic::tls::install_default_provider();
