@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -45,9 +46,13 @@ pub struct RequestLog {
     pub error: Option<String>,
 }
 
-/// The local app requests are forwarded to.
+/// The local app requests are forwarded to. Cloned for every request, so
+/// one shared allocation: a clone is one reference count, not the pooled
+/// client's half-dozen and a copy of the authority.
 #[derive(Clone)]
-pub struct LocalApp {
+pub struct LocalApp(Arc<AppInner>);
+
+struct AppInner {
     client: Client<HttpConnector<LoopbackFirst>, Body>,
     authority: String,
 }
@@ -133,12 +138,12 @@ impl LocalApp {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Self { client, authority: authority(host, port) }
+        Self(Arc::new(AppInner { client, authority: authority(host, port) }))
     }
 
     /// `host:port`.
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.0.authority
     }
 }
 
@@ -164,14 +169,14 @@ impl LocalApp {
         body: Bytes,
         max_body: usize,
     ) -> Result<Buffered, (&'static str, String)> {
-        let uri: Uri = format!("http://{}{target}", self.authority)
+        let uri: Uri = format!("http://{}{target}", self.0.authority)
             .parse()
             .map_err(|_| ("bad-target", format!("invalid request target {target:?}")))?;
         let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        let resp = self.client.request(req).await.map_err(|err| self.failure(&err))?;
+        let resp = self.0.client.request(req).await.map_err(|err| self.failure(&err))?;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
@@ -181,7 +186,7 @@ impl LocalApp {
                 )
             } else {
                 let err = crate::error_chain(&*err);
-                ("local-error", format!("the local app at {} failed mid-response: {err}", self.authority))
+                ("local-error", format!("the local app at {} failed mid-response: {err}", self.0.authority))
             }
         })?;
         let mut headers = parts.headers;
@@ -192,9 +197,9 @@ impl LocalApp {
     /// Explains a failed request to the local app, with the `x-hookway-error` kind.
     fn failure(&self, err: &hyper_util::client::legacy::Error) -> (&'static str, String) {
         if err.is_connect() {
-            let host = self.authority.rsplit_once(':').map_or("", |(host, _)| host);
+            let host = self.0.authority.rsplit_once(':').map_or("", |(host, _)| host);
             let tried = if host.eq_ignore_ascii_case("localhost") { " (tried 127.0.0.1 and ::1)" } else { "" };
-            let app = &self.authority;
+            let app = &self.0.authority;
             let message = match connect_failure(err) {
                 ConnectFailure::Refused => {
                     format!("the local app at {app} refused the connection or is not running{tried}")
@@ -206,7 +211,7 @@ impl LocalApp {
         } else {
             // hyper-util's error says only "client error (SendRequest)": what
             // the app did wrong is in its sources.
-            ("local-error", format!("the local app at {} failed: {}", self.authority, crate::error_chain(err)))
+            ("local-error", format!("the local app at {} failed: {}", self.0.authority, crate::error_chain(err)))
         }
     }
 }
@@ -291,7 +296,7 @@ pub async fn serve(
             return Some(log);
         }
     };
-    let uri: Uri = match format!("http://{}{}", app.authority, log.path).parse() {
+    let uri: Uri = match format!("http://{}{}", app.0.authority, log.path).parse() {
         Ok(uri) => uri,
         Err(_) => {
             let _ = writer.send(&error_frame(StreamErrorCode::Protocol, "invalid request target")).await;
@@ -308,7 +313,7 @@ pub async fn serve(
         // In order: the answer first, and no random pick (a thread-local RNG
         // draw on every poll, about 1% of the client's CPU at concurrency 64).
         biased;
-        r = app.client.request(req) => r,
+        r = app.0.client.request(req) => r,
         stopped = writer.stopped() => {
             log.duration = started.elapsed();
             log.error = Some(match stopped {
