@@ -139,39 +139,46 @@ async fn a_broken_request_body_is_the_callers_fault_over_quic_and_websocket() {
     assert_eq!(resp.status(), 200);
 }
 
+/// Sends a request declaring `Content-Length: 100000` to `/echo/cut` with only
+/// `sent` of its body, then leaves; returns the record's API path, its summary
+/// and its request part.
+async fn break_off(s: &Setup, sent: &[u8]) -> (String, Value, Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+    let head = format!("POST /t/{}/echo/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", s.subdomain);
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+    let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
+    let path = format!("/api/tunnels/{}/requests/{}", s.tunnel_id, list[0]["id"].as_str().unwrap());
+    let (_, detail) = raw_api(&s.server, reqwest::Method::GET, &path, Some(&bearer()), None).await;
+    (path, list[0].clone(), detail["request"]["request"].clone())
+}
+
+/// A replay of the record at `path` without a body: its error, which must be a 409.
+async fn replay_refused(s: &Setup, path: &str) -> String {
+    let (status, answer) =
+        raw_api(&s.server, reqwest::Method::POST, &format!("{path}/replay"), Some(&bearer()), Some("{}")).await;
+    assert_eq!(status, 409, "{answer}");
+    answer["error"].as_str().unwrap().to_owned()
+}
+
 /// A caller that declares a length and breaks off after a few bytes is
 /// recorded with what it sent, not with what it promised: the outcome says it
 /// is incomplete, the body that it is short, and a replay asks for a body
 /// rather than sending those bytes as if they were the whole webhook.
 #[tokio::test]
 async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
-    use tokio::io::AsyncWriteExt;
     let s = Setup::new().await;
-    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
-    let head = format!("POST /t/{}/echo/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", s.subdomain);
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(b"aaaaaaaaaa").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    drop(stream);
-    let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
-    assert_eq!(
-        (list[0]["requestSize"].as_u64(), list[0]["outcome"].as_str()),
-        (Some(10), Some("incomplete")),
-        "{}",
-        list[0]
-    );
-    let path = format!("/api/tunnels/{}/requests/{}", s.tunnel_id, list[0]["id"].as_str().unwrap());
-    let (_, detail) = raw_api(&s.server, reqwest::Method::GET, &path, Some(&bearer()), None).await;
-    let body = &detail["request"]["request"];
+    let (path, summary, body) = break_off(&s, b"aaaaaaaaaa").await;
+    assert_eq!((summary["requestSize"].as_u64(), summary["outcome"].as_str()), (Some(10), Some("incomplete")));
     assert_eq!(
         (body["bodySize"].as_u64(), body["truncated"].as_bool(), body["body"].as_str()),
         (Some(10), Some(true), Some("aaaaaaaaaa")),
-        "{detail}"
+        "{body}"
     );
-    let (status, answer) =
-        raw_api(&s.server, reqwest::Method::POST, &format!("{path}/replay"), Some(&bearer()), Some("{}")).await;
-    assert_eq!(status, 409, "{answer}");
-    let error = answer["error"].as_str().unwrap();
+    let error = replay_refused(&s, &path).await;
     assert!(error.contains("only the first 10 bytes") && error.contains("\"body\""), "{error}");
     // With the body given, it is replayed.
     let (status, answer) = raw_api(
@@ -183,6 +190,32 @@ async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+}
+
+/// A body broken off inside a UTF-8 character keeps its last bytes (shown as
+/// base64): they are all there is of it, not a capture's cut to trim.
+#[tokio::test]
+async fn a_body_broken_off_inside_a_character_keeps_every_byte() {
+    use base64::Engine as _;
+    let s = Setup::new().await;
+    let (path, _, body) = break_off(&s, b"caf\xc3").await;
+    let kept = match body["bodyEncoding"].as_str() {
+        Some("base64") => base64::engine::general_purpose::STANDARD.decode(body["body"].as_str().unwrap()).unwrap(),
+        _ => body["body"].as_str().unwrap().as_bytes().to_vec(),
+    };
+    assert_eq!((kept.as_slice(), body["bodySize"].as_u64()), (&b"caf\xc3"[..], Some(4)), "{body}");
+    assert!(replay_refused(&s, &path).await.contains("only the first 4 bytes"));
+}
+
+/// Broken off before its first byte: a replay is refused too (it is not
+/// known to be empty), saying that none of it was received.
+#[tokio::test]
+async fn a_body_broken_off_before_its_first_byte_is_not_replayed_as_empty() {
+    let s = Setup::new().await;
+    let (path, _, body) = break_off(&s, b"").await;
+    assert_eq!((body["bodySize"].as_u64(), body["truncated"].as_bool()), (Some(0), Some(true)), "{body}");
+    let error = replay_refused(&s, &path).await;
+    assert!(error.contains("none of the request's body was received") && error.contains("broke it off"), "{error}");
 }
 
 /// One caller's upload that its app does not read must not stop the uploads of

@@ -101,7 +101,10 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
         bail!("the {which} body was not captured (no {which}, or the tunnel keeps no bodies)");
     };
     if part["truncated"] == true && part["bodySize"].as_u64() == Some(0) {
-        bail!("the {which} body was not read (no client took the request, or its caller left first): not known");
+        bail!(
+            "none of the {which} body was received (not read: no client took the request, or its caller left first; \
+             or broken off before its first byte): not known"
+        );
     }
     let bytes = if part["bodyEncoding"] == "base64" {
         base64::engine::general_purpose::STANDARD.decode(body).context("the captured body is not valid base64")?
@@ -110,7 +113,7 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
     };
     let size = part["bodySize"].as_u64().unwrap_or(0);
     if part["truncated"] == true && bytes.len() as u64 == size {
-        eprintln!("(incomplete: only these {size} bytes arrived, not the whole body)");
+        eprintln!("{}", records::incomplete(size));
     } else if part["truncated"] == true {
         eprintln!("(truncated: the first {} of {size} bytes were captured)", bytes.len());
     }

@@ -198,6 +198,16 @@ pub fn detail_lines(d: &Value, max_body_lines: usize) -> Vec<DetailLine> {
     out
 }
 
+/// What the detail says of a body none of which was received.
+const NONE_RECEIVED: &str = "  (none of it was received: not read, or broken off before its first byte; not known)";
+
+/// What is said of a body all of whose received bytes were kept, and yet
+/// short of the body: it broke off, or was not read to an end it never
+/// declared. (Not "n of n bytes captured": the capture cut nothing.)
+pub fn incomplete(size: u64) -> String {
+    format!("(incomplete: only these {size} bytes were received; the body broke off or was not read to its end)")
+}
+
 /// Headers and body of the request or the response.
 fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_lines: usize) {
     out.push(line(LineKind::Heading, format!("{name} headers")));
@@ -215,10 +225,11 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
     }
     let size = part["bodySize"].as_u64().unwrap_or(0);
     // A body never read (no client took the request, or its caller left
-    // first) whose length was not declared: size 0 is not known to be it.
+    // first) whose length was not declared, or one broken off before its
+    // first byte: size 0 is not known to be it.
     if size == 0 && part["truncated"] == true {
         out.push(line(LineKind::Heading, format!("{name} body")));
-        return out.push(line(LineKind::Note, "  (not read, and its length was not declared: not known)"));
+        return out.push(line(LineKind::Note, NONE_RECEIVED));
     }
     out.push(line(LineKind::Heading, format!("{name} body ({size} bytes)")));
     let body = match &part["body"] {
@@ -260,8 +271,8 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
             format!("  (truncated: {captured} of {size} bytes captured; the server's capture budget was spent)"),
         ));
     } else if part["truncated"] == true && captured as u64 == size {
-        // All that arrived was kept, and it is short of the body: it broke off.
-        out.push(line(LineKind::Note, format!("  (incomplete: only these {size} bytes arrived, not the whole body)")));
+        // All that arrived was kept, and it is short of the body.
+        out.push(line(LineKind::Note, format!("  {}", incomplete(size))));
     } else if part["truncated"] == true {
         out.push(line(LineKind::Note, format!("  (truncated: {captured} of {size} bytes captured)")));
     }
@@ -442,7 +453,7 @@ mod tests {
             let d = detail(request, json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}));
             let t = texts(&detail_lines(&d, 100));
             assert!(t.contains(&"Request body".to_owned()), "{t:#?}");
-            assert!(t.contains(&"  (not read, and its length was not declared: not known)".to_owned()), "{t:#?}");
+            assert!(t.contains(&NONE_RECEIVED.to_owned()), "{t:#?}");
             assert!(!t.iter().any(|l| l.contains("0 of 0")), "{t:#?}");
         }
     }
@@ -456,7 +467,8 @@ mod tests {
             json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}),
         );
         let t = texts(&detail_lines(&d, 100));
-        assert!(t.contains(&"  (incomplete: only these 4 bytes arrived, not the whole body)".to_owned()), "{t:#?}");
+        assert!(t.contains(&format!("  {}", incomplete(4))), "{t:#?}");
+        assert!(incomplete(4).contains("only these 4 bytes were received"), "{t:#?}");
         assert!(!t.iter().any(|l| l.contains("4 of 4")), "{t:#?}");
     }
 

@@ -215,8 +215,9 @@ pub struct FrameWriter {
     send: SendStream,
     buf: BytesMut,
     /// What a cancelled [`FrameWriter::send`] left unwritten of its frame:
-    /// the next write sends it first, so the stream never holds half a frame
-    /// followed by another.
+    /// the next write sends it first, so half a frame is never followed by
+    /// another. (Only `send` is cancel-safe so: the body writers are not,
+    /// and a request stream whose write is given up on is reset instead.)
     unsent: Bytes,
 }
 

@@ -171,8 +171,10 @@ fn part_json(p: &CapturedPart) -> Value {
             Ok(text) => (Value::String(text.to_owned()), "utf8"),
             // A text body cut at the capture limit may end inside a character
             // (`error_len` is then `None`): it is text cut short, shown as the
-            // text up to that character, not as binary.
-            Err(e) if p.body.truncated && e.error_len().is_none() => {
+            // text up to that character, not as binary. (Not a body that broke
+            // off with all of it kept: its last bytes are all there is of it,
+            // and are shown, as base64.)
+            Err(e) if p.body.truncated && (data.len() as u64) < p.body.size && e.error_len().is_none() => {
                 let text = std::str::from_utf8(&data[..e.valid_up_to()]).unwrap_or_default();
                 (Value::String(text.to_owned()), "utf8")
             }
@@ -373,12 +375,13 @@ fn replay_body(original: &RequestRecord, edits: &Map<String, Value>) -> Result<B
             // is recorded with size 0, and is not known to be empty.)
             match &body.data {
                 Some(_) if body.truncated && body.size == 0 => Err(ApiError::conflict(format!(
-                    "the request's body was not read (no client took the request, or its caller left first), so \
-                     its length is not known; {REPLAY_BODY_HINT}"
+                    "none of the request's body was received (it was not read: no client took the request, or its \
+                     caller left first; or its caller broke it off before its first byte), so it is not known; \
+                     {REPLAY_BODY_HINT}"
                 ))),
                 // All that arrived was kept, and yet it is short: the caller
-                // broke the body off (or it was not read to an end it never
-                // declared). Sent as it is, the app would take it for whole.
+                // broke the body off, or it was not read to an end it never
+                // declared. Sent as it is, the app would take it for whole.
                 Some(data) if body.truncated && data.len() as u64 == body.size => Err(ApiError::conflict(format!(
                     "only the first {} bytes of the request's body arrived (its caller broke it off, or it was \
                      not read to its end), so the whole body is not known; {REPLAY_BODY_HINT}",

@@ -67,8 +67,11 @@ impl Progress {
             // The caller broke its body off: its size is what arrived, but
             // that is not the body it meant to send. Marked short, so that a
             // replay asks for a body instead of sending the start of one as
-            // if whole (the app would take it for the webhook itself).
-            record.request_body.truncated = true;
+            // if whole (the app would take it for the webhook itself). Not
+            // when all it declared had arrived (an HTTP/2 caller may reset
+            // its stream after the last byte).
+            let body = &mut record.request_body;
+            body.truncated |= self.declared != Some(body.size);
         } else if !self.request_read {
             // Not read to its end (tunnel offline, body refused, caller gone):
             // what was kept is at most a start, and the declared size is the
