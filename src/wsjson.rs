@@ -482,7 +482,19 @@ pub fn ws_url(ws_base: &str, subdomain: &str, tunnel_id: &str, token: &str) -> S
     format!("{}/tunnels/{subdomain}/ws?{query}", ws_base.trim_end_matches('/'))
 }
 
-/// The request id the server issues for its `n`th request on a socket.
+/// Whether a request message's id is its capture record's (`req_` and 20
+/// lowercase hex digits: 12 of the arrival's milliseconds, 8 of a counter),
+/// which `hookway tunnels request` and `replay` take. The server sends it
+/// when it records the request; else a [`request_id`], which a record id is
+/// never taken for (those are numbered from 1 per socket, far short of 20
+/// digits).
+pub fn is_record_id(id: &str) -> bool {
+    id.strip_prefix("req_")
+        .is_some_and(|hex| hex.len() == 20 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// The request id the server issues for its `n`th request on a socket that
+/// records nothing (see [`is_record_id`]).
 pub fn request_id(n: u64) -> String {
     let mut s = String::with_capacity(24);
     let _ = write!(s, "req_{n}");

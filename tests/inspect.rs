@@ -563,7 +563,7 @@ async fn clearing_and_deleting_the_tunnel_remove_its_records() {
 async fn exchanges_over_websocket_tunnels_are_recorded_too() {
     let server = TestServer::start().await;
     let app = spawn_app().await;
-    let (client, tunnel_id) = ws_client(&server, app.port()).await;
+    let (mut client, tunnel_id) = ws_client(&server, app.port()).await;
     let tunnel_url = client.tunnel_url.clone();
 
     let resp = http().put(format!("{}/echo?ws=1", tunnel_url)).body("over websocket").send().await.unwrap();
@@ -586,6 +586,9 @@ async fn exchanges_over_websocket_tunnels_are_recorded_too() {
     let d = detail(&server, &tunnel_id, list[0]["id"].as_str().unwrap()).await;
     assert_eq!(d["request"]["body"], "over websocket");
     assert!(d["response"]["body"].as_str().unwrap().contains("over websocket"));
+    // The gateway's message carried the record's id: the client's line names it.
+    let log = next_request_log(&mut client).await;
+    assert_eq!((log.id.as_deref(), log.status), (list[0]["id"].as_str(), Some(200)), "{log:?}");
     client.shutdown.cancel();
 }
 

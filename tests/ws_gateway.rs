@@ -685,15 +685,24 @@ async fn malformed_messages_get_error_replies_and_the_socket_stays_usable() {
     assert!(is_error(&e), "{e}");
     assert!(e["message"].as_str().unwrap().contains("hello"), "{e}");
 
-    // Responses for ids never issued: ids start at req_1, and another spelling
-    // of the pending one's number ("req_01", "req_+1") is not its id.
-    assert_eq!(pending_id, "req_1");
-    for bogus in ["req_999999", "not-an-id", "req_0", "req_01", "req_+1", "req_"] {
+    // The id is the request's record's, which `hookway tunnels request` takes.
+    assert!(hookway::wsjson::is_record_id(&pending_id), "{pending_id}");
+    // Responses for ids never issued get an error naming them: a later
+    // record's, numbered ones (none was issued on a recording server), and
+    // other spellings of the pending one's.
+    let shouted = format!("req_{}", pending_id["req_".len()..].to_uppercase());
+    let bogus_ids = ["req_ffffffffffffffffffff", "req_1", "not-an-id", "req_0", "req_", &shouted, &pending_id[..23]];
+    for bogus in bogus_ids {
         send_json(&mut ws, &json!({ "type": "response", "id": bogus, "status": 200, "body": "?" })).await;
         let e = recv_json(&mut ws).await;
         assert!(is_error(&e), "{e}");
         assert_eq!(e["id"], bogus, "{e}");
     }
+    // An earlier record's id is a late answer: ignored without an error
+    // (the next message is the pong).
+    send_json(&mut ws, &json!({ "type": "response", "id": "req_00000000000000000000", "status": 200 })).await;
+    send_json(&mut ws, &json!({ "type": "ping" })).await;
+    assert_eq!(recv_json(&mut ws).await, json!({ "type": "pong" }));
     // The pending request is unaffected by all that.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!caller.is_finished(), "the pending request must still wait");
@@ -706,6 +715,8 @@ async fn malformed_messages_get_error_replies_and_the_socket_stays_usable() {
     let reply = join(caller).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     assert_eq!(reply.header("x-hookway-error"), Some("tunnel-error"));
+    let records = wait_for_records(&server, &t.id, 1).await;
+    assert_eq!(records[0]["id"], json!(pending_id), "the message's id is the record's: {records:?}");
 
     // Still usable: a correct round trip, and pings.
     send_json(&mut ws, &json!({ "type": "ping" })).await;
@@ -717,6 +728,27 @@ async fn malformed_messages_get_error_replies_and_the_socket_stays_usable() {
     let reply = join(caller).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "fine"));
     assert_eq!(status(&server, &t.id).await["liveStatus"]["connected"], true);
+}
+
+/// On a server that records nothing, request ids number the socket's
+/// requests; an answer to one already answered is late, not an error.
+#[tokio::test]
+async fn without_capture_request_ids_number_the_sockets_requests() {
+    let server = TestServer::start_with(|c| c.capture.enabled = false).await;
+    let t = ws_tunnel(&server).await;
+    let mut ws = connect_live(&server, &t).await;
+    for n in 1..=2 {
+        let caller = spawn_call(http().get(public(&server, &t.sub, "/n")));
+        let req = recv_request(&mut ws).await;
+        assert_eq!(req["id"], format!("req_{n}"));
+        send_json(&mut ws, &json!({ "type": "response", "id": req["id"], "status": 200, "body": "ok" })).await;
+        assert_eq!(join(caller).await.status, 200);
+    }
+    send_json(&mut ws, &json!({ "type": "response", "id": "req_1", "status": 200 })).await;
+    send_json(&mut ws, &json!({ "type": "ping" })).await;
+    assert_eq!(recv_json(&mut ws).await, json!({ "type": "pong" }), "a late answer gets no error");
+    send_json(&mut ws, &json!({ "type": "response", "id": "req_3", "status": 200 })).await;
+    assert_eq!(recv_json(&mut ws).await["id"], "req_3", "one never issued does");
 }
 
 #[tokio::test]

@@ -198,8 +198,8 @@ fn error_response(id: &str, status: StatusCode, kind: &'static str, message: &st
 async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (String, RequestLog) {
     let started = Instant::now();
     let mut log = RequestLog {
-        // (The gateway's ids number the link's requests: not the record's.)
-        id: None,
+        // The record's id, when the server keeps one (as over QUIC).
+        id: wsjson::is_record_id(&req.id).then(|| req.id.clone()),
         method: req.method.to_string(),
         path: req.path.clone(),
         status: None,

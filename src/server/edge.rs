@@ -147,7 +147,9 @@ where
         Transport::WebSocket(link) => {
             let target = std::str::from_utf8(&target).unwrap_or("/");
             let deadline = tokio::time::Instant::now() + timeout;
-            let exchange = gateway::exchange(link, subdomain, &parts.method, target, &headers, body, deadline);
+            let record_id = tap.as_ref().map(|tap| tap.id());
+            let exchange =
+                gateway::exchange(link, subdomain, record_id, &parts.method, target, &headers, body, deadline);
             tokio::select! {
                 // The cut first: once it came, a link already closing must not
                 // answer "disconnected" in its place.

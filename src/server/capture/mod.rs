@@ -439,6 +439,16 @@ mod tests {
             let id = record_id(ms, n);
             assert_eq!(std::str::from_utf8(&id).unwrap(), format!("req_{:012x}{n:08x}", ms & 0xffff_ffff_ffff));
         }
+        // The WebSocket gateway sends them as request ids, and its clients
+        // tell them from the ids of requests without a record.
+        for id in [record_id(0, 0), record_id(1_732_450_000_123, 7), record_id(u64::MAX, u32::MAX)] {
+            assert!(crate::wsjson::is_record_id(std::str::from_utf8(&id).unwrap()));
+        }
+        for n in [1, 42, 10u64.pow(19) - 1] {
+            assert!(!crate::wsjson::is_record_id(&crate::wsjson::request_id(n)));
+        }
+        assert!(!crate::wsjson::is_record_id("req_0000000000000000000A"));
+        assert!(!crate::wsjson::is_record_id("req_000000000000000000000"));
         let floor = crate::store::requests::id_floor(1_732_450_000_123);
         assert!(&record_id(1_732_450_000_123, 0)[..] >= floor.as_bytes());
         assert!(&record_id(1_732_450_000_122, u32::MAX)[..] < floor.as_bytes());

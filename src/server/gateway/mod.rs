@@ -93,8 +93,13 @@ pub struct WsLink {
     out: mpsc::Sender<Message>,
     /// Requests.
     outbox: Outbox,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Requests waiting for their response, by the id their message carries.
+    pending: Mutex<HashMap<Box<str>, oneshot::Sender<Reply>>>,
+    /// Requests sent without a record, which numbers their ids.
     next_id: AtomicU64,
+    /// The greatest record id sent as a request's id: record ids grow with
+    /// time, so an answer under one at most this is late, not unknown.
+    last_record_id: Mutex<Option<Bytes>>,
     closing: CancellationToken,
     close_frame: Mutex<Option<CloseFrame>>,
     max_body: usize,
@@ -129,20 +134,50 @@ impl WsLink {
         self.close_frame.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.reason.to_string())
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, oneshot::Sender<Reply>>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id of a request's message: its capture record's (`req_` and 20
+    /// hex digits), so that a client can name the request to `hookway
+    /// tunnels request` and `replay` as over QUIC; without a record, `req_`
+    /// and a number of this session's.
+    fn issue_id(&self, record: Option<&Bytes>) -> Box<str> {
+        match record.and_then(|id| std::str::from_utf8(id).ok()) {
+            Some(id) => {
+                let mut last = self.last_record_id.lock().unwrap_or_else(|p| p.into_inner());
+                if last.as_ref().is_none_or(|l| l[..] < *id.as_bytes()) {
+                    *last = record.cloned();
+                }
+                id.into()
+            }
+            None => wsjson::request_id(self.next_id.fetch_add(1, Ordering::Relaxed) + 1).into(),
+        }
+    }
+
+    /// Whether `id` is one this session sent: a late answer, not an unknown id.
+    fn was_issued(&self, id: &str) -> bool {
+        if let Some(n) = wsjson::request_number(id) {
+            return n <= self.next_id.load(Ordering::Relaxed);
+        }
+        if !wsjson::is_record_id(id) {
+            return false;
+        }
+        // (Record ids have one length and one alphabet: bytes compare as
+        // their times do.)
+        let last = self.last_record_id.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref().is_some_and(|last| id.as_bytes() <= &last[..])
     }
 
     /// Hands a reply to the request `id` is for; `Err` when no request with
     /// that id is waiting (`true` if the id was issued: a late answer).
     fn complete(&self, id: &str, reply: Reply) -> Result<(), bool> {
-        let Some(n) = wsjson::request_number(id) else { return Err(false) };
-        match self.lock_pending().remove(&n) {
+        match self.lock_pending().remove(id) {
             Some(tx) => {
                 let _ = tx.send(reply);
                 Ok(())
             }
-            None => Err(n <= self.next_id.load(Ordering::Relaxed)),
+            None => Err(self.was_issued(id)),
         }
     }
 }
@@ -152,22 +187,25 @@ impl WsLink {
 /// writer has not taken it yet.
 struct PendingGuard<'a> {
     link: &'a WsLink,
-    n: u64,
+    id: Box<str>,
     parcel: Arc<Parcel>,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.link.lock_pending().remove(&self.n);
+        self.link.lock_pending().remove(&self.id);
         drop(self.parcel.take());
     }
 }
 
 /// Forwards one request over a WebSocket session (the edge's timeout, ending
-/// at `deadline`, wraps this).
+/// at `deadline`, wraps this); its message carries `record_id`, the capture
+/// record's id, when there is one.
+#[allow(clippy::too_many_arguments)]
 pub async fn exchange<B>(
     link: &WsLink,
     subdomain: &str,
+    record_id: Option<&Bytes>,
     method: &http::Method,
     target: &str,
     headers: &HeaderMap,
@@ -212,12 +250,11 @@ where
         Err(_) if deadline - read_from >= (deadline - started) / 2 => return body_timed_out(),
         Err(_) => return super::edge::timed_out(deadline.saturating_duration_since(started)),
     };
-    let n = link.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-    let id = wsjson::request_id(n);
+    let id = link.issue_id(record_id);
     let (tx, rx) = oneshot::channel();
-    link.lock_pending().insert(n, tx);
-    let guard = PendingGuard { link, n, parcel: Arc::default() };
-    let message = wsjson::RequestMessage::new(&id, method, target, headers, &body);
+    link.lock_pending().insert(id.clone(), tx);
+    let guard = PendingGuard { link, id, parcel: Arc::default() };
+    let message = wsjson::RequestMessage::new(&guard.id, method, target, headers, &body);
     if link.outbox.post(&guard.parcel, message.len_bound(), || message.build()).await.is_err() {
         return disconnected(subdomain);
     }
@@ -389,6 +426,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         outbox,
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
+        last_record_id: Mutex::new(None),
         closing: CancellationToken::new(),
         close_frame: Mutex::new(None),
         max_body: limits.max_body,
