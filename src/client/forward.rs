@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{SendOutcome, send_message};
-use crate::quic::{FrameReader, FrameWriter, close};
+use crate::quic::{FrameReader, FrameWriter, ReadFrameError, close};
 use crate::wire::{Frame, ResponseHead, StreamError, StreamErrorCode};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -345,6 +345,13 @@ pub async fn serve(
     log.duration = started.elapsed();
     let resp = match result {
         Ok(resp) => resp,
+        Err(err) if caused_by::<CallerBodyBroke>(&err) => {
+            // Not the app's failure: the server answers the caller 400.
+            log.error = Some("the caller's body broke off: the app got only part of it (the caller got a 400)".into());
+            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, "the caller's body broke off")).await;
+            writer.finish();
+            return Some(log);
+        }
         Err(err) => {
             let (kind, msg) = app.failure(&err);
             let code = if kind == "local-unreachable" {
@@ -368,11 +375,28 @@ pub async fn serve(
     Some(log)
 }
 
+/// The server cancelled a request's body midway: its caller broke it off.
+#[derive(Debug, thiserror::Error)]
+#[error("the caller's request body broke off")]
+struct CallerBodyBroke;
+
 /// The log of a request the server's shutdown cut before the app answered.
 const SERVER_SHUT_DOWN: &str = "the server shut down before the app answered (the caller got a 502 saying so)";
 
 fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
     Frame::Error(StreamError { code, message: message.to_owned() })
+}
+
+/// Whether `err` or one of its sources is an `E`.
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Builds the request body. The common small cases (no body; one body frame
@@ -396,6 +420,9 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
             Ok(Some(Frame::Body(data))) => Some((Ok(BodyFrame::data(data)), Some(reader))),
             Ok(Some(Frame::End)) => None,
             Ok(other) => Some((Err(BoxError::from(format!("request body aborted: {other:?}"))), None)),
+            Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_CANCELLED => {
+                Some((Err(BoxError::from(CallerBodyBroke)), None))
+            }
             Err(err) => Some((Err(BoxError::from(err)), None)),
         }
     });

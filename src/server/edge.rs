@@ -374,7 +374,13 @@ where
     };
     match first {
         Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
-        Ok(Some(Frame::Error(err))) => local_error(err.code, &err.message),
+        // (A large body streams from its task, and the client hears of its
+        // caller breaking it off as a reset: the app failing on it then is
+        // the caller's doing, not the app's.)
+        Ok(Some(Frame::Error(err))) => match sending.body_error().await {
+            Some(body_err) => bad_request_body(body_err),
+            None => local_error(err.code, &err.message),
+        },
         Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_REFUSED => {
             let mut resp = edge_error(
                 StatusCode::SERVICE_UNAVAILABLE,
