@@ -1026,6 +1026,14 @@ async fn start(args: StartArgs) -> Result<()> {
             return Err(err);
         }
     };
+    // What the hint below must repeat to serve the tunnel the same way.
+    let mut same_way = String::new();
+    if args.connect.local_host != "localhost" {
+        same_way += &format!(" --local-host {}", args.connect.local_host);
+    }
+    if args.connect.ws {
+        same_way += " --ws";
+    }
     let (served, connected) =
         serve(&args.client, args.connect, ws_url, id.clone(), token, args.port, args.monitor).await;
     if !connected {
@@ -1037,7 +1045,8 @@ async fn start(args: StartArgs) -> Result<()> {
         // Stopped here (ctrl-c, or q in the monitor, once its screen is
         // gone); an end the server chose says what to do. With --json, as a
         // failure's hint is: a field of a JSON line on stderr.
-        let hint = format!("To serve the same URL again: {} tunnels connect {id} {}", own_command(), args.port);
+        let hint =
+            format!("To serve the same URL again: {} tunnels connect {id} {}{same_way}", own_command(), args.port);
         if args.client.json {
             eprintln!("{}", json!({ "hint": hint }));
         } else {

@@ -734,7 +734,9 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 0, "{listed}");
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
-    cmd.args(["start", &port, "--json"]).env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", API_KEY);
+    // (Over the gateway, to an app named by address: the hint keeps both.)
+    cmd.args(["start", &port, "--json", "--ws", "--local-host", "127.0.0.1"]);
+    cmd.env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", API_KEY);
     cmd.stderr(std::process::Stdio::piped());
     let (mut child, _lines, connected) = spawn_connected(cmd).await;
     let id = connected["tunnelId"].as_str().unwrap().to_owned();
@@ -746,7 +748,8 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     child.wait().await.unwrap();
     // With --json, the hint is a JSON line on stderr too.
     let hint: Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
-    assert!(hint["hint"].as_str().unwrap().ends_with(&format!("hookway tunnels connect {id} {port}")), "{err}");
+    let again = format!("hookway tunnels connect {id} {port} --local-host 127.0.0.1 --ws");
+    assert!(hint["hint"].as_str().unwrap().ends_with(&again), "{err}");
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "a tunnel that served is kept: {listed}");
 }
