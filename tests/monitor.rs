@@ -183,16 +183,19 @@ async fn inspection_commands_list_show_replay_and_clear() {
     let (code, out, _) = hookway(&["tunnels", "request", &id, bin_id], &server).await;
     assert_eq!(code, 0);
     assert!(out.contains("<5 bytes binary>") && out.contains("ff fe 00 01 02"), "{out}");
-    // The exact bytes, for a file or a pipe.
-    let raw = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(["tunnels", "request", &id, bin_id, "--body-only", "request"])
-        .env("HOOKWAY_SERVER", &server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .output()
-        .await
-        .unwrap();
-    assert!(raw.status.success(), "{}", String::from_utf8_lossy(&raw.stderr));
-    assert_eq!(raw.stdout, [0xff, 0xfe, 0x00, 0x01, 0x02]);
+    // The exact bytes, for a file or a pipe (the request's, when not named).
+    for which in [&["--body-only", "request"][..], &["--body-only"]] {
+        let raw = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+            .args(["tunnels", "request", &id, bin_id])
+            .args(which)
+            .env("HOOKWAY_SERVER", &server.url)
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .output()
+            .await
+            .unwrap();
+        assert!(raw.status.success(), "{which:?}: {}", String::from_utf8_lossy(&raw.stderr));
+        assert_eq!(raw.stdout, [0xff, 0xfe, 0x00, 0x01, 0x02], "{which:?}");
+    }
     let (code, out, _) = hookway(&["tunnels", "request", &id, get_id], &server).await;
     assert_eq!(code, 0);
     assert!(out.contains("GET /cli/get?x=1") && out.contains("(empty)"), "{out}");
@@ -241,6 +244,7 @@ async fn inspection_commands_list_show_replay_and_clear() {
     assert!(code != 0 && err.contains("409"), "no body to replay: {err}");
     // In the CLI's words, not the API's.
     assert!(err.contains("bodies are not captured") && err.contains("--body TEXT or --body-file PATH"), "{err}");
+    assert!(err.contains(&format!("tunnels request {id} {nocap} --body-only > PATH")), "{err}");
     assert!(!err.contains(r#"{"body""#), "{err}");
     let (status, api) = raw_api(
         &server,

@@ -43,8 +43,15 @@ pub enum InspectCommand {
         #[command(flatten)]
         request: RequestArg,
         /// Print only this body, byte for byte (binary too), for a file or a pipe:
-        /// `--body-only response > out.bin`.
-        #[arg(long, value_name = "request|response", value_parser = ["request", "response"])]
+        /// `--body-only response > out.bin`; the request's without a value (`--body-only > body`,
+        /// for `tunnels replay … --body-file body`).
+        #[arg(
+            long,
+            value_name = "request|response",
+            value_parser = ["request", "response"],
+            num_args = 0..=1,
+            default_missing_value = "request"
+        )]
         body_only: Option<String>,
     },
     /// Send a captured request to the tunnel again, optionally with another body or headers.
@@ -180,7 +187,8 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
         InspectCommand::Replay { request: RequestArg { id, req, client }, body, body_file, headers } => {
             let payload = replay_body(body, body_file, &headers)?;
             let path = format!("/api/tunnels/{id}/requests/{req}/replay");
-            let v = api(&client)?.call(Method::POST, &path, Some(&payload)).await.map_err(cli_wording)?;
+            let v =
+                api(&client)?.call(Method::POST, &path, Some(&payload)).await.map_err(|e| cli_wording(e, &id, &req))?;
             let new: Summary = serde_json::from_value(v["request"].clone()).context("replay answer")?;
             if client.json {
                 println!("{v}");
@@ -205,13 +213,21 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
     Ok(())
 }
 
-/// A replay refused for want of a whole captured body (409) tells API users to
-/// send `{"body": …}`; from the shell that is `--body` or `--body-file`.
-fn cli_wording(err: ApiError) -> ApiError {
+/// A replay of `req` (of tunnel `id`) refused for want of a whole captured
+/// body (409) tells API users to send `{"body": …}`; from the shell that is
+/// `--body` or `--body-file`, and what was kept of it is a command away.
+fn cli_wording(err: ApiError, id: &str, req: &str) -> ApiError {
     match err {
         ApiError::Status { status: 409, message } if message.contains(REPLAY_BODY_HINT) => ApiError::Status {
             status: 409,
-            message: message.replace(REPLAY_BODY_HINT, "pass the body to send with --body TEXT or --body-file PATH"),
+            message: message.replace(
+                REPLAY_BODY_HINT,
+                &format!(
+                    "pass the body to send with --body TEXT or --body-file PATH (what was kept of it, if any: {} tunnels \
+                     request {id} {req} --body-only > PATH)",
+                    crate::own_command()
+                ),
+            ),
         },
         other => other,
     }
@@ -313,8 +329,11 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
             }
             Err(err) => {
                 let done = done - skipped;
-                stopped =
-                    Some(anyhow::anyhow!("replayed {done} of {}, then stopped: {:#}", waiting.len(), cli_wording(err)));
+                stopped = Some(anyhow::anyhow!(
+                    "replayed {done} of {}, then stopped: {:#}",
+                    waiting.len(),
+                    cli_wording(err, id, rid)
+                ));
                 break;
             }
         };
