@@ -921,6 +921,10 @@ fn banner(server: &Server, data_dir: &std::path::Path) -> String {
         None => "  Certificate:   from --tls-cert (clients verify it against system roots)\n".to_owned(),
     };
     text += &format!("  Data:          {}\n", data_dir.display());
+    if !server.captures() {
+        text +=
+            "  Capture:       off (--no-capture): requests are not recorded, so none can be inspected or replayed\n";
+    }
     // Clients default to the default address; any other must be passed on.
     let server_env = match server.public_url() {
         DEFAULT_SERVER => String::new(),

@@ -534,6 +534,7 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     assert!(err.contains("cannot listen"), "{err}");
 
     let mut child = server_command("127.0.0.1:0", dir.path())
+        .arg("--no-capture")
         .env_remove("HOOKWAY_API_KEY")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -550,6 +551,7 @@ async fn a_failed_first_start_does_not_swallow_the_api_key() {
     }
     assert!(banner.contains("API key (shown only this once"), "{banner}");
     assert!(banner.contains("HOOKWAY_SERVER=http://127.0.0.1:"), "{banner}");
+    assert!(banner.contains("Capture:       off (--no-capture)"), "{banner}");
     // `hookway` is not on the PATH here: the command is the binary's path,
     // as it runs from this directory.
     let line = banner.lines().find(|l| l.contains("Expose a local port")).unwrap();

@@ -472,6 +472,13 @@ async fn an_offline_reply_without_capture_is_not_given_and_blocks_nothing() {
     // Nothing to inspect, and the CLI says why rather than "not yet".
     let (code, _, err) = tunnels_cli(&server, &["requests", &id]).await;
     assert!(code == 0 && err.contains("runs with --no-capture, so it records none"), "{err}");
+    let any = "req_00000000000000000000";
+    let (code, _, err) = tunnels_cli(&server, &["request", &id, any]).await;
+    assert!(code == 1 && err.contains("request not found: this server runs with --no-capture"), "{err}");
+    let (code, _, err) = tunnels_cli(&server, &["replay", &id, any]).await;
+    assert!(code == 1 && err.contains("(--no-capture)"), "{err}");
+    let (code, _, err) = tunnels_cli(&server, &["replay-offline", &id]).await;
+    assert!(code == 0 && err.contains("Nothing to replay: this server runs with --no-capture"), "{err}");
     let path = format!("/api/tunnels/{id}");
     let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(r#"{"name": "renamed"}"#)).await;
     assert_eq!(status, 200, "{body}");

@@ -127,6 +127,17 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A 404 for a request id, on a server run with `--no-capture`, says why:
+/// such a server records no requests, so no id finds one.
+async fn explain_not_found(api: &hookway::client::ApiClient, err: ApiError) -> anyhow::Error {
+    if let ApiError::Status { status: 404, message } = &err {
+        if message.starts_with("request") && api.info().await.is_ok_and(|info| !info.capture) {
+            return anyhow::anyhow!("{message}: this server runs with --no-capture, so it records no requests");
+        }
+    }
+    err.into()
+}
+
 /// Runs an inspection subcommand.
 pub async fn run(cmd: InspectCommand) -> Result<()> {
     match cmd {
@@ -168,7 +179,11 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             if body_only.is_some() && client.json {
                 bail!("--body-only prints the body's raw bytes: it does not combine with --json");
             }
-            let v = api(&client)?.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await?;
+            let api = api(&client)?;
+            let v = match api.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await {
+                Ok(v) => v,
+                Err(err) => return Err(explain_not_found(&api, err).await),
+            };
             if let Some(which) = body_only {
                 let bytes = body_bytes(&v["request"][&which], &which)?;
                 use std::io::Write as _;
@@ -305,7 +320,11 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
         .filter(|r| !r["id"].as_str().is_some_and(|rid| replayed.contains(rid)))
         .collect();
     if waiting.is_empty() && !client.json {
-        eprintln!("Nothing to replay: no request recorded while {id} was offline is waiting.");
+        if list.is_empty() && api.info().await.is_ok_and(|info| !info.capture) {
+            eprintln!("Nothing to replay: this server runs with --no-capture, so it records no requests.");
+        } else {
+            eprintln!("Nothing to replay: no request recorded while {id} was offline is waiting.");
+        }
     }
     // With --json, one document at the end: {"requests": [the new records…]}.
     let mut replayed = Vec::new();

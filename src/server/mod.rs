@@ -531,6 +531,11 @@ impl Server {
         &self.state.config.public_url
     }
 
+    /// Whether requests are recorded for inspection (not with `--no-capture`).
+    pub fn captures(&self) -> bool {
+        self.state.capture.config().enabled
+    }
+
     /// Fingerprint of the self-signed certificate, if one is in use.
     pub fn fingerprint(&self) -> Option<&str> {
         self.state.config.fingerprint.as_deref()
