@@ -596,9 +596,21 @@ impl Server {
         listener::serve(http, state.clone(), shutdown.clone(), grace, cut).await;
 
         // In-flight requests are done (or out of time): end the sessions.
-        for session in state.registry.sessions() {
+        let sessions = state.registry.sessions();
+        for session in &sessions {
             session.close(close::SERVER_SHUTDOWN, "server shutting down");
         }
+        // Each client reads why on its control stream and closes itself: wait
+        // for that, briefly, before closing what is left. A close of ours
+        // sent while a connection's congestion window is full never leaves
+        // (quinn issue 2785, fixed but not released), and its client would
+        // learn of the shutdown only at its idle timeout, seconds later; the
+        // notice, stream data, still goes out as acks free the window.
+        let closed = sessions.iter().filter_map(|s| match &s.transport {
+            registry::Transport::Quic(conn) => Some(conn.closed()),
+            registry::Transport::WebSocket(_) => None,
+        });
+        let _ = tokio::time::timeout(SHUTDOWN_CLOSE_WAIT, futures_util::future::join_all(closed)).await;
         quic.close(close::SERVER_SHUTDOWN, b"server shutting down");
         tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -616,6 +628,10 @@ impl Server {
         tracing::info!("server stopped");
     }
 }
+
+/// At shutdown, the longest the server waits for its clients to close their
+/// connections on its notice before it closes the rest itself.
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the server derives from its public URL, parsed once at start-up.
 #[derive(Debug, PartialEq, Eq)]
