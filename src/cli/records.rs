@@ -237,8 +237,15 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         Value::String(b) => b,
         _ => return out.push(line(LineKind::Note, "  (unreadable body)")),
     };
+    // Text as the API gives it, or text that broke off inside a character
+    // (the API sends that as base64): shown as text, its last bytes as `\xNN`.
+    let mut broken_text = None;
     let captured = if part["bodyEncoding"] == "base64" {
         match BASE64.decode(body) {
+            Ok(bytes) if std::str::from_utf8(&bytes).is_err_and(|e| e.error_len().is_none() && e.valid_up_to() > 0) => {
+                broken_text = Some(escape_not_utf8(&bytes));
+                bytes.len()
+            }
             Ok(bytes) => {
                 let preview: Vec<String> = bytes.iter().take(HEX_PREVIEW).map(|b| format!("{b:02x}")).collect();
                 let more = if bytes.len() > HEX_PREVIEW { " …" } else { "" };
@@ -255,6 +262,9 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         out.push(line(LineKind::Note, "  (empty)"));
         0
     } else {
+        body.len()
+    };
+    if let Some(body) = broken_text.as_deref().or((part["bodyEncoding"] != "base64").then_some(body.as_str())) {
         let text = pretty_if_json(body);
         let lines: Vec<&str> = text.lines().collect();
         for l in lines.iter().take(max_body_lines) {
@@ -263,8 +273,7 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         if lines.len() > max_body_lines {
             out.push(line(LineKind::Note, format!("  … {} more lines", lines.len() - max_body_lines)));
         }
-        body.len()
-    };
+    }
     if part["overBudget"] == true {
         out.push(line(
             LineKind::Note,
@@ -470,6 +479,22 @@ mod tests {
         assert!(t.contains(&format!("  {}", incomplete(4))), "{t:#?}");
         assert!(incomplete(4).contains("only these 4 bytes were received"), "{t:#?}");
         assert!(!t.iter().any(|l| l.contains("4 of 4")), "{t:#?}");
+
+        // Broken inside a character (the API sends it as base64): still text.
+        let d = detail(
+            json!({"headers": {}, "body": BASE64.encode(b"caf\xc3"), "bodyEncoding": "base64", "bodySize": 4,
+                   "truncated": true}),
+            json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}),
+        );
+        let t = texts(&detail_lines(&d, 100));
+        assert!(t.contains(&"  caf\\xc3".to_owned()) && !t.iter().any(|l| l.contains("binary")), "{t:#?}");
+        // Binary that is not text at all stays binary.
+        let d = detail(
+            json!({"headers": {}, "body": BASE64.encode(b"\xff\xfe"), "bodyEncoding": "base64", "bodySize": 2,
+                   "truncated": false}),
+            json!({"headers": {}, "body": "", "bodySize": 0, "truncated": false}),
+        );
+        assert!(texts(&detail_lines(&d, 100)).contains(&"  <2 bytes binary>".to_owned()));
     }
 
     #[test]
