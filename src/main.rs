@@ -1037,6 +1037,8 @@ async fn start(args: StartArgs) -> Result<()> {
     }
     if args.connect.ws {
         same_way += " --ws";
+    } else if let Some(addr) = &args.connect.quic_addr {
+        same_way += &format!(" --quic-addr {addr}");
     }
     let (served, connected) =
         serve(&args.client, args.connect, ws_url, id.clone(), token, args.port, args.monitor).await;

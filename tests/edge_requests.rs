@@ -199,21 +199,24 @@ async fn a_body_broken_off_is_recorded_at_the_size_that_arrived() {
 async fn a_large_body_broken_off_midway_is_the_callers_fault_not_the_apps() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = Setup::new().await;
-    let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
-    let head = format!("POST /t/{}/echo/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", s.subdomain);
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(&vec![b'a'; 300_000]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    stream.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    read.expect("answered").unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-    assert!(answer.contains("x-hookway-error: bad-request-body"), "{answer}");
-    let log = next_request_log(&mut s.client).await;
-    let error = log.error.as_deref().unwrap_or_default();
-    assert!(error.contains("the caller's body broke off") && !error.contains("local app"), "{log:?}");
+    // Broken off midway, and before the client had two frames of it.
+    for sent in [300_000, 100] {
+        let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
+        let head = format!("POST /t/{}/echo/big HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n", s.subdomain);
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&vec![b'a'; sent]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        stream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        read.expect("answered").unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{sent}: {answer}");
+        assert!(answer.contains("x-hookway-error: bad-request-body"), "{sent}: {answer}");
+        let log = next_request_log(&mut s.client).await;
+        let error = log.error.as_deref().unwrap_or_default();
+        assert!(error.contains("the caller's body broke off") && !error.contains("local app"), "{sent}: {log:?}");
+    }
 }
 
 /// A body broken off inside a UTF-8 character keeps its last bytes (shown as

@@ -290,9 +290,9 @@ pub async fn serve(
     };
     let body = match request_body(reader).await {
         Ok(body) => body,
-        Err(()) => {
+        Err(broke) => {
             writer.reset(close::STREAM_CANCELLED);
-            log.error = Some("request body failed".into());
+            log.error = Some(if broke { CALLER_BODY_BROKE.into() } else { "request body failed".into() });
             return Some(log);
         }
     };
@@ -346,8 +346,9 @@ pub async fn serve(
     let resp = match result {
         Ok(resp) => resp,
         Err(err) if caused_by::<CallerBodyBroke>(&err) => {
-            // Not the app's failure: the server answers the caller 400.
-            log.error = Some("the caller's body broke off: the app got only part of it (the caller got a 400)".into());
+            // Not the app's failure: the server answers the caller 400, if
+            // the caller is still there.
+            log.error = Some(format!("{CALLER_BODY_BROKE}: the app got only part of it"));
             let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, "the caller's body broke off")).await;
             writer.finish();
             return Some(log);
@@ -375,6 +376,9 @@ pub async fn serve(
     Some(log)
 }
 
+/// What the log says of a request whose caller broke its body off.
+const CALLER_BODY_BROKE: &str = "the caller's body broke off";
+
 /// The server cancelled a request's body midway: its caller broke it off.
 #[derive(Debug, thiserror::Error)]
 #[error("the caller's request body broke off")]
@@ -385,6 +389,12 @@ const SERVER_SHUT_DOWN: &str = "the server shut down before the app answered (th
 
 fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
     Frame::Error(StreamError { code, message: message.to_owned() })
+}
+
+/// Whether a read of the request's stream met the server's cancel: the
+/// server resets it so when its caller's body broke off.
+fn cancelled_by_server(err: &ReadFrameError) -> bool {
+    matches!(err, ReadFrameError::Read(quinn::ReadError::Reset(code)) if *code == close::STREAM_CANCELLED)
 }
 
 /// Whether `err` or one of its sources is an `E`.
@@ -403,16 +413,21 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
 /// then end, as an inline body always is) become complete bodies, so hyper
 /// can send them with a known length; anything else streams from the tunnel
 /// as it arrives.
-async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
+///
+/// `Err(true)` when the server cancelled the body before it got going (its
+/// caller broke it off), `Err(false)` for any other failure.
+async fn request_body(mut reader: FrameReader) -> Result<Body, bool> {
     let first = match reader.next().await {
         Ok(Some(Frame::End)) => return Ok(Empty::new().map_err(|never| match never {}).boxed_unsync()),
         Ok(Some(Frame::Body(data))) => data,
-        _ => return Err(()),
+        Err(err) => return Err(cancelled_by_server(&err)),
+        Ok(_) => return Err(false),
     };
     let second = match reader.next().await {
         Ok(Some(Frame::End)) => return Ok(Full::new(first).map_err(|never| match never {}).boxed_unsync()),
         Ok(Some(Frame::Body(data))) => data,
-        _ => return Err(()),
+        Err(err) => return Err(cancelled_by_server(&err)),
+        Ok(_) => return Err(false),
     };
     let rest = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
@@ -420,9 +435,7 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, ()> {
             Ok(Some(Frame::Body(data))) => Some((Ok(BodyFrame::data(data)), Some(reader))),
             Ok(Some(Frame::End)) => None,
             Ok(other) => Some((Err(BoxError::from(format!("request body aborted: {other:?}"))), None)),
-            Err(ReadFrameError::Read(quinn::ReadError::Reset(code))) if code == close::STREAM_CANCELLED => {
-                Some((Err(BoxError::from(CallerBodyBroke)), None))
-            }
+            Err(err) if cancelled_by_server(&err) => Some((Err(BoxError::from(CallerBodyBroke)), None)),
             Err(err) => Some((Err(BoxError::from(err)), None)),
         }
     });

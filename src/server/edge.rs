@@ -377,7 +377,7 @@ where
         // (A large body streams from its task, and the client hears of its
         // caller breaking it off as a reset: the app failing on it then is
         // the caller's doing, not the app's.)
-        Ok(Some(Frame::Error(err))) => match sending.body_error().await {
+        Ok(Some(Frame::Error(err))) => match sending.body_error_soon().await {
             Some(body_err) => bad_request_body(body_err),
             None => local_error(err.code, &err.message),
         },
@@ -505,6 +505,18 @@ enum Sending {
 }
 
 impl Sending {
+    /// The caller's body error, waiting briefly for a task still ending: the
+    /// client's error can arrive between the task's reset and its return (a
+    /// descheduled thread), and the caller must not get the app's 502 then.
+    async fn body_error_soon(self) -> Option<String> {
+        match self {
+            Sending::Spawned { task, .. } => {
+                tokio::time::timeout(std::time::Duration::from_millis(100), task).await.ok()?.ok().flatten()
+            }
+            other => other.body_error().await,
+        }
+    }
+
     /// The caller's body error, if sending has ended with one. A failed body
     /// resets the stream before the client can react to it, so when the
     /// response read fails for that reason, the task has already finished.

@@ -119,8 +119,9 @@ macro_rules! client_log {
     };
 }
 
-/// Longest id of the client's that an error reply echoes: ours are
-/// `req_<u64>`, and a client's megabyte-long id is not sent back.
+/// Longest id of the client's that an error reply echoes: ours are at most
+/// 24 characters (a record's id, or `req_<u64>`), and a client's
+/// megabyte-long id is not sent back.
 const ECHOED_ID_MAX: usize = 128;
 
 /// Acts on one message from the client. What it sent is quoted short, in
