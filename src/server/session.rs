@@ -88,15 +88,13 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
     // A client that says it is leaving is taken out of the routing map at
     // once: its tunnel is offline (new requests get an offline tunnel's
     // answer, its offline reply among them) while the requests it has finish.
-    let left = std::sync::atomic::AtomicBool::new(false);
     let leaving = || {
-        left.store(true, Release);
         end(&state, &session, "its client is stopping");
     };
-    let reason = heartbeats(&conn, reader, writer, session.ending.subscribe(), &leaving).await;
+    let (reason, left) = heartbeats(&conn, reader, writer, session.ending.subscribe(), &leaving).await;
     // (A client that left and then ended its control stream is closed too:
     // nothing else would supervise its connection.)
-    if end(&state, &session, &reason) || left.load(std::sync::atomic::Ordering::Acquire) {
+    if end(&state, &session, &reason) || left {
         conn.close(close::NORMAL, b"session ended");
     }
 }
@@ -226,14 +224,15 @@ fn tunnel_offline(state: &State, t: &Tunnel) {
 
 /// Answers pings on the control stream until it or the connection ends,
 /// tells the client if the server ends the session ([`Session::close`]), and
-/// calls `leaving` when the client says it is stopping.
+/// calls `leaving` when the client says it is stopping. Why it ended, and
+/// whether the client had left.
 async fn heartbeats(
     conn: &quinn::Connection,
     mut reader: FrameReader,
     mut writer: FrameWriter,
     mut ending: tokio::sync::watch::Receiver<Option<SessionEnded>>,
     leaving: &(dyn Fn() + Sync),
-) -> String {
+) -> (String, bool) {
     // The session may have been ended before this task subscribed.
     ending.mark_changed();
     let mut told = false;
@@ -242,57 +241,61 @@ async fn heartbeats(
     let mut left = false;
     let drain_over = tokio::time::sleep(LEFT_DRAIN);
     tokio::pin!(drain_over);
-    loop {
-        tokio::select! {
-            err = conn.closed() => return err.to_string(),
-            () = &mut drain_over, if left => {
-                conn.close(close::NORMAL, b"drain over");
-                return "its client left and did not close within its drain".into();
-            }
-            changed = ending.changed(), if !told => {
-                let notice = ending.borrow_and_update().clone();
-                match (changed, notice) {
-                    (Ok(()), Some(notice)) => {
-                        told = true;
-                        // Pongs stop; the client closes once it reads this.
-                        let _ = writer.send(&Frame::SessionEnded(notice)).await;
-                        writer.finish();
-                    }
-                    (Ok(()), None) => {}
-                    (Err(_), _) => told = true,
+    let reason = async {
+        loop {
+            tokio::select! {
+                err = conn.closed() => return err.to_string(),
+                () = &mut drain_over, if left => {
+                    conn.close(close::NORMAL, b"drain over");
+                    return "its client left and did not close within its drain".into();
                 }
-            }
-            frame = reader.next() => match frame {
-                // (After `Leaving` too: a client that left and pings without
-                // reading would block the pong's write, and with it the close
-                // at the end of its drain.)
-                Ok(Some(Frame::Ping(_))) if told || left => {}
-                Ok(Some(Frame::Ping(seq))) => {
-                    if writer.send(&Frame::Pong(seq)).await.is_err() {
-                        return "control stream closed".into();
+                changed = ending.changed(), if !told => {
+                    let notice = ending.borrow_and_update().clone();
+                    match (changed, notice) {
+                        (Ok(()), Some(notice)) => {
+                            told = true;
+                            // Pongs stop; the client closes once it reads this.
+                            let _ = writer.send(&Frame::SessionEnded(notice)).await;
+                            writer.finish();
+                        }
+                        (Ok(()), None) => {}
+                        (Err(_), _) => told = true,
                     }
                 }
-                Ok(Some(Frame::Pong(_))) => {}
-                // The connection stays for the requests in flight; the client
-                // closes it once they are done.
-                Ok(Some(Frame::Leaving)) if !left => {
-                    left = true;
-                    drain_over.as_mut().reset(tokio::time::Instant::now() + LEFT_DRAIN);
-                    leaving();
-                }
-                Ok(Some(Frame::Leaving)) => {}
-                Ok(Some(other)) => {
-                    tracing::debug!(?other, "unexpected frame on the control stream");
-                    conn.close(close::PROTOCOL_ERROR, b"unexpected frame on control stream");
-                    return "protocol error".into();
-                }
-                Ok(None) => return "client closed the control stream".into(),
-                // The connection's end, when that is why the read failed: the
-                // same reason whichever of the two quinn woke first.
-                Err(err) => return conn.close_reason().map_or_else(|| err.to_string(), |closed| closed.to_string()),
-            },
+                frame = reader.next() => match frame {
+                    // (After `Leaving` too: a client that left and pings without
+                    // reading would block the pong's write, and with it the close
+                    // at the end of its drain.)
+                    Ok(Some(Frame::Ping(_))) if told || left => {}
+                    Ok(Some(Frame::Ping(seq))) => {
+                        if writer.send(&Frame::Pong(seq)).await.is_err() {
+                            return "control stream closed".into();
+                        }
+                    }
+                    Ok(Some(Frame::Pong(_))) => {}
+                    // The connection stays for the requests in flight; the client
+                    // closes it once they are done.
+                    Ok(Some(Frame::Leaving)) if !left => {
+                        left = true;
+                        drain_over.as_mut().reset(tokio::time::Instant::now() + LEFT_DRAIN);
+                        leaving();
+                    }
+                    Ok(Some(Frame::Leaving)) => {}
+                    Ok(Some(other)) => {
+                        tracing::debug!(?other, "unexpected frame on the control stream");
+                        conn.close(close::PROTOCOL_ERROR, b"unexpected frame on control stream");
+                        return "protocol error".into();
+                    }
+                    Ok(None) => return "client closed the control stream".into(),
+                    // The connection's end, when that is why the read failed: the
+                    // same reason whichever of the two quinn woke first.
+                    Err(err) => return conn.close_reason().map_or_else(|| err.to_string(), |closed| closed.to_string()),
+                },
+            }
         }
     }
+    .await;
+    (reason, left)
 }
 
 fn authenticate(state: &State, hello: &ClientHello) -> Result<Arc<Tunnel>, Rejected> {
