@@ -236,10 +236,11 @@ where
             let body = tap.request_body(body);
             // (A tunnel that keeps no bodies has nothing to wait for.)
             let bodies = tunnel.capture_bodies.load(std::sync::atomic::Ordering::Relaxed);
-            let read = bodies && keep_offline_body(body, state.capture.config().body_limit).await;
-            let whole = read && tap.request_kept_whole();
+            if bodies {
+                keep_offline_body(body, state.capture.config().body_limit).await;
+            }
             let resp = match answer.offline_reply {
-                Some(reply) if whole => inbound::offline_reply(reply, &tunnel.subdomain),
+                Some(reply) if tap.request_recorded_whole() => inbound::offline_reply(reply, &tunnel.subdomain),
                 _ => answer.resp,
             };
             tap.response(resp)
@@ -255,30 +256,24 @@ const OFFLINE_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5)
 /// record keeps it: replaying the webhooks that arrived while the laptop was
 /// away is what a replay is most wanted for. Only up to the capture limit
 /// (a body declared larger is not read at all) and for at most
-/// [`OFFLINE_BODY_WAIT`]; whether it was read whole, to its end.
-async fn keep_offline_body<B>(mut body: TapBody<B>, limit: usize) -> bool
+/// [`OFFLINE_BODY_WAIT`]. Whether it was read and kept whole, the tap tells.
+async fn keep_offline_body<B>(mut body: TapBody<B>, limit: usize)
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
-        return false;
+        return;
     }
     let read = async {
         let mut seen = 0usize;
-        loop {
-            match body.frame().await {
-                None => return true,
-                Some(Err(_)) => return false,
-                Some(Ok(frame)) => {
-                    seen += frame.data_ref().map_or(0, Bytes::len);
-                    if seen > limit {
-                        return false;
-                    }
-                }
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen > limit {
+                return;
             }
         }
     };
-    tokio::time::timeout(OFFLINE_BODY_WAIT, read).await.unwrap_or(false)
+    let _ = tokio::time::timeout(OFFLINE_BODY_WAIT, read).await;
 }
 
 pub(super) fn timed_out(timeout: std::time::Duration) -> Response<Body> {

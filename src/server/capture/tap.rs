@@ -216,13 +216,6 @@ impl Tap {
         &self.0.id
     }
 
-    /// Whether the request's body is kept whole so far: bodies are captured,
-    /// and neither the limit nor the budget cut it.
-    pub fn request_kept_whole(&self) -> bool {
-        let p = self.0.lock();
-        p.record.request_body.data.is_some() && !p.record.request_body.truncated
-    }
-
     /// Whether the request's body was read to its end and kept whole: the
     /// record holds all of the request, as a replay needs it.
     pub fn request_recorded_whole(&self) -> bool {
