@@ -349,7 +349,7 @@ pub async fn serve(
             // Not the app's failure: the server answers the caller 400, if
             // the caller is still there.
             log.error = Some(format!("{CALLER_BODY_BROKE}: the app got only part of it"));
-            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, "the caller's body broke off")).await;
+            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, CALLER_BODY_BROKE)).await;
             writer.finish();
             return Some(log);
         }
