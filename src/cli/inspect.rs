@@ -107,7 +107,7 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
     let Some(body) = part["body"].as_str() else {
         bail!("the {which} body was not captured (no {which}, or the tunnel keeps no bodies)");
     };
-    if part["truncated"] == true && part["bodySize"].as_u64() == Some(0) {
+    if records::none_received(part) {
         bail!(
             "none of the {which} body was received (not read: no client took the request, or its caller left first; \
              or broken off before its first byte): not known"
@@ -119,7 +119,7 @@ fn body_bytes(part: &Value, which: &str) -> Result<Vec<u8>> {
         body.as_bytes().to_vec()
     };
     let size = part["bodySize"].as_u64().unwrap_or(0);
-    if part["truncated"] == true && bytes.len() as u64 == size {
+    if records::received_short(part, bytes.len()) {
         eprintln!("{}", records::incomplete(size));
     } else if part["truncated"] == true {
         eprintln!("(truncated: the first {} of {size} bytes were captured)", bytes.len());

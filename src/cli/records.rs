@@ -201,6 +201,20 @@ pub fn detail_lines(d: &Value, max_body_lines: usize) -> Vec<DetailLine> {
 /// What the detail says of a body none of which was received.
 const NONE_RECEIVED: &str = "  (none of it was received: not read, or broken off before its first byte; not known)";
 
+/// Whether none of a captured body was received: never read (no client took
+/// the request, or its caller left first) with no length declared, or
+/// broken off before its first byte. Its size, 0, is not known to be it.
+pub fn none_received(part: &Value) -> bool {
+    part["truncated"] == true && part["bodySize"].as_u64().unwrap_or(0) == 0
+}
+
+/// Whether the `kept` bytes of a body are all that was received of it, and
+/// it is short all the same: it broke off, or was not read to an end it never
+/// declared.
+pub fn received_short(part: &Value, kept: usize) -> bool {
+    part["truncated"] == true && part["bodySize"].as_u64().unwrap_or(0) == kept as u64
+}
+
 /// What is said of a body all of whose received bytes were kept, and yet
 /// short of the body: it broke off, or was not read to an end it never
 /// declared. (Not "n of n bytes captured": the capture cut nothing.)
@@ -224,10 +238,7 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         }
     }
     let size = part["bodySize"].as_u64().unwrap_or(0);
-    // A body never read (no client took the request, or its caller left
-    // first) whose length was not declared, or one broken off before its
-    // first byte: size 0 is not known to be it.
-    if size == 0 && part["truncated"] == true {
+    if none_received(part) {
         out.push(line(LineKind::Heading, format!("{name} body")));
         return out.push(line(LineKind::Note, NONE_RECEIVED));
     }
@@ -237,35 +248,34 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
         Value::String(b) => b,
         _ => return out.push(line(LineKind::Note, "  (unreadable body)")),
     };
-    // Text as the API gives it, or text that broke off inside a character
-    // (the API sends that as base64): shown as text, its last bytes as `\xNN`.
-    let mut broken_text = None;
-    let captured = if part["bodyEncoding"] == "base64" {
+    // The bytes kept, and the text to show of them: the API's text, or text
+    // that broke off inside a character (which the API sends as base64),
+    // its last bytes as `\xNN`.
+    let (captured, text): (usize, Option<std::borrow::Cow<str>>) = if part["bodyEncoding"] == "base64" {
         match BASE64.decode(body) {
             Ok(bytes) if std::str::from_utf8(&bytes).is_err_and(|e| e.error_len().is_none() && e.valid_up_to() > 0) => {
-                broken_text = Some(escape_not_utf8(&bytes));
-                bytes.len()
+                (bytes.len(), Some(escape_not_utf8(&bytes).into()))
             }
             Ok(bytes) => {
                 let preview: Vec<String> = bytes.iter().take(HEX_PREVIEW).map(|b| format!("{b:02x}")).collect();
                 let more = if bytes.len() > HEX_PREVIEW { " …" } else { "" };
                 out.push(line(LineKind::Note, format!("  <{size} bytes binary>")));
                 out.push(line(LineKind::Body, format!("  {}{more}", preview.join(" "))));
-                bytes.len()
+                (bytes.len(), None)
             }
             Err(_) => {
                 out.push(line(LineKind::Note, "  (body is not valid base64)"));
-                0
+                (0, None)
             }
         }
     } else if body.is_empty() && size == 0 {
         out.push(line(LineKind::Note, "  (empty)"));
-        0
+        (0, None)
     } else {
-        body.len()
+        (body.len(), Some(body.as_str().into()))
     };
-    if let Some(body) = broken_text.as_deref().or((part["bodyEncoding"] != "base64").then_some(body.as_str())) {
-        let text = pretty_if_json(body);
+    if let Some(body) = text {
+        let text = pretty_if_json(&body);
         let lines: Vec<&str> = text.lines().collect();
         for l in lines.iter().take(max_body_lines) {
             out.push(line(LineKind::Body, format!("  {}", clean(l))));
@@ -279,8 +289,7 @@ fn part_lines(out: &mut Vec<DetailLine>, name: &str, part: &Value, max_body_line
             LineKind::Note,
             format!("  (truncated: {captured} of {size} bytes captured; the server's capture budget was spent)"),
         ));
-    } else if part["truncated"] == true && captured as u64 == size {
-        // All that arrived was kept, and it is short of the body.
+    } else if received_short(part, captured) {
         out.push(line(LineKind::Note, format!("  {}", incomplete(size))));
     } else if part["truncated"] == true {
         out.push(line(LineKind::Note, format!("  (truncated: {captured} of {size} bytes captured)")));
