@@ -16,14 +16,8 @@ async fn patch(s: &Setup, body: &str) -> (reqwest::StatusCode, Value) {
 /// Runs `hookway tunnels <args…>` against `server`: (exit code, stdout,
 /// stderr).
 async fn tunnels_cli(server: &TestServer, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .arg("tunnels")
-        .args(args)
-        .env("HOOKWAY_SERVER", &server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .output()
-        .await
-        .unwrap();
+    let args: Vec<&str> = std::iter::once("tunnels").chain(args.iter().copied()).collect();
+    let out = run_cli(server, &args).await;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }

@@ -73,14 +73,7 @@ impl Recorder {
 
 /// Runs the binary with the server and key in its environment.
 async fn hookway(args: &[&str], server: &TestServer) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-        .args(args)
-        .env("HOOKWAY_SERVER", &server.url)
-        .env("HOOKWAY_API_KEY", API_KEY)
-        .env_remove("COLUMNS")
-        .output()
-        .await
-        .unwrap();
+    let out = run_cli(server, args).await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -185,14 +178,8 @@ async fn inspection_commands_list_show_replay_and_clear() {
     assert!(out.contains("<5 bytes binary>") && out.contains("ff fe 00 01 02"), "{out}");
     // The exact bytes, for a file or a pipe (the request's, when not named).
     for which in [&["--body-only", "request"][..], &["--body-only"]] {
-        let raw = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
-            .args(["tunnels", "request", &id, bin_id])
-            .args(which)
-            .env("HOOKWAY_SERVER", &server.url)
-            .env("HOOKWAY_API_KEY", API_KEY)
-            .output()
-            .await
-            .unwrap();
+        let args: Vec<&str> = ["tunnels", "request", &id, bin_id].into_iter().chain(which.iter().copied()).collect();
+        let raw = run_cli(&server, &args).await;
         assert!(raw.status.success(), "{which:?}: {}", String::from_utf8_lossy(&raw.stderr));
         assert_eq!(raw.stdout, [0xff, 0xfe, 0x00, 0x01, 0x02], "{which:?}");
     }

@@ -181,6 +181,19 @@ pub async fn connected_tunnel(server: &TestServer) -> (String, TestClient) {
     (tunnel_id, client)
 }
 
+/// Runs the `hookway` binary with `args` against `server`, with the test API
+/// key, at the default width (no `COLUMNS`): its raw output.
+pub async fn run_cli(server: &TestServer, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        .args(args)
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .env_remove("COLUMNS")
+        .output()
+        .await
+        .unwrap()
+}
+
 /// A plain HTTP client (no pool surprises between tests).
 pub fn http() -> reqwest::Client {
     hookway::quic::tls::install_default_provider();
