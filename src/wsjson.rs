@@ -92,7 +92,17 @@ pub enum ClientMessage {
     Ping,
     /// `{"type":"pong"}`.
     Pong,
+    /// `{"type":"leaving"}` (an addition to seed 001, sent only to a server
+    /// that announced it understands it): the client is stopping, so route
+    /// nothing new to it; it answers what it has, refuses what still comes
+    /// with a `503` whose `x-hookway-error` is `tunnel-offline`, and then
+    /// closes.
+    Leaving,
 }
+
+/// The upgrade response's header with which a server says it understands
+/// `{"type":"leaving"}`.
+pub const ACCEPTS_LEAVING: &str = "x-hookway-accepts-leaving";
 
 /// A response as sent by a tunnel client.
 #[derive(Debug)]
@@ -214,10 +224,11 @@ pub fn parse_client_message(text: &[u8]) -> Result<ClientMessage, MessageError> 
         }),
         "ping" => Ok(ClientMessage::Ping),
         "pong" => Ok(ClientMessage::Pong),
+        "leaving" => Ok(ClientMessage::Leaving),
         other => Err(MessageError::new(
             id,
             format!(
-                "unknown message type {:?} (expected \"response\", \"ping\", \"pong\" or \"error\")",
+                "unknown message type {:?} (expected \"response\", \"ping\", \"pong\", \"error\" or \"leaving\")",
                 clip(other, QUOTE_MAX)
             ),
         )),
@@ -456,6 +467,11 @@ pub fn ping() -> &'static str {
 /// `{"type":"pong"}`.
 pub fn pong() -> &'static str {
     r#"{"type":"pong"}"#
+}
+
+/// `{"type":"leaving"}`.
+pub fn leaving() -> &'static str {
+    r#"{"type":"leaving"}"#
 }
 
 /// The largest encoded message a body of `max_body` bytes can produce: base64
@@ -704,6 +720,7 @@ mod tests {
     fn pings_errors_and_ids() {
         assert!(matches!(parse_client_message(ping().as_bytes()), Ok(ClientMessage::Ping)));
         assert!(matches!(parse_client_message(pong().as_bytes()), Ok(ClientMessage::Pong)));
+        assert!(matches!(parse_client_message(leaving().as_bytes()), Ok(ClientMessage::Leaving)));
         assert!(matches!(parse_server_message(ping().as_bytes()), Ok(ServerMessage::Ping)));
         let e = error(Some("req_1"), "bad \"thing\"");
         assert!(matches!(parse_server_message(e.as_bytes()), Ok(ServerMessage::Error(m)) if m == "bad \"thing\""));

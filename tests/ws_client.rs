@@ -121,9 +121,10 @@ async fn disconnect_ends_the_client_with_a_clear_reason() {
     assert_eq!(resp.status(), 503);
 }
 
-/// Stopping a `--ws` client drains as over QUIC: the request the app is
-/// answering finishes, one that arrives meanwhile is refused at once with the
-/// 503 the edge gives for a refusing QUIC client, then the client ends.
+/// Stopping a `--ws` client drains as over QUIC: it says it is leaving, so
+/// the tunnel is offline at once (a request that arrives meanwhile gets an
+/// offline tunnel's 503 and never reaches the client) while the request the
+/// app is answering finishes; then the client ends.
 #[tokio::test]
 async fn a_stopped_client_finishes_its_requests_and_refuses_new_ones() {
     let server = TestServer::start().await;
@@ -152,8 +153,10 @@ async fn a_stopped_client_finishes_its_requests_and_refuses_new_ones() {
     assert_eq!(during.status(), 503);
     assert_eq!(during.headers()["x-hookway-error"], "tunnel-offline");
     let text = during.text().await.unwrap();
-    assert!(text.contains("going offline"), "{text}");
+    assert!(text.contains("is offline: no client is connected"), "{text}");
     assert!(app.arrived.try_recv().is_err(), "a request during the drain reached the app");
+    let t = server.api().call(Method::GET, &format!("/api/tunnels/{id}/status"), None).await.unwrap();
+    assert_eq!(t["liveStatus"]["connected"], false, "offline during the drain: {t}");
     // No app saw it: recorded as the tunnel going offline, for replay-offline.
     let list = wait_for_records(&server, &id, 1).await;
     let during = list.iter().find(|r| r["path"] == "/echo").expect("recorded");

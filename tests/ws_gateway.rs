@@ -812,3 +812,53 @@ async fn a_request_body_still_arriving_at_the_timeout_is_a_408_and_never_reaches
     assert!(got.contains("request body did not arrive"), "{got}");
     assert_quiet(&mut ws, Duration::from_millis(300)).await;
 }
+
+/// `{"type":"leaving"}` (our addition, announced on the upgrade): the tunnel
+/// is offline at once while the socket stays open for the requests the
+/// client has, and a `503 tunnel-offline` answer is taken for the tunnel
+/// going offline (its offline reply) only after it: before, it is the app's.
+#[tokio::test]
+async fn a_leaving_client_takes_its_tunnel_offline_and_its_refusals_get_the_offline_reply() {
+    let server = TestServer::start().await;
+    let t = ws_tunnel(&server).await;
+    let set = json!({"offlineReply": {"status": 202}});
+    server.api().call(Method::PATCH, &format!("/api/tunnels/{}", t.id), Some(&set)).await.unwrap();
+    let (ws, resp) = timeout(WAIT, connect_async(&t.ws_url)).await.unwrap().unwrap();
+    assert_eq!(resp.headers()["x-hookway-accepts-leaving"], "1");
+    let mut ws = ws;
+    wait_connected(&server, &t.id, true).await;
+    let refusal = |id: &Value| {
+        json!({
+            "type": "response", "id": id, "status": 503,
+            "headers": {"x-hookway-error": "tunnel-offline", "content-type": "text/plain"},
+            "body": "hookway: going offline",
+        })
+    };
+
+    // Before `leaving`: the app's own answer, passed on as it is.
+    let caller = spawn_call(http().post(public(&server, &t.sub, "/before")).body("b"));
+    let req = recv_request(&mut ws).await;
+    send_json(&mut ws, &refusal(&req["id"])).await;
+    let before = join(caller).await;
+    assert_eq!(before.status, 503, "{}", before.text());
+    assert_eq!(before.text(), "hookway: going offline");
+
+    // A request on its way, then `leaving`.
+    let caller = spawn_call(http().post(public(&server, &t.sub, "/on-its-way")).body("w"));
+    let req = recv_request(&mut ws).await;
+    send_json(&mut ws, &json!({"type": "leaving"})).await;
+    wait_connected(&server, &t.id, false).await;
+    // New requests no longer reach the socket: an offline tunnel's answer.
+    let after = call(http().post(public(&server, &t.sub, "/after")).body("a")).await;
+    assert_eq!((after.status, after.header("x-hookway-offline")), (202, Some("recorded")), "{}", after.text());
+    assert_quiet(&mut ws, Duration::from_millis(200)).await;
+    // The one on its way, refused now: no app saw it.
+    send_json(&mut ws, &refusal(&req["id"])).await;
+    let refused = join(caller).await;
+    assert_eq!((refused.status, refused.header("x-hookway-offline")), (202, Some("recorded")), "{}", refused.text());
+
+    // The socket is still the client's to close.
+    ws.close(None).await.unwrap();
+    // (Forwarded: the two the socket got, not the one after `leaving`.)
+    assert_eq!(total_requests(&server, &t.id).await, 2);
+}

@@ -31,7 +31,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a stopping client with nothing in flight waits, after
 /// `Leaving`, for the streams the server opened before it read it.
-const LEAVING_LINGER_MAX: Duration = Duration::from_secs(1);
+pub(super) const LEAVING_LINGER_MAX: Duration = Duration::from_secs(1);
 /// After how long a first QUIC connection still being made is told of.
 pub const SLOW_CONNECT: Duration = Duration::from_secs(3);
 /// On stop (ctrl-c), how long requests the local app is answering get to

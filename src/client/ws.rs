@@ -5,9 +5,12 @@
 //! bodies are buffered and capped by the server's limit, which it announces in
 //! `x-hookway-max-body` on the upgrade response.
 //!
-//! On stop it drains as the QUIC client does (see the `drain` module), within
-//! seed 001's messages: a request that arrives meanwhile gets a `response`
-//! message with the edge's 503 "going offline", then a normal close frame.
+//! On stop it drains as the QUIC client does (see the `drain` module): it
+//! tells a server that announces `x-hookway-accepts-leaving` that it is
+//! leaving (`{"type":"leaving"}`, our addition to seed 001's messages), so
+//! its tunnel goes offline at once; a request that still arrives gets a
+//! `response` message with the edge's 503 "going offline"; then a normal
+//! close frame.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::task::TaskTracker;
 
-use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, WsUrl, drain};
+use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LEAVING_LINGER_MAX, LocalApp, RequestLog, WsUrl, drain};
 use crate::quic::{close, tls};
 use crate::shutdown::Shutdown;
 use crate::wire::ServerHello;
@@ -38,6 +41,9 @@ struct Welcome {
     hello: ServerHello,
     max_body: usize,
     ping_interval: Duration,
+    /// How long the upgrade took: at least two round trips (TCP's, then the
+    /// upgrade's), the estimate a leaving client lingers by.
+    handshake: Duration,
 }
 
 /// Connects, serves until the socket ends or `shutdown`; (connected, how it ended).
@@ -48,7 +54,8 @@ pub(super) async fn session(
     shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
-    let (ws, welcome) = tokio::select! {
+    let dialled = Instant::now();
+    let (ws, mut welcome) = tokio::select! {
         _ = shutdown.stop_token().cancelled() => return (false, Attempt::Stopped),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect(url)) => match r {
             Ok(Ok(pair)) => pair,
@@ -56,6 +63,7 @@ pub(super) async fn session(
             Err(_) => return (false, Attempt::Retry("timed out connecting to the WebSocket gateway".into())),
         },
     };
+    welcome.handshake = dialled.elapsed();
     on_event(Event::Connected { hello: welcome.hello.clone(), reconnected });
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Message>(256);
@@ -64,8 +72,22 @@ pub(super) async fn session(
     let end = match serve(&mut stream, &tx, &requests, app, on_event, &welcome, shutdown).await {
         Some(end) => end,
         None => {
-            // As over QUIC, but in the protocol's own terms: a refused
-            // request gets the 503 the edge gives for a refused stream.
+            // As over QUIC, but in the protocol's own terms: the server
+            // routes nothing new here once it reads `leaving`, and a request
+            // it sent before that is refused with the 503 the edge gives for
+            // a refused stream (which it then takes for the tunnel going
+            // offline: its offline reply, if set).
+            let mut linger = Duration::ZERO;
+            if welcome.hello.accepts_leaving {
+                // (Bounded as over QUIC: a second ctrl-c must still quit at once.)
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::text(wsjson::leaving()))) => {}
+                    _ = shutdown.cut_token().cancelled() => {}
+                }
+                // A round trip and a half, as over QUIC: three quarters of
+                // the upgrade's two round trips or more is at least that.
+                linger = (welcome.handshake * 3 / 4 + Duration::from_millis(20)).min(LEAVING_LINGER_MAX);
+            }
             let subdomain = &welcome.hello.subdomain;
             let refuse = async {
                 while let Ok(next) = next_request(&mut stream, &tx).await {
@@ -74,7 +96,7 @@ pub(super) async fn session(
                     }
                 }
             };
-            drain::drain(&requests, shutdown, on_event, refuse, Duration::ZERO).await;
+            drain::drain(&requests, shutdown, on_event, refuse, linger).await;
             let frame = CloseFrame { code: CloseCode::Normal, reason: "client shutting down".into() };
             // Bounded like the writer below: a server that stopped reading
             // would otherwise hold the client here with the queue full.
@@ -281,8 +303,9 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
         host_url: Some(text("x-hookway-host-url")).filter(|u| !u.is_empty()),
         subdomain,
         heartbeat_interval_ms: ping_ms as u32,
-        accepts_leaving: false,
+        accepts_leaving: h.contains_key(wsjson::ACCEPTS_LEAVING),
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
-    Ok((ws, Welcome { hello, max_body, ping_interval: Duration::from_millis(ping_ms) }))
+    let ping_interval = Duration::from_millis(ping_ms);
+    Ok((ws, Welcome { hello, max_body, ping_interval, handshake: Duration::ZERO }))
 }

@@ -101,6 +101,10 @@ pub struct WsLink {
     /// time, so an answer under one at most this is late, not unknown.
     last_record_id: Mutex<Option<Bytes>>,
     closing: CancellationToken,
+    /// Cancelled when the client says it is leaving (`{"type":"leaving"}`):
+    /// its session is then taken out of the routing map, and a `503
+    /// tunnel-offline` it answers from then on is a refusal no app saw.
+    left: CancellationToken,
     close_frame: Mutex<Option<CloseFrame>>,
     max_body: usize,
 }
@@ -294,12 +298,14 @@ where
                 }
             }
             let body = if super::edge::no_content(r.status, &mut headers) { Bytes::new() } else { r.body };
-            // Our own `--ws` client refuses requests this way while it stops
-            // (the WebSocket protocol has no word for "leaving"): the app
-            // never saw them, so they are the tunnel's going offline, as a
-            // refused QUIC stream is, not an answer of the app's. (An app
-            // that answers so itself is taken at its word.)
-            let leaving = r.status == StatusCode::SERVICE_UNAVAILABLE
+            // A client that said it is leaving refuses what still comes this
+            // way: the app never saw those requests, so they are the tunnel's
+            // going offline, as a refused QUIC stream is, not an answer of
+            // the app's. (The socket is ordered: every such refusal comes
+            // after the `leaving`. An app's own answer of the kind, before
+            // it, is taken at its word.)
+            let leaving = link.left.is_cancelled()
+                && r.status == StatusCode::SERVICE_UNAVAILABLE
                 && headers.get("x-hookway-error").is_some_and(|kind| kind == "tunnel-offline");
             let mut resp = Response::new(full(body));
             *resp.status_mut() = r.status;
@@ -428,6 +434,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         next_id: AtomicU64::new(0),
         last_record_id: Mutex::new(None),
         closing: CancellationToken::new(),
+        left: CancellationToken::new(),
         close_frame: Mutex::new(None),
         max_body: limits.max_body,
     });
@@ -453,6 +460,7 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         ("x-hookway-tunnel-name", tunnel.meta().name),
         ("x-hookway-max-body", limits.max_body.to_string()),
         ("x-hookway-ping-interval-ms", limits.ping_interval.as_millis().to_string()),
+        (wsjson::ACCEPTS_LEAVING, "1".to_owned()),
     ];
     for (name, value) in extra {
         if let Ok(v) = HeaderValue::try_from(value) {
@@ -463,7 +471,21 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
     let tasks = state.tasks.clone();
     let task = async move {
         let reason = match hyper::upgrade::on(req).await {
-            Ok(upgraded) => serve_socket(upgraded, Queues { replies: queue, requests }, &link, limits).await,
+            Ok(upgraded) => {
+                let serving = serve_socket(upgraded, Queues { replies: queue, requests }, &link, limits);
+                tokio::pin!(serving);
+                tokio::select! {
+                    reason = &mut serving => reason,
+                    () = link.left.cancelled() => {
+                        // As over QUIC: out of the routing map at once, so the
+                        // tunnel is offline (new requests get an offline
+                        // tunnel's answer, its offline reply among them)
+                        // while the requests the client has finish.
+                        session::end(&state, &session, "its client is stopping");
+                        serving.await
+                    }
+                }
+            }
             Err(err) => format!("upgrade failed: {err}"),
         };
         // Stop the writer (with a close frame) and fail what is still waiting.

@@ -150,6 +150,12 @@ async fn handle_message(link: &WsLink, text: &[u8], log: &mut LogLimit) -> Resul
         }
         Ok(ClientMessage::Ping) => return link.reply(Message::text(wsjson::pong())).await,
         Ok(ClientMessage::Pong) => {}
+        Ok(ClientMessage::Leaving) => {
+            if !link.left.is_cancelled() {
+                tracing::debug!("the client says it is leaving");
+            }
+            link.left.cancel();
+        }
         Ok(ClientMessage::Error { id: Some(id), message }) => {
             let why = format!("the tunnel client failed the request: {message}");
             if link.complete(&id, Reply::Failed(why)).is_err() {
