@@ -862,3 +862,31 @@ async fn a_leaving_client_takes_its_tunnel_offline_and_its_refusals_get_the_offl
     // (Forwarded: the two the socket got, not the one after `leaving`.)
     assert_eq!(total_requests(&server, &t.id).await, 2);
 }
+
+/// A client that said it is leaving and then never closes (buggy, or
+/// holding on) is closed by the server once twice our client's drain has
+/// passed, as over QUIC: out of the routing map, no API call reaches it.
+#[tokio::test]
+async fn a_leaving_client_that_never_closes_is_closed_after_its_drain() {
+    let server = TestServer::start().await;
+    let t = ws_tunnel(&server).await;
+    let mut ws = connect_live(&server, &t).await;
+    send_json(&mut ws, &json!({"type": "leaving"})).await;
+    let left = Instant::now();
+    wait_connected(&server, &t.id, false).await;
+    // Reading answers the server's pings: the socket stays lively.
+    let close = timeout(Duration::from_secs(15), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                other => panic!("expected only control frames, then a close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("closed by the server");
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1000));
+    let after = left.elapsed();
+    assert!(after >= hookway::server::session::LEFT_DRAIN - Duration::from_millis(500), "closed after {after:?}");
+}

@@ -482,7 +482,16 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
                         // tunnel's answer, its offline reply among them)
                         // while the requests the client has finish.
                         session::end(&state, &session, "its client is stopping");
-                        serving.await
+                        // Out of the routing map, no API call reaches it any
+                        // more: a client that never closes is closed here.
+                        match tokio::time::timeout(session::LEFT_DRAIN, &mut serving).await {
+                            Ok(reason) => reason,
+                            Err(_) => {
+                                link.close(close::NORMAL, "drain over");
+                                serving.await;
+                                "its client left and did not close within its drain".into()
+                            }
+                        }
                     }
                 }
             }
