@@ -692,3 +692,138 @@ async fn send_timeout_setup() -> Setup {
     .await;
     Setup::with_server(server).await
 }
+
+/// What [`spawn_closing_app`] does with the request it ends a connection at.
+#[derive(Clone, Copy)]
+enum Second {
+    /// Reads it and closes the connection without a word.
+    Close,
+    /// Closes with a reset, the request unread.
+    Reset,
+    /// Sends the start of an answer, then closes.
+    PartAnswer,
+}
+
+/// A local app that answers requests on each connection (kept alive, as
+/// HTTP/1.1 is by default) until the one numbered `at` (from 0), where it
+/// ends the connection as `second` says: at 1, an app whose keep-alive
+/// timeout ran out as a request arrived. Each request's path goes to the
+/// receiver as it arrives.
+async fn spawn_closing_app(
+    at: usize,
+    second: Second,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for nth in 0.. {
+                    // The head, then as much body as it declares.
+                    let end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 65536];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    let _ = tx.send(path);
+                    if nth == at && matches!(second, Second::Reset) {
+                        conn.set_zero_linger().unwrap();
+                        return;
+                    }
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                    while buf.len() < end + length {
+                        let mut chunk = [0u8; 65536];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + length);
+                    match (nth == at, second) {
+                        (false, _) => conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap(),
+                        (_, Second::PartAnswer) => {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+                            return;
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// An app that closes a kept-alive connection as the next request arrives
+/// never answered it: the client sends it again on a new connection, which
+/// the app answers. Both transports, a body and none, a close and a reset.
+#[tokio::test]
+async fn a_request_on_a_connection_the_app_closed_is_sent_again_on_a_new_one() {
+    let server = TestServer::start().await;
+    for second in [Second::Close, Second::Reset] {
+        let (app, mut arrivals) = spawn_closing_app(1, second).await;
+        let (_clients, urls) = both_tunnels(&server, app.port()).await;
+        for url in &urls {
+            let first = http().get(format!("{url}/first")).send().await.unwrap();
+            assert_eq!(first.status(), 200);
+            let resp = http().post(format!("{url}/second")).body("webhook").send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}: {}", resp.text().await.unwrap());
+            assert_eq!(resp.text().await.unwrap(), "ok");
+            let resp = http().get(format!("{url}/third")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}: {}", resp.text().await.unwrap());
+            // (`/third`, on a new pooled connection: the one sent again was not kept.)
+            let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
+            assert_eq!(seen, ["/first", "/second", "/second", "/third"], "{url}");
+        }
+    }
+}
+
+/// Not sent again: a request the app may have taken. One on a new
+/// connection, one the app began to answer, and one whose body streamed
+/// (not at hand to send again).
+#[tokio::test]
+async fn a_request_the_app_may_have_taken_is_not_sent_again() {
+    let server = TestServer::start().await;
+    let (at_once, mut arrivals) = spawn_closing_app(0, Second::Close).await;
+    let (_clients, urls) = both_tunnels(&server, at_once.port()).await;
+    for url in &urls {
+        let resp = http().post(format!("{url}/only")).body("webhook").send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{url}");
+        let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
+        assert_eq!(seen, ["/only"], "{url}");
+    }
+    let (app, mut arrivals) = spawn_closing_app(1, Second::PartAnswer).await;
+    let (_clients, urls) = both_tunnels(&server, app.port()).await;
+    for url in &urls {
+        assert_eq!(http().get(format!("{url}/first")).send().await.unwrap().status(), 200);
+        let resp = http().post(format!("{url}/second")).body("webhook").send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{url}");
+        assert_eq!(resp.headers()["x-hookway-error"], "local-error");
+        let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
+        assert_eq!(seen, ["/first", "/second"], "{url}");
+    }
+    let (app, mut arrivals) = spawn_closing_app(1, Second::Close).await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let quic = TestClient::connect(&server, &id, &token, app.port()).await;
+    let url = &quic.tunnel_url;
+    assert_eq!(http().get(format!("{url}/first")).send().await.unwrap().status(), 200);
+    let big = vec![b'x'; 3 * 65536];
+    let resp = http().post(format!("{url}/streamed")).body(big).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
+    assert_eq!(seen, ["/first", "/streamed"]);
+}

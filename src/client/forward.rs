@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 
+use super::app_conn::{self, AppConnector};
 use crate::headers::strip_hop_by_hop;
 use crate::quic::framed::{SendOutcome, send_message};
 use crate::quic::{FrameReader, FrameWriter, ReadFrameError, close};
@@ -53,7 +54,11 @@ pub struct RequestLog {
 pub struct LocalApp(Arc<AppInner>);
 
 struct AppInner {
-    client: Client<HttpConnector<LoopbackFirst>, Body>,
+    client: Client<AppConnector, Body>,
+    /// For a request sent again after a kept-alive connection failed it
+    /// ([`app_conn`](super::app_conn)): a new connection each, never a pooled
+    /// one, which could be as stale.
+    fresh: Client<AppConnector, Body>,
     authority: String,
 }
 
@@ -134,11 +139,34 @@ impl LocalApp {
         let mut connector = HttpConnector::new_with_resolver(LoopbackFirst(GaiResolver::new()));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = AppConnector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
-            .build(connector);
-        Self(Arc::new(AppInner { client, authority: authority(host, port) }))
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
+        Self(Arc::new(AppInner { client, fresh, authority: authority(host, port) }))
+    }
+
+    /// Sends `req` to the app. When it fails on a kept-alive connection the
+    /// app closed as it went out, unanswered (see [`app_conn`](super::app_conn)),
+    /// sends it once more on a new connection, if `again` can build it anew
+    /// (its body is whole).
+    async fn send(
+        &self,
+        req: Request<Body>,
+        again: impl FnOnce() -> Option<Request<Body>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self.0.client.request(req).await {
+            Err(err) if app_conn::stale_connection(&err) => match again() {
+                Some(req) => {
+                    tracing::debug!(err = %crate::error_chain(&err), "the app closed a kept-alive connection under a request; sending it again on a new one");
+                    self.0.fresh.request(req).await
+                }
+                None => Err(err),
+            },
+            sent => sent,
+        }
     }
 
     /// `host:port`.
@@ -172,11 +200,16 @@ impl LocalApp {
         let uri: Uri = format!("http://{}{target}", self.0.authority)
             .parse()
             .map_err(|_| ("bad-target", format!("invalid request target {target:?}")))?;
-        let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        let resp = self.0.client.request(req).await.map_err(|err| self.failure(&err))?;
+        let build = |method, uri, headers, body| {
+            let mut req = Request::new(RequestBody::Whole(body).into_body());
+            *req.method_mut() = method;
+            *req.uri_mut() = uri;
+            *req.headers_mut() = headers;
+            req
+        };
+        let req = build(method.clone(), uri.clone(), headers.clone(), body.clone());
+        let resp =
+            self.send(req, || Some(build(method, uri, headers, body))).await.map_err(|err| self.failure(&err))?;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
@@ -282,6 +315,8 @@ pub async fn serve(
         duration: Duration::ZERO,
         error: None,
     };
+    // (A reference count: kept to build the request anew, should it be sent again.)
+    let wire_headers = head.headers.clone();
     let Ok(headers) = head.headers.into_map() else {
         let _ = writer.send(&error_frame(StreamErrorCode::Protocol, "invalid request header")).await;
         writer.finish();
@@ -304,16 +339,27 @@ pub async fn serve(
             return Some(log);
         }
     };
-    let mut req = Request::new(body);
+    // To send it again: a whole body, and the request's parts as they came
+    // (reference counts; the request is built anew only if it is sent again).
+    let again = body.again().map(|body| (body, head.method.clone(), head.target.clone(), wire_headers));
+    let mut req = Request::new(body.into_body());
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
+    let again = || {
+        let (body, method, target, headers) = again?;
+        let mut req = Request::new(body.into_body());
+        *req.method_mut() = method;
+        *req.uri_mut() = format!("http://{}{}", app.0.authority, String::from_utf8_lossy(&target)).parse().ok()?;
+        *req.headers_mut() = headers.into_map().ok()?;
+        Some(req)
+    };
 
     let result = tokio::select! {
         // In order: the answer first, and no random pick (a thread-local RNG
         // draw on every poll, about 1% of the client's CPU at concurrency 64).
         biased;
-        r = app.0.client.request(req) => r,
+        r = app.send(req, again) => r,
         stopped = writer.stopped() => {
             log.duration = started.elapsed();
             log.error = Some(match stopped {
@@ -409,6 +455,35 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     false
 }
 
+/// A request's body for the app.
+enum RequestBody {
+    /// None at all.
+    Empty,
+    /// All of it, at hand: it can be sent again.
+    Whole(Bytes),
+    /// Streaming from the tunnel as it arrives.
+    Streaming(Body),
+}
+
+impl RequestBody {
+    /// The same body, to send again, if it is at hand.
+    fn again(&self) -> Option<Self> {
+        match self {
+            Self::Empty => Some(Self::Empty),
+            Self::Whole(bytes) => Some(Self::Whole(bytes.clone())),
+            Self::Streaming(_) => None,
+        }
+    }
+
+    fn into_body(self) -> Body {
+        match self {
+            Self::Empty => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+            Self::Whole(bytes) => Full::new(bytes).map_err(|never| match never {}).boxed_unsync(),
+            Self::Streaming(body) => body,
+        }
+    }
+}
+
 /// Builds the request body. The common small cases (no body; one body frame
 /// then end, as an inline body always is) become complete bodies, so hyper
 /// can send them with a known length; anything else streams from the tunnel
@@ -416,15 +491,15 @@ fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
 ///
 /// `Err(true)` when the server cancelled the body before it got going (its
 /// caller broke it off), `Err(false)` for any other failure.
-async fn request_body(mut reader: FrameReader) -> Result<Body, bool> {
+async fn request_body(mut reader: FrameReader) -> Result<RequestBody, bool> {
     let first = match reader.next().await {
-        Ok(Some(Frame::End)) => return Ok(Empty::new().map_err(|never| match never {}).boxed_unsync()),
+        Ok(Some(Frame::End)) => return Ok(RequestBody::Empty),
         Ok(Some(Frame::Body(data))) => data,
         Err(err) => return Err(cancelled_by_server(&err)),
         Ok(_) => return Err(false),
     };
     let second = match reader.next().await {
-        Ok(Some(Frame::End)) => return Ok(Full::new(first).map_err(|never| match never {}).boxed_unsync()),
+        Ok(Some(Frame::End)) => return Ok(RequestBody::Whole(first)),
         Ok(Some(Frame::Body(data))) => data,
         Err(err) => return Err(cancelled_by_server(&err)),
         Ok(_) => return Err(false),
@@ -440,7 +515,7 @@ async fn request_body(mut reader: FrameReader) -> Result<Body, bool> {
         }
     });
     let prefix = stream::iter([Ok(BodyFrame::data(first)), Ok(BodyFrame::data(second))]);
-    Ok(StreamBody::new(prefix.chain(rest)).boxed_unsync())
+    Ok(RequestBody::Streaming(StreamBody::new(prefix.chain(rest)).boxed_unsync()))
 }
 
 /// Sends the response; a body that fails becomes an `Error` frame. Puts in

@@ -3,6 +3,7 @@
 //! speaks the WebSocket-JSON gateway protocol instead (see the `ws` module).
 
 pub mod api;
+mod app_conn;
 mod drain;
 pub mod forward;
 pub mod spin;
