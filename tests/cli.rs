@@ -301,10 +301,11 @@ async fn start_json(server: &TestServer) -> (tokio::process::Child, CliLines, St
 }
 
 /// `tunnels replay` exits 1 when the edge answered in the app's place (the
-/// `x-hookway-error` answers), and 0 for any answer of the app, a 500 too.
+/// `x-hookway-error` answers), and 0 for any answer of the app, a 500 too;
+/// it says whether the app may have seen the request.
 #[tokio::test]
 async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| c.request_timeout = std::time::Duration::from_millis(800)).await;
     let key = Some(API_KEY);
     let app = spawn_app().await;
     let (answered, token, _) = create_tunnel(&server, None).await;
@@ -332,6 +333,16 @@ async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
     assert_eq!(code, 1, "--json exits alike");
     assert!(err.contains("the edge answered 502 local-unreachable"), "the same words as without --json: {err}");
     assert_eq!(serde_json::from_str::<Value>(out.trim()).unwrap()["request"]["outcome"], "local-unreachable");
+
+    // A 504: the app had the request, and did not answer in time.
+    let slow = http().get(format!("{}/slow?ms=2000", up.tunnel_url)).send().await.unwrap();
+    assert_eq!(slow.status(), 504);
+    let list = wait_for_records(&server, &answered, 2).await;
+    let req = list.iter().find(|r| r["outcome"] == "timeout").unwrap()["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = hookway(&["tunnels", "replay", &answered, &req], Some(&server), key).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("504 timeout in the app's place; the app may have seen it"), "{err}");
+    assert!(!err.contains("did not reach the app"), "{err}");
 }
 
 #[tokio::test]
