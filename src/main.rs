@@ -1591,7 +1591,7 @@ mod tests {
             // `event` first, as in every event line.
             let before = json!({
                 "event": "request", "requestId": log.id, "method": log.method, "path": log.path, "status": log.status,
-                "durationMs": log.duration.as_secs_f64() * 1000.0, "error": log.error,
+                "durationMs": log.duration.as_micros() as f64 / 1000.0, "error": log.error,
             })
             .to_string();
             assert_eq!(RequestLine::render(log), before);

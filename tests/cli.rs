@@ -99,7 +99,9 @@ async fn local_host_is_a_host_alone() {
 }
 
 /// Another HTTP service at `--server` that answers JSON is not taken for an
-/// empty hookway: a listing without its list is an error that says so.
+/// empty hookway: a listing without its list is an error that says so. Its
+/// other answers (an empty 404, a proxy's HTML page, JSON of another shape)
+/// point at `--server` too.
 #[tokio::test]
 async fn a_server_that_is_not_hookway_is_not_an_empty_list() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,10 +111,17 @@ async fn a_server_that_is_not_hookway_is_not_an_empty_list() {
             tokio::spawn(async move {
                 use tokio::io::{AsyncReadExt, AsyncWriteExt};
                 let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let body = r#"{"ok":true}"#;
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let line = String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned();
+                let (status, body) = match line.split(' ').nth(1).unwrap_or("") {
+                    "/api/tunnels/tun_empty" => ("404 Not Found", ""),
+                    "/api/tunnels/tun_html" => {
+                        ("502 Bad Gateway", "<html>\n<body><h1>502 Bad Gateway</h1></body>\n</html>")
+                    }
+                    _ => ("200 OK", r#"{"ok":true}"#),
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = stream.write_all(format!("{head}{body}").as_bytes()).await;
@@ -124,6 +133,15 @@ async fn a_server_that_is_not_hookway_is_not_an_empty_list() {
         let (code, out, err) = hookway(&args, None, Some("k")).await;
         assert_eq!(code, 1, "{args:?}: {out}{err}");
         assert!(err.contains("is http://127.0.0.1") && err.contains("a hookway server?"), "{args:?}: {err}");
+    }
+    let (code, _, err) = hookway(&["start", "3000", "--server", &url], None, Some("k")).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("is {url} a hookway server?")), "{err}");
+    for (id, says) in [("tun_empty", " (an empty answer)"), ("tun_html", r#": "<html> <body><h1>502 Bad Gateway"#)] {
+        let (code, _, err) = hookway(&["tunnels", "get", id, "--server", &url], None, Some("k")).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("{url} did not answer as a hookway server{says}")), "{err}");
+        assert!(err.contains("check --server or HOOKWAY_SERVER"), "{err}");
     }
 }
 

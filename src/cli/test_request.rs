@@ -99,7 +99,8 @@ pub async fn run(args: TestArgs) -> Result<()> {
         .or_else(|| header("x-hookway-verification").map(|kind| format!("{kind} verification")))
         .or_else(|| header("x-hookway-offline").map(|_| "offline reply: the tunnel has no client".to_owned()));
     let bytes = resp.bytes().await.context("the answer's body broke off")?;
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    // (To the microsecond, as the API gives durations: no float noise.)
+    let ms = started.elapsed().as_micros() as f64 / 1000.0;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN)]).into_owned();
     if args.client.json {
         let by = if edge.is_some() { "server" } else { "app" };

@@ -155,10 +155,25 @@ impl ApiClient {
         let bytes = resp.bytes().await.map_err(|error| ApiError::Unreachable { url: self.base.clone(), error })?;
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = value["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
+            let message = match value["error"].as_str() {
+                Some(error) => error.to_owned(),
+                // Not our API's answer: another web server at that address
+                // (a typo in the URL), or a proxy's error page.
+                None => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let said = if text.is_empty() {
+                        " (an empty answer)".to_owned()
+                    } else {
+                        format!(": {:?}", crate::wsjson::clip(&text, 100))
+                    };
+                    format!(
+                        "{} did not answer as a hookway server{said}; check --server or HOOKWAY_SERVER, and any \
+                         proxy in front of the server",
+                        self.base
+                    )
+                }
+            };
             return Err(ApiError::Status { status: status.as_u16(), message });
         }
         if value.is_null() {
@@ -181,13 +196,14 @@ impl ApiClient {
         Ok(value)
     }
 
-    fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ApiError> {
-        serde_json::from_value(value).map_err(|e| ApiError::Decode(e.to_string()))
+    fn typed<T: serde::de::DeserializeOwned>(&self, value: Value) -> Result<T, ApiError> {
+        let base = &self.base;
+        serde_json::from_value(value).map_err(|e| ApiError::Decode(format!("{e} (is {base} a hookway server?)")))
     }
 
     /// `GET /api/info`.
     pub async fn info(&self) -> Result<ServerInfo, ApiError> {
-        Self::typed(self.call(Method::GET, "/api/info", None).await?)
+        self.typed(self.call(Method::GET, "/api/info", None).await?)
     }
 
     /// `POST /api/tunnels`.
@@ -213,7 +229,7 @@ impl ApiClient {
             body.insert("group".into(), Value::String(g.to_owned()));
         }
         let body = Value::Object(body);
-        Self::typed(self.call(Method::POST, "/api/tunnels", Some(&body)).await?)
+        self.typed(self.call(Method::POST, "/api/tunnels", Some(&body)).await?)
     }
 
     /// `POST /api/tunnels/{id}/regenerate-token`, returning the new token.
@@ -223,12 +239,12 @@ impl ApiClient {
 
     /// `POST /api/tunnels/{id}/regenerate-token`: the new token and `wsUrl`.
     pub async fn regenerate_credentials(&self, id: &str) -> Result<Credentials, ApiError> {
-        Self::typed(self.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?)
+        self.typed(self.call(Method::POST, &format!("/api/tunnels/{id}/regenerate-token"), None).await?)
     }
 
     /// `GET /api/tunnels/{id}`.
     pub async fn tunnel(&self, id: &str) -> Result<TunnelSummary, ApiError> {
         let mut v = self.call(Method::GET, &format!("/api/tunnels/{id}"), None).await?;
-        Self::typed(v["tunnel"].take())
+        self.typed(v["tunnel"].take())
     }
 }

@@ -242,9 +242,11 @@ impl LocalApp {
             };
             ("local-unreachable", message)
         } else {
-            // hyper-util's error says only "client error (SendRequest)": what
-            // the app did wrong is in its sources.
-            ("local-error", format!("the local app at {} failed: {}", self.0.authority, crate::error_chain(err)))
+            // hyper-util's error says only "client error (SendRequest)", which
+            // means nothing to the webhook's sender: what the app did wrong
+            // is in its sources.
+            let why = std::error::Error::source(err).map_or_else(|| err.to_string(), crate::error_chain);
+            ("local-error", format!("the local app at {} failed: {why}", self.0.authority))
         }
     }
 }
