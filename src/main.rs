@@ -666,7 +666,8 @@ fn keys(cmd: KeysCommand) -> Result<()> {
                         hookway::store::ENV_KEY_PREFIX => "(HOOKWAY_API_KEY)".to_owned(),
                         prefix => format!("{prefix}…"),
                     };
-                    vec![k.id, k.org, key, k.created_at]
+                    // (Local time, as every other table of the CLI.)
+                    vec![k.id, k.org, key, inspect_cli::records::local_time_s(&k.created_at)]
                 })
                 .collect();
             use table::Align::Left;
@@ -920,6 +921,8 @@ fn banner(server: &Server, data_dir: &std::path::Path) -> String {
         Some(fp) => format!("  Certificate:   self-signed, SHA-256 {fp} (clients pin it through /api/info)\n"),
         None => "  Certificate:   from --tls-cert (clients verify it against system roots)\n".to_owned(),
     };
+    // Where it is, whatever directory the next command runs in.
+    let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
     text += &format!("  Data:          {}\n", data_dir.display());
     if !server.captures() {
         text +=

@@ -411,6 +411,7 @@ async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
     let (code, _, err) = tunnels_cli(&s.server, &["test", &s.tunnel_id]).await;
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
+    assert!(err.contains(&format!("`hookway tunnels replay-offline {}` will send it", s.tunnel_id)), "{err}");
 }
 
 /// `tunnels replay-offline` replays, oldest first, what was recorded while

@@ -95,6 +95,8 @@ pub async fn run(args: TestArgs) -> Result<()> {
     // Whether the server answered by itself, not the app: an error, a
     // handshake, or the offline reply.
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // An offline reply keeps the request for `replay-offline`, a test's too.
+    let kept_for_replay = header("x-hookway-offline").is_some_and(|v| v == "recorded");
     let edge = header("x-hookway-error")
         .or_else(|| header("x-hookway-verification").map(|kind| format!("{kind} verification")))
         .or_else(|| header("x-hookway-offline").map(|_| "offline reply: the tunnel has no client".to_owned()));
@@ -129,6 +131,14 @@ pub async fn run(args: TestArgs) -> Result<()> {
         bail!("the test request was answered {status}");
     }
     if let Some(kind) = edge {
+        if kept_for_replay {
+            bail!(
+                "the test request did not reach the app: the hookway server answered ({kind}); it was recorded, so \
+                 `hookway tunnels replay-offline {}` will send it to your app along with the requests that met the \
+                 tunnel offline",
+                args.id
+            );
+        }
         bail!("the test request did not reach the app: the hookway server answered ({kind})");
     }
     Ok(())

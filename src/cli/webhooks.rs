@@ -199,6 +199,7 @@ async fn show_webhook(client: &ClientArgs, method: Method, path: &str, body: Opt
 fn webhook_lines(w: &Value, signing_key: Option<&str>) -> Vec<String> {
     let list = |v: &Value| v.as_array().into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>().join(", ");
     let health = match (w["health"]["requests24h"].as_u64(), w["health"]["successRate24h"].as_f64()) {
+        (Some(1), Some(rate)) => format!("1 delivery in 24 h, {:.0}% succeeded", rate * 100.0),
         (Some(n), Some(rate)) if n > 0 => format!("{n} deliveries in 24 h, {:.0}% succeeded", rate * 100.0),
         _ => "no deliveries in 24 h".to_owned(),
     };

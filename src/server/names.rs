@@ -99,12 +99,14 @@ pub fn is_reserved(s: &str) -> bool {
 /// Checks seed 001's rules: 3–63 characters, lowercase letters, digits and
 /// hyphens, starting with a letter. Returns the reason when it fails.
 pub fn validate_subdomain(s: &str) -> Result<(), String> {
+    // The characters first: 'ünï' lacks ASCII letters, not a letter in front,
+    // and 'WH' is told about its case as well as its length.
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        let long = if (3..=63).contains(&s.len()) { "" } else { ", and be 3-63 characters long" };
+        return Err(format!("subdomain may contain only lowercase letters a-z, digits and hyphens{long}"));
+    }
     if !(3..=63).contains(&s.len()) {
         return Err("subdomain must be 3-63 characters long".into());
-    }
-    // The characters first: 'ünï' lacks ASCII letters, not a letter in front.
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err("subdomain may contain only lowercase letters a-z, digits and hyphens".into());
     }
     if !s.starts_with(|c: char| c.is_ascii_lowercase()) {
         return Err("subdomain must start with a lowercase letter".into());
@@ -143,9 +145,14 @@ mod tests {
             assert!(validate_subdomain(bad).is_err(), "{bad}");
         }
         // Each refusal names what is wrong.
-        for (bad, says) in
-            [("ünï", "a-z"), ("Abc", "a-z"), ("1abc", "start with"), ("ab", "3-63"), ("abc-", "end with")]
-        {
+        for (bad, says) in [
+            ("ünï", "a-z"),
+            ("Abc", "a-z"),
+            ("1abc", "start with"),
+            ("ab", "3-63"),
+            ("abc-", "end with"),
+            ("WH", "a-z, digits and hyphens, and be 3-63"),
+        ] {
             let err = validate_subdomain(bad).unwrap_err();
             assert!(err.contains(says), "{bad}: {err}");
         }
