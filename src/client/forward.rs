@@ -59,6 +59,8 @@ struct AppInner {
     /// ([`app_conn`](super::app_conn)): a new connection each, never a pooled
     /// one, which could be as stale.
     fresh: Client<AppConnector, Body>,
+    /// What the connections told of the app.
+    side: Arc<app_conn::AppSide>,
     authority: String,
 }
 
@@ -139,32 +141,38 @@ impl LocalApp {
         let mut connector = HttpConnector::new_with_resolver(LoopbackFirst(GaiResolver::new()));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = AppConnector(connector);
+        let connector = AppConnector { inner: connector, app: Arc::default() };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector.clone());
+        let side = connector.app.clone();
         let fresh = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build(connector);
-        Self(Arc::new(AppInner { client, fresh, authority: authority(host, port) }))
+        Self(Arc::new(AppInner { client, fresh, side, authority: authority(host, port) }))
     }
 
-    /// Sends `req` to the app. When it fails on a kept-alive connection the
-    /// app closed as it went out, unanswered (see [`app_conn`](super::app_conn)),
-    /// sends it once more on a new connection, if `again` can build it anew
-    /// (its body is whole).
+    /// Sends `req` to the app: on a kept-alive connection, or on a new one
+    /// for an app that closes after answering. When it fails on a connection
+    /// the app closed as it went out, unanswered, and the app cannot have
+    /// acted on it (see [`app_conn`](super::app_conn)), sends it once more
+    /// on a new connection, if `again` can build it anew (its body is whole).
     async fn send(
         &self,
         req: Request<Body>,
         again: impl FnOnce() -> Option<Request<Body>>,
     ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        match self.0.client.request(req).await {
-            Err(err) if app_conn::stale_connection(&err) => match again() {
-                Some(req) => {
-                    tracing::debug!(err = %crate::error_chain(&err), "the app closed a kept-alive connection under a request; sending it again on a new one");
-                    self.0.fresh.request(req).await
-                }
-                None => Err(err),
-            },
+        let client = if self.0.side.closes_after_answering() { &self.0.fresh } else { &self.0.client };
+        let idempotent = req.method().is_idempotent();
+        let err = match client.request(req).await {
+            Err(err) if app_conn::may_send_again(&err, idempotent) => err,
+            sent => return sent,
+        };
+        let Some(req) = again() else { return Err(err) };
+        tracing::debug!(err = %crate::error_chain(&err), "the app closed a connection under a request; sending it again on a new one");
+        match self.0.fresh.request(req).await {
+            // The app is gone now, but it may have seen the first (an
+            // idempotent request): the first failure is the one to tell.
+            Err(again) if again.is_connect() => Err(err),
             sent => sent,
         }
     }
