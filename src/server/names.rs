@@ -102,7 +102,7 @@ pub fn validate_subdomain(s: &str) -> Result<(), String> {
     // The characters first: 'ünï' lacks ASCII letters, not a letter in front,
     // and 'WH' is told about its case as well as its length.
     if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        let long = if (3..=63).contains(&s.len()) { "" } else { ", and be 3-63 characters long" };
+        let long = if (3..=63).contains(&s.chars().count()) { "" } else { ", and be 3-63 characters long" };
         return Err(format!("subdomain may contain only lowercase letters a-z, digits and hyphens{long}"));
     }
     if !(3..=63).contains(&s.len()) {
