@@ -1126,7 +1126,12 @@ async fn serve(
         return (monitor_cli::run(&client.server, client.key(), config).await, true);
     }
     let json = client.json;
-    let local = format!("http://{}", client::forward::authority(&connect.local_host, port));
+    let mut local = format!("http://{}", client::forward::authority(&connect.local_host, port));
+    if config.ws_url.is_some() {
+        // Said, so a slower or buffered tunnel is not a mystery (bodies are
+        // carried whole over WebSocket).
+        local += " (over the WebSocket gateway)";
+    }
     let printer = output::Printer::spawn();
     let lines = printer.lines();
     let connected = Arc::new(AtomicBool::new(false));

@@ -4,7 +4,9 @@
 mod common;
 
 use std::process::Stdio;
+
 use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 use base64::Engine as _;
 use common::*;
@@ -237,6 +239,27 @@ async fn cli_connect_with_ws_serves_the_tunnel() {
     assert_eq!(resp.json::<Value>().await.unwrap()["body"], "via cli");
     let status = server.api().call(Method::GET, &format!("/api/tunnels/{}/status", created.tunnel.id), None).await;
     assert_eq!(status.unwrap()["liveStatus"]["connected"], true);
+
+    // The banner says which way the tunnel goes.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--ws"])
+        .args(["--server", &server.url, "--api-key", API_KEY])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the client prints its banner");
+            if line.starts_with("Tunnel is live.") {
+                return line;
+            }
+        }
+    });
+    let banner = banner.await.expect("connected within 20 s");
+    assert!(banner.ends_with(" (over the WebSocket gateway)"), "{banner}");
+    drop(child);
 
     // Without an API key or --ws-url, --ws with --token cannot know the subdomain: a clear error.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
