@@ -6,7 +6,6 @@ mod common;
 use std::process::Stdio;
 
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 use base64::Engine as _;
 use common::*;
@@ -14,6 +13,7 @@ use hookway::client::{ClientError, Event};
 use hookway::server::gateway::WsLimits;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
 
 #[tokio::test]
 async fn forwards_method_path_headers_status_and_bodies() {
