@@ -595,7 +595,17 @@ async fn a_local_app_whose_body_breaks_at_once_is_a_502() {
 async fn localhost_reaches_an_app_on_either_loopback_address() {
     let server = TestServer::start().await;
     for listen in ["[::1]:0", "127.0.0.1:0"] {
-        let app = spawn_app_on(listen).await;
+        let mut app = spawn_app_on(listen).await;
+        // The IPv6 app's port on 127.0.0.1 is held (bound, not listening:
+        // refused), so no other test's server, there by chance, answers first.
+        let mut _held = None;
+        while listen.starts_with('[') && _held.is_none() {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            match socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], app.port()))) {
+                Ok(()) => _held = Some(socket),
+                Err(_) => app = spawn_app_on(listen).await,
+            }
+        }
         let (id, token, _) = create_tunnel(&server, None).await;
         let mut client = TestClient::spawn_to(&server, &id, &token, "localhost", app.port());
         let (url, _) = client.wait_connected().await;
