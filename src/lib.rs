@@ -33,14 +33,25 @@ pub mod wsjson;
 /// use`): a cause the line already holds is not repeated.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
+    for cause in error_sources(err).skip(1) {
         let part = cause.to_string();
         if !text.contains(&part) {
             text.push_str(": ");
             text.push_str(&part);
         }
-        source = cause.source();
     }
     text
+}
+
+/// `err`, then each of its causes in turn (what `Error::sources` will be,
+/// once stable).
+pub fn error_sources<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
+/// Whether `err` or one of its causes is an `E`.
+pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    error_sources(err).any(|e| e.is::<E>())
 }

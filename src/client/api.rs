@@ -37,11 +37,8 @@ fn root_cause(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         return "no answer in time".into();
     }
-    let mut cause: &dyn std::error::Error = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
+    // (`err` itself when it has no cause.)
+    crate::error_sources(err).last().map(ToString::to_string).unwrap_or_default()
 }
 
 /// What to try when an `https://` server URL met a server that answered in

@@ -240,22 +240,14 @@ fn closed_unanswered(err: &hyper_util::client::legacy::Error) -> bool {
     if err.is_connect() {
         return false;
     }
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
-            && hyper.is_incomplete_message()
-        {
-            return true;
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && matches!(
+    crate::error_sources(err).any(|e| {
+        let incomplete = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message);
+        let cut = e.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
             )
-        {
-            return true;
-        }
-        next = e.source();
-    }
-    false
+        });
+        incomplete || cut
+    })
 }

@@ -269,8 +269,7 @@ enum ConnectFailure {
 }
 
 fn connect_failure(err: &hyper_util::client::legacy::Error) -> ConnectFailure {
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
+    for cause in crate::error_sources(err).skip(1) {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return ConnectFailure::Refused,
@@ -278,7 +277,6 @@ fn connect_failure(err: &hyper_util::client::legacy::Error) -> ConnectFailure {
                 _ => {}
             }
         }
-        source = cause.source();
     }
     // hyper-util's message ("client error (Connect)") says nothing its
     // sources do not: "dns error: failed to lookup address information: …".
@@ -401,7 +399,7 @@ pub async fn serve(
     log.duration = started.elapsed();
     let resp = match result {
         Ok(resp) => resp,
-        Err(err) if caused_by::<CallerBodyBroke>(&err) => {
+        Err(err) if crate::caused_by::<CallerBodyBroke>(&err) => {
             // Not the app's failure: the server answers the caller 400, if
             // the caller is still there.
             log.error = Some(format!("{CALLER_BODY_BROKE}: the app got only part of it"));
@@ -451,18 +449,6 @@ fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
 /// server resets it so when its caller's body broke off.
 fn cancelled_by_server(err: &ReadFrameError) -> bool {
     matches!(err, ReadFrameError::Read(quinn::ReadError::Reset(code)) if *code == close::STREAM_CANCELLED)
-}
-
-/// Whether `err` or one of its sources is an `E`.
-fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.is::<E>() {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 /// A request's body for the app.

@@ -148,14 +148,7 @@ pub struct Refused(pub String);
 
 /// Whether a reqwest error came from [`GuardedResolver`] refusing the destination.
 pub fn is_refusal(err: &reqwest::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.is::<Refused>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    crate::caused_by::<Refused>(err)
 }
 
 /// The resolver as reqwest wants it.
