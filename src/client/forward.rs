@@ -177,6 +177,11 @@ impl LocalApp {
         }
     }
 
+    /// The app's URI for a request target (path and query).
+    fn uri(&self, target: &str) -> Option<Uri> {
+        format!("http://{}{target}", self.0.authority).parse().ok()
+    }
+
     /// `host:port`.
     pub fn authority(&self) -> &str {
         &self.0.authority
@@ -205,19 +210,10 @@ impl LocalApp {
         body: Bytes,
         max_body: usize,
     ) -> Result<Buffered, (&'static str, String)> {
-        let uri: Uri = format!("http://{}{target}", self.0.authority)
-            .parse()
-            .map_err(|_| ("bad-target", format!("invalid request target {target:?}")))?;
-        let build = |method, uri, headers, body| {
-            let mut req = Request::new(RequestBody::Whole(body).into_body());
-            *req.method_mut() = method;
-            *req.uri_mut() = uri;
-            *req.headers_mut() = headers;
-            req
-        };
-        let req = build(method.clone(), uri.clone(), headers.clone(), body.clone());
-        let resp =
-            self.send(req, || Some(build(method, uri, headers, body))).await.map_err(|err| self.failure(&err))?;
+        let uri = self.uri(target).ok_or_else(|| ("bad-target", format!("invalid request target {target:?}")))?;
+        let req = app_request(method.clone(), uri.clone(), headers.clone(), RequestBody::Whole(body.clone()));
+        let again = || Some(app_request(method, uri, headers, RequestBody::Whole(body)));
+        let resp = self.send(req, again).await.map_err(|err| self.failure(&err))?;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
@@ -339,9 +335,9 @@ pub async fn serve(
             return Some(log);
         }
     };
-    let uri: Uri = match format!("http://{}{}", app.0.authority, log.path).parse() {
-        Ok(uri) => uri,
-        Err(_) => {
+    let uri = match app.uri(&log.path) {
+        Some(uri) => uri,
+        None => {
             let _ = writer.send(&error_frame(StreamErrorCode::Protocol, "invalid request target")).await;
             writer.finish();
             return Some(log);
@@ -350,17 +346,11 @@ pub async fn serve(
     // To send it again: a whole body, and the request's parts as they came
     // (reference counts; the request is built anew only if it is sent again).
     let again = body.again().map(|body| (body, head.method.clone(), head.target.clone(), wire_headers));
-    let mut req = Request::new(body.into_body());
-    *req.method_mut() = head.method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = headers;
+    let req = app_request(head.method, uri, headers, body);
     let again = || {
         let (body, method, target, headers) = again?;
-        let mut req = Request::new(body.into_body());
-        *req.method_mut() = method;
-        *req.uri_mut() = format!("http://{}{}", app.0.authority, String::from_utf8_lossy(&target)).parse().ok()?;
-        *req.headers_mut() = headers.into_map().ok()?;
-        Some(req)
+        let uri = app.uri(&String::from_utf8_lossy(&target))?;
+        Some(app_request(method, uri, headers.into_map().ok()?, body))
     };
 
     let result = tokio::select! {
@@ -449,6 +439,15 @@ fn error_frame(code: StreamErrorCode, message: &str) -> Frame {
 /// server resets it so when its caller's body broke off.
 fn cancelled_by_server(err: &ReadFrameError) -> bool {
     matches!(err, ReadFrameError::Read(quinn::ReadError::Reset(code)) if *code == close::STREAM_CANCELLED)
+}
+
+/// The request for the app, from its parts.
+fn app_request(method: http::Method, uri: Uri, headers: http::HeaderMap, body: RequestBody) -> Request<Body> {
+    let mut req = Request::new(body.into_body());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    req
 }
 
 /// A request's body for the app.
