@@ -779,6 +779,11 @@ async fn spawn_closing_app(
     (addr, rx)
 }
 
+/// The paths that reached a [`spawn_closing_app`] since the last call, in order.
+fn arrived(arrivals: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    std::iter::from_fn(|| arrivals.try_recv().ok()).collect()
+}
+
 /// An idempotent request on a kept-alive connection the app closes under it,
 /// unanswered, is sent again on a new connection, which the app answers (HTTP
 /// lets a client repeat a PUT); a POST is not (next test). Both transports, a
@@ -798,8 +803,7 @@ async fn an_idempotent_request_on_a_connection_the_app_closed_is_sent_again() {
             let resp = http().get(format!("{url}/third")).send().await.unwrap();
             assert_eq!(resp.status(), 200, "{url}: {}", resp.text().await.unwrap());
             // (`/third`, on a new pooled connection: the one sent again was not kept.)
-            let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
-            assert_eq!(seen, ["/first", "/second", "/second", "/third"], "{url}");
+            assert_eq!(arrived(&mut arrivals), ["/first", "/second", "/second", "/third"], "{url}");
         }
     }
 }
@@ -866,33 +870,25 @@ async fn after_an_app_closed_right_after_answering_each_request_gets_a_new_conne
 #[tokio::test]
 async fn a_request_the_app_may_have_taken_is_not_sent_again() {
     let server = TestServer::start().await;
-    let (crashing, mut arrivals) = spawn_closing_app(1, Second::Close).await;
-    let (_clients, urls) = both_tunnels(&server, crashing.port()).await;
-    for url in &urls {
-        assert_eq!(http().get(format!("{url}/first")).send().await.unwrap().status(), 200);
-        let resp = http().post(format!("{url}/second")).body("webhook").send().await.unwrap();
-        assert_eq!(resp.status(), 502, "{url}");
-        let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
-        assert_eq!(seen, ["/first", "/second"], "{url}");
-    }
     let (at_once, mut arrivals) = spawn_closing_app(0, Second::Close).await;
     let (_clients, urls) = both_tunnels(&server, at_once.port()).await;
     for url in &urls {
         // (Even a GET: a new connection closed under it is no kept-alive race.)
         let resp = http().get(format!("{url}/only")).send().await.unwrap();
         assert_eq!(resp.status(), 502, "{url}");
-        let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
-        assert_eq!(seen, ["/only"], "{url}");
+        assert_eq!(arrived(&mut arrivals), ["/only"], "{url}");
     }
-    let (app, mut arrivals) = spawn_closing_app(1, Second::PartAnswer).await;
-    let (_clients, urls) = both_tunnels(&server, app.port()).await;
-    for url in &urls {
-        assert_eq!(http().get(format!("{url}/first")).send().await.unwrap().status(), 200);
-        let resp = http().post(format!("{url}/second")).body("webhook").send().await.unwrap();
-        assert_eq!(resp.status(), 502, "{url}");
-        assert_eq!(resp.headers()["x-hookway-error"], "local-error");
-        let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
-        assert_eq!(seen, ["/first", "/second"], "{url}");
+    // A POST the app read and closed under, and one it began to answer.
+    for second in [Second::Close, Second::PartAnswer] {
+        let (app, mut arrivals) = spawn_closing_app(1, second).await;
+        let (_clients, urls) = both_tunnels(&server, app.port()).await;
+        for url in &urls {
+            assert_eq!(http().get(format!("{url}/first")).send().await.unwrap().status(), 200);
+            let resp = http().post(format!("{url}/second")).body("webhook").send().await.unwrap();
+            assert_eq!(resp.status(), 502, "{url}");
+            assert_eq!(resp.headers()["x-hookway-error"], "local-error");
+            assert_eq!(arrived(&mut arrivals), ["/first", "/second"], "{url}");
+        }
     }
     let (app, mut arrivals) = spawn_closing_app(1, Second::Close).await;
     let (id, token, _) = create_tunnel(&server, None).await;
@@ -902,6 +898,5 @@ async fn a_request_the_app_may_have_taken_is_not_sent_again() {
     let big = vec![b'x'; 3 * 65536];
     let resp = http().post(format!("{url}/streamed")).body(big).send().await.unwrap();
     assert_eq!(resp.status(), 502);
-    let seen: Vec<String> = std::iter::from_fn(|| arrivals.try_recv().ok()).collect();
-    assert_eq!(seen, ["/first", "/streamed"]);
+    assert_eq!(arrived(&mut arrivals), ["/first", "/streamed"]);
 }
