@@ -69,7 +69,9 @@ impl Default for AppSide {
 impl AppSide {
     /// Whether requests should go on a new connection each now.
     pub(super) fn closes_after_answering(&self) -> bool {
-        (self.started.elapsed().as_millis() as u64) < self.new_connections_until.load(Ordering::Relaxed)
+        // (The clock only for an app seen to close so: most never are.)
+        let until = self.new_connections_until.load(Ordering::Relaxed);
+        until != 0 && (self.started.elapsed().as_millis() as u64) < until
     }
 
     fn closed_after_answering(&self) {
