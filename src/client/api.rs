@@ -185,17 +185,19 @@ impl ApiClient {
     pub async fn list(&self, path: &str, field: &str) -> Result<Value, ApiError> {
         let value = self.call(Method::GET, path, None).await?;
         if !value[field].is_array() {
-            let base = &self.base;
-            return Err(ApiError::Decode(format!(
-                "{path}: no `{field}` list in the answer (is {base} a hookway server?)"
-            )));
+            return Err(self.not_ours(format!("{path}: no `{field}` list in the answer")));
         }
         Ok(value)
     }
 
     fn typed<T: serde::de::DeserializeOwned>(&self, value: Value) -> Result<T, ApiError> {
-        let base = &self.base;
-        serde_json::from_value(value).map_err(|e| ApiError::Decode(format!("{e} (is {base} a hookway server?)")))
+        serde_json::from_value(value).map_err(|e| self.not_ours(e.to_string()))
+    }
+
+    /// An answer not of the API's shape: `what` was wrong, and the server
+    /// URL may name another service.
+    fn not_ours(&self, what: String) -> ApiError {
+        ApiError::Decode(format!("{what} (is {} a hookway server?)", self.base))
     }
 
     /// `GET /api/info`.
