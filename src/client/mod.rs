@@ -32,7 +32,15 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a stopping client with nothing in flight waits, after
 /// `Leaving`, for the streams the server opened before it read it.
-pub(super) const LEAVING_LINGER_MAX: Duration = Duration::from_secs(1);
+const LEAVING_LINGER_MAX: Duration = Duration::from_secs(1);
+
+/// How long a stopping client with nothing in flight waits after saying it
+/// is leaving, on a path of round trip `rtt`: a round trip and a half
+/// (`Leaving` on its way, then the requests sent before the server read it
+/// on theirs), and a little, at most [`LEAVING_LINGER_MAX`].
+fn leaving_linger(rtt: Duration) -> Duration {
+    (rtt * 3 / 2 + Duration::from_millis(20)).min(LEAVING_LINGER_MAX)
+}
 /// After how long a first QUIC connection still being made is told of.
 pub const SLOW_CONNECT: Duration = Duration::from_secs(3);
 /// On stop (ctrl-c), how long requests the local app is answering get to
@@ -286,9 +294,7 @@ async fn quic_session(
                     _ = tokio::time::timeout(Duration::from_secs(1), control.1.send(&Frame::Leaving)) => {}
                     _ = shutdown.cut_token().cancelled() => {}
                 }
-                // A round trip and a half: `Leaving` on its way, then the
-                // streams opened before the server read it on theirs.
-                linger = (conn.rtt() * 3 / 2 + Duration::from_millis(20)).min(LEAVING_LINGER_MAX);
+                linger = leaving_linger(conn.rtt());
             }
             let refuse = async {
                 while let Ok((mut send, _)) = conn.accept_bi().await {

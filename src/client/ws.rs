@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use tokio_util::task::TaskTracker;
 
-use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LEAVING_LINGER_MAX, LocalApp, RequestLog, WsUrl, drain};
+use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, WsUrl, drain, leaving_linger};
 use crate::quic::{close, tls};
 use crate::shutdown::Shutdown;
 use crate::wire::ServerHello;
@@ -54,8 +54,7 @@ pub(super) async fn session(
     shutdown: &Shutdown,
     reconnected: bool,
 ) -> (bool, Attempt) {
-    let dialled = Instant::now();
-    let (ws, mut welcome) = tokio::select! {
+    let (ws, welcome) = tokio::select! {
         _ = shutdown.stop_token().cancelled() => return (false, Attempt::Stopped),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect(url)) => match r {
             Ok(Ok(pair)) => pair,
@@ -63,7 +62,6 @@ pub(super) async fn session(
             Err(_) => return (false, Attempt::Retry("timed out connecting to the WebSocket gateway".into())),
         },
     };
-    welcome.handshake = dialled.elapsed();
     on_event(Event::Connected { hello: welcome.hello.clone(), reconnected });
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel::<Message>(256);
@@ -84,9 +82,8 @@ pub(super) async fn session(
                     _ = tokio::time::timeout(Duration::from_secs(1), tx.send(Message::text(wsjson::leaving()))) => {}
                     _ = shutdown.cut_token().cancelled() => {}
                 }
-                // A round trip and a half, as over QUIC: three quarters of
-                // the upgrade's two round trips or more is at least that.
-                linger = (welcome.handshake * 3 / 4 + Duration::from_millis(20)).min(LEAVING_LINGER_MAX);
+                // (Half the upgrade's two round trips or more: at least one.)
+                linger = leaving_linger(welcome.handshake / 2);
             }
             let subdomain = &welcome.hello.subdomain;
             let refuse = async {
@@ -260,6 +257,7 @@ fn closed(frame: Option<CloseFrame>) -> Attempt {
 /// Opens the socket; refusals (401/404, a certificate we cannot trust) are
 /// final, the rest worth a retry.
 async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
+    let started = Instant::now();
     let config = WebSocketConfig::default().max_message_size(Some(MAX_MESSAGE)).max_frame_size(Some(MAX_MESSAGE));
     let refusal = tls::Refusal::default();
     let connector = url.as_str().starts_with("wss:").then(|| {
@@ -307,5 +305,5 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
     let ping_interval = Duration::from_millis(ping_ms);
-    Ok((ws, Welcome { hello, max_body, ping_interval, handshake: Duration::ZERO }))
+    Ok((ws, Welcome { hello, max_body, ping_interval, handshake: started.elapsed() }))
 }
