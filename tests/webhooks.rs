@@ -773,7 +773,10 @@ async fn group_webhooks_only_hear_their_tunnels() {
     heard.sort();
     assert_eq!(heard, [format!("token.connected {a_tok}"), format!("tunnel.connected {a}")]);
 
-    // Moving B into "prod" and A out of it changes who hears their disconnects.
+    // Moving B into "prod" and A out of it, while both are connected: "prod"
+    // hears B connect and A disconnect at once, so that what each tunnel's
+    // group heard last is its state; the ungrouped webhook hears nothing,
+    // as nothing changed for it.
     let (status, v) =
         call(&server, Method::PATCH, &format!("/api/tunnels/{b}"), Some(json!({ "group": "prod" }))).await;
     assert_eq!((status, &v["tunnel"]["group"]), (StatusCode::OK, &json!("prod")), "{v}");
@@ -782,27 +785,48 @@ async fn group_webhooks_only_hear_their_tunnels() {
     assert!(v["tunnel"].get("group").is_none(), "cleared group is not shown: {v}");
     let (_, v) = call(&server, Method::GET, &format!("/api/tunnels/{b}"), None).await;
     assert_eq!(v["tunnel"]["group"], "prod", "{v}");
+    // (Moving to the group it has already is no move.)
+    let (status, _) =
+        call(&server, Method::PATCH, &format!("/api/tunnels/{b}"), Some(json!({ "group": "prod" }))).await;
+    assert_eq!(status, StatusCode::OK);
+    let story = |r: &Receiver| -> Vec<String> {
+        let mut heard: Vec<(String, String)> = r
+            .requests()
+            .iter()
+            .map(|r| (r.json["ActionDate"].as_str().unwrap_or("").to_owned(), format!("{} {}", r.event(), r.id())))
+            .collect();
+        heard.sort();
+        heard.into_iter().map(|(_, e)| e).collect()
+    };
+    prod.wait_for(Duration::from_secs(5), |rs| rs.len() >= 6).await;
+    tokio::time::sleep(ms(300)).await;
+    let moved = story(&prod);
+    assert_eq!(moved.len(), 6, "{moved:?}");
+    let (mut b_joined, mut a_left) = (moved[2..4].to_vec(), moved[4..6].to_vec());
+    b_joined.sort();
+    a_left.sort();
+    assert_eq!(b_joined, [format!("token.connected {b_tok}"), format!("tunnel.connected {b}")], "{moved:?}");
+    assert_eq!(a_left, [format!("token.disconnected {a_tok}"), format!("tunnel.disconnected {a}")], "{moved:?}");
+    assert_eq!(everyone.requests().len(), 4, "{:?}", everyone.summary());
 
     stop_client(client_b).await;
     stop_client(client_a).await;
     everyone.wait_event("tunnel.disconnected", 2, Duration::from_secs(5)).await;
     everyone.wait_event("token.disconnected", 2, Duration::from_secs(5)).await;
+    prod.wait_for(Duration::from_secs(5), |rs| rs.len() >= 8).await;
     tokio::time::sleep(ms(300)).await;
-    let down: Vec<String> = prod
-        .requests()
-        .iter()
-        .filter(|r| r.event().ends_with("disconnected"))
-        .map(|r| format!("{} {}", r.event(), r.id()))
-        .collect();
-    let mut down_sorted = down.clone();
-    down_sorted.sort();
+    // Now only B's disconnects reach "prod": A's were said when it left.
+    let mut last: Vec<String> = story(&prod)[6..].to_vec();
+    last.sort();
     assert_eq!(
-        down_sorted,
+        last,
         [format!("token.disconnected {b_tok}"), format!("tunnel.disconnected {b}")],
         "prod: {:?}\neveryone: {:?}",
         prod.summary(),
         everyone.summary()
     );
+    assert_eq!(prod.requests().len(), 8, "{:?}", prod.summary());
+    assert_eq!(everyone.requests().len(), 8, "{:?}", everyone.summary());
 }
 
 #[tokio::test]

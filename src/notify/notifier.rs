@@ -74,6 +74,10 @@ struct Emitted {
     org_id: String,
     subject: String,
     group: Option<String>,
+    /// Not a change of state but of group: a connected tunnel moved into
+    /// (a connect) or out of (a disconnect) `group`. Only webhooks filtered
+    /// on that group hear it; to the others nothing changed.
+    regrouped: bool,
     at: OffsetDateTime,
 }
 
@@ -150,11 +154,26 @@ impl Notifier {
     /// Reports an event about `subject` (a tunnel id or a token's public id).
     /// Never blocks and never fails: delivery happens elsewhere.
     pub fn emit(&self, kind: EventKind, org_id: &str, subject: &str, group: Option<&str>) {
+        self.send(kind, org_id, subject, group, false);
+    }
+
+    /// Reports that a connected tunnel (or its token) moved into `group`
+    /// (`kind` a connect) or out of it (a disconnect), to the webhooks
+    /// filtered on that group only: each group's subscribers then hear a
+    /// connect before a disconnect, while webhooks of every group hear no
+    /// change, as there was none. (A move into no group is heard by none; it
+    /// tells the live marks where a disconnect owed after a crash now goes.)
+    pub fn emit_regrouped(&self, kind: EventKind, org_id: &str, subject: &str, group: Option<&str>) {
+        self.send(kind, org_id, subject, group, true);
+    }
+
+    fn send(&self, kind: EventKind, org_id: &str, subject: &str, group: Option<&str>, regrouped: bool) {
         let event = Emitted {
             kind,
             org_id: org_id.to_owned(),
             subject: subject.to_owned(),
             group: group.map(str::to_owned),
+            regrouped,
             at: OffsetDateTime::now_utc(),
         };
         let _ = self.events.send(event);
@@ -327,7 +346,10 @@ impl Notifier {
                 let subscribed = w.enabled
                     && w.org_id == e.org_id
                     && w.events.iter().any(|name| name == e.kind.as_str())
-                    && w.group.as_ref().is_none_or(|g| e.group.as_ref() == Some(g));
+                    && match &w.group {
+                        Some(g) => e.group.as_ref() == Some(g),
+                        None => !e.regrouped,
+                    };
                 if subscribed {
                     rows.push(DeliveryRecord {
                         id: format!("msg_{}", crate::server::names::random_suffix(24)),

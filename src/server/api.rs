@@ -595,7 +595,7 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
     if let Some(group) = group {
         let (tid, stored) = (tunnel.id.clone(), group.clone());
         state.store.run(move |s| s.set_tunnel_group(&tid, stored.as_deref())).await?;
-        tunnel.update_meta(|m| m.group = group);
+        super::session::regroup(state, &tunnel, group);
     }
     if let Some(on) = capture_bodies {
         let tid = tunnel.id.clone();

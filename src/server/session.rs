@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::Duration;
 
@@ -213,6 +213,38 @@ fn token_offline(state: &State, session: &Session) {
     }
     let t = &session.tunnel;
     state.notifier.emit(EventKind::TokenDisconnected, &t.org_id, &session.token_id, t.meta().group.as_deref());
+}
+
+/// Moves `tunnel` to `group` (the API's update), telling subscribers of a
+/// connected tunnel's old and new group, so that what each group's webhooks
+/// heard last is the tunnel's state: the old group's hear it (and its token)
+/// disconnect, the new group's connect. Webhooks of every group hear nothing.
+/// Without this a tunnel moved while connected was a connect without a
+/// disconnect to the old group and the reverse to the new one (found by a
+/// walkthrough).
+///
+/// Under the tunnel's event order, so no connect or disconnect of a session
+/// comes between the move and its events, and each reads the group in force.
+pub fn regroup(state: &State, tunnel: &Tunnel, group: Option<String>) {
+    let _order = tunnel.order_events();
+    let old = tunnel.meta().group;
+    tunnel.update_meta(|m| m.group = group.clone());
+    if old == group {
+        return;
+    }
+    let Some(session) = state.registry.session_of(tunnel) else { return };
+    let token = session.token_state.load(Acquire) == TOKEN_CONNECTED;
+    let (org, notifier) = (&tunnel.org_id, &state.notifier);
+    if old.is_some() {
+        if token {
+            notifier.emit_regrouped(EventKind::TokenDisconnected, org, &session.token_id, old.as_deref());
+        }
+        notifier.emit_regrouped(EventKind::TunnelDisconnected, org, &tunnel.id, old.as_deref());
+    }
+    notifier.emit_regrouped(EventKind::TunnelConnected, org, &tunnel.id, group.as_deref());
+    if token {
+        notifier.emit_regrouped(EventKind::TokenConnected, org, &session.token_id, group.as_deref());
+    }
 }
 
 /// Fires `tunnel.disconnected`: by [`end`] or [`end_on_purpose`], whichever

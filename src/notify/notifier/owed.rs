@@ -42,8 +42,8 @@ impl Notifier {
                 EventKind::TunnelDisconnected => m.open.clamp(0, 1),
                 _ => m.open.clamp(0, MAX_OWED_PER_TOKEN),
             };
-            let event =
-                Emitted { kind, org_id: m.org_id.clone(), subject: m.subject.clone(), group: m.group.clone(), at };
+            let (org_id, subject, group) = (m.org_id.clone(), m.subject.clone(), m.group.clone());
+            let event = Emitted { kind, org_id, subject, group, regrouped: false, at };
             events.extend(std::iter::repeat_n(event, owed as usize));
         }
         let rows = self.deliveries_for(&events);
@@ -65,10 +65,14 @@ pub struct Settled {
 }
 
 /// How a batch of events moves the live marks: every event counts, whether or
-/// not a webhook hears it now (one may be created before the disconnect).
+/// not a webhook hears it now (one may be created before the disconnect). A
+/// move to another group opens or closes nothing: its connect only changes
+/// the group an owed disconnect goes to, and its disconnect (out of the old
+/// group, sent first) nothing.
 pub(super) fn live_changes(events: &[Emitted]) -> Vec<LiveMark> {
     events
         .iter()
+        .filter(|e| !e.regrouped || e.kind.owes().1 > 0)
         .map(|e| {
             let (owed, open) = e.kind.owes();
             LiveMark {
@@ -76,7 +80,7 @@ pub(super) fn live_changes(events: &[Emitted]) -> Vec<LiveMark> {
                 subject: e.subject.clone(),
                 org_id: e.org_id.clone(),
                 group: e.group.clone(),
-                open,
+                open: if e.regrouped { 0 } else { open },
             }
         })
         .collect()
@@ -181,5 +185,72 @@ mod tests {
         assert_eq!(due.len(), 5, "queued as pending, due now");
         assert_eq!(sqlite.live_marks().unwrap(), [], "the marks are cleared");
         assert_eq!(notifier.settle_previous_run().unwrap(), Default::default(), "and a second restart owes nothing");
+    }
+
+    /// A tunnel moved to another group while connected, then a crash: the
+    /// disconnects owed go to the group it was in last (and to webhooks of
+    /// every group), not to the one it left, which heard it leave.
+    #[test]
+    fn a_move_to_another_group_moves_what_a_crash_owes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let org = store.ensure_org("acme").unwrap();
+        let hooks = [
+            webhook("wh_all", &org, None),
+            webhook("wh_prod", &org, Some("prod")),
+            webhook("wh_dev", &org, Some("dev")),
+        ];
+        for w in &hooks {
+            store.save_webhook(w).unwrap();
+        }
+        let event = |kind, subject: &str, group: Option<&str>, regrouped| Emitted {
+            kind,
+            org_id: org.clone(),
+            subject: subject.into(),
+            group: group.map(str::to_owned),
+            regrouped,
+            at: OffsetDateTime::now_utc(),
+        };
+        let events = [
+            // tun_a: connected in prod, moved to dev.
+            event(EventKind::TunnelConnected, "tun_a", Some("prod"), false),
+            event(EventKind::TokenConnected, "tok_a", Some("prod"), false),
+            event(EventKind::TokenDisconnected, "tok_a", Some("prod"), true),
+            event(EventKind::TunnelDisconnected, "tun_a", Some("prod"), true),
+            event(EventKind::TunnelConnected, "tun_a", Some("dev"), true),
+            event(EventKind::TokenConnected, "tok_a", Some("dev"), true),
+            // tun_b: connected in prod, moved out of every group.
+            event(EventKind::TunnelConnected, "tun_b", Some("prod"), false),
+            event(EventKind::TunnelDisconnected, "tun_b", Some("prod"), true),
+            event(EventKind::TunnelConnected, "tun_b", None, true),
+        ];
+        // The events reach the store in batches of any size: the old group's
+        // disconnects closed nothing, though their connects are still to come.
+        store.record_events(&[], &live_changes(&events[..4])).unwrap();
+        let marks = store.live_marks().unwrap();
+        assert_eq!(marks.iter().map(|m| m.open).collect::<Vec<_>>(), [1, 1], "a move closes nothing: {marks:?}");
+        store.record_events(&[], &live_changes(&events[4..])).unwrap();
+        let marks = store.live_marks().unwrap();
+        assert_eq!(marks.iter().map(|m| m.open).collect::<Vec<_>>(), [1, 1, 1], "nor opens anything: {marks:?}");
+        drop(store);
+
+        let store = StoreHandle::new(SqliteStore::open_in(dir.path()).unwrap());
+        let notifier = Notifier::new(store.clone(), NotifyConfig::default(), hooks.to_vec());
+        assert_eq!(notifier.settle_previous_run().unwrap().events, 3);
+        let sqlite = SqliteStore::open_in(dir.path()).unwrap();
+        let pair = |e: &str, s: &str| (e.to_owned(), s.to_owned());
+        assert_eq!(
+            heard(&sqlite, "wh_all"),
+            [
+                pair("token.disconnected", "tok_a"),
+                pair("tunnel.disconnected", "tun_a"),
+                pair("tunnel.disconnected", "tun_b")
+            ]
+        );
+        assert_eq!(
+            heard(&sqlite, "wh_dev"),
+            [pair("token.disconnected", "tok_a"), pair("tunnel.disconnected", "tun_a")]
+        );
+        assert_eq!(heard(&sqlite, "wh_prod"), [], "prod heard them leave");
     }
 }
