@@ -23,6 +23,15 @@ pub fn header_name(bytes: &[u8]) -> Result<HeaderName, http::header::InvalidHead
     }
 }
 
+/// Why an app's 1xx answer is not passed on: it cannot end a request, and no
+/// app was asked to switch protocols (`Upgrade` is a hop-by-hop header, not
+/// forwarded). The QUIC edge and the `--ws` client answer it alike, with a
+/// 502 `local-error`: hyper would send a bare 101 and leave an HTTP/1.1
+/// caller with an empty reply, and the WebSocket contract has no 1xx status.
+pub fn unasked_informational(status: http::StatusCode) -> String {
+    format!("the local app answered {status}, which does not end a request (it was not asked to upgrade)")
+}
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,

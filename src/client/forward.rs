@@ -215,6 +215,9 @@ impl LocalApp {
         let again = || Some(app_request(method, uri, headers, RequestBody::Whole(body)));
         let resp = self.send(req, again).await.map_err(|err| self.failure(&err))?;
         let (parts, body) = resp.into_parts();
+        if parts.status.is_informational() {
+            return Err(("local-error", crate::headers::unasked_informational(parts.status)));
+        }
         let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
                 (

@@ -616,15 +616,8 @@ pub(super) fn no_content(status: StatusCode, headers: &mut http::HeaderMap) -> b
 
 /// Builds the public response, its body streamed from the tunnel.
 fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameReader) -> Response<Body> {
-    // A 1xx cannot end an exchange: hyper would send a 101 (the edge strips
-    // `Upgrade`, so the app was never asked to switch) and leave the caller
-    // with an empty reply. The WebSocket gateway refuses them too.
     if status.is_informational() {
-        return edge_error(
-            StatusCode::BAD_GATEWAY,
-            "tunnel-error",
-            format_args!("the local app answered {status}, which does not end a request (it was not asked to upgrade)"),
-        );
+        return edge_error(StatusCode::BAD_GATEWAY, "local-error", crate::headers::unasked_informational(status));
     }
     let Ok(mut map) = headers.into_map() else {
         // Dropping the reader stops the stream: the rest is of no use.
@@ -644,17 +637,23 @@ fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameRead
     }
     let frames = stream::unfold(Some(reader), |state| async move {
         let mut reader = state?;
-        match reader.next().await {
+        let failed = match reader.next().await {
             Ok(Some(Frame::Body(data))) => {
                 let more = (!reader.end_is_next()).then_some(reader);
-                Some((Ok(BodyFrame::data(data)), more))
+                return Some((Ok(BodyFrame::data(data)), more));
             }
-            Ok(Some(Frame::End)) => None,
-            Ok(Some(Frame::Error(err))) => Some((Err(BoxError::from(format!("local app: {}", err.message))), None)),
-            Ok(Some(other)) => Some((Err(BoxError::from(format!("unexpected frame {other:?}"))), None)),
-            Ok(None) => Some((Err(BoxError::from("response body ended early")), None)),
-            Err(err) => Some((Err(BoxError::from(err)), None)),
-        }
+            Ok(Some(Frame::End)) => return None,
+            Ok(Some(Frame::Error(err))) => BoxError::from(format!("local app: {}", err.message)),
+            Ok(Some(other)) => BoxError::from(format!("unexpected frame {other:?}")),
+            Ok(None) => BoxError::from("response body ended early"),
+            Err(err) => BoxError::from(err),
+        };
+        // hyper drops the connection on a body's error without writing what
+        // it holds: a head and bytes that came with the failure would never
+        // leave, and the caller would get an empty reply. Pending once, it
+        // writes them; then the error cuts the body where the app broke it.
+        tokio::task::yield_now().await;
+        Some((Err(failed), None))
     });
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     *resp.status_mut() = status;
