@@ -322,9 +322,10 @@ struct ServerArgs {
     /// forwarding needs to store what no one could read; every record is still kept. 0 keeps no bodies.
     #[arg(long, env = "HOOKWAY_CAPTURE_BODY_RATE", default_value_t = hookway::server::capture::DEFAULT_BODY_RATE)]
     capture_body_rate: usize,
-    /// Captured requests kept per tunnel (the newest); older ones are pruned.
-    #[arg(long, env = "HOOKWAY_CAPTURE_MAX_RECORDS", default_value_t = hookway::server::capture::DEFAULT_MAX_RECORDS)]
-    capture_max_records: usize,
+    /// Captured requests kept per tunnel (the newest, 1 to 100000000); older ones are pruned.
+    #[arg(long, env = "HOOKWAY_CAPTURE_MAX_RECORDS", default_value_t = hookway::server::capture::DEFAULT_MAX_RECORDS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CAPTURE_RECORDS))]
+    capture_max_records: u64,
     /// Also prune captured requests older than this (e.g. 24h, 7d; default: kept until pushed out by newer ones).
     #[arg(long, env = "HOOKWAY_CAPTURE_MAX_AGE", value_parser = hookway::notify::retry::parse_duration)]
     capture_max_age: Option<Duration>,
@@ -597,6 +598,11 @@ fn server_url(s: &str) -> Result<String, String> {
 
 /// The server clients talk to unless told otherwise: the server's default `--http`.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// Most `--capture-max-records`: far more than anyone reads (each record may
+/// hold 2 MiB of bodies), and well inside what SQLite counts in (a value past
+/// `i64::MAX` once became a negative offset, which kept one record).
+const MAX_CAPTURE_RECORDS: u64 = 100_000_000;
 
 /// Checks an id argument (`tun_…`, `wh_…`, `req_…`) before it goes into a URL
 /// path: ids are letters, digits, `_` and `-`, so a typo or a pasted path
@@ -875,7 +881,8 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             enabled: !args.no_capture,
             body_limit: args.capture_body_limit,
             body_rate: args.capture_body_rate,
-            max_records: args.capture_max_records.max(1),
+            // (In range: checked by clap.)
+            max_records: usize::try_from(args.capture_max_records).unwrap_or(usize::MAX),
             max_age: args.capture_max_age,
         },
     };

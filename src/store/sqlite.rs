@@ -531,6 +531,40 @@ mod tests {
         assert!(SqliteStore::open_in(dir.path()).unwrap().get_request("tun_a", "req_2").unwrap().is_some());
     }
 
+    /// Issue: a keep count past `i64::MAX` became a negative offset in the
+    /// trim, which SQLite takes as none: every record but the newest went.
+    #[test]
+    fn retention_keeps_the_newest_and_a_huge_count_keeps_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in(dir.path()).unwrap();
+        let kept = || -> Vec<String> {
+            let ids = store.with_log(|c| {
+                let mut stmt = c.prepare("SELECT id FROM requests WHERE tunnel_id = 'tun_a' ORDER BY id")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            });
+            ids.unwrap()
+        };
+        let with_id = |id: &str| RequestRecord {
+            id: id.into(),
+            tunnel_id: "tun_a".into(),
+            time: "2026-11-24T10:00:00.000000Z".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            status: Some(200),
+            duration_us: 5,
+            outcome: "ok".into(),
+            client_ip: "127.0.0.1".into(),
+            replay_of: None,
+            request: crate::store::CapturedPart { headers: vec![], body: CapturedBody::default() },
+            response: None,
+        };
+        store.insert_requests(&[with_id("req_1"), with_id("req_2"), with_id("req_3")], usize::MAX).unwrap();
+        assert_eq!(kept(), ["req_1", "req_2", "req_3"]);
+        store.insert_requests(&[with_id("req_4")], 2).unwrap();
+        assert_eq!(kept(), ["req_3", "req_4"]);
+    }
+
     /// Issue: header values were stored as text, so a value that is not UTF-8
     /// (obs-text: Latin-1, a raw signature) came back with U+FFFD in it, and
     /// a replay sent that. Values are bytes now; rows written before, whose

@@ -191,7 +191,8 @@ pub(super) fn insert(c: &mut Connection, records: &[RequestRecord], keep: usize)
         tunnels.sort_unstable();
         tunnels.dedup();
         for t in tunnels {
-            trim.execute(params![t, keep.saturating_sub(1) as i64])?;
+            // (Saturated, not wrapped: a negative offset counts as none and would keep one.)
+            trim.execute(params![t, i64::try_from(keep.saturating_sub(1)).unwrap_or(i64::MAX)])?;
         }
     }
     tx.commit()
