@@ -262,8 +262,8 @@ struct ServerArgs {
     /// Domain for host-based URLs: <subdomain>.<domain> routes to that tunnel.
     #[arg(long, env = "HOOKWAY_DOMAIN")]
     domain: Option<String>,
-    /// QUIC address clients should dial, if not <public host>:<quic port> (e.g. behind NAT).
-    #[arg(long, env = "HOOKWAY_QUIC_PUBLIC_ADDR")]
+    /// QUIC address clients should dial, HOST:PORT, if not <public host>:<quic port> (e.g. behind NAT).
+    #[arg(long, env = "HOOKWAY_QUIC_PUBLIC_ADDR", value_parser = dial_addr)]
     quic_public_addr: Option<String>,
     /// Reverse proxies in front of the HTTP listener (addresses or CIDR ranges, comma-separated, e.g.
     /// 127.0.0.1,::1): for requests from them, the caller recorded (request inspection, a WebSocket
@@ -358,8 +358,8 @@ struct ConnectArgs {
     /// Pin this SHA-256 certificate fingerprint instead of the one the server announces.
     #[arg(long, env = "HOOKWAY_FINGERPRINT", value_parser = fingerprint)]
     fingerprint: Option<String>,
-    /// QUIC address to dial instead of the one the server announces.
-    #[arg(long, env = "HOOKWAY_QUIC_ADDR")]
+    /// QUIC address to dial instead of the one the server announces (HOST:PORT).
+    #[arg(long, env = "HOOKWAY_QUIC_ADDR", value_parser = dial_addr)]
     quic_addr: Option<String>,
     /// Serve over the WebSocket-JSON gateway (TCP) instead of QUIC: for networks that block UDP.
     /// Bodies are then buffered and capped by the server (10 MiB by default).
@@ -555,6 +555,22 @@ fn local_port(s: &str) -> Result<u16, String> {
 /// (the name `--server http://localhost:…` takes). Other names are refused
 /// rather than looked up: which of its addresses a name would bind is
 /// anyone's guess.
+/// A `HOST:PORT` to dial (`[v6]:PORT` for an IPv6 address), kept as given:
+/// without the port, clients only ever said they could not resolve it.
+fn dial_addr(s: &str) -> Result<String, String> {
+    let example = "give a host and port, like tunnels.example.com:4443, 203.0.113.7:4443 or [2001:db8::7]:4443";
+    let Some((host, port)) = s.rsplit_once(':') else { return Err(format!("no port: {example}")) };
+    if port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!("{port:?} is not a port: {example}"));
+    }
+    let bare_v6 = host.contains(':') && !(host.starts_with('[') && host.ends_with(']'));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || bare_v6 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(example.into());
+    }
+    Ok(s.to_owned())
+}
+
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
@@ -1561,6 +1577,23 @@ mod tests {
         assert!(listen_addr("localhost:http").unwrap_err().contains("not a port"));
         assert!(listen_addr("example.com:80").unwrap_err().contains("give an IP address and port"));
         assert!(listen_addr("8080").unwrap_err().contains("like 127.0.0.1:8080"));
+    }
+
+    /// Issue: `--quic-public-addr 127.0.0.1` was taken, and its clients
+    /// retried for ever, saying they could not resolve it.
+    #[test]
+    fn dial_addresses_need_a_host_and_a_port() {
+        for good in ["tunnels.example.com:4443", "203.0.113.7:4443", "[2001:db8::7]:4443", "localhost:1"] {
+            assert_eq!(dial_addr(good).as_deref(), Ok(good));
+        }
+        assert!(dial_addr("127.0.0.1").unwrap_err().starts_with("no port"));
+        assert!(dial_addr("x").unwrap_err().starts_with("no port"));
+        for bad_port in ["h:0", "h:http", "h:70000", "h:"] {
+            assert!(dial_addr(bad_port).unwrap_err().contains("is not a port"), "{bad_port}");
+        }
+        for bad_host in [":4443", "[]:4443", "2001:db8::7:4443", "a b:1", "http://h:1"] {
+            assert!(dial_addr(bad_host).unwrap_err().starts_with("give a host and port"), "{bad_host}");
+        }
     }
 
     #[test]
