@@ -638,8 +638,8 @@ fn resource_id(s: &str) -> Result<String, String> {
 enum KeysCommand {
     /// Create an API key for an organization (created if new); the key is printed once.
     Create {
-        /// Organization name.
-        #[arg(long, default_value = server::DEFAULT_ORG)]
+        /// Organization name (1 to 100 characters, shown in `keys list`).
+        #[arg(long, default_value = server::DEFAULT_ORG, value_parser = org_name)]
         org: String,
         /// The server's data directory.
         #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
@@ -660,6 +660,23 @@ enum KeysCommand {
         #[arg(long, env = "HOOKWAY_DATA_DIR", default_value = "hookway-data")]
         data_dir: PathBuf,
     },
+}
+
+/// An organization's name for `keys create`: shown in `keys list`, so held
+/// to what a tunnel's name is (an escape sequence in one cleared the screen,
+/// found by an adversarial probe).
+fn org_name(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name.is_empty() {
+        return Err("an organization needs a name".into());
+    }
+    if name.chars().count() > 100 {
+        return Err("at most 100 characters".into());
+    }
+    if name.chars().any(hookway::rewrites_terminal) {
+        return Err("no control characters (line breaks, tabs, escapes) or text-direction overrides".into());
+    }
+    Ok(name.to_owned())
 }
 
 /// The store in the server's data directory `dir`; refused when it holds no
@@ -1577,6 +1594,18 @@ mod tests {
         assert!(listen_addr("localhost:http").unwrap_err().contains("not a port"));
         assert!(listen_addr("example.com:80").unwrap_err().contains("give an IP address and port"));
         assert!(listen_addr("8080").unwrap_err().contains("like 127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn organization_names_are_shown_safely() {
+        assert_eq!(org_name("  acme corp ").as_deref(), Ok("acme corp"));
+        assert_eq!(org_name("Müller & Söhne").as_deref(), Ok("Müller & Söhne"));
+        assert!(org_name("").is_err() && org_name("   ").is_err());
+        assert!(org_name(&"x".repeat(101)).is_err());
+        assert_eq!(org_name(&"é".repeat(100)).map(|n| n.chars().count()), Ok(100));
+        for bad in ["evil\u{1b}[2J", "line\nbreak", "tab\there", "abc\u{202e}fed", "x\u{2066}y"] {
+            assert!(org_name(bad).unwrap_err().contains("control characters"), "{bad:?}");
+        }
     }
 
     /// Issue: `--quic-public-addr 127.0.0.1` was taken, and its clients

@@ -247,6 +247,8 @@ async fn every_error_is_json_with_the_right_status() {
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "fake\r\nline"}"#), 400),
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "nul\u0000"}"#), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"name":"x\u0007"}"#), 400),
+        // So would a text-direction override (the rest of the line shown reversed).
+        (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name": "invoice\u202egpj.exe"}"#), 400),
         (Method::POST, "/api/tunnels".into(), Some(&auth), Some(r#"{"name":"a","subdomain":7}"#), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some("{}"), 400),
         (Method::PATCH, format!("/api/tunnels/{id}"), Some(&auth), Some(r#"{"subdomain":"other"}"#), 400),

@@ -20,9 +20,10 @@ const MIN_LAST: usize = 20;
 /// The header line and one line per row. The last column is never padded;
 /// with `width`, its cells are cut (ending in `…`) so lines fit in it.
 pub fn render(columns: &[(&str, Align)], rows: &[Vec<String>], width: Option<usize>) -> Vec<String> {
+    let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|cell| shown(cell)).collect()).collect();
     let n = columns.len();
     let mut widths: Vec<usize> = columns.iter().map(|(title, _)| title.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -56,7 +57,15 @@ pub fn render(columns: &[(&str, Align)], rows: &[Vec<String>], width: Option<usi
 /// a tunnel).
 pub fn fields(fields: &[(&str, String)]) -> Vec<String> {
     let width = fields.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0) + 1;
-    fields.iter().map(|(k, v)| format!("{:<width$} {v}", format!("{k}:"))).collect()
+    fields.iter().map(|(k, v)| format!("{:<width$} {}", format!("{k}:"), shown(v))).collect()
+}
+
+/// A cell as a terminal can show it without being rewritten by it: names
+/// stored before the server refused control and text-direction characters
+/// (an organization's from `keys create`, found by an adversarial probe) show
+/// them as U+FFFD.
+fn shown(cell: &str) -> String {
+    cell.chars().map(|c| if hookway::rewrites_terminal(c) { '\u{fffd}' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -77,6 +86,14 @@ mod tests {
     fn field_values_line_up() {
         let lines = fields(&[("id", "tun_1".to_owned()), ("auth token", "hwt_x".to_owned())]);
         assert_eq!(lines, ["id:         tun_1", "auth token: hwt_x"]);
+    }
+
+    #[test]
+    fn cells_cannot_rewrite_the_terminal() {
+        let rows = vec![vec!["evil\u{1b}[2J\nx".to_owned(), "a\u{202e}b".to_owned()]];
+        let lines = render(&[("ORG", Align::Left), ("NAME", Align::Left)], &rows, None);
+        assert_eq!(lines[1], "evil\u{fffd}[2J\u{fffd}x  a\u{fffd}b");
+        assert_eq!(fields(&[("name", "a\tb".to_owned())]), ["name: a\u{fffd}b"]);
     }
 
     #[test]

@@ -475,8 +475,10 @@ pub(super) fn valid_name(name: String) -> Result<String, ApiError> {
     }
     // A name is shown in terminals (`tunnels list`, the client's banner):
     // escape sequences and line breaks in it would rewrite what a user sees.
-    if name.chars().any(char::is_control) {
-        return Err(ApiError::bad("'name' must not contain control characters (line breaks, tabs, escapes)"));
+    if name.chars().any(crate::rewrites_terminal) {
+        return Err(ApiError::bad(
+            "'name' must not contain control characters (line breaks, tabs, escapes) or text-direction overrides",
+        ));
     }
     Ok(name)
 }
