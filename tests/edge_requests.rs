@@ -362,6 +362,12 @@ async fn too_many_headers_get_the_edges_431_on_every_route() {
             }
         }
     }
+    // An HTTP/1 caller's `Cookie` lines go on as they came: each counts (they
+    // were counted once, and 200 reached an app that refuses 100).
+    let cookies = request_with_headers(&format!("/t/{sub}/echo"), &addr.to_string(), 2)
+        .replace("Connection: close\r\n", &(0..110).map(|i| format!("Cookie: c{i}=v\r\n")).collect::<String>())
+        .replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n");
+    assert_too_many_headers(&raw_exchange(addr, cookies.as_bytes()).await);
     assert_eq!(forwarded(&s).await, 0);
     // Far past it, hyper refuses the head before the edge sees it (its parser
     // makes room for a bounded number of headers): still a 431.
