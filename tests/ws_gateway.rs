@@ -242,6 +242,16 @@ async fn handshake_refusals_are_json_errors_before_the_upgrade() {
     assert_eq!(code, 404, "{body}");
     assert!(body["error"].as_str().is_some_and(|e| e.starts_with("missing tunnelId")), "{body}");
 
+    // A parameter given twice, the good token last (it once won).
+    for url in [
+        format!("{base}?tunnelId={}&token=nope&token={}", t.id, t.token),
+        format!("{base}?tunnelId={}&tunnelId={}&token={}", other.id, t.id, t.token),
+    ] {
+        let (code, body) = refusal(&url).await;
+        assert_eq!(code, 400, "{url}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("given more than once")), "{body}");
+    }
+
     // A valid URL fetched without upgrade headers.
     let resp = http().get(t.ws_url.replacen("ws://", "http://", 1)).send().await.unwrap();
     assert_eq!(resp.status(), 426);

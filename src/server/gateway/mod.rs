@@ -351,17 +351,22 @@ pub(crate) fn cut_by_shutdown(subdomain: &str) -> Response<Body> {
     )
 }
 
-/// Query parameters of the upgrade URL.
-fn query_params(req: &Request<Incoming>) -> (Option<String>, Option<String>) {
+/// Query parameters of the upgrade URL: `tunnelId` and `token`, or the name
+/// of one given twice. (Which of two tokens would count is a guess, and the
+/// client refuses such a wsUrl too.)
+fn query_params(req: &Request<Incoming>) -> Result<(Option<String>, Option<String>), &'static str> {
     let (mut id, mut token) = (None, None);
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match &*k {
-            "tunnelId" => id = Some(v.into_owned()),
-            "token" => token = Some(v.into_owned()),
-            _ => {}
+        let (slot, name) = match &*k {
+            "tunnelId" => (&mut id, "tunnelId"),
+            "token" => (&mut token, "token"),
+            _ => continue,
+        };
+        if slot.replace(v.into_owned()).is_some() {
+            return Err(name);
         }
     }
-    (id, token)
+    Ok((id, token))
 }
 
 /// Whether the request asks for a WebSocket upgrade we can accept; the key to
@@ -390,9 +395,15 @@ fn websocket_key(req: &Request<Incoming>) -> Result<HeaderValue, &'static str> {
 
 /// `GET /tunnels/{subdomain}/ws`: authenticates, then upgrades to a session.
 pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    let (id, token) = query_params(&req);
     let Some(tunnel) = state.registry.by_subdomain(subdomain) else {
         return json_error(StatusCode::NOT_FOUND, format!("no tunnel named '{subdomain}'"));
+    };
+    let (id, token) = match query_params(&req) {
+        Ok(params) => params,
+        Err(twice) => {
+            let why = format!("{twice} is given more than once: connect with ?tunnelId=…&token=… (the wsUrl has both)");
+            return json_error(StatusCode::BAD_REQUEST, why);
+        }
     };
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return json_error(StatusCode::UNAUTHORIZED, "missing auth token: connect with ?tunnelId=…&token=…");
