@@ -96,6 +96,11 @@ async fn a_public_url_path_is_served_with_and_without_it() {
     assert!(resp.text().await.unwrap().contains("no route for /hooksmith/t/"));
     let resp = http().get(format!("{base}/hooks/nothing-here")).send().await.unwrap();
     assert!(resp.text().await.unwrap().contains("no route for /hooks/nothing-here"));
+    // A target with no path at all (authority form) is named whole.
+    let req = format!("GET {0} HTTP/1.1\r\nHost: {0}\r\nConnection: close\r\n\r\n", s.server.http);
+    let answer = raw_exchange(s.server.http, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    assert!(answer.contains(&format!("no route for {}: give a path", s.server.http)), "{answer}");
     // An API request refused before routing answers in the API's form there too.
     let mut many = reqwest::header::HeaderMap::new();
     for i in 0..120 {

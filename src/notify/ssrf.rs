@@ -90,6 +90,12 @@ fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
 /// forbidden address unless `allow_private`. Returns the reason it is refused.
 pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"url\" is not a valid URL: {e}"))?;
+    // The host right after `//`: a parser that follows browsers reads
+    // `http:///x` and `http:x` as `http://x/`, so the URL stored would not be
+    // the one deliveries go to.
+    if url.split_once("://").is_none_or(|(_, rest)| rest.starts_with(['/', '\\'])) {
+        return Err("\"url\" must name its host right after the scheme's \"//\" (http://host/path)".into());
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("\"url\" must be http or https, not {}", parsed.scheme()));
     }
@@ -215,6 +221,10 @@ mod tests {
             ("http://localhost:8080/", "--allow-private-webhooks"),
             ("http://user:pw@example.com/", "credentials"),
             ("http://example.com:0/", "port 0"),
+            // Read as http://x/ by the URL parser, as browsers do.
+            ("http:///x", "right after"),
+            ("https:x.example.com/hook", "right after"),
+            ("http:\\\\x.example.com", "right after"),
         ] {
             let err = check_url(url, false).expect_err(url);
             assert!(err.contains(why), "{url}: {err}");

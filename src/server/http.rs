@@ -162,6 +162,8 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
             state.config.public_url,
             state.config.public_url
         ))),
+        // (An authority-form target, `GET host:80`, has no path: it is named whole.)
+        "" => json_error(StatusCode::NOT_FOUND, format!("no route for {}: give a path", req.uri())),
         _ => json_error(StatusCode::NOT_FOUND, format!("no route for {}", given.as_deref().unwrap_or(path))),
     }
 }
