@@ -270,6 +270,14 @@ async fn every_error_is_json_with_the_right_status() {
         assert_eq!(status.as_u16(), want, "{method} {path} {body:?}: {v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {v}");
     }
+    // Not found, as seed 001 says it; and an id of another kind says so.
+    let (_, v) = raw_api(&server, Method::GET, "/api/tunnels/tun_doesnotexist", Some(&auth), None).await;
+    assert_eq!(v["error"], "tunnel not found");
+    let (_, v) = raw_api(&server, Method::GET, "/api/tunnels/wh_abc", Some(&auth), None).await;
+    assert_eq!(v["error"], "tunnel not found: wh_abc is a webhook's id (tunnel ids start with tun_)");
+    let (status, v) = raw_api(&server, Method::GET, &format!("/api/webhooks/{id}"), Some(&auth), None).await;
+    assert_eq!(status, 404);
+    assert_eq!(v["error"], format!("webhook not found: {id} is a tunnel's id (webhook ids start with wh_)"));
     let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(100_000));
     let (status, v) = raw_api(&server, Method::POST, "/api/tunnels", Some(&auth), Some(&big)).await;
     assert_eq!(status, 413, "{v}");

@@ -154,7 +154,10 @@ async fn inbound_options_are_validated_and_survive_a_restart() {
         (r#"{"rateLimit": {"requests": 0, "windowSeconds": 10}}"#, "1 to 1000000 requests"),
         (r#"{"rateLimit": {"requests": 10, "windowSeconds": 86401}}"#, "1 to 86400 seconds"),
         (r#"{"rateLimit": {"requests": 1.5, "windowSeconds": 10}}"#, "whole number"),
-        (r#"{"rateLimit": {"requests": 10}}"#, "'rateLimit.windowSeconds'"),
+        (r#"{"rateLimit": {"requests": 10}}"#, "'rateLimit.windowSeconds' is required"),
+        (r#"{"rateLimit": {"requests": "10", "windowSeconds": 10}}"#, "'rateLimit.requests' must be a whole number"),
+        (r#"{"offlineReply": {}}"#, "'offlineReply.status' is required"),
+        (r#"{"offlineReply": {"status": "202"}}"#, "'offlineReply.status' must be an HTTP status"),
     ] {
         let (status, body) = raw_api(&server, Method::PATCH, &path, Some(&bearer()), Some(bad)).await;
         assert_eq!(status, 400, "{bad}: {body}");
@@ -210,6 +213,9 @@ async fn a_test_request_goes_the_way_a_senders_does() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("401") && out.contains("answered by the hookway server: unauthorized"), "{out}");
     assert!(err.contains("answered 401") && err.contains("pass --basic-auth"), "{err}");
+    let (code, _, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:wrong"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("answered 401") && err.contains("refused the --basic-auth credentials given"), "{err}");
     let (code, out, err) = run(&["--path", "/echo/t", "--basic-auth", "ci:pw", "--json"]).await;
     assert_eq!(code, 0, "{err}");
     let answer: Value = serde_json::from_str(&out).unwrap();

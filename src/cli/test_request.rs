@@ -123,9 +123,16 @@ pub async fn run(args: TestArgs) -> Result<()> {
         }
     }
     if !status.is_success() {
-        if edge.as_deref() == Some("unauthorized") && args.basic_auth.is_none() {
+        if edge.as_deref() == Some("unauthorized") {
+            if args.basic_auth.is_none() {
+                bail!(
+                    "the test request was answered {status}: the tunnel requires basic auth (pass --basic-auth \
+                     USER:PASSWORD)"
+                );
+            }
             bail!(
-                "the test request was answered {status}: the tunnel requires basic auth (pass --basic-auth USER:PASSWORD)"
+                "the test request was answered {status}: the tunnel refused the --basic-auth credentials given (the \
+                 tunnel shows its user name in `tunnels get`; set new ones with `tunnels update ID --basic-auth`)"
             );
         }
         bail!("the test request was answered {status}");

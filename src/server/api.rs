@@ -49,8 +49,26 @@ impl ApiError {
     pub(super) fn conflict(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, msg)
     }
-    fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "tunnel not found")
+    /// 404 for a `what` (`tunnel`, `webhook`) with `id`: saying so when the
+    /// id is of another kind (`webhooks get tun_…`), a mix-up the bare "not
+    /// found" left to guess.
+    pub(super) fn not_found(what: &str, id: &str) -> Self {
+        const KINDS: [(&str, &str); 6] = [
+            ("tun_", "a tunnel's"),
+            ("wh_", "a webhook's"),
+            ("req_", "a captured request's"),
+            ("msg_", "a webhook delivery's"),
+            ("key_", "an API key's"),
+            ("tok_", "a token's public"),
+        ];
+        let own = KINDS.iter().find(|(_, kind)| kind.ends_with(&format!("{what}'s"))).map(|(prefix, _)| *prefix);
+        match KINDS.iter().find(|(prefix, _)| id.starts_with(prefix)) {
+            Some((prefix, kind)) if Some(*prefix) != own => Self::new(
+                StatusCode::NOT_FOUND,
+                format!("{what} not found: {id} is {kind} id ({what} ids start with {})", own.unwrap_or("?")),
+            ),
+            _ => Self::new(StatusCode::NOT_FOUND, format!("{what} not found")),
+        }
     }
     /// 405 for a path that accepts only `methods` (listed as `Allow` lists them).
     pub(super) fn not_allowed(methods: &'static str) -> Self {
@@ -255,7 +273,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// The tunnel `id` if it belongs to `org`; 404 otherwise, whoever owns it.
 pub(super) fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, ApiError> {
-    state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(ApiError::not_found)
+    state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(|| ApiError::not_found("tunnel", id))
 }
 
 /// Reads a JSON object of at most [`MAX_API_BODY`] bytes within the body
@@ -378,11 +396,12 @@ fn inbound_fields(
     if let Some(v) = body.get("rateLimit") {
         next.rate_limit = object_field(v, "rateLimit", &["requests", "windowSeconds"])?
             .map(|o| {
-                let count = |field: &str| {
-                    o.get(field)
-                        .and_then(Value::as_u64)
+                let count = |field: &str| match o.get(field) {
+                    None | Some(Value::Null) => Err(ApiError::bad(format!("'rateLimit.{field}' is required"))),
+                    Some(v) => v
+                        .as_u64()
                         .and_then(|n| u32::try_from(n).ok())
-                        .ok_or_else(|| ApiError::bad(format!("'rateLimit.{field}' must be a whole number")))
+                        .ok_or_else(|| ApiError::bad(format!("'rateLimit.{field}' must be a whole number"))),
                 };
                 RateLimit { requests: count("requests")?, window_seconds: count("windowSeconds")? }
                     .validate()
@@ -393,6 +412,9 @@ fn inbound_fields(
     if let Some(v) = body.get("offlineReply") {
         next.offline_reply = object_field(v, "offlineReply", &["status"])?
             .map(|o| {
+                if o.get("status").is_none_or(Value::is_null) {
+                    return Err(ApiError::bad("'offlineReply.status' is required"));
+                }
                 let status = o.get("status").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok());
                 let status = status.ok_or_else(|| ApiError::bad("'offlineReply.status' must be an HTTP status"))?;
                 OfflineReply { status }.validate().map_err(ApiError::bad)
@@ -416,8 +438,8 @@ fn check_offline_reply(state: &State, reply: Option<OfflineReply>, bodies: bool)
     }
     if !bodies {
         return Err(ApiError::conflict(
-            "an offline reply needs the tunnel's bodies captured (\"captureBodies\": true): the requests it answered \
-             could not be replayed whole",
+            "an offline reply needs the tunnel's bodies captured (\"captureBodies\": true; --capture-bodies in the \
+             CLI): the requests it answered could not be replayed whole",
         ));
     }
     Ok(())

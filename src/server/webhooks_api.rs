@@ -74,12 +74,8 @@ const ROUTES: Routes = &[
     (&[ANY, "deliveries"], "GET, HEAD"),
 ];
 
-fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "webhook not found")
-}
-
 fn owned(state: &State, org: &str, id: &str) -> Result<Arc<WebhookRecord>, ApiError> {
-    state.notifier.webhook(id).filter(|w| w.org_id == org).ok_or_else(not_found)
+    state.notifier.webhook(id).filter(|w| w.org_id == org).ok_or_else(|| ApiError::not_found("webhook", id))
 }
 
 async fn save(state: &State, w: WebhookRecord) -> Result<WebhookRecord, ApiError> {
