@@ -58,11 +58,11 @@ pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 
 
 /// Whether `c` changes how a terminal shows the text around it: a control
 /// character (a line break, a tab, the escape that starts a sequence which
-/// clears the screen) or a bidirectional formatting character (U+202E and its
-/// kin turn the rest of a line around, "Trojan Source"). Names that one user
+/// clears the screen) or a bidirectional embedding, override or isolate
+/// (U+202E and its kin turn the rest of a line around, "Trojan Source"; the
+/// plain direction marks, which right-to-left names use, are kept). Names that one user
 /// gives and others read in tables (tunnels, webhooks, organizations) refuse
 /// them, and the CLI's tables show any stored before as U+FFFD.
 pub fn rewrites_terminal(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }

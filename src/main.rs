@@ -551,10 +551,6 @@ fn local_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// An address to listen on: `IP:PORT`, or `localhost:PORT` for 127.0.0.1
-/// (the name `--server http://localhost:…` takes). Other names are refused
-/// rather than looked up: which of its addresses a name would bind is
-/// anyone's guess.
 /// A `HOST:PORT` to dial (`[v6]:PORT` for an IPv6 address), kept as given:
 /// without the port, clients only ever said they could not resolve it.
 fn dial_addr(s: &str) -> Result<String, String> {
@@ -571,6 +567,10 @@ fn dial_addr(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// An address to listen on: `IP:PORT`, or `localhost:PORT` for 127.0.0.1
+/// (the name `--server http://localhost:…` takes). Other names are refused
+/// rather than looked up: which of its addresses a name would bind is
+/// anyone's guess.
 fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);

@@ -270,7 +270,7 @@ async fn every_error_is_json_with_the_right_status() {
         assert_eq!(status.as_u16(), want, "{method} {path} {body:?}: {v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: {v}");
     }
-    // Not found, as seed 001 says it; and an id of another kind says so.
+    // Not found, as always; and an id of another kind says so.
     let (_, v) = raw_api(&server, Method::GET, "/api/tunnels/tun_doesnotexist", Some(&auth), None).await;
     assert_eq!(v["error"], "tunnel not found");
     let (_, v) = raw_api(&server, Method::GET, "/api/tunnels/wh_abc", Some(&auth), None).await;

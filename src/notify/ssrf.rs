@@ -89,6 +89,11 @@ fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
 /// Checks a webhook URL when it is saved: http(s), a host, and no literal
 /// forbidden address unless `allow_private`. Returns the reason it is refused.
 pub fn check_url(url: &str, allow_private: bool) -> Result<reqwest::Url, String> {
+    // The parser drops tabs and line breaks anywhere and spaces at the ends:
+    // the URL stored would not be the one deliveries go to.
+    if url.chars().any(char::is_control) || url.trim() != url {
+        return Err("\"url\" must not contain control characters or surrounding spaces".into());
+    }
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("\"url\" is not a valid URL: {e}"))?;
     // The host right after `//`: a parser that follows browsers reads
     // `http:///x` and `http:x` as `http://x/`, so the URL stored would not be
@@ -225,6 +230,9 @@ mod tests {
             ("http:///x", "right after"),
             ("https:x.example.com/hook", "right after"),
             ("http:\\\\x.example.com", "right after"),
+            ("http://\t/x.example.com/hook", "control characters"),
+            ("http://\n/x.example.com/hook", "control characters"),
+            (" http://x.example.com/hook", "surrounding spaces"),
         ] {
             let err = check_url(url, false).expect_err(url);
             assert!(err.contains(why), "{url}: {err}");

@@ -232,7 +232,9 @@ pub fn regroup(state: &State, tunnel: &Tunnel, group: Option<String>) {
     if old == group {
         return;
     }
-    let Some(session) = state.registry.session_of(tunnel) else { return };
+    // (By its id too: the subdomain may be another tunnel's by now, had this
+    // one been deleted and its name taken while the update was stored.)
+    let Some(session) = state.registry.session_of(tunnel).filter(|s| s.tunnel.id == tunnel.id) else { return };
     let token = session.token_state.load(Acquire) == TOKEN_CONNECTED;
     let (org, notifier) = (&tunnel.org_id, &state.notifier);
     if old.is_some() {

@@ -2,8 +2,6 @@
 //! writer keeps count of announced connects in the store (live marks), and
 //! the next start turns what is left into the disconnects never sent.
 
-use time::OffsetDateTime;
-
 use super::{Emitted, EventKind, Notifier};
 use crate::store::{LiveMark, StoreError};
 
@@ -33,7 +31,6 @@ impl Notifier {
         if marks.is_empty() {
             return Ok(Settled { released, ..Settled::default() });
         }
-        let at = OffsetDateTime::now_utc();
         let mut events = Vec::new();
         for m in &marks {
             let Some(kind) = EventKind::parse(&m.owed) else { continue };
@@ -42,9 +39,11 @@ impl Notifier {
                 EventKind::TunnelDisconnected => m.open.clamp(0, 1),
                 _ => m.open.clamp(0, MAX_OWED_PER_TOKEN),
             };
-            let (org_id, subject, group) = (m.org_id.clone(), m.subject.clone(), m.group.clone());
-            let event = Emitted { kind, org_id, subject, group, regrouped: false, at };
-            events.extend(std::iter::repeat_n(event, owed as usize));
+            for _ in 0..owed {
+                // (Each its own time, as live events have: see `Stamps`.)
+                let (org_id, subject, group) = (m.org_id.clone(), m.subject.clone(), m.group.clone());
+                events.push(Emitted { kind, org_id, subject, group, regrouped: false, at: self.stamps.next() });
+            }
         }
         let rows = self.deliveries_for(&events);
         let cleared: Vec<LiveMark> = marks.into_iter().map(|m| LiveMark { open: -m.open, ..m }).collect();
@@ -89,6 +88,8 @@ pub(super) fn live_changes(events: &[Emitted]) -> Vec<LiveMark> {
 #[cfg(test)]
 mod tests {
     use super::super::{NotifyConfig, now_ms};
+    use time::OffsetDateTime;
+
     use super::*;
     use crate::notify::Payload;
     use crate::store::{SqliteStore, Store, StoreHandle, WebhookRecord};
@@ -181,6 +182,16 @@ mod tests {
             ]
         );
         assert_eq!(heard(&sqlite, "wh_prod"), [pair("tunnel.disconnected", "tun_p")]);
+        // Each its own time, as live events have: tok_a's two included.
+        let mut dates: Vec<String> = sqlite
+            .deliveries_since("wh_acme", 0, 100)
+            .unwrap()
+            .iter()
+            .map(|d| serde_json::from_str::<Payload>(&d.payload).unwrap().action_date)
+            .collect();
+        dates.sort();
+        dates.dedup();
+        assert_eq!(dates.len(), 4, "{dates:?}");
         let due = sqlite.due_deliveries(now_ms(), 100, 100).unwrap();
         assert_eq!(due.len(), 5, "queued as pending, due now");
         assert_eq!(sqlite.live_marks().unwrap(), [], "the marks are cleared");
