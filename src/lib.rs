@@ -66,3 +66,22 @@ pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 
 pub fn rewrites_terminal(c: char) -> bool {
     c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
+
+/// A name users give and others read in tables (a tunnel's, a webhook's, an
+/// organization's), trimmed; or why it cannot be one ("must …", for the
+/// caller to prefix with what is named).
+pub fn shown_name(name: &str, max_chars: usize) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.chars().count() > max_chars {
+        return Err(format!("must be at most {max_chars} characters"));
+    }
+    if name.chars().any(rewrites_terminal) {
+        return Err(
+            "must not contain control characters (line breaks, tabs, escapes) or text-direction overrides".into()
+        );
+    }
+    Ok(name)
+}

@@ -666,17 +666,7 @@ enum KeysCommand {
 /// to what a tunnel's name is (an escape sequence in one cleared the screen,
 /// found by an adversarial probe).
 fn org_name(s: &str) -> Result<String, String> {
-    let name = s.trim();
-    if name.is_empty() {
-        return Err("an organization needs a name".into());
-    }
-    if name.chars().count() > 100 {
-        return Err("at most 100 characters".into());
-    }
-    if name.chars().any(hookway::rewrites_terminal) {
-        return Err("no control characters (line breaks, tabs, escapes) or text-direction overrides".into());
-    }
-    Ok(name.to_owned())
+    hookway::shown_name(s, 100).map(str::to_owned).map_err(|why| format!("the name {why}"))
 }
 
 /// The store in the server's data directory `dir`; refused when it holds no

@@ -488,21 +488,9 @@ pub(super) fn group_field(body: &serde_json::Map<String, Value>) -> Result<Optio
 }
 
 pub(super) fn valid_name(name: String) -> Result<String, ApiError> {
-    let name = name.trim().to_owned();
-    if name.is_empty() {
-        return Err(ApiError::bad("'name' must not be empty"));
-    }
-    if name.chars().count() > MAX_NAME_LEN {
-        return Err(ApiError::bad(format!("'name' must be at most {MAX_NAME_LEN} characters")));
-    }
     // A name is shown in terminals (`tunnels list`, the client's banner):
     // escape sequences and line breaks in it would rewrite what a user sees.
-    if name.chars().any(crate::rewrites_terminal) {
-        return Err(ApiError::bad(
-            "'name' must not contain control characters (line breaks, tabs, escapes) or text-direction overrides",
-        ));
-    }
-    Ok(name)
+    crate::shown_name(&name, MAX_NAME_LEN).map(str::to_owned).map_err(|why| ApiError::bad(format!("'name' {why}")))
 }
 
 fn info(state: &State) -> Response<Body> {
