@@ -260,9 +260,12 @@ async fn unknown_and_offline_tunnels() {
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found");
     // No name at all: the answer says where tunnels are.
-    let resp = http().get(format!("{}/t/", server.url)).send().await.unwrap();
-    assert_eq!(resp.status(), 404);
-    assert!(resp.text().await.unwrap().contains("/t/<subdomain>/"));
+    for bare in ["/t/", "/t"] {
+        let resp = http().get(format!("{}{bare}", server.url)).send().await.unwrap();
+        assert_eq!(resp.status(), 404);
+        assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found", "{bare}");
+        assert!(resp.text().await.unwrap().contains("/t/<subdomain>/"));
+    }
     let (_, _, sub) = create_tunnel(&server, Some("offline-one")).await;
     let resp = http().get(format!("{}/t/{sub}/x", server.url)).send().await.unwrap();
     assert_eq!(resp.status(), 503);

@@ -133,7 +133,8 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
         *req.uri_mut() = uri;
     }
     let path = req.uri().path();
-    if let Some(rest) = path.strip_prefix("/t/") {
+    // (`/t` alone is `/t/`: no tunnel named, and the answer says where they are.)
+    if let Some(rest) = path.strip_prefix("/t/").or((path == "/t").then_some("")) {
         let (sub, tail) = rest.split_once('/').map_or((rest, ""), |(s, t)| (s, t));
         let mut target = String::with_capacity(tail.len() + 16);
         target.push('/');
