@@ -1465,7 +1465,28 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
         let tunnel = api(&client)?.tunnel(&id).await?;
         ws_url = Some(parse_ws_url(&ws_url_for(&client.server, &tunnel.subdomain, &id, &token)?)?);
     }
+    if !client.json && !monitor && client.key().is_some() {
+        tunnel_banner(&client, &id).await;
+    }
     serve(&client, connect, ws_url, id, token, port, monitor).await.0
+}
+
+/// The tunnel `tunnels connect` serves, and its inbound options, as `start`
+/// shows them: a tunnel set up days ago may ask callers for a password or
+/// throttle them, which its user should not have to remember. Best effort: a
+/// failed lookup leaves it out, and connecting says what is wrong, if anything.
+async fn tunnel_banner(client: &ClientArgs, id: &str) {
+    let Ok(api) = api(client) else { return };
+    let path = format!("/api/tunnels/{id}");
+    let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(5), api.call(Method::GET, &path, None)).await else {
+        return;
+    };
+    let t = &v["tunnel"];
+    let name = inspect_cli::records::clean(t["name"].as_str().unwrap_or_default());
+    println!("Tunnel {id} ({name})");
+    if let Some(options) = inbound_cli::summary(t) {
+        println!("  Inbound:     {options}");
+    }
 }
 
 /// A wsUrl from the API, or built from one of its answers.

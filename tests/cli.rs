@@ -1125,6 +1125,20 @@ async fn inbound_flags_set_and_lift_a_tunnels_options() {
     );
     assert!(!out.contains("basic auth") && !out.contains("c0de"), "{out}");
 
+    // Served again later, the options are named before the tunnel goes live.
+    use tokio::io::AsyncBufReadExt;
+    let app = spawn_app().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &id, &app.port().to_string()]);
+    cmd.env("HOOKWAY_SERVER", &server.url).env("HOOKWAY_API_KEY", API_KEY).env_remove("HOOKWAY_FINGERPRINT");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(line_with(&mut lines, "Tunnel tun_").await, format!("Tunnel {id} (guarded)"));
+    let next = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(next, "  Inbound:     fitbit handshakes answered, rate limit 5/60 s");
+    line_with(&mut lines, "Tunnel is live").await;
+    child.kill().await.unwrap();
+
     for (bad, says) in [
         (&["--basic-auth", "alice"][..], "USER:PASSWORD"),
         (&["--verify", "alexa:x"], "facebook or fitbit"),

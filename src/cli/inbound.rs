@@ -49,25 +49,32 @@ impl InboundArgs {
 
     /// The options given, in a line for `start`'s banner (never a secret).
     pub fn summary(&self) -> Option<String> {
-        let mut parts = Vec::new();
-        if let Some((user, _)) = &self.basic_auth {
-            parts.push(if user.is_empty() {
-                "basic auth (a password)".to_owned()
-            } else {
-                format!("basic auth (user {user})")
-            });
-        }
-        if let Some((kind, _)) = &self.verify {
-            parts.push(format!("{kind} handshakes answered"));
-        }
-        if let Some(limit) = self.rate_limit {
-            parts.push(format!("rate limit {}/{} s", limit.requests, limit.window_seconds));
-        }
-        if let Some(reply) = self.offline_reply {
-            parts.push(format!("offline reply {}", reply.status));
-        }
-        (!parts.is_empty()).then(|| parts.join(", "))
+        summary(&Value::Object(self.fields()))
     }
+}
+
+/// A tunnel's inbound options in one line, for the banner of `start` and
+/// `tunnels connect`, from the API's fields (a tunnel as the API shows it, or
+/// the body that set them): without their secrets, none if it has none.
+pub fn summary(t: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(user) = t["basicAuth"]["username"].as_str() {
+        parts.push(if user.is_empty() {
+            "basic auth (a password)".to_owned()
+        } else {
+            format!("basic auth (user {})", super::inspect_cli::records::clean(user))
+        });
+    }
+    if let Some(kind) = t["verification"]["type"].as_str() {
+        parts.push(format!("{} handshakes answered", super::inspect_cli::records::clean(kind)));
+    }
+    if let (Some(n), Some(secs)) = (t["rateLimit"]["requests"].as_u64(), t["rateLimit"]["windowSeconds"].as_u64()) {
+        parts.push(format!("rate limit {n}/{secs} s"));
+    }
+    if let Some(status) = t["offlineReply"]["status"].as_u64() {
+        parts.push(format!("offline reply {status}"));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// Turning options off (`tunnels update`).
