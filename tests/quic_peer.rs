@@ -208,3 +208,90 @@ async fn after_leaving_pings_are_not_answered_and_the_control_streams_end_closes
     control_tx.finish();
     assert_eq!(closed_with(&conn).await, close::NORMAL);
 }
+
+/// Connections that never say who they are each hold a handshake slot until
+/// their handshake times out; past `MAX_HANDSHAKES` of them new connections
+/// are refused at once, and a slot freed is taken again. A client that
+/// authenticates gives its slot back: live tunnels do not count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_finish_are_bounded() {
+    use hookway::server::session::MAX_HANDSHAKES;
+    let server = TestServer::start().await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let endpoint =
+        hookway::quic::client_endpoint(server.quic, &hookway::quic::tls::Trust::pinned(&fp).unwrap()).unwrap();
+    // One that authenticates first: it must not keep a slot.
+    let (_live, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
+    let connect = || async { endpoint.connect(server.quic, "localhost").unwrap().await };
+    let mut silent = Vec::new();
+    for _ in 0..MAX_HANDSHAKES {
+        silent.push(connect().await.expect("within the handshake budget"));
+    }
+    match connect().await {
+        Err(quinn::ConnectionError::ConnectionClosed(close)) => {
+            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED)
+        }
+        other => panic!("expected a refusal past {MAX_HANDSHAKES} handshakes, got {other:?}"),
+    }
+    // A tunnel client meeting the refusal says why, and retries.
+    let (id2, token2, _) = create_tunnel(&server, None).await;
+    let mut client = TestClient::spawn(&server, &id2, &token2, closed_port().await);
+    match tokio::time::timeout(Duration::from_secs(10), client.events.recv()).await.unwrap().unwrap() {
+        hookway::client::Event::Reconnecting { reason, .. } => assert!(reason.contains("busy"), "{reason}"),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    // Slots freed are taken again: it connects.
+    for conn in silent.drain(..) {
+        conn.close(0u32.into(), b"bye");
+    }
+    client.wait_connected().await;
+}
+
+/// Anyone can be refused, as often as they like: the server logs refusals at
+/// most about once a second, with the count left out, and the tunnel id (the
+/// client's to choose) escaped and cut short, so it cannot forge log lines or
+/// grow the log by its length.
+#[tokio::test]
+async fn refusals_cannot_flood_or_forge_the_log() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"]).arg(dir.path());
+    cmd.env_remove("HOOKWAY_API_KEY").env_remove("RUST_LOG").stderr(std::process::Stdio::piped());
+    let (mut child, http) = spawn_server(cmd).await;
+    let info = hookway::client::ApiClient::new(&format!("http://{http}"), None).info().await.unwrap();
+    let quic = std::net::SocketAddr::new(http.ip(), info.quic_port);
+    let trust = hookway::quic::tls::Trust::pinned(&info.cert_fingerprint.unwrap()).unwrap();
+    let endpoint = hookway::quic::client_endpoint(quic, &trust).unwrap();
+    let refuse = async |i: usize| {
+        let conn = endpoint.connect(quic, "localhost").unwrap().await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let hello = ClientHello {
+            tunnel_id: format!("tun_x\n2099-01-01T00:00:00Z  INFO fake: forged {i} {}", "y".repeat(10_000)),
+            auth_token: "hwt_wrong".into(),
+            protocol_version: hookway::wire::PROTOCOL_VERSION,
+            client_version: "test".into(),
+        };
+        FrameWriter::new(send).send(&Frame::ClientHello(hello)).await.unwrap();
+        let answer = FrameReader::new(recv).next().await.unwrap();
+        assert!(matches!(answer, Some(Frame::Rejected(_))), "{answer:?}");
+        conn.close(0u32.into(), b"");
+    };
+    for i in 0..20 {
+        refuse(i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refuse(20).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut log = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut log).await.unwrap();
+    child.wait().await.unwrap();
+    let refused: Vec<&str> = log.lines().filter(|l| l.contains("client refused")).collect();
+    assert!((2..=4).contains(&refused.len()), "{refused:#?}");
+    assert!(refused.iter().any(|l| l.contains("refused_unlogged=")), "{refused:#?}");
+    assert!(refused[0].contains(r#"tunnel_id="tun_x\n2099"#), "escaped: {}", refused[0]);
+    assert!(!log.lines().any(|l| l.starts_with("2099")), "a forged line: {log}");
+    assert!(log.len() < 8_000, "the ids' length reached the log: {} bytes", log.len());
+}

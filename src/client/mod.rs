@@ -435,6 +435,13 @@ async fn connect(
             // would hide a possible interception.
             Some(refused) => Attempt::Fatal(refused.into()),
             None if e == quinn::ConnectionError::TimedOut => silent(),
+            // (The server is setting up as many connections as it takes at
+            // once: a restart's reconnect storm, or a flood.)
+            None if matches!(&e, quinn::ConnectionError::ConnectionClosed(c)
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED) =>
+            {
+                Attempt::Retry(format!("the server at {addr} is busy setting up other connections"))
+            }
             None => Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")),
         }
     })?;

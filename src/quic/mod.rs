@@ -33,6 +33,12 @@ pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// How many request streams may be open at once on one tunnel.
 pub const MAX_CONCURRENT_REQUESTS: u32 = 2048;
+/// The server's connection receive window until a client's hello checks out
+/// (then [`CONNECTION_WINDOW`], see [`open_receive_window`]): room for the
+/// hello and more, but a connection that never says who it is cannot make the
+/// server hold a full window of its bytes. (At a full window, six such
+/// connections held 230 MiB.)
+pub const UNAUTHENTICATED_WINDOW: u32 = 64 * 1024;
 /// First datagram size: fits the 1280-byte IPv6 minimum MTU after headers.
 pub const INITIAL_MTU: u16 = 1200;
 /// Largest datagram path MTU discovery may settle on.
@@ -96,7 +102,7 @@ pub enum EndpointError {
     Tls(String),
 }
 
-fn transport(max_incoming_bidi: u32) -> TransportConfig {
+fn transport(max_incoming_bidi: u32, receive_window: u32) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(max_incoming_bidi))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
@@ -104,7 +110,7 @@ fn transport(max_incoming_bidi: u32) -> TransportConfig {
         // fill a buffer nobody drains.
         .datagram_receive_buffer_size(None)
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        .receive_window(VarInt::from_u32(receive_window))
         .send_window(u64::from(CONNECTION_WINDOW))
         .keep_alive_interval(Some(KEEP_ALIVE))
         .max_idle_timeout(Some(IdleTimeout::try_from(IDLE_TIMEOUT).expect("idle timeout fits")))
@@ -120,6 +126,12 @@ fn mtu_discovery() -> MtuDiscoveryConfig {
     // the retry's probes are lost and the MTU stays down, so this is safe.
     mtu.upper_bound(MTU_UPPER_BOUND).black_hole_cooldown(Duration::from_secs(2));
     mtu
+}
+
+/// Opens a server connection's receive window to [`CONNECTION_WINDOW`], once
+/// its client has authenticated (it starts at [`UNAUTHENTICATED_WINDOW`]).
+pub fn open_receive_window(conn: &quinn::Connection) {
+    conn.set_receive_window(VarInt::from_u32(CONNECTION_WINDOW));
 }
 
 /// Endpoint settings: accept datagrams as large as discovery may reach; with
@@ -171,8 +183,9 @@ pub fn server_endpoint(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicServerConfig::try_from(identity.server_config()).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    // Clients open only the control stream; requests are opened by the server.
-    config.transport_config(Arc::new(transport(4)));
+    // Clients open only the control stream (requests are opened by the
+    // server): a second stream of theirs would be buffered and never read.
+    config.transport_config(Arc::new(transport(1, UNAUTHENTICATED_WINDOW)));
     let socket = udp_socket(addr)?;
     quinn::Endpoint::new(
         endpoint_config(reset_key),
@@ -196,7 +209,7 @@ pub fn client_endpoint_with_tls(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport(MAX_CONCURRENT_REQUESTS)));
+    config.transport_config(Arc::new(transport(MAX_CONCURRENT_REQUESTS, CONNECTION_WINDOW)));
     let local: SocketAddr = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("valid literal");
     let socket = udp_socket(local)?;
     let mut endpoint = quinn::Endpoint::new(endpoint_config(None), None, socket, Arc::new(quinn::TokioRuntime))
@@ -223,6 +236,8 @@ mod tests {
         let client = client_endpoint(addr, &trust).unwrap();
         let accept = tokio::spawn(async move {
             let conn = server.accept().await.unwrap().await.unwrap();
+            // (As the server does once a client's hello checks out.)
+            open_receive_window(&conn);
             let mut lens = Vec::new();
             for _ in 0..2 {
                 let (_send, mut recv) = conn.accept_bi().await.unwrap();
@@ -263,5 +278,42 @@ mod tests {
             "{lost} of {sent} packets lost ({datagrams} datagrams in {ios} sends): {:?}",
             after.path
         );
+    }
+
+    /// A client may open one stream of its own (the control stream), and
+    /// until the server opens its window, the server holds at most
+    /// [`UNAUTHENTICATED_WINDOW`] of what it sends, read or not; then a
+    /// stream's full window.
+    #[tokio::test]
+    async fn a_server_connection_takes_one_stream_and_little_data_until_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
+        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
+        let addr = server.local_addr().unwrap();
+        let trust = tls::Trust::pinned(&identity.fingerprint()).unwrap();
+        let client = client_endpoint(addr, &trust).unwrap();
+        let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let server_conn = accepted.await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let second = tokio::time::timeout(std::time::Duration::from_millis(300), conn.open_bi()).await;
+        assert!(second.is_err(), "a second stream of the client's was allowed");
+        // Writes until the peer's flow control stops them for a while.
+        let chunk = vec![7u8; 16 * 1024];
+        let fill = async |send: &mut quinn::SendStream, most: usize| {
+            let mut sent = 0;
+            while sent < most {
+                match tokio::time::timeout(std::time::Duration::from_millis(300), send.write(&chunk)).await {
+                    Ok(written) => sent += written.unwrap(),
+                    Err(_) => break,
+                }
+            }
+            sent
+        };
+        let before = fill(&mut send, 1 << 20).await;
+        assert!(before <= UNAUTHENTICATED_WINDOW as usize, "{before} bytes taken before the window opened");
+        open_receive_window(&server_conn);
+        let after = fill(&mut send, 2 << 20).await;
+        assert_eq!(after, 2 << 20, "the opened window takes a stream's worth");
     }
 }

@@ -17,6 +17,7 @@ mod held;
 pub mod http;
 mod inbound;
 pub mod listener;
+mod log_limit;
 pub mod names;
 mod observed;
 pub mod proxies;

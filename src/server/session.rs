@@ -2,15 +2,16 @@
 //! live session in the routing map until the connection ends.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
 use std::sync::atomic::{AtomicU8, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::State;
+use super::log_limit::LogLimit;
 use super::names::{hash_secret, secret_matches};
 use super::registry::{END_GRACE, Session, TOKEN_CONNECTED, TOKEN_ENDED, TOKEN_UNANNOUNCED, Transport, Tunnel};
 use crate::notify::EventKind;
@@ -28,8 +29,27 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// cut short, while a client that never closes is.
 pub const LEFT_DRAIN: Duration = Duration::from_secs(10);
 
+/// Handshakes (QUIC's and hookway's hello) in progress at once. Each holds
+/// at most [`crate::quic::UNAUTHENTICATED_WINDOW`] of its peer's bytes and
+/// lasts at most [`HANDSHAKE_TIMEOUT`]: without a bound, connections that never
+/// authenticate were a way to make the server hold memory without limit. Past
+/// it, new connections are refused (clients retry with backoff); an honest
+/// handshake takes a round trip or two, so even a restart's reconnect storm
+/// of thousands of tunnels passes it in a few seconds.
+pub const MAX_HANDSHAKES: usize = 256;
+/// How often the refusal of a client (a wrong token, an unknown tunnel) may be
+/// logged: anyone can be refused as often as they like.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
+/// How often a full handshake budget is logged.
+const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
+/// The most of a refused client's tunnel id that is logged.
+const LOGGED_ID_MAX: usize = 64;
+
 /// Accepts connections until `shutdown`; each runs as a task on `state.tasks`.
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let refusals = Arc::new(Mutex::new(LogLimit::new(REFUSAL_LOG_EVERY)));
+    let mut busy = LogLimit::new(BUSY_LOG_EVERY);
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -38,12 +58,28 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown:
                 None => break,
             },
         };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            if let Some(unlogged) = busy.admit(std::time::Instant::now()) {
+                tracing::warn!(
+                    limit = MAX_HANDSHAKES,
+                    refused_before = unlogged,
+                    "too many QUIC handshakes at once; refusing new connections until some finish"
+                );
+            }
+            incoming.refuse();
+            continue;
+        };
         let span = tracing::info_span!("quic", remote = ?incoming.remote_address());
-        state.tasks.spawn(handle(incoming, state.clone()).instrument(span));
+        state.tasks.spawn(handle(incoming, state.clone(), permit, refusals.clone()).instrument(span));
     }
 }
 
-async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
+async fn handle(
+    incoming: quinn::Incoming,
+    state: Arc<State>,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
+    refusals: Arc<Mutex<LogLimit>>,
+) {
     let handshake = async {
         let conn = incoming.await.map_err(|e| tracing::debug!(err = %e, "QUIC handshake failed"))?;
         let (send, recv) = conn.accept_bi().await.map_err(|e| tracing::debug!(err = %e, "no control stream"))?;
@@ -62,15 +98,17 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
     };
     let tunnel = match authenticate(&state, &hello) {
         Ok(tunnel) => tunnel,
-        Err(rejected) => return refuse(&conn, writer, &hello.tunnel_id, rejected).await,
+        Err(rejected) => return refuse(&conn, writer, &hello.tunnel_id, rejected, &refusals).await,
     };
+    drop(handshaking);
+    crate::quic::open_receive_window(&conn);
     // An IPv4 client of a dual-stack socket (`[::]`) as the IPv4 address it is.
     let client_ip = conn.remote_address().ip().to_canonical();
     let Some(session) = go_live(&state, &tunnel, Transport::Quic(conn.clone()), client_ip, &hello.auth_token) else {
         // Regenerated between the check and going live: the same answer as a
         // token that was already stale, so the client stops for good.
         let rejected = Rejected { code: RejectCode::BadToken, message: TOKEN_REGENERATED.to_owned() };
-        return refuse(&conn, writer, &hello.tunnel_id, rejected).await;
+        return refuse(&conn, writer, &hello.tunnel_id, rejected, &refusals).await;
     };
     let hello = ServerHello {
         tunnel_id: tunnel.id.clone(),
@@ -103,8 +141,25 @@ async fn handle(incoming: quinn::Incoming, state: Arc<State>) {
 const TOKEN_REGENERATED: &str = "invalid auth token for this tunnel (was it regenerated?)";
 
 /// Refuses a handshake: the reason on the control stream, then the close.
-async fn refuse(conn: &quinn::Connection, mut writer: FrameWriter, tunnel_id: &str, rejected: Rejected) {
-    tracing::info!(%tunnel_id, reason = %rejected.message, "client refused");
+/// Logged within `log`'s allowance, the tunnel id (the client's to choose)
+/// cut short and escaped: a line break in it must not forge a log line.
+async fn refuse(
+    conn: &quinn::Connection,
+    mut writer: FrameWriter,
+    tunnel_id: &str,
+    rejected: Rejected,
+    log: &Mutex<LogLimit>,
+) {
+    let admitted = log.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
+    if let Some(unlogged) = admitted {
+        let tunnel_id: String = tunnel_id.chars().take(LOGGED_ID_MAX).collect();
+        let reason = &rejected.message;
+        if unlogged == 0 {
+            tracing::info!(?tunnel_id, %reason, "client refused");
+        } else {
+            tracing::info!(?tunnel_id, %reason, refused_unlogged = unlogged, "client refused");
+        }
+    }
     let _ = writer.send(&Frame::Rejected(rejected)).await;
     writer.finish();
     // Let the client read the reason and close; then close regardless.

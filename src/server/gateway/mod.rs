@@ -14,7 +14,6 @@
 //! unread for the idle timeout is dropped ([`stall`]). The socket's halves
 //! run in [`writer`] and [`reader`].
 
-mod log_limit;
 mod outbox;
 mod reader;
 mod stall;

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::log_limit::{self, LogLimit};
 use super::violation;
 use super::{Reply, Stream, WsLink};
+use crate::server::log_limit::{self, LogLimit};
 use crate::wsjson::{self, ClientMessage};
 
 /// Replies (pongs, errors) that may wait for one client beyond what the
@@ -26,7 +26,7 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 /// Reads client messages until the socket ends, the link closes or the client
 /// stays silent past `idle_timeout`; returns why it stopped.
 pub async fn read_loop(stream: Stream, link: &WsLink, idle_timeout: Duration) -> String {
-    let mut log = LogLimit::default();
+    let mut log = LogLimit::new(log_limit::EVERY);
     let reason = read_messages(stream, link, idle_timeout, &mut log).await;
     if log.unlogged() > 0 {
         let every = log_limit::EVERY;

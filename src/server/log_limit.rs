@@ -1,25 +1,32 @@
-//! How much one WebSocket client can make the server log.
+//! How much a peer can make the server log.
 //!
-//! What a client sends that is worth a line (a malformed message, an answer
-//! to an unknown id, an error it reports) comes as often as the client likes:
-//! at a line per message, one client sending `{` wrote 952 MiB of log in 10 s.
-//! So each connection logs the first such line, then at most one per
-//! [`EVERY`], carrying the count of the lines left out in between; the session
-//! reports what was left out when it ends. Sans IO: the caller passes the time.
+//! What a peer sends that is worth a line comes as often as the peer likes: at
+//! a line per message, one WebSocket client sending `{` wrote 952 MiB of log in
+//! 10 s, and a QUIC client can be refused a hundred times a second. So such
+//! lines are logged first, then at most one per period, carrying the count of
+//! the lines left out in between. Sans IO: the caller passes the time.
 
 use std::time::{Duration, Instant};
 
-/// At most one line per client per this period, after the first.
+/// The period of one WebSocket client's lines about its messages, after the
+/// first: its session reports what was left out when it ends.
 pub const EVERY: Duration = Duration::from_secs(60);
 
-/// One connection's log allowance.
-#[derive(Debug, Default)]
+/// One allowance: for a WebSocket connection, or the whole QUIC listener's
+/// refusals.
+#[derive(Debug)]
 pub struct LogLimit {
+    every: Duration,
     next: Option<Instant>,
     unlogged: u64,
 }
 
 impl LogLimit {
+    /// The first line, then at most one per `every`.
+    pub fn new(every: Duration) -> Self {
+        Self { every, next: None, unlogged: 0 }
+    }
+
     /// Whether a line may be logged at `now`: `Some` with the number of lines
     /// left out since the last one, or `None` (and this one is counted).
     pub fn admit(&mut self, now: Instant) -> Option<u64> {
@@ -27,7 +34,7 @@ impl LogLimit {
             self.unlogged += 1;
             return None;
         }
-        self.next = Some(now + EVERY);
+        self.next = Some(now + self.every);
         Some(std::mem::take(&mut self.unlogged))
     }
 
@@ -44,7 +51,7 @@ mod tests {
     #[test]
     fn first_line_then_one_per_period_with_the_count_left_out() {
         let t0 = Instant::now();
-        let mut limit = LogLimit::default();
+        let mut limit = LogLimit::new(EVERY);
         assert_eq!(limit.admit(t0), Some(0));
         for i in 1..=1000 {
             assert_eq!(limit.admit(t0 + Duration::from_millis(i)), None);
