@@ -295,3 +295,126 @@ async fn refusals_cannot_flood_or_forge_the_log() {
     assert!(!log.lines().any(|l| l.starts_with("2099")), "a forged line: {log}");
     assert!(log.len() < 8_000, "the ids' length reached the log: {} bytes", log.len());
 }
+
+/// A tunnel client answering each request with the frames `answer` gives for
+/// its target (after reading the request to its end).
+fn scripted_peer(conn: quinn::Connection, answer: fn(&[u8]) -> Vec<Frame>) {
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(async move {
+                let mut reader = FrameReader::new(recv);
+                let Ok(Some(Frame::RequestHead(request))) = reader.next().await else { return };
+                while !matches!(reader.next().await, Ok(Some(Frame::End)) | Ok(None) | Err(_)) {}
+                let mut writer = FrameWriter::new(send);
+                for frame in answer(&request.target) {
+                    let _ = writer.send(&frame).await;
+                }
+                writer.finish();
+            });
+        }
+    });
+}
+
+fn head_with(status: u16, headers: &[(&str, &str)]) -> Frame {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), http::HeaderValue::from_str(value).unwrap());
+    }
+    Frame::ResponseHead(ResponseHead { status: http::StatusCode::from_u16(status).unwrap(), headers: map.into() })
+}
+
+/// What a tunnel client says of a failed request reaches the caller as one
+/// short line; a `content-length` it sends must be one length, and a body
+/// that ends short of it is cut, not passed (or recorded) as whole.
+#[tokio::test]
+async fn a_clients_error_text_and_response_length_are_checked() {
+    let server = TestServer::start().await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    let (conn, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
+    scripted_peer(conn, |target| {
+        let body = |text: &'static str| Frame::Body(bytes::Bytes::from_static(text.as_bytes()));
+        match target {
+            b"/error" => vec![Frame::Error(hookway::wire::StreamError {
+                code: hookway::wire::StreamErrorCode::LocalUnreachable,
+                message: format!("refused\r\nX-Injected: yes\n\u{1b}[2J{}", "z".repeat(100_000)),
+            })],
+            b"/invalid" => vec![head_with(200, &[("content-length", "abc")]), body("hello"), Frame::End],
+            b"/two" => {
+                vec![head_with(200, &[("content-length", "5"), ("content-length", "7")]), body("hello"), Frame::End]
+            }
+            b"/same" => vec![head_with(200, &[("content-length", "5, 5")]), body("hello"), Frame::End],
+            b"/short" => vec![head_with(200, &[("content-length", "50")]), body("hello"), Frame::End],
+            _ => vec![head_with(200, &[("content-length", "5")]), body("hello"), Frame::End],
+        }
+    });
+    let url = format!("{}/t/{subdomain}", server.url);
+
+    let resp = http().get(format!("{url}/error")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-hookway-error"], "local-unreachable");
+    let text = resp.text().await.unwrap();
+    assert!(text.len() < 700 && text.trim_end().lines().count() == 1, "{} bytes: {text:?}", text.len());
+    assert!(text.starts_with("hookway: refused") && !text.contains('\u{1b}'), "{text:?}");
+
+    for bad in ["/invalid", "/two"] {
+        let resp = http().get(format!("{url}{bad}")).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "{bad}");
+        assert_eq!(resp.headers()["x-hookway-error"], "tunnel-error", "{bad}");
+        assert!(resp.text().await.unwrap().contains("invalid content-length"), "{bad}");
+    }
+    let resp = http().head(format!("{url}/invalid")).send().await.unwrap();
+    assert_eq!(resp.status(), 502, "HEAD");
+
+    let resp = http().get(format!("{url}/same")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
+    assert_eq!(resp.text().await.unwrap(), "hello");
+
+    let resp = http().get(format!("{url}/short")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err(), "a body short of its length reads as whole");
+    // A HEAD's length is the GET's: no body owed.
+    let resp = http().head(format!("{url}/short")).send().await.unwrap();
+    assert_eq!((resp.status().as_u16(), resp.headers()["content-length"].to_str().unwrap()), (200, "50"));
+
+    let records = wait_for_records(&server, &id, 7).await;
+    let short: Vec<_> =
+        records.iter().filter(|r| r["path"] == "/short" && r["method"] == "GET").map(|r| &r["outcome"]).collect();
+    assert_eq!(short, ["incomplete"], "{records:#?}");
+}
+
+/// A client that takes no new request stream (it has as many as it allows in
+/// flight) gets the caller a 504 that says so, not one blaming the app.
+#[tokio::test]
+async fn a_client_taking_no_stream_is_a_timeout_that_says_so() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(500)).await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    // A client endpoint that lets the server open no stream at all.
+    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let tls = hookway::quic::tls::Trust::pinned(&fp).unwrap().client_config();
+    let mut config =
+        quinn::ClientConfig::new(std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(0u32.into());
+    config.transport_config(std::sync::Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    let conn = endpoint.connect(server.quic, "localhost").unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let hello = ClientHello {
+        tunnel_id: id,
+        auth_token: token,
+        protocol_version: hookway::wire::PROTOCOL_VERSION,
+        client_version: "test".into(),
+    };
+    // (Kept: the end of the control stream would end the session.)
+    let mut control_tx = FrameWriter::new(send);
+    control_tx.send(&Frame::ClientHello(hello)).await.unwrap();
+    let mut control_rx = FrameReader::new(recv);
+    assert!(matches!(control_rx.next().await.unwrap(), Some(Frame::ServerHello(_))));
+    let resp = http().get(format!("{}/t/{subdomain}/x", server.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-hookway-error"], "timeout");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("took no new request") && !text.contains("local app"), "{text}");
+}

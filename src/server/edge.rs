@@ -296,6 +296,7 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let pace = body.pace();
+    let head_request = matches!(&head, Frame::RequestHead(h) if h.method == http::Method::HEAD);
     // (A timer is registered only if a step is pending: usually none is for
     // `open_bi`.)
     let opened = tokio::select! {
@@ -306,7 +307,18 @@ where
     let (send, recv) = match opened {
         Ok(Ok(pair)) => pair,
         Ok(Err(_)) => return offline(session, conn),
-        Err(_) => return timed_out(timeout),
+        // The client takes as many requests at once as it said it would (2048
+        // for ours), and none of them finished in time.
+        Err(_) => {
+            return edge_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format_args!(
+                    "the tunnel client took no new request within {timeout:?}: it has as many in flight as it \
+                     allows, and none finished"
+                ),
+            );
+        }
     };
     let mut reader = FrameReader::new(recv);
     // Set once `send_request` returns: a small request has then gone out
@@ -368,7 +380,7 @@ where
         }
     };
     match first {
-        Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader),
+        Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader, head_request),
         // (A large body streams from its task, and the client hears of its
         // caller breaking it off as a reset: the app failing on it then is
         // the caller's doing, not the app's.)
@@ -440,6 +452,7 @@ fn offline(session: &Session, conn: &quinn::Connection) -> Response<Body> {
 }
 
 fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {
+    let message = super::http::client_text(message);
     match code {
         StreamErrorCode::LocalUnreachable => edge_error(StatusCode::BAD_GATEWAY, "local-unreachable", message),
         StreamErrorCode::LocalTimeout => edge_error(StatusCode::GATEWAY_TIMEOUT, "local-timeout", message),
@@ -614,8 +627,18 @@ pub(super) fn no_content(status: StatusCode, headers: &mut http::HeaderMap) -> b
     status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
-/// Builds the public response, its body streamed from the tunnel.
-fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameReader) -> Response<Body> {
+/// Builds the public response, its body streamed from the tunnel. Its
+/// `content-length` must be one length (else the client, not the app, chose
+/// how hyper frames the answer: a 502), and a body that ends short of it is
+/// an error, so the caller's answer is cut rather than passed as whole, and
+/// the record says so. (The answer to a HEAD has no body: its length is the
+/// GET's.)
+fn response(
+    status: StatusCode,
+    headers: crate::wire::Headers,
+    reader: FrameReader,
+    head_request: bool,
+) -> Response<Body> {
     if status.is_informational() {
         return edge_error(StatusCode::BAD_GATEWAY, "local-error", crate::headers::unasked_informational(status));
     }
@@ -628,6 +651,22 @@ fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameRead
         );
     };
     strip_hop_by_hop(&mut map);
+    let declared = match crate::headers::content_length(&map) {
+        // (A 204's is dropped below, whatever it says.)
+        Err(_) if status == StatusCode::NO_CONTENT => None,
+        Err(bad) => {
+            return edge_error(
+                StatusCode::BAD_GATEWAY,
+                "tunnel-error",
+                format_args!("the tunnel client answered with an invalid content-length ({bad:?})"),
+            );
+        }
+        Ok(declared) => declared,
+    };
+    if let Some(n) = declared {
+        // One line: `5, 5` or two `5` lines are one length (RFC 9110 §8.6).
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
     if no_content(status, &mut map) {
         // Whatever frames follow are not sent: dropping the reader stops the stream.
         let mut resp = Response::new(super::http::full(Bytes::new()));
@@ -635,15 +674,25 @@ fn response(status: StatusCode, headers: crate::wire::Headers, reader: FrameRead
         *resp.headers_mut() = map;
         return resp;
     }
-    let frames = stream::unfold(Some(reader), |state| async move {
-        let mut reader = state?;
+    // What the body still owes its declared length.
+    let owed = declared.filter(|_| !head_request);
+    let frames = stream::unfold(Some((reader, owed)), |state| async move {
+        let (mut reader, owed) = state?;
         let failed = match reader.next().await {
             Ok(Some(Frame::Body(data))) => {
-                let more = (!reader.end_is_next()).then_some(reader);
+                let owed = owed.map(|n| n.saturating_sub(data.len() as u64));
+                let whole = owed.is_none_or(|n| n == 0);
+                let more = (!(whole && reader.end_is_next())).then_some((reader, owed));
                 return Some((Ok(BodyFrame::data(data)), more));
             }
-            Ok(Some(Frame::End)) => return None,
-            Ok(Some(Frame::Error(err))) => BoxError::from(format!("local app: {}", err.message)),
+            Ok(Some(Frame::End)) if owed.is_none_or(|n| n == 0) => return None,
+            Ok(Some(Frame::End)) => BoxError::from(format!(
+                "the tunnel client ended the response body {} bytes short of its content-length",
+                owed.unwrap_or_default()
+            )),
+            Ok(Some(Frame::Error(err))) => {
+                BoxError::from(format!("local app: {}", super::http::client_text(&err.message)))
+            }
             Ok(Some(other)) => BoxError::from(format!("unexpected frame {other:?}")),
             Ok(None) => BoxError::from("response body ended early"),
             Err(err) => BoxError::from(err),

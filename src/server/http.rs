@@ -60,6 +60,22 @@ pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt
     resp
 }
 
+/// Most of what a tunnel client says about a failed request that goes into
+/// the caller's answer.
+pub const CLIENT_TEXT_MAX: usize = 512;
+
+/// What a tunnel client said about a failed request (its app refused the
+/// connection, timed out…), fit for the edge's one-line answer: cut to
+/// [`CLIENT_TEXT_MAX`] bytes, and line breaks and other control or
+/// text-direction characters made spaces. The client is the tunnel owner's,
+/// and what it says reaches callers who are not.
+pub fn client_text(text: &str) -> String {
+    crate::wsjson::clip(text, CLIENT_TEXT_MAX)
+        .chars()
+        .map(|c| if crate::rewrites_terminal(c) { ' ' } else { c })
+        .collect()
+}
+
 /// The answer when the caller's own request body fails (a malformed chunk, a
 /// connection cut mid-body): the caller's fault, whichever way the tunnel goes.
 pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {

@@ -152,7 +152,7 @@ async fn refuse(
 ) {
     let admitted = log.lock().unwrap_or_else(|p| p.into_inner()).admit(std::time::Instant::now());
     if let Some(unlogged) = admitted {
-        let tunnel_id: String = tunnel_id.chars().take(LOGGED_ID_MAX).collect();
+        let tunnel_id = crate::wsjson::clip(tunnel_id, LOGGED_ID_MAX);
         let reason = &rejected.message;
         if unlogged == 0 {
             tracing::info!(?tunnel_id, %reason, "client refused");

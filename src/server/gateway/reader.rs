@@ -157,7 +157,7 @@ async fn handle_message(link: &WsLink, text: &[u8], log: &mut LogLimit) -> Resul
             link.left.cancel();
         }
         Ok(ClientMessage::Error { id: Some(id), message }) => {
-            let why = format!("the tunnel client failed the request: {message}");
+            let why = format!("the tunnel client failed the request: {}", crate::server::http::client_text(&message));
             if link.complete(&id, Reply::Failed(why)).is_err() {
                 let (id, message) = (quote(&id), quote(&message));
                 client_log!(log, info!(id, message, "client reported an error for an unknown request"));
