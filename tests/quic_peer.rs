@@ -418,3 +418,51 @@ async fn a_client_taking_no_stream_is_a_timeout_that_says_so() {
     let text = resp.text().await.unwrap();
     assert!(text.contains("took no new request") && !text.contains("local app"), "{text}");
 }
+
+/// A client that answers at once and then reads no more of a large upload
+/// does not hold the upload, or its caller's connection, for ever: once none
+/// of it has moved for the request timeout, the edge lets both go.
+#[tokio::test]
+async fn an_upload_the_client_stops_taking_after_answering_is_ended() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_millis(500)).await;
+    let (id, token, subdomain) = create_tunnel(&server, None).await;
+    let (conn, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let mut writer = FrameWriter::new(send);
+            let _ = writer.send(&head_with(200, &[("content-length", "2")])).await;
+            let _ = writer.send(&Frame::Body(bytes::Bytes::from_static(b"ok"))).await;
+            let _ = writer.send(&Frame::End).await;
+            writer.finish();
+            held.push(recv); // never read
+        }
+    });
+    let stream = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST /t/{subdomain}/up HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 512u64 << 20);
+    write.write_all(head.as_bytes()).await.unwrap();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b'u'; 64 * 1024];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = read.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 ") && got.ends_with("ok"), "{got}");
+    assert!(closed.is_ok(), "the edge kept the upload's connection open");
+    sender.abort();
+}

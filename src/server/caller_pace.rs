@@ -29,7 +29,10 @@ pub struct CallerPaced<B> {
 impl<B: Body> CallerPaced<B> {
     /// Measures `inner` if it streams.
     pub fn new(inner: B) -> Self {
-        let pace = (!sent_inline(&inner)).then(|| Arc::new(Pace { started: Instant::now(), waits: Mutex::default() }));
+        let pace = (!sent_inline(&inner)).then(|| {
+            let now = Instant::now();
+            Arc::new(Pace { started: now, waits: Mutex::new(Waits { since: None, ended: Duration::ZERO, taken: now }) })
+        });
         Self { inner, pace }
     }
 
@@ -48,12 +51,14 @@ pub struct Pace {
     waits: Mutex<Waits>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Waits {
     /// When the current wait began, if the reader is waiting.
     since: Option<Instant>,
     /// The waits that have ended, in all.
     ended: Duration,
+    /// When the reader last took a frame (or the body began).
+    taken: Instant,
 }
 
 impl Pace {
@@ -73,6 +78,14 @@ impl Pace {
         }
     }
 
+    fn frame_taken(&self) {
+        let mut waits = self.waits();
+        if let Some(since) = waits.since.take() {
+            waits.ended += since.elapsed();
+        }
+        waits.taken = Instant::now();
+    }
+
     /// Whether the caller holds the request up now: the reader is waiting
     /// on it, and has waited for at least half the time since the request
     /// started, or for a quarter of it in this one wait (a caller that went
@@ -85,13 +98,15 @@ impl Pace {
         waits.ended + current >= elapsed / 2 || current >= elapsed / 4
     }
 
-    /// Resolves once the reader has waited on the caller for `limit` in one
-    /// wait: what ends an upload that goes on after the app's answer, whose
-    /// caller went quiet. A body the reader is not polling (the tunnel or the
-    /// app holds it up) is not waiting on its caller. One timer at a time,
-    /// about one wake-up per `limit` while the upload flows.
-    pub async fn caller_stalls(&self, limit: Duration) {
-        super::held::held_for(limit, || self.waits().since).await;
+    /// Resolves once no frame of the body was taken for `limit`: what ends an
+    /// upload that goes on after the app's answer, whether its caller went
+    /// quiet or the tunnel stopped taking it (a client that answered and
+    /// reads no more). Either would hold the upload's task and the caller's
+    /// connection for ever; a moving upload takes a frame at least every
+    /// `limit`. One timer at a time, about one wake-up per `limit` while the
+    /// upload flows.
+    pub async fn stalls(&self, limit: Duration) {
+        super::held::held_for(limit, || Some(self.waits().taken)).await;
     }
 }
 
@@ -139,7 +154,7 @@ where
             ready => ready,
         };
         if polled.is_ready() {
-            pace.wait_ends();
+            pace.frame_taken();
         }
         polled
     }

@@ -541,7 +541,7 @@ impl Sending {
 /// Sends the request: inline when small (the response is awaited right after),
 /// from a task otherwise, so the response can start while a large upload goes on.
 /// Such an upload outlives the exchange only while its caller keeps sending:
-/// after the answer, a wait on the caller (`pace`) of `timeout` ends it.
+/// after the answer, `timeout` without any of it moving (`pace`) ends it.
 async fn send_request<B>(
     mut writer: FrameWriter,
     head: Frame,
@@ -581,13 +581,14 @@ where
                 stop = stopped => match stop {
                     Ok(code) => Err(code),
                     // The exchange ended without a stop (the app answered):
-                    // the upload goes on, unless its caller stalls. A caller
-                    // who sends a few bytes and then nothing would otherwise
-                    // hold this task and its connection for ever.
+                    // the upload goes on, unless it stalls. A caller who sends
+                    // a few bytes and then nothing, or a client that answered
+                    // and reads no more, would otherwise hold this task and
+                    // the caller's connection for ever.
                     Err(_) => {
                         let stalls = async {
                             match &pace {
-                                Some(pace) => pace.caller_stalls(timeout).await,
+                                Some(pace) => pace.stalls(timeout).await,
                                 None => std::future::pending().await,
                             }
                         };
@@ -601,7 +602,7 @@ where
         };
         match sent {
             Ok(sent) => end_stream(sent, &mut writer),
-            // The exchange gave up (timeout), or the caller stalled after
+            // The exchange gave up (timeout), or the upload stalled after
             // the answer: the app gets a reset, not a body cut short that
             // looks whole, and the caller's body is dropped, so its
             // connection is not held open for it.
