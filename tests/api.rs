@@ -502,3 +502,53 @@ async fn malformed_or_doubled_authorization_is_refused() {
         assert!(body["error"].as_str().unwrap().contains("more than one"), "{body}");
     }
 }
+
+/// Changes to one tunnel are made one at a time: after token regenerations at
+/// once, the one token the server accepts is the one its store keeps (else a
+/// restart would refuse the token in use and bring back a revoked one), and a
+/// change racing a delete does not outlive it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_to_a_tunnel_leave_the_store_as_the_server() {
+    let server = TestServer::start().await;
+    let api = server.api();
+    let (id, _, sub) = create_tunnel(&server, None).await;
+    let accepted = async |token: &str| {
+        let url = format!("{}/tunnels/{sub}/ws?tunnelId={id}&token={token}", server.url);
+        match http().get(url).send().await.unwrap().status().as_u16() {
+            426 => true, // the token is good: only the upgrade is missing
+            401 => false,
+            other => panic!("unexpected status {other}"),
+        }
+    };
+    for round in 0..60 {
+        let path = format!("/api/tunnels/{id}/regenerate-token");
+        let calls = (0..4).map(|_| api.call(Method::POST, &path, None));
+        let tokens: Vec<String> = futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|v| v.unwrap()["authToken"].as_str().unwrap().to_owned())
+            .collect();
+        let mut good = Vec::new();
+        for token in &tokens {
+            if accepted(token).await {
+                good.push(token.clone());
+            }
+        }
+        assert_eq!(good.len(), 1, "round {round}: {good:?}");
+        let stored = server.store.blocking().load_tunnels().unwrap().into_iter().find(|t| t.id == id).unwrap();
+        assert_eq!(stored.token_hash, hookway::server::names::hash_secret(&good[0]), "round {round}");
+    }
+
+    for round in 0..10 {
+        let (tid, _, _) = create_tunnel(&server, None).await;
+        let path = format!("/api/tunnels/{tid}");
+        let rename = json!({ "name": "patched" });
+        let (patched, deleted) =
+            tokio::join!(api.call(Method::PATCH, &path, Some(&rename)), api.call(Method::DELETE, &path, None));
+        deleted.unwrap();
+        assert!(patched.is_ok() || patched.unwrap_err().to_string().contains("not found"), "round {round}");
+        assert_eq!(send(&server, Method::GET, &path, &bearer()).await.status(), 404, "round {round}");
+        let stored = server.store.blocking().load_tunnels().unwrap();
+        assert!(!stored.iter().any(|t| t.id == tid), "round {round}: the deleted tunnel is stored");
+    }
+}

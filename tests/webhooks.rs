@@ -1448,3 +1448,30 @@ async fn a_stopped_server_leaves_no_attempt_behind_to_overwrite_the_next_ones() 
     assert!(done(&list), "{list:?}");
     assert_eq!(receiver.requests().len(), 2, "{:?}", receiver.summary());
 }
+
+/// A webhook changed while it is deleted stays deleted: a PATCH or a new
+/// signing key racing the DELETE wrote back the webhook it had read, so the
+/// acknowledged delete was undone, in memory, in the store or both (and the
+/// "deleted" webhook got events after a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_changed_while_deleted_stays_deleted() {
+    let server = fast_server().await;
+    for round in 0..40 {
+        let (id, _) =
+            create_webhook(&server, json!({ "url": "http://127.0.0.1:9/hook", "events": ["tunnel.connected"] })).await;
+        let path = format!("/api/webhooks/{id}");
+        let change = async {
+            if round % 2 == 0 {
+                call(&server, Method::PATCH, &path, Some(json!({ "name": "patched" }))).await
+            } else {
+                call(&server, Method::POST, &format!("{path}/regenerate-signing-key"), None).await
+            }
+        };
+        let (changed, (deleted, _)) = tokio::join!(change, call(&server, Method::DELETE, &path, None));
+        assert_eq!(deleted, StatusCode::OK, "round {round}");
+        assert!([StatusCode::OK, StatusCode::NOT_FOUND].contains(&changed.0), "round {round}: {changed:?}");
+        assert_eq!(call(&server, Method::GET, &path, None).await.0, StatusCode::NOT_FOUND, "round {round}");
+        let stored = server.store.blocking().load_webhooks().unwrap();
+        assert!(!stored.iter().any(|w| w.id == id), "round {round}: the deleted webhook is stored");
+    }
+}

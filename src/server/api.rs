@@ -276,6 +276,25 @@ pub(super) fn owned(state: &State, org: &str, id: &str) -> Result<Arc<Tunnel>, A
     state.registry.get(id).filter(|t| t.org_id == org).ok_or_else(|| ApiError::not_found("tunnel", id))
 }
 
+/// [`owned`], for a change: with the tunnel's update lock held, so that
+/// changes to one tunnel are made one at a time, in the store and in memory
+/// in the same order (two token regenerations at once once left the server
+/// accepting one token and the store holding the other, which a restart then
+/// brought back), and looked up again once it is held: a tunnel deleted
+/// meanwhile is not found, rather than changed in the store after its row went.
+async fn owned_for_change(
+    state: &State,
+    org: &str,
+    id: &str,
+) -> Result<(Arc<Tunnel>, tokio::sync::OwnedMutexGuard<()>), ApiError> {
+    let tunnel = owned(state, org, id)?;
+    let held = tunnel.updates.clone().lock_owned().await;
+    match owned(state, org, id) {
+        Ok(still) if Arc::ptr_eq(&still, &tunnel) => Ok((tunnel, held)),
+        _ => Err(ApiError::not_found("tunnel", id)),
+    }
+}
+
 /// Reads a JSON object of at most [`MAX_API_BODY`] bytes within the body
 /// timeout; an empty body is an empty object.
 pub(super) async fn read_json(
@@ -574,11 +593,11 @@ fn conflict(subdomain: &str) -> ApiError {
 }
 
 async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<String, Value>) -> ApiResult {
-    let tunnel = owned(state, org, id)?;
     if body.contains_key("subdomain") {
+        owned(state, org, id)?;
         return Err(ApiError::bad("'subdomain' cannot be changed; create a new tunnel instead"));
     }
-    let _one_at_a_time = tunnel.updates.lock().await;
+    let (tunnel, _one_at_a_time) = owned_for_change(state, org, id).await?;
     let known: Vec<&str> = ["name", "group", "captureBodies"].into_iter().chain(INBOUND_FIELDS).collect();
     known_fields(&body, &known)?;
     let name = string_field(&body, "name")?.map(valid_name).transpose()?;
@@ -623,7 +642,7 @@ async fn update(state: &Arc<State>, org: &str, id: &str, body: serde_json::Map<S
 }
 
 async fn delete(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
-    let tunnel = owned(state, org, id)?;
+    let (tunnel, _one_at_a_time) = owned_for_change(state, org, id).await?;
     let tid = tunnel.id.clone();
     state.store.run(move |s| s.delete_tunnel(&tid)).await?;
     end_on_purpose(state, &tunnel, || state.registry.remove(&tunnel.id), close::TUNNEL_DELETED, "tunnel deleted");
@@ -659,7 +678,7 @@ fn live_status(state: &State, t: &Tunnel) -> Response<Body> {
 }
 
 async fn regenerate(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
-    let tunnel = owned(state, org, id)?;
+    let (tunnel, _one_at_a_time) = owned_for_change(state, org, id).await?;
     let token = names::auth_token();
     let hash = names::hash_secret(&token);
     let tid = tunnel.id.clone();

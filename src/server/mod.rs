@@ -223,6 +223,10 @@ pub struct State {
     /// The end of the shutdown grace: connections still open are dropped,
     /// and requests still waiting for their answer are answered why first.
     pub cutting: CancellationToken,
+    /// Held by the API from reading a webhook to writing it (create, update,
+    /// delete, new signing key), so that a PATCH racing a DELETE cannot write
+    /// back, and bring back, the webhook it read. Webhook changes are rare.
+    pub(crate) webhook_writes: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -513,6 +517,7 @@ impl Server {
             capture: Arc::new(Capture::new(config.capture.clone())),
             in_flight,
             cutting: CancellationToken::new(),
+            webhook_writes: tokio::sync::Mutex::new(()),
         });
         Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, key_source, dir_lock })
     }

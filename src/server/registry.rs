@@ -53,10 +53,11 @@ pub struct Tunnel {
     has_inbound: AtomicBool,
     /// The inbound options in force (seed 004), with their rate limit's state.
     inbound: Mutex<Option<Arc<Rules>>>,
-    /// Held by an API update from reading the tunnel's fields to setting
-    /// them: two PATCHes at once each wrote back the options it read, and
-    /// one of them was lost.
-    pub(crate) updates: tokio::sync::Mutex<()>,
+    /// Held by an API change (update, new token, delete) from reading the
+    /// tunnel's fields to setting them: two PATCHes at once each wrote back
+    /// the options it read, and one of them was lost; two new tokens at once
+    /// were stored in one order and taken in memory in the other.
+    pub(crate) updates: Arc<tokio::sync::Mutex<()>>,
     /// Held while a session of this tunnel is attached, checked or taken out
     /// of the routing map together with the events that say so (see
     /// `session::go_live`): subscribers get them in the order they happened,
@@ -84,7 +85,7 @@ impl Tunnel {
             capture_bodies: AtomicBool::new(r.capture_bodies),
             has_inbound: AtomicBool::new(!r.inbound.is_empty()),
             inbound: Mutex::new((!r.inbound.is_empty()).then(|| Arc::new(Rules::new(r.inbound)))),
-            updates: tokio::sync::Mutex::new(()),
+            updates: Arc::new(tokio::sync::Mutex::new(())),
             events: Mutex::new(()),
         }
     }

@@ -45,6 +45,7 @@ pub(super) async fn route(
         }
         ([id], Method::PATCH) => update(state, org, id, read_json(state, req).await?).await,
         ([id], Method::DELETE) => {
+            let _one_at_a_time = state.webhook_writes.lock().await;
             let w = owned(state, org, id)?;
             let wid = w.id.clone();
             state.store.run(move |s| s.delete_webhook(&wid)).await?;
@@ -52,6 +53,7 @@ pub(super) async fn route(
             Ok(ok(json!({ "success": true })))
         }
         ([id, "regenerate-signing-key"], Method::POST) => {
+            let _one_at_a_time = state.webhook_writes.lock().await;
             let mut w = (*owned(state, org, id)?).clone();
             w.signing_key = sign::generate_key();
             w.updated_at = super::clock::now_rfc3339();
@@ -236,6 +238,7 @@ async fn create(state: &Arc<State>, org: &str, body: Map<String, Value>) -> ApiR
 }
 
 async fn update(state: &Arc<State>, org: &str, id: &str, body: Map<String, Value>) -> ApiResult {
+    let _one_at_a_time = state.webhook_writes.lock().await;
     let mut w = (*owned(state, org, id)?).clone();
     if body.is_empty() {
         return Err(ApiError::bad(format!("nothing to update: send any of {}", FIELDS.join(", "))));
