@@ -149,11 +149,16 @@ fn parse() -> Cli {
         }
     }
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    if not_client.is_none()
-        && let Err(why) = server_url(&cli.client.server)
-    {
-        let message = format!("invalid value '{}' for '--server <SERVER>': {why}", cli.client.server);
-        command.error(clap::error::ErrorKind::ValueValidation, message).exit();
+    if not_client.is_none() {
+        if let Err(why) = server_url(&cli.client.server) {
+            let message = format!("invalid value '{}' for '--server <SERVER>': {why}", cli.client.server);
+            command.error(clap::error::ErrorKind::ValueValidation, message).exit();
+        }
+        let option = match cli.client.server.as_str() {
+            DEFAULT_SERVER => String::new(),
+            url => format!(" --server {}", shell_word(url)),
+        };
+        let _ = SERVER_OPTION.set(option);
     }
     if let Some(message) = monitor_without_terminal(&cli.command) {
         command.error(clap::error::ErrorKind::ArgumentConflict, message).exit();
@@ -707,7 +712,11 @@ fn keys(cmd: KeysCommand) -> Result<()> {
         }
         KeysCommand::Revoke { id, data_dir } => {
             if !existing_store(&data_dir)?.blocking().delete_api_key(&id)? {
-                bail!("no API key {id} (see `{} keys list --data-dir {}`)", own_command(), data_dir.display());
+                bail!(
+                    "no API key {id} (see `{} keys list --data-dir {}`)",
+                    own_command(),
+                    shell_word(&data_dir.display().to_string())
+                );
             }
             eprintln!("Revoked {id}: a running server refuses it within {} s.", server::KEY_RECHECK.as_secs());
         }
@@ -961,7 +970,7 @@ fn banner(server: &Server, data_dir: &std::path::Path) -> String {
     // Clients default to the default address; any other must be passed on.
     let server_env = match server.public_url() {
         DEFAULT_SERVER => String::new(),
-        url => format!("HOOKWAY_SERVER={url} "),
+        url => format!("HOOKWAY_SERVER={} ", shell_word(url)),
     };
     let me = own_command();
     let expose = |key: &str| format!("\n  Expose a local port:  {server_env}HOOKWAY_API_KEY={key} {me} start 3000\n");
@@ -982,7 +991,7 @@ fn banner(server: &Server, data_dir: &std::path::Path) -> String {
             text += &format!(
                 "  (The key the first start printed, or the last HOOKWAY_API_KEY a start had; \
                  `{me} keys create --data-dir {}` makes another.)\n",
-                data_dir.display()
+                shell_word(&data_dir.display().to_string())
             );
         }
     }
@@ -1008,11 +1017,50 @@ fn own_command() -> String {
     if shown.contains(char::is_whitespace) { format!("'{shown}'") } else { shown }
 }
 
+/// What the commands this CLI suggests add to reach the server it was told
+/// to use: ` --server URL`, unless it is the default. Set once, for the client
+/// commands: a server given as a one-off `HOOKWAY_SERVER=…` prefix, as the
+/// server's banner suggests, is gone when the suggestion is run.
+static SERVER_OPTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// [`SERVER_OPTION`], for the end of a suggested client command.
+fn server_option() -> &'static str {
+    SERVER_OPTION.get().map_or("", String::as_str)
+}
+
+/// `s` as one word of a shell command: as it is when it holds nothing a shell
+/// reads specially, else single-quoted (`[::1]` is a glob to zsh).
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !s.is_empty() && s.chars().all(plain) { s.to_owned() } else { format!("'{}'", s.replace('\'', r"'\''")) }
+}
+
 fn api(client: &ClientArgs) -> Result<ApiClient> {
     match client.key() {
         Some(key) => Ok(ApiClient::new(&client.server, Some(key))),
         None if client.api_key.is_some() => bail!("no API key: HOOKWAY_API_KEY (or --api-key) is set but empty"),
         None => bail!("no API key: pass --api-key or set HOOKWAY_API_KEY (the server prints one on its first start)"),
+    }
+}
+
+impl ConnectArgs {
+    /// What a suggested `tunnels connect` must repeat to serve a tunnel the
+    /// same way: the server, and a pinned fingerprint above all (left out,
+    /// the next run would trust whatever the server announces).
+    fn same_way(&self) -> String {
+        let mut options = server_option().to_owned();
+        if let Some(fingerprint) = &self.fingerprint {
+            options += &format!(" --fingerprint {fingerprint}");
+        }
+        if self.local_host != "localhost" {
+            options += &format!(" --local-host {}", shell_word(&self.local_host));
+        }
+        if self.ws {
+            options += " --ws";
+        } else if let Some(addr) = &self.quic_addr {
+            options += &format!(" --quic-addr {}", shell_word(addr));
+        }
+        options
     }
 }
 
@@ -1034,6 +1082,8 @@ async fn start(args: StartArgs) -> Result<()> {
         .name
         .unwrap_or_else(|| client::forward::authority(&args.connect.local_host, args.port).chars().take(200).collect());
     let quiet = args.client.json || args.monitor;
+    // What the hints below must repeat to serve the tunnel the same way.
+    let same_way = args.connect.same_way();
     let inbound = args.inbound.fields();
     let (id, token, ws_url) =
         match api.create_tunnel_in(&name, args.subdomain.as_deref(), args.group.as_deref(), inbound).await {
@@ -1052,7 +1102,7 @@ async fn start(args: StartArgs) -> Result<()> {
             // network change), for good.
             Err(client::ApiError::Status { status: 409, message }) if args.subdomain.is_some() => {
                 let subdomain = args.subdomain.as_deref().unwrap_or_default();
-                bail!("{}", taken_subdomain(&api, subdomain, args.port, &message).await?);
+                bail!("{}", taken_subdomain(&api, subdomain, args.port, &same_way, &message).await?);
             }
             Err(err) => return Err(err.into()),
         };
@@ -1063,16 +1113,6 @@ async fn start(args: StartArgs) -> Result<()> {
             return Err(err);
         }
     };
-    // What the hint below must repeat to serve the tunnel the same way.
-    let mut same_way = String::new();
-    if args.connect.local_host != "localhost" {
-        same_way += &format!(" --local-host {}", args.connect.local_host);
-    }
-    if args.connect.ws {
-        same_way += " --ws";
-    } else if let Some(addr) = &args.connect.quic_addr {
-        same_way += &format!(" --quic-addr {addr}");
-    }
     let (served, connected) =
         serve(&args.client, args.connect, ws_url, id.clone(), token, args.port, args.monitor).await;
     if !connected {
@@ -1106,14 +1146,21 @@ async fn forget_unserved(api: &ApiClient, id: &str) {
         Err(_) => "no answer within 5 s".to_owned(),
     };
     eprintln!(
-        "Tunnel {id} was never connected, and deleting it failed ({failed}): `{} tunnels delete {id}`",
-        own_command()
+        "Tunnel {id} was never connected, and deleting it failed ({failed}): `{} tunnels delete {id}{}`",
+        own_command(),
+        server_option()
     );
 }
 
 /// Why `subdomain` cannot be had, and what to do: serve this organization's
 /// tunnel on it with `tunnels connect`, or pick another name.
-async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: &str) -> Result<String> {
+async fn taken_subdomain(
+    api: &ApiClient,
+    subdomain: &str,
+    port: u16,
+    same_way: &str,
+    conflict: &str,
+) -> Result<String> {
     let listed = api.list("/api/tunnels", "tunnels").await?;
     let Some(t) = listed["tunnels"].as_array().into_iter().flatten().find(|t| t["subdomain"] == subdomain) else {
         return Ok(format!("{conflict}: another organization has it; pick another --subdomain"));
@@ -1124,7 +1171,7 @@ async fn taken_subdomain(api: &ApiClient, subdomain: &str, port: u16, conflict: 
     } else {
         format!(
             "subdomain '{subdomain}' is your tunnel {id} from before: serve it again at the same URL with \
-             `{} tunnels connect {id} {port}` (a new token: a client of it still reconnecting stops)",
+             `{} tunnels connect {id} {port}{same_way}` (a new token: a client of it still reconnecting stops)",
             own_command()
         )
     })
@@ -1141,6 +1188,7 @@ async fn serve(
     port: u16,
     monitor: bool,
 ) -> (Result<()>, bool) {
+    let same_way = connect.same_way();
     let config = ClientConfig {
         ws_url,
         server: client.server.clone(),
@@ -1193,7 +1241,8 @@ async fn serve(
                 if [close::TOKEN_REVOKED, close::DISCONNECTED].iter().any(|&c| why == close::describe(c)));
             if again {
                 Err(anyhow::anyhow!(
-                    "{err}\nTo serve it again (with a new token, through your API key): {} tunnels connect {id} {port}",
+                    "{err}\nTo serve it again (with a new token, through your API key): {} tunnels connect {id} \
+                     {port}{same_way}",
                     own_command()
                 ))
             } else {
@@ -1322,7 +1371,11 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             } else {
                 let lines = tunnels_cli::list_lines(&v);
                 if lines.is_empty() {
-                    eprintln!("No tunnels yet: `{} start <port>` creates one and serves it.", own_command());
+                    eprintln!(
+                        "No tunnels yet: `{} start <port>{}` creates one and serves it.",
+                        own_command(),
+                        server_option()
+                    );
                     return Ok(());
                 }
                 for line in lines {
@@ -1568,9 +1621,11 @@ fn host_url(public_url: &str, domain: &str, subdomain: &str) -> Option<String> {
 /// After an answer that issued an auth token: it is not shown again.
 fn token_reminder(v: &Value) {
     eprintln!(
-        "\nThe auth token is shown only now: store it. Connect with: {} tunnels connect {} <port> --token <auth token>",
+        "\nThe auth token is shown only now: store it. Connect with: {} tunnels connect {} <port> --token <auth \
+         token>{}",
         own_command(),
-        v["tunnel"]["id"].as_str().unwrap_or("")
+        v["tunnel"]["id"].as_str().unwrap_or(""),
+        server_option()
     );
 }
 
@@ -1588,6 +1643,32 @@ mod allocator_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Suggested commands work as printed in any shell: a bracketed IPv6
+    /// server or a path with a space is quoted, a plain one is not.
+    #[test]
+    fn suggested_words_are_quoted_only_when_a_shell_needs_it() {
+        assert_eq!(shell_word("http://127.0.0.1:8080/hooks"), "http://127.0.0.1:8080/hooks");
+        assert_eq!(shell_word("http://[::1]:8080"), "'http://[::1]:8080'");
+        assert_eq!(shell_word("/tmp/my data"), "'/tmp/my data'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    /// A suggested `tunnels connect` keeps a pinned fingerprint: left out,
+    /// the next run would trust whatever certificate the server announces.
+    #[test]
+    fn serving_again_keeps_the_pin_and_the_way_in() {
+        let connect = ConnectArgs {
+            local_host: "::1".into(),
+            fingerprint: Some("ab".repeat(32)),
+            quic_addr: Some("[::1]:4443".into()),
+            ws: false,
+            busy_poll_us: 0,
+        };
+        let pin = "ab".repeat(32);
+        assert_eq!(connect.same_way(), format!(" --fingerprint {pin} --local-host ::1 --quic-addr '[::1]:4443'"));
+    }
 
     #[test]
     fn host_urls_are_made_as_the_server_makes_them() {

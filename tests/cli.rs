@@ -779,7 +779,8 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     child.wait().await.unwrap();
     // With --json, the hint is a JSON line on stderr too.
     let hint: Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
-    let again = format!("hookway tunnels connect {id} {port} --local-host 127.0.0.1 --ws");
+    // It names the server, which came from the environment only for this run.
+    let again = format!("hookway tunnels connect {id} {port} --server {} --local-host 127.0.0.1 --ws", server.url);
     assert!(hint["hint"].as_str().unwrap().ends_with(&again), "{err}");
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 1, "a tunnel that served is kept: {listed}");

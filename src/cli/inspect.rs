@@ -163,8 +163,9 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                     ),
                     None => eprintln!(
                         "No captured requests yet: requests to the tunnel's URL show here \
-                         (`{} tunnels monitor {id} <port>` serves it and watches them arrive).",
-                        crate::own_command()
+                         (`{} tunnels monitor {id} <port>{}` serves it and watches them arrive).",
+                        crate::own_command(),
+                        crate::server_option()
                     ),
                 }
                 return Ok(());
@@ -172,7 +173,11 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             print_table(&v, terminal_width());
             if items > 0 && items == limit as usize {
                 let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
-                eprintln!("More: {} tunnels requests {id} --limit {limit} --before {last}", crate::own_command());
+                eprintln!(
+                    "More: {} tunnels requests {id} --limit {limit} --before {last}{}",
+                    crate::own_command(),
+                    crate::server_option()
+                );
             }
         }
         InspectCommand::Request { request: RequestArg { id, req, client }, body_only } => {
@@ -247,8 +252,9 @@ fn cli_wording(err: ApiError, id: &str, req: &str) -> ApiError {
                 REPLAY_BODY_HINT,
                 &format!(
                     "pass the body to send with --body TEXT or --body-file PATH (what was kept of it, if any: {} tunnels \
-                     request {id} {req} --body-only > PATH)",
-                    crate::own_command()
+                     request {id} {req} --body-only{} > PATH)",
+                    crate::own_command(),
+                    crate::server_option()
                 ),
             ),
         },
@@ -349,8 +355,9 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
                 skipped += 1;
                 let why = message.replace(&format!("; {REPLAY_BODY_HINT}"), "");
                 eprintln!(
-                    "Skipped {rid}: {why}; to send it with its body: {} tunnels replay {id} {rid} --body-file FILE",
-                    crate::own_command()
+                    "Skipped {rid}: {why}; to send it with its body: {} tunnels replay {id} {rid} --body-file FILE{}",
+                    crate::own_command(),
+                    crate::server_option()
                 );
                 continue;
             }
@@ -383,11 +390,12 @@ async fn replay_offline(id: &str, client: &ClientArgs) -> Result<()> {
             } else {
                 anyhow::anyhow!(
                     "replayed {} of {total}, then stopped: the edge answered the replay of {rid} {status} {kind}, \
-                     after the app may have seen it, so it is not replayed again (`{} tunnels request {id} {}` \
+                     after the app may have seen it, so it is not replayed again (`{} tunnels request {id} {}{}` \
                      shows it); those after it still wait: run this again",
                     done + 1,
                     crate::own_command(),
-                    new.id
+                    new.id,
+                    crate::server_option()
                 )
             });
             break;

@@ -141,10 +141,11 @@ pub async fn run(args: TestArgs) -> Result<()> {
         if kept_for_replay {
             bail!(
                 "the test request did not reach the app: the hookway server answered ({kind}); it was recorded, so \
-                 `{} tunnels replay-offline {}` will send it to your app along with the requests that met the \
+                 `{} tunnels replay-offline {}{}` will send it to your app along with the requests that met the \
                  tunnel offline",
                 crate::own_command(),
-                args.id
+                args.id,
+                crate::server_option()
             );
         }
         bail!("the test request did not reach the app: the hookway server answered ({kind})");

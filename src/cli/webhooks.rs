@@ -239,8 +239,9 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             let rows: Vec<Vec<String>> = v["webhooks"].as_array().into_iter().flatten().map(list_row).collect();
             if rows.is_empty() {
                 eprintln!(
-                    "No webhooks yet: `{} webhooks create --url URL --events all` adds one.",
-                    crate::own_command()
+                    "No webhooks yet: `{} webhooks create --url URL --events all{}` adds one.",
+                    crate::own_command(),
+                    crate::server_option()
                 );
                 return Ok(());
             }
@@ -333,8 +334,9 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             let rows: Vec<Vec<String>> = v["deliveries"].as_array().into_iter().flatten().map(delivery_row).collect();
             if rows.is_empty() {
                 eprintln!(
-                    "No deliveries in the last 24 hours (`{} webhooks test {id}` sends one).",
-                    crate::own_command()
+                    "No deliveries in the last 24 hours (`{} webhooks test {id}{}` sends one).",
+                    crate::own_command(),
+                    crate::server_option()
                 );
                 return Ok(());
             }
