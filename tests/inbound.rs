@@ -419,7 +419,7 @@ async fn an_offline_reply_is_only_for_a_request_recorded_whole() {
     assert!(err.contains("did not reach the app") && err.contains("offline reply"), "{err}");
     // The command as it runs here: `hookway` is not on the PATH in tests,
     // so it is the binary's path.
-    let hint = format!(" tunnels replay-offline {}` will send it", s.tunnel_id);
+    let hint = format!(" tunnels replay-offline {} --server {}` will send it", s.tunnel_id, s.server.url);
     let command = err.split(&hint).next().and_then(|before| before.rsplit('`').next()).unwrap();
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_hookway")).canonicalize().unwrap();
     assert_eq!(std::path::Path::new(command).canonicalize().ok(), Some(binary), "{err}");

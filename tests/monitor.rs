@@ -231,7 +231,7 @@ async fn inspection_commands_list_show_replay_and_clear() {
     assert!(code != 0 && err.contains("409"), "no body to replay: {err}");
     // In the CLI's words, not the API's.
     assert!(err.contains("bodies are not captured") && err.contains("--body TEXT or --body-file PATH"), "{err}");
-    assert!(err.contains(&format!("tunnels request {id} {nocap} --body-only > PATH")), "{err}");
+    assert!(err.contains(&format!("tunnels request {id} {nocap} --body-only --server {} > PATH", server.url)), "{err}");
     assert!(!err.contains(r#"{"body""#), "{err}");
     let (status, api) = raw_api(
         &server,
