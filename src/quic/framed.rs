@@ -351,7 +351,13 @@ mod tests {
             let client = client_endpoint(addr, &tls::Trust::pinned(&identity.fingerprint()).unwrap()).unwrap();
             let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
             let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-            Self { client: conn, server: accept.await.unwrap(), _dir: dir }
+            let server = accept.await.unwrap();
+            // Streams of the client's own, many and large: what the server
+            // allows only a client that authenticated (one stream, a small
+            // window before), which is not what these tests are about.
+            crate::quic::open_receive_window(&server);
+            server.set_max_concurrent_bi_streams(64u32.into());
+            Self { client: conn, server, _dir: dir }
         }
 
         /// Sends `bytes` from the client on a new stream (finished when
