@@ -1094,7 +1094,12 @@ async fn start(args: StartArgs) -> Result<()> {
                         println!("  Inbound:     {options}");
                     }
                 }
-                (created.tunnel.id, created.auth_token, created.ws_url)
+                // Over the server URL this client was given, as QUIC is dialled:
+                // the API's `wsUrl` is made of the public URL, which may be
+                // another way in (a proxy's) than the one that works from here.
+                let ws_url =
+                    ws_url_for(&args.client.server, &created.tunnel.subdomain, &created.tunnel.id, &created.auth_token);
+                (created.tunnel.id, created.auth_token, ws_url)
             }
             // Running the same `start --subdomain` again: say which tunnel has the
             // name and how to serve it. Not done here on our own: a new token would
@@ -1106,7 +1111,7 @@ async fn start(args: StartArgs) -> Result<()> {
             }
             Err(err) => return Err(err.into()),
         };
-    let ws_url = match args.connect.ws.then(|| parse_ws_url(&ws_url)).transpose() {
+    let ws_url = match args.connect.ws.then(|| ws_url.and_then(|url| parse_ws_url(&url))).transpose() {
         Ok(ws_url) => ws_url,
         Err(err) => {
             forget_unserved(&api, &id).await;
@@ -1502,9 +1507,8 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
             if !client.json {
                 eprintln!("No --token given: issued a new auth token for {id} (the previous one no longer works).");
             }
-            if connect.ws {
-                ws_url = Some(parse_ws_url(&creds.ws_url)?);
-            }
+            // (Its wsUrl is made of the public URL: see `start`. Made below
+            // of the server URL instead.)
             creds.auth_token
         }
     };

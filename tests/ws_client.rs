@@ -341,3 +341,26 @@ async fn cli_ws_url_serves_its_own_tunnel_with_its_own_token() {
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
     assert!(!err.contains("new auth token"), "{err}");
 }
+
+/// `start --ws` and `tunnels connect --ws` reach the gateway at the server URL
+/// they were given, as QUIC is dialled, not at the API's `wsUrl`: that is made
+/// of the public URL, which may be a way in (a proxy's) that does not work
+/// from where the client runs.
+#[tokio::test]
+async fn ws_clients_reach_the_gateway_at_the_server_url_they_were_given() {
+    let unreachable = format!("http://127.0.0.1:{}", closed_port().await);
+    let server = TestServer::start_with(|c| c.public_url = Some(unreachable.clone())).await;
+    let local = format!("http://{}", server.http);
+    let app = spawn_app().await;
+    let port = app.port().to_string();
+    let mut start = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    start.args(["start", &port, "--ws", "--json", "--server", &local, "--api-key", API_KEY]).stderr(Stdio::null());
+    let (_child, _lines, v) = spawn_connected(start).await;
+    let id = v["tunnelId"].as_str().unwrap().to_owned();
+    assert!(v["tunnelUrl"].as_str().unwrap().starts_with(&unreachable), "{v}");
+    let mut connect = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    connect.args(["tunnels", "connect", &id, &port, "--ws", "--json", "--server", &local, "--api-key", API_KEY]);
+    connect.stderr(Stdio::null());
+    let (_again, _, v) = spawn_connected(connect).await;
+    assert_eq!(v["tunnelId"], id.as_str());
+}
