@@ -446,7 +446,7 @@ async fn an_upload_goes_on_after_an_early_answer() {
 }
 
 /// After the app's early answer, an upload whose caller goes quiet is not
-/// held forever: once the edge has waited on the caller for the request
+/// held forever: once the edge has waited on the caller for twice the request
 /// timeout, it resets the upload (the app sees its body break) and lets go
 /// of the caller's connection.
 #[tokio::test]

@@ -34,7 +34,7 @@ pub const STREAM_REFUSED: VarInt = VarInt::from_u32(3);
 /// Stream stop and reset code: the caller's streamed body stopped arriving,
 /// the server gave up on it at its request timeout and answered the caller
 /// 408; the app got part of the body at most. Also the reset of an upload
-/// that went on after the app's answer, once none of it moved for the
+/// that went on after the app's answer, once none of it moved for twice the
 /// request timeout.
 pub const BODY_TIMEOUT: VarInt = VarInt::from_u32(4);
 /// Stream stop and reset code: the server's shutdown grace ran out before the

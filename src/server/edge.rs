@@ -470,7 +470,12 @@ fn caller(state: &State, peer: SocketAddr, headers: &HeaderMap, replay: bool) ->
 
 /// Adds `X-Forwarded-For/-Proto/-Host`; the host is the request's URI
 /// authority when it has one (HTTP/2, which has no `Host` header), else its `Host`.
+/// A trusted proxy's own `-Proto` and `-Host` pass on as it wrote them: they
+/// name the scheme and host its caller used (an nginx that sends `Host:
+/// $proxy_host` names the internal address in `Host`), which an app that
+/// signs over its full URL needs.
 fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, authority: Option<&Authority>) {
+    let from_proxy = state.config.trusted_proxies.trusts_peer(peer.ip());
     let ip = peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -479,7 +484,9 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(state.config.scheme));
+    if !(from_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(state.config.scheme));
+    }
     let host = match authority {
         // The request was routed by this authority (HTTP/2's `:authority`, or
         // an HTTP/1.1 target in absolute form), so the app gets it as its
@@ -496,7 +503,9 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
         }
         None => headers.get(header::HOST).cloned(),
     };
-    if let Some(host) = host {
+    if let Some(host) = host
+        && !(from_proxy && headers.contains_key(&X_FORWARDED_HOST))
+    {
         headers.insert(&X_FORWARDED_HOST, host);
     }
 }
@@ -541,7 +550,7 @@ impl Sending {
 /// Sends the request: inline when small (the response is awaited right after),
 /// from a task otherwise, so the response can start while a large upload goes on.
 /// Such an upload outlives the exchange only while its caller keeps sending:
-/// after the answer, `timeout` without any of it moving (`pace`) ends it.
+/// after the answer, twice `timeout` without any of it moving (`pace`) ends it.
 async fn send_request<B>(
     mut writer: FrameWriter,
     head: Frame,
@@ -584,11 +593,15 @@ where
                     // the upload goes on, unless it stalls. A caller who sends
                     // a few bytes and then nothing, or a client that answered
                     // and reads no more, would otherwise hold this task and
-                    // the caller's connection for ever.
+                    // the caller's connection for ever. (Twice the request
+                    // timeout: uploads an app answered and holds unread may
+                    // fill the tunnel's window, and the requests they hold up
+                    // meanwhile are each the edge's 504 at their own timeout,
+                    // whoever is late, before these give way.)
                     Err(_) => {
                         let stalls = async {
                             match &pace {
-                                Some(pace) => pace.stalls(timeout).await,
+                                Some(pace) => pace.stalls(timeout * 2).await,
                                 None => std::future::pending().await,
                             }
                         };
