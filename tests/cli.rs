@@ -1201,3 +1201,44 @@ async fn a_lost_connection_is_told_once_and_retries_say_why_briefly() {
         assert!(!line.contains("error sending request") && line.matches(&server.url).count() == 1, "{line}");
     }
 }
+
+/// A server name with an IPv6 and an IPv4 address, the QUIC listener on
+/// IPv4 only (as `--quic 0.0.0.0:4443` gives): the client connects over IPv4
+/// soon after its IPv6 attempt goes unanswered, instead of retrying [::1] for
+/// ever. The name resolves so in a mount namespace of the client's own, with
+/// an /etc/hosts of its own; where `unshare` cannot make one, the test says
+/// so and passes.
+#[tokio::test]
+async fn a_name_whose_first_address_is_silent_connects_by_the_next() {
+    use std::time::{Duration, Instant};
+    let server = TestServer::start().await;
+    // The same port on ::1, bound so nothing answers "port unreachable"
+    // (nor another test's server); never read.
+    let _silent = std::net::UdpSocket::bind(("::1", server.quic.port())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "::1 dual.hookway.test\n127.0.0.1 dual.hookway.test\n127.0.0.1 localhost\n").unwrap();
+    let own_hosts = format!("mount --bind '{}' /etc/hosts && exec \"$0\" \"$@\"", hosts.display());
+    let in_namespace = |program: &str| {
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(["--mount", "--map-root-user", "sh", "-c", &own_hosts, program]);
+        cmd
+    };
+    let probe = in_namespace("getent").args(["ahosts", "dual.hookway.test"]).output().await;
+    let resolved = probe.map(|out| String::from_utf8_lossy(&out.stdout).into_owned()).unwrap_or_default();
+    if !resolved.starts_with("::1 ") || !resolved.contains("127.0.0.1 ") {
+        eprintln!("skipped: no mount namespace with its own /etc/hosts here (getent said {resolved:?})");
+        return;
+    }
+    let app = spawn_app().await;
+    let mut cmd = in_namespace(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &app.port().to_string(), "--json"])
+        .args(["--quic-addr", &format!("dual.hookway.test:{}", server.quic.port())])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY);
+    let started = Instant::now();
+    let (_child, _lines, connected) = spawn_connected(cmd).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "connected after {:?}", started.elapsed());
+    let url = connected["tunnelUrl"].as_str().unwrap();
+    assert_eq!(http().post(format!("{url}/echo")).body("x").send().await.unwrap().status(), 200);
+}

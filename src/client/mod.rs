@@ -4,20 +4,20 @@
 
 pub mod api;
 mod app_conn;
+mod dial;
 mod drain;
 pub mod forward;
 pub mod spin;
 mod ws;
 mod ws_url;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::ConnectionError;
 use tokio_util::task::TaskTracker;
 
-use crate::quic::{self, FrameReader, FrameWriter, close, tls};
+use crate::quic::{FrameReader, FrameWriter, close, tls};
 use crate::shutdown::Shutdown;
 use crate::wire::{ClientHello, Frame, PROTOCOL_VERSION, RejectCode, ServerHello};
 pub use api::{ApiClient, ApiError, ServerInfo};
@@ -129,7 +129,8 @@ pub enum Event {
     /// per run, while it goes on, since a network that drops UDP shows
     /// nothing else until the attempt times out.
     SlowConnect {
-        /// The QUIC address it is trying.
+        /// The QUIC address it is trying (`a and b` when the server's name
+        /// has several and more than one is being tried).
         to: String,
         /// How long it has been trying.
         waited: Duration,
@@ -349,8 +350,8 @@ fn jitter(d: Duration) -> Duration {
 /// followed: such a certificate is verified for the host of the server's
 /// URL, which nobody in the middle can present one for.
 ///
-/// `slow`, if given, hears the QUIC address once the QUIC handshake has taken
-/// [`SLOW_CONNECT`] (the attempt goes on).
+/// `slow`, if given, hears the QUIC addresses being tried once the QUIC
+/// handshake has taken [`SLOW_CONNECT`] (the attempt goes on).
 async fn connect(
     api: &ApiClient,
     config: &ClientConfig,
@@ -367,12 +368,7 @@ async fn connect(
         Some(addr) => addr,
         None => forward::authority(&base_host, info.quic_port),
     };
-    let addr: SocketAddr = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host(&target))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Attempt::Retry(format!("cannot resolve QUIC address {target}")))?;
+    let addrs = dial::resolve(&target).await?;
     let announced = info.cert_fingerprint.as_deref();
     let pin = match (config.fingerprint.as_deref(), &*learned, announced) {
         (Some(given), ..) => Some(given.to_owned()),
@@ -406,45 +402,7 @@ async fn connect(
     };
     let refusal = tls::Refusal::default();
     let crypto = trust.client_config_noting(&refusal);
-    let endpoint = quic::client_endpoint_with_tls(addr, crypto).map_err(|e| Attempt::Retry(e.to_string()))?;
-    let connecting = endpoint.connect(addr, &server_name).map_err(|e| Attempt::Retry(e.to_string()))?;
-    // The API answered (the address came from there), QUIC did not: by our
-    // deadline, or by quinn's idle timeout during the handshake.
-    let silent = || {
-        Attempt::Retry(format!(
-            "timed out connecting over QUIC to {addr} (is UDP to it blocked? `--ws` tunnels over the HTTP port \
-             instead)"
-        ))
-    };
-    let connecting = tokio::time::timeout(CONNECT_TIMEOUT, connecting);
-    tokio::pin!(connecting);
-    let connected = match slow {
-        Some(tell) => tokio::select! {
-            connected = &mut connecting => connected,
-            () = tokio::time::sleep(SLOW_CONNECT) => {
-                tell(addr.to_string());
-                connecting.await
-            }
-        },
-        None => connecting.await,
-    };
-    let conn = connected.map_err(|_| silent())?.map_err(|e| {
-        match refusal.take() {
-            // Fatal on a reconnection too: a server restarted with a certificate
-            // we cannot trust is not fixed by waiting, and a silent retry loop
-            // would hide a possible interception.
-            Some(refused) => Attempt::Fatal(refused.into()),
-            None if e == quinn::ConnectionError::TimedOut => silent(),
-            // (The server is setting up as many connections as it takes at
-            // once: a restart's reconnect storm, or a flood.)
-            None if matches!(&e, quinn::ConnectionError::ConnectionClosed(c)
-                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED) =>
-            {
-                Attempt::Retry(format!("the server at {addr} is busy setting up other connections"))
-            }
-            None => Attempt::Retry(format!("QUIC connection to {addr} failed: {e}")),
-        }
-    })?;
+    let (endpoint, conn) = dial::dial(&addrs, &crypto, &refusal, &server_name, slow).await?;
     if config.fingerprint.is_none() && learned.is_none() {
         *learned = Some(pin.map_or(Learned::Roots, Learned::Pin));
     }
