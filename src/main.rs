@@ -317,7 +317,7 @@ struct ServerArgs {
     webhook_timeout: u64,
     /// Allow webhook URLs on loopback, private and link-local addresses (refused by default so a
     /// webhook cannot reach the server's own network; needed when everything runs on one machine).
-    #[arg(long, env = "HOOKWAY_ALLOW_PRIVATE_WEBHOOKS")]
+    #[arg(long, env = "HOOKWAY_ALLOW_PRIVATE_WEBHOOKS", value_parser = clap::builder::BoolishValueParser::new())]
     allow_private_webhooks: bool,
     /// Bytes kept of each captured request and response body for inspection (0 keeps none).
     #[arg(long, env = "HOOKWAY_CAPTURE_BODY_LIMIT", default_value_t = hookway::server::capture::DEFAULT_BODY_LIMIT)]
@@ -335,7 +335,7 @@ struct ServerArgs {
     #[arg(long, env = "HOOKWAY_CAPTURE_MAX_AGE", value_parser = hookway::notify::retry::parse_duration)]
     capture_max_age: Option<Duration>,
     /// Capture no requests at all: the inspection API and `tunnels monitor` then show nothing.
-    #[arg(long, env = "HOOKWAY_NO_CAPTURE")]
+    #[arg(long, env = "HOOKWAY_NO_CAPTURE", value_parser = clap::builder::BoolishValueParser::new())]
     no_capture: bool,
 }
 
@@ -727,6 +727,7 @@ fn keys(cmd: KeysCommand) -> Result<()> {
 /// Prints errors as one readable chain (`a: b: c`), never a backtrace: they are
 /// messages for the user, not crashes.
 fn main() -> std::process::ExitCode {
+    unset_empty_settings();
     let cli = parse();
     let json = cli.client.json;
     match real_main(cli) {
@@ -735,6 +736,26 @@ fn main() -> std::process::ExitCode {
             eprintln!("{}", error_line(&err, json));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Takes empty `HOOKWAY_*` variables for unset, as a compose file's `${VAR}`
+/// of an unset `VAR` makes them: `HOOKWAY_DOMAIN=` was an invalid domain and
+/// `HOOKWAY_REQUEST_TIMEOUT=` an invalid number, naming the flag, not the
+/// variable. (Not `HOOKWAY_API_KEY`: an empty key is said to be empty, since
+/// a client given none may be one that was meant to have one.)
+fn unset_empty_settings() {
+    let empty: Vec<std::ffi::OsString> = std::env::vars_os()
+        .filter(|(name, value)| {
+            value.is_empty()
+                && name.to_str().is_some_and(|name| name.starts_with("HOOKWAY_") && name != "HOOKWAY_API_KEY")
+        })
+        .map(|(name, _)| name)
+        .collect();
+    for name in empty {
+        // SAFETY: the first thing `main` does, while this is the only thread
+        // (mimalloc's initializer before it starts none).
+        unsafe { std::env::remove_var(name) };
     }
 }
 

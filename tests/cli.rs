@@ -939,6 +939,28 @@ async fn the_server_starts_whatever_hookway_server_says() {
     assert!(err.contains("http:// or https://"), "{err}");
 }
 
+/// Empty `HOOKWAY_*` variables (a compose file's `${VAR}` of an unset `VAR`)
+/// count as unset, and switches take the usual words for yes and no.
+#[tokio::test]
+async fn empty_settings_are_unset_and_switches_take_yes_and_1() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    for empty in ["HOOKWAY_DOMAIN", "HOOKWAY_PUBLIC_URL", "HOOKWAY_TLS_CERT", "HOOKWAY_REQUEST_TIMEOUT"] {
+        cmd.env(empty, "");
+    }
+    cmd.env("HOOKWAY_NO_CAPTURE", "1").env("HOOKWAY_ALLOW_PRIVATE_WEBHOOKS", "yes");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let capture = line_with(&mut lines, "Capture:").await;
+    assert!(capture.contains("off (--no-capture)"), "{capture}");
+    // A word that is neither is refused before anything starts.
+    let out = server_command("127.0.0.1:0", dir.path()).env("HOOKWAY_NO_CAPTURE", "maybe").output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("'maybe'") && err.contains("--no-capture"), "{err}");
+}
+
 /// Sends `signal` (`-TERM`, `-INT`) to the process `pid`.
 fn kill(signal: &str, pid: u32) {
     let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
