@@ -118,8 +118,19 @@ impl Identity {
             return Err(TlsError::Pem { path: cert.into(), what: "no certificate found".into() });
         }
         let key_path = key;
-        let key = PrivateKeyDer::from_pem_file(key_path)
-            .map_err(|e| TlsError::Pem { path: key_path.into(), what: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+            let what = match e {
+                // (pem's "no items found": a certificate given as the key, an
+                // encrypted key, or a file that is no PEM at all.)
+                rustls::pki_types::pem::Error::NoItemsFound => "no private key found: give an unencrypted PEM key \
+                                                                 (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY); \
+                                                                 an encrypted one must be decrypted first \
+                                                                 (openssl pkey -in key.pem -out plain.pem)"
+                    .to_owned(),
+                other => other.to_string(),
+            };
+            TlsError::Pem { path: key_path.into(), what }
+        })?;
         let identity = Self { chain, key, self_signed: false };
         // Checked here, so that `server_config` cannot fail later: a key of
         // another certificate, or of a kind ring cannot sign with.
@@ -522,6 +533,18 @@ mod tests {
         let err = Identity::from_pem_files(&a.join("cert.pem"), &b.join("key.pem")).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
         assert!(err.to_string().ends_with("cannot be used together: the key is not the certificate's"), "{err}");
+        // The certificate given as the key, or an encrypted key: no key is
+        // found, and the error says what is wanted (pem says "no items found").
+        let encrypted = dir.path().join("encrypted.pem");
+        std::fs::write(
+            &encrypted,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        for key in [a.join("cert.pem"), encrypted] {
+            let err = Identity::from_pem_files(&a.join("cert.pem"), &key).unwrap_err().to_string();
+            assert!(err.contains("no private key found") && err.contains("unencrypted"), "{err}");
+        }
     }
 
     /// Issue: with one of the two files gone, a start generated a new pair
