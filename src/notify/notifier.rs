@@ -349,8 +349,13 @@ impl Notifier {
                         self.wake.notify_one();
                     }
                 }
-                Err(err) if stopping => {
+                Err(err) if stopping && n > 0 => {
                     tracing::error!(%err, events, deliveries = n, "stopping: webhook deliveries the outbox refused are lost");
+                }
+                // (Only the sessions' marks, with no webhook to hear of them:
+                // the next start may owe disconnects nobody listens for.)
+                Err(err) if stopping => {
+                    tracing::warn!(%err, events, "stopping: the outbox refused the last session events (no webhook listens for them)");
                 }
                 Err(err) => {
                     tracing::error!(%err, events, deliveries = n, retry_in = ?backoff, "cannot write webhook deliveries to the outbox: kept, to try again");

@@ -301,17 +301,17 @@ impl State {
         }
     }
 
-    /// Writes dirty counters to the store.
-    async fn flush_counters(&self) {
+    /// Writes dirty counters to the store; the error if that failed (they
+    /// stay dirty, for the next try).
+    async fn flush_counters(&self) -> Result<(), StoreError> {
         let updates = self.registry.dirty_counters();
         if updates.is_empty() {
-            return;
+            return Ok(());
         }
         let batch = updates.clone();
-        match self.store.run(move |s| s.save_counters(&batch)).await {
-            Ok(()) => self.registry.mark_persisted(&updates),
-            Err(err) => tracing::warn!(%err, "could not persist request counters; will retry"),
-        }
+        self.store.run(move |s| s.save_counters(&batch)).await?;
+        self.registry.mark_persisted(&updates);
+        Ok(())
     }
 }
 
@@ -597,8 +597,24 @@ impl Server {
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(COUNTER_FLUSH_INTERVAL);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // A store that fails (a full disk) fails every second: said
+                // once a minute, with how many tries failed, and when it works again.
+                let mut log = log_limit::LogLimit::new(Duration::from_secs(60));
+                let mut failing = 0u64;
                 while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
-                    state.flush_counters().await;
+                    match state.flush_counters().await {
+                        Ok(()) if failing > 0 => {
+                            tracing::info!(failed_tries = failing, "request counters are persisted again");
+                            failing = 0;
+                        }
+                        Ok(()) => {}
+                        Err(err) => {
+                            failing += 1;
+                            if let Some(unlogged) = log.admit(std::time::Instant::now()) {
+                                tracing::warn!(%err, failed_since_last_said = unlogged, "could not persist request counters; retrying every second");
+                            }
+                        }
+                    }
                 }
             })
         };
@@ -632,7 +648,9 @@ impl Server {
         let _ = notifier.await;
         let _ = capture.await;
         let _ = flusher.await;
-        state.flush_counters().await;
+        if let Err(err) = state.flush_counters().await {
+            tracing::warn!(%err, "could not persist the last request counts: they are lost");
+        }
         drop(dir_lock);
         tracing::info!("server stopped");
     }
