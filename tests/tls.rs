@@ -385,3 +385,45 @@ async fn a_verified_certificate_must_be_for_the_servers_own_host() {
     let err = refusal(connect_cli(&server, &[], &[("SSL_CERT_FILE", &ca.cert)]).await).await;
     assert!(err.contains("not issued for 127.0.0.1"), "{err}");
 }
+
+/// An `https://` server URL whose certificate a private CA issued (a TLS
+/// terminator in front of the server) says how to trust that CA, as QUIC's
+/// refusal does, rather than rustls's `UnknownIssuer` alone.
+#[tokio::test]
+async fn an_https_api_behind_a_private_ca_says_how_to_trust_it() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, leaf) = private_ca(dir.path());
+    hookway::quic::tls::install_default_provider();
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&leaf.cert).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap(),
+    );
+    // A TLS terminator that completes handshakes and then says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { continue };
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let _ = tls.complete_io(&mut stream);
+        }
+    });
+    let run = |extra: Option<&Path>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+        cmd.args(["tunnels", "list", "--server", &format!("https://127.0.0.1:{}", addr.port()), "--api-key", "k"]);
+        if let Some(ca) = extra {
+            cmd.env("SSL_CERT_FILE", ca);
+        }
+        cmd.output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), run(None)).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("private CA") && err.contains("SSL_CERT_FILE"), "{err}");
+    // Trusted that way, the handshake passes (and the silent terminator is the trouble).
+    let out = tokio::time::timeout(Duration::from_secs(40), run(Some(&ca.cert))).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("private CA"), "{err}");
+}

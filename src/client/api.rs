@@ -45,8 +45,19 @@ fn root_cause(err: &reqwest::Error) -> String {
 /// plain HTTP (hookway's listener is plain HTTP unless a TLS terminator
 /// stands in front of it): rustls reports "corrupt message".
 fn tls_hint(url: &str, err: &reqwest::Error) -> &'static str {
-    let plain = url.starts_with("https://") && crate::error_chain(err).contains("InvalidContentType");
-    if plain { " (the server answered in plain HTTP: use an http:// URL)" } else { "" }
+    if !url.starts_with("https://") {
+        return "";
+    }
+    let chain = crate::error_chain(err);
+    if chain.contains("InvalidContentType") {
+        " (the server answered in plain HTTP: use an http:// URL)"
+    } else if chain.contains("UnknownIssuer") {
+        // As QUIC's refusal says: a private CA is trusted through the variables
+        // rustls-native-certs reads.
+        " (a certificate from a private CA: set SSL_CERT_FILE to a file holding that CA, or SSL_CERT_DIR)"
+    } else {
+        ""
+    }
 }
 
 /// `GET /api/info`: how to reach the QUIC listener and whom to trust.
