@@ -974,7 +974,13 @@ fn raise_open_file_limit() -> u64 {
 /// the command that exposes a port (with the key, on the first start).
 fn banner(server: &Server, data_dir: &std::path::Path) -> String {
     let mut text = format!("hookway server {}\n", env!("CARGO_PKG_VERSION"));
-    text += &format!("  Public URL:    {}   (tunnels at /t/<subdomain>, API at /api)\n", server.public_url());
+    // (Under the public URL's path, if it has one.)
+    let url = server.public_url();
+    let prefix = url.parse::<http::Uri>().map(|u| u.path().trim_end_matches('/').to_owned()).unwrap_or_default();
+    text += &format!("  Public URL:    {url}   (tunnels at {prefix}/t/<subdomain>, API at {prefix}/api)\n");
+    if let Some(hosts) = server.host_url_pattern() {
+        text += &format!("  Host URLs:     {hosts}\n");
+    }
     text += &format!("  HTTP listen:   {}\n", server.http_addr());
     text += &format!("  QUIC listen:   udp {}\n", server.quic_addr());
     text += &match server.fingerprint() {

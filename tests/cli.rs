@@ -939,6 +939,22 @@ async fn the_server_starts_whatever_hookway_server_says() {
     assert!(err.contains("http:// or https://"), "{err}");
 }
 
+/// The banner says where tunnels and the API are under a public URL's path,
+/// and the shape of host-based URLs when there is a domain.
+#[tokio::test]
+async fn the_banner_names_the_path_and_the_host_urls() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server_command("127.0.0.1:0", dir.path());
+    cmd.args(["--public-url", "https://example.com/hooks", "--domain", "t.example.com"]);
+    let mut child = cmd.stdout(std::process::Stdio::piped()).kill_on_drop(true).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let public = line_with(&mut lines, "Public URL:").await;
+    assert!(public.ends_with("(tunnels at /hooks/t/<subdomain>, API at /hooks/api)"), "{public}");
+    let hosts = line_with(&mut lines, "Host URLs:").await;
+    assert!(hosts.ends_with("https://<subdomain>.t.example.com"), "{hosts}");
+}
+
 /// Empty `HOOKWAY_*` variables (a compose file's `${VAR}` of an unset `VAR`)
 /// count as unset, and switches take the usual words for yes and no.
 #[tokio::test]

@@ -540,6 +540,13 @@ impl Server {
         &self.state.config.public_url
     }
 
+    /// A tunnel's host-based URL, as `{subdomain}` stands in it (with
+    /// `--domain`).
+    pub fn host_url_pattern(&self) -> Option<String> {
+        let domain = self.state.config.domain.as_deref()?;
+        Some(host_url(self.state.config.scheme, "<subdomain>", domain, self.state.config.public_port))
+    }
+
     /// Whether requests are recorded for inspection (not with `--no-capture`).
     pub fn captures(&self) -> bool {
         self.state.capture.config().enabled
