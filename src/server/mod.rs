@@ -412,7 +412,7 @@ impl Server {
             .map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
         let http_addr = http.local_addr().map_err(|source| ServerError::Bind { addr: config.http_addr, source })?;
         let public_url = match &config.public_url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
+            Some(url) => normalized_url(url),
             None => {
                 // (A socket address prints an IPv6 host in brackets.)
                 let ip = if http_addr.ip().is_unspecified() { [127, 0, 0, 1].into() } else { http_addr.ip() };
@@ -725,6 +725,19 @@ impl PublicUrl {
     }
 }
 
+/// `url` as URLs are compared and printed: scheme and host in lower case, a
+/// scheme's default port left out, no trailing slash (`HTTPS://Hooks.Example.COM:443/`
+/// is `https://hooks.example.com`), so that tunnel URLs and host-based URLs
+/// read alike. As given if it does not parse: [`PublicUrl::parse`] says why.
+fn normalized_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() && url.contains("://") => {
+            parsed.as_str().trim_end_matches('/').to_owned()
+        }
+        _ => url.trim_end_matches('/').to_owned(),
+    }
+}
+
 /// `{scheme}://{subdomain}.{domain}[:port]`: a tunnel's host-based URL, with
 /// the public URL's scheme and explicit port. The CLI makes it too, from
 /// `/api/info`, for answers that do not carry it.
@@ -919,6 +932,18 @@ mod tests {
         assert!(exposure_warnings(http, at("0.0.0.0:4443"), "tunnels.example.com", &public).is_empty());
         assert!(exposure_warnings(http, quic, "tunnels.example.com", &pinned).is_empty());
         assert!(exposure_warnings(http, quic, "localhost", &public).is_empty());
+    }
+
+    #[test]
+    fn public_urls_read_as_urls_are_compared() {
+        use super::normalized_url;
+        assert_eq!(normalized_url("HTTPS://Hooks.Example.COM:443/"), "https://hooks.example.com");
+        assert_eq!(normalized_url("http://h.test:80/hooks/"), "http://h.test/hooks");
+        assert_eq!(normalized_url("http://h.test:8080/hooks"), "http://h.test:8080/hooks");
+        assert_eq!(normalized_url("http://[::1]:8080"), "http://[::1]:8080");
+        // What does not parse is left for the checks that say why.
+        assert_eq!(normalized_url("http://h.test:99999"), "http://h.test:99999");
+        assert_eq!(normalized_url("ftp:/x"), "ftp:/x");
     }
 
     #[test]
