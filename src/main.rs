@@ -604,6 +604,11 @@ fn fingerprint(s: &str) -> Result<String, String> {
 /// `host:port` would fail later with a cryptic URL error.
 fn server_url(s: &str) -> Result<String, String> {
     const HINT: &str = "--server is the server's base URL, like http://127.0.0.1:8080";
+    // (`127.0.0.1:8080` is no URL at all to the parser; `localhost:8080` one
+    // of scheme `localhost`: either lacks the same thing.)
+    if !s.contains("://") {
+        return Err(format!("{HINT}: it starts with http:// or https://"));
+    }
     let url = url::Url::parse(s).map_err(|e| format!("{HINT} ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
         return Err(format!("{HINT}: it starts with http:// or https://"));

@@ -671,12 +671,19 @@ async fn a_closed_stdout_ends_a_listing_quietly() {
 async fn flags_that_cannot_work_are_refused_up_front() {
     let server = TestServer::start().await;
     let tunnel_url = format!("{}/t/some-tunnel", server.url);
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["server", "--request-timeout", "0"], "not in 1..=604800"),
         (&["server", "--ws-ping-interval", "0"], "not in 1..=604800"),
         (&["start", "0"], "port 0"),
         (&["start", "3000", "--fingerprint", "deadbeef"], "64 hex digits"),
-        (&["start", "3000", "--server", "127.0.0.1:8080"], "base URL"),
+        (
+            &["start", "3000", "--server", "127.0.0.1:8080"],
+            "base URL, like http://127.0.0.1:8080: it starts with http://",
+        ),
+        (
+            &["start", "3000", "--server", "localhost:8080"],
+            "base URL, like http://127.0.0.1:8080: it starts with http://",
+        ),
         (&["tunnels", "list", "--server", &tunnel_url], "not a tunnel's public URL"),
         (&["tunnels", "list", "--server", "ftp://127.0.0.1:8080"], "http:// or https://"),
     ];
