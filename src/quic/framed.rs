@@ -333,7 +333,6 @@ impl FrameWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quic::{client_endpoint, server_endpoint, tls};
 
     /// A real loopback QUIC connection, client side first.
     struct Pair {
@@ -344,14 +343,7 @@ mod tests {
 
     impl Pair {
         async fn new() -> Self {
-            let dir = tempfile::tempdir().unwrap();
-            let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-            let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
-            let addr = server.local_addr().unwrap();
-            let client = client_endpoint(addr, &tls::Trust::pinned(&identity.fingerprint()).unwrap()).unwrap();
-            let accept = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
-            let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-            let server = accept.await.unwrap();
+            let (conn, server, dir) = crate::quic::loopback_pair().await;
             // Streams of the client's own, many and large: what the server
             // allows only a client that authenticated (one stream, a small
             // window before), which is not what these tests are about.

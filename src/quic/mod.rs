@@ -218,6 +218,22 @@ pub fn client_endpoint_with_tls(
     Ok(endpoint)
 }
 
+/// A real loopback connection between a client endpoint and a server one, as
+/// tests of this layer need it: (client's side, server's side, the directory
+/// holding the server's certificate). The server's side is as a new client's
+/// is before its hello: one stream of the client's, a small window.
+#[cfg(test)]
+pub(crate) async fn loopback_pair() -> (quinn::Connection, quinn::Connection, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
+    let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let client = client_endpoint(addr, &tls::Trust::pinned(&identity.fingerprint()).unwrap()).unwrap();
+    let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
+    let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+    (conn, accepted.await.unwrap(), dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,24 +244,17 @@ mod tests {
     #[tokio::test]
     async fn loopback_connection_transfers_and_discovers_mtu() {
         const BURST: usize = 16 << 20;
-        let dir = tempfile::tempdir().unwrap();
-        let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
-        let addr = server.local_addr().unwrap();
-        let trust = tls::Trust::pinned(&identity.fingerprint()).unwrap();
-        let client = client_endpoint(addr, &trust).unwrap();
+        let (conn, server_conn, _dir) = loopback_pair().await;
+        // (As the server does once a client's hello checks out.)
+        open_receive_window(&server_conn);
         let accept = tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().await.unwrap();
-            // (As the server does once a client's hello checks out.)
-            open_receive_window(&conn);
             let mut lens = Vec::new();
             for _ in 0..2 {
-                let (_send, mut recv) = conn.accept_bi().await.unwrap();
+                let (_send, mut recv) = server_conn.accept_bi().await.unwrap();
                 lens.push(recv.read_to_end(BURST).await.unwrap().len());
             }
-            (lens, conn)
+            (lens, server_conn)
         });
-        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
         let burst = |conn: quinn::Connection| async move {
             let (mut send, _recv) = conn.open_bi().await.unwrap();
             send.write_chunk(bytes::Bytes::from(vec![1u8; BURST])).await.unwrap();
@@ -286,15 +295,7 @@ mod tests {
     /// stream's full window.
     #[tokio::test]
     async fn a_server_connection_takes_one_stream_and_little_data_until_opened() {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
-        let server = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity, None, &Default::default()).unwrap();
-        let addr = server.local_addr().unwrap();
-        let trust = tls::Trust::pinned(&identity.fingerprint()).unwrap();
-        let client = client_endpoint(addr, &trust).unwrap();
-        let accepted = tokio::spawn(async move { server.accept().await.unwrap().await.unwrap() });
-        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
-        let server_conn = accepted.await.unwrap();
+        let (conn, server_conn, _dir) = loopback_pair().await;
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         let second = tokio::time::timeout(std::time::Duration::from_millis(300), conn.open_bi()).await;
         assert!(second.is_err(), "a second stream of the client's was allowed");
