@@ -699,31 +699,21 @@ async fn records_the_store_refuses_for_a_while_are_stored_once_it_takes_them() {
 
 /// Behind a reverse proxy named in `--trusted-proxies`, the caller recorded is
 /// the one the proxy wrote into `X-Forwarded-For` (the last address that is
-/// not a trusted proxy), not the proxy, and the app gets the proxy's
-/// `X-Forwarded-Proto` and `-Host` (the scheme and host the caller used); from
-/// any other peer such headers are not believed.
+/// not a trusted proxy), not the proxy; from any other peer such a header is
+/// not believed.
 #[tokio::test]
-async fn a_trusted_proxys_forwarded_headers_name_the_caller() {
+async fn a_trusted_proxys_forwarded_for_names_the_caller() {
     let behind = start_with(|c| c.trusted_proxies = "127.0.0.1,::1".parse().unwrap()).await;
     let direct = Setup::new().await;
-    let cases = [
-        (&behind, "203.0.113.7", "https", "hooks.example.com".to_owned()),
-        (&direct, "127.0.0.1", "http", direct.server.http.to_string()),
-    ];
-    for (s, caller, proto, host) in cases {
+    for (s, caller) in [(&behind, "203.0.113.7"), (&direct, "127.0.0.1")] {
         let resp = http()
             .post(s.url("/echo"))
             .header("x-forwarded-for", "6.6.6.6, 203.0.113.7")
-            .header("x-forwarded-proto", "https")
-            .header("x-forwarded-host", "hooks.example.com")
             .body("x")
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let seen: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(seen["headers"]["x-forwarded-proto"], proto, "{seen}");
-        assert_eq!(seen["headers"]["x-forwarded-host"], host.as_str(), "{seen}");
         let list = wait_for_records(&s.server, &s.tunnel_id, 1).await;
         assert_eq!(list[0]["clientIp"], caller, "{}", list[0]);
     }

@@ -470,12 +470,11 @@ fn caller(state: &State, peer: SocketAddr, headers: &HeaderMap, replay: bool) ->
 
 /// Adds `X-Forwarded-For/-Proto/-Host`; the host is the request's URI
 /// authority when it has one (HTTP/2, which has no `Host` header), else its `Host`.
-/// A trusted proxy's own `-Proto` and `-Host` pass on as it wrote them: they
-/// name the scheme and host its caller used (an nginx that sends `Host:
-/// $proxy_host` names the internal address in `Host`), which an app that
-/// signs over its full URL needs.
+/// (Always the edge's own `-Proto` and `-Host`, even from a trusted proxy: a
+/// proxy passes on what its caller wrote unless told to overwrite them, and an
+/// app that builds links or checks signatures from them would be the caller's
+/// to steer.)
 fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, authority: Option<&Authority>) {
-    let from_proxy = state.config.trusted_proxies.trusts_peer(peer.ip());
     let ip = peer.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -484,9 +483,7 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
     if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
-    if !(from_proxy && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(state.config.scheme));
-    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(state.config.scheme));
     let host = match authority {
         // The request was routed by this authority (HTTP/2's `:authority`, or
         // an HTTP/1.1 target in absolute form), so the app gets it as its
@@ -503,9 +500,7 @@ fn add_forwarded(headers: &mut HeaderMap, state: &State, peer: SocketAddr, autho
         }
         None => headers.get(header::HOST).cloned(),
     };
-    if let Some(host) = host
-        && !(from_proxy && headers.contains_key(&X_FORWARDED_HOST))
-    {
+    if let Some(host) = host {
         headers.insert(&X_FORWARDED_HOST, host);
     }
 }

@@ -31,12 +31,6 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
-    /// Whether a request from `peer` came through a trusted proxy, whose
-    /// `X-Forwarded-Proto` and `-Host` say what the caller used.
-    pub fn trusts_peer(&self, peer: IpAddr) -> bool {
-        !self.0.is_empty() && self.trusts(peer.to_canonical())
-    }
-
     /// The caller of a request that came from `peer` with `headers`.
     pub fn caller(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let peer = peer.to_canonical();
