@@ -160,7 +160,21 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketA
     if head {
         *req.method_mut() = Method::GET;
     }
-    let resp = answer(&state, req, peer).await;
+    let resp = if head || req.method() == Method::GET {
+        answer(&state, req, peer).await
+    } else {
+        // A change runs to its end in a task of its own, whether or not its
+        // caller waits for the answer: dropped between the store's write and
+        // memory's (a client's timeout, an HTTP/2 reset), a new token was
+        // stored and the old one still taken until a restart.
+        match tokio::spawn(async move { answer(&state, req, peer).await }).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                tracing::error!(%err, "an API call failed");
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+            }
+        }
+    };
     if !head {
         return resp;
     }
