@@ -1539,8 +1539,14 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
             if !client.json {
                 eprintln!("No --token given: issued a new auth token for {id} (the previous one no longer works).");
             }
-            // (Its wsUrl is made of the public URL: see `start`. Made below
-            // of the server URL instead.)
+            // (Its wsUrl is made of the public URL: see `start`. Made of the
+            // server URL instead, here, from the answer: a lookup after the new
+            // token that failed would lose the token.)
+            if connect.ws
+                && let Some(tunnel) = &creds.tunnel
+            {
+                ws_url = Some(parse_ws_url(&ws_url_for(&client.server, &tunnel.subdomain, &id, &creds.auth_token)?)?);
+            }
             creds.auth_token
         }
     };

@@ -112,6 +112,9 @@ pub struct Credentials {
     pub auth_token: String,
     /// WebSocket URL carrying it.
     pub ws_url: String,
+    /// The tunnel (absent from an older server's answer).
+    #[serde(default)]
+    pub tunnel: Option<TunnelSummary>,
 }
 
 /// The fields of a tunnel object the client needs.
