@@ -505,8 +505,7 @@ async fn malformed_or_doubled_authorization_is_refused() {
 
 /// Changes to one tunnel are made one at a time: after token regenerations at
 /// once, the one token the server accepts is the one its store keeps (else a
-/// restart would refuse the token in use and bring back a revoked one), and a
-/// change racing a delete does not outlive it.
+/// restart would refuse the token in use and bring back a revoked one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_changes_to_a_tunnel_leave_the_store_as_the_server() {
     let server = TestServer::start().await;
@@ -537,18 +536,5 @@ async fn concurrent_changes_to_a_tunnel_leave_the_store_as_the_server() {
         assert_eq!(good.len(), 1, "round {round}: {good:?}");
         let stored = server.store.blocking().load_tunnels().unwrap().into_iter().find(|t| t.id == id).unwrap();
         assert_eq!(stored.token_hash, hookway::server::names::hash_secret(&good[0]), "round {round}");
-    }
-
-    for round in 0..10 {
-        let (tid, _, _) = create_tunnel(&server, None).await;
-        let path = format!("/api/tunnels/{tid}");
-        let rename = json!({ "name": "patched" });
-        let (patched, deleted) =
-            tokio::join!(api.call(Method::PATCH, &path, Some(&rename)), api.call(Method::DELETE, &path, None));
-        deleted.unwrap();
-        assert!(patched.is_ok() || patched.unwrap_err().to_string().contains("not found"), "round {round}");
-        assert_eq!(send(&server, Method::GET, &path, &bearer()).await.status(), 404, "round {round}");
-        let stored = server.store.blocking().load_tunnels().unwrap();
-        assert!(!stored.iter().any(|t| t.id == tid), "round {round}: the deleted tunnel is stored");
     }
 }
