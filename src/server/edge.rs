@@ -688,8 +688,15 @@ fn response(
     let frames = stream::unfold(Some((reader, owed)), |state| async move {
         let (mut reader, owed) = state?;
         let failed = match reader.next().await {
-            Ok(Some(Frame::Body(data))) => {
-                let owed = owed.map(|n| n.saturating_sub(data.len() as u64));
+            // More than it declared: the caller has its answer whole; the
+            // rest goes nowhere (hyper's HTTP/2 sent it on, a protocol error
+            // to the caller).
+            Ok(Some(Frame::Body(_))) if owed == Some(0) => return None,
+            Ok(Some(Frame::Body(mut data))) => {
+                if let Some(n) = owed.filter(|&n| data.len() as u64 > n) {
+                    data.truncate(n as usize);
+                }
+                let owed = owed.map(|n| n - data.len() as u64);
                 let whole = owed.is_none_or(|n| n == 0);
                 let more = (!(whole && reader.end_is_next())).then_some((reader, owed));
                 return Some((Ok(BodyFrame::data(data)), more));
