@@ -209,31 +209,49 @@ async fn after_leaving_pings_are_not_answered_and_the_control_streams_end_closes
     assert_eq!(closed_with(&conn).await, close::NORMAL);
 }
 
-/// Connections that never say who they are each hold a handshake slot until
-/// their handshake times out; past `MAX_HANDSHAKES` of them new connections
-/// are refused at once, and a slot freed is taken again. A client that
-/// authenticates gives its slot back: live tunnels do not count.
+/// A client endpoint bound to `ip` (any of 127/8 is this machine), trusting
+/// `server`'s certificate.
+async fn endpoint_on(server: &TestServer, ip: &str) -> quinn::Endpoint {
+    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
+    let tls = hookway::quic::tls::Trust::pinned(&fp).unwrap().client_config();
+    let config =
+        quinn::ClientConfig::new(std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    let mut endpoint = quinn::Endpoint::client(format!("{ip}:0").parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+/// Connections that never say who they are each hold a handshake place until
+/// their handshake times out: one address has at most `MAX_HANDSHAKES_PER_IP`
+/// of them and all together `MAX_HANDSHAKES`; past either, new connections are
+/// refused at once, and places freed are taken again. A client that
+/// authenticates gives its place back: live tunnels do not count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_that_never_finish_are_bounded() {
-    use hookway::server::session::MAX_HANDSHAKES;
+    use hookway::server::session::{MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP};
     let server = TestServer::start().await;
     let (id, token, _) = create_tunnel(&server, None).await;
-    let fp = server.api().info().await.unwrap().cert_fingerprint.unwrap();
-    let endpoint =
-        hookway::quic::client_endpoint(server.quic, &hookway::quic::tls::Trust::pinned(&fp).unwrap()).unwrap();
-    // One that authenticates first: it must not keep a slot.
+    // One that authenticates first: it must not keep a place.
     let (_live, _control_tx, _control_rx) = live_peer(&server, &id, &token).await;
-    let connect = || async { endpoint.connect(server.quic, "localhost").unwrap().await };
-    let mut silent = Vec::new();
-    for _ in 0..MAX_HANDSHAKES {
-        silent.push(connect().await.expect("within the handshake budget"));
-    }
-    match connect().await {
+    let refused = |outcome: Result<quinn::Connection, quinn::ConnectionError>| match outcome {
         Err(quinn::ConnectionError::ConnectionClosed(close)) => {
-            assert_eq!(close.error_code, quinn::TransportErrorCode::CONNECTION_REFUSED)
+            close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
         }
-        other => panic!("expected a refusal past {MAX_HANDSHAKES} handshakes, got {other:?}"),
+        _ => false,
+    };
+    let mut silent = Vec::new();
+    let mut ips = 0;
+    for (i, host) in (1..=MAX_HANDSHAKES / MAX_HANDSHAKES_PER_IP + 1).map(|i| (i, format!("127.0.0.{i}"))) {
+        let endpoint = endpoint_on(&server, &host).await;
+        let room = MAX_HANDSHAKES - silent.len();
+        for _ in 0..MAX_HANDSHAKES_PER_IP.min(room) {
+            silent.push(endpoint.connect(server.quic, "localhost").unwrap().await.expect("within the budget"));
+        }
+        let past = endpoint.connect(server.quic, "localhost").unwrap().await;
+        assert!(refused(past), "{host}: past its share or the whole budget, refused");
+        ips = i;
     }
+    assert_eq!((silent.len(), ips), (MAX_HANDSHAKES, MAX_HANDSHAKES / MAX_HANDSHAKES_PER_IP + 1));
     // A tunnel client meeting the refusal says why, and retries.
     let (id2, token2, _) = create_tunnel(&server, None).await;
     let mut client = TestClient::spawn(&server, &id2, &token2, closed_port().await);
@@ -241,7 +259,7 @@ async fn handshakes_that_never_finish_are_bounded() {
         hookway::client::Event::Reconnecting { reason, .. } => assert!(reason.contains("busy"), "{reason}"),
         other => panic!("expected a retry, got {other:?}"),
     }
-    // Slots freed are taken again: it connects.
+    // Places freed are taken again: it connects.
     for conn in silent.drain(..) {
         conn.close(0u32.into(), b"bye");
     }
@@ -434,7 +452,7 @@ async fn a_client_taking_no_stream_is_a_timeout_that_says_so() {
 
 /// A client that answers at once and then reads no more of a large upload
 /// does not hold the upload, or its caller's connection, for ever: once none
-/// of it has moved for the request timeout, the edge lets both go.
+/// of it has moved for twice the request timeout, the edge lets both go.
 #[tokio::test]
 async fn an_upload_the_client_stops_taking_after_answering_is_ended() {
     use tokio::io::AsyncWriteExt;

@@ -612,7 +612,8 @@ impl Server {
                     match state.flush_counters().await {
                         Ok(()) if failing > 0 => {
                             tracing::info!(failed_tries = failing, "request counters are persisted again");
-                            failing = 0;
+                            // (A new failure is a new story: said at once.)
+                            (failing, log) = (0, log_limit::LogLimit::new(Duration::from_secs(60)));
                         }
                         Ok(()) => {}
                         Err(err) => {

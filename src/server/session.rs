@@ -37,6 +37,10 @@ pub const LEFT_DRAIN: Duration = Duration::from_secs(10);
 /// handshake takes a round trip or two, so even a restart's reconnect storm
 /// of thousands of tunnels passes it in a few seconds.
 pub const MAX_HANDSHAKES: usize = 256;
+/// Handshakes from one address at once: one host cannot take the whole
+/// budget from everyone else. (A NAT shares an address, but its tunnels
+/// connect once each and pass in a round trip or two.)
+pub const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// How often the refusal of a client (a wrong token, an unknown tunnel) may be
 /// logged: anyone can be refused as often as they like.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -45,9 +49,49 @@ const BUSY_LOG_EVERY: Duration = Duration::from_secs(10);
 /// The most of a refused client's tunnel id that is logged.
 const LOGGED_ID_MAX: usize = 64;
 
+/// The handshakes in progress: [`MAX_HANDSHAKES`] in all, and
+/// [`MAX_HANDSHAKES_PER_IP`] from one address.
+#[derive(Default)]
+struct Handshakes {
+    by_ip: Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One handshake's place in [`Handshakes`], given back when dropped.
+struct HandshakeSlot {
+    budget: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeSlot, &'static str> {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if by_ip.values().sum::<usize>() >= MAX_HANDSHAKES {
+            return Err("too many QUIC handshakes at once; refusing new connections until some finish");
+        }
+        let from_ip = by_ip.entry(ip).or_default();
+        if *from_ip >= MAX_HANDSHAKES_PER_IP {
+            return Err("too many QUIC handshakes at once from one address; refusing its new connections");
+        }
+        *from_ip += 1;
+        Ok(HandshakeSlot { budget: self.clone(), ip })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.budget.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown`; each runs as a task on `state.tasks`.
 pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown: CancellationToken) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let handshakes = Arc::new(Handshakes::default());
     let refusals = Arc::new(Mutex::new(LogLimit::new(REFUSAL_LOG_EVERY)));
     let mut busy = LogLimit::new(BUSY_LOG_EVERY);
     loop {
@@ -58,26 +102,34 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<State>, shutdown:
                 None => break,
             },
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            if let Some(unlogged) = busy.admit(std::time::Instant::now()) {
-                tracing::warn!(
-                    limit = MAX_HANDSHAKES,
-                    refused_before = unlogged,
-                    "too many QUIC handshakes at once; refusing new connections until some finish"
-                );
-            }
-            incoming.refuse();
+        // A handshake holds its place only once its peer has shown it gets
+        // what is sent to its address (a stateless retry, a round trip,
+        // costing the server nothing): else packets with forged sources,
+        // needing no answer, could keep every place taken.
+        if !incoming.remote_address_validated() && incoming.may_retry() {
+            let _ = incoming.retry();
             continue;
+        }
+        let ip = incoming.remote_address().ip().to_canonical();
+        let slot = match handshakes.take(ip) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if let Some(unlogged) = busy.admit(std::time::Instant::now()) {
+                    tracing::warn!(limit = MAX_HANDSHAKES, per_ip = MAX_HANDSHAKES_PER_IP, %ip, refused_before = unlogged, "{why}");
+                }
+                incoming.refuse();
+                continue;
+            }
         };
         let span = tracing::info_span!("quic", remote = ?incoming.remote_address());
-        state.tasks.spawn(handle(incoming, state.clone(), permit, refusals.clone()).instrument(span));
+        state.tasks.spawn(handle(incoming, state.clone(), slot, refusals.clone()).instrument(span));
     }
 }
 
 async fn handle(
     incoming: quinn::Incoming,
     state: Arc<State>,
-    handshaking: tokio::sync::OwnedSemaphorePermit,
+    handshaking: HandshakeSlot,
     refusals: Arc<Mutex<LogLimit>>,
 ) {
     let handshake = async {
