@@ -718,3 +718,92 @@ async fn a_trusted_proxys_forwarded_for_names_the_caller() {
         assert_eq!(list[0]["clientIp"], caller, "{}", list[0]);
     }
 }
+
+/// Captured requests per tunnel in the data dir at `dir`, read from the file itself.
+fn stored_records(dir: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+    let db = rusqlite::Connection::open(dir.join("hookway-requests.db")).unwrap();
+    let mut stmt = db.prepare("SELECT tunnel_id, count(*) FROM requests GROUP BY tunnel_id").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// A config for a server on `dir`, on free ports.
+fn config_in(dir: &std::path::Path) -> ServerConfig {
+    let mut config = ServerConfig::local(dir);
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.quic_addr = "127.0.0.1:0".parse().unwrap();
+    config.api_key = Some(API_KEY.into());
+    config
+}
+
+/// Issue: a `hookway.db` truncated to nothing (its requests file kept) was
+/// taken for a first start: the server started with no tunnels, said
+/// nothing, and its start-up prune deleted every captured request. Such a
+/// start is now refused, naming the file and what to do, and the records
+/// stay; so is a missing `hookway.db`.
+#[tokio::test]
+async fn an_emptied_main_database_is_refused_and_the_records_kept() {
+    let s = Setup::new().await;
+    http().get(s.url("/echo?kept")).send().await.unwrap();
+    wait_for_records(&s.server, &s.tunnel_id, 1).await;
+    let Setup { server, client, tunnel_id, .. } = s;
+    client.shutdown.cancel();
+    let dir = server.stop().await;
+    let main = dir.path().join("hookway.db");
+    std::fs::File::create(&main).unwrap();
+
+    let err = hookway::server::Server::bind(config_in(dir.path())).await.err().expect("refused").to_string();
+    assert!(err.contains(&format!("{} is empty or missing", main.display())), "{err}");
+    assert!(
+        err.contains("Restore") && err.contains("from a backup") && err.contains("move the data dir aside"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata(&main).unwrap().len(), 0, "the emptied file is left as it was");
+    std::fs::remove_file(&main).unwrap();
+    let err = hookway::server::Server::bind(config_in(dir.path())).await.err().expect("refused").to_string();
+    assert!(err.contains("is empty or missing"), "{err}");
+    assert!(!main.exists(), "no file is made in its place");
+    assert_eq!(stored_records(dir.path()), [(tunnel_id, 1)].into(), "the records are kept");
+}
+
+/// A first start, and one over what a first start that stopped early left
+/// (an empty `hookway.db`, a requests file without records), go on.
+#[tokio::test]
+async fn a_first_start_over_empty_files_goes_on() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    std::fs::File::create(dir.path().join("hookway.db")).unwrap();
+    let dir = TestServer::start_in(dir, |_| {}).await.stop().await;
+    std::fs::File::create(dir.path().join("hookway.db")).unwrap();
+    let server = TestServer::start_in(dir, |_| {}).await;
+    create_tunnel(&server, None).await;
+    server.stop().await;
+}
+
+/// The start-up prune deletes the records of tunnels no longer in the store,
+/// but not every record when no tunnel is left at all: that is a lost tunnel
+/// table (restored from before any tunnel, emptied by hand) far more often
+/// than a last tunnel deleted with its records left behind.
+#[tokio::test]
+async fn the_start_up_prune_keeps_the_records_when_no_tunnel_is_left() {
+    let s = Setup::new().await;
+    let (other, other_client) = connected_tunnel(&s.server).await;
+    http().get(s.url("/echo?a")).send().await.unwrap();
+    http().get(format!("{}/echo?b", other_client.tunnel_url)).send().await.unwrap();
+    wait_for_records(&s.server, &s.tunnel_id, 1).await;
+    wait_for_records(&s.server, &other, 1).await;
+    let Setup { server, client, tunnel_id, .. } = s;
+    client.shutdown.cancel();
+    other_client.shutdown.cancel();
+    let dir = server.stop().await;
+    let delete = |id: &str| {
+        let db = rusqlite::Connection::open(dir.path().join("hookway.db")).unwrap();
+        assert_eq!(db.execute("DELETE FROM tunnels WHERE id = ?1", [id]).unwrap(), 1);
+    };
+
+    // (`stop` waits for the capture writer, whose first work is the prune.)
+    delete(&other);
+    let dir = TestServer::start_in(dir.clone(), |_| {}).await.stop().await;
+    assert_eq!(stored_records(dir.path()), [(tunnel_id.clone(), 1)].into(), "the deleted tunnel's records are pruned");
+    delete(&tunnel_id);
+    let dir = TestServer::start_in(dir, |_| {}).await.stop().await;
+    assert_eq!(stored_records(dir.path()), [(tunnel_id, 1)].into(), "with no tunnel left, none are");
+}

@@ -80,8 +80,8 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict(what) => Self::conflict(what),
-            StoreError::Database(e) => {
-                tracing::error!(err = %e, "store failure in API");
+            StoreError::Database(_) | StoreError::MainLost { .. } => {
+                tracing::error!(%err, "store failure in API");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage is unavailable; try again")
             }
         }

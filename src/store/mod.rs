@@ -9,6 +9,7 @@
 pub mod requests;
 pub mod sqlite;
 mod sqlite_live;
+mod sqlite_lost;
 mod sqlite_requests;
 mod sqlite_webhooks;
 pub mod webhooks;
@@ -39,6 +40,23 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The main database is missing or empty, though the captured requests
+    /// beside it say the data dir was in use: its tunnels, API keys and
+    /// webhooks are lost, and starting as if afresh would delete the
+    /// requests too.
+    #[error(
+        "{main} is empty or missing, but {requests} holds captured requests: this data dir was in use, and its \
+         tunnels, API keys and webhooks went with that file. Restore {main} from a backup; or, to start afresh, \
+         move the data dir aside (starting over it would delete the captured requests)",
+        main = main.display(),
+        requests = requests.display()
+    )]
+    MainLost {
+        /// The main database (`hookway.db`).
+        main: std::path::PathBuf,
+        /// The captured-requests file beside it.
+        requests: std::path::PathBuf,
+    },
 }
 
 /// A tunnel as persisted.

@@ -127,12 +127,22 @@ impl SqliteStore {
 
     /// Opens (creating if needed) the database file at `path`, and beside it
     /// the captured-requests file (`hookway.db` → `hookway-requests.db`).
+    ///
+    /// A main database that is missing or empty beside a requests file with
+    /// records is refused ([`StoreError::MainLost`]): see [`super::sqlite_lost`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let log_path = Self::requests_path(path);
+        super::sqlite_lost::check(path, &log_path)?;
         let conn = open_main(path).map_err(in_file(path))?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
-        let log_path = path.with_file_name(format!("{stem}-requests.db"));
         let log = open_log(&log_path).map_err(in_file(&log_path))?;
         Ok(Self { conn: Mutex::new(conn), log: Mutex::new(log) })
+    }
+
+    /// The captured-requests file beside the database at `path`
+    /// (`hookway.db` → `hookway-requests.db`).
+    pub fn requests_path(path: &Path) -> std::path::PathBuf {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("hookway");
+        path.with_file_name(format!("{stem}-requests.db"))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -505,6 +515,8 @@ mod tests {
     #[test]
     fn an_older_requests_file_gains_the_over_budget_columns_and_keeps_its_records() {
         let dir = tempfile::tempdir().unwrap();
+        // Beside the main database, as every release made it (first).
+        drop(open_main(&SqliteStore::path_in(dir.path())).unwrap());
         // The file as the first release created it, with one record.
         let old = Connection::open(dir.path().join("hookway-requests.db")).unwrap();
         old.execute_batch(rq::SCHEMA).unwrap();

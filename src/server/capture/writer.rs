@@ -335,7 +335,13 @@ async fn prune(hub: &Capture, state: &State, orphans: bool) {
     if floor.is_none() && !orphans {
         return;
     }
-    let tunnels: Option<Vec<String>> = orphans.then(|| state.registry.all_ids());
+    // With no tunnel at all, the orphans would be every record: more likely
+    // the tunnel table was lost (a main database restored from before any
+    // tunnel, emptied by hand) than the last tunnel deleted and its records
+    // left (the API deletes them with it, so only a failure or a crash
+    // between the two leaves any). Such records are kept: `max_age` still
+    // forgets them, and the next start with a tunnel prunes them.
+    let tunnels: Option<Vec<String>> = orphans.then(|| state.registry.all_ids()).filter(|ids| !ids.is_empty());
     match state.store.run(move |s| s.prune_requests(floor.as_deref(), tunnels.as_deref())).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(pruned = n, "pruned captured requests"),
