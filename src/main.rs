@@ -943,6 +943,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             max_records: usize::try_from(args.capture_max_records).unwrap_or(usize::MAX),
             max_age: args.capture_max_age,
         },
+        data_dir_check: hookway::server::DEFAULT_DATA_DIR_CHECK,
     };
     let server = Server::bind(config).await.context("cannot start the server")?;
     let shutdown = shutdown_on_signal();
@@ -950,7 +951,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
     // `println!` would end the process, as suits a listing piped to `head`).
     let banner = banner(&server, &args.data_dir);
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
-    server.run(shutdown).await;
+    server.run(shutdown).await.context("the server stopped")?;
     Ok(())
 }
 

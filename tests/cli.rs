@@ -1287,3 +1287,25 @@ async fn a_name_whose_first_address_is_silent_connects_by_the_next() {
     let url = connected["tunnelUrl"].as_str().unwrap();
     assert_eq!(http().post(format!("{url}/echo")).body("x").send().await.unwrap().status(), 200);
 }
+
+/// The binary, its data dir deleted while it runs: it stops on its own,
+/// logs why as an error, and exits with a failure.
+#[tokio::test]
+async fn a_server_whose_data_dir_is_deleted_exits_with_a_failure() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = server_command("127.0.0.1:0", &data);
+    cmd.env("HOOKWAY_API_KEY", "hwk_test_key_long_enough").stderr(std::process::Stdio::piped());
+    let (mut child, _) = spawn_server(cmd).await;
+    std::fs::remove_dir_all(&data).unwrap();
+    let mut err = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    let read = stderr.read_to_string(&mut err);
+    tokio::time::timeout(std::time::Duration::from_secs(15), read).await.expect("it stops on its own").unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(1), "{err}");
+    let db = data.join("hookway.db");
+    assert!(err.contains("ERROR") && err.contains("a file of the data dir went from its path"), "{err}");
+    let said = format!("Error: the server stopped: {} was deleted while the server ran", db.display());
+    assert!(err.contains(&said), "{err}");
+}

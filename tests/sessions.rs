@@ -171,7 +171,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_clients_wait_to_recon
     // The request that was already running completes normally.
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), in_flight).await.unwrap().unwrap();
     assert_eq!((status, body.as_str()), (200, "slow done"));
-    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap().unwrap();
     // New connections are refused once it has stopped.
     assert!(tokio::net::TcpStream::connect(http_addr).await.is_err());
     // The client was told the server is going away: it retries instead of exiting.
@@ -210,7 +210,7 @@ async fn a_request_the_shutdown_grace_cuts_is_answered_why() {
         log.error.as_deref().is_some_and(|e| e.contains("the server shut down before the app answered")),
         "{log:?}"
     );
-    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server.task).await.unwrap().unwrap().unwrap();
 }
 
 /// A request still waiting for the app when the server ends the session
@@ -590,4 +590,37 @@ async fn a_silent_quic_port_suggests_the_websocket_transport() {
     assert!(reason.contains("timed out connecting over QUIC") && reason.contains("--ws"), "{reason}");
     shutdown.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// Issue: with its data dir deleted under it, the server went on as if
+/// nothing happened: tunnels created, tokens regenerated and requests
+/// captured went into files no path led to, all lost at the next start (and
+/// with the lock file gone, a second server could take the dir). It now
+/// notices within its check period and stops, gracefully, saying why; and
+/// so when a file of the dir is replaced by another.
+#[tokio::test]
+async fn a_server_whose_data_dir_goes_stops_and_says_why() {
+    let every = Duration::from_millis(100);
+    let server = TestServer::start_with(|c| c.data_dir_check = every).await;
+    create_tunnel(&server, None).await;
+    tokio::time::sleep(every * 3).await;
+    assert!(!server.task.is_finished(), "an untouched dir is no reason to stop");
+    std::fs::remove_dir_all(server.data_dir()).unwrap();
+    let TestServer { task, shutdown, http, dir, .. } = server;
+    let lost = tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops on its own").unwrap();
+    let lost = lost.expect_err("says why");
+    assert_eq!((lost.path, lost.change), (dir.path().join("hookway.db"), "deleted"));
+    assert!(!shutdown.is_cancelled(), "the caller's token is left alone");
+    assert!(tokio::net::TcpStream::connect(http).await.is_err(), "no longer serving");
+
+    // A database put in place of the one the server has open (a restore
+    // under a running server) is not the one it writes to either.
+    let server = TestServer::start_with(|c| c.data_dir_check = every).await;
+    let db = server.data_dir().join("hookway.db");
+    std::fs::copy(&db, db.with_extension("copy")).unwrap();
+    std::fs::rename(db.with_extension("copy"), &db).unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(5), server.task).await.expect("stops on its own").unwrap();
+    let lost = lost.expect_err("says why");
+    assert_eq!((lost.path.as_path(), lost.change), (db.as_path(), "replaced"));
+    assert!(lost.to_string().contains("restore it from a backup"), "{lost}");
 }

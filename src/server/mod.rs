@@ -11,6 +11,7 @@ mod caller_pace;
 pub mod capture;
 pub mod clock;
 mod dir_lock;
+mod dir_watch;
 pub mod edge;
 pub mod gateway;
 mod held;
@@ -47,6 +48,8 @@ use capture::{Capture, CaptureConfig};
 use gateway::WsLimits;
 use listener::HttpLimits;
 use registry::{Registry, Tunnel};
+
+pub use dir_watch::{DEFAULT_DATA_DIR_CHECK, DataDirLost};
 
 /// Default time the edge waits for the local app's response head.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,6 +111,9 @@ pub struct ServerConfig {
     pub capture: CaptureConfig,
     /// Reverse proxies whose `X-Forwarded-For` names the caller.
     pub trusted_proxies: proxies::TrustedProxies,
+    /// How often the server looks whether its data dir is still there
+    /// ([`DEFAULT_DATA_DIR_CHECK`]); it stops when it is not.
+    pub data_dir_check: Duration,
 }
 
 impl ServerConfig {
@@ -129,6 +135,7 @@ impl ServerConfig {
             webhooks: NotifyConfig::default(),
             capture: CaptureConfig::default(),
             trusted_proxies: proxies::TrustedProxies::default(),
+            data_dir_check: DEFAULT_DATA_DIR_CHECK,
         }
     }
 }
@@ -383,15 +390,24 @@ pub struct Server {
     key_source: KeySource,
     /// Held until [`Server::run`] returns (or its future is dropped).
     dir_lock: dir_lock::DirLock,
+    /// The data dir's files, looked at every `dir_check` while it runs.
+    dir_watch: dir_watch::DirWatch,
+    dir_check: Duration,
 }
 
 impl Server {
     /// Opens the store, prepares TLS and binds both listeners.
     pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
         config.http.validate().map_err(ServerError::Config)?;
+        if config.data_dir_check.is_zero() {
+            return Err(ServerError::Config("the data dir check period must be more than zero".into()));
+        }
         // First: nothing of the dir may be read or changed while another server has it.
         let dir_lock = dir_lock::DirLock::acquire(&config.data_dir)?;
         let store = StoreHandle::new(SqliteStore::open_in(&config.data_dir)?);
+        let main_db = SqliteStore::path_in(&config.data_dir);
+        let requests_db = SqliteStore::requests_path(&main_db);
+        let dir_watch = dir_watch::DirWatch::new([main_db, requests_db, config.data_dir.join(dir_lock::LOCK_FILE)]);
         let registry = Registry::default();
         for record in store.blocking().load_tunnels()? {
             // Answered only for requests recorded whole (see `edge`): without
@@ -522,7 +538,18 @@ impl Server {
             cutting: CancellationToken::new(),
             webhook_writes: tokio::sync::Mutex::new(()),
         });
-        Ok(Self { state, http, quic, http_addr, quic_addr, grace: config.shutdown_grace, key_source, dir_lock })
+        Ok(Self {
+            state,
+            http,
+            quic,
+            http_addr,
+            quic_addr,
+            grace: config.shutdown_grace,
+            key_source,
+            dir_lock,
+            dir_watch,
+            dir_check: config.data_dir_check,
+        })
     }
 
     /// Bound HTTP address.
@@ -578,10 +605,16 @@ impl Server {
     /// Serves until `shutdown` stops it, then shuts down gracefully: requests
     /// in flight get the shutdown grace to finish, unless the stop is cut
     /// short (a plain `CancellationToken` never cuts it).
-    pub async fn run(self, shutdown: impl Into<Shutdown>) {
-        let Server { state, http, quic, grace, dir_lock, .. } = self;
+    ///
+    /// It also stops, the same way, when a file of its data dir is deleted or
+    /// replaced (see [`DataDirLost`]), and then says so: nothing
+    /// it wrote from then on would be kept.
+    pub async fn run(self, shutdown: impl Into<Shutdown>) -> Result<(), DataDirLost> {
+        let Server { state, http, quic, grace, dir_lock, dir_watch, dir_check, .. } = self;
         let stop: Shutdown = shutdown.into();
-        let (shutdown, cut) = (stop.stop_token().clone(), stop.cut_token().clone());
+        // A child: the server stopping itself does not cancel its caller's token.
+        let (shutdown, cut) = (stop.stop_token().child_token(), stop.cut_token().clone());
+        let watch = tokio::spawn(dir_watch.run(dir_check, shutdown.clone()));
         let tracker = state.tasks.clone();
         // The notifier outlives the sessions, so their disconnect events reach the outbox.
         let notifier_stop = CancellationToken::new();
@@ -661,6 +694,12 @@ impl Server {
         }
         drop(dir_lock);
         tracing::info!("server stopped");
+        // (Stopped already, unless the listener ended on its own.)
+        shutdown.cancel();
+        match watch.await {
+            Ok(Some(lost)) => Err(lost),
+            Ok(None) | Err(_) => Ok(()),
+        }
     }
 }
 

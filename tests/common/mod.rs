@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::stream;
 use hookway::client::{self, ApiClient, ClientConfig, ClientError, Event};
 use hookway::quic::{self, FrameReader, FrameWriter, tls};
-use hookway::server::{Server, ServerConfig};
+use hookway::server::{DataDirLost, Server, ServerConfig};
 use hookway::store::StoreHandle;
 use hookway::wire::{ClientHello, Frame};
 use http::{Request, Response, StatusCode};
@@ -36,7 +36,7 @@ pub struct TestServer {
     pub url: String,
     pub store: StoreHandle,
     pub shutdown: CancellationToken,
-    pub task: JoinHandle<()>,
+    pub task: JoinHandle<Result<(), DataDirLost>>,
 }
 
 impl TestServer {
@@ -69,7 +69,8 @@ impl TestServer {
     /// Stops the server gracefully and waits for it.
     pub async fn stop(self) -> Arc<tempfile::TempDir> {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("server stops in time").unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(15), self.task).await.expect("server stops in time");
+        stopped.unwrap().expect("its data dir stayed");
         self.dir
     }
 
