@@ -71,6 +71,27 @@ pub struct RequestRecord {
     pub response: Option<CapturedPart>,
 }
 
+impl RequestRecord {
+    /// A plain record of tunnel `tun_a` with id `id`, for the store's tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str) -> Self {
+        Self {
+            id: id.into(),
+            tunnel_id: "tun_a".into(),
+            time: "2026-11-24T10:00:00.000000Z".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            status: Some(200),
+            duration_us: 5,
+            outcome: "ok".into(),
+            client_ip: "127.0.0.1".into(),
+            replay_of: None,
+            request: CapturedPart::default(),
+            response: None,
+        }
+    }
+}
+
 /// The id prefix that sorts before every record that arrived at `ms` or later.
 pub fn id_floor(ms: u64) -> String {
     format!("req_{ms:012x}")

@@ -557,20 +557,7 @@ mod tests {
             });
             ids.unwrap()
         };
-        let with_id = |id: &str| RequestRecord {
-            id: id.into(),
-            tunnel_id: "tun_a".into(),
-            time: "2026-11-24T10:00:00.000000Z".into(),
-            method: "POST".into(),
-            path: "/".into(),
-            status: Some(200),
-            duration_us: 5,
-            outcome: "ok".into(),
-            client_ip: "127.0.0.1".into(),
-            replay_of: None,
-            request: crate::store::CapturedPart { headers: vec![], body: CapturedBody::default() },
-            response: None,
-        };
+        let with_id = RequestRecord::for_test;
         store.insert_requests(&[with_id("req_1"), with_id("req_2"), with_id("req_3")], usize::MAX).unwrap();
         assert_eq!(kept(), ["req_1", "req_2", "req_3"]);
         store.insert_requests(&[with_id("req_4")], 2).unwrap();

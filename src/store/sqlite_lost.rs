@@ -55,30 +55,13 @@ fn ask(path: &Path, query: &str) -> rusqlite::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{CapturedPart, RequestRecord, SqliteStore, Store};
-
-    fn record() -> RequestRecord {
-        RequestRecord {
-            id: "req_1".into(),
-            tunnel_id: "tun_a".into(),
-            time: "2026-11-24T10:00:00.000000Z".into(),
-            method: "POST".into(),
-            path: "/".into(),
-            status: Some(200),
-            duration_us: 5,
-            outcome: "ok".into(),
-            client_ip: "127.0.0.1".into(),
-            replay_of: None,
-            request: CapturedPart::default(),
-            response: None,
-        }
-    }
+    use crate::store::{RequestRecord, SqliteStore, Store};
 
     #[test]
     fn a_main_database_without_tables_beside_records_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let main = SqliteStore::path_in(dir.path());
-        SqliteStore::open(&main).unwrap().insert_requests(&[record()], 10).unwrap();
+        SqliteStore::open(&main).unwrap().insert_requests(&[RequestRecord::for_test("req_1")], 10).unwrap();
         // What a start that stopped before making the tables leaves: a header, no table.
         std::fs::remove_file(&main).unwrap();
         Connection::open(&main).unwrap().pragma_update(None, "journal_mode", "WAL").unwrap();
