@@ -61,6 +61,14 @@ struct Waits {
     taken: Instant,
 }
 
+impl Waits {
+    fn end_wait(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.ended += since.elapsed();
+        }
+    }
+}
+
 impl Pace {
     fn waits(&self) -> std::sync::MutexGuard<'_, Waits> {
         self.waits.lock().unwrap_or_else(|p| p.into_inner())
@@ -72,17 +80,12 @@ impl Pace {
     }
 
     fn wait_ends(&self) {
-        let mut waits = self.waits();
-        if let Some(since) = waits.since.take() {
-            waits.ended += since.elapsed();
-        }
+        self.waits().end_wait();
     }
 
     fn frame_taken(&self) {
         let mut waits = self.waits();
-        if let Some(since) = waits.since.take() {
-            waits.ended += since.elapsed();
-        }
+        waits.end_wait();
         waits.taken = Instant::now();
     }
 
