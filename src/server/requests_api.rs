@@ -66,12 +66,17 @@ pub(super) async fn route(
             let record = find(state, &tunnel, rid).await?;
             Ok(ok(json!({ "request": detail_json(&record) })))
         }
-        ([rid, "replay"], Method::POST) => replay(state, &tunnel, rid, req, peer).await,
+        ([rid, "replay"], Method::POST) => {
+            // (A replay of a request that just ended finds its record, as a lookup does.)
+            state.capture.settle(SETTLE_WAIT).await;
+            replay(state, &tunnel, rid, req, peer).await
+        }
         _ => Err(unrouted(ROUTES, rest, || "no such requests route".into())),
     }
 }
 
-/// Longest a listing waits for the records of requests that just ended.
+/// Longest a listing, a lookup or a replay waits for the records of requests
+/// that just ended.
 const SETTLE_WAIT: Duration = Duration::from_secs(2);
 
 /// The paths [`route`] serves (after `/api/tunnels/{id}/requests`).
