@@ -17,7 +17,8 @@ use hookway::error_chain;
 macro_rules! println {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
+        if crate::output::stuck(crate::output::Stream::Stdout) {
+        } else if let Err(err) = writeln!(std::io::stdout(), $($arg)*) {
             crate::stdout_failed(err);
         }
     }};
@@ -25,10 +26,13 @@ macro_rules! println {
 
 /// `eprintln!` likewise: a message that cannot reach a closed stderr is
 /// lost, instead of panicking (std's would turn a clean exit into a crash).
+/// Nothing is written to a stream the client's line writer was left stuck on.
 macro_rules! eprintln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        if !crate::output::stuck(crate::output::Stream::Stderr) {
+            let _ = writeln!(std::io::stderr(), $($arg)*);
+        }
     }};
 }
 
@@ -839,8 +843,10 @@ async fn run(command: Command) -> Result<()> {
     }
 }
 
-/// Stops on ctrl-c or SIGTERM, and cuts the drain short on a second one
-/// (either signal, in any order).
+/// Stops on ctrl-c, SIGTERM or SIGHUP, and cuts the drain short on a second
+/// one (any of them, in any order). SIGHUP is what a closed terminal or ssh
+/// session sends: it stops as gracefully as the others (it killed the process
+/// at once, its callers left hanging until the server noticed the client gone).
 ///
 /// The handlers are registered before this returns, so a caller that says it
 /// is ready afterwards (the server's banner) is already safe to stop: a
@@ -852,14 +858,24 @@ fn shutdown_on_signal() -> Shutdown {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        // Under `nohup` (SIGHUP ignored) a closed terminal must not stop us:
+        // a handler would take the place of that ignoring.
+        let hangup = (!hangup_ignored()).then(|| signal(SignalKind::hangup()));
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), hangup.transpose());
         tokio::spawn(async move {
             match handlers {
-                (Ok(mut term), Ok(mut int)) => {
+                (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                     for again in [false, true] {
+                        let hup = async {
+                            match &mut hup {
+                                Some(hup) => hup.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        };
                         let name = tokio::select! {
                             _ = term.recv() => "SIGTERM",
                             _ = int.recv() => "SIGINT",
+                            _ = hup => "SIGHUP",
                         };
                         // The server's log says why it is stopping (clients say so on their own).
                         // Acted on before it is logged: the log may be a closed pipe.
@@ -889,6 +905,16 @@ fn shutdown_on_signal() -> Shutdown {
         s.cut();
     });
     shutdown
+}
+
+/// Whether SIGHUP is ignored, as `nohup` leaves it for the program it runs.
+#[cfg(unix)]
+fn hangup_ignored() -> bool {
+    // SAFETY: a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGHUP, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 async fn run_server(args: ServerArgs) -> Result<()> {
@@ -1260,19 +1286,26 @@ async fn serve(
         lines.send(stream, text);
     };
     let ended = client::run(config, on_event, shutdown_on_signal()).await;
-    printer.finish();
+    // The last lines go the way the others went, through the writer: a stdout
+    // closed by its reader then costs only them (not the error and hint that
+    // follow on stderr, nor the exit status), and one nobody reads holds the
+    // stop up for at most OUTPUT_GRACE.
+    let last = printer.lines();
     let result = match ended {
         Ok(()) => {
             if json {
-                println!("{}", json!({ "event": "stopped" }));
+                last.send(output::Stream::Stdout, format!("{}\n", json!({ "event": "stopped" })));
             } else {
-                eprintln!("Tunnel stopped.");
+                last.send(output::Stream::Stderr, "Tunnel stopped.\n".to_owned());
             }
             Ok(())
         }
         Err(err) => {
             if json {
-                println!("{}", json!({ "event": "ended", "reason": err.to_string() }));
+                last.send(
+                    output::Stream::Stdout,
+                    format!("{}\n", json!({ "event": "ended", "reason": err.to_string() })),
+                );
             }
             // Ended on purpose, but the tunnel is still there to be served.
             let again = matches!(&err, client::ClientError::Ended(why)
@@ -1288,8 +1321,14 @@ async fn serve(
             }
         }
     };
+    printer.finish(OUTPUT_GRACE);
     (result, connected.load(Ordering::Relaxed))
 }
+
+/// Longest a stopping client waits for its lines to be written: output
+/// nobody reads (a full pipe, a terminal paused with ctrl-s) must not keep it
+/// from stopping. What is still unwritten then is lost.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 /// A forwarded request as a `--json` line. Borrowed and serialized directly:
 /// this runs once per request, and building a `serde_json::Value` for it was

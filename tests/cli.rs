@@ -1055,6 +1055,105 @@ async fn sigint_then_sigterm_cuts_the_ws_client_drain_short() {
     second_signal_cuts_the_client_drain("-INT", "-TERM", true).await;
 }
 
+/// Issue: SIGHUP, what a closed terminal or ssh session sends, killed the
+/// client at once: its callers hung until the server noticed it gone (10 s).
+/// It now stops as SIGTERM does, and a second one cuts the drain.
+#[tokio::test]
+async fn a_hangup_stops_the_client_as_sigterm_does() {
+    second_signal_cuts_the_client_drain("-HUP", "-HUP", false).await;
+}
+
+/// A server started with SIGHUP ignored (`nohup`) keeps it ignored: a closed
+/// terminal must not stop it. Without `nohup`, SIGHUP stops it gracefully.
+#[tokio::test]
+async fn a_hangup_stops_the_server_gracefully_unless_it_runs_under_nohup() {
+    for nohup in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = if nohup {
+            let mut cmd = tokio::process::Command::new("nohup");
+            cmd.arg(env!("CARGO_BIN_EXE_hookway"));
+            cmd
+        } else {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"))
+        };
+        cmd.args(["server", "--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("HOOKWAY_API_KEY", API_KEY)
+            .stderr(std::process::Stdio::null());
+        let (mut server, addr) = spawn_server(cmd).await;
+        kill("-HUP", server.id().unwrap());
+        let exited = tokio::time::timeout(std::time::Duration::from_secs(3), server.wait()).await;
+        if nohup {
+            assert!(exited.is_err(), "stopped by SIGHUP under nohup: {exited:?}");
+            let resp = http().get(format!("http://{addr}/t/nothing-here/")).send().await.unwrap();
+            assert_eq!(resp.status(), 404, "still serving");
+            kill("-TERM", server.id().unwrap());
+            let status = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait()).await;
+            assert!(status.expect("stops on SIGTERM").unwrap().success());
+        } else {
+            let status = exited.expect("stops within 3 s of SIGHUP").unwrap();
+            assert!(status.success(), "a graceful stop, not a kill: {status}");
+        }
+    }
+}
+
+/// Issue: a client whose stdout nobody read (`--json | sleep 300`, a
+/// terminal paused with ctrl-s) could not be stopped, by any number of
+/// signals: it waited for ever for its line writer, stuck in a write. It now
+/// stops anyway, and its hint still reaches stderr.
+#[tokio::test]
+async fn a_client_whose_stdout_is_not_read_still_stops() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["start", &app.port().to_string(), "--json"])
+        .env("HOOKWAY_SERVER", &server.url)
+        .env("HOOKWAY_API_KEY", API_KEY)
+        .stderr(std::process::Stdio::piped());
+    let (mut child, lines, connected) = spawn_connected(cmd).await;
+    // Its stdout is left unread from here: 64 KiB of lines fill the pipe.
+    let url = format!("{}/echo", connected["tunnelUrl"].as_str().unwrap());
+    let client = http();
+    for _ in 0..60 {
+        let sent: Vec<_> = (0..16).map(|_| client.get(&url).send()).collect();
+        for resp in futures_util::future::join_all(sent).await {
+            assert_eq!(resp.unwrap().status(), 200);
+        }
+    }
+    kill("-TERM", child.id().unwrap());
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
+    let status = exited.expect("the client stops within 10 s of SIGTERM, its stdout full").unwrap();
+    assert!(status.success(), "{status}");
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
+    assert!(err.contains(r#""hint""#), "{err}");
+    drop(lines);
+}
+
+/// Issue: with its stdout closed by its reader (`--json | head -1`), a client
+/// whose session the server ended exited 0 and silently: writing the `ended`
+/// line failed and ended the process before its error was said.
+#[tokio::test]
+async fn a_client_whose_stdout_closed_still_reports_an_ended_session() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let created = server.api().create_tunnel("closed-stdout", None).await.unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
+    cmd.args(["tunnels", "connect", &created.tunnel.id, &app.port().to_string(), "--json"])
+        .args(["--server", &server.url, "--token", &created.auth_token])
+        .env_remove("HOOKWAY_API_KEY")
+        .stderr(std::process::Stdio::piped());
+    let (mut child, lines, _) = spawn_connected(cmd).await;
+    drop(lines);
+    server.api().call(reqwest::Method::DELETE, &format!("/api/tunnels/{}", created.tunnel.id), None).await.unwrap();
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
+    let status = exited.expect("the client stops when its tunnel is deleted").unwrap();
+    assert_eq!(status.code(), Some(1), "{status}");
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
+    assert!(err.contains("deleted"), "{err}");
+}
+
 /// The server's shutdown grace (10 s by default) is cut by a second signal,
 /// and its log says so.
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! slows the tunnel.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,8 +24,32 @@ const BATCH: Duration = Duration::from_millis(20);
 /// Which stream a line goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    Stdout,
-    Stderr,
+    Stdout = 1,
+    Stderr = 2,
+}
+
+/// The stream the writer is writing to right now (0: none).
+static WRITING: AtomicU8 = AtomicU8::new(0);
+/// Streams the writer was stuck on when the client stopped: nothing more is
+/// written to them (a write would wait for ever behind the stuck one).
+static STUCK: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Whether `stream` was left stuck by the writer (see [`Printer::finish`]).
+pub fn stuck(stream: Stream) -> bool {
+    STUCK[stream as usize - 1].load(Ordering::Relaxed)
+}
+
+/// Writes `bytes` to `stream`, noting meanwhile which stream is being written.
+fn write_to(stream: Stream, bytes: &[u8]) {
+    WRITING.store(stream as u8, Ordering::Relaxed);
+    let _ = match stream {
+        Stream::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|()| out.flush())
+        }
+        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
+    };
+    WRITING.store(0, Ordering::Relaxed);
 }
 
 #[derive(Default)]
@@ -38,6 +63,9 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
+    /// Set by the writer when it has written its last line.
+    done: Mutex<bool>,
+    finished: Condvar,
 }
 
 impl Shared {
@@ -89,13 +117,28 @@ impl Printer {
         Lines(self.shared.clone())
     }
 
-    /// Writes everything queued so far and stops the thread.
-    pub fn finish(mut self) {
+    /// Writes everything queued so far and stops the thread, waiting at most
+    /// `within`. False when the writer is still stuck in a write then (a pipe
+    /// nobody reads, a terminal paused with ctrl-s): the client must not wait
+    /// on its output to stop, and a stream the writer holds cannot take
+    /// another line, so the caller then says nothing more.
+    pub fn finish(mut self, within: Duration) -> bool {
         self.shared.lock().closed = true;
         self.shared.ready.notify_one();
+        let done = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, _) =
+            self.shared.finished.wait_timeout_while(done, within, |done| !*done).unwrap_or_else(|p| p.into_inner());
+        if !*done {
+            match WRITING.load(Ordering::Relaxed) {
+                0 => STUCK.iter().for_each(|s| s.store(true, Ordering::Relaxed)),
+                n => STUCK[usize::from(n) - 1].store(true, Ordering::Relaxed),
+            }
+            return false;
+        }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        true
     }
 }
 
@@ -108,32 +151,40 @@ fn write_lines(shared: &Shared) {
             }
             (std::mem::take(&mut q.lines), std::mem::take(&mut q.dropped), q.closed)
         };
-        // Locked per batch, never while waiting: other threads (tracing, a
-        // shutdown message) print too, and would block forever behind us.
-        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        // Each stream locked for its own writes only, never while waiting:
+        // other threads (tracing, a shutdown message) print too, and would
+        // block forever behind us; and a stdout nobody reads must not keep
+        // them from stderr.
         let mut buf = Vec::new();
         for (stream, text) in lines {
             match stream {
                 Stream::Stdout => buf.extend_from_slice(text.as_bytes()),
                 Stream::Stderr => {
                     // Keep the order between the two streams.
-                    let _ = out.write_all(&buf);
-                    let _ = out.flush();
-                    buf.clear();
-                    let _ = err.write_all(text.as_bytes());
+                    write_out(&mut buf);
+                    write_to(Stream::Stderr, text.as_bytes());
                 }
             }
         }
         if dropped > 0 {
-            let _ = writeln!(err, "… {dropped} log lines dropped: the output could not keep up");
+            let text = format!("… {dropped} log lines dropped: the output could not keep up\n");
+            write_to(Stream::Stderr, text.as_bytes());
         }
-        let _ = out.write_all(&buf);
-        let _ = out.flush();
-        drop((out, err));
+        write_out(&mut buf);
         if closed {
+            *shared.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            shared.finished.notify_all();
             return;
         }
         std::thread::sleep(BATCH);
+    }
+}
+
+/// Writes and empties `buf` to stdout.
+fn write_out(buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        write_to(Stream::Stdout, buf);
+        buf.clear();
     }
 }
 
@@ -166,6 +217,6 @@ mod tests {
             let _ = tx.send(());
         });
         assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "stdout/stderr stayed locked by the writer");
-        printer.finish();
+        assert!(printer.finish(Duration::from_secs(5)));
     }
 }
