@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Attempt, CONNECT_TIMEOUT, ClientError, Event, LocalApp, RequestLog, WsUrl, drain, leaving_linger};
@@ -67,7 +68,8 @@ pub(super) async fn session(
     let (tx, rx) = mpsc::channel::<Message>(256);
     let writer = tokio::spawn(write(sink, rx));
     let requests = TaskTracker::new();
-    let end = match serve(&mut stream, &tx, &requests, app, on_event, &welcome, shutdown).await {
+    let abandon = GiveUp::default();
+    let end = match serve(&mut stream, &tx, &requests, &abandon, app, on_event, &welcome, shutdown).await {
         Some(end) => end,
         None => {
             // As over QUIC, but in the protocol's own terms: the server
@@ -101,9 +103,44 @@ pub(super) async fn session(
             Attempt::Stopped
         }
     };
+    // What the app is still answering is given up with the connection: each
+    // gets its line, saying so, as over QUIC (they went unlogged).
+    requests.close();
+    abandon.now(given_up(&end));
+    let _ = tokio::time::timeout(CLOSE_WAIT, requests.wait()).await;
     drop(tx);
     let _ = tokio::time::timeout(CLOSE_WAIT, writer).await;
     (true, end)
+}
+
+/// Tells the requests still in the app's hands that they are given up, and why.
+#[derive(Clone, Default)]
+struct GiveUp {
+    token: CancellationToken,
+    why: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl GiveUp {
+    fn now(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.token.cancel();
+    }
+
+    /// Once given up: why.
+    async fn wait(&self) -> &'static str {
+        self.token.cancelled().await;
+        self.why.get().copied().unwrap_or("not answered before the connection closed")
+    }
+}
+
+/// Why a request still in the app's hands went unanswered, by how its
+/// connection ended (the words a QUIC client's log uses).
+fn given_up(end: &Attempt) -> &'static str {
+    match end {
+        Attempt::Stopped => "not answered before this client stopped",
+        Attempt::Fatal(_) => "not answered before the server ended the session",
+        Attempt::Retry(_) => "not answered before the connection closed",
+    }
 }
 
 /// Longest the client waits, when it stops, to queue its close frame and for
@@ -130,10 +167,12 @@ async fn write(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Mess
 
 /// Forwards the server's requests to the local app, each in a task of
 /// `requests`, until the socket ends (how it ended) or a stop is asked for (`None`).
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     stream: &mut SplitStream<Socket>,
     tx: &mpsc::Sender<Message>,
     requests: &TaskTracker,
+    abandon: &GiveUp,
     app: &LocalApp,
     on_event: &Arc<dyn Fn(Event) + Send + Sync>,
     welcome: &Welcome,
@@ -152,11 +191,21 @@ async fn serve(
         silence.as_mut().reset(tokio::time::Instant::now() + silence_limit);
         match next {
             Ok(Some(req)) => {
-                let (app, tx, on_event) = (app.clone(), tx.clone(), on_event.clone());
+                let (app, tx, on_event, abandon) = (app.clone(), tx.clone(), on_event.clone(), abandon.clone());
                 let max_body = welcome.max_body;
                 requests.spawn(async move {
-                    let (reply, log) = answer(&app, req, max_body).await;
-                    let _ = tx.send(Message::text(reply)).await;
+                    let (started, mut unanswered) = (Instant::now(), request_log(&req));
+                    let log = tokio::select! {
+                        (reply, log) = answer(&app, req, max_body) => {
+                            let _ = tx.send(Message::text(reply)).await;
+                            log
+                        }
+                        why = abandon.wait() => {
+                            unanswered.duration = started.elapsed();
+                            unanswered.error = Some(why.to_owned());
+                            unanswered
+                        }
+                    };
                     on_event(Event::Request(log));
                 });
             }
@@ -214,9 +263,9 @@ fn error_response(id: &str, status: StatusCode, kind: &'static str, message: &st
 }
 
 /// Forwards one request to the local app; the response message and the log line.
-async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (String, RequestLog) {
-    let started = Instant::now();
-    let mut log = RequestLog {
+/// The log of `req`, before its answer.
+fn request_log(req: &wsjson::Request) -> RequestLog {
+    RequestLog {
         // The record's id, when the server keeps one (as over QUIC).
         id: wsjson::is_record_id(&req.id).then(|| req.id.clone()),
         method: req.method.to_string(),
@@ -224,7 +273,12 @@ async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (Strin
         status: None,
         duration: Duration::ZERO,
         error: None,
-    };
+    }
+}
+
+async fn answer(app: &LocalApp, req: wsjson::Request, max_body: usize) -> (String, RequestLog) {
+    let started = Instant::now();
+    let mut log = request_log(&req);
     let result = app.exchange_buffered(req.method, &req.path, req.headers, req.body, max_body).await;
     log.duration = started.elapsed();
     let reply = match result {
