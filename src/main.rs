@@ -1307,9 +1307,11 @@ async fn serve(
                     format!("{}\n", json!({ "event": "ended", "reason": err.to_string() })),
                 );
             }
-            // Ended on purpose, but the tunnel is still there to be served.
+            // Ended on purpose, but the tunnel is still there to be served
+            // (a token refused: regenerated while this client was away).
             let again = matches!(&err, client::ClientError::Ended(why)
-                if [close::TOKEN_REVOKED, close::DISCONNECTED].iter().any(|&c| why == close::describe(c)));
+                if [close::TOKEN_REVOKED, close::DISCONNECTED].iter().any(|&c| why == close::describe(c)))
+                || matches!(err, client::ClientError::TokenRefused(_));
             if again {
                 Err(anyhow::anyhow!(
                     "{err}\nTo serve it again (with a new token, through your API key): {} tunnels connect {id} \

@@ -1054,6 +1054,30 @@ async fn sigint_then_sigterm_cuts_the_ws_client_drain_short() {
     second_signal_cuts_the_client_drain("-INT", "-TERM", true).await;
 }
 
+/// Issue: a client whose token was regenerated while it was away was refused
+/// with no word of how to serve the tunnel again (a client whose live session
+/// a new token ended was told). Both transports.
+#[tokio::test]
+async fn a_token_refused_at_the_handshake_says_how_to_serve_the_tunnel_again() {
+    let server = TestServer::start().await;
+    let app = spawn_app().await;
+    let created = server.api().create_tunnel("away", None).await.unwrap();
+    server.api().regenerate_token(&created.tunnel.id).await.unwrap();
+    let port = app.port().to_string();
+    for ws in [false, true] {
+        let mut args = vec!["tunnels", "connect", &created.tunnel.id, &port, "--token", &created.auth_token];
+        if ws {
+            args.extend(["--ws-url", &created.ws_url]);
+        }
+        let (code, _, err) = hookway(&args, Some(&server), None).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("refused"), "{err}");
+        let hint = "To serve it again (with a new token, through your API key): ";
+        let command = err.lines().find_map(|l| l.strip_prefix(hint)).unwrap_or_else(|| panic!("{err}"));
+        assert!(command.contains(&format!("tunnels connect {} {port}", created.tunnel.id)), "{err}");
+    }
+}
+
 /// Issue: SIGHUP, what a closed terminal or ssh session sends, killed the
 /// client at once: its callers hung until the server noticed it gone (10 s).
 /// It now stops as SIGTERM does, and a second one cuts the drain.

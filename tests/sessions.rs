@@ -28,7 +28,7 @@ async fn regenerating_the_token_ends_the_session_and_invalidates_the_old_token()
     // The old token is refused at the handshake, with a reason.
     let old = TestClient::spawn(&s.server, &s.tunnel_id, &s.token, s.app.port());
     match old.finished(Duration::from_secs(10)).await {
-        Err(ClientError::Rejected(msg)) => assert!(msg.contains("token"), "{msg}"),
+        Err(ClientError::TokenRefused(msg)) => assert!(msg.contains("token"), "{msg}"),
         other => panic!("old token must be rejected, got {other:?}"),
     }
     // The new one works.

@@ -152,6 +152,10 @@ pub enum ClientError {
     /// The server refused the handshake.
     #[error("the server refused this tunnel: {0}")]
     Rejected(String),
+    /// The server refused the handshake's token: a wrong one, or one a new
+    /// token replaced (the API key can fetch the new one).
+    #[error("the server refused this tunnel: {0}")]
+    TokenRefused(String),
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
@@ -452,6 +456,7 @@ async fn handshake(
             conn.close(close::NORMAL, b"rejected");
             match r.code {
                 RejectCode::Internal => Err(Attempt::Retry(r.message)),
+                RejectCode::BadToken => Err(Attempt::Fatal(ClientError::TokenRefused(r.message))),
                 _ => Err(Attempt::Fatal(ClientError::Rejected(r.message))),
             }
         }

@@ -334,7 +334,9 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
                 .and_then(|v| v["error"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| format!("HTTP {status}"));
-            if status.is_client_error() {
+            if status == http::StatusCode::UNAUTHORIZED {
+                Attempt::Fatal(ClientError::TokenRefused(message))
+            } else if status.is_client_error() {
                 Attempt::Fatal(ClientError::Rejected(message))
             } else {
                 Attempt::Retry(format!("the WebSocket gateway answered {status}: {message}"))
