@@ -104,6 +104,11 @@ pub enum ClientMessage {
 /// `{"type":"leaving"}`.
 pub const ACCEPTS_LEAVING: &str = "x-hookway-accepts-leaving";
 
+/// Upgrade response header: the server's request timeout in milliseconds,
+/// after which its edge has answered a request 504 and no longer waits for
+/// the client's answer.
+pub const REQUEST_TIMEOUT: &str = "x-hookway-request-timeout-ms";
+
 /// A response as sent by a tunnel client.
 #[derive(Debug)]
 pub struct Response {

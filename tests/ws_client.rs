@@ -364,3 +364,22 @@ async fn ws_clients_reach_the_gateway_at_the_server_url_they_were_given() {
     let (_again, _, v) = spawn_connected(connect).await;
     assert_eq!(v["tunnelId"], id.as_str());
 }
+
+/// Issue: the WebSocket protocol has no message for a request the edge gave
+/// up on, so a `--ws` client waited on its app for good: an app that never
+/// answered held a connection and a task per request (one descriptor each,
+/// found by a soak probe). The server now tells its request timeout on the
+/// upgrade, and the client stops waiting then.
+#[tokio::test]
+async fn a_ws_client_stops_waiting_for_its_app_once_the_edge_gave_up() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_secs(1)).await;
+    let mut app = spawn_held_app().await;
+    let (mut client, _) = ws_client(&server, app.addr.port()).await;
+    let resp = http().get(format!("{}/hold", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(app.next_arrival().await, "/hold");
+    let log = next_request_log(&mut client).await;
+    assert_eq!((log.path.as_str(), log.status), ("/hold", None));
+    let error = log.error.unwrap_or_default();
+    assert!(error.contains("request timeout (1s)"), "{error}");
+}

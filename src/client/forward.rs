@@ -135,15 +135,26 @@ pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
+/// How long a connection to the app may stay idle in the pool before it is closed.
+pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl LocalApp {
     /// The app at `host:port`, over a pooled HTTP/1.1 client.
     pub fn new(host: &str, port: u16) -> Self {
+        Self::with_idle_timeout(host, port, APP_IDLE_TIMEOUT)
+    }
+
+    /// [`LocalApp::new`] closing pooled connections idle for `idle`.
+    pub fn with_idle_timeout(host: &str, port: u16, idle: Duration) -> Self {
         let mut connector = HttpConnector::new_with_resolver(LoopbackFirst(GaiResolver::new()));
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         let connector = AppConnector { inner: connector, app: Arc::default() };
+        // (Without a timer the idle timeout is never applied: a burst's
+        // connections stayed open for good, up to the idle limit.)
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(idle)
             .pool_max_idle_per_host(256)
             .build(connector.clone());
         let side = connector.app.clone();
@@ -218,7 +229,7 @@ impl LocalApp {
         if parts.status.is_informational() {
             return Err(("local-error", crate::headers::unasked_informational(parts.status)));
         }
-        let body = http_body_util::Limited::new(body, max_body).collect().await.map_err(|err| {
+        let body = whole(body, max_body).await.map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
                 (
                     "body-too-large",
@@ -231,7 +242,7 @@ impl LocalApp {
         })?;
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
-        Ok(Buffered { status: parts.status, headers, body: body.to_bytes() })
+        Ok(Buffered { status: parts.status, headers, body })
     }
 
     /// Explains a failed request to the local app, with the `x-hookway-error` kind.
@@ -539,9 +550,77 @@ async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::
     }
 }
 
+/// A response body read whole, refused past `max` bytes. Its chunks are
+/// copied into one buffer as they come (one chunk is kept as it is): each
+/// chunk is a slice of a read buffer it keeps alive, so a stream of small
+/// events (SSE) collected as chunks held some 4 KiB for every 14-byte event,
+/// and `max` bounded the bytes, not the memory.
+async fn whole(body: hyper::body::Incoming, max: usize) -> Result<Bytes, BoxError> {
+    let mut body = std::pin::pin!(http_body_util::Limited::new(body, max));
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        match &first {
+            None if rest.is_empty() => first = Some(data),
+            _ => {
+                if let Some(first) = first.take() {
+                    rest.extend_from_slice(&first);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue: the pool had no timer, so its idle timeout was never applied:
+    /// the connections of a burst stayed open for good (up to 256), found by
+    /// a soak probe. An app that sees each connection close counts them.
+    #[tokio::test]
+    async fn idle_connections_to_the_app_are_closed_after_the_idle_timeout() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = closed.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let closed = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    // Slow enough that requests sent together take a connection each.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                    while !matches!(sock.read(&mut buf).await, Ok(0) | Err(_)) {}
+                    closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+        });
+        let app = LocalApp::with_idle_timeout("127.0.0.1", port, Duration::from_millis(500));
+        let sent =
+            (0..3).map(|_| app.exchange_buffered(http::Method::GET, "/", http::HeaderMap::new(), Bytes::new(), 64));
+        for answer in futures_util::future::join_all(sent).await {
+            assert_eq!(answer.unwrap().body, "ok");
+        }
+        let all_closed = async {
+            while closed.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), all_closed).await.expect("idle connections closed within 5 s");
+    }
 
     #[test]
     fn local_host_takes_names_and_addresses_only() {

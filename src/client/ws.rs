@@ -42,6 +42,9 @@ struct Welcome {
     hello: ServerHello,
     max_body: usize,
     ping_interval: Duration,
+    /// How long the server's edge waits for an answer: past it, the caller
+    /// has had a 504 and the answer would go nowhere.
+    request_timeout: Duration,
     /// How long the upgrade took: at least two round trips (TCP's, then the
     /// upgrade's), the estimate a leaving client lingers by.
     handshake: Duration,
@@ -192,9 +195,11 @@ async fn serve(
         match next {
             Ok(Some(req)) => {
                 let (app, tx, on_event, abandon) = (app.clone(), tx.clone(), on_event.clone(), abandon.clone());
-                let max_body = welcome.max_body;
+                let (max_body, timeout) = (welcome.max_body, welcome.request_timeout);
                 requests.spawn(async move {
                     let (started, mut unanswered) = (Instant::now(), request_log(&req));
+                    // (Without this an app that never answered held a
+                    // connection and a task for every such request, for good.)
                     let log = tokio::select! {
                         (reply, log) = answer(&app, req, max_body) => {
                             let _ = tx.send(Message::text(reply)).await;
@@ -203,6 +208,13 @@ async fn serve(
                         why = abandon.wait() => {
                             unanswered.duration = started.elapsed();
                             unanswered.error = Some(why.to_owned());
+                            unanswered
+                        }
+                        () = tokio::time::sleep(timeout) => {
+                            unanswered.duration = started.elapsed();
+                            unanswered.error = Some(format!(
+                                "not answered within the server's request timeout ({timeout:?}): the caller got a 504"
+                            ));
                             unanswered
                         }
                     };
@@ -361,5 +373,9 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
     let ping_interval = Duration::from_millis(ping_ms);
-    Ok((ws, Welcome { hello, max_body, ping_interval, handshake: started.elapsed() }))
+    // (A server that does not say has the default; a week at most, as `--request-timeout`.)
+    let request_timeout = number(wsjson::REQUEST_TIMEOUT)
+        .map_or(crate::server::DEFAULT_REQUEST_TIMEOUT, Duration::from_millis)
+        .clamp(Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+    Ok((ws, Welcome { hello, max_body, ping_interval, request_timeout, handshake: started.elapsed() }))
 }

@@ -470,6 +470,9 @@ pub async fn upgrade(state: Arc<State>, subdomain: &str, req: Request<Incoming>,
         ("x-hookway-tunnel-name", tunnel.meta().name),
         ("x-hookway-max-body", limits.max_body.to_string()),
         ("x-hookway-ping-interval-ms", limits.ping_interval.as_millis().to_string()),
+        // When the edge gives up on a request (504): the protocol has no
+        // message for it, so the client stops waiting for its app then.
+        (wsjson::REQUEST_TIMEOUT, state.config.request_timeout.as_millis().to_string()),
         (wsjson::ACCEPTS_LEAVING, "1".to_owned()),
     ];
     for (name, value) in extra {
