@@ -1475,3 +1475,32 @@ async fn a_webhook_changed_while_deleted_stays_deleted() {
         assert!(!stored.iter().any(|w| w.id == id), "round {round}: the deleted webhook is stored");
     }
 }
+
+/// Issue: an API call still running when the shutdown grace ran out (a test
+/// delivery to a receiver that does not answer) got an empty reply; it is
+/// now answered 503, saying why.
+#[tokio::test]
+async fn an_api_call_cut_by_the_shutdown_is_answered_why() {
+    let server = TestServer::start_with(|c| {
+        fast(c);
+        c.webhooks.attempt_timeout = Duration::from_secs(10);
+        c.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let hanging = Receiver::hanging().await;
+    let (wh, _) = create_webhook(&server, json!({ "url": hanging.url(), "events": ALL_EVENTS })).await;
+    let url = format!("{}/api/webhooks/{wh}/test", server.url);
+    let pending = tokio::spawn(async move { reqwest::Client::new().post(url).bearer_auth(API_KEY).send().await });
+    // The test delivery is under way (the receiver holds it), then the stop.
+    let arrived = async {
+        while hanging.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), arrived).await.expect("the test delivery reaches the receiver");
+    server.stop().await;
+    let resp = pending.await.unwrap().expect("an answer, not an empty reply");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("shut down"), "{body}");
+}

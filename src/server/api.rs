@@ -160,20 +160,33 @@ pub async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: SocketA
     if head {
         *req.method_mut() = Method::GET;
     }
-    let resp = if head || req.method() == Method::GET {
-        answer(&state, req, peer).await
-    } else {
-        // A change runs to its end in a task of its own, whether or not its
-        // caller waits for the answer: dropped between the store's write and
-        // memory's (a client's timeout, an HTTP/2 reset), a new token was
-        // stored and the old one still taken until a restart.
-        match tokio::spawn(async move { answer(&state, req, peer).await }).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                tracing::error!(%err, "an API call failed");
-                json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+    let cutting = state.cutting.clone();
+    let answered = async move {
+        if head || req.method() == Method::GET {
+            answer(&state, req, peer).await
+        } else {
+            // A change runs to its end in a task of its own, whether or not its
+            // caller waits for the answer: dropped between the store's write and
+            // memory's (a client's timeout, an HTTP/2 reset), a new token was
+            // stored and the old one still taken until a restart.
+            match tokio::spawn(async move { answer(&state, req, peer).await }).await {
+                Ok(resp) => resp,
+                Err(err) => {
+                    tracing::error!(%err, "an API call failed");
+                    json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_owned())
+                }
             }
         }
+    };
+    // A call still running when the shutdown grace runs out (a webhook test
+    // to a receiver that does not answer) is answered why, not cut off with
+    // an empty reply.
+    let resp = tokio::select! {
+        resp = answered => resp,
+        () = cutting.cancelled() => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server shut down before this call was answered (a change it makes may still have been made)".to_owned(),
+        ),
     };
     if !head {
         return resp;

@@ -291,7 +291,10 @@ pub async fn serve(
     connections.close();
     tokio::select! {
         () = connections.wait() => return,
-        () = tokio::time::sleep(grace) => tracing::warn!("in-flight requests still running after {grace:?}; closing them"),
+        () = tokio::time::sleep(grace) => tracing::warn!(
+            connections = connections.len(),
+            "in-flight requests still running after {grace:?}; closing them"
+        ),
         () = cut_short.cancelled() => tracing::warn!("asked again to stop: closing in-flight requests now"),
     }
     cut.cancel();
