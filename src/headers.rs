@@ -74,6 +74,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // A message framed by a transfer coding has its length there, not in a
+    // `Content-Length` it also carries, which a proxy must drop (RFC 9112
+    // §6.3): kept, it cut a chunked answer short at the stale length, or
+    // failed a whole one for ending before it.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

@@ -621,6 +621,28 @@ async fn a_local_app_whose_body_breaks_later_still_gets_its_head_to_the_caller()
     drop((quic, ws));
 }
 
+/// Issue: an answer framed by chunks that also carried a `Content-Length`
+/// reached QUIC callers cut at that length (`hel` of `hello`), or, with a
+/// longer one, as a connection cut after a whole body; recorded `ok` in the
+/// first case. The chunks frame it (RFC 9112 §6.3), and the stale length is
+/// dropped, as a proxy must.
+#[tokio::test]
+async fn a_chunked_answer_with_a_stale_content_length_arrives_whole() {
+    let server = TestServer::start().await;
+    for reply in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let app = spawn_broken_app(reply).await;
+        let (_clients, urls) = both_tunnels(&server, app.port()).await;
+        for url in &urls {
+            let resp = http().get(format!("{url}/hook")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            assert_eq!(resp.text().await.unwrap(), "hello", "{url}");
+        }
+    }
+}
+
 /// `localhost` (the client's default `--local-host`) reaches an app that
 /// listens on IPv6 only, as Node's and Vite's dev servers often do, and one on
 /// IPv4 only; with neither, the 502 says both were tried.
