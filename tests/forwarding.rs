@@ -643,6 +643,84 @@ async fn a_chunked_answer_with_a_stale_content_length_arrives_whole() {
     }
 }
 
+/// An app that answers `head` at once, then `parts` of its body one per
+/// `gap`, and then holds the connection open; each connection it closes
+/// is sent on `closed`.
+async fn spawn_trickling_app(
+    head: &'static [u8],
+    parts: &'static [&'static [u8]],
+    gap: Duration,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = conn.write_all(head).await;
+                for part in parts {
+                    tokio::time::sleep(gap).await;
+                    let _ = conn.write_all(part).await;
+                }
+                // Held until the tunnel client lets go of it.
+                while !matches!(conn.read(&mut buf).await, Ok(0) | Err(_)) {}
+                let _ = tx.send(());
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// Issue: a small answer (a length under 64 KiB) was read whole before its
+/// head went out: an app that answered its head at once and trickled its body
+/// left the caller with nothing, then a 504 "the local app did not answer",
+/// while the client logged a 200 (found by a probe with misbehaving apps).
+/// Now the head and what is there go out at once, and the rest as it comes.
+#[tokio::test]
+async fn a_small_answer_whose_body_trickles_reaches_the_caller_as_it_comes() {
+    let server = TestServer::start_with(|c| c.request_timeout = Duration::from_secs(2)).await;
+    let parts: &[&[u8]] = &[b"b", b"c", b"d", b"e"];
+    let (app, _closed) =
+        spawn_trickling_app(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\na", parts, Duration::from_millis(600)).await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &id, &token, app.port()).await;
+    let started = Instant::now();
+    let resp = http().get(format!("{}/hook", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(500), "the head waited for the body: {:?}", started.elapsed());
+    // 2.4 s of body, past the 2 s request timeout: it bounds the wait for the head only.
+    assert_eq!(resp.text().await.unwrap(), "abcde");
+}
+
+/// And a small answer whose body stalls is let go when its caller leaves:
+/// the client held the app's connection (and the stream) until the app
+/// closed it.
+#[tokio::test]
+async fn a_small_answer_whose_body_stalls_is_let_go_when_its_caller_leaves() {
+    let server = TestServer::start().await;
+    let (app, mut closed) =
+        spawn_trickling_app(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial", &[], Duration::ZERO).await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let mut client = TestClient::connect(&server, &id, &token, app.port()).await;
+    let resp = http().get(format!("{}/hook", client.tunnel_url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let log = next_request_log(&mut client).await;
+    assert!(log.error.as_deref().is_some_and(|e| e.contains("cut short")), "{log:?}");
+    let let_go = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
+    assert!(let_go.is_ok(), "the client still holds the app's connection");
+}
+
 /// `localhost` (the client's default `--local-host`) reaches an app that
 /// listens on IPv6 only, as Node's and Vite's dev servers often do, and one on
 /// IPv4 only; with neither, the 502 says both were tried.

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::app_conn::{self, AppConnector};
 use crate::headers::strip_hop_by_hop;
-use crate::quic::framed::{SendOutcome, send_message};
+use crate::quic::framed::{SendOutcome, SmallBody, send_message};
 use crate::quic::{FrameReader, FrameWriter, ReadFrameError, close};
 use crate::wire::{Frame, ResponseHead, StreamError, StreamErrorCode};
 
@@ -532,7 +532,7 @@ async fn request_body(mut reader: FrameReader) -> Result<RequestBody, bool> {
 /// must not show a plain status for an answer the caller got only part of,
 /// nor any status for one it never got (the edge answered 502 instead).
 async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming, log: &mut RequestLog) {
-    match send_message(&mut writer, head, body).await {
+    match send_message(&mut writer, head, body, SmallBody::Ready).await {
         SendOutcome::Sent => writer.finish(),
         SendOutcome::PeerGone => {
             log.error = Some("the response was cut short: the caller or the server went away".into());

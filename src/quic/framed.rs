@@ -38,63 +38,77 @@ pub fn sent_inline<B: http_body::Body>(body: &B) -> bool {
     body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= INLINE_BODY)
 }
 
+/// How [`send_message`] waits for a body small enough to go out with its
+/// head ([`sent_inline`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmallBody {
+    /// Read it whole first, however long it takes: a caller's body at the
+    /// edge, whose own timeout bounds the wait (and which the edge must have
+    /// whole to answer a broken one itself).
+    Whole,
+    /// Send it with the head if it is all there now; else send the head with
+    /// what is there and stream the rest: an app's answer, whose head must
+    /// not wait on a slow body (a caller got a false 504 "no answer" from an
+    /// app that had answered its head at once and trickled its body).
+    Ready,
+}
+
 /// Sends `head`, then `body` as `Body` frames, then `End`. Small sized bodies go
 /// out with the head in one write; others stream chunk by chunk under flow
-/// control, so memory stays bounded by the windows.
-pub async fn send_message<B>(writer: &mut FrameWriter, head: Frame, mut body: B) -> SendOutcome
+/// control, so memory stays bounded by the windows. A body that stalls while
+/// the peer stops reading (its caller left, its timeout ran out) ends the
+/// sending at once rather than when the body next moves.
+pub async fn send_message<B>(writer: &mut FrameWriter, head: Frame, mut body: B, small: SmallBody) -> SendOutcome
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    use futures_util::FutureExt;
     use http_body_util::BodyExt;
     let sent = |r: Result<(), quinn::WriteError>| if r.is_ok() { SendOutcome::Sent } else { SendOutcome::PeerGone };
     if body.is_end_stream() {
         return sent(writer.send_frames(&[head, Frame::End]).await);
     }
-    if sent_inline(&body) {
+    let inline = sent_inline(&body);
+    if inline && small == SmallBody::Whole {
         return match body.collect().await {
             Ok(all) => sent(writer.send_frames(&[head, Frame::Body(all.to_bytes()), Frame::End]).await),
             Err(err) => SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false },
         };
     }
-    // The head waits for a first body frame already on its way: hyper decodes
-    // it, once asked, in the connection's own task, one trip through the
+    // The head waits for body frames already on their way: hyper decodes
+    // them, once asked, in the connection's own task, one trip through the
     // scheduler away. A body that fails at once (a malformed first chunk)
     // then becomes an error answer instead of a head followed by a cut
     // stream, which left an HTTP/1.1 caller with an empty reply (hyper sends
     // a head with its first body bytes). A slow body (server-sent events)
-    // does not hold the head back.
-    let mut first = body.frame().now_or_never();
-    if first.is_none() {
-        tokio::task::yield_now().await;
-        first = body.frame().now_or_never();
-    }
-    let data = match first {
-        Some(Some(Err(err))) => {
-            return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false };
-        }
-        Some(None) => return sent(writer.send_frames(&[head, Frame::End]).await),
-        Some(Some(Ok(frame))) => frame.into_data().ok().filter(|data| !data.is_empty()),
-        None => None,
+    // does not hold the head back. A small body takes all its frames that
+    // are there (usually all of it: one write); a larger one its first.
+    let (ready, end) = match ready_now(&mut body, inline).await {
+        Ok(ready) => ready,
+        Err(err) => return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: false },
     };
-    let written = match data {
-        // The first chunk goes out in the head's write, and so does `End`
-        // when it was the whole body: one packet for a short answer.
-        Some(data) => {
-            let end = body.is_end_stream();
-            match writer.send_head_and_body(&head, data, end).await {
-                Ok(()) if end => return SendOutcome::Sent,
-                written => written,
-            }
-        }
+    let written = match ready {
+        // The first bytes go out in the head's write, and so does `End` when
+        // they were the whole body: one packet for a short answer.
+        Some(data) => match writer.send_head_and_body(&head, data, end).await {
+            Ok(()) if end => return SendOutcome::Sent,
+            written => written,
+        },
+        None if end => return sent(writer.send_frames(&[head, Frame::End]).await),
         None => writer.send(&head).await,
     };
     if written.is_err() {
         return SendOutcome::PeerGone;
     }
     loop {
-        match body.frame().await {
+        let next = tokio::select! {
+            // The body first, and no random pick; the stop is looked at
+            // only while the body has nothing.
+            biased;
+            next = body.frame() => next,
+            _ = writer.stopped() => return SendOutcome::PeerGone,
+        };
+        match next {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if writer.send_body(data).await.is_err() {
@@ -106,6 +120,49 @@ where
             None => return sent(writer.send(&Frame::End).await),
         }
     }
+}
+
+/// The body bytes `body` has ready now, or after one trip through the
+/// scheduler: its first frame's, or with `all`, every frame's until one is
+/// not ready or the body ends (copied into one buffer past the first); and
+/// whether it ended.
+async fn ready_now<B>(body: &mut B, all: bool) -> Result<(Option<Bytes>, bool), B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    let (mut first, mut more): (Option<Bytes>, Option<BytesMut>) = (None, None);
+    let mut yielded = false;
+    while !body.is_end_stream() {
+        let Some(next) = body.frame().now_or_never() else {
+            if yielded {
+                break;
+            }
+            yielded = true;
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let Some(frame) = next else { return Ok((more.map(BytesMut::freeze).or(first), true)) };
+        let Ok(data) = frame?.into_data() else { continue };
+        if data.is_empty() {
+            continue;
+        }
+        match (&first, &mut more) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut buf = BytesMut::with_capacity(head.len() + data.len());
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                more = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+        if !all {
+            break;
+        }
+    }
+    Ok((more.map(BytesMut::freeze).or(first), body.is_end_stream()))
 }
 
 /// Reading a frame failed.

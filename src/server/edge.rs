@@ -22,7 +22,7 @@ use super::registry::{Session, Transport, Tunnel};
 use super::{State, gateway, inbound, untaken};
 use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, strip_hop_by_hop};
 use crate::inbound::{OfflineReply, Verdict};
-use crate::quic::framed::{ReadFrameError, SendOutcome, send_message, sent_inline};
+use crate::quic::framed::{ReadFrameError, SendOutcome, SmallBody, send_message, sent_inline};
 use crate::quic::{FrameReader, FrameWriter, close};
 use crate::wire::{Frame, RequestHead, StreamErrorCode};
 
@@ -572,13 +572,13 @@ where
         None
     };
     if small {
-        let sent = send_message(&mut writer, head, body).await;
+        let sent = send_message(&mut writer, head, body, SmallBody::Whole).await;
         return end_stream(sent, &mut writer).map_or(Sending::Done, Sending::BodyFailed);
     }
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         let sent = {
-            let sending = send_message(&mut writer, head, body);
+            let sending = send_message(&mut writer, head, body, SmallBody::Whole);
             tokio::pin!(sending);
             tokio::select! {
                 sent = &mut sending => Ok(sent),
