@@ -557,14 +557,18 @@ async fn a_local_app_switching_protocols_unasked_is_a_502_not_a_bare_101() {
     let app =
         spawn_broken_app(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
             .await;
-    let (_clients, urls) = both_tunnels(&server, app.port()).await;
-    for url in &urls {
+    let (mut clients, urls) = both_tunnels(&server, app.port()).await;
+    for (url, client) in urls.iter().zip(&mut clients) {
         let got = raw_get(&server, url).await;
         assert!(got.starts_with("HTTP/1.1 502 "), "{url}: {got}");
         // The app's doing, said as such over either transport (`--ws` once
         // blamed the tunnel client for an invalid status).
         assert!(got.to_ascii_lowercase().contains("x-hookway-error: local-error"), "{url}: {got}");
         assert!(got.contains("the local app answered 101 Switching Protocols, which does not end a request"), "{got}");
+        // The client's line says so too (a QUIC client's said 101, no error).
+        let log = next_request_log(client).await;
+        assert_eq!(log.status, None, "{url}: {log:?}");
+        assert!(log.error.as_deref().is_some_and(|e| e.contains("101")), "{url}: {log:?}");
     }
 }
 

@@ -424,7 +424,14 @@ pub async fn serve(
             return Some(log);
         }
     };
-    log.status = Some(resp.status().as_u16());
+    if resp.status().is_informational() {
+        // The edge answers the caller 502 in its place (a 101 it was not
+        // asked for); the line said 101, as if the app had answered.
+        log.error =
+            Some(format!("{} (the caller was answered 502)", crate::headers::unasked_informational(resp.status())));
+    } else {
+        log.status = Some(resp.status().as_u16());
+    }
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
