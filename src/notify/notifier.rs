@@ -482,6 +482,15 @@ impl Notifier {
             self.save(d).await;
             return;
         }
+        if d.attempts as usize > self.config.schedule.0.len() {
+            // Its last attempt was cut by a stop or a crash (counted as it
+            // started, see `lease_deliveries`): none is left. (Saved with
+            // the count as read, which this lease's own count undoes.)
+            (d.state, d.next_attempt_ms, d.updated_ms) = (DeliveryState::Failed, now_ms(), now_ms());
+            d.last_error = Some("the server stopped during the last attempt; no attempt is left".to_owned());
+            self.save(d).await;
+            return;
+        }
         let attempt = deliver::attempt(
             &self.http,
             &webhook,

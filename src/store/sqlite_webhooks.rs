@@ -269,8 +269,12 @@ pub(super) fn lease_deliveries(c: &mut Connection, ids: &[String], until_ms: i64
     {
         // Only what is still pending: a backlog's drop may have given a row
         // up since the dispatcher read it.
+        // The attempt is counted as it starts: one cut by a crash or a stop
+        // counts too (the receiver may have had it), so a delivery gets no
+        // more attempts than the schedule allows, and its log says how many.
         let mut stmt = tx.prepare_cached(
-            "UPDATE deliveries SET next_attempt_ms = ?2, leased = 1 WHERE id = ?1 AND state = 'pending'",
+            "UPDATE deliveries SET next_attempt_ms = ?2, leased = 1, attempts = attempts + 1
+             WHERE id = ?1 AND state = 'pending'",
         )?;
         for id in ids {
             if stmt.execute(params![id, until_ms])? == 1 {
