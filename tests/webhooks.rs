@@ -1543,3 +1543,23 @@ async fn a_last_attempt_cut_by_a_stop_is_not_followed_by_another() {
     tokio::time::sleep(ms(500)).await;
     assert_eq!(receiver.of_event("tunnel.connected").len(), 4, "{:?}", receiver.summary());
 }
+
+/// Issue: deliveries made in the same millisecond (a connect's
+/// `tunnel.connected` and `token.connected`) were listed in the order of
+/// their random ids, not newest first (found by a probe).
+#[tokio::test]
+async fn deliveries_are_listed_newest_first_within_a_millisecond_too() {
+    let server = fast_server().await;
+    let receiver = Receiver::statuses(&[200]).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ALL_EVENTS })).await;
+    for _ in 0..5 {
+        let (_, client) = connected_tunnel(&server).await;
+        stop_client(client).await;
+    }
+    let list = wait_deliveries(&server, &wh, Duration::from_secs(5), |l| l.len() >= 20 && all_final(l)).await;
+    assert_eq!(list.len(), 20, "{list:?}");
+    let dates: Vec<&str> = list.iter().map(|d| d["payload"]["ActionDate"].as_str().unwrap()).collect();
+    let mut newest_first = dates.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(dates, newest_first);
+}

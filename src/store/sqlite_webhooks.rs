@@ -332,7 +332,7 @@ pub(super) fn due_deliveries(
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries
          WHERE webhook_id = ?1 AND state = 'pending' AND next_attempt_ms <= ?2
-         ORDER BY next_attempt_ms, id LIMIT ?3"
+         ORDER BY next_attempt_ms, rowid LIMIT ?3"
     ))?;
     let mut due = Vec::new();
     for webhook in &webhooks {
@@ -341,7 +341,10 @@ pub(super) fn due_deliveries(
             due.push(row?);
         }
     }
-    due.sort_by(|a, b| (a.next_attempt_ms, &a.id).cmp(&(b.next_attempt_ms, &b.id)));
+    // (Stable: a webhook's rows due in the same millisecond keep the order
+    // they were written in, their events' order; ids are random and said
+    // nothing of it.)
+    due.sort_by_key(|d| d.next_attempt_ms);
     due.truncate(limit);
     Ok(due)
 }
@@ -383,7 +386,7 @@ pub(super) fn deliveries_since(
 ) -> rusqlite::Result<Vec<DeliveryRecord>> {
     let mut stmt = c.prepare_cached(&format!(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE webhook_id = ?1 AND created_ms >= ?2
-         ORDER BY created_ms DESC, id DESC LIMIT ?3"
+         ORDER BY created_ms DESC, rowid DESC LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![webhook_id, since_ms, limit as i64], delivery_from)?;
     rows.collect()
