@@ -79,6 +79,12 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xffc0) == 0xfe80 // link-local
         || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x3fff && s[1] < 0x1000) // 3fff::/20, documentation (RFC 9637)
+        || (s[0] == 0x0100 && s[1..4] == [0; 3]) // 100::/64, discard-only
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0010) // 2001:10::/28, ORCHID
+        || (s[0] == 0x2001 && (s[1] & 0xfff0) == 0x0020) // 2001:20::/28, ORCHIDv2
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // 2001:2::/48, benchmarking
+        || s[0] == 0x5f00 // 5f00::/16, SRv6 segment identifiers
 }
 
 /// The IPv4 address an IPv6 address embeds in two of its 16-bit segments.
@@ -198,6 +204,14 @@ mod tests {
             "::ffff:0:a00:1",
             "::ffff:0:7f00:1",
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            // Reserved ranges a probe found accepted.
+            "100::1",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:20::1",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "5f00::1",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip} should be refused");
         }
@@ -209,6 +223,11 @@ mod tests {
             "64:ff9b::808:808",
             "2002:808:808::1",
             "::ffff:0:808:808",
+            // Public neighbours of the reserved ranges.
+            "2001:4860:4860::8888",
+            "2001:500:88:200::8",
+            "3fff:1000::1",
+            "100:0:0:1::1",
         ] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip} should be allowed");
         }
