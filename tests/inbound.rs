@@ -375,6 +375,19 @@ async fn an_offline_reply_answers_for_the_laptop_and_the_request_is_replayed_lat
         "{}",
         list[0]
     );
+    // A 205 carries no content (it carried the line): as a 204 does.
+    let (status, body) = patch(&s, r#"{"offlineReply": {"status": 205}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let raw = raw_exchange(
+        s.server.http,
+        format!("POST /t/{}/x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1", s.subdomain)
+            .as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 205 "), "{raw}");
+    let (head, content) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(content.is_empty() && !head.to_ascii_lowercase().contains("content-type"), "{raw}");
+
     // Back: the recorded request replays to the app, body and all.
     let app = spawn_app().await;
     let _back = TestClient::connect(&s.server, &s.tunnel_id, &s.token, app.port()).await;

@@ -62,11 +62,17 @@ pub fn offline_reply(reply: OfflineReply, subdomain: &str) -> Response<Body> {
     let text = format!(
         "hookway: tunnel '{subdomain}' is offline; the request was recorded, to be replayed once its client is back\n"
     );
-    let mut resp = Response::new(full(text));
-    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    // (204, 205 and 304 carry no content, RFC 9110 §15: hyper drops a body
+    // from the first and last, and sent one with a 205.)
+    let bodiless = [StatusCode::NO_CONTENT, StatusCode::RESET_CONTENT, StatusCode::NOT_MODIFIED].contains(&status);
+    let mut resp = Response::new(if bodiless { full(Bytes::new()) } else { full(text) });
+    *resp.status_mut() = status;
     resp.extensions_mut().insert(EdgeErrorKind("tunnel-offline"));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    if !bodiless {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    }
     h.insert("x-hookway-offline", HeaderValue::from_static("recorded"));
     resp
 }
