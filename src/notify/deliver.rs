@@ -111,7 +111,11 @@ pub async fn attempt(
         Err(err) => return failed(AttemptResult::ConnectionError, error_chain(&err)),
     };
     let status = resp.status().as_u16();
-    let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
     // Keep the start of the body; never wait long for the rest.
     let mut body = Vec::new();
     let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(100));

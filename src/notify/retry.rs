@@ -104,10 +104,16 @@ pub fn decide(result: &AttemptResult, attempt: u32, schedule: &Schedule) -> Next
     }
 }
 
-/// `Retry-After` as seconds (HTTP dates are rare from webhook receivers and
-/// treated as absent).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), seen at
+/// `now`: the wait until then (none for a date past). `None` when it is
+/// neither (then the schedule alone decides).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -145,7 +151,10 @@ mod tests {
         assert_eq!(decide(&limited(30), 1, &s), Next::RetryIn(Duration::from_secs(30)), "Retry-After honoured");
         assert_eq!(decide(&limited(0), 2, &s), Next::RetryIn(Duration::from_secs(10)), "never sooner than planned");
         assert_eq!(decide(&limited(99_999), 1, &s), Next::RetryIn(MAX_RETRY_AFTER), "capped");
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_400); // 07:26:40 GMT
+        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now), Some(Duration::from_secs(80)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:20:00 GMT", now), Some(Duration::ZERO), "a date past");
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }
