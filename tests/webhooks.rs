@@ -1563,3 +1563,37 @@ async fn deliveries_are_listed_newest_first_within_a_millisecond_too() {
     newest_first.sort_unstable_by(|a, b| b.cmp(a));
     assert_eq!(dates, newest_first);
 }
+
+/// The delivery log lists the newest 1,000 of the last 24 h, and says when
+/// there were more (it cut the rest silently, while health counted them).
+#[tokio::test]
+async fn a_delivery_log_longer_than_a_listing_says_so() {
+    use hookway::store::{DeliveryRecord, DeliveryState};
+    let server = fast_server().await;
+    let (wh, _) = create_webhook(&server, json!({ "url": "http://127.0.0.1:9/hook", "events": ALL_EVENTS })).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let max = hookway::server::webhooks_api::MAX_LISTED;
+    let rows: Vec<DeliveryRecord> = (0..=max)
+        .map(|i| DeliveryRecord {
+            id: format!("msg_{i:08}"),
+            webhook_id: wh.clone(),
+            event: "tunnel.connected".into(),
+            payload: "{}".into(),
+            state: DeliveryState::Succeeded,
+            attempts: 1,
+            next_attempt_ms: now,
+            last_status: Some(200),
+            last_response: None,
+            last_error: None,
+            duration_ms: Some(1),
+            created_ms: now - 1000 + i as i64,
+            updated_ms: now,
+        })
+        .collect();
+    server.store.blocking().record_events(&rows, &[]).unwrap();
+    let (status, v) = call(&server, Method::GET, &format!("/api/webhooks/{wh}/deliveries"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = v["deliveries"].as_array().unwrap();
+    assert_eq!((listed.len(), &v["truncated"]), (max, &json!(true)));
+    assert_eq!(listed[0]["id"], format!("msg_{max:08}"), "the newest first");
+}

@@ -352,6 +352,9 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             for line in table::render(&columns, &rows, Some(terminal_width())) {
                 println!("{line}");
             }
+            if v["truncated"] == true {
+                eprintln!("(the newest {} of the last 24 hours; `webhooks list` counts them all)", rows.len());
+            }
         }
         WebhooksCommand::RegenerateSigningKey(WebhookId { id, client }) => {
             let path = format!("/api/webhooks/{id}/regenerate-signing-key");

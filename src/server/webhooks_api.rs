@@ -23,8 +23,9 @@ use crate::store::{DeliveryRecord, Health, WebhookRecord};
 pub const MAX_CUSTOM_HEADERS: usize = 20;
 /// The window of the delivery log and health figures.
 const DAY_MS: i64 = 24 * 3600 * 1000;
-/// Most deliveries one listing returns.
-const MAX_LISTED: usize = 1000;
+/// Most deliveries one listing returns (the newest; `truncated` says when
+/// the last 24 h held more).
+pub const MAX_LISTED: usize = 1000;
 /// Fields a webhook body may carry.
 const FIELDS: &[&str] = &["name", "url", "events", "group", "enabled", "customHeaders"];
 
@@ -300,6 +301,9 @@ async fn deliveries(state: &Arc<State>, org: &str, id: &str) -> ApiResult {
     let w = owned(state, org, id)?;
     let since = now_ms() - DAY_MS;
     let wid = w.id.clone();
-    let rows = state.store.run(move |s| s.deliveries_since(&wid, since, MAX_LISTED)).await?;
-    Ok(ok(json!({ "deliveries": rows.iter().map(delivery_json).collect::<Vec<_>>() })))
+    let mut rows = state.store.run(move |s| s.deliveries_since(&wid, since, MAX_LISTED + 1)).await?;
+    // Said, not cut silently: health counts them all.
+    let truncated = rows.len() > MAX_LISTED;
+    rows.truncate(MAX_LISTED);
+    Ok(ok(json!({ "deliveries": rows.iter().map(delivery_json).collect::<Vec<_>>(), "truncated": truncated })))
 }
