@@ -647,6 +647,27 @@ async fn a_chunked_answer_with_a_stale_content_length_arrives_whole() {
     }
 }
 
+/// Issue: an app's own reason phrase was lost on the way: `599 Weird`
+/// reached HTTP/1.1 callers as `599 <none>` (hyper's word for a code with no
+/// standard phrase), `200 Everything Fine Here` as `200 OK` (found by a
+/// probe with misbehaving apps). QUIC tunnels carry it now.
+#[tokio::test]
+async fn an_apps_own_reason_phrase_reaches_http1_callers() {
+    let server = TestServer::start().await;
+    for (reply, line) in [
+        (&b"HTTP/1.1 599 Weird\r\ncontent-length: 2\r\n\r\nok"[..], "HTTP/1.1 599 Weird\r\n"),
+        (b"HTTP/1.1 200 Everything Fine Here\r\ncontent-length: 2\r\n\r\nok", "HTTP/1.1 200 Everything Fine Here\r\n"),
+        (b"HTTP/1.1 204 Nothing\r\n\r\n", "HTTP/1.1 204 Nothing\r\n"),
+        (b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nno", "HTTP/1.1 404 Not Found\r\n"),
+    ] {
+        let app = spawn_broken_app(reply).await;
+        let (id, token, _) = create_tunnel(&server, None).await;
+        let client = TestClient::connect(&server, &id, &token, app.port()).await;
+        let got = raw_get(&server, &client.tunnel_url).await;
+        assert!(got.starts_with(line), "{line:?}: {got:?}");
+    }
+}
+
 /// An app that answers `head` at once, then `parts` of its body one per
 /// `gap`, and then holds the connection open; each connection it closes
 /// is sent on `closed`.

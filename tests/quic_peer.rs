@@ -78,7 +78,11 @@ async fn a_response_header_that_is_not_http_is_a_bad_gateway() {
             while !matches!(reader.next().await, Ok(Some(Frame::End)) | Ok(None) | Err(_)) {}
             let mut headers = http::HeaderMap::new();
             headers.insert("x-bad", http::HeaderValue::from_static("ok"));
-            let head = Frame::ResponseHead(ResponseHead { status: http::StatusCode::OK, headers: headers.into() });
+            let head = Frame::ResponseHead(ResponseHead {
+                status: http::StatusCode::OK,
+                headers: headers.into(),
+                reason: bytes::Bytes::new(),
+            });
             let mut bytes = hookway::wire::encode_to_bytes(&head).to_vec();
             if &request.target[..] == b"/bad" {
                 let at = bytes.windows(5).position(|w| w == b"x-bad").unwrap();
@@ -338,7 +342,11 @@ fn head_with(status: u16, headers: &[(&str, &str)]) -> Frame {
     for (name, value) in headers {
         map.append(http::HeaderName::from_bytes(name.as_bytes()).unwrap(), http::HeaderValue::from_str(value).unwrap());
     }
-    Frame::ResponseHead(ResponseHead { status: http::StatusCode::from_u16(status).unwrap(), headers: map.into() })
+    Frame::ResponseHead(ResponseHead {
+        status: http::StatusCode::from_u16(status).unwrap(),
+        headers: map.into(),
+        reason: bytes::Bytes::new(),
+    })
 }
 
 /// What a tunnel client says of a failed request reaches the caller as one

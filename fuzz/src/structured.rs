@@ -61,6 +61,7 @@ pub enum FuzzFrame {
     ResponseHead {
         status: u16,
         headers: Vec<(Vec<u8>, Vec<u8>)>,
+        reason: Vec<u8>,
     },
     Body(Vec<u8>),
     End,
@@ -138,6 +139,12 @@ pub fn target_is_valid(target: &[u8]) -> bool {
 /// `_` and `-`.
 pub fn request_id_is_valid(id: &[u8]) -> bool {
     id.len() <= 64 && id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The reason phrase rule from the protocol: at most 256 bytes of tabs,
+/// spaces, visible ASCII and obs-text.
+pub fn reason_is_valid(reason: &[u8]) -> bool {
+    reason.len() <= 256 && reason.iter().all(|&b| b == b'\t' || b == b' ' || (b > 0x20 && b != 0x7f))
 }
 
 fn headers(raw: &[(Vec<u8>, Vec<u8>)]) -> Option<Headers> {
@@ -223,10 +230,17 @@ impl FuzzFrame {
                 }
                 Frame::RequestHead(head)
             }
-            FuzzFrame::ResponseHead { status, headers: raw_headers } => Frame::ResponseHead(ResponseHead {
-                status: StatusCode::from_u16(*status).ok()?,
-                headers: headers(raw_headers)?,
-            }),
+            FuzzFrame::ResponseHead { status, headers: raw_headers, reason } => {
+                let head = ResponseHead {
+                    status: StatusCode::from_u16(*status).ok()?,
+                    headers: headers(raw_headers)?,
+                    reason: Bytes::copy_from_slice(reason),
+                };
+                if !reason_is_valid(reason) {
+                    return Some(Built::Refused(Frame::ResponseHead(head), InvalidFrame::Reason));
+                }
+                Frame::ResponseHead(head)
+            }
             FuzzFrame::Body(body) => Frame::Body(Bytes::copy_from_slice(body)),
             FuzzFrame::End => Frame::End,
             FuzzFrame::Error { code, message } => {

@@ -435,7 +435,14 @@ pub async fn serve(
     let (parts, body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
-    let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into() });
+    // (hyper keeps the app's reason phrase only when it is not the standard one.)
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| Bytes::copy_from_slice(r.as_bytes()))
+        .filter(|r| crate::wire::frame::check_reason(r).is_ok())
+        .unwrap_or_default();
+    let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into(), reason });
     send_response(writer, head, body, &mut log).await;
     log.duration = started.elapsed();
     Some(log)

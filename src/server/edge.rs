@@ -380,7 +380,7 @@ where
         }
     };
     match first {
-        Ok(Some(Frame::ResponseHead(head))) => response(head.status, head.headers, reader, head_request),
+        Ok(Some(Frame::ResponseHead(head))) => response(head, reader, head_request),
         // (A large body streams from its task, and the client hears of its
         // caller breaking it off as a reset: the app failing on it then is
         // the caller's doing, not the app's.)
@@ -642,12 +642,11 @@ pub(super) fn no_content(status: StatusCode, headers: &mut http::HeaderMap) -> b
 /// an error, so the caller's answer is cut rather than passed as whole, and
 /// the record says so. (The answer to a HEAD has no body: its length is the
 /// GET's.)
-fn response(
-    status: StatusCode,
-    headers: crate::wire::Headers,
-    reader: FrameReader,
-    head_request: bool,
-) -> Response<Body> {
+fn response(head: crate::wire::ResponseHead, reader: FrameReader, head_request: bool) -> Response<Body> {
+    let crate::wire::ResponseHead { status, headers, reason } = head;
+    // The app's own reason phrase, for HTTP/1 callers (hyper writes a
+    // status's standard one, and `<none>` for a code without one).
+    let reason = (!reason.is_empty()).then(|| hyper::ext::ReasonPhrase::try_from(reason).ok()).flatten();
     if status.is_informational() {
         return edge_error(StatusCode::BAD_GATEWAY, "local-error", crate::headers::unasked_informational(status));
     }
@@ -681,6 +680,9 @@ fn response(
         let mut resp = Response::new(super::http::full(Bytes::new()));
         *resp.status_mut() = status;
         *resp.headers_mut() = map;
+        if let Some(reason) = reason {
+            resp.extensions_mut().insert(reason);
+        }
         return resp;
     }
     // What the body still owes its declared length.
@@ -723,5 +725,8 @@ fn response(
     let mut resp = Response::new(StreamBody::new(frames).boxed_unsync());
     *resp.status_mut() = status;
     *resp.headers_mut() = map;
+    if let Some(reason) = reason {
+        resp.extensions_mut().insert(reason);
+    }
     resp
 }

@@ -73,6 +73,20 @@ pub enum InvalidFrame {
     /// ASCII letters, digits, `_` and `-`.
     #[error("invalid request id")]
     RequestId,
+    /// The reason phrase is longer than [`MAX_REASON`] or holds bytes the
+    /// HTTP/1 status line does not allow.
+    #[error("invalid reason phrase")]
+    Reason,
+}
+
+/// Longest reason phrase a response head may carry.
+pub const MAX_REASON: usize = 256;
+
+/// A reason phrase: tabs, spaces, visible ASCII and obs-text (RFC 9112 §4),
+/// at most [`MAX_REASON`] bytes. Empty means the status code's own.
+pub fn check_reason(reason: &[u8]) -> Result<(), InvalidFrame> {
+    let ok = reason.len() <= MAX_REASON && reason.iter().all(|&b| b == b'\t' || b == b' ' || (b > 0x20 && b != 0x7f));
+    if ok { Ok(()) } else { Err(InvalidFrame::Reason) }
 }
 
 /// Handshake opening: which tunnel, and the token that proves the right to serve it.
@@ -178,6 +192,10 @@ pub struct ResponseHead {
     pub status: StatusCode,
     /// Response headers.
     pub headers: Headers,
+    /// The app's reason phrase when it is not the status code's own (`599
+    /// Weird`, `200 Everything Fine`); empty for the standard one. Checked
+    /// by [`check_reason`].
+    pub reason: Bytes,
 }
 
 /// Why an exchange was aborted.
@@ -238,6 +256,10 @@ impl TryFrom<pb::Frame> for Frame {
                     .and_then(|s| StatusCode::from_u16(s).ok())
                     .ok_or(InvalidFrame::Status(h.status))?,
                 headers: headers_from_pb(h.headers)?,
+                reason: {
+                    check_reason(&h.reason)?;
+                    h.reason
+                },
             }),
             Kind::Body(b) => Frame::Body(b),
             Kind::End(_) => Frame::End,
@@ -409,6 +431,7 @@ impl From<&Frame> for pb::Frame {
             Frame::ResponseHead(h) => Kind::ResponseHead(pb::ResponseHead {
                 status: u32::from(h.status.as_u16()),
                 headers: headers_to_pb(&h.headers),
+                reason: h.reason.clone(),
             }),
             Frame::Body(b) => Kind::Body(b.clone()),
             Frame::End => Kind::End(pb::End {}),

@@ -18,7 +18,8 @@ use prost::encoding::{WireType, encoded_len_varint, key_len};
 use super::Frame;
 use super::codec::DecodeError;
 use super::frame::{
-    InvalidFrame, RequestHead, ResponseHead, check_header_count, check_request_id, check_target, client_ip_from,
+    InvalidFrame, RequestHead, ResponseHead, check_header_count, check_reason, check_request_id, check_target,
+    client_ip_from,
 };
 use super::headers::Headers;
 use super::walk::{self, Fields, HeadField, Value, varint};
@@ -122,11 +123,13 @@ pub(crate) fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
 /// Appends the frame holding `head`, length-prefixed, to `dst`.
 pub(crate) fn encode_response(head: &ResponseHead, dst: &mut BytesMut) {
     let status = u64::from(head.status.as_u16());
-    let inner = key_len(1) + encoded_len_varint(status) + headers_len(2, &head.headers);
+    let inner =
+        key_len(1) + encoded_len_varint(status) + headers_len(2, &head.headers) + bytes_field_len(3, &head.reason);
     write_frame(RESPONSE_HEAD, inner, dst, |out| {
         out.key(1, WireType::Varint);
         out.varint(status);
         out.headers(2, &head.headers);
+        out.bytes_field(3, &head.reason);
     });
 }
 
@@ -221,12 +224,13 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
         let headers = Headers::wire(body, inner, 3, count);
         Ok(Frame::RequestHead(RequestHead { method, target, headers, client_ip, request_id }))
     } else {
-        let mut status = 0u64;
+        let (mut status, mut reason) = (0u64, 0..0);
         let count = walk_head(&body, inner.clone(), 2, |field| {
             match field {
                 // uint32, as the generated code reads it: the low 32 bits.
                 (1, Value::Varint(s)) => status = s & u64::from(u32::MAX),
                 (1, _) => return Err(walk::wrong_type()),
+                (3, v) => reason = v.range()?,
                 _ => {}
             }
             Ok(())
@@ -236,7 +240,9 @@ pub(crate) fn decode(body: Bytes, layout: Layout) -> Result<Frame, DecodeError> 
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())
             .ok_or(InvalidFrame::Status(status))?;
-        Ok(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body, inner, 2, count) }))
+        check_reason(&body[reason.clone()])?;
+        let reason = body.slice(reason);
+        Ok(Frame::ResponseHead(ResponseHead { status, headers: Headers::wire(body, inner, 2, count), reason }))
     }
 }
 
@@ -248,7 +254,7 @@ mod tests {
     use prost::encoding::{encode_key, encode_varint};
 
     use super::*;
-    use crate::wire::frame::MAX_REQUEST_ID;
+    use crate::wire::frame::{MAX_REASON, MAX_REQUEST_ID};
     use crate::wire::{MAX_HEADERS, codec, pb};
 
     /// `decode` as the codec calls it: `None` for other layouts.
@@ -294,8 +300,17 @@ mod tests {
                 client_ip: None,
                 request_id: Bytes::from_static(b"x-1_Z"),
             }),
-            Frame::ResponseHead(ResponseHead { status: StatusCode::OK, headers: hdrs.into() }),
-            Frame::ResponseHead(ResponseHead { status: StatusCode::NO_CONTENT, headers: Headers::default() }),
+            Frame::ResponseHead(ResponseHead { status: StatusCode::OK, headers: hdrs.into(), reason: Bytes::new() }),
+            Frame::ResponseHead(ResponseHead {
+                status: StatusCode::from_u16(599).unwrap(),
+                headers: Headers::default(),
+                reason: Bytes::from_static(b"Weird \x80 \tphrase"),
+            }),
+            Frame::ResponseHead(ResponseHead {
+                status: StatusCode::NO_CONTENT,
+                headers: Headers::default(),
+                reason: Bytes::new(),
+            }),
         ]
     }
 
@@ -436,6 +451,45 @@ mod tests {
             unusual.extend_from_slice(&body);
             let slow = pb::Frame::decode(unusual.freeze()).map(|raw| Frame::try_from(raw).map(|_| ()));
             assert_eq!(slow, Ok(if ok { Ok(()) } else { Err(InvalidFrame::RequestId) }), "{id:?}");
+        }
+    }
+
+    /// A reason phrase is what an HTTP/1 status line may carry, and bounded:
+    /// a line break in one would let a tunnel client write the caller's
+    /// headers (the edge hands it to hyper, which writes it as it is).
+    #[test]
+    fn reason_phrases_are_checked() {
+        let long_ok = "r".repeat(MAX_REASON);
+        let too_long = "r".repeat(MAX_REASON + 1);
+        let cases: [(&[u8], bool); 7] = [
+            (b"Everything Fine Here", true),
+            (b"Caf\xe9\tok", true),
+            (long_ok.as_bytes(), true),
+            (too_long.as_bytes(), false),
+            (b"OK\r\nSet-Cookie: x=1", false),
+            (b"nul\0", false),
+            (b"del\x7f", false),
+        ];
+        for (reason, ok) in cases {
+            let mut inner = BytesMut::new();
+            encode_key(1, WireType::Varint, &mut inner);
+            encode_varint(599, &mut inner);
+            put_bytes_field(3, reason, &mut inner);
+            let mut body = BytesMut::new();
+            encode_key(RESPONSE_HEAD, WireType::LengthDelimited, &mut body);
+            encode_varint(inner.len() as u64, &mut body);
+            body.extend_from_slice(&inner);
+            let body = body.freeze();
+            match fast(&body) {
+                Ok(Some(Frame::ResponseHead(head))) => {
+                    assert!(ok, "{reason:?} accepted");
+                    assert_eq!(&head.reason[..], reason);
+                }
+                Err(err) => assert_eq!((ok, err), (false, InvalidFrame::Reason.into()), "{reason:?}"),
+                Ok(other) => panic!("{other:?}"),
+            }
+            let slow = pb::Frame::decode(body).map(|raw| Frame::try_from(raw).map(|_| ()));
+            assert_eq!(slow, Ok(if ok { Ok(()) } else { Err(InvalidFrame::Reason) }), "{reason:?}");
         }
     }
 

@@ -18,8 +18,8 @@ pub(crate) mod pb {
 
 pub use codec::{DecodeError, FrameDecoder, LEN_PREFIX, MAX_FRAME_LEN, decode, encode, encode_to_bytes};
 pub use frame::{
-    ClientHello, Frame, MAX_HEADERS, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello, SessionEnded,
-    StreamError, StreamErrorCode, is_id,
+    ClientHello, Frame, MAX_HEADERS, MAX_REASON, RejectCode, Rejected, RequestHead, ResponseHead, ServerHello,
+    SessionEnded, StreamError, StreamErrorCode, is_id,
 };
 pub use headers::Headers;
 
