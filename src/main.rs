@@ -844,9 +844,10 @@ async fn run(command: Command) -> Result<()> {
 }
 
 /// Stops on ctrl-c, SIGTERM or SIGHUP, and cuts the drain short on a second
-/// one (any of them, in any order). SIGHUP is what a closed terminal or ssh
-/// session sends: it stops as gracefully as the others (it killed the process
-/// at once, its callers left hanging until the server noticed the client gone).
+/// ctrl-c or SIGTERM. SIGHUP is what a closed terminal or ssh session sends
+/// (often twice): it stops as gracefully as the others (it killed the process
+/// at once, its callers left hanging until the server noticed the client
+/// gone), and never hurries a stop.
 ///
 /// The handlers are registered before this returns, so a caller that says it
 /// is ready afterwards (the server's banner) is already safe to stop: a
@@ -865,7 +866,8 @@ fn shutdown_on_signal() -> Shutdown {
         tokio::spawn(async move {
             match handlers {
                 (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
-                    for again in [false, true] {
+                    let mut stopping = false;
+                    loop {
                         let hup = async {
                             match &mut hup {
                                 Some(hup) => hup.recv().await,
@@ -877,15 +879,22 @@ fn shutdown_on_signal() -> Shutdown {
                             _ = int.recv() => "SIGINT",
                             _ = hup => "SIGHUP",
                         };
+                        // A closed ssh session often sends SIGHUP twice (the
+                        // shell's, then the kernel's as the shell exits): a
+                        // second one is no one asking to hurry.
+                        if stopping && name == "SIGHUP" {
+                            continue;
+                        }
                         // The server's log says why it is stopping (clients say so on their own).
                         // Acted on before it is logged: the log may be a closed pipe.
-                        if again {
+                        if stopping {
                             s.cut();
                             tracing::info!(signal = name, "stopping now");
-                        } else {
-                            s.stop();
-                            tracing::info!(signal = name, "stopping (a second signal stops at once)");
+                            break;
                         }
+                        stopping = true;
+                        s.stop();
+                        tracing::info!(signal = name, "stopping (a second signal stops at once)");
                     }
                 }
                 _ => {

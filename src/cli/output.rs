@@ -129,9 +129,10 @@ impl Printer {
         let (done, _) =
             self.shared.finished.wait_timeout_while(done, within, |done| !*done).unwrap_or_else(|p| p.into_inner());
         if !*done {
+            // (One terminal behind both, paused with ctrl-s, takes neither.)
             match WRITING.load(Ordering::Relaxed) {
-                0 => STUCK.iter().for_each(|s| s.store(true, Ordering::Relaxed)),
-                n => STUCK[usize::from(n) - 1].store(true, Ordering::Relaxed),
+                n @ (1 | 2) if !same_file_behind_both() => STUCK[usize::from(n) - 1].store(true, Ordering::Relaxed),
+                _ => STUCK.iter().for_each(|s| s.store(true, Ordering::Relaxed)),
             }
             return false;
         }
@@ -178,6 +179,26 @@ fn write_lines(shared: &Shared) {
         }
         std::thread::sleep(BATCH);
     }
+}
+
+/// Whether stdout and stderr are the same file (a terminal, `2>&1`), or
+/// that cannot be told.
+fn same_file_behind_both() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let id = |fd: std::os::fd::BorrowedFd<'_>| {
+            let meta = std::fs::File::from(fd.try_clone_to_owned().ok()?).metadata().ok()?;
+            Some((meta.dev(), meta.ino()))
+        };
+        match (id(std::io::stdout().as_fd()), id(std::io::stderr().as_fd())) {
+            (Some(out), Some(err)) => out == err,
+            _ => true,
+        }
+    }
+    #[cfg(not(unix))]
+    true
 }
 
 /// Writes and empties `buf` to stdout.

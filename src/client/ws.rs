@@ -43,8 +43,8 @@ struct Welcome {
     max_body: usize,
     ping_interval: Duration,
     /// How long the server's edge waits for an answer: past it, the caller
-    /// has had a 504 and the answer would go nowhere.
-    request_timeout: Duration,
+    /// has had a 504 and the answer would go nowhere. `None`: not said.
+    request_timeout: Option<Duration>,
     /// How long the upgrade took: at least two round trips (TCP's, then the
     /// upgrade's), the estimate a leaving client lingers by.
     handshake: Duration,
@@ -210,10 +210,17 @@ async fn serve(
                             unanswered.error = Some(why.to_owned());
                             unanswered
                         }
-                        () = tokio::time::sleep(timeout) => {
+                        timeout = async {
+                            match timeout {
+                                Some(timeout) => tokio::time::sleep(timeout).await,
+                                None => std::future::pending().await,
+                            };
+                            timeout
+                        } => {
                             unanswered.duration = started.elapsed();
                             unanswered.error = Some(format!(
-                                "not answered within the server's request timeout ({timeout:?}): the caller got a 504"
+                                "not answered within the server's request timeout ({:?}): the caller got a 504",
+                                timeout.unwrap_or_default()
                             ));
                             unanswered
                         }
@@ -373,9 +380,9 @@ async fn connect(url: &WsUrl) -> Result<(Socket, Welcome), Attempt> {
     };
     let max_body = number("x-hookway-max-body").map_or(DEFAULT_MAX_BODY, |n| n as usize);
     let ping_interval = Duration::from_millis(ping_ms);
-    // (A server that does not say has the default; a week at most, as `--request-timeout`.)
+    // (A server that does not say, an older one, may wait longer than the
+    // default: then the client waits as long as the app takes, as before.)
     let request_timeout = number(wsjson::REQUEST_TIMEOUT)
-        .map_or(crate::server::DEFAULT_REQUEST_TIMEOUT, Duration::from_millis)
-        .clamp(Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+        .map(|ms| Duration::from_millis(ms).clamp(Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600)));
     Ok((ws, Welcome { hello, max_body, ping_interval, request_timeout, handshake: started.elapsed() }))
 }

@@ -487,7 +487,10 @@ impl Notifier {
             // started, see `lease_deliveries`): none is left. (Saved with
             // the count as read, which this lease's own count undoes.)
             (d.state, d.next_attempt_ms, d.updated_ms) = (DeliveryState::Failed, now_ms(), now_ms());
-            d.last_error = Some("the server stopped during the last attempt; no attempt is left".to_owned());
+            d.last_error = Some(
+                "no attempt left: the last one was cut by a stop of the server (or the retry schedule is shorter now)"
+                    .to_owned(),
+            );
             self.save(d).await;
             return;
         }

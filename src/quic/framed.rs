@@ -100,20 +100,33 @@ where
     if written.is_err() {
         return SendOutcome::PeerGone;
     }
+    // Made once: each one made registers with the connection under its lock.
+    // (quinn forgets it when the stream finishes or is stopped, not when it
+    // is reset: one small entry per reset stream, for the connection's life.)
+    let stopped = writer.stopped_owned();
+    tokio::pin!(stopped);
     loop {
         let next = tokio::select! {
             // The body first, and no random pick; the stop is looked at
             // only while the body has nothing.
             biased;
             next = body.frame() => next,
-            _ = writer.stopped() => return SendOutcome::PeerGone,
+            _ = &mut stopped => return SendOutcome::PeerGone,
         };
         match next {
             Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if writer.send_body(data).await.is_err() {
-                        return SendOutcome::PeerGone;
-                    }
+                let Ok(data) = frame.into_data() else { continue };
+                // The last bytes and `End` in one write, as for a short body.
+                let last = body.is_end_stream();
+                let sent = match (last, data.is_empty()) {
+                    (true, true) => writer.send(&Frame::End).await,
+                    (true, false) => writer.send_last_body(data).await,
+                    (false, _) => writer.send_body(data).await,
+                };
+                match sent {
+                    Err(_) => return SendOutcome::PeerGone,
+                    Ok(()) if last => return SendOutcome::Sent,
+                    Ok(()) => {}
                 }
             }
             Some(Err(err)) => return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: true },
@@ -136,6 +149,10 @@ where
     let mut yielded = false;
     while !body.is_end_stream() {
         let Some(next) = body.frame().now_or_never() else {
+            // One trip through the scheduler per wait: a body that keeps
+            // coming (its head and bytes written apart, or spanning reads)
+            // goes whole with its head; one that breaks soon after is still
+            // an error answer rather than a cut one.
             if yielded {
                 break;
             }
@@ -143,6 +160,7 @@ where
             tokio::task::yield_now().await;
             continue;
         };
+        yielded = false;
         let Some(frame) = next else { return Ok((more.map(BytesMut::freeze).or(first), true)) };
         let Ok(data) = frame?.into_data() else { continue };
         if data.is_empty() {
@@ -374,6 +392,28 @@ impl FrameWriter {
     /// or why the connection is gone.
     pub async fn stopped(&self) -> Result<Option<quinn::VarInt>, quinn::StoppedError> {
         self.send.stopped().await
+    }
+
+    /// [`FrameWriter::stopped`] as a future that does not borrow the writer,
+    /// to be kept across writes.
+    pub fn stopped_owned(
+        &self,
+    ) -> impl Future<Output = Result<Option<quinn::VarInt>, quinn::StoppedError>> + Send + 'static {
+        self.send.stopped()
+    }
+
+    /// Writes the last of a body and `End`, in one write where the body fits one frame.
+    pub async fn send_last_body(&mut self, data: Bytes) -> Result<(), quinn::WriteError> {
+        self.send_unsent().await?;
+        if data.len() > wire::MAX_BODY_CHUNK {
+            self.send_body(data).await?;
+            return self.send(&Frame::End).await;
+        }
+        wire::codec::encode_body_header(data.len(), &mut self.buf);
+        let header = self.buf.split().freeze();
+        wire::encode(&Frame::End, &mut self.buf);
+        let end = self.buf.split().freeze();
+        self.send.write_all_chunks(&mut [header, data, end]).await
     }
 
     /// Ends the stream after everything written.
