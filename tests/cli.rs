@@ -1129,6 +1129,21 @@ async fn a_hangup_stops_the_server_gracefully_unless_it_runs_under_nohup() {
     }
 }
 
+/// Sends requests through `url` until the client's lines fill a 64 KiB pipe,
+/// then SIGTERM: how the client exited (it must within 10 s).
+async fn fill_output_then_stop(url: &str, child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let client = http();
+    for _ in 0..60 {
+        let sent: Vec<_> = (0..16).map(|_| client.get(url).send()).collect();
+        for resp in futures_util::future::join_all(sent).await {
+            assert_eq!(resp.unwrap().status(), 200);
+        }
+    }
+    kill("-TERM", child.id().unwrap());
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
+    exited.expect("the client stops within 10 s of SIGTERM, its output full").unwrap()
+}
+
 /// Issue: a client whose stdout nobody read (`--json | sleep 300`, a
 /// terminal paused with ctrl-s) could not be stopped, by any number of
 /// signals: it waited for ever for its line writer, stuck in a write. It now
@@ -1145,16 +1160,7 @@ async fn a_client_whose_stdout_is_not_read_still_stops() {
     let (mut child, lines, connected) = spawn_connected(cmd).await;
     // Its stdout is left unread from here: 64 KiB of lines fill the pipe.
     let url = format!("{}/echo", connected["tunnelUrl"].as_str().unwrap());
-    let client = http();
-    for _ in 0..60 {
-        let sent: Vec<_> = (0..16).map(|_| client.get(&url).send()).collect();
-        for resp in futures_util::future::join_all(sent).await {
-            assert_eq!(resp.unwrap().status(), 200);
-        }
-    }
-    kill("-TERM", child.id().unwrap());
-    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
-    let status = exited.expect("the client stops within 10 s of SIGTERM, its stdout full").unwrap();
+    let status = fill_output_then_stop(&url, &mut child).await;
     assert!(status.success(), "{status}");
     let mut err = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut err).await.unwrap();
@@ -1191,16 +1197,7 @@ async fn a_client_whose_one_output_is_not_read_still_stops() {
     })
     .await
     .expect("the client connects");
-    let client = http();
-    for _ in 0..60 {
-        let sent: Vec<_> = (0..16).map(|_| client.get(&url).send()).collect();
-        for resp in futures_util::future::join_all(sent).await {
-            assert_eq!(resp.unwrap().status(), 200);
-        }
-    }
-    kill("-TERM", child.id().unwrap());
-    let exited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
-    let status = exited.expect("the client stops within 10 s of SIGTERM, its output full").unwrap();
+    let status = fill_output_then_stop(&url, &mut child).await;
     assert!(status.success(), "{status}");
     drop(reader);
 }
