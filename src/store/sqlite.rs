@@ -778,6 +778,10 @@ mod tests {
         assert_eq!(store.load_webhooks().unwrap(), [moved]);
         assert_eq!(store.deliveries_since("wh_1", 0, 10).unwrap().len(), 3, "an update kept the deliveries");
         assert_eq!(store.next_due_ms().unwrap(), Some(3_000), "and the pending one is still due");
+        // An attempt counts as it starts, but a first one under way has no outcome yet.
+        store.lease_deliveries(&["msg_c".into()], 9_000).unwrap();
+        assert_eq!(store.deliveries_since("wh_1", 2_500, 10).unwrap()[0].attempts, 1);
+        assert_eq!(store.webhook_health(&org, 2_500).unwrap().get("wh_1"), None);
         assert_eq!(store.prune_deliveries(1_500).unwrap(), 1);
         store.delete_webhook("wh_1").unwrap();
         assert!(store.deliveries_since("wh_1", 0, 10).unwrap().is_empty(), "deliveries go with their webhook");

@@ -392,12 +392,15 @@ pub(super) fn deliveries_since(
     rows.collect()
 }
 
-/// Health of every webhook of `org_id` over deliveries created since `since_ms`.
+/// Health of every webhook of `org_id` over deliveries created since `since_ms`
+/// that were tried: not one whose first attempt is still under way (counted
+/// as it starts, it has no outcome yet).
 pub(super) fn health(c: &Connection, org_id: &str, since_ms: i64) -> rusqlite::Result<HashMap<String, Health>> {
     let mut stmt = c.prepare_cached(
         "SELECT d.webhook_id, COUNT(*), SUM(d.state = 'succeeded') FROM deliveries d
          JOIN webhooks w ON w.id = d.webhook_id
          WHERE w.org_id = ?1 AND d.created_ms >= ?2 AND d.attempts > 0
+           AND NOT (d.state = 'pending' AND d.leased = 1 AND d.attempts = 1)
          GROUP BY d.webhook_id",
     )?;
     let rows = stmt.query_map(params![org_id, since_ms], |r| {
