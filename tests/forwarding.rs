@@ -665,6 +665,24 @@ async fn a_small_answer_short_of_its_length_is_a_502() {
     }
 }
 
+/// An answer with more header lines than the client reads is a 502 that
+/// says so (it said "message head is too large", naming no limit).
+#[tokio::test]
+async fn an_answer_with_too_many_header_lines_is_a_502_naming_the_limit() {
+    let server = TestServer::start().await;
+    let mut reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n".to_vec();
+    for i in 0..150 {
+        reply.extend_from_slice(format!("x-h{i}: 1\r\n").as_bytes());
+    }
+    reply.extend_from_slice(b"\r\nok");
+    let app = spawn_broken_app(reply.leak()).await;
+    let (id, token, _) = create_tunnel(&server, None).await;
+    let client = TestClient::connect(&server, &id, &token, app.port()).await;
+    let got = raw_get(&server, &client.tunnel_url).await;
+    assert!(got.starts_with("HTTP/1.1 502 "), "{got:?}");
+    assert!(got.contains("at most 100 header lines"), "{got:?}");
+}
+
 /// Issue: an app's own reason phrase was lost on the way: `599 Weird`
 /// reached HTTP/1.1 callers as `599 <none>` (hyper's word for a code with no
 /// standard phrase), `200 Everything Fine Here` as `200 OK` (found by a

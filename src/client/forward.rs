@@ -135,6 +135,10 @@ pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
+/// Most header lines of an app's answer the client reads (hyper's default,
+/// as the edge's for a caller's request).
+pub const APP_MAX_HEADERS: usize = 100;
+
 /// How long a connection to the app may stay idle in the pool before it is closed.
 pub const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -263,6 +267,20 @@ impl LocalApp {
             // hyper-util's error says only "client error (SendRequest)", which
             // means nothing to the webhook's sender: what the app did wrong
             // is in its sources.
+            let too_large = crate::error_sources(err)
+                .filter_map(|cause| cause.downcast_ref::<hyper::Error>())
+                .any(hyper::Error::is_parse_too_large);
+            if too_large {
+                // ("message head is too large" said nothing of the limits.)
+                return (
+                    "local-error",
+                    format!(
+                        "the local app at {} answered with too large a head: the client reads at most {APP_MAX_HEADERS} \
+                         header lines and about 400 KiB of head",
+                        self.0.authority,
+                    ),
+                );
+            }
             let why = std::error::Error::source(err).map_or_else(|| err.to_string(), crate::error_chain);
             ("local-error", format!("the local app at {} failed: {why}", self.0.authority))
         }
