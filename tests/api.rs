@@ -538,3 +538,26 @@ async fn concurrent_changes_to_a_tunnel_leave_the_store_as_the_server() {
         assert_eq!(stored.token_hash, hookway::server::names::hash_secret(&good[0]), "round {round}");
     }
 }
+
+/// Issue: wrong API keys were answered at once and logged nowhere: a short
+/// `HOOKWAY_API_KEY` could be guessed at some 13,000 tries a second (found
+/// by a security probe). Past 20 wrong keys in a minute an address is
+/// refused, whatever key it sends, until the minute ends; others are not.
+#[tokio::test]
+async fn an_address_sending_many_wrong_api_keys_is_refused_for_a_while() {
+    let server = TestServer::start().await;
+    let from =
+        |ip: &str| reqwest::Client::builder().local_address(ip.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let guesser = from("127.0.0.1");
+    let call =
+        |client: &reqwest::Client, key: &str| client.get(format!("{}/api/tunnels", server.url)).bearer_auth(key).send();
+    for i in 0..20 {
+        assert_eq!(call(&guesser, &format!("hwk_guess{i}")).await.unwrap().status(), 401, "guess {i}");
+    }
+    let refused = call(&guesser, "hwk_guess20").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("too many wrong API keys"), "{body}");
+    assert_eq!(call(&guesser, API_KEY).await.unwrap().status(), 429, "even the right key, for the rest of the minute");
+    assert_eq!(call(&from("127.0.0.2"), API_KEY).await.unwrap().status(), 200, "another address is not refused");
+}

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -224,7 +225,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> 
             _ => Err(unrouted(ROUTES, &segments, String::new)),
         };
     }
-    let org = authenticate(state, &req).await?;
+    let org = authenticate(state, &req, peer).await?;
     match (segments.as_slice(), method) {
         (["tunnels"], Method::GET) => Ok(list(state, &org)),
         (["tunnels"], Method::POST) => create(state, &org, read_json(state, req).await?).await,
@@ -271,8 +272,17 @@ pub(super) fn ok(value: Value) -> Response<Body> {
     json_response(StatusCode::OK, &value)
 }
 
-async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, ApiError> {
+async fn authenticate(state: &State, req: &Request<Incoming>, peer: SocketAddr) -> Result<String, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    // (Behind a trusted proxy, its caller: else one guesser would shut out
+    // everyone behind the proxy.)
+    let caller = state.config.trusted_proxies.caller(peer.ip(), req.headers());
+    if let Some(wait) = state.auth_failures.refused_for(caller, Instant::now()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong API keys from this address: refused for {} s more", wait.as_secs().max(1)),
+        ));
+    }
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
     let value = values
         .next()
@@ -288,7 +298,11 @@ async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<String, 
         .and_then(bearer_token)
         .filter(|k| !k.is_empty())
         .ok_or_else(|| unauthorized("Authorization must be 'Bearer <api key>'"))?;
-    state.org_for_key(key).await?.ok_or_else(|| unauthorized("invalid API key"))
+    let org = state.org_for_key(key).await?;
+    org.ok_or_else(|| {
+        state.auth_failures.failed(caller, Instant::now());
+        unauthorized("invalid API key")
+    })
 }
 
 /// The token of `Bearer <token>`: the scheme in any case (RFC 9110 §11.1),

@@ -7,6 +7,7 @@
 //! closes tunnel sessions with a "reconnect later" code and flushes counters.
 
 pub mod api;
+mod auth_failures;
 mod caller_pace;
 pub mod capture;
 pub mod clock;
@@ -234,6 +235,8 @@ pub struct State {
     /// new signing key; a new one has nothing to race), so that a PATCH racing a DELETE cannot write
     /// back, and bring back, the webhook it read. Webhook changes are rare.
     pub(crate) webhook_writes: tokio::sync::Mutex<()>,
+    /// Wrong API keys by caller address: past a few a minute, refused.
+    pub(crate) auth_failures: auth_failures::AuthFailures,
 }
 
 impl State {
@@ -537,6 +540,7 @@ impl Server {
             in_flight,
             cutting: CancellationToken::new(),
             webhook_writes: tokio::sync::Mutex::new(()),
+            auth_failures: auth_failures::AuthFailures::default(),
         });
         Ok(Self {
             state,
