@@ -259,6 +259,8 @@ async fn unknown_and_offline_tunnels() {
     let resp = http().get(format!("{}/t/no-such-tunnel/x", server.url)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
     assert_eq!(resp.headers()["x-hookway-error"], "tunnel-not-found");
+    // The line quotes the URL: never sniffed as markup (a security probe).
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
     // No name at all: the answer says where tunnels are.
     for bare in ["/t/", "/t"] {
         let resp = http().get(format!("{}{bare}", server.url)).send().await.unwrap();

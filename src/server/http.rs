@@ -56,6 +56,9 @@ pub fn edge_error(status: StatusCode, kind: &'static str, message: impl std::fmt
     resp.extensions_mut().insert(EdgeErrorKind(kind));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    // The line may quote the caller (a tunnel name from the URL): never to be
+    // read as markup.
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert("x-hookway-error", HeaderValue::from_static(kind));
     resp
 }
