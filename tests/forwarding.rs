@@ -400,7 +400,11 @@ async fn a_prompt_caller_behind_a_congested_tunnel_is_not_blamed() {
     for upload in uploads {
         assert_eq!(upload.await.unwrap().unwrap().status(), 200);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Time for the uploads to fill the windows, on a loaded machine too (at
+    // 500 ms, a CI run sharing its cores with a flood got the next request
+    // through; not so long that the held uploads reach their own stall
+    // limit, twice the request timeout, before this request's timeout).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // Head first, the whole body 50 ms later.
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
@@ -887,6 +891,30 @@ async fn http2_callers_who_stop_reading_do_not_hold_the_tunnel() {
         let got = tokio::time::timeout(Duration::from_secs(10), resp.bytes()).await.unwrap();
         assert!(got.is_err(), "an answer left unread was kept whole");
     }
+}
+
+/// Issue: an HTTP/2 caller that never reads again kept its connection for
+/// good: its dropped answer's stream stays open (hyper resets it only once
+/// the caller gives it room), and the idle close waited on it (found by a
+/// probe). The close now gives up after the send timeout: with room for one
+/// connection, the next caller gets in.
+#[tokio::test]
+async fn an_idle_http2_connection_holding_an_unread_answer_is_closed() {
+    let server = TestServer::start_with(|c| {
+        c.http.send_timeout = Duration::from_millis(500);
+        c.http.header_timeout = Duration::from_secs(1);
+        c.http.idle_timeout = Duration::from_secs(1);
+        c.http.max_connections = 1;
+    })
+    .await;
+    let s = Setup::with_server(server).await;
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let unread = h2.get(s.url(&format!("/zeros?n={}", 64 << 20))).send().await.unwrap();
+    assert_eq!(unread.status(), 200);
+    let next = tokio::time::timeout(Duration::from_secs(10), http().get(s.url("/echo")).send()).await;
+    let next = next.expect("the held connection's place was freed").unwrap();
+    assert_eq!(next.status(), 200);
+    drop(unread);
 }
 
 /// A tunnel on a server whose send timeout is short (500 ms), its request

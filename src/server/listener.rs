@@ -349,6 +349,12 @@ where
     let mut idle = pin!(idle);
     let stalled = held_for(limits.send_timeout, || blocked.since());
     let mut stalled = pin!(stalled);
+    // How long an idle connection's graceful close may take (armed with it):
+    // an HTTP/2 caller that never reads again holds a dropped answer's stream
+    // open, as hyper resets it only once the caller gives it room, and the
+    // close waits on that stream for ever.
+    let closed_by = tokio::time::sleep(Duration::MAX / 4);
+    let mut closed_by = pin!(closed_by);
     let (mut seen, mut closing) = (0, false);
     loop {
         tokio::select! {
@@ -363,6 +369,10 @@ where
                 // The edge answers the requests still waiting (502, the server
                 // shut down): a moment to write those answers, then dropped.
                 let _ = tokio::time::timeout(CUT_FLUSH, conn.as_mut()).await;
+                return;
+            }
+            () = closed_by.as_mut() => {
+                tracing::debug!(timeout = ?limits.send_timeout, "dropping an idle connection that did not close");
                 return;
             }
             () = stalled.as_mut() => {
@@ -381,6 +391,7 @@ where
                     tracing::debug!(requests = started, "closing an idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();
+                    closed_by.as_mut().reset(Instant::now() + limits.send_timeout);
                 } else {
                     seen = started;
                     idle.as_mut().reset(Instant::now() + limits.idle_timeout);
