@@ -589,21 +589,13 @@ async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::
 /// and `max` bounded the bytes, not the memory.
 async fn whole(body: hyper::body::Incoming, max: usize) -> Result<Bytes, BoxError> {
     let mut body = std::pin::pin!(http_body_util::Limited::new(body, max));
-    let mut first: Option<Bytes> = None;
-    let mut rest = bytes::BytesMut::new();
+    let mut gathered = crate::quic::framed::Gathered::default();
     while let Some(frame) = body.as_mut().frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        match &first {
-            None if rest.is_empty() => first = Some(data),
-            _ => {
-                if let Some(first) = first.take() {
-                    rest.extend_from_slice(&first);
-                }
-                rest.extend_from_slice(&data);
-            }
+        if let Ok(data) = frame?.into_data() {
+            gathered.push(data);
         }
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
+    Ok(gathered.take().unwrap_or_default())
 }
 
 #[cfg(test)]

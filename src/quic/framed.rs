@@ -145,7 +145,7 @@ where
 {
     use futures_util::FutureExt;
     use http_body_util::BodyExt;
-    let (mut first, mut more): (Option<Bytes>, Option<BytesMut>) = (None, None);
+    let mut gathered = Gathered::default();
     let mut yielded = false;
     while !body.is_end_stream() {
         let Some(next) = body.frame().now_or_never() else {
@@ -161,26 +161,48 @@ where
             continue;
         };
         yielded = false;
-        let Some(frame) = next else { return Ok((more.map(BytesMut::freeze).or(first), true)) };
+        let Some(frame) = next else { return Ok((gathered.take(), true)) };
         let Ok(data) = frame?.into_data() else { continue };
         if data.is_empty() {
             continue;
         }
-        match (&first, &mut more) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let mut buf = BytesMut::with_capacity(head.len() + data.len());
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&data);
-                more = Some(buf);
-            }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
-        }
+        gathered.push(data);
         if !all {
             break;
         }
     }
-    Ok((more.map(BytesMut::freeze).or(first), body.is_end_stream()))
+    Ok((gathered.take(), body.is_end_stream()))
+}
+
+/// Body chunks gathered into one: the first kept as it is (no copy for a body
+/// that comes in one chunk), the rest copied after it into one buffer, so
+/// that the chunks' read buffers are not kept alive (each can hold KiBs for
+/// a few bytes of an event stream).
+#[derive(Default)]
+pub(crate) struct Gathered {
+    first: Option<Bytes>,
+    more: Option<BytesMut>,
+}
+
+impl Gathered {
+    /// Adds `data` after what came before.
+    pub(crate) fn push(&mut self, data: Bytes) {
+        match (&self.first, &mut self.more) {
+            (None, _) => self.first = Some(data),
+            (Some(first), None) => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(first);
+                buf.extend_from_slice(&data);
+                self.more = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+
+    /// All of it, `None` if nothing came.
+    pub(crate) fn take(self) -> Option<Bytes> {
+        self.more.map(BytesMut::freeze).or(self.first)
+    }
 }
 
 /// Reading a frame failed.
