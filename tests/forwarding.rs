@@ -487,20 +487,28 @@ async fn an_upload_whose_caller_stalls_after_an_early_answer_is_ended() {
 }
 
 /// A local app that answers every request with `reply` and closes.
+/// Reads from `conn` up to the end of a request head; false if it closed first.
+async fn read_request_head(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let (mut head, mut buf) = (Vec::new(), [0u8; 4096]);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 async fn spawn_broken_app(reply: &'static [u8]) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut conn).await {
+                    return;
                 }
                 let _ = conn.write_all(reply).await;
                 let _ = conn.shutdown().await;
@@ -726,13 +734,8 @@ async fn spawn_trickling_app(
         while let Ok((mut conn, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_request_head(&mut conn).await {
+                    return;
                 }
                 let _ = conn.write_all(head).await;
                 for part in parts {
@@ -740,6 +743,7 @@ async fn spawn_trickling_app(
                     let _ = conn.write_all(part).await;
                 }
                 // Held until the tunnel client lets go of it.
+                let mut buf = [0u8; 4096];
                 while !matches!(conn.read(&mut buf).await, Ok(0) | Err(_)) {}
                 let _ = tx.send(());
             });

@@ -1512,6 +1512,18 @@ fn patient(c: &mut ServerConfig) {
     c.webhooks.attempt_timeout = Duration::from_secs(30);
 }
 
+/// A `patient` server whose webhook at `receiver` hears a tunnel connect,
+/// stopped once `attempts` requests reached the receiver (the last one held
+/// by it), and started again on the same data dir; and the webhook.
+async fn restarted_while_attempting(receiver: &Receiver, attempts: usize) -> (TestServer, String) {
+    let server = TestServer::start_with(patient).await;
+    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
+    let (_, client) = connected_tunnel(&server).await;
+    receiver.wait_event("tunnel.connected", attempts, Duration::from_secs(5)).await;
+    stop_client(client).await;
+    (TestServer::start_in(server.stop().await, patient).await, wh)
+}
+
 /// Issue: an attempt cut by a stop (or a crash) was not counted, so the
 /// receiver got one more attempt than the schedule allows, and one more than
 /// the log said (5 requests, "failed, attempts 4"; found by a probe). An
@@ -1519,12 +1531,7 @@ fn patient(c: &mut ServerConfig) {
 #[tokio::test]
 async fn an_attempt_cut_by_a_stop_counts_among_the_attempts() {
     let receiver = Receiver::start(|i, _| if i == 0 { Reply::Hang } else { Reply::Status(500) }).await;
-    let server = TestServer::start_with(patient).await;
-    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let (_, client) = connected_tunnel(&server).await;
-    receiver.wait_event("tunnel.connected", 1, Duration::from_secs(5)).await;
-    stop_client(client).await;
-    let server = TestServer::start_in(server.stop().await, patient).await;
+    let (server, wh) = restarted_while_attempting(&receiver, 1).await;
     let list = wait_deliveries(&server, &wh, Duration::from_secs(8), all_final).await;
     assert_eq!(list.len(), 1, "{list:?}");
     // The schedule allows 4 attempts: the cut one and three more.
@@ -1538,12 +1545,7 @@ async fn an_attempt_cut_by_a_stop_counts_among_the_attempts() {
 #[tokio::test]
 async fn a_last_attempt_cut_by_a_stop_is_not_followed_by_another() {
     let receiver = Receiver::start(|i, _| if i < 3 { Reply::Status(500) } else { Reply::Hang }).await;
-    let server = TestServer::start_with(patient).await;
-    let (wh, _) = create_webhook(&server, json!({ "url": receiver.url(), "events": ["tunnel.connected"] })).await;
-    let (_, client) = connected_tunnel(&server).await;
-    receiver.wait_event("tunnel.connected", 4, Duration::from_secs(5)).await;
-    stop_client(client).await;
-    let server = TestServer::start_in(server.stop().await, patient).await;
+    let (server, wh) = restarted_while_attempting(&receiver, 4).await;
     let list = wait_deliveries(&server, &wh, Duration::from_secs(5), all_final).await;
     assert_eq!((list[0]["status"].as_str(), list[0]["attempts"].as_u64()), (Some("failed"), Some(4)), "{list:?}");
     assert!(list[0]["lastError"].as_str().is_some_and(|e| e.contains("cut by a stop")), "{list:?}");

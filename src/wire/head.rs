@@ -322,8 +322,13 @@ mod tests {
 
     /// A frame body holding one request head whose content is `inner`.
     fn request_head_body(inner: &[u8]) -> Bytes {
+        head_body(REQUEST_HEAD, inner)
+    }
+
+    /// A frame body holding one head (`field`: request or response) whose content is `inner`.
+    fn head_body(field: u32, inner: &[u8]) -> Bytes {
         let mut body = BytesMut::new();
-        encode_key(REQUEST_HEAD, WireType::LengthDelimited, &mut body);
+        encode_key(field, WireType::LengthDelimited, &mut body);
         encode_varint(inner.len() as u64, &mut body);
         body.extend_from_slice(inner);
         body.freeze()
@@ -475,11 +480,7 @@ mod tests {
             encode_key(1, WireType::Varint, &mut inner);
             encode_varint(599, &mut inner);
             put_bytes_field(3, reason, &mut inner);
-            let mut body = BytesMut::new();
-            encode_key(RESPONSE_HEAD, WireType::LengthDelimited, &mut body);
-            encode_varint(inner.len() as u64, &mut body);
-            body.extend_from_slice(&inner);
-            let body = body.freeze();
+            let body = head_body(RESPONSE_HEAD, &inner);
             match fast(&body) {
                 Ok(Some(Frame::ResponseHead(head))) => {
                     assert!(ok, "{reason:?} accepted");
