@@ -522,6 +522,28 @@ async fn records_are_visible_only_to_the_tunnels_organization() {
     assert_eq!(wait_for_records(&s.server, &s.tunnel_id, 1).await.len(), 1, "nothing was deleted");
 }
 
+/// Issue: the counter in record ids was the server's, so the gap between two
+/// ids of one tunnel told its organization how many requests every other
+/// tunnel on the server, any organization's, had received meanwhile.
+#[tokio::test]
+async fn record_ids_do_not_count_other_tunnels_requests() {
+    let s = Setup::new().await;
+    let (other_id, _, other_sub) = create_tunnel(&s.server, None).await;
+    let counter = |id: &str| u32::from_str_radix(&id[id.len() - 8..], 16).unwrap();
+    http().get(s.url("/echo?n=1")).send().await.unwrap();
+    for _ in 0..5 {
+        // Offline, but recorded all the same.
+        let resp = http().get(format!("{}/t/{other_sub}/hook", s.server.url)).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    http().get(s.url("/echo?n=2")).send().await.unwrap();
+    let ours = wait_for_records(&s.server, &s.tunnel_id, 2).await;
+    assert_eq!(wait_for_records(&s.server, &other_id, 5).await.len(), 5);
+    let (first, second) = (ours[1]["id"].as_str().unwrap(), ours[0]["id"].as_str().unwrap());
+    assert_eq!((ours[1]["path"].as_str(), ours[0]["path"].as_str()), (Some("/echo?n=1"), Some("/echo?n=2")));
+    assert_eq!(counter(second).wrapping_sub(counter(first)), 1, "{first} then {second}");
+}
+
 #[tokio::test]
 async fn body_capture_can_be_turned_off_per_tunnel() {
     let s = Setup::new().await;

@@ -7,7 +7,7 @@
 //! flushed to the store in batches by a background task.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +48,13 @@ pub struct Tunnel {
     /// Whether bodies are captured for inspection: an atomic, since every
     /// forwarded request reads it.
     pub capture_bodies: AtomicBool,
+    /// The counter in the ids of this tunnel's captured requests (from a
+    /// random start). The tunnel's own, not the server's: ids are shown to
+    /// the tunnel's organization, and with one counter for all tunnels the
+    /// gap between two of its ids told how many requests other
+    /// organizations had sent meanwhile. Ids are unique per tunnel (the
+    /// store keys records by tunnel and id).
+    pub(crate) capture_counter: AtomicU32,
     /// Whether [`Tunnel::inbound`] holds rules: every forwarded request reads
     /// it, and most tunnels have none, so they never take the lock.
     has_inbound: AtomicBool,
@@ -83,6 +90,7 @@ impl Tunnel {
             total_requests: AtomicU64::new(r.total_requests),
             persisted_requests: AtomicU64::new(r.total_requests),
             capture_bodies: AtomicBool::new(r.capture_bodies),
+            capture_counter: AtomicU32::new(rand::random()),
             has_inbound: AtomicBool::new(!r.inbound.is_empty()),
             inbound: Mutex::new((!r.inbound.is_empty()).then(|| Arc::new(Rules::new(r.inbound)))),
             updates: Arc::new(tokio::sync::Mutex::new(())),

@@ -24,7 +24,7 @@ pub mod tap;
 mod writer;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -211,7 +211,7 @@ impl FlatHeaders {
 }
 
 /// A record's id, `req_` then the arrival's milliseconds (12 hex digits: ids
-/// sort by time, see `store::requests::id_floor`) and a counter (8), written
+/// sort by time, see `store::requests::id_floor`) and the tunnel's counter (8), written
 /// by hand: a `format!` per request showed in profiles.
 fn record_id(ms: u64, n: u32) -> Bytes {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -265,7 +265,6 @@ pub struct Capture {
     dropped: AtomicU64,
     budget: Budget,
     cut: AtomicU64,
-    counter: AtomicU32,
     watchers: DashMap<String, broadcast::Sender<Arc<str>>>,
     closing: CancellationToken,
     /// Records accepted into the queue, ever.
@@ -294,7 +293,6 @@ impl Capture {
             queued_bytes: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             cut: AtomicU64::new(0),
-            counter: AtomicU32::new(rand::random()),
             watchers: DashMap::new(),
             closing: CancellationToken::new(),
             queued_records: AtomicU64::new(0),
@@ -356,7 +354,7 @@ impl Capture {
         }
         let at = SystemTime::now();
         let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = tunnel.capture_counter.fetch_add(1, Ordering::Relaxed);
         // A zero budget keeps no bodies: recorded as not captured, not as cut.
         let keep = tunnel.capture_bodies.load(Ordering::Relaxed) && self.config.body_rate > 0;
         let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
