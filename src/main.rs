@@ -1182,7 +1182,7 @@ async fn start(args: StartArgs) -> Result<()> {
     let ws_url = match args.connect.ws.then(|| ws_url.and_then(|url| parse_ws_url(&url))).transpose() {
         Ok(ws_url) => ws_url,
         Err(err) => {
-            forget_unserved(&api, &id).await;
+            forget_unserved(&api, &id, args.client.json).await;
             return Err(err);
         }
     };
@@ -1192,7 +1192,7 @@ async fn start(args: StartArgs) -> Result<()> {
         // It never served (a wrong fingerprint, an unreachable QUIC port, a
         // ctrl-c while retrying): each failed try would leave a tunnel behind.
         // (Under `--monitor` it counts as served: the monitor says itself.)
-        forget_unserved(&api, &id).await;
+        forget_unserved(&api, &id, args.client.json).await;
     } else if served.is_ok() {
         // Stopped here (ctrl-c, or q in the monitor, once its screen is
         // gone); an end the server chose says what to do. With --json, as a
@@ -1209,20 +1209,23 @@ async fn start(args: StartArgs) -> Result<()> {
 }
 
 /// Deletes a tunnel `start` created that no client ever served, saying so;
-/// briefly, since the server may be what could not be reached.
-async fn forget_unserved(api: &ApiClient, id: &str) {
+/// briefly, since the server may be what could not be reached. With `json`,
+/// as a JSON line on stderr, as the failure that follows it.
+async fn forget_unserved(api: &ApiClient, id: &str, json: bool) {
     let path = format!("/api/tunnels/{id}");
     let delete = api.call(Method::DELETE, &path, None);
     let failed = match tokio::time::timeout(Duration::from_secs(5), delete).await {
+        Ok(Ok(_)) if json => return eprintln!("{}", json!({ "deleted": id, "reason": "never connected" })),
         Ok(Ok(_)) => return eprintln!("Deleted tunnel {id}: it was never connected."),
         Ok(Err(err)) => err.to_string(),
         Err(_) => "no answer within 5 s".to_owned(),
     };
-    eprintln!(
-        "Tunnel {id} was never connected, and deleting it failed ({failed}): `{} tunnels delete {id}{}`",
-        own_command(),
-        server_option()
-    );
+    let command = format!("{} tunnels delete {id}{}", own_command(), server_option());
+    if json {
+        eprintln!("{}", json!({ "notDeleted": id, "reason": "never connected", "error": failed, "hint": command }));
+    } else {
+        eprintln!("Tunnel {id} was never connected, and deleting it failed ({failed}): `{command}`");
+    }
 }
 
 /// Why `subdomain` cannot be had, and what to do: serve this organization's

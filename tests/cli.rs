@@ -770,6 +770,16 @@ async fn start_cleans_up_a_tunnel_it_never_served() {
     assert!(err.contains("Deleted tunnel tun_") && err.contains("never connected"), "{err}");
     let listed = server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.unwrap();
     assert_eq!(listed["tunnels"].as_array().unwrap().len(), 0, "{listed}");
+    // With --json, every line on stderr is JSON: the deletion, then the error.
+    let (code, _, err) =
+        hookway(&["start", &port, "--fingerprint", &wrong, "--json"], Some(&server), Some(API_KEY)).await;
+    assert_eq!(code, 1, "{err}");
+    let lines: Vec<Value> =
+        err.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in {err}"))).collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0]["deleted"].as_str().unwrap().starts_with("tun_"), "{err}");
+    assert_eq!(lines[0]["reason"], "never connected");
+    assert!(lines[1]["error"].as_str().unwrap().contains("certificate"), "{err}");
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookway"));
     // (Over the gateway, to an app named by address: the hint keeps both.)
