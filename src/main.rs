@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use hookway::client::api::clean_api_key;
 use hookway::client::{self, ApiClient, ClientConfig, Event};
 use hookway::error_chain;
 
@@ -949,7 +950,11 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout),
         trusted_proxies: hookway::server::proxies::TrustedProxies::merged(args.trusted_proxies),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
-        api_key: std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.is_empty()),
+        api_key: match std::env::var("HOOKWAY_API_KEY").ok().filter(|k| !k.trim().is_empty()) {
+            // A key no client could send would lock every client out.
+            Some(key) => Some(clean_api_key(&key).map_err(|why| anyhow!("HOOKWAY_API_KEY: {why}"))?.to_owned()),
+            None => None,
+        },
         http: HttpLimits {
             max_connections: {
                 // Raised either way: a limit given by hand still needs the descriptors.
@@ -1105,7 +1110,10 @@ fn shell_word(s: &str) -> String {
 
 fn api(client: &ClientArgs) -> Result<ApiClient> {
     match client.key() {
-        Some(key) => Ok(ApiClient::new(&client.server, Some(key))),
+        Some(key) => {
+            let key = clean_api_key(&key).map_err(|why| anyhow!("{why} (check --api-key or HOOKWAY_API_KEY)"))?;
+            Ok(ApiClient::new(&client.server, Some(key.to_owned())))
+        }
         None if client.api_key.is_some() => bail!("no API key: HOOKWAY_API_KEY (or --api-key) is set but empty"),
         None => bail!("no API key: pass --api-key or set HOOKWAY_API_KEY (the server prints one on its first start)"),
     }

@@ -643,6 +643,35 @@ async fn keys_are_listed_without_their_secret_and_revoked() {
     assert!(server.api().call(reqwest::Method::GET, "/api/tunnels", None).await.is_ok());
 }
 
+/// Issue: a key with a stray line break inside failed as "cannot reach the
+/// hookway server … failed to parse header value", blaming the network; a
+/// non-ASCII one was refused as if no Bearer header had been sent.
+#[tokio::test]
+async fn an_api_key_with_characters_no_key_has_is_named_as_the_problem() {
+    let server = TestServer::start().await;
+    create_tunnel(&server, None).await;
+    let around = format!("  {API_KEY}\n");
+    let (code, out, err) = hookway(&["tunnels", "list", "--json"], Some(&server), Some(&around)).await;
+    assert_eq!(code, 0, "blanks around a key are dropped: {err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["tunnels"].as_array().unwrap().len(), 1, "{out}");
+    for (key, what) in [
+        (format!("{}\n{}", &API_KEY[..8], &API_KEY[8..]), "a line break at character 9"),
+        (format!("{API_KEY}é"), "'é', which is not ASCII"),
+        (format!("{} {}", &API_KEY[..4], &API_KEY[4..]), "a space at character 5"),
+    ] {
+        let (code, _, err) = hookway(&["tunnels", "list"], Some(&server), Some(&key)).await;
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(what) && err.contains("HOOKWAY_API_KEY") && !err.contains("reach"), "{err}");
+    }
+    // A server given such a key would lock every client out: it refuses to start.
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        server_command("127.0.0.1:0", dir.path()).env("HOOKWAY_API_KEY", "secret\u{7}key").output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("HOOKWAY_API_KEY: the API key holds a control character (U+0007) at character 7"), "{err}");
+}
+
 /// `hookway tunnels list | head -1`: a reader that leaves early ends the
 /// command quietly, not with a panic and exit code 101.
 #[tokio::test]

@@ -60,6 +60,26 @@ fn tls_hint(url: &str, err: &reqwest::Error) -> &'static str {
     }
 }
 
+/// `key` without the blanks around it (a key pasted with its line break), or
+/// why it cannot be an API key: a header carries only visible ASCII, so a
+/// key with anything else inside could never be sent, and would have failed
+/// as a network error ("failed to parse header value") or a refused key.
+pub fn clean_api_key(key: &str) -> Result<&str, String> {
+    let key = key.trim();
+    match key.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+        None => Ok(key),
+        Some((at, c)) => {
+            let what = match c {
+                '\n' | '\r' => "a line break".to_owned(),
+                c if c.is_whitespace() => "a space".to_owned(),
+                c if c.is_control() => format!("a control character (U+{:04X})", u32::from(c)),
+                c => format!("'{c}', which is not ASCII"),
+            };
+            Err(format!("the API key holds {what} at character {}: keys are visible ASCII only", at + 1))
+        }
+    }
+}
+
 /// `GET /api/info`: how to reach the QUIC listener and whom to trust.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
