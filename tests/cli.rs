@@ -155,6 +155,21 @@ async fn missing_key_and_unreachable_server_are_explained() {
     let (code, _, err) = hookway(&["tunnels", "list", "--server", &url], None, Some("k")).await;
     assert_ne!(code, 0);
     assert!(err.contains("cannot reach"), "{err}");
+    assert!(err.contains("is the server running, and is --server or HOOKWAY_SERVER its URL?"), "{err}");
+
+    // A key the server does not know, and a server URL with a path it does
+    // not serve: each says what to check.
+    let server = TestServer::start().await;
+    let (code, _, err) = hookway(&["tunnels", "list"], Some(&server), Some("hwk_not_a_key_of_this_server")).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("invalid API key") && err.contains("knows no such key") && err.contains("keys create"),
+        "{err}"
+    );
+    let prefixed = format!("{}/hooks", server.url);
+    let (code, _, err) = hookway(&["tunnels", "list", "--server", &prefixed], None, Some(API_KEY)).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("check the path in --server") && err.contains(&prefixed), "{err}");
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The server could not be reached.
-    #[error("cannot reach the hookway server at {url}: {}{}", root_cause(error), tls_hint(url, error))]
+    #[error("cannot reach the hookway server at {url}: {}{}", root_cause(error), reach_hint(url, error))]
     Unreachable {
         /// Base URL used.
         url: String,
@@ -41,14 +41,19 @@ fn root_cause(err: &reqwest::Error) -> String {
     crate::error_sources(err).last().map(ToString::to_string).unwrap_or_default()
 }
 
-/// What to try when an `https://` server URL met a server that answered in
-/// plain HTTP (hookway's listener is plain HTTP unless a TLS terminator
-/// stands in front of it): rustls reports "corrupt message".
-fn tls_hint(url: &str, err: &reqwest::Error) -> &'static str {
+/// What to try: nothing listens at the URL (the server is not running, or
+/// the URL is another one's: the default when `--server` was forgotten), or
+/// an `https://` server URL met a server that answered in plain HTTP
+/// (hookway's listener is plain HTTP unless a TLS terminator stands in front
+/// of it): rustls reports "corrupt message".
+fn reach_hint(url: &str, err: &reqwest::Error) -> &'static str {
+    let chain = crate::error_chain(err);
+    if err.is_connect() && chain.contains("Connection refused") {
+        return " (nothing listens there: is the server running, and is --server or HOOKWAY_SERVER its URL?)";
+    }
     if !url.starts_with("https://") {
         return "";
     }
-    let chain = crate::error_chain(err);
     if chain.contains("InvalidContentType") {
         " (the server answered in plain HTTP: use an http:// URL)"
     } else if chain.contains("UnknownIssuer") {
@@ -172,6 +177,11 @@ impl ApiClient {
         &self.base
     }
 
+    /// Whether the base URL has a path (a server behind a proxy's prefix).
+    fn has_path(&self) -> bool {
+        reqwest::Url::parse(&self.base).is_ok_and(|u| u.path() != "/")
+    }
+
     /// Sends a request and returns the JSON answer.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
@@ -204,6 +214,19 @@ impl ApiClient {
                         self.base
                     )
                 }
+            };
+            let message = match (status.as_u16(), value["error"].as_str()) {
+                (401, Some("invalid API key")) => format!(
+                    "{message}: the server at {} knows no such key (it prints one on its first start; `hookway \
+                     keys create` on its machine makes more)",
+                    self.base
+                ),
+                // Our server, but the URL's path is not where it serves.
+                (404, Some(error)) if error.starts_with("no route for") && self.has_path() => format!(
+                    "{message}: check the path in --server or HOOKWAY_SERVER (the server has no API under {})",
+                    self.base
+                ),
+                _ => message,
             };
             return Err(ApiError::Status { status: status.as_u16(), message });
         }

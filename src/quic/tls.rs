@@ -28,17 +28,23 @@ pub enum TlsError {
         /// Underlying error.
         source: std::io::Error,
     },
-    /// A PEM file held nothing usable.
-    #[error("{path}: {what}")]
+    /// A PEM file given on the command line could not be read, or held
+    /// nothing usable.
+    #[error("{flag}{path}: {what}")]
     Pem {
+        /// The option that named it (`--tls-cert `), or nothing for a
+        /// generated file.
+        flag: &'static str,
         /// The file.
         path: PathBuf,
         /// What was wrong.
         what: String,
     },
     /// The certificate and the key do not go together.
-    #[error("{cert} and {key} cannot be used together: {what}")]
+    #[error("{}{cert} and {}{key} cannot be used together: {what}", flags.0, flags.1)]
     Mismatch {
+        /// The options that named them, as in [`TlsError::Pem`].
+        flags: (&'static str, &'static str),
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
@@ -109,13 +115,20 @@ impl Clone for Identity {
 }
 
 impl Identity {
-    /// Loads a certificate chain and private key from PEM files.
+    /// Loads a certificate chain and private key from PEM files, given as
+    /// `--tls-cert` and `--tls-key`: its errors name each file so.
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Self::load(cert, key, ("--tls-cert ", "--tls-key "))
+    }
+
+    /// [`Identity::from_pem_files`], its errors naming the files as `flags`
+    /// do (the options that gave them, or nothing for generated ones).
+    fn load(cert: &Path, key: &Path, flags: (&'static str, &'static str)) -> Result<Self, TlsError> {
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError::Pem { path: cert.into(), what: e.to_string() })?;
+            .map_err(|e| TlsError::Pem { flag: flags.0, path: cert.into(), what: e.to_string() })?;
         if chain.is_empty() {
-            return Err(TlsError::Pem { path: cert.into(), what: "no certificate found".into() });
+            return Err(TlsError::Pem { flag: flags.0, path: cert.into(), what: "no certificate found".into() });
         }
         let key_path = key;
         let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
@@ -129,12 +142,13 @@ impl Identity {
                     .to_owned(),
                 other => other.to_string(),
             };
-            TlsError::Pem { path: key_path.into(), what }
+            TlsError::Pem { flag: flags.1, path: key_path.into(), what }
         })?;
         let identity = Self { chain, key, self_signed: false };
         // Checked here, so that `server_config` cannot fail later: a key of
         // another certificate, or of a kind ring cannot sign with.
         identity.try_server_config().map_err(|err| TlsError::Mismatch {
+            flags,
             cert: cert.into(),
             key: key_path.into(),
             what: match err {
@@ -187,7 +201,7 @@ impl Identity {
             #[cfg(unix)]
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
-        let mut identity = Self::from_pem_files(&cert_path, &key_path)?;
+        let mut identity = Self::load(&cert_path, &key_path, ("", ""))?;
         identity.self_signed = true;
         Ok(identity)
     }
@@ -533,6 +547,12 @@ mod tests {
         let err = Identity::from_pem_files(&a.join("cert.pem"), &b.join("key.pem")).unwrap_err();
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err:?}");
         assert!(err.to_string().ends_with("cannot be used together: the key is not the certificate's"), "{err}");
+        assert!(err.to_string().starts_with("--tls-cert "), "the options are named: {err}");
+        // A file that is not there: which option named it.
+        let err = Identity::from_pem_files(&a.join("cert.pem"), &a.join("nope.pem")).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("--tls-key {}: ", a.join("nope.pem").display())), "{err}");
+        let err = Identity::from_pem_files(&a.join("nope.pem"), &a.join("key.pem")).unwrap_err().to_string();
+        assert!(err.starts_with("--tls-cert "), "{err}");
         // The certificate given as the key, or an encrypted key: no key is
         // found, and the error says what is wanted (pem says "no items found").
         let encrypted = dir.path().join("encrypted.pem");
