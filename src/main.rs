@@ -37,6 +37,21 @@ macro_rules! eprintln {
     }};
 }
 
+/// Fails the command with a [`Usage`] error: `format!` arguments.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new(crate::Usage(format!($($arg)*))))
+    };
+}
+
+/// A command line that parsed but cannot be carried out as given: options
+/// that do not combine, a value of a form clap does not check. It exits 2, as
+/// clap's own usage errors do, so that a script tells a mistake in its
+/// command from a failure of the command (exit 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
 #[path = "cli/inbound.rs"]
 mod inbound_cli;
 #[path = "cli/inspect.rs"]
@@ -744,7 +759,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("{}", error_line(&err, json));
-            std::process::ExitCode::FAILURE
+            if err.downcast_ref::<Usage>().is_some() {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
@@ -933,7 +952,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
         _ => TlsSource::SelfSigned,
     };
     if args.ws_idle_timeout <= args.ws_ping_interval {
-        bail!(
+        usage!(
             "--ws-idle-timeout ({}s) must be longer than --ws-ping-interval ({}s), or every WebSocket client is dropped",
             args.ws_idle_timeout,
             args.ws_ping_interval
@@ -970,8 +989,10 @@ async fn run_server(args: ServerArgs) -> Result<()> {
             idle_timeout: Duration::from_secs(args.ws_idle_timeout),
         },
         webhooks: NotifyConfig {
-            schedule: Schedule::parse(&args.webhook_retry_schedule)
-                .map_err(|e| anyhow::anyhow!("--webhook-retry-schedule: {e}"))?,
+            schedule: match Schedule::parse(&args.webhook_retry_schedule) {
+                Ok(schedule) => schedule,
+                Err(e) => usage!("--webhook-retry-schedule: {e}"),
+            },
             attempt_timeout: Duration::from_secs(args.webhook_timeout),
             allow_private: args.allow_private_webhooks,
         },
@@ -1151,7 +1172,7 @@ impl ClientArgs {
 async fn start(args: StartArgs) -> Result<()> {
     let api = api(&args.client)?;
     if args.monitor && args.client.json {
-        bail!("--monitor shows a full-screen view: it does not combine with --json");
+        usage!("--monitor shows a full-screen view: it does not combine with --json");
     }
     // (Cut to the API's 200 characters: a long `--local-host` is no reason to fail.)
     let name = args
@@ -1530,7 +1551,7 @@ async fn tunnels(cmd: TunnelsCommand) -> Result<()> {
             body.extend(inbound.fields());
             inbound_off.add_to(&mut body);
             if body.is_empty() {
-                bail!(
+                usage!(
                     "nothing to update: pass --name, --group, --no-group, --capture-bodies, --no-capture-bodies, \
                      --basic-auth, --no-basic-auth, --verify, --no-verify, --rate-limit, --no-rate-limit, \
                      --offline-reply or --no-offline-reply"
@@ -1590,7 +1611,7 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
         // The monitor reads the captured requests through the API: check before connecting.
         api(&client)?;
         if client.json {
-            bail!("monitor shows a full-screen view: it does not combine with --json");
+            usage!("monitor shows a full-screen view: it does not combine with --json");
         }
     }
     // (`parse` checked that a --token and a --ws-url agree.)
@@ -1614,7 +1635,7 @@ async fn connect_existing(cmd: ConnectCmd, monitor: bool) -> Result<()> {
     };
     if connect.ws && ws_url.is_none() {
         if client.key().is_none() {
-            bail!(
+            usage!(
                 "--ws with --token needs the tunnel's wsUrl: pass --ws-url '<wsUrl from tunnels create>', \
                  or --api-key so it can be looked up"
             );
@@ -1658,7 +1679,7 @@ fn ws_url_for(server: &str, subdomain: &str, id: &str, token: &str) -> Result<St
     } else if let Some(rest) = server.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
-        bail!("--server must start with http:// or https:// (got {server:?})");
+        usage!("--server must start with http:// or https:// (got {server:?})");
     };
     Ok(hookway::wsjson::ws_url(&base, subdomain, id, token))
 }

@@ -182,7 +182,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
         }
         InspectCommand::Request { request: RequestArg { id, req, client }, body_only } => {
             if body_only.is_some() && client.json {
-                bail!("--body-only prints the body's raw bytes: it does not combine with --json");
+                usage!("--body-only prints the body's raw bytes: it does not combine with --json");
             }
             let api = api(&client)?;
             let v = match api.call(Method::GET, &format!("/api/tunnels/{id}/requests/{req}"), None).await {
@@ -430,7 +430,7 @@ fn replay_body(body: Option<String>, body_file: Option<std::path::PathBuf>, head
         let mut map = Map::new();
         for h in headers {
             let Some((name, value)) = h.split_once(':') else {
-                bail!("--header {h:?} must look like \"Name: value\" (or \"Name:\" to remove it)");
+                usage!("--header {h:?} must look like \"Name: value\" (or \"Name:\" to remove it)");
             };
             let value = value.trim();
             let value = if value.is_empty() { Value::Null } else { Value::String(value.to_owned()) };

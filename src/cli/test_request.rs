@@ -41,10 +41,11 @@ pub struct TestArgs {
 
 /// Sends the test request; fails (exit 1) unless the answer is a 2xx.
 pub async fn run(args: TestArgs) -> Result<()> {
-    let method = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| anyhow::anyhow!("'{}' is no HTTP method", args.method))?;
+    let Ok(method) = Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()) else {
+        usage!("'{}' is no HTTP method", args.method);
+    };
     if !args.path.starts_with('/') {
-        bail!("--path starts with '/', like /webhooks/stripe?test=1");
+        usage!("--path starts with '/', like /webhooks/stripe?test=1");
     }
     // The URL parser would resolve dot segments out of the tunnel's URL
     // (`/../api/…`), and a fragment is never sent.
@@ -54,11 +55,13 @@ pub async fn run(args: TestArgs) -> Result<()> {
         seg == "." || seg == ".."
     });
     if dots || args.path.contains('#') {
-        bail!("--path is a path in the tunnel, without '.' or '..' segments or a '#' fragment");
+        usage!("--path is a path in the tunnel, without '.' or '..' segments or a '#' fragment");
     }
     let body = match &args.body {
         Some(text) => {
-            serde_json::from_str::<Value>(text).context("--body must be valid JSON")?;
+            if let Err(e) = serde_json::from_str::<Value>(text) {
+                usage!("--body must be valid JSON: {e}");
+            }
             Some(text.clone())
         }
         None if [Method::POST, Method::PUT, Method::PATCH].contains(&method) => Some(r#"{"test": true}"#.to_owned()),
@@ -83,7 +86,7 @@ pub async fn run(args: TestArgs) -> Result<()> {
         req = req.header("content-type", "application/json").body(body);
     }
     for h in &args.headers {
-        let (name, value) = h.split_once(':').with_context(|| format!("-H '{h}': give \"Name: value\""))?;
+        let Some((name, value)) = h.split_once(':') else { usage!("-H '{h}': give \"Name: value\"") };
         req = req.header(name.trim(), value.trim());
     }
     if let Some((user, password)) = &args.basic_auth {

@@ -114,7 +114,7 @@ fn events_json(events: &[String]) -> Result<Value> {
         }
     }
     if out.is_empty() {
-        bail!("--events needs at least one of: {EVENTS_HELP}");
+        usage!("--events needs at least one of: {EVENTS_HELP}");
     }
     Ok(Value::Array(out))
 }
@@ -130,7 +130,7 @@ fn fields_json(fields: WebhookFields, body: &mut Map<String, Value>) -> Result<(
         let mut headers = Map::new();
         for h in fields.headers {
             let Some((name, value)) = h.split_once(':') else {
-                bail!("--header {h:?} must look like \"Name: value\"");
+                usage!("--header {h:?} must look like \"Name: value\"");
             };
             headers.insert(name.trim().to_owned(), Value::String(value.trim().to_owned()));
         }
@@ -291,7 +291,7 @@ pub async fn run(cmd: WebhooksCommand) -> Result<()> {
             }
             fields_json(fields, &mut body)?;
             if body.is_empty() {
-                bail!(
+                usage!(
                     "nothing to update: pass --url, --events, --name, --group, --no-group, --header, --no-headers, \
                      --enable or --disable"
                 );
