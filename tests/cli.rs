@@ -970,7 +970,8 @@ async fn json_failures_are_json_on_stderr() {
     let closed = format!("http://127.0.0.1:{}", closed_port().await);
     let key = Some(API_KEY);
     // (arguments, server, expected status, exit code)
-    let cases: [(&[&str], Option<&TestServer>, Option<u16>, i32); 5] = [
+    type Case<'a> = (&'a [&'a str], Option<&'a TestServer>, Option<u16>, i32);
+    let cases: [Case; 5] = [
         (&["tunnels", "get", "tun_doesnotexist"], Some(&server), Some(404), 1),
         (&["tunnels", "create", "--name", "x", "--subdomain", "ab"], Some(&server), Some(400), 1),
         (&["tunnels", "list", "--server", &closed], None, None, 1),
