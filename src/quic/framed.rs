@@ -108,29 +108,43 @@ where
     loop {
         let next = tokio::select! {
             // The body first, and no random pick; the stop is looked at
-            // only while the body has nothing.
+            // only while the body has nothing, or a write waits.
             biased;
             next = body.frame() => next,
             _ = &mut stopped => return SendOutcome::PeerGone,
         };
-        match next {
+        let (data, last) = match next {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
                 // The last bytes and `End` in one write, as for a short body.
-                let last = body.is_end_stream();
-                let sent = match (last, data.is_empty()) {
-                    (true, true) => writer.send(&Frame::End).await,
-                    (true, false) => writer.send_last_body(data).await,
-                    (false, _) => writer.send_body(data).await,
-                };
-                match sent {
-                    Err(_) => return SendOutcome::PeerGone,
-                    Ok(()) if last => return SendOutcome::Sent,
-                    Ok(()) => {}
-                }
+                (data, body.is_end_stream())
             }
             Some(Err(err)) => return SendOutcome::BodyFailed { error: error_chain(&*err.into()), head_sent: true },
-            None => return sent(writer.send(&Frame::End).await),
+            None => (Bytes::new(), true),
+        };
+        let write = async {
+            match (last, data.is_empty()) {
+                (true, true) => writer.send(&Frame::End).await,
+                (true, false) => writer.send_last_body(data).await,
+                (false, _) => writer.send_body(data).await,
+            }
+        };
+        // A write is not told of a stop while it waits on the connection's
+        // flow control: quinn looks at the connection's window before the
+        // stream's stop, and once the window reopens it wakes only the
+        // writers whose own stream window has room, which a stream its peer
+        // stopped reading never gets back. Such a write waited for good (a
+        // stalled download whose caller left, in a flood of them: the app
+        // stayed blocked writing until the client stopped).
+        let sent = tokio::select! {
+            biased;
+            sent = write => sent,
+            _ = &mut stopped => return SendOutcome::PeerGone,
+        };
+        match sent {
+            Err(_) => return SendOutcome::PeerGone,
+            Ok(()) if last => return SendOutcome::Sent,
+            Ok(()) => {}
         }
     }
 }
@@ -677,5 +691,48 @@ mod tests {
         }
         assert!(!reader.end_is_next());
         assert!(matches!(reader.next().await, Err(ReadFrameError::Decode(_))));
+    }
+
+    /// Issue: quinn looks at a stream's stop only once the connection's
+    /// window has room, so a body write waiting on a full connection window
+    /// never saw its stream stopped: a stalled download whose caller had left,
+    /// in a flood of them, kept its local app blocked writing until the client
+    /// stopped. Other streams, never read, hold all of the connection's window
+    /// but 128 KiB; the stopped stream's 128 KiB is less than the eighth of
+    /// the window whose release sends MAX_DATA, so the window stays full.
+    #[tokio::test]
+    async fn a_stop_ends_a_body_blocked_on_the_connection_window() {
+        use std::time::Duration;
+        let pair = Pair::new().await;
+        let mut left = crate::quic::CONNECTION_WINDOW as usize - 128 * 1024;
+        let mut fillers = Vec::new();
+        while left > 0 {
+            let n = left.min(crate::quic::STREAM_WINDOW as usize);
+            let (mut send, _recv) = pair.client.open_bi().await.unwrap();
+            send.write_all(&vec![0u8; n]).await.unwrap();
+            fillers.push(send);
+            left -= n;
+        }
+        let (send, _recv) = pair.client.open_bi().await.unwrap();
+        let sending = tokio::spawn(async move {
+            let mut writer = FrameWriter::new(send);
+            let chunk = Bytes::from(vec![1u8; 16 * 1024]);
+            let frames = futures_util::stream::repeat_with(move || {
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))
+            });
+            let body = http_body_util::StreamBody::new(frames);
+            send_message(&mut writer, Frame::Ping(1), body, SmallBody::Ready).await
+        });
+        let mut held = Vec::new();
+        for _ in 0..fillers.len() {
+            held.push(pair.server.accept_bi().await.unwrap());
+        }
+        let (_send, recv) = pair.server.accept_bi().await.unwrap();
+        // Until the body's writes wait on the connection window.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!sending.is_finished());
+        drop(recv);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), sending).await.expect("the stop ends the sending");
+        assert!(matches!(outcome.unwrap(), SendOutcome::PeerGone));
     }
 }
