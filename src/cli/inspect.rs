@@ -155,11 +155,19 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
             let items = v["requests"].as_array().map_or(0, Vec::len);
             if items == 0 {
                 let capture = api.info().await.map_or(true, |info| info.capture);
+                // `tunnels monitor` would take a served tunnel over from its client.
+                let served = async {
+                    let v = api.call(Method::GET, &format!("/api/tunnels/{id}"), None).await;
+                    v.is_ok_and(|v| v["tunnel"]["status"] == "connected")
+                };
                 match &before {
                     Some(before) => eprintln!("No captured requests of {id} before {before}."),
                     None if !capture => eprintln!(
                         "No captured requests: this server runs with --no-capture, so it records none \
                          (restart it without that flag to inspect requests)."
+                    ),
+                    None if served.await => eprintln!(
+                        "No captured requests yet: requests to the tunnel's URL show here (its client is connected)."
                     ),
                     None => eprintln!(
                         "No captured requests yet: requests to the tunnel's URL show here \
@@ -171,8 +179,15 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                 return Ok(());
             }
             print_table(&v, terminal_width());
-            if items > 0 && items == limit as usize {
-                let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
+            let last = v["requests"][items - 1]["id"].as_str().unwrap_or("");
+            // A full page may be all there is: offered only when one more is
+            // there (a look at one record past it).
+            let more = items == limit as usize
+                && api
+                    .list(&format!("/api/tunnels/{id}/requests?limit=1&before={last}"), "requests")
+                    .await
+                    .is_ok_and(|next| next["requests"].as_array().is_some_and(|r| !r.is_empty()));
+            if more {
                 eprintln!(
                     "More: {} tunnels requests {id} --limit {limit} --before {last}{}",
                     crate::own_command(),
@@ -246,18 +261,19 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
 /// `--body` or `--body-file`, and what was kept of it is a command away.
 fn cli_wording(err: ApiError, id: &str, req: &str) -> ApiError {
     match err {
-        ApiError::Status { status: 409, message } if message.contains(REPLAY_BODY_HINT) => ApiError::Status {
-            status: 409,
-            message: message.replace(
-                REPLAY_BODY_HINT,
-                &format!(
-                    "pass the body to send with --body TEXT or --body-file PATH (what was kept of it, if any: {} tunnels \
-                     request {id} {req} --body-only{} > PATH)",
+        ApiError::Status { status: 409, message } if message.contains(REPLAY_BODY_HINT) => {
+            let mut instead = "pass the body to send with --body TEXT or --body-file PATH".to_owned();
+            // Where some of it was kept: how to get that much (where none
+            // was, `--body-only` would only fail).
+            if !message.starts_with("bodies are not captured") && !message.starts_with("none of the request's body") {
+                instead += &format!(
+                    " (what was kept of it: {} tunnels request {id} {req} --body-only{} > PATH)",
                     crate::own_command(),
                     crate::server_option()
-                ),
-            ),
-        },
+                );
+            }
+            ApiError::Status { status: 409, message: message.replace(REPLAY_BODY_HINT, &instead) }
+        }
         other => other,
     }
 }
