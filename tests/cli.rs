@@ -362,6 +362,7 @@ async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
         "{out}"
     );
     assert!(err.contains("did not reach the app") && err.contains("local-unreachable"), "{err}");
+    assert!(err.contains("could not reach the local app (is it listening"), "what to check: {err}");
     let (code, out, err) = hookway(&["tunnels", "replay", &unreachable, &req, "--json"], Some(&server), key).await;
     assert_eq!(code, 1, "--json exits alike");
     assert!(err.contains("the edge answered 502 local-unreachable"), "the same words as without --json: {err}");
@@ -376,6 +377,14 @@ async fn replay_exits_1_when_the_replay_did_not_reach_the_app() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("504 timeout in the app's place; the app may have seen it"), "{err}");
     assert!(!err.contains("did not reach the app"), "{err}");
+
+    // A test request to a tunnel with no client says how to serve it.
+    let (offline, _, _) = create_tunnel(&server, None).await;
+    let (code, _, err) = hookway(&["tunnels", "test", &offline], Some(&server), key).await;
+    assert_eq!(code, 1, "{err}");
+    let serve = format!("tunnels connect {offline} <port> --server {}` serves it", server.url);
+    assert!(err.contains("answered 503 Service Unavailable: no client serves the tunnel"), "{err}");
+    assert!(err.contains(&serve), "{err}");
 }
 
 #[tokio::test]

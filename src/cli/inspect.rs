@@ -236,7 +236,7 @@ pub async fn run(cmd: InspectCommand) -> Result<()> {
                 // (A 413 `body-too-large` is a body the edge refused; its 502
                 // is an answer of the app's too large for a WebSocket tunnel.)
                 if NOT_DELIVERED.contains(&kind.as_str()) || (kind == "body-too-large" && new.status == Some(413)) {
-                    bail!("the replay did not reach the app: the edge answered {status} {kind}");
+                    bail!("the replay did not reach the app: the edge answered {status} {kind}{}", remedy(&kind, &id));
                 }
                 // (A 504, an app's broken answer, a client gone: the app may
                 // have seen the request.)
@@ -327,6 +327,22 @@ pub fn terminal_width() -> usize {
 /// gone mid-request) the app may have seen it, and replaying it again could
 /// deliver it twice.
 const NOT_DELIVERED: [&str; 2] = ["tunnel-offline", "local-unreachable"];
+
+/// What to do about a request the edge answered itself with `kind`, for the
+/// end of an error line ("" when there is nothing to say).
+pub fn remedy(kind: &str, id: &str) -> String {
+    match kind {
+        "tunnel-offline" => format!(
+            ": no client serves the tunnel (`{} tunnels connect {id} <port>{}` serves it)",
+            crate::own_command(),
+            crate::server_option()
+        ),
+        "local-unreachable" => ": the tunnel's client could not reach the local app (is it listening on the port the \
+                                client forwards to?)"
+            .to_owned(),
+        _ => String::new(),
+    }
+}
 
 /// `tunnels replay-offline`: the tunnel's kept records of requests that met
 /// it offline and have no replay that reached the app yet, each replayed in

@@ -138,7 +138,8 @@ pub async fn run(args: TestArgs) -> Result<()> {
                  tunnel shows its user name in `tunnels get`; set new ones with `tunnels update ID --basic-auth`)"
             );
         }
-        bail!("the test request was answered {status}");
+        let remedy = edge.as_deref().map_or_else(String::new, |kind| crate::inspect_cli::remedy(kind, &args.id));
+        bail!("the test request was answered {status}{remedy}");
     }
     if let Some(kind) = edge {
         if kept_for_replay {
