@@ -676,6 +676,9 @@ async fn a_small_answer_short_of_its_length_is_a_502() {
     for i in 0..10 {
         let got = raw_get(&server, &client.tunnel_url).await;
         assert!(got.starts_with("HTTP/1.1 502 "), "try {i}: {got:?}");
+        // Named as the other failures of the app are.
+        let said = format!("hookway: the local app at 127.0.0.1:{} broke off its response body: ", app.port());
+        assert!(got.contains(&said), "try {i}: {got:?}");
     }
 }
 

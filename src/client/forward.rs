@@ -461,7 +461,7 @@ pub async fn serve(
         .filter(|r| crate::wire::frame::check_reason(r).is_ok())
         .unwrap_or_default();
     let head = Frame::ResponseHead(ResponseHead { status: parts.status, headers: headers.into(), reason });
-    send_response(writer, head, body, &mut log).await;
+    send_response(writer, head, body, app.authority(), &mut log).await;
     log.duration = started.elapsed();
     Some(log)
 }
@@ -563,14 +563,23 @@ async fn request_body(mut reader: FrameReader) -> Result<RequestBody, bool> {
 /// `log` what went wrong, if the response did not go out whole: the log line
 /// must not show a plain status for an answer the caller got only part of,
 /// nor any status for one it never got (the edge answered 502 instead).
-async fn send_response(mut writer: FrameWriter, head: Frame, body: hyper::body::Incoming, log: &mut RequestLog) {
+async fn send_response(
+    mut writer: FrameWriter,
+    head: Frame,
+    body: hyper::body::Incoming,
+    app: &str,
+    log: &mut RequestLog,
+) {
     match send_message(&mut writer, head, body, SmallBody::Ready).await {
         SendOutcome::Sent => writer.finish(),
         SendOutcome::PeerGone => {
             log.error = Some("the response was cut short: the caller or the server went away".into());
         }
         SendOutcome::BodyFailed { error, head_sent } => {
-            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &error)).await;
+            // Named as the client's other errors name it: the caller may get
+            // this as a 502's text.
+            let message = format!("the local app at {app} broke off its response body: {error}");
+            let _ = writer.send(&error_frame(StreamErrorCode::LocalProtocol, &message)).await;
             writer.finish();
             log.error = Some(if head_sent {
                 format!("the app's response body broke off: {error}")
