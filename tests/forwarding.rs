@@ -872,6 +872,40 @@ async fn callers_who_stop_reading_do_not_hold_the_tunnel() {
     }
 }
 
+/// Issue: within the send timeout (30 s by default), a handful of callers
+/// that asked for large answers and read none held the tunnel's whole QUIC
+/// window, and every other request of the tunnel waited: five such callers
+/// held a prompt request for 27 s, and could do it again and again. A tunnel
+/// now keeps only a few answers stalled (`untaken::MAX_STALLED`); past that,
+/// the answer stalled longest is let go of after a short grace.
+#[tokio::test]
+async fn a_few_callers_who_stop_reading_do_not_freeze_the_tunnel_for_the_send_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.request_timeout = Duration::from_secs(10);
+        c.http.send_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let s = Setup::with_server(server).await;
+    let path = s.url("").split_once("/t/").map(|(_, p)| format!("/t/{p}")).unwrap();
+    let mut stalled = Vec::new();
+    // Eight 8 MiB stream windows: twice the connection's 32 MiB.
+    for _ in 0..8 {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(s.server.http).await.unwrap();
+        let req = format!("GET {path}/zeros?n={} HTTP/1.1\r\nHost: x\r\n\r\n", 256 << 20);
+        stream.write_all(req.as_bytes()).await.unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before: a 504 at the request timeout, the window held for the send timeout.
+    let started = Instant::now();
+    let resp = http().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+    drop(stalled);
+}
+
 /// An HTTP/2 caller that leaves its answers unread but keeps its connection
 /// going never blocks the edge's socket (HTTP/2's flow control stops the
 /// writes first), yet its answers held the tunnel's QUIC window all the same.

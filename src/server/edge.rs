@@ -162,13 +162,16 @@ where
         }
     };
     // An HTTP/2 caller may leave one answer unread while its connection goes
-    // on, which the socket's watch does not see (see `untaken`). Answers
-    // small enough for HTTP/2's first window never wait on it.
+    // on, which the socket's watch does not see (see `untaken`); and over
+    // QUIC, the answers callers leave unread share the tunnel's window, so a
+    // tunnel keeps only a few. Answers small enough for HTTP/2's first
+    // window (or a socket's buffer) never wait on their caller.
     // (A tunnel's body has no size hint: its length is in its header.)
     let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let small = http_body::Body::size_hint(resp.body()).upper().or(declared).is_some_and(|n| n <= UNTAKEN_MIN);
-    let resp = if parts.version == http::Version::HTTP_2 && !small {
-        resp.map(|body| untaken::watch(body, state.config.http.send_timeout))
+    let stalls = matches!(session.transport, Transport::Quic(_)).then(|| session.stalls.clone());
+    let resp = if (parts.version == http::Version::HTTP_2 || stalls.is_some()) && !small {
+        resp.map(|body| untaken::watch(body, state.config.http.send_timeout, stalls))
     } else {
         resp
     };

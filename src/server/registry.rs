@@ -183,6 +183,9 @@ pub struct Session {
     /// Set when the server ends the session on purpose; the QUIC session task
     /// passes it to the client on the control stream (see [`Session::close`]).
     pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,
+    /// The answers of this session that their callers left untaken: over
+    /// QUIC they share its connection window (see `untaken`).
+    pub stalls: Arc<super::untaken::Stalls>,
 }
 
 /// How long a QUIC client may take to read why its session ended and close

@@ -9,6 +9,8 @@
 //! in the server's memory. So a connection whose writes have made no progress
 //! for [`HttpLimits::send_timeout`](super::listener::HttpLimits::send_timeout)
 //! is closed, as nginx's `send_timeout` does: what it held goes with it.
+//! (Sooner, over QUIC, a tunnel keeps only a few such answers: see
+//! [`super::untaken::Stalls`].)
 //!
 //! Only the time between two writes that make progress counts, so a reader
 //! that keeps reading is not cut, however long its answer takes, as long as

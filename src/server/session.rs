@@ -249,6 +249,7 @@ pub fn go_live(
         token_id: token_public_id(&hash_secret(token)),
         token_state: AtomicU8::new(TOKEN_UNANNOUNCED),
         ending: tokio::sync::watch::Sender::new(None),
+        stalls: Default::default(),
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {

@@ -1,4 +1,5 @@
-//! An answer that hyper stops taking is let go of after the send timeout.
+//! An answer that hyper stops taking is let go of after the send timeout, or
+//! sooner when too many of one tunnel's answers wait so.
 //!
 //! The socket watch ([`super::send_watch`]) sees a caller who stops reading
 //! only when the edge's writes block. An HTTP/2 caller may stop reading one
@@ -12,6 +13,16 @@
 //! stream is stopped, and a later poll fails, which resets the caller's
 //! stream. A body that is waiting for the app (a quiet event stream) is not
 //! waiting on hyper and is never cut.
+//!
+//! **A tunnel's window is shared** ([`Stalls`]): over QUIC, every answer its
+//! caller does not take holds up to a stream's window of the tunnel's
+//! connection window, HTTP/1 callers whose sockets are full as much as
+//! HTTP/2 ones. Five callers that asked for large downloads and read none
+//! held all of it, and every other request of the tunnel waited for the send
+//! timeout (a prompt one took 27 s): anyone could freeze a tunnel so, again
+//! and again. So past [`STALL_GRACE`] an untaken answer counts as stalled,
+//! and a tunnel keeps at most [`MAX_STALLED`] of them: a further one has the
+//! answer stalled longest dropped, and half the window stays for the rest.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,32 +38,116 @@ use tokio::time::Instant;
 use super::held::held_for;
 use super::http::{Body, BoxError};
 
+/// How long an answer may go untaken before it counts as stalled for its
+/// tunnel's [`Stalls`]: longer than a reader that keeps reading leaves its
+/// socket full (Linux wakes the writer once a third of the buffer drained).
+pub const STALL_GRACE: Duration = Duration::from_secs(2);
+/// Stalled answers a tunnel keeps: with an 8 MiB stream window, half of its
+/// 32 MiB connection window.
+pub const MAX_STALLED: usize = (crate::quic::CONNECTION_WINDOW / crate::quic::STREAM_WINDOW / 2) as usize;
+
 struct State {
-    /// `None` once dropped for going untaken.
+    /// `None` once dropped, for the reason in `cut`.
     body: Option<Body>,
     /// When a frame was handed out that hyper has not asked past yet.
     handed: Option<Instant>,
+    /// Why the body was dropped.
+    cut: &'static str,
 }
 
-/// `body`, dropped once hyper has left a frame of it unfollowed for `limit`.
-pub fn watch(body: Body, limit: Duration) -> Body {
+const UNTAKEN: &str = "the caller read nothing of the answer for the send timeout";
+const CROWDED: &str = "the caller stopped reading the answer, and the tunnel had more such answers than it keeps";
+
+/// One tunnel session's answers that are stalled (see the module's doc).
+#[derive(Debug)]
+pub struct Stalls {
+    max: usize,
+    grace: Duration,
+    stalled: Mutex<Vec<std::sync::Weak<Mutex<State>>>>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("handed", &self.handed).field("cut", &self.body.is_none()).finish()
+    }
+}
+
+impl Default for Stalls {
+    fn default() -> Self {
+        Self::new(MAX_STALLED, STALL_GRACE)
+    }
+}
+
+impl Stalls {
+    /// Keeps at most `max` answers left untaken for `grace`.
+    pub fn new(max: usize, grace: Duration) -> Self {
+        Self { max, grace, stalled: Mutex::new(Vec::new()) }
+    }
+
+    /// Notes `state` as stalled (again); past the limit, drops the answers
+    /// stalled longest. Entries that were taken since, or dropped, leave.
+    fn note(&self, state: &std::sync::Weak<Mutex<State>>) {
+        let mut list = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        let still = |w: &std::sync::Weak<Mutex<State>>| {
+            w.upgrade().and_then(|s| {
+                let s = lock(&s);
+                s.body.as_ref()?;
+                s.handed.filter(|at| at.elapsed() >= self.grace)
+            })
+        };
+        if !list.iter().any(|w| w.ptr_eq(state)) {
+            list.push(state.clone());
+        }
+        loop {
+            list.retain(|w| still(w).is_some());
+            if list.len() <= self.max {
+                break;
+            }
+            let Some(oldest) = (0..list.len()).min_by_key(|&i| still(&list[i])) else { break };
+            if let Some(state) = list.swap_remove(oldest).upgrade() {
+                let mut state = lock(&state);
+                tracing::debug!(stalled = ?state.handed.map(|at| at.elapsed()), "dropping the answer stalled longest: its tunnel has too many");
+                state.body = None;
+                state.cut = CROWDED;
+            }
+        }
+    }
+}
+
+/// `body`, dropped once hyper has left a frame of it unfollowed for `limit`,
+/// or, with `stalls`, once it is the one stalled longest of too many.
+pub fn watch(body: Body, limit: Duration, stalls: Option<Arc<Stalls>>) -> Body {
     let hint = body.size_hint();
     let end = body.is_end_stream();
-    let state = Arc::new(Mutex::new(State { body: Some(body), handed: None }));
+    let state = Arc::new(Mutex::new(State { body: Some(body), handed: None, cut: UNTAKEN }));
     let weak = Arc::downgrade(&state);
     // (Aborted when the body is dropped, so it never outlives the answer.)
     let watchdog = tokio::spawn(async move {
         let handed = || weak.upgrade().and_then(|state| lock(&state).handed);
+        let grace = stalls.as_ref().map_or(limit, |s| s.grace.min(limit));
         loop {
-            held_for(limit, handed).await;
-            // Under the lock, in case hyper polled in between.
-            let Some(state) = weak.upgrade() else { return };
-            let mut state = lock(&state);
-            if state.handed.is_some_and(|at| at.elapsed() >= limit) {
-                tracing::debug!(?limit, "dropping an answer its HTTP/2 caller stopped reading");
-                state.body = None;
-                return;
+            held_for(grace, handed).await;
+            let Some(since) = handed() else { continue };
+            if since.elapsed() >= limit {
+                // Under the lock, in case hyper polled in between.
+                let Some(state) = weak.upgrade() else { return };
+                let mut state = lock(&state);
+                if state.handed.is_some_and(|at| at.elapsed() >= limit) {
+                    tracing::debug!(?limit, "dropping an answer its caller stopped reading");
+                    state.body = None;
+                    return;
+                }
+                continue;
             }
+            if let Some(stalls) = &stalls {
+                stalls.note(&weak);
+                if weak.upgrade().is_none_or(|state| lock(&state).body.is_none()) {
+                    return;
+                }
+            }
+            // Looked at again within the grace: taken meanwhile and stalled
+            // again, it is noted again.
+            tokio::time::sleep_until((since + limit).min(Instant::now() + grace)).await;
         }
     });
     Untaken { state, watchdog: watchdog.abort_handle(), hint, end }.boxed_unsync()
@@ -84,7 +179,7 @@ impl http_body::Body for Untaken {
         let mut state = lock(&this.state);
         state.handed = None;
         let Some(body) = state.body.as_mut() else {
-            return Poll::Ready(Some(Err("the caller read nothing of the answer for the send timeout".into())));
+            return Poll::Ready(Some(Err(state.cut.into())));
         };
         let polled = Pin::new(body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = &polled {
@@ -117,7 +212,7 @@ mod tests {
         let limit = Duration::from_millis(200);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
         let source = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
-        let mut body = watch(source, limit);
+        let mut body = watch(source, limit, None);
         tx.send(Ok(Frame::data(Bytes::from_static(b"one")))).await.unwrap();
         assert!(body.frame().await.unwrap().is_ok());
         // Waiting on its own source (polled, pending): never cut.
@@ -129,6 +224,46 @@ mod tests {
         tokio::time::sleep(limit * 3).await;
         assert!(tx.is_closed(), "the source was dropped");
         assert!(body.frame().await.unwrap().is_err());
+    }
+
+    /// A tunnel keeps at most its limit of stalled answers: past it, the one
+    /// stalled longest is dropped (after the grace), whatever the send
+    /// timeout; an answer waiting on its own source is never counted.
+    #[tokio::test]
+    async fn past_the_limit_the_answer_stalled_longest_is_dropped() {
+        let grace = Duration::from_millis(200);
+        let stalls = Arc::new(Stalls::new(1, grace));
+        let limit = Duration::from_secs(60);
+        let mut sources = Vec::new();
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+            let mut body = watch(
+                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
+                limit,
+                Some(stalls.clone()),
+            );
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+            assert!(body.frame().await.unwrap().is_ok(), "handed out, then left untaken");
+            sources.push(tx);
+            bodies.push(body);
+            tokio::time::sleep(grace / 2).await;
+        }
+        // One more, polled again and waiting on its source: taken, not stalled.
+        let (waiting_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let mut waiting =
+            watch(http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(), limit, Some(stalls.clone()));
+        waiting_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        assert!(waiting.frame().await.unwrap().is_ok());
+        let polling = tokio::spawn(async move { waiting.frame().await.map(|f| f.is_ok()) });
+        tokio::time::sleep(grace * 4).await;
+        let dropped: Vec<bool> = sources.iter().map(|tx| tx.is_closed()).collect();
+        assert_eq!(dropped, [true, true, false], "the newest stalled answer is kept");
+        assert!(!waiting_tx.is_closed(), "an answer waiting on its source is not stalled");
+        let err = bodies[0].frame().await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("more such answers than it keeps"), "{err}");
+        waiting_tx.send(Ok(Frame::data(Bytes::from_static(b"y")))).await.unwrap();
+        assert_eq!(polling.await.unwrap(), Some(true));
     }
 
     fn tokio_stream_from<T: Send + 'static>(
