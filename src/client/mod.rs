@@ -506,9 +506,23 @@ async fn serve(
 ) -> Attempt {
     let mut ping = tokio::time::interval(Duration::from_millis(u64::from(heartbeat_ms.max(1000))));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seq = 0u64;
+    // Beside the loop, not in it: a ping's write waits while the tunnel's
+    // window is full (answers its callers read slowly), and the loop must
+    // meanwhile take new requests and read what the server says.
+    let pings = async {
+        let mut seq = 0u64;
+        loop {
+            ping.tick().await;
+            seq += 1;
+            if writer.send(&Frame::Ping(seq)).await.is_err() {
+                return ended(conn.close_reason());
+            }
+        }
+    };
+    tokio::pin!(pings);
     loop {
         tokio::select! {
+            end = &mut pings => return end,
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     let in_flight = spinner.request();
@@ -524,12 +538,6 @@ async fn serve(
                 }
                 Err(err) => return ended(Some(err)),
             },
-            _ = ping.tick() => {
-                seq += 1;
-                if writer.send(&Frame::Ping(seq)).await.is_err() {
-                    return ended(conn.close_reason());
-                }
-            }
             frame = reader.next() => match frame {
                 Ok(Some(Frame::Pong(_) | Frame::Ping(_))) => {}
                 Ok(Some(Frame::SessionEnded(notice))) => {
