@@ -405,6 +405,7 @@ async fn a_prompt_caller_behind_a_congested_tunnel_is_not_blamed() {
     // through; not so long that the held uploads reach their own stall
     // limit, twice the request timeout, before this request's timeout).
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let get = tokio::spawn(http().get(s.url("/echo")).send());
     // Head first, the whole body 50 ms later.
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(s.server.http).await.unwrap();
@@ -419,6 +420,11 @@ async fn a_prompt_caller_behind_a_congested_tunnel_is_not_blamed() {
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 504 "), "{got}");
     assert!(got.contains("x-hookway-error: timeout"), "{got}");
+    // Nor one with no body at all, sent meanwhile (issue: a request whose
+    // head could not go out was taken for one whose body had not arrived, a 408).
+    let resp = get.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(resp.text().await.unwrap().contains("its window is full"));
 }
 
 /// An upload goes on after the app's early answer, to its end: the edge

@@ -283,6 +283,53 @@ pub(super) fn timed_out(timeout: std::time::Duration) -> Response<Body> {
     edge_error(StatusCode::GATEWAY_TIMEOUT, "timeout", format_args!("the local app did not answer within {timeout:?}"))
 }
 
+/// The answer to a request the tunnel could not take in time, its caller's
+/// body whole: the QUIC window to the client is full.
+fn tunnel_full(timeout: std::time::Duration) -> Response<Body> {
+    edge_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format_args!(
+            "the tunnel could not take the request within {timeout:?}: its window is full (uploads its app does \
+             not read)"
+        ),
+    )
+}
+
+/// A request body that notes when its caller has sent all of it.
+struct NotesEnd<B> {
+    inner: B,
+    arrived: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for NotesEnd<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// One request over its own QUIC stream: head and body out, response back,
 /// the response head within `timeout`.
 async fn quic_exchange<B>(
@@ -324,6 +371,11 @@ where
         }
     };
     let mut reader = FrameReader::new(recv);
+    // Whether the caller had sent all of its body: a small request still
+    // not handed over at the timeout is then the tunnel's fault (its window
+    // full of unread uploads or answers), not the caller's.
+    let arrived = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = NotesEnd { inner: body, arrived: arrived.clone() };
     // Set once `send_request` returns: a small request has then gone out
     // whole, a large one streams from its task (stopped through `streaming`).
     let mut handed_over = false;
@@ -366,8 +418,10 @@ where
             // if that task is waiting on it now, and long enough (see
             // `Pace::caller_is_late`); else the app (not reading, or not
             // answering) or the tunnel is: a 504.
-            let (resp, code) = if !handed_over {
+            let (resp, code) = if !handed_over && !arrived.load(std::sync::atomic::Ordering::Relaxed) {
                 (gateway::body_timed_out(), close::REQUEST_TIMEOUT)
+            } else if !handed_over {
+                (tunnel_full(timeout), close::REQUEST_TIMEOUT)
             } else if pace.as_ref().is_some_and(|p| p.caller_is_late()) {
                 (body_cut_by_timeout(), close::BODY_TIMEOUT)
             } else {
