@@ -51,6 +51,7 @@ impl Default for AuthFailures {
 impl AuthFailures {
     /// How long `addr` is still refused at `now`, if it is.
     pub fn refused_for(&self, addr: IpAddr, now: Instant) -> Option<Duration> {
+        let addr = super::proxies::counted_as(addr);
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let count = inner.counts.get(&addr)?;
         let ends = count.since + WINDOW;
@@ -59,6 +60,7 @@ impl AuthFailures {
 
     /// Counts a wrong key from `addr` at `now`, and logs it within the allowance.
     pub fn failed(&self, addr: IpAddr, now: Instant) {
+        let addr = super::proxies::counted_as(addr);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.counts.len() >= MAX_TRACKED && !inner.counts.contains_key(&addr) {
             inner.counts.retain(|_, c| now < c.since + WINDOW);
@@ -103,6 +105,21 @@ mod tests {
         // A new window counts afresh.
         failures.failed(a, t0 + WINDOW);
         assert_eq!(failures.refused_for(a, t0 + WINDOW), None);
+    }
+
+    /// Issue: counted per address, an IPv6 caller could take a fresh address
+    /// of its /64 for every try. Its /64 counts as one.
+    #[test]
+    fn an_ipv6_caller_is_counted_by_its_64() {
+        let failures = AuthFailures::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_FAILURES {
+            failures.failed(format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap(), t0);
+        }
+        let ours: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(failures.refused_for(ours, t0).is_some(), "the same /64");
+        assert_eq!(failures.refused_for("2001:db8:1:3::1".parse().unwrap(), t0), None, "another /64");
+        assert_eq!(failures.refused_for("::ffff:192.0.2.7".parse().unwrap(), t0), None);
     }
 
     #[test]

@@ -17,6 +17,20 @@ use std::net::{IpAddr, SocketAddr};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+/// The address that stands for `ip` wherever callers are counted: an IPv6
+/// address's /64 (one host or network usually holds a whole /64, and a limit
+/// per address would let it take a fresh one for every try), an IPv4 address
+/// (or one mapped into IPv6) itself.
+pub fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// The proxies whose `X-Forwarded-For` is believed; none by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -99,6 +113,15 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callers_are_counted_by_ipv4_address_or_ipv6_64() {
+        let at = |s: &str| counted_as(s.parse().unwrap()).to_string();
+        assert_eq!(at("192.0.2.7"), "192.0.2.7");
+        assert_eq!(at("::ffff:192.0.2.7"), "192.0.2.7", "a mapped IPv4 address is that address");
+        assert_eq!(at("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(at("::1"), "::");
+    }
 
     fn proxies(list: &[&str]) -> TrustedProxies {
         TrustedProxies::new(list.iter().map(|s| parse_net(s).unwrap()).collect())

@@ -37,7 +37,7 @@ pub const LEFT_DRAIN: Duration = Duration::from_secs(10);
 /// handshake takes a round trip or two, so even a restart's reconnect storm
 /// of thousands of tunnels passes it in a few seconds.
 pub const MAX_HANDSHAKES: usize = 256;
-/// Handshakes from one address at once: one host cannot take the whole
+/// Handshakes from one address (an IPv6 /64) at once: one host cannot take the whole
 /// budget from everyone else. (A NAT shares an address, but its tunnels
 /// connect once each and pass in a round trip or two.)
 pub const MAX_HANDSHAKES_PER_IP: usize = 16;
@@ -64,6 +64,7 @@ struct HandshakeSlot {
 
 impl Handshakes {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeSlot, &'static str> {
+        let ip = super::proxies::counted_as(ip);
         let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         if by_ip.values().sum::<usize>() >= MAX_HANDSHAKES {
             return Err("too many QUIC handshakes at once; refusing new connections until some finish");
