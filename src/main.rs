@@ -1165,7 +1165,8 @@ impl ClientArgs {
     /// The API key, if one was given: an empty one (`HOOKWAY_API_KEY=`) is
     /// none, so commands that need no key (`tunnels connect --token`) still run.
     fn key(&self) -> Option<String> {
-        self.api_key.clone().filter(|k| !k.trim().is_empty())
+        // Without the blanks around it, as `api` sends it (see `clean_api_key`).
+        self.api_key.as_deref().map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned)
     }
 }
 

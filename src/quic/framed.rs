@@ -727,9 +727,12 @@ mod tests {
         for _ in 0..fillers.len() {
             held.push(pair.server.accept_bi().await.unwrap());
         }
-        let (_send, recv) = pair.server.accept_bi().await.unwrap();
-        // Until the body's writes wait on the connection window.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (_send, mut recv) = pair.server.accept_bi().await.unwrap();
+        // All the connection window left for it: its next write waits on the
+        // window (reading these is too little to release any).
+        let mut got = vec![0u8; 128 * 1024];
+        recv.read_exact(&mut got).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!sending.is_finished());
         drop(recv);
         let outcome = tokio::time::timeout(Duration::from_secs(5), sending).await.expect("the stop ends the sending");

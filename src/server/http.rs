@@ -92,8 +92,8 @@ pub fn bad_request_body(err: impl std::fmt::Display) -> Response<Body> {
 /// still answers alone past those, as HTTP/2 does past its header list size.
 pub const MAX_REQUEST_HEADERS: usize = 100;
 
-/// Most bytes of header fields a request may carry (names and values, as
-/// HTTP/1 lines with their `: ` and line end), on every route: as much as
+/// Most bytes of header fields and target a request may carry (names and
+/// values, as HTTP/1 lines with their `: ` and line end), on every route: as much as
 /// nginx's largest default, four times HTTP/2's 16 KiB list here. hyper's
 /// HTTP/1 reads heads of up to about 400 KB, and each is kept with its
 /// capture record: a caller sending such heads filled a tunnel's share of the
@@ -116,14 +116,17 @@ pub(super) async fn handle(state: Arc<State>, mut req: Request<Incoming>, peer: 
     if req.headers().len() > MAX_REQUEST_HEADERS {
         return too_many_headers(api_form(&state, &req), req.headers().len());
     }
-    let bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    // (The target too: it is kept with the record as well.)
+    let fields: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    let bytes = fields + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if bytes > MAX_REQUEST_HEADER_BYTES {
         return refused(
             api_form(&state, &req),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers-too-large",
             format_args!(
-                "the request's header fields are {bytes} bytes; the edge accepts at most {MAX_REQUEST_HEADER_BYTES}"
+                "the request's target and header fields are {bytes} bytes; the edge accepts at most \
+                 {MAX_REQUEST_HEADER_BYTES}"
             ),
         );
     }

@@ -20,11 +20,14 @@ use ipnet::IpNet;
 /// The address that stands for `ip` wherever callers are counted: an IPv6
 /// address's /64 (one host or network usually holds a whole /64, and a limit
 /// per address would let it take a fresh one for every try), an IPv4 address
-/// (or one mapped into IPv6) itself.
+/// (or one mapped into IPv6, or translated by NAT64) itself.
 pub fn counted_as(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
+            // NAT64's well-known prefix (RFC 6052): an IPv4 caller behind a
+            // translator, each its own address.
+            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => IpAddr::V4((u128::from(v6) as u32).into()),
             None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         },
         v4 => v4,
@@ -121,6 +124,7 @@ mod tests {
         assert_eq!(at("::ffff:192.0.2.7"), "192.0.2.7", "a mapped IPv4 address is that address");
         assert_eq!(at("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
         assert_eq!(at("::1"), "::");
+        assert_eq!(at("64:ff9b::192.0.2.7"), "192.0.2.7", "an IPv4 caller behind NAT64");
     }
 
     fn proxies(list: &[&str]) -> TrustedProxies {

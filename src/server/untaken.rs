@@ -40,8 +40,10 @@ use super::http::{Body, BoxError};
 
 /// How long an answer may go untaken before it counts as stalled for its
 /// tunnel's [`Stalls`]: longer than a reader that keeps reading leaves its
-/// socket full (Linux wakes the writer once a third of the buffer drained).
-pub const STALL_GRACE: Duration = Duration::from_secs(2);
+/// socket full (Linux wakes the writer once a third of the buffer drained:
+/// about 3 s for a 1 MB buffer at 1 Mbit/s), so that slow downloads are
+/// not taken for abandoned ones. (Readers slower still may be.)
+pub const STALL_GRACE: Duration = Duration::from_secs(5);
 /// Stalled answers a tunnel keeps: with an 8 MiB stream window, half of its
 /// 32 MiB connection window.
 pub const MAX_STALLED: usize = (crate::quic::CONNECTION_WINDOW / crate::quic::STREAM_WINDOW / 2) as usize;
@@ -99,16 +101,27 @@ impl Stalls {
             list.push(state.clone());
         }
         loop {
-            list.retain(|w| still(w).is_some());
+            // Each entry's stall read once: one taken meanwhile leaves,
+            // rather than counting as the oldest.
+            let mut since: Vec<Option<Instant>> = list.iter().map(still).collect();
+            let mut i = 0;
+            list.retain(|_| {
+                i += 1;
+                since[i - 1].is_some()
+            });
+            since.retain(Option::is_some);
             if list.len() <= self.max {
                 break;
             }
-            let Some(oldest) = (0..list.len()).min_by_key(|&i| still(&list[i])) else { break };
+            let Some(oldest) = (0..list.len()).min_by_key(|&i| since[i]) else { break };
             if let Some(state) = list.swap_remove(oldest).upgrade() {
                 let mut state = lock(&state);
-                tracing::debug!(stalled = ?state.handed.map(|at| at.elapsed()), "dropping the answer stalled longest: its tunnel has too many");
-                state.body = None;
-                state.cut = CROWDED;
+                // Taken since it was looked at: not dropped after all.
+                if state.handed.is_some_and(|at| at.elapsed() >= self.grace) {
+                    tracing::debug!(stalled = ?state.handed.map(|at| at.elapsed()), "dropping the answer stalled longest: its tunnel has too many");
+                    state.body = None;
+                    state.cut = CROWDED;
+                }
             }
         }
     }
