@@ -169,8 +169,9 @@ where
     // (A tunnel's body has no size hint: its length is in its header.)
     let declared = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let small = http_body::Body::size_hint(resp.body()).upper().or(declared).is_some_and(|n| n <= UNTAKEN_MIN);
-    let stalls = matches!(session.transport, Transport::Quic(_)).then(|| session.stalls.clone());
-    let resp = if (parts.version == http::Version::HTTP_2 || stalls.is_some()) && !small {
+    let quic = matches!(session.transport, Transport::Quic(_));
+    let resp = if (parts.version == http::Version::HTTP_2 || quic) && !small {
+        let stalls = quic.then(|| session.stalls.clone());
         resp.map(|body| untaken::watch(body, state.config.http.send_timeout, stalls))
     } else {
         resp
