@@ -681,12 +681,18 @@ async fn an_api_key_with_characters_no_key_has_is_named_as_the_problem() {
     for (key, what) in [
         (format!("{}\n{}", &API_KEY[..8], &API_KEY[8..]), "a line break at character 9"),
         (format!("{API_KEY}é"), "'é', which is not ASCII"),
-        (format!("{} {}", &API_KEY[..4], &API_KEY[4..]), "a space at character 5"),
+        (format!("{}\u{1b}{}", &API_KEY[..4], &API_KEY[4..]), "a control character (U+001B) at character 5"),
     ] {
         let (code, _, err) = hookway(&["tunnels", "list"], Some(&server), Some(&key)).await;
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(what) && err.contains("HOOKWAY_API_KEY") && !err.contains("reach"), "{err}");
     }
+    // Spaces inside are a key's own (a passphrase), sent as they are: here
+    // refused by the server as any wrong key is, not by the CLI.
+    let spaced = format!("{} {}", &API_KEY[..4], &API_KEY[4..]);
+    let (code, _, err) = hookway(&["tunnels", "list"], Some(&server), Some(&spaced)).await;
+    assert!(code == 1 && err.contains("invalid API key") && err.contains("(HTTP 401)"), "{err}");
+    assert_eq!(hookway::client::api::clean_api_key(" pass phrase\tkey \n"), Ok("pass phrase\tkey"));
     // A server given such a key would lock every client out: it refuses to start.
     let dir = tempfile::tempdir().unwrap();
     let out =

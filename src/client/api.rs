@@ -66,21 +66,21 @@ fn reach_hint(url: &str, err: &reqwest::Error) -> &'static str {
 }
 
 /// `key` without the blanks around it (a key pasted with its line break), or
-/// why it cannot be an API key: a header carries only visible ASCII, so a
-/// key with anything else inside could never be sent, and would have failed
-/// as a network error ("failed to parse header value") or a refused key.
+/// why it cannot be an API key: a header carries only visible ASCII, spaces
+/// and tabs, so a key with anything else inside could never be sent, and
+/// would have failed as a network error ("failed to parse header value") or
+/// a refused key. (Spaces inside, as in a passphrase, are sent as they are.)
 pub fn clean_api_key(key: &str) -> Result<&str, String> {
     let key = key.trim();
-    match key.char_indices().find(|(_, c)| !c.is_ascii_graphic()) {
+    match key.char_indices().find(|&(_, c)| !(c.is_ascii_graphic() || c == ' ' || c == '\t')) {
         None => Ok(key),
         Some((at, c)) => {
             let what = match c {
                 '\n' | '\r' => "a line break".to_owned(),
-                c if c.is_whitespace() => "a space".to_owned(),
                 c if c.is_control() => format!("a control character (U+{:04X})", u32::from(c)),
                 c => format!("'{c}', which is not ASCII"),
             };
-            Err(format!("the API key holds {what} at character {}: keys are visible ASCII only", at + 1))
+            Err(format!("the API key holds {what} at character {}: a header cannot carry it", at + 1))
         }
     }
 }
