@@ -100,21 +100,12 @@ impl Stalls {
         if !list.iter().any(|w| w.ptr_eq(state)) {
             list.push(state.clone());
         }
-        loop {
-            // Each entry's stall read once: one taken meanwhile leaves,
-            // rather than counting as the oldest.
-            let mut since: Vec<Option<Instant>> = list.iter().map(still).collect();
-            let mut i = 0;
-            list.retain(|_| {
-                i += 1;
-                since[i - 1].is_some()
-            });
-            since.retain(Option::is_some);
-            if list.len() <= self.max {
-                break;
-            }
-            let Some(oldest) = (0..list.len()).min_by_key(|&i| since[i]) else { break };
-            if let Some(state) = list.swap_remove(oldest).upgrade() {
+        // Each entry's stall read once: one taken meanwhile leaves the list,
+        // rather than counting as the oldest.
+        let mut stalled: Vec<_> = list.drain(..).filter_map(|w| Some((still(&w)?, w))).collect();
+        while stalled.len() > self.max {
+            let oldest = (0..stalled.len()).min_by_key(|&i| stalled[i].0).unwrap_or(0);
+            if let Some(state) = stalled.swap_remove(oldest).1.upgrade() {
                 let mut state = lock(&state);
                 // Taken since it was looked at: not dropped after all.
                 if state.handed.is_some_and(|at| at.elapsed() >= self.grace) {
@@ -124,6 +115,7 @@ impl Stalls {
                 }
             }
         }
+        list.extend(stalled.into_iter().map(|(_, w)| w));
     }
 }
 
