@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -938,6 +940,65 @@ async fn http2_callers_who_stop_reading_do_not_hold_the_tunnel() {
     for resp in unread {
         let got = tokio::time::timeout(Duration::from_secs(10), resp.bytes()).await.unwrap();
         assert!(got.is_err(), "an answer left unread was kept whole");
+    }
+}
+
+/// Issue: an HTTP/2 caller that reads its answers slowly but steadily (a
+/// frame now and then) never leaves one untaken, yet each such answer fills
+/// and holds its 8 MiB stream window of the tunnel's 32 MiB: five streams
+/// read at 40 KB/s each held a prompt request for 20 s (found by a probe).
+/// The tunnel's window now grows for a few answers its callers are slow to
+/// take: the prompt request goes through, and the slow downloads go on.
+#[tokio::test]
+async fn slow_http2_readers_neither_hold_the_tunnel_nor_are_cut() {
+    let server = TestServer::start_with(|c| {
+        // Room for the grace (5 s) on a loaded machine; well short of the send timeout.
+        c.request_timeout = Duration::from_secs(15);
+        c.http.send_timeout = Duration::from_secs(120);
+    })
+    .await;
+    let s = Setup::with_server(server).await;
+    let stop = tokio::time::Instant::now() + Duration::from_secs(60);
+    let hurry = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    // Six 8 MiB stream windows: more than the connection's 32 MiB, and no
+    // more than the tunnel funds (four) and keeps (two).
+    for _ in 0..6 {
+        // HTTP/2's smallest windows, each on a connection of its own: hyper
+        // takes another frame of the answer every 32 KiB read.
+        let h2 = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .http2_initial_stream_window_size(65_535)
+            .http2_initial_connection_window_size(65_535)
+            .build()
+            .unwrap();
+        let mut resp = h2.get(s.url(&format!("/zeros?n={}", 1u64 << 30))).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let hurry = hurry.clone();
+        // A chunk every 200 ms; once hurried, 16 MiB more (past whatever was
+        // on its way) as fast as they come.
+        readers.push(tokio::spawn(async move {
+            let mut hurried = 0;
+            while hurried < 16 << 20 {
+                match tokio::time::timeout_at(stop, resp.chunk()).await {
+                    Ok(Ok(Some(chunk))) if hurry.load(Ordering::Relaxed) => hurried += chunk.len(),
+                    Ok(Ok(Some(_))) => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Ok(Ok(None)) => return Err("ended early".to_string()),
+                    Ok(Err(err)) => return Err(format!("cut: {err:?}")),
+                    Err(_) => return Err("timed out".to_string()),
+                }
+            }
+            Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Before: a 504 at the request timeout, the window held by the slow callers.
+    let started = Instant::now();
+    let resp = http().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+    hurry.store(true, Ordering::Relaxed);
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), Ok(()), "a slow download was not kept");
     }
 }
 

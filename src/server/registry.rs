@@ -183,8 +183,9 @@ pub struct Session {
     /// Set when the server ends the session on purpose; the QUIC session task
     /// passes it to the client on the control stream (see [`Session::close`]).
     pub ending: tokio::sync::watch::Sender<Option<SessionEnded>>,
-    /// The answers of this session that their callers left untaken: over
-    /// QUIC they share its connection window (see `untaken`).
+    /// The answers of this session that their callers are slow to take (or
+    /// left untaken): over QUIC they share its connection window, which
+    /// grows for a few of them (see `untaken`).
     pub stalls: Arc<super::untaken::Stalls>,
 }
 

@@ -240,6 +240,12 @@ pub fn go_live(
     if !secret_matches(token, &tunnel.meta().token_hash) {
         return None;
     }
+    // Over QUIC, the answers its callers are slow to take are paid for with
+    // more of its connection's window, up to a point (see `untaken`).
+    let stalls = Arc::new(match &transport {
+        Transport::Quic(conn) => super::untaken::Stalls::for_connection(conn.clone()),
+        Transport::WebSocket(_) => super::untaken::Stalls::new(0, 0, super::untaken::STALL_GRACE, None),
+    });
     let session = Arc::new(Session {
         id: state.registry.next_session_id(),
         tunnel: tunnel.clone(),
@@ -250,7 +256,7 @@ pub fn go_live(
         token_id: token_public_id(&hash_secret(token)),
         token_state: AtomicU8::new(TOKEN_UNANNOUNCED),
         ending: tokio::sync::watch::Sender::new(None),
-        stalls: Default::default(),
+        stalls,
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {

@@ -1,5 +1,7 @@
-//! An answer that hyper stops taking is let go of after the send timeout, or
-//! sooner when too many of one tunnel's answers wait so.
+//! An answer that hyper stops taking is let go of after the send timeout; and
+//! over QUIC, a tunnel's answers that their callers take slowly or not at all
+//! are paid for with more window, up to a point, past which the one held
+//! longest is let go of.
 //!
 //! The socket watch ([`super::send_watch`]) sees a caller who stops reading
 //! only when the edge's writes block. An HTTP/2 caller may stop reading one
@@ -14,148 +16,251 @@
 //! stream. A body that is waiting for the app (a quiet event stream) is not
 //! waiting on hyper and is never cut.
 //!
-//! **A tunnel's window is shared** ([`Stalls`]): over QUIC, every answer its
-//! caller does not take holds up to a stream's window of the tunnel's
-//! connection window, HTTP/1 callers whose sockets are full as much as
-//! HTTP/2 ones. Five callers that asked for large downloads and read none
-//! held all of it, and every other request of the tunnel waited for the send
-//! timeout (a prompt one took 27 s): anyone could freeze a tunnel so, again
-//! and again. So past [`STALL_GRACE`] an untaken answer counts as stalled,
-//! and a tunnel keeps at most [`MAX_STALLED`] of them: a further one has the
-//! answer stalled longest dropped, and half the window stays for the rest.
+//! **A tunnel's window is shared** ([`Stalls`]): over QUIC, an answer whose
+//! caller takes it more slowly than the app sends it fills its stream's
+//! window, 8 MiB, and holds it, whether the caller stopped reading or reads
+//! a frame a second: four such answers held the tunnel's whole 32 MiB
+//! connection window, and every other request of the tunnel waited on the
+//! slow callers (a prompt one took 27 s with five callers that read nothing,
+//! 20 s with five HTTP/2 streams read at 40 KB/s each): anyone could freeze a
+//! tunnel so, again and again. An answer *holds* its window once it has not
+//! waited on its source (the QUIC stream) for [`STALL_GRACE`]: every time its
+//! caller took more, more was there. For each of up to [`MAX_FUNDED`] such
+//! answers, the tunnel's connection window grows by a stream window, so the
+//! rest of the tunnel keeps its whole window beside slow downloads; a tunnel
+//! keeps [`MAX_STALLED`] more unfunded (half its window); past that, the
+//! answer untaken longest (else held longest) is dropped.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
+use quinn::VarInt;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::held::held_for;
 use super::http::{Body, BoxError};
+use crate::quic::{CONNECTION_WINDOW, STREAM_WINDOW};
 
-/// How long an answer may go untaken before it counts as stalled for its
-/// tunnel's [`Stalls`]: longer than a reader that keeps reading leaves its
-/// socket full (Linux wakes the writer once a third of the buffer drained:
-/// about 3 s for a 1 MB buffer at 1 Mbit/s), so that slow downloads are
-/// not taken for abandoned ones. (Readers slower still may be.)
+/// How long an answer may go without waiting on its source before it counts
+/// as holding its window for its tunnel's [`Stalls`]: longer than a reader
+/// that keeps reading leaves its socket full (Linux wakes the writer once a
+/// third of the buffer drained: about 3 s for a 1 MB buffer at 1 Mbit/s),
+/// so that a download is not taken for an abandoned one as it starts.
 pub const STALL_GRACE: Duration = Duration::from_secs(5);
-/// Stalled answers a tunnel keeps: with an 8 MiB stream window, half of its
-/// 32 MiB connection window.
-pub const MAX_STALLED: usize = (crate::quic::CONNECTION_WINDOW / crate::quic::STREAM_WINDOW / 2) as usize;
+/// Answers holding their window that a tunnel pays for with as much window
+/// again each: at most twice its connection window in all, 64 MiB.
+pub const MAX_FUNDED: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
+/// Answers holding their window that a tunnel keeps unfunded, past
+/// [`MAX_FUNDED`]: with an 8 MiB stream window, half of its 32 MiB
+/// connection window.
+pub const MAX_STALLED: usize = (CONNECTION_WINDOW / STREAM_WINDOW / 2) as usize;
 
 struct State {
     /// `None` once dropped, for the reason in `cut`.
     body: Option<Body>,
     /// When a frame was handed out that hyper has not asked past yet.
     handed: Option<Instant>,
+    /// Since when the body has not waited on its source; `None` while it does.
+    flowing: Option<Instant>,
+    /// In its tunnel's [`Stalls`], so its end must be counted there.
+    listed: bool,
     /// Why the body was dropped.
     cut: &'static str,
 }
 
-const UNTAKEN: &str = "the caller read nothing of the answer for the send timeout";
-const CROWDED: &str = "the caller stopped reading the answer, and the tunnel had more such answers than it keeps";
+impl State {
+    /// When it began holding its window, and whether (since when) it is
+    /// untaken too; `None` while it does not hold it.
+    fn holding(&self, grace: Duration) -> Option<Holding> {
+        self.body.as_ref()?;
+        let since = self.flowing.filter(|at| at.elapsed() >= grace)?;
+        Some(Holding { since, untaken: self.handed.filter(|at| at.elapsed() >= grace) })
+    }
+}
 
-/// One tunnel session's answers that are stalled (see the module's doc).
-#[derive(Debug)]
+#[derive(Clone, Copy)]
+struct Holding {
+    since: Instant,
+    untaken: Option<Instant>,
+}
+
+impl Holding {
+    /// Dropped first: the answer untaken longest, else the one held longest.
+    fn drop_order(&self) -> (bool, Instant) {
+        (self.untaken.is_none(), self.untaken.unwrap_or(self.since))
+    }
+}
+
+const UNTAKEN: &str = "the caller read nothing of the answer for the send timeout";
+const CROWDED: &str =
+    "the caller read the answer too slowly or not at all, and the tunnel had more such answers than it keeps";
+
+/// One tunnel session's answers that hold their window (see the module's doc).
 pub struct Stalls {
-    max: usize,
+    funded: usize,
+    kept: usize,
     grace: Duration,
-    stalled: Mutex<Vec<std::sync::Weak<Mutex<State>>>>,
+    /// The tunnel's connection, whose receive window is grown for the
+    /// answers funded; `None` keeps the window as it is.
+    window: Option<quinn::Connection>,
+    listed: Mutex<Listed>,
+}
+
+#[derive(Default)]
+struct Listed {
+    answers: Vec<Weak<Mutex<State>>>,
+    /// Answers the window was last grown for.
+    funded: usize,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State").field("handed", &self.handed).field("cut", &self.body.is_none()).finish()
+        f.debug_struct("State")
+            .field("handed", &self.handed)
+            .field("flowing", &self.flowing)
+            .field("cut", &self.body.is_none())
+            .finish()
     }
 }
 
-impl Default for Stalls {
-    fn default() -> Self {
-        Self::new(MAX_STALLED, STALL_GRACE)
+impl std::fmt::Debug for Stalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let listed = self.lock();
+        f.debug_struct("Stalls").field("listed", &listed.answers.len()).field("funded", &listed.funded).finish()
     }
 }
 
 impl Stalls {
-    /// Keeps at most `max` answers left untaken for `grace`.
-    pub fn new(max: usize, grace: Duration) -> Self {
-        Self { max, grace, stalled: Mutex::new(Vec::new()) }
+    /// Grows `window`'s receive window for up to `funded` answers held for
+    /// `grace`, and keeps `kept` more.
+    pub fn new(funded: usize, kept: usize, grace: Duration, window: Option<quinn::Connection>) -> Self {
+        Self { funded, kept, grace, window, listed: Mutex::new(Listed::default()) }
     }
 
-    /// Notes `state` as stalled (again); past the limit, drops the answers
-    /// stalled longest. Entries that were taken since, or dropped, leave.
-    fn note(&self, state: &std::sync::Weak<Mutex<State>>) {
-        let mut list = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
-        let still = |w: &std::sync::Weak<Mutex<State>>| {
-            w.upgrade().and_then(|s| {
-                let s = lock(&s);
-                s.body.as_ref()?;
-                s.handed.filter(|at| at.elapsed() >= self.grace)
-            })
-        };
-        if !list.iter().any(|w| w.ptr_eq(state)) {
-            list.push(state.clone());
+    /// The defaults, for a tunnel's QUIC connection.
+    pub fn for_connection(conn: quinn::Connection) -> Self {
+        Self::new(MAX_FUNDED, MAX_STALLED, STALL_GRACE, Some(conn))
+    }
+
+    /// How many answers the window is grown for now.
+    #[cfg(test)]
+    fn funded(&self) -> usize {
+        self.lock().funded
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Listed> {
+        self.listed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lists `state` (when given) and counts again which answers hold their
+    /// window: entries that no longer do leave, past the limit the first in
+    /// [`Holding::drop_order`] are dropped, and the window is sized for the
+    /// rest.
+    fn note(&self, state: Option<&Weak<Mutex<State>>>) {
+        let mut listed = self.lock();
+        if let Some(state) = state.filter(|s| !listed.answers.iter().any(|w| w.ptr_eq(s))) {
+            if let Some(s) = state.upgrade() {
+                lock(&s).listed = true;
+            }
+            listed.answers.push(state.clone());
         }
-        // Each entry's stall read once: one taken meanwhile leaves the list,
-        // rather than counting as the oldest.
-        let mut stalled: Vec<_> = list.drain(..).filter_map(|w| Some((still(&w)?, w))).collect();
-        while stalled.len() > self.max {
-            let oldest = (0..stalled.len()).min_by_key(|&i| stalled[i].0).unwrap_or(0);
-            if let Some(state) = stalled.swap_remove(oldest).1.upgrade() {
+        // Each entry read once: one taken meanwhile leaves the list, rather
+        // than counting as held longest.
+        let mut holding: Vec<_> = listed
+            .answers
+            .drain(..)
+            .filter_map(|w| {
+                let strong = w.upgrade()?;
+                let mut state = lock(&strong);
+                let held = state.holding(self.grace);
+                state.listed = held.is_some();
+                drop(state);
+                Some((held?, w))
+            })
+            .collect();
+        while holding.len() > self.funded + self.kept {
+            let first = (0..holding.len()).min_by_key(|&i| holding[i].0.drop_order()).unwrap_or(0);
+            if let Some(state) = holding.swap_remove(first).1.upgrade() {
                 let mut state = lock(&state);
-                // Taken since it was looked at: not dropped after all.
-                if state.handed.is_some_and(|at| at.elapsed() >= self.grace) {
-                    tracing::debug!(stalled = ?state.handed.map(|at| at.elapsed()), "dropping the answer stalled longest: its tunnel has too many");
+                // Only if it holds still (taken since it was looked at, it is
+                // not dropped after all).
+                if state.holding(self.grace).is_some() {
+                    tracing::debug!(
+                        held = ?state.flowing.map(|at| at.elapsed()),
+                        untaken = ?state.handed.map(|at| at.elapsed()),
+                        "dropping the answer its caller took least of: its tunnel has too many"
+                    );
                     state.body = None;
                     state.cut = CROWDED;
                 }
             }
         }
-        list.extend(stalled.into_iter().map(|(_, w)| w));
+        let funded = holding.len().min(self.funded);
+        listed.answers.extend(holding.into_iter().map(|(_, w)| w));
+        if funded != listed.funded {
+            listed.funded = funded;
+            if let Some(conn) = &self.window {
+                let extra = u64::from(STREAM_WINDOW) * funded as u64;
+                tracing::debug!(funded, "a tunnel's window grown for the answers its callers are slow to take");
+                conn.set_receive_window(VarInt::from_u64(u64::from(CONNECTION_WINDOW) + extra).unwrap_or(VarInt::MAX));
+            }
+        }
     }
 }
 
 /// `body`, dropped once hyper has left a frame of it unfollowed for `limit`,
-/// or, with `stalls`, once it is the one stalled longest of too many.
+/// or, with `stalls`, counted there while it holds its window (and dropped
+/// there when it is one too many).
 pub fn watch(body: Body, limit: Duration, stalls: Option<Arc<Stalls>>) -> Body {
     let hint = body.size_hint();
     let end = body.is_end_stream();
-    let state = Arc::new(Mutex::new(State { body: Some(body), handed: None, cut: UNTAKEN }));
+    let flowing = Some(Instant::now());
+    let state = Arc::new(Mutex::new(State { body: Some(body), handed: None, flowing, listed: false, cut: UNTAKEN }));
     let weak = Arc::downgrade(&state);
     // (Aborted when the body is dropped, so it never outlives the answer.)
-    let watchdog = tokio::spawn(async move {
-        let handed = || weak.upgrade().and_then(|state| lock(&state).handed);
-        let grace = stalls.as_ref().map_or(limit, |s| s.grace.min(limit));
-        loop {
-            held_for(grace, handed).await;
-            let Some(since) = handed() else { continue };
-            if since.elapsed() >= limit {
-                // Under the lock, in case hyper polled in between.
-                let Some(state) = weak.upgrade() else { return };
-                let mut state = lock(&state);
-                if state.handed.is_some_and(|at| at.elapsed() >= limit) {
-                    tracing::debug!(?limit, "dropping an answer its caller stopped reading");
-                    state.body = None;
-                    return;
+    let watchdog = tokio::spawn({
+        let stalls = stalls.clone();
+        async move {
+            let grace = stalls.as_ref().map_or(limit, |s| s.grace.min(limit));
+            loop {
+                let Some(strong) = weak.upgrade() else { return };
+                let (handed, flowing, listed) = {
+                    let mut state = lock(&strong);
+                    if state.body.is_none() {
+                        return;
+                    }
+                    if state.handed.is_some_and(|at| at.elapsed() >= limit) {
+                        tracing::debug!(?limit, "dropping an answer its caller stopped reading");
+                        state.body = None;
+                        return;
+                    }
+                    (state.handed, state.flowing, state.listed)
+                };
+                drop(strong);
+                let now = Instant::now();
+                let mut next = now + grace;
+                if let Some(at) = handed {
+                    next = next.min(at + limit);
                 }
-                continue;
-            }
-            if let Some(stalls) = &stalls {
-                stalls.note(&weak);
-                if weak.upgrade().is_none_or(|state| lock(&state).body.is_none()) {
-                    return;
+                if let Some(stalls) = &stalls {
+                    match flowing {
+                        Some(at) if now - at >= stalls.grace => stalls.note(Some(&weak)),
+                        // Back to waiting on its source: counted out.
+                        _ if listed => stalls.note(Some(&weak)),
+                        Some(at) => next = next.min(at + stalls.grace),
+                        None => {}
+                    }
                 }
+                tokio::time::sleep_until(next).await;
             }
-            // Looked at again within the grace: taken meanwhile and stalled
-            // again, it is noted again.
-            tokio::time::sleep_until((since + limit).min(Instant::now() + grace)).await;
         }
     });
-    Untaken { state, watchdog: watchdog.abort_handle(), hint, end }.boxed_unsync()
+    Untaken { state, stalls, watchdog: watchdog.abort_handle(), hint, end }.boxed_unsync()
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -164,6 +269,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 
 struct Untaken {
     state: Arc<Mutex<State>>,
+    stalls: Option<Arc<Stalls>>,
     watchdog: AbortHandle,
     hint: SizeHint,
     end: bool,
@@ -172,6 +278,15 @@ struct Untaken {
 impl Drop for Untaken {
     fn drop(&mut self) {
         self.watchdog.abort();
+        let listed = {
+            let mut state = lock(&self.state);
+            state.body = None;
+            state.listed
+        };
+        // Its window given back, or another's place made.
+        if let Some(stalls) = self.stalls.as_ref().filter(|_| listed) {
+            stalls.note(None);
+        }
     }
 }
 
@@ -187,12 +302,19 @@ impl http_body::Body for Untaken {
             return Poll::Ready(Some(Err(state.cut.into())));
         };
         let polled = Pin::new(body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = &polled {
-            let more = state.body.as_ref().is_some_and(|b| !b.is_end_stream());
-            state.handed = more.then(Instant::now);
-        }
-        if let Poll::Ready(None) = &polled {
-            this.end = true;
+        match &polled {
+            Poll::Pending => state.flowing = None,
+            Poll::Ready(Some(Ok(_))) => {
+                let now = Instant::now();
+                state.flowing.get_or_insert(now);
+                let more = state.body.as_ref().is_some_and(|b| !b.is_end_stream());
+                state.handed = more.then_some(now);
+            }
+            Poll::Ready(None) => {
+                state.flowing = None;
+                this.end = true;
+            }
+            Poll::Ready(Some(Err(_))) => state.flowing = None,
         }
         polled
     }
@@ -237,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_limit_the_answer_stalled_longest_is_dropped() {
         let grace = Duration::from_millis(200);
-        let stalls = Arc::new(Stalls::new(1, grace));
+        let stalls = Arc::new(Stalls::new(0, 1, grace, None));
         let limit = Duration::from_secs(60);
         let mut sources = Vec::new();
         let mut bodies = Vec::new();
@@ -269,6 +391,73 @@ mod tests {
         assert!(err.contains("more such answers than it keeps"), "{err}");
         waiting_tx.send(Ok(Frame::data(Bytes::from_static(b"y")))).await.unwrap();
         assert_eq!(polling.await.unwrap(), Some(true));
+    }
+
+    /// An answer whose caller takes a frame now and then but always finds
+    /// more waiting holds its window as much as one left untaken: the window
+    /// is grown for the first (up to the funded limit), the next is kept,
+    /// and past that the one untaken longest goes first, even before a slow
+    /// reader held longer. Ends give the window back.
+    #[tokio::test]
+    async fn slow_readers_are_funded_and_the_answer_untaken_longest_goes_first() {
+        let grace = Duration::from_millis(200);
+        let stalls = Arc::new(Stalls::new(1, 1, grace, None));
+        let limit = Duration::from_secs(60);
+        let answer = || {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1024);
+            let body = watch(
+                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
+                limit,
+                Some(stalls.clone()),
+            );
+            (tx, body)
+        };
+        // A slow reader: a frame every 50 ms, and always more waiting.
+        let (slow_tx, mut slow) = answer();
+        for _ in 0..1000 {
+            slow_tx.try_send(Ok(Frame::data(Bytes::from_static(b"x")))).unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            let mut taken = 0;
+            while let Some(Ok(_)) = slow.frame().await {
+                taken += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            taken
+        });
+        // An event stream waiting on its app: never counted.
+        let (quiet_tx, mut quiet) = answer();
+        quiet_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        assert!(quiet.frame().await.unwrap().is_ok());
+        let quiet = tokio::spawn(async move { quiet.frame().await.map(|f| f.is_ok()) });
+        tokio::time::sleep(grace).await;
+        // Untaken: a frame handed out, never asked past.
+        let (untaken_tx, mut untaken) = answer();
+        untaken_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        untaken_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        assert!(untaken.frame().await.unwrap().is_ok());
+        tokio::time::sleep(grace * 3).await;
+        assert_eq!(stalls.funded(), 1, "the window grew for one");
+        assert!(!slow_tx.is_closed() && !untaken_tx.is_closed(), "one funded, one kept");
+        // One more untaken: one too many.
+        let (third_tx, mut third) = answer();
+        third_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        third_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+        assert!(third.frame().await.unwrap().is_ok());
+        tokio::time::sleep(grace * 3).await;
+        assert!(untaken_tx.is_closed(), "the answer untaken longest was dropped");
+        assert!(!slow_tx.is_closed(), "a slow reader held longer is kept before it");
+        assert!(!third_tx.is_closed());
+        assert!(!quiet_tx.is_closed(), "an answer waiting on its app is not counted");
+        let err = untaken.frame().await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("more such answers than it keeps"), "{err}");
+        assert_eq!(stalls.funded(), 1);
+        drop((third, untaken));
+        reader.abort();
+        let _ = reader.await;
+        assert_eq!(stalls.funded(), 0, "ended answers give the window back");
+        quiet_tx.send(Ok(Frame::data(Bytes::from_static(b"y")))).await.unwrap();
+        assert_eq!(quiet.await.unwrap(), Some(true));
     }
 
     fn tokio_stream_from<T: Send + 'static>(
