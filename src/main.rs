@@ -318,6 +318,10 @@ struct ServerArgs {
     /// Default: seven eighths of the open-file limit, which the server first raises to its maximum.
     #[arg(long, env = "HOOKWAY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
+    /// Open HTTP connections at most from one caller address (an IPv6 /64 counts as one); more are
+    /// answered 429 and closed. Connections from --trusted-proxies are not limited.
+    #[arg(long, env = "HOOKWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_address: u32,
     /// Largest body (bytes) a WebSocket-JSON tunnel carries; larger requests get 413.
     #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
     ws_max_body: usize,
@@ -980,6 +984,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
                 let nofile = raise_open_file_limit();
                 args.max_connections.map_or_else(|| listener::max_connections_for(nofile), |n| n as usize)
             },
+            max_connections_per_address: args.max_connections_per_address as usize,
             send_timeout: Duration::from_secs(args.send_timeout),
             ..HttpLimits::default()
         },

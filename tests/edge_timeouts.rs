@@ -225,6 +225,64 @@ async fn at_the_connection_limit_a_new_connection_waits_until_one_closes() {
     assert!(answered(&mut second, Duration::from_secs(5)).await, "the open connections are unaffected");
 }
 
+/// Issue: one address could open every connection the server keeps (one
+/// that sends nothing keeps its place for the head timeout), and every other
+/// caller waited in the backlog (found by a probe). An address past its own
+/// limit is now answered 429 and closed, while the others are served; a
+/// trusted proxy, which speaks for many callers, is not limited.
+#[tokio::test]
+async fn an_address_past_its_connection_limit_is_refused_and_others_are_not() {
+    let server = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.max_connections_per_address = 2;
+    })
+    .await;
+    let mut first = TcpStream::connect(server.http).await.unwrap();
+    let mut second = TcpStream::connect(server.http).await.unwrap();
+    assert!(answered(&mut first, Duration::from_secs(5)).await);
+    assert!(answered(&mut second, Duration::from_secs(5)).await);
+    // The answer is written as the connection is taken, before any request.
+    let mut third = TcpStream::connect(server.http).await.unwrap();
+    let mut refusal = String::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut refusal)).await.unwrap().unwrap();
+    assert!(refusal.starts_with("HTTP/1.1 429 "), "{refusal}");
+    assert!(refusal.contains("x-hookway-error: too-many-connections"), "{refusal}");
+    assert!(refusal.ends_with("too many connections from your address are open; close some and try again\n"));
+    // Another address (127.0.0.2, loopback too) is served.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = other.connect(server.http).await.unwrap();
+    assert!(answered(&mut other, Duration::from_secs(5)).await, "another address was refused");
+    drop(first);
+    // The place comes back once the connection's task sees it closed.
+    let started = Instant::now();
+    loop {
+        let mut next = TcpStream::connect(server.http).await.unwrap();
+        let _ = next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut answer = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), next.read(&mut answer)).await.unwrap();
+        if read.is_ok_and(|n| answer[..n].starts_with(b"HTTP/1.1 200")) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the closed connection's place never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered(&mut second, Duration::from_secs(5)).await, "the open connections are unaffected");
+
+    let behind = TestServer::start_with(|c| {
+        long_timeouts(c);
+        c.http.max_connections_per_address = 1;
+        c.trusted_proxies = "127.0.0.1".parse().unwrap();
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut proxy = TcpStream::connect(behind.http).await.unwrap();
+        assert!(answered(&mut proxy, Duration::from_secs(5)).await, "a trusted proxy was limited");
+        open.push(proxy);
+    }
+}
+
 /// A WebSocket tunnel keeps its socket after hyper hands it over from the
 /// HTTP connection, so its session keeps the connection's place: with a
 /// limit of one, nothing else is served until the session ends.

@@ -12,8 +12,10 @@
 //! HTTP/2 peer must also answer keep-alive pings, which ends connections whose
 //! peer went silent, graceful shutdown included (it waits for a ping's answer).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::held::held_for;
+use super::proxies::counted_as;
 use super::send_watch::{Blocked, send_watched};
 use super::{State, http};
 
@@ -75,6 +78,10 @@ const _: () = assert!(H1_PARSER_HEADERS > http::MAX_REQUEST_HEADERS, "else hyper
 /// binary derives its own from the process's file-descriptor limit
 /// ([`max_connections_for`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of [`HttpLimits::max_connections_per_address`]: more than a
+/// busy webhook sender or a browser keeps open at once, a small share of
+/// [`DEFAULT_MAX_CONNECTIONS`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
 /// Descriptors kept back from connections, at least (or half a smaller
 /// limit): the QUIC socket, the store, webhook deliveries, the runtime's own.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -114,6 +121,12 @@ pub struct HttpLimits {
     /// running out of file descriptors instead would also starve the store
     /// and webhook deliveries.
     pub max_connections: usize,
+    /// Open connections at most from one caller address ([`counted_as`]:
+    /// an IPv6 /64 counts as one), trusted proxies aside: without it one
+    /// address could take every place under [`Self::max_connections`] (a
+    /// connection that sends nothing keeps its place for the head timeout)
+    /// and keep every other caller waiting in the backlog.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpLimits {
@@ -127,6 +140,7 @@ impl Default for HttpLimits {
             h2_keep_alive_timeout: DEFAULT_H2_KEEP_ALIVE_TIMEOUT,
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -161,6 +175,9 @@ impl HttpLimits {
                 Semaphore::MAX_PERMITS,
                 self.max_connections
             ));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err("the connection limit per address must be at least 1".into());
         }
         Ok(())
     }
@@ -215,6 +232,8 @@ pub async fn serve(
     let mut backoff = AcceptBackoff::default();
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let mut warned_full: Option<Instant> = None;
+    let per_address = Arc::new(PerAddress::new(limits.max_connections_per_address));
+    let mut warned_crowded: Option<Instant> = None;
     loop {
         // A slot first: at the limit, connections wait in the backlog.
         let slot = match slots.clone().try_acquire_owned() {
@@ -264,12 +283,23 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         // On a dual-stack socket (`[::]`) an IPv4 caller is `::ffff:a.b.c.d`:
         // shown as the IPv4 address it is (`clientIp`, `x-forwarded-for`).
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let from_peer = if state.config.trusted_proxies.is_trusted(peer.ip()) {
+            None
+        } else {
+            match per_address.take(peer.ip()) {
+                Some(place) => Some(place),
+                None => {
+                    refuse_crowded(&stream, peer, &mut warned_crowded, limits.max_connections_per_address);
+                    continue;
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
         let requests = Arc::new(AtomicU64::new(0));
-        let slot = Arc::new(ConnectionSlot(Mutex::new(Some(slot))));
+        let slot = Arc::new(ConnectionSlot(Mutex::new(Some(HeldSlot { _slot: slot, _from_peer: from_peer }))));
         let service = {
             let (state, requests, slot) = (state.clone(), requests.clone(), slot.clone());
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -325,12 +355,91 @@ struct Watch {
 /// socket over and ends the connection's task, so the WebSocket session that
 /// now owns the socket [takes](Self::take) the place along with it.
 #[derive(Debug)]
-pub struct ConnectionSlot(Mutex<Option<OwnedSemaphorePermit>>);
+pub struct ConnectionSlot(Mutex<Option<HeldSlot>>);
 
 impl ConnectionSlot {
     /// The place, to hold for as long as the socket stays open; `None` once taken.
-    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn take(&self) -> Option<HeldSlot> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// A connection's places: under [`HttpLimits::max_connections`], and under
+/// [`HttpLimits::max_connections_per_address`] unless a trusted proxy's.
+/// Given back when dropped.
+#[derive(Debug)]
+pub struct HeldSlot {
+    _slot: OwnedSemaphorePermit,
+    _from_peer: Option<AddressPlace>,
+}
+
+/// Open connections per caller address ([`counted_as`]).
+#[derive(Debug)]
+struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        Self { max, open: Mutex::new(HashMap::new()) }
+    }
+
+    /// A place for one more connection from `ip`; `None` at the limit.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPlace> {
+        let addr = counted_as(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(addr).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressPlace { table: self.clone(), addr })
+    }
+}
+
+/// One connection's place under [`PerAddress`].
+#[derive(Debug)]
+struct AddressPlace {
+    table: Arc<PerAddress>,
+    addr: IpAddr,
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// What a connection past its address's limit reads, in the edge's form,
+/// before it is closed (an HTTP/1 caller that sent its head already may see
+/// a reset instead; an HTTP/2 one sees the connection close).
+fn crowded_answer() -> String {
+    let body = "hookway: too many connections from your address are open; close some and try again\n";
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         x-hookway-error: too-many-connections\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Answers a connection past its address's limit (one try, never waiting on
+/// it) and closes it, warning at most every [`ACCEPT_WARN_EVERY`].
+fn refuse_crowded(stream: &TcpStream, peer: SocketAddr, warned: &mut Option<Instant>, limit: usize) {
+    let _ = stream.try_write(crowded_answer().as_bytes());
+    if warned.is_none_or(|at| at.elapsed() >= ACCEPT_WARN_EVERY) {
+        *warned = Some(Instant::now());
+        tracing::warn!(
+            caller = %counted_as(peer.ip()),
+            limit,
+            "an address has as many connections open as it may; its new ones are refused with 429"
+        );
     }
 }
 

@@ -44,6 +44,11 @@ impl TrustedProxies {
         Self(nets)
     }
 
+    /// Whether `ip` is a trusted proxy's (which speaks for many callers).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        !self.0.is_empty() && self.trusts(ip.to_canonical())
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&ip))
     }
