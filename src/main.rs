@@ -322,6 +322,10 @@ struct ServerArgs {
     /// answered 429 and closed. Connections from --trusted-proxies are not limited.
     #[arg(long, env = "HOOKWAY_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = listener::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections_per_address: u32,
+    /// Requests in flight at most from one caller address to one tunnel (an IPv6 /64 counts as one;
+    /// behind --trusted-proxies, the caller their X-Forwarded-For names); more are answered 429.
+    #[arg(long, env = "HOOKWAY_MAX_IN_FLIGHT_PER_CALLER", default_value_t = listener::DEFAULT_MAX_IN_FLIGHT_PER_CALLER, value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight_per_caller: u32,
     /// Largest body (bytes) a WebSocket-JSON tunnel carries; larger requests get 413.
     #[arg(long, env = "HOOKWAY_WS_MAX_BODY", default_value_t = hookway::server::gateway::DEFAULT_MAX_BODY)]
     ws_max_body: usize,
@@ -985,6 +989,7 @@ async fn run_server(args: ServerArgs) -> Result<()> {
                 args.max_connections.map_or_else(|| listener::max_connections_for(nofile), |n| n as usize)
             },
             max_connections_per_address: args.max_connections_per_address as usize,
+            max_in_flight_per_caller: args.max_in_flight_per_caller,
             send_timeout: Duration::from_secs(args.send_timeout),
             ..HttpLimits::default()
         },

@@ -1002,6 +1002,40 @@ async fn slow_http2_readers_neither_hold_the_tunnel_nor_are_cut() {
     }
 }
 
+/// Issue: a tunnel carries at most 2048 requests at once, and one caller
+/// whose requests wait (POSTs whose bodies never come) could take them all:
+/// 2,200 such held a tunnel for the request timeout, again and again (found
+/// by a probe). One caller address now has at most its limit of requests in
+/// flight to a tunnel; past it, a 429, while other callers are served, and a
+/// place that ends is free again.
+#[tokio::test]
+async fn one_caller_cannot_take_all_of_a_tunnels_requests() {
+    let server = TestServer::start_with(|c| c.http.max_in_flight_per_caller = 2).await;
+    let s = Setup::with_server(server).await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = s.url("/slow?ms=3000");
+            tokio::spawn(async move { http().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let refused = http().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["x-hookway-error"], "too-many-in-flight");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("2 requests in flight to this tunnel"), "{text}");
+    // Another address (127.0.0.2, loopback too) is served meanwhile.
+    let other = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build();
+    let resp = other.unwrap().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    for held in held {
+        assert_eq!(held.await.unwrap(), 200, "the requests in flight were not disturbed");
+    }
+    let resp = http().get(s.url("/echo")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the places came back");
+}
+
 /// Issue: an HTTP/2 caller that never reads again kept its connection for
 /// good: its dropped answer's stream stays open (hyper resets it only once
 /// the caller gives it room), and the idle close waited on it (found by a

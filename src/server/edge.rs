@@ -113,16 +113,26 @@ where
         let target = recorded_target.unwrap_or(target);
         return answer_at_edge(&state, tunnel, req, &target, peer, replay, answer).await;
     };
-    session.count_request();
-    // The offline reply is also for a request the client refused as it was
-    // leaving (see below); not for a replay, whose caller is the API.
-    let offline_reply = options.as_ref().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
-    let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %req.method(), ?peer);
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     // Before our own hop joins `X-Forwarded-For`.
     let caller = caller(&state, peer, &headers, replay.is_some());
+    // Not for a replay: its caller is the tunnel's owner, through the API.
+    let limit = state.config.http.max_in_flight_per_caller;
+    let _caller_place = match replay {
+        Some(_) => None,
+        None => match session.enter_caller(caller, limit) {
+            Some(place) => Some(place),
+            // Not recorded, as the inbound options' refusals are not.
+            None => return too_many_in_flight(&session.tunnel, caller, limit),
+        },
+    };
+    session.count_request();
+    // The offline reply is also for a request the client refused as it was
+    // leaving (see below); not for a replay, whose caller is the API.
+    let offline_reply = options.as_ref().and_then(|rules| rules.config().offline_reply).filter(|_| replay.is_none());
+    let span = tracing::debug_span!("forward", tunnel_id = %session.tunnel.id, method = %parts.method, ?peer);
     let recorded = recorded_target.as_ref().unwrap_or(&target);
     let tap = state.capture.tap(&session.tunnel, &parts.method, recorded, &headers, caller, replay);
     let body = match &tap {
@@ -516,6 +526,20 @@ fn local_error(code: StreamErrorCode, message: &str) -> Response<Body> {
         StreamErrorCode::LocalTimeout => edge_error(StatusCode::GATEWAY_TIMEOUT, "local-timeout", message),
         _ => edge_error(StatusCode::BAD_GATEWAY, "local-error", message),
     }
+}
+
+/// The answer to a caller with `limit` requests in flight to `tunnel` already.
+fn too_many_in_flight(tunnel: &Tunnel, caller: std::net::IpAddr, limit: u32) -> Response<Body> {
+    tracing::debug!(tunnel_id = %tunnel.id, %caller, limit, "a caller has as many requests in flight as it may");
+    let mut resp = edge_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-in-flight",
+        format_args!(
+            "your address has {limit} requests in flight to this tunnel, the most it may; try again when some have ended"
+        ),
+    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// The caller of a request from `peer`, for its record and the tunnel

@@ -82,6 +82,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// busy webhook sender or a browser keeps open at once, a small share of
 /// [`DEFAULT_MAX_CONNECTIONS`].
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 1024;
+/// Default of [`HttpLimits::max_in_flight_per_caller`]: a quarter of the
+/// requests a tunnel carries at once, far more than a webhook sender sends
+/// at once.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CALLER: u32 = crate::quic::MAX_CONCURRENT_REQUESTS / 4;
 /// Descriptors kept back from connections, at least (or half a smaller
 /// limit): the QUIC socket, the store, webhook deliveries, the runtime's own.
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -127,6 +131,9 @@ pub struct HttpLimits {
     /// connection that sends nothing keeps its place for the head timeout)
     /// and keep every other caller waiting in the backlog.
     pub max_connections_per_address: usize,
+    /// Requests in flight at most from one caller address to one tunnel
+    /// ([`super::registry::Session::enter_caller`]); more get 429.
+    pub max_in_flight_per_caller: u32,
 }
 
 impl Default for HttpLimits {
@@ -141,6 +148,7 @@ impl Default for HttpLimits {
             h2_max_concurrent_streams: DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_in_flight_per_caller: DEFAULT_MAX_IN_FLIGHT_PER_CALLER,
         }
     }
 }
@@ -178,6 +186,9 @@ impl HttpLimits {
         }
         if self.max_connections_per_address == 0 {
             return Err("the connection limit per address must be at least 1".into());
+        }
+        if self.max_in_flight_per_caller == 0 {
+            return Err("the limit of requests in flight per caller must be at least 1".into());
         }
         Ok(())
     }

@@ -257,6 +257,7 @@ pub fn go_live(
         token_state: AtomicU8::new(TOKEN_UNANNOUNCED),
         ending: tokio::sync::watch::Sender::new(None),
         stalls,
+        callers: Default::default(),
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {
