@@ -948,7 +948,9 @@ async fn http2_callers_who_stop_reading_do_not_hold_the_tunnel() {
 /// and holds its 8 MiB stream window of the tunnel's 32 MiB: five streams
 /// read at 40 KB/s each held a prompt request for 20 s (found by a probe).
 /// The tunnel's window now grows for a few answers its callers are slow to
-/// take: the prompt request goes through, and the slow downloads go on.
+/// take: the prompt request goes through (after the grace), the slow
+/// downloads go on, and past the answers a tunnel funds and keeps, the one
+/// left untaken is dropped, not a download that is going on.
 #[tokio::test]
 async fn slow_http2_readers_neither_hold_the_tunnel_nor_are_cut() {
     let server = TestServer::start_with(|c| {
@@ -960,42 +962,62 @@ async fn slow_http2_readers_neither_hold_the_tunnel_nor_are_cut() {
     let s = Setup::with_server(server).await;
     let stop = tokio::time::Instant::now() + Duration::from_secs(60);
     let hurry = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::new();
-    // Six 8 MiB stream windows: more than the connection's 32 MiB, and no
-    // more than the tunnel funds (four) and keeps (two).
-    for _ in 0..6 {
-        // HTTP/2's smallest windows, each on a connection of its own: hyper
-        // takes another frame of the answer every 32 KiB read.
-        let h2 = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .http2_initial_stream_window_size(65_535)
-            .http2_initial_connection_window_size(65_535)
-            .build()
-            .unwrap();
-        let mut resp = h2.get(s.url(&format!("/zeros?n={}", 1u64 << 30))).send().await.unwrap();
-        assert_eq!(resp.status(), 200);
-        let hurry = hurry.clone();
-        // A chunk every 200 ms; once hurried, 16 MiB more (past whatever was
-        // on its way) as fast as they come.
-        readers.push(tokio::spawn(async move {
-            let mut hurried = 0;
-            while hurried < 16 << 20 {
-                match tokio::time::timeout_at(stop, resp.chunk()).await {
-                    Ok(Ok(Some(chunk))) if hurry.load(Ordering::Relaxed) => hurried += chunk.len(),
-                    Ok(Ok(Some(_))) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    Ok(Ok(None)) => return Err("ended early".to_string()),
-                    Ok(Err(err)) => return Err(format!("cut: {err:?}")),
-                    Err(_) => return Err("timed out".to_string()),
+    // Six 8 MiB stream windows, all asked for at once: more than the
+    // connection's 32 MiB, as many as the tunnel funds (four) and keeps (two).
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            // HTTP/2's smallest windows, each on a connection of its own: hyper
+            // takes another frame of the answer every 32 KiB read.
+            let h2 = reqwest::Client::builder()
+                .http2_prior_knowledge()
+                .http2_initial_stream_window_size(65_535)
+                .http2_initial_connection_window_size(65_535)
+                .build()
+                .unwrap();
+            let (url, hurry) = (s.url(&format!("/zeros?n={}", 1u64 << 30)), hurry.clone());
+            // A chunk every 200 ms; once hurried, 16 MiB more (past whatever
+            // was on its way) as fast as they come.
+            tokio::spawn(async move {
+                let mut resp = h2.get(url).send().await.map_err(|e| format!("{e:?}"))?;
+                if resp.status() != 200 {
+                    return Err(format!("status {}", resp.status()));
                 }
-            }
-            Ok(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+                let mut hurried = 0;
+                while hurried < 16 << 20 {
+                    match tokio::time::timeout_at(stop, resp.chunk()).await {
+                        Ok(Ok(Some(chunk))) if hurry.load(Ordering::Relaxed) => hurried += chunk.len(),
+                        Ok(Ok(Some(_))) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Ok(Ok(None)) => return Err("ended early".to_string()),
+                        Ok(Err(err)) => return Err(format!("cut: {err:?}")),
+                        Err(_) => return Err("timed out".to_string()),
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A seventh, asked for last and never read: one more than the tunnel keeps.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = s.url("").split_once("/t/").map(|(_, p)| format!("/t/{p}")).unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut untaken = socket.connect(s.server.http).await.unwrap();
+    let req = format!("GET {path}/zeros?n={} HTTP/1.1\r\nHost: x\r\n\r\n", 1u64 << 30);
+    untaken.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // Before: a 504 at the request timeout, the window held by the slow callers.
     let started = Instant::now();
     let resp = http().get(s.url("/echo")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+    // The window grew: the seven hold theirs once all are past the grace
+    // again, and each answer's watch looks every grace (5 s). Then the one
+    // left untaken is dropped: what was on its way, then the end.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), untaken.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the unread answer was kept");
+    assert!((rest.len() as u64) < 1 << 30, "the unread answer was kept whole");
     hurry.store(true, Ordering::Relaxed);
     for reader in readers {
         assert_eq!(reader.await.unwrap(), Ok(()), "a slow download was not kept");

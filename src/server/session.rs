@@ -244,7 +244,8 @@ pub fn go_live(
     // more of its connection's window, up to a point (see `untaken`).
     let stalls = Arc::new(match &transport {
         Transport::Quic(conn) => super::untaken::Stalls::for_connection(conn.clone()),
-        Transport::WebSocket(_) => super::untaken::Stalls::new(0, 0, super::untaken::STALL_GRACE, None),
+        // (Unused: a WebSocket tunnel's answers are in memory, not in a shared window.)
+        Transport::WebSocket(_) => super::untaken::Stalls::new(0, usize::MAX, super::untaken::STALL_GRACE, None),
     });
     let session = Arc::new(Session {
         id: state.registry.next_session_id(),

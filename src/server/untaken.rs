@@ -25,11 +25,14 @@
 //! 20 s with five HTTP/2 streams read at 40 KB/s each): anyone could freeze a
 //! tunnel so, again and again. An answer *holds* its window once it has not
 //! waited on its source (the QUIC stream) for [`STALL_GRACE`]: every time its
-//! caller took more, more was there. For each of up to [`MAX_FUNDED`] such
-//! answers, the tunnel's connection window grows by a stream window, so the
-//! rest of the tunnel keeps its whole window beside slow downloads; a tunnel
-//! keeps [`MAX_STALLED`] more unfunded (half its window); past that, the
-//! answer untaken longest (else held longest) is dropped.
+//! caller took more, more was there (any download to a caller whose link is
+//! slower than the tunnel's, too). For each of up to [`MAX_FUNDED`] such
+//! answers, the tunnel's connection window grows by a stream window (and
+//! never shrinks again, see [`Stalls::note`]), so the rest of the tunnel
+//! keeps its whole window beside slow downloads, once they are past the
+//! grace; a tunnel keeps [`MAX_STALLED`] more unfunded (half its window);
+//! past that, the answer untaken longest, else the one taken most slowly, is
+//! dropped.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -67,6 +70,8 @@ struct State {
     handed: Option<Instant>,
     /// Since when the body has not waited on its source; `None` while it does.
     flowing: Option<Instant>,
+    /// Bytes handed out since `flowing`.
+    taken: u64,
     /// In its tunnel's [`Stalls`], so its end must be counted there.
     listed: bool,
     /// Why the body was dropped.
@@ -79,20 +84,26 @@ impl State {
     fn holding(&self, grace: Duration) -> Option<Holding> {
         self.body.as_ref()?;
         let since = self.flowing.filter(|at| at.elapsed() >= grace)?;
-        Some(Holding { since, untaken: self.handed.filter(|at| at.elapsed() >= grace) })
+        let millis = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        let rate = self.taken.saturating_mul(1000) / millis;
+        Some(Holding { rate, untaken: self.handed.filter(|at| at.elapsed() >= grace) })
     }
 }
 
 #[derive(Clone, Copy)]
 struct Holding {
-    since: Instant,
+    /// Bytes per second its caller has taken while it held the window.
+    rate: u64,
     untaken: Option<Instant>,
 }
 
 impl Holding {
-    /// Dropped first: the answer untaken longest, else the one held longest.
-    fn drop_order(&self) -> (bool, Instant) {
-        (self.untaken.is_none(), self.untaken.unwrap_or(self.since))
+    /// Dropped first: the answer untaken longest, else the one its caller
+    /// takes most slowly. (Not the one held longest: a caller on a link
+    /// slower than the tunnel's holds its window as long as its download
+    /// lasts, and the oldest download is the most nearly done.)
+    fn drop_order(&self) -> (bool, Option<Instant>, u64) {
+        (self.untaken.is_none(), self.untaken, self.rate)
     }
 }
 
@@ -114,8 +125,10 @@ pub struct Stalls {
 #[derive(Default)]
 struct Listed {
     answers: Vec<Weak<Mutex<State>>>,
-    /// Answers the window was last grown for.
+    /// Answers holding their window that are funded, as last counted.
     funded: usize,
+    /// The most answers the window was ever grown for (it is never shrunk).
+    grown: usize,
 }
 
 impl std::fmt::Debug for State {
@@ -183,7 +196,7 @@ impl Stalls {
                 Some((held?, w))
             })
             .collect();
-        while holding.len() > self.funded + self.kept {
+        while holding.len() > self.funded.saturating_add(self.kept) {
             let first = (0..holding.len()).min_by_key(|&i| holding[i].0.drop_order()).unwrap_or(0);
             if let Some(state) = holding.swap_remove(first).1.upgrade() {
                 let mut state = lock(&state);
@@ -193,7 +206,8 @@ impl Stalls {
                     tracing::debug!(
                         held = ?state.flowing.map(|at| at.elapsed()),
                         untaken = ?state.handed.map(|at| at.elapsed()),
-                        "dropping the answer its caller took least of: its tunnel has too many"
+                        taken = state.taken,
+                        "dropping the answer its caller takes most slowly: its tunnel has too many"
                     );
                     state.body = None;
                     state.cut = CROWDED;
@@ -202,8 +216,12 @@ impl Stalls {
         }
         let funded = holding.len().min(self.funded);
         listed.answers.extend(holding.into_iter().map(|(_, w)| w));
-        if funded != listed.funded {
-            listed.funded = funded;
+        listed.funded = funded;
+        // Grown, never shrunk: quinn cannot take back room it granted, only
+        // hold back later grants by as much, so a window that shrank and
+        // grew again would leave the peer more room each time.
+        if funded > listed.grown {
+            listed.grown = funded;
             if let Some(conn) = &self.window {
                 let extra = u64::from(STREAM_WINDOW) * funded as u64;
                 tracing::debug!(funded, "a tunnel's window grown for the answers its callers are slow to take");
@@ -220,7 +238,8 @@ pub fn watch(body: Body, limit: Duration, stalls: Option<Arc<Stalls>>) -> Body {
     let hint = body.size_hint();
     let end = body.is_end_stream();
     let flowing = Some(Instant::now());
-    let state = Arc::new(Mutex::new(State { body: Some(body), handed: None, flowing, listed: false, cut: UNTAKEN }));
+    let state =
+        Arc::new(Mutex::new(State { body: Some(body), handed: None, flowing, taken: 0, listed: false, cut: UNTAKEN }));
     let weak = Arc::downgrade(&state);
     // (Aborted when the body is dropped, so it never outlives the answer.)
     let watchdog = tokio::spawn({
@@ -237,6 +256,13 @@ pub fn watch(body: Body, limit: Duration, stalls: Option<Arc<Stalls>>) -> Body {
                     if state.handed.is_some_and(|at| at.elapsed() >= limit) {
                         tracing::debug!(?limit, "dropping an answer its caller stopped reading");
                         state.body = None;
+                        let listed = state.listed;
+                        drop(state);
+                        // Its place among the stalled made free now, not when
+                        // hyper gets to drop the body.
+                        if let Some(stalls) = stalls.as_ref().filter(|_| listed) {
+                            stalls.note(None);
+                        }
                         return;
                     }
                     (state.handed, state.flowing, state.listed)
@@ -304,9 +330,14 @@ impl http_body::Body for Untaken {
         let polled = Pin::new(body).poll_frame(cx);
         match &polled {
             Poll::Pending => state.flowing = None,
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
                 let now = Instant::now();
-                state.flowing.get_or_insert(now);
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if state.flowing.is_none() {
+                    state.flowing = Some(now);
+                    state.taken = 0;
+                }
+                state.taken += len;
                 let more = state.body.as_ref().is_some_and(|b| !b.is_end_stream());
                 state.handed = more.then_some(now);
             }
@@ -458,6 +489,39 @@ mod tests {
         assert_eq!(stalls.funded(), 0, "ended answers give the window back");
         quiet_tx.send(Ok(Frame::data(Bytes::from_static(b"y")))).await.unwrap();
         assert_eq!(quiet.await.unwrap(), Some(true));
+    }
+
+    /// Of answers whose callers are all reading, the one taken most slowly
+    /// goes first: it holds the window for the least.
+    #[tokio::test]
+    async fn of_readers_the_slowest_goes_first() {
+        let grace = Duration::from_millis(200);
+        let stalls = Arc::new(Stalls::new(0, 1, grace, None));
+        let reader = |every: Duration| {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1024);
+            let mut body = watch(
+                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
+                Duration::from_secs(60),
+                Some(stalls.clone()),
+            );
+            for _ in 0..1000 {
+                tx.try_send(Ok(Frame::data(Bytes::from_static(b"x")))).unwrap();
+            }
+            let task = tokio::spawn(async move {
+                while let Some(Ok(_)) = body.frame().await {
+                    tokio::time::sleep(every).await;
+                }
+            });
+            (tx, task)
+        };
+        let (faster_tx, faster) = reader(Duration::from_millis(10));
+        tokio::time::sleep(grace / 4).await;
+        let (slower_tx, slower) = reader(Duration::from_millis(60));
+        tokio::time::sleep(grace * 4).await;
+        assert!(slower_tx.is_closed(), "the slower reader, younger, was dropped");
+        assert!(!faster_tx.is_closed(), "the faster one, held longer, was kept");
+        faster.abort();
+        let _ = (faster.await, slower.await);
     }
 
     fn tokio_stream_from<T: Send + 'static>(
