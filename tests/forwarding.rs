@@ -948,7 +948,7 @@ async fn http2_callers_who_stop_reading_do_not_hold_the_tunnel() {
 /// and holds its 8 MiB stream window of the tunnel's 32 MiB: five streams
 /// read at 40 KB/s each held a prompt request for 20 s (found by a probe).
 /// The tunnel's window now grows for a few answers its callers are slow to
-/// take: the prompt request goes through (after the grace), the slow
+/// take: the prompt request goes through (after a second), the slow
 /// downloads go on, and past the answers a tunnel funds and keeps, the one
 /// left untaken is dropped, not a download that is going on.
 #[tokio::test]

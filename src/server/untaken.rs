@@ -26,13 +26,12 @@
 //! tunnel so, again and again. An answer *holds* its window once it has not
 //! waited on its source (the QUIC stream) for [`STALL_GRACE`]: every time its
 //! caller took more, more was there (any download to a caller whose link is
-//! slower than the tunnel's, too). For each of up to [`MAX_FUNDED`] such
-//! answers, the tunnel's connection window grows by a stream window (and
-//! never shrinks again, see [`Stalls::note`]), so the rest of the tunnel
-//! keeps its whole window beside slow downloads, once they are past the
-//! grace; a tunnel keeps [`MAX_STALLED`] more unfunded (half its window);
-//! past that, the answer untaken longest, else the one taken most slowly, is
-//! dropped.
+//! slower than the tunnel's, too). For each of up to [`MAX_FUNDED`] answers
+//! that went [`FUND_AFTER`] so, the tunnel's connection window grows by a
+//! stream window (and never shrinks again, see [`Stalls::note`]), so the
+//! rest of the tunnel keeps its whole window beside slow downloads; a tunnel
+//! keeps [`MAX_STALLED`] more unfunded (half its window); past that, the
+//! answer untaken longest, else the one taken most slowly, is dropped.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -55,6 +54,10 @@ use crate::quic::{CONNECTION_WINDOW, STREAM_WINDOW};
 /// third of the buffer drained: about 3 s for a 1 MB buffer at 1 Mbit/s),
 /// so that a download is not taken for an abandoned one as it starts.
 pub const STALL_GRACE: Duration = Duration::from_secs(5);
+/// How long an answer goes without waiting on its source before its
+/// tunnel's window grows for it (up to [`MAX_FUNDED`]): a request that
+/// waits on a window held by slow callers waits about this long.
+pub const FUND_AFTER: Duration = Duration::from_secs(1);
 /// Answers holding their window that a tunnel pays for with as much window
 /// again each: at most twice its connection window in all, 64 MiB.
 pub const MAX_FUNDED: usize = (CONNECTION_WINDOW / STREAM_WINDOW) as usize;
@@ -116,6 +119,9 @@ pub struct Stalls {
     funded: usize,
     kept: usize,
     grace: Duration,
+    /// How long an answer flows before the window grows for it: sooner than
+    /// it may be dropped, as growing costs nothing until the window is used.
+    fund_after: Duration,
     /// The tunnel's connection, whose receive window is grown for the
     /// answers funded; `None` keeps the window as it is.
     window: Option<quinn::Connection>,
@@ -152,12 +158,12 @@ impl Stalls {
     /// Grows `window`'s receive window for up to `funded` answers held for
     /// `grace`, and keeps `kept` more.
     pub fn new(funded: usize, kept: usize, grace: Duration, window: Option<quinn::Connection>) -> Self {
-        Self { funded, kept, grace, window, listed: Mutex::new(Listed::default()) }
+        Self { funded, kept, grace, fund_after: grace, window, listed: Mutex::new(Listed::default()) }
     }
 
     /// The defaults, for a tunnel's QUIC connection.
     pub fn for_connection(conn: quinn::Connection) -> Self {
-        Self::new(MAX_FUNDED, MAX_STALLED, STALL_GRACE, Some(conn))
+        Self { fund_after: FUND_AFTER, ..Self::new(MAX_FUNDED, MAX_STALLED, STALL_GRACE, Some(conn)) }
     }
 
     /// How many answers the window is grown for now.
@@ -183,22 +189,28 @@ impl Stalls {
             listed.answers.push(state.clone());
         }
         // Each entry read once: one taken meanwhile leaves the list, rather
-        // than counting as held longest.
-        let mut holding: Vec<_> = listed
+        // than counting as held longest. Those flowing for `fund_after` are
+        // funded; of them, those past the grace may be dropped.
+        let mut flowing: Vec<_> = listed
             .answers
             .drain(..)
             .filter_map(|w| {
                 let strong = w.upgrade()?;
                 let mut state = lock(&strong);
+                let flows = state.body.is_some() && state.flowing.is_some_and(|at| at.elapsed() >= self.fund_after);
                 let held = state.holding(self.grace);
-                state.listed = held.is_some();
+                state.listed = flows;
                 drop(state);
-                Some((held?, w))
+                flows.then_some((held, w))
             })
             .collect();
-        while holding.len() > self.funded.saturating_add(self.kept) {
-            let first = (0..holding.len()).min_by_key(|&i| holding[i].0.drop_order()).unwrap_or(0);
-            if let Some(state) = holding.swap_remove(first).1.upgrade() {
+        loop {
+            let held = (0..flowing.len()).filter_map(|i| Some((flowing[i].0?, i)));
+            if held.clone().count() <= self.funded.saturating_add(self.kept) {
+                break;
+            }
+            let Some((_, first)) = held.min_by_key(|(h, _)| h.drop_order()) else { break };
+            if let Some(state) = flowing.swap_remove(first).1.upgrade() {
                 let mut state = lock(&state);
                 // Only if it holds still (taken since it was looked at, it is
                 // not dropped after all).
@@ -214,8 +226,8 @@ impl Stalls {
                 }
             }
         }
-        let funded = holding.len().min(self.funded);
-        listed.answers.extend(holding.into_iter().map(|(_, w)| w));
+        let funded = flowing.len().min(self.funded);
+        listed.answers.extend(flowing.into_iter().map(|(_, w)| w));
         listed.funded = funded;
         // Grown, never shrunk: quinn cannot take back room it granted, only
         // hold back later grants by as much, so a window that shrank and
@@ -275,10 +287,15 @@ pub fn watch(body: Body, limit: Duration, stalls: Option<Arc<Stalls>>) -> Body {
                 }
                 if let Some(stalls) = &stalls {
                     match flowing {
-                        Some(at) if now - at >= stalls.grace => stalls.note(Some(&weak)),
+                        Some(at) if now - at >= stalls.fund_after => {
+                            stalls.note(Some(&weak));
+                            if now - at < stalls.grace {
+                                next = next.min(at + stalls.grace);
+                            }
+                        }
                         // Back to waiting on its source: counted out.
                         _ if listed => stalls.note(Some(&weak)),
-                        Some(at) => next = next.min(at + stalls.grace),
+                        Some(at) => next = next.min(at + stalls.fund_after),
                         None => {}
                     }
                 }
@@ -489,6 +506,32 @@ mod tests {
         assert_eq!(stalls.funded(), 0, "ended answers give the window back");
         quiet_tx.send(Ok(Frame::data(Bytes::from_static(b"y")))).await.unwrap();
         assert_eq!(quiet.await.unwrap(), Some(true));
+    }
+
+    /// The window grows for an answer soon after it starts holding it; it
+    /// may be dropped only after the grace.
+    #[tokio::test]
+    async fn the_window_grows_before_any_answer_may_be_dropped() {
+        let fund_after = Duration::from_millis(100);
+        let stalls = Arc::new(Stalls { fund_after, ..Stalls::new(1, 0, Duration::from_secs(30), None) });
+        let mut sources = Vec::new();
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+            let mut body = watch(
+                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
+                Duration::from_secs(60),
+                Some(stalls.clone()),
+            );
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
+            assert!(body.frame().await.unwrap().is_ok(), "handed out, then left untaken");
+            sources.push(tx);
+            bodies.push(body);
+        }
+        tokio::time::sleep(fund_after * 5).await;
+        assert_eq!(stalls.funded(), 1, "grown for one, as soon as it held its window");
+        assert!(sources.iter().all(|tx| !tx.is_closed()), "one past the limit, but none past the grace");
     }
 
     /// Of answers whose callers are all reading, the one taken most slowly
