@@ -82,14 +82,19 @@ struct State {
 }
 
 impl State {
-    /// When it began holding its window, and whether (since when) it is
-    /// untaken too; `None` while it does not hold it.
-    fn holding(&self, grace: Duration) -> Option<Holding> {
+    /// How fast it has been taken while holding its window (for `grace`
+    /// at least), and since when it is untaken (its caller has taken
+    /// nothing for `untaken_after`); `None` while it does not hold it.
+    ///
+    /// (The rate alone would not do: an answer whose caller stopped reading
+    /// after its socket's buffer filled has taken more in its first moments
+    /// than a slow reader takes in seconds.)
+    fn holding(&self, grace: Duration, untaken_after: Duration) -> Option<Holding> {
         self.body.as_ref()?;
         let since = self.flowing.filter(|at| at.elapsed() >= grace)?;
         let millis = u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
         let rate = self.taken.saturating_mul(1000) / millis;
-        Some(Holding { rate, untaken: self.handed.filter(|at| at.elapsed() >= grace) })
+        Some(Holding { rate, untaken: self.handed.filter(|at| at.elapsed() >= untaken_after) })
     }
 }
 
@@ -198,7 +203,7 @@ impl Stalls {
                 let strong = w.upgrade()?;
                 let mut state = lock(&strong);
                 let flows = state.body.is_some() && state.flowing.is_some_and(|at| at.elapsed() >= self.fund_after);
-                let held = state.holding(self.grace);
+                let held = state.holding(self.grace, self.fund_after);
                 state.listed = flows;
                 drop(state);
                 flows.then_some((held, w))
@@ -214,7 +219,7 @@ impl Stalls {
                 let mut state = lock(&state);
                 // Only if it holds still (taken since it was looked at, it is
                 // not dropped after all).
-                if state.holding(self.grace).is_some() {
+                if state.holding(self.grace, self.fund_after).is_some() {
                     tracing::debug!(
                         held = ?state.flowing.map(|at| at.elapsed()),
                         untaken = ?state.handed.map(|at| at.elapsed()),
