@@ -247,6 +247,7 @@ async fn an_address_past_its_connection_limit_is_refused_and_others_are_not() {
     tokio::time::timeout(Duration::from_secs(5), third.read_to_string(&mut refusal)).await.unwrap().unwrap();
     assert!(refusal.starts_with("HTTP/1.1 429 "), "{refusal}");
     assert!(refusal.contains("x-hookway-error: too-many-connections"), "{refusal}");
+    assert!(refusal.contains("retry-after: 1"), "{refusal}");
     assert!(refusal.ends_with("too many connections from your address are open; close some and try again\n"));
     // Another address (127.0.0.2, loopback too) is served.
     let other = tokio::net::TcpSocket::new_v4().unwrap();

@@ -380,8 +380,10 @@ impl ConnectionSlot {
 /// Given back when dropped.
 #[derive(Debug)]
 pub struct HeldSlot {
-    _slot: OwnedSemaphorePermit,
+    // (In this order: the address's place is given back before the server's,
+    // so a connection the server takes next never finds its address full.)
     _from_peer: Option<AddressPlace>,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// Open connections per caller address ([`counted_as`]).
@@ -434,7 +436,7 @@ impl Drop for AddressPlace {
 fn crowded_answer() -> String {
     let body = "hookway: too many connections from your address are open; close some and try again\n";
     format!(
-        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
          x-hookway-error: too-many-connections\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
@@ -449,7 +451,8 @@ fn refuse_crowded(stream: &TcpStream, peer: SocketAddr, warned: &mut Option<Inst
         tracing::warn!(
             caller = %counted_as(peer.ip()),
             limit,
-            "an address has as many connections open as it may; its new ones are refused with 429"
+            "an address has as many connections open as it may; its new ones are refused with 429 (a reverse \
+             proxy in front of the server must be listed in --trusted-proxies)"
         );
     }
 }
