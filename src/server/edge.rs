@@ -122,7 +122,7 @@ where
     let limit = state.config.http.max_in_flight_per_caller;
     let _caller_place = match replay {
         Some(_) => None,
-        None => match session.enter_caller(caller, limit) {
+        None => match session.callers.take(caller) {
             Some(place) => Some(place),
             // Not recorded, as the inbound options' refusals are not.
             None => return too_many_in_flight(&session.tunnel, caller, limit),

@@ -12,10 +12,9 @@
 //! HTTP/2 peer must also answer keep-alive pings, which ends connections whose
 //! peer went silent, graceful shutdown included (it waits for a ping's answer).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::held::held_for;
+use super::per_address::{AddressPlace, PerAddress};
 use super::proxies::counted_as;
 use super::send_watch::{Blocked, send_watched};
 use super::{State, http};
@@ -132,7 +132,7 @@ pub struct HttpLimits {
     /// and keep every other caller waiting in the backlog.
     pub max_connections_per_address: usize,
     /// Requests in flight at most from one caller address to one tunnel
-    /// ([`super::registry::Session::enter_caller`]); more get 429.
+    /// ([`super::registry::Session::callers`]); more get 429.
     pub max_in_flight_per_caller: u32,
 }
 
@@ -384,50 +384,6 @@ pub struct HeldSlot {
     // so a connection the server takes next never finds its address full.)
     _from_peer: Option<AddressPlace>,
     _slot: OwnedSemaphorePermit,
-}
-
-/// Open connections per caller address ([`counted_as`]).
-#[derive(Debug)]
-struct PerAddress {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerAddress {
-    fn new(max: usize) -> Self {
-        Self { max, open: Mutex::new(HashMap::new()) }
-    }
-
-    /// A place for one more connection from `ip`; `None` at the limit.
-    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressPlace> {
-        let addr = counted_as(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(addr).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(AddressPlace { table: self.clone(), addr })
-    }
-}
-
-/// One connection's place under [`PerAddress`].
-#[derive(Debug)]
-struct AddressPlace {
-    table: Arc<PerAddress>,
-    addr: IpAddr,
-}
-
-impl Drop for AddressPlace {
-    fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.addr) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.addr);
-            }
-        }
-    }
 }
 
 /// What a connection past its address's limit reads, in the edge's form,

@@ -22,6 +22,7 @@ pub mod listener;
 mod log_limit;
 pub mod names;
 mod observed;
+pub mod per_address;
 pub mod proxies;
 pub mod registry;
 pub mod requests_api;

@@ -187,9 +187,13 @@ pub struct Session {
     /// left untaken): over QUIC they share its connection window, which
     /// grows for a few of them (see `untaken`).
     pub stalls: Arc<super::untaken::Stalls>,
-    /// Requests in flight per caller address ([`super::proxies::counted_as`]),
-    /// kept under [`super::listener::HttpLimits::max_in_flight_per_caller`].
-    pub callers: DashMap<IpAddr, u32>,
+    /// Requests in flight per caller address, kept under
+    /// [`super::listener::HttpLimits::max_in_flight_per_caller`]: a tunnel
+    /// carries at most [`crate::quic::MAX_CONCURRENT_REQUESTS`] requests at
+    /// once, and one caller whose requests wait (POSTs whose bodies never
+    /// come) could take them all and hold every other caller for the
+    /// request timeout, again and again.
+    pub callers: Arc<super::per_address::PerAddress>,
 }
 
 /// How long a QUIC client may take to read why its session ended and close
@@ -229,42 +233,6 @@ impl Session {
     pub fn count_request(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.tunnel.total_requests.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A place for one more request in flight from `caller`, if it has
-    /// fewer than `max` in flight already.
-    ///
-    /// Why: a tunnel carries at most [`crate::quic::MAX_CONCURRENT_REQUESTS`]
-    /// requests at once, and one caller whose requests wait (POSTs whose
-    /// bodies never come) could take them all and hold every other caller
-    /// for the request timeout, again and again.
-    pub fn enter_caller(self: &Arc<Self>, caller: IpAddr, max: u32) -> Option<CallerInFlight> {
-        let caller = super::proxies::counted_as(caller);
-        let mut count = self.callers.entry(caller).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        drop(count);
-        Some(CallerInFlight { session: self.clone(), caller })
-    }
-}
-
-/// One request in flight from a caller ([`Session::enter_caller`]); leaves
-/// when dropped.
-#[derive(Debug)]
-pub struct CallerInFlight {
-    session: Arc<Session>,
-    caller: IpAddr,
-}
-
-impl Drop for CallerInFlight {
-    fn drop(&mut self) {
-        let callers = &self.session.callers;
-        if let Some(mut count) = callers.get_mut(&self.caller) {
-            *count = count.saturating_sub(1);
-        }
-        callers.remove_if(&self.caller, |_, count| *count == 0);
     }
 }
 

@@ -258,7 +258,7 @@ pub fn go_live(
         token_state: AtomicU8::new(TOKEN_UNANNOUNCED),
         ending: tokio::sync::watch::Sender::new(None),
         stalls,
-        callers: Default::default(),
+        callers: Arc::new(super::per_address::PerAddress::new(state.config.http.max_in_flight_per_caller as usize)),
     });
     let replaced = state.registry.attach(session.clone());
     if let Some(old) = &replaced {

@@ -1,7 +1,7 @@
 //! An answer that hyper stops taking is let go of after the send timeout; and
 //! over QUIC, a tunnel's answers that their callers take slowly or not at all
-//! are paid for with more window, up to a point, past which the one held
-//! longest is let go of.
+//! are paid for with more window, up to a point, past which the one left
+//! untaken longest (else taken most slowly) is let go of.
 //!
 //! The socket watch ([`super::send_watch`]) sees a caller who stops reading
 //! only when the edge's writes block. An HTTP/2 caller may stop reading one
