@@ -390,9 +390,7 @@ mod tests {
     #[tokio::test]
     async fn an_untaken_body_is_dropped_after_the_limit() {
         let limit = Duration::from_millis(200);
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-        let source = http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync();
-        let mut body = watch(source, limit, None);
+        let (tx, mut body) = watched(limit, None);
         tx.send(Ok(Frame::data(Bytes::from_static(b"one")))).await.unwrap();
         assert!(body.frame().await.unwrap().is_ok());
         // Waiting on its own source (polled, pending): never cut.
@@ -417,12 +415,7 @@ mod tests {
         let mut sources = Vec::new();
         let mut bodies = Vec::new();
         for _ in 0..3 {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-            let mut body = watch(
-                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
-                limit,
-                Some(stalls.clone()),
-            );
+            let (tx, mut body) = watched(limit, Some(stalls.clone()));
             tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
             assert!(body.frame().await.unwrap().is_ok(), "handed out, then left untaken");
             sources.push(tx);
@@ -430,9 +423,7 @@ mod tests {
             tokio::time::sleep(grace / 2).await;
         }
         // One more, polled again and waiting on its source: taken, not stalled.
-        let (waiting_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-        let mut waiting =
-            watch(http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(), limit, Some(stalls.clone()));
+        let (waiting_tx, mut waiting) = watched(limit, Some(stalls.clone()));
         waiting_tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
         assert!(waiting.frame().await.unwrap().is_ok());
         let polling = tokio::spawn(async move { waiting.frame().await.map(|f| f.is_ok()) });
@@ -456,15 +447,7 @@ mod tests {
         let grace = Duration::from_millis(200);
         let stalls = Arc::new(Stalls::new(1, 1, grace, None));
         let limit = Duration::from_secs(60);
-        let answer = || {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1024);
-            let body = watch(
-                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
-                limit,
-                Some(stalls.clone()),
-            );
-            (tx, body)
-        };
+        let answer = || watched(limit, Some(stalls.clone()));
         // A slow reader: a frame every 50 ms, and always more waiting.
         let (slow_tx, mut slow) = answer();
         for _ in 0..1000 {
@@ -522,12 +505,7 @@ mod tests {
         let mut sources = Vec::new();
         let mut bodies = Vec::new();
         for _ in 0..2 {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-            let mut body = watch(
-                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
-                Duration::from_secs(60),
-                Some(stalls.clone()),
-            );
+            let (tx, mut body) = watched(Duration::from_secs(60), Some(stalls.clone()));
             tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
             tx.send(Ok(Frame::data(Bytes::from_static(b"x")))).await.unwrap();
             assert!(body.frame().await.unwrap().is_ok(), "handed out, then left untaken");
@@ -546,12 +524,7 @@ mod tests {
         let grace = Duration::from_millis(200);
         let stalls = Arc::new(Stalls::new(0, 1, grace, None));
         let reader = |every: Duration| {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1024);
-            let mut body = watch(
-                http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(),
-                Duration::from_secs(60),
-                Some(stalls.clone()),
-            );
+            let (tx, mut body) = watched(Duration::from_secs(60), Some(stalls.clone()));
             for _ in 0..1000 {
                 tx.try_send(Ok(Frame::data(Bytes::from_static(b"x")))).unwrap();
             }
@@ -570,6 +543,15 @@ mod tests {
         assert!(!faster_tx.is_closed(), "the faster one, held longer, was kept");
         faster.abort();
         let _ = (faster.await, slower.await);
+    }
+
+    /// A body fed through the sender (room for 1,024 frames), watched.
+    fn watched(
+        limit: Duration,
+        stalls: Option<Arc<Stalls>>,
+    ) -> (tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        (tx, watch(http_body_util::StreamBody::new(tokio_stream_from(rx)).boxed_unsync(), limit, stalls))
     }
 
     fn tokio_stream_from<T: Send + 'static>(
